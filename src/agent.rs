@@ -1,0 +1,256 @@
+//! The agent: its prompt, its argv (placeholders substituted inside elements, never through a
+//! shell: DESIGN invariant 9), and how its run is judged.
+
+use crate::tracker::Task;
+use crate::transport::ExecStatus;
+
+/// The built-in prompt template.
+pub const DEFAULT_TEMPLATE: &str = "\
+You are working on task {{id}} in this git repository, on branch {{branch}}.
+
+# {{title}}
+
+{{context}}
+
+## Acceptance criteria
+{{acceptance_criteria}}
+
+## How to finish
+- Make the smallest change that meets every acceptance criterion, and run the checks they name.
+- Commit your work with git on the current branch (do not push, do not switch branches).
+- If you cannot proceed (missing credentials, unclear requirement, broken environment), print a
+  line `BLOCKED: <reason>` and stop.
+";
+
+/// Largest prompt passed as one argv element: Linux refuses single arguments over 128 KiB.
+pub const MAX_ARG_PROMPT: usize = 120 * 1024;
+
+pub fn render_prompt(template: &str, task: &Task, branch: &str) -> String {
+    let criteria = if task.acceptance_criteria.is_empty() {
+        "- (none given: use the title and context)".to_string()
+    } else {
+        task.acceptance_criteria
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}. {c}", i + 1))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // One pass over the template, so text inside a task that looks like a placeholder stays as is.
+    let mut out = String::with_capacity(template.len() + task.context.len() + 256);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            rest = "";
+            break;
+        };
+        let value = match after[..end].trim() {
+            "id" => Some(task.id.as_str()),
+            "title" => Some(task.title.as_str()),
+            "context" => Some(task.context.as_str()),
+            "acceptance_criteria" => Some(criteria.as_str()),
+            "branch" => Some(branch),
+            _ => None,
+        };
+        match value {
+            Some(v) => out.push_str(v),
+            None => out.push_str(&rest[start..start + 4 + end]),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Substitutes `{prompt_file}`, `{prompt}`, `{task_id}` and `{workdir}` inside each argv element.
+pub fn build_argv(
+    command: &[String],
+    prompt: &str,
+    prompt_file: &str,
+    task_id: &str,
+    workdir: &str,
+) -> Result<Vec<String>, String> {
+    let uses_inline = command.iter().any(|a| a.contains("{prompt}"));
+    if uses_inline && prompt.len() > MAX_ARG_PROMPT {
+        return Err(format!(
+            "the prompt is {} bytes, too long for one argument; use {{prompt_file}} in agent.command",
+            prompt.len()
+        ));
+    }
+    Ok(command
+        .iter()
+        .map(|a| {
+            a.replace("{prompt_file}", prompt_file)
+                .replace("{task_id}", task_id)
+                .replace("{workdir}", workdir)
+                .replace("{prompt}", prompt)
+        })
+        .collect())
+}
+
+/// Looks for `BLOCKED: <reason>` in one output line: plain text, juggle's
+/// `<promise>BLOCKED: …</promise>`, or inside opencode's `--format json` text events.
+pub fn blocked_marker(line: &str) -> Option<String> {
+    let text: String = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("text") => v
+            .pointer("/part/text")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_string(),
+        Ok(serde_json::Value::Object(_)) => return None,
+        _ => line.to_string(),
+    };
+    text.lines().find_map(|l| {
+        let l = l.trim().trim_start_matches("<promise>");
+        let reason = l.strip_prefix("BLOCKED:")?;
+        let reason = reason.trim().trim_end_matches("</promise>").trim();
+        Some(if reason.is_empty() {
+            "the agent reported BLOCKED without a reason".to_string()
+        } else {
+            reason.to_string()
+        })
+    })
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0 and at least one commit.
+    Done { commits: u64 },
+    /// The agent printed a BLOCKED marker.
+    Blocked(String),
+    /// Anything else; retried.
+    Failed(String),
+    /// Stopped by the controller (shutdown); the ball goes back to pending.
+    Aborted,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Done { .. } => "done",
+            Outcome::Blocked(_) => "blocked",
+            Outcome::Failed(_) => "failed",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+pub fn judge(
+    status: ExecStatus,
+    blocked: Option<String>,
+    commits: u64,
+    timeout: std::time::Duration,
+) -> Outcome {
+    if status == ExecStatus::Cancelled {
+        return Outcome::Aborted;
+    }
+    if let Some(reason) = blocked {
+        return Outcome::Blocked(reason);
+    }
+    match status {
+        ExecStatus::Exited(0) if commits > 0 => Outcome::Done { commits },
+        ExecStatus::Exited(0) => Outcome::Failed("the agent exited 0 but made no commit".into()),
+        ExecStatus::TimedOut => Outcome::Failed(format!(
+            "the agent timed out after {}",
+            humantime::format_duration(timeout)
+        )),
+        ExecStatus::Exited(code) => Outcome::Failed(format!("the agent exited with status {code}")),
+        ExecStatus::Signaled(sig) => {
+            Outcome::Failed(format!("the agent was killed by signal {sig}"))
+        }
+        ExecStatus::Cancelled => Outcome::Aborted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::Priority;
+
+    fn task(title: &str, context: &str) -> Task {
+        Task {
+            id: "p-1".into(),
+            title: title.into(),
+            context: context.into(),
+            acceptance_criteria: vec!["a".into(), "b {{id}}".into()],
+            priority: Priority::High,
+            state: "pending".into(),
+            blocked_reason: String::new(),
+            depends_on: vec![],
+            tags: vec![],
+            waiting_on: vec![],
+        }
+    }
+
+    #[test]
+    fn prompt_substitutes_once() {
+        let p = render_prompt(
+            "{{ title }}|{{context}}|{{acceptance_criteria}}|{{nope}}|{{branch}}",
+            &task("T {{context}}", "C"),
+            "cwo/p-1",
+        );
+        assert_eq!(p, "T {{context}}|C|1. a\n2. b {{id}}|{{nope}}|cwo/p-1");
+    }
+
+    #[test]
+    fn argv_placeholders_are_per_element() {
+        let cmd: Vec<String> = ["agent", "--file={prompt_file}", "{prompt}"]
+            .map(String::from)
+            .to_vec();
+        let argv =
+            build_argv(&cmd, "$(touch x) `y` \"q\"\nz", "/w/p.md", "p-1", "/w/repo").unwrap();
+        assert_eq!(argv, ["agent", "--file=/w/p.md", "$(touch x) `y` \"q\"\nz"]);
+        assert!(build_argv(&cmd, &"x".repeat(MAX_ARG_PROMPT + 1), "f", "i", "w").is_err());
+    }
+
+    #[test]
+    fn blocked_markers() {
+        assert_eq!(
+            blocked_marker("BLOCKED: no creds").as_deref(),
+            Some("no creds")
+        );
+        assert_eq!(
+            blocked_marker("<promise>BLOCKED: x y</promise>").as_deref(),
+            Some("x y")
+        );
+        assert_eq!(
+            blocked_marker(r#"{"type":"text","part":{"text":"I tried.\nBLOCKED: need a key"}}"#)
+                .as_deref(),
+            Some("need a key")
+        );
+        assert_eq!(
+            blocked_marker(r#"{"type":"tool_use","part":{"state":{"input":"BLOCKED: fake"}}}"#),
+            None
+        );
+        assert_eq!(blocked_marker("not BLOCKED: here"), None);
+    }
+
+    #[test]
+    fn judging() {
+        let t = std::time::Duration::from_secs(60);
+        assert_eq!(
+            judge(ExecStatus::Exited(0), None, 2, t),
+            Outcome::Done { commits: 2 }
+        );
+        assert!(matches!(
+            judge(ExecStatus::Exited(0), None, 0, t),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            judge(ExecStatus::Exited(0), Some("r".into()), 1, t),
+            Outcome::Blocked(_)
+        ));
+        assert!(matches!(
+            judge(ExecStatus::Signaled(9), None, 0, t),
+            Outcome::Failed(_)
+        ));
+        assert_eq!(judge(ExecStatus::Cancelled, None, 0, t), Outcome::Aborted);
+        assert!(
+            matches!(judge(ExecStatus::TimedOut, None, 0, t), Outcome::Failed(m) if m.contains("timed out after 1m"))
+        );
+    }
+}

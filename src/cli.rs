@@ -1,0 +1,159 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// cwo — the Cloud Worker Orchestrator.
+///
+/// Runs an AI coding agent over a juggle backlog (.juggle/balls.jsonl) on ephemeral workers:
+/// one branch per ball, pushed with your credentials; the worker is torn down when idle.
+///
+/// Exit codes: 0 success; 1 the operation failed (the message says why and what to do);
+/// 2 bad command line or settings.
+#[derive(Debug, Parser)]
+#[command(name = "cwo", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The project directory (default: the nearest parent of the current directory holding
+    /// .juggle, cwo.toml or .git).
+    #[arg(short = 'C', long = "project", global = true, value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Override a setting for this invocation, e.g. --config agent.timeout=10m (repeatable;
+    /// wins over files and CWO_* variables).
+    #[arg(long = "config", global = true, value_name = "KEY=VALUE")]
+    pub config: Vec<String>,
+    /// Only errors and warnings on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Debug logs on stderr (CWO_LOG=<filter> for finer control).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// No spinners (also CWO_NO_PROGRESS=1; automatic when stderr is not a terminal).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work through the backlog: bring up a worker when balls are ready, run the agent on each,
+    /// push its branch, mark the ball, and tear the worker down when idle.
+    ///
+    /// SIGINT/SIGTERM: stop claiming, let running attempts finish (or abort them with --now, or
+    /// by a second signal), tear the worker down, exit. Aborted balls go back to pending.
+    Run(RunArgs),
+    /// Bring up a worker now (the next `cwo run` adopts it).
+    Up,
+    /// Tear down every worker this project has, and confirm each is gone.
+    Down,
+    /// Workers (state, uptime, current task, idle countdown) and tasks by state.
+    Status(FormatArgs),
+    /// Show an agent's log for a ball (the latest attempt by default).
+    Logs(LogsArgs),
+    /// Queue and list work (juggle-compatible balls, for people without juggle).
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Check what the configured provider and agent need, each with a fix.
+    Doctor(FormatArgs),
+    /// Run the whole loop on a throwaway repository with a scripted agent (no cloud, no LLM).
+    Demo(DemoArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Drain the queue, tear the worker down and exit (for cron and CI).
+    #[arg(long)]
+    pub once: bool,
+    /// On SIGINT/SIGTERM abort running attempts at once instead of letting them finish.
+    #[arg(long)]
+    pub now: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct FormatArgs {
+    /// Output format; json carries a schema_version.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The ball id (a unique prefix of its short id is enough).
+    pub task: String,
+    /// Keep following the log while the attempt runs.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Which attempt (default: the latest).
+    #[arg(long)]
+    pub attempt: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Add a pending ball to .juggle/balls.jsonl.
+    Add(TaskAddArgs),
+    /// List the balls, with what each waits on.
+    List(FormatArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskAddArgs {
+    /// The ball's title.
+    pub title: String,
+    /// An acceptance criterion (repeatable).
+    #[arg(long = "ac", value_name = "CRITERION")]
+    pub acceptance_criteria: Vec<String>,
+    /// Longer description handed to the agent.
+    #[arg(long, default_value = "")]
+    pub context: String,
+    #[arg(long, value_enum, default_value = "medium")]
+    pub priority: PriorityArg,
+    /// A ball this one waits for (repeatable; id or unique prefix).
+    #[arg(long = "depends-on", value_name = "ID")]
+    pub depends_on: Vec<String>,
+    /// A tag, e.g. a juggle session name (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PriorityArg {
+    Low,
+    Medium,
+    High,
+    Urgent,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Every resolved setting and where it came from.
+    Show(FormatArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to build the demo (default: a new temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

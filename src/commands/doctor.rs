@@ -1,0 +1,229 @@
+//! `cwo doctor`: what the configured tracker, provider and agent need, each with a fix.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::Format;
+use crate::error::CliError;
+use crate::journal::ControllerLock;
+use crate::printer::Printer;
+use crate::project::Project;
+use crate::tracker::Tracker;
+
+#[derive(Serialize)]
+struct Check {
+    name: &'static str,
+    status: &'static str, // ok | warn | fail
+    detail: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    fix: String,
+}
+
+fn check(
+    name: &'static str,
+    status: &'static str,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Check {
+    Check {
+        name,
+        status,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+fn on_path(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        return Path::new(program).is_file().then(|| program.into());
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) -> Option<String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
+    let s = project.settings();
+    let root = &project.root;
+    let mut checks = Vec::new();
+
+    let tracker = project.tracker();
+    match tracker.list() {
+        Ok(t) if tracker.balls_path().exists() => {
+            let ready = t.iter().filter(|t| t.is_ready()).count();
+            checks.push(check(
+                "tracker",
+                "ok",
+                format!(
+                    "{}: {} ball(s), {ready} ready",
+                    tracker.balls_path().display(),
+                    t.len()
+                ),
+                "",
+            ));
+        }
+        Ok(_) => checks.push(check(
+            "tracker",
+            "warn",
+            format!("{} does not exist yet", tracker.balls_path().display()),
+            "add work with `cwo task add \"title\" --ac \"criterion\"` or `juggle plan`",
+        )),
+        Err(e) => checks.push(check(
+            "tracker",
+            "fail",
+            e.to_string(),
+            "check the file's permissions",
+        )),
+    }
+
+    match run("git", &["--version"], root) {
+        Some(v) => checks.push(check("git", "ok", v, "")),
+        None => checks.push(check(
+            "git",
+            "fail",
+            "git is not installed",
+            "apt-get install git",
+        )),
+    }
+    match run("git", &["rev-parse", "--verify", "HEAD"], root) {
+        Some(head) => checks.push(check(
+            "repository",
+            "ok",
+            format!("{} at {}", root.display(), &head[..12.min(head.len())]),
+            "",
+        )),
+        None => checks.push(check(
+            "repository",
+            "fail",
+            format!("{} is not a git repository with a commit", root.display()),
+            "run cwo inside a git repository that has at least one commit",
+        )),
+    }
+    if s.git.push {
+        match run("git", &["remote", "get-url", &s.git.remote], root) {
+            Some(url) => checks.push(check(
+                "remote",
+                "ok",
+                format!("{} → {url}", s.git.remote),
+                "",
+            )),
+            None => checks.push(check(
+                "remote",
+                "fail",
+                format!("git remote `{}` does not exist", s.git.remote),
+                format!(
+                    "`git remote add {} <url>`, or set git.remote, or git.push = false",
+                    s.git.remote
+                ),
+            )),
+        }
+    }
+
+    let probe = project.state_dir.join(".doctor-probe");
+    match std::fs::create_dir_all(&project.state_dir).and_then(|_| std::fs::write(&probe, b"ok")) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            checks.push(check(
+                "state dir",
+                "ok",
+                project.state_dir.display().to_string(),
+                "",
+            ));
+        }
+        Err(e) => checks.push(check(
+            "state dir",
+            "fail",
+            format!("{}: {e}", project.state_dir.display()),
+            "set state_dir to a writable directory",
+        )),
+    }
+    match ControllerLock::holder(&project.state_dir) {
+        Some(pid) => checks.push(check("controller", "ok", format!("running, pid {pid}"), "")),
+        None => checks.push(check("controller", "ok", "not running", "")),
+    }
+
+    checks.push(check(
+        "provider",
+        "ok",
+        format!(
+            "{}: workers are directories under {}",
+            s.provider,
+            project.state_dir.join("workers").display()
+        ),
+        "",
+    ));
+
+    let program = &s.agent.command[0];
+    match on_path(program) {
+        Some(path) => {
+            checks.push(check(
+                "agent",
+                "ok",
+                format!("{program} → {}", path.display()),
+                "",
+            ));
+            if Path::new(program)
+                .file_name()
+                .is_some_and(|n| n == "opencode")
+                && on_path("rg").is_none()
+            {
+                {
+                    checks.push(check(
+                        "ripgrep",
+                        "warn",
+                        "rg is not on PATH: opencode's grep and glob tools fail offline",
+                        "apt-get install ripgrep",
+                    ));
+                }
+            }
+        }
+        None => {
+            let fix = if program == "opencode" {
+                "npm install -g opencode-ai, or set agent.command to your agent's argv (see config/cwo.example.toml)".to_string()
+            } else {
+                format!("install `{program}` or fix agent.command")
+            };
+            checks.push(check(
+                "agent",
+                "fail",
+                format!("`{program}` (agent.command) is not on PATH"),
+                fix,
+            ));
+        }
+    }
+
+    let failed = checks.iter().filter(|c| c.status == "fail").count();
+    if format == Format::Json {
+        printer.json(json!({ "ok": failed == 0, "checks": checks }));
+    } else {
+        let mut out = String::new();
+        for c in &checks {
+            let mark = match c.status {
+                "ok" => "ok  ",
+                "warn" => "warn",
+                _ => "FAIL",
+            };
+            out.push_str(&format!("{mark} {:<11} {}\n", c.name, c.detail));
+            if !c.fix.is_empty() {
+                out.push_str(&format!("     {:<11} fix: {}\n", "", c.fix));
+            }
+        }
+        printer.out(out);
+    }
+    Ok(if failed == 0 { 0 } else { 1 })
+}

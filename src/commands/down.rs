@@ -1,0 +1,26 @@
+//! `cwo down`: delete every worker the journal knows for this project, confirmed.
+
+use crate::error::CliError;
+use crate::journal::ControllerLock;
+use crate::orchestrator::Orchestrator;
+use crate::printer::Printer;
+use crate::project::Project;
+
+pub async fn down(project: &Project, printer: Printer) -> Result<u8, CliError> {
+    let _lock = ControllerLock::acquire(&project.state_dir)?;
+    let orch = Orchestrator::new(project, printer)?;
+    let live = orch.journal().live_workers()?;
+    if live.is_empty() {
+        printer.status("no workers to tear down");
+        return Ok(0);
+    }
+    orch.recover(false, "user").await?;
+    let left = orch.journal().live_workers()?;
+    if !left.is_empty() {
+        let names: Vec<String> = left.into_iter().map(|w| w.name).collect();
+        return Err(CliError::user(format!("still live: {}", names.join(", ")))
+            .hint("run `cwo down` again"));
+    }
+    printer.status(format!("{} worker(s) torn down", live.len()));
+    Ok(0)
+}

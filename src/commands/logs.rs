@@ -1,0 +1,65 @@
+//! `cwo logs <task> [-f]`: an attempt's agent log, optionally followed while it runs.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use crate::cli::LogsArgs;
+use crate::error::CliError;
+use crate::printer::Printer;
+use crate::project::Project;
+
+pub async fn logs(project: &Project, _printer: Printer, args: &LogsArgs) -> Result<u8, CliError> {
+    let journal = project.journal()?;
+    let id = match project.tracker().resolve_id(&args.task) {
+        Ok(id) => id,
+        // A ball removed from the tracker still has its logs in the journal.
+        Err(e) => {
+            if journal.attempts(Some(&args.task))?.is_empty() {
+                return Err(e.into());
+            }
+            args.task.clone()
+        }
+    };
+    let attempts = journal.attempts(Some(&id))?;
+    let pick = match args.attempt {
+        Some(n) => attempts.iter().rev().find(|a| a.attempt == n as i64),
+        None => attempts.last(),
+    };
+    let Some(attempt) = pick.cloned() else {
+        return Err(match args.attempt {
+            Some(n) => CliError::user(format!("{id} has no attempt {n}"))
+                .hint(format!("it has {} attempt(s)", attempts.len())),
+            None => CliError::user(format!("{id} has not run yet"))
+                .hint("`cwo status` shows what is running"),
+        });
+    };
+    let mut file = std::fs::File::open(&attempt.log_path)
+        .map_err(|e| CliError::user(format!("cannot open the log {}: {e}", attempt.log_path)))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        file.read_to_end(&mut buf)
+            .map_err(|e| CliError::user(format!("reading {}: {e}", attempt.log_path)))?;
+        let _ = stdout.write_all(&buf);
+        let _ = stdout.flush();
+        if !args.follow {
+            break;
+        }
+        let ended = journal
+            .attempt(attempt.id)?
+            .map(|a| a.ended_at.is_some())
+            .unwrap_or(true);
+        if ended {
+            // One last read: lines written between the read above and the end mark.
+            buf.clear();
+            let pos = file.stream_position().unwrap_or(0);
+            let _ = file.seek(SeekFrom::Start(pos));
+            let _ = file.read_to_end(&mut buf);
+            let _ = stdout.write_all(&buf);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(0)
+}

@@ -1,0 +1,36 @@
+//! One file per subcommand. Each takes resolved values and returns an exit code or a `CliError`.
+
+mod completions;
+mod config;
+mod demo;
+mod doctor;
+mod down;
+mod logs;
+mod run;
+mod status;
+mod task;
+mod up;
+
+use crate::cli::{Cli, Command, ConfigCommand, TaskCommand};
+use crate::error::CliError;
+use crate::printer::Printer;
+use crate::project::Project;
+
+pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    let g = &cli.global;
+    let printer = Printer::new(g.quiet, g.verbose, g.no_progress);
+    let load = || Project::load(g.project.as_deref(), &g.config);
+    match cli.command {
+        Command::Run(args) => run::run(&load()?, printer, &args).await,
+        Command::Up => up::up(&load()?, printer).await,
+        Command::Down => down::down(&load()?, printer).await,
+        Command::Status(args) => status::status(&load()?, printer, args.format).await,
+        Command::Logs(args) => logs::logs(&load()?, printer, &args).await,
+        Command::Task(TaskCommand::Add(args)) => task::add(&load()?, printer, &args),
+        Command::Task(TaskCommand::List(args)) => task::list(&load()?, printer, args.format),
+        Command::Config(ConfigCommand::Show(args)) => config::show(&load()?, printer, args.format),
+        Command::Doctor(args) => doctor::doctor(&load()?, printer, args.format).await,
+        Command::Demo(args) => demo::demo(printer, &args, g).await,
+        Command::Completions { shell } => completions::completions(shell),
+    }
+}

@@ -1,0 +1,580 @@
+//! Layered settings with provenance (DESIGN §3).
+//!
+//! Layers, later wins: built-in defaults < `~/.config/cwo/config.toml` < `<project>/cwo.toml` <
+//! `CWO_*` environment < `--config KEY=VALUE` flags. Every layer is validated on its own against the
+//! full schema (unknown keys and bad values are errors naming the file and line, or the variable),
+//! then the layers are merged key by key and resolved once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables that start with `CWO_` but are not settings.
+pub const NON_SETTING_ENV: &[&str] = &["CWO_LOG", "CWO_NO_PROGRESS", "CWO_CONFIG_HOME"];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where workers come from: `local` (the embedded default).
+    pub provider: ProviderKind,
+    /// How often `cwo run` looks at the tracker.
+    #[serde(with = "duration_str")]
+    pub poll_interval: Duration,
+    /// Tear the worker down after this long with nothing ready.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Tasks run at once on the worker.
+    pub concurrency: NonZeroUsize,
+    /// Where the journal, logs and workers live (default: per project under the XDG state dir).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    pub tracker: TrackerSettings,
+    pub agent: AgentSettings,
+    pub git: GitSettings,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderKind::Local => f.write_str("local"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerSettings {
+    /// The juggle directory, relative to the project root.
+    pub dir: PathBuf,
+    /// Only run balls tagged with this juggle session ("" = every ball).
+    pub session: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// argv of the agent; `{prompt_file}`, `{prompt}`, `{task_id}` and `{workdir}` are replaced
+    /// inside each element (never through a shell).
+    #[serde(deserialize_with = "non_empty_argv")]
+    pub command: Vec<String>,
+    /// Kill the agent's whole process group after this long.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Attempts per task before the ball is blocked.
+    pub max_attempts: NonZeroU32,
+    /// Wait before the second attempt; doubles for each further attempt.
+    #[serde(with = "duration_str")]
+    pub retry_backoff: Duration,
+    /// Prompt template file (relative to the project root); empty = the built-in template.
+    pub prompt_template: String,
+    /// Extra environment for the agent process only.
+    pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitSettings {
+    /// Remote the task branches are pushed to.
+    pub remote: String,
+    /// Push finished branches (false keeps them as local refs `refs/cwo/<ball>` only).
+    pub push: bool,
+    /// Task branches are named `<branch_prefix><ball-id>`.
+    pub branch_prefix: String,
+    /// Identity of the agent's commits on the worker.
+    pub author_name: String,
+    pub author_email: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            provider: ProviderKind::Local,
+            poll_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            concurrency: NonZeroUsize::MIN,
+            state_dir: None,
+            tracker: TrackerSettings::default(),
+            agent: AgentSettings::default(),
+            git: GitSettings::default(),
+        }
+    }
+}
+
+impl Default for TrackerSettings {
+    fn default() -> Self {
+        TrackerSettings {
+            dir: PathBuf::from(".juggle"),
+            session: String::new(),
+        }
+    }
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        let mut env = BTreeMap::new();
+        env.insert("OPENCODE_DISABLE_AUTOUPDATE".into(), "1".into());
+        env.insert("OPENCODE_DISABLE_MODELS_FETCH".into(), "1".into());
+        env.insert("OPENCODE_DISABLE_SHARE".into(), "1".into());
+        AgentSettings {
+            command: [
+                "opencode",
+                "run",
+                "--format",
+                "json",
+                "--title",
+                "{task_id}",
+                "{prompt}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            timeout: Duration::from_secs(30 * 60),
+            max_attempts: NonZeroU32::new(3).unwrap(),
+            retry_backoff: Duration::from_secs(2),
+            prompt_template: String::new(),
+            env,
+        }
+    }
+}
+
+impl Default for GitSettings {
+    fn default() -> Self {
+        GitSettings {
+            remote: "origin".into(),
+            push: true,
+            branch_prefix: "cwo/".into(),
+            author_name: "cwo agent".into(),
+            author_email: "cwo-agent@localhost".into(),
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Source {
+    Default,
+    File { path: PathBuf, line: usize },
+    Env { var: String },
+    Flag { arg: String },
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Source::Env { var } => write!(f, "env {var}"),
+            Source::Flag { arg } => write!(f, "flag --config {arg}"),
+        }
+    }
+}
+
+/// A settings error the user can act on: where, what, and a hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ConfigError {
+    pub location: String,
+    pub message: String,
+    pub hint: String,
+}
+
+/// The resolved settings plus the origin of every leaf key.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub settings: Settings,
+    pub origins: BTreeMap<String, Source>,
+}
+
+/// Inputs to resolution; tests and commands build this explicitly so nothing global leaks in.
+pub struct Inputs<'a> {
+    pub user_file: Option<PathBuf>,
+    pub project_file: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub flags: &'a [String],
+}
+
+impl Inputs<'_> {
+    /// The standard places: `$CWO_CONFIG_HOME` or `$XDG_CONFIG_HOME/cwo` or `~/.config/cwo`.
+    pub fn standard<'a>(project_root: &Path, flags: &'a [String]) -> Inputs<'a> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let user_dir = std::env::var_os("CWO_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CONFIG_HOME").map(|x| PathBuf::from(x).join("cwo")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/cwo")));
+        Inputs {
+            user_file: user_dir.map(|d| d.join("config.toml")),
+            project_file: Some(project_root.join("cwo.toml")),
+            env,
+            flags,
+        }
+    }
+}
+
+pub fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
+    let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
+    let mut merged = defaults.clone();
+    let mut origins = BTreeMap::new();
+    for (key, _) in leaves(&defaults) {
+        origins.insert(key, Source::Default);
+    }
+
+    for path in [&inputs.user_file, &inputs.project_file]
+        .into_iter()
+        .flatten()
+    {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(ConfigError {
+                    location: path.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                    hint: "check the file's permissions".into(),
+                });
+            }
+        };
+        let table = parse_file(path, &text)?;
+        for (key, _) in leaves(&table) {
+            let line = line_of_key(&text, &key);
+            origins.insert(
+                key,
+                Source::File {
+                    path: path.clone(),
+                    line,
+                },
+            );
+        }
+        merge(&mut merged, table);
+    }
+
+    for (var, value) in &inputs.env {
+        let Some(rest) = var.strip_prefix("CWO_") else {
+            continue;
+        };
+        if NON_SETTING_ENV.contains(&var.as_str()) {
+            continue;
+        }
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        let table = layer_from_pair(&key, value).map_err(|message| ConfigError {
+            location: format!("environment variable {var}"),
+            message,
+            hint: "settings in the environment are CWO_<KEY>, with __ between a section and its key (CWO_AGENT__TIMEOUT=10m); see config/cwo.example.toml".into(),
+        })?;
+        origins.insert(key, Source::Env { var: var.clone() });
+        merge(&mut merged, table);
+    }
+
+    for arg in inputs.flags {
+        let Some((key, value)) = arg.split_once('=') else {
+            return Err(ConfigError {
+                location: format!("--config {arg}"),
+                message: "expected KEY=VALUE".into(),
+                hint: "for example --config agent.timeout=10m".into(),
+            });
+        };
+        let key = key.trim().to_string();
+        let table = layer_from_pair(&key, value.trim()).map_err(|message| ConfigError {
+            location: format!("--config {arg}"),
+            message,
+            hint: "keys are dotted paths from config/cwo.example.toml".into(),
+        })?;
+        origins.insert(key, Source::Flag { arg: arg.clone() });
+        merge(&mut merged, table);
+    }
+
+    let settings: Settings =
+        Settings::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError {
+            location: "merged settings".into(),
+            message: e.message().to_string(),
+            hint: "run `cwo config show` to see where each value comes from".into(),
+        })?;
+    Ok(Resolved { settings, origins })
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    let located = |e: toml::de::Error| {
+        let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+        ConfigError {
+            location: format!("{}:{line}:{col}", path.display()),
+            message: e.message().trim().to_string(),
+            hint: "every key is documented in config/cwo.example.toml; `cwo config show` prints the resolved values".into(),
+        }
+    };
+    // Validate against the full schema first: this is what reports unknown keys and bad values
+    // with their position in the file.
+    toml::from_str::<Settings>(text).map_err(located)?;
+    toml::from_str::<toml::Table>(text).map_err(located)
+}
+
+/// Builds a one-key layer from a dotted key and a textual value, and validates it.
+fn layer_from_pair(key: &str, value: &str) -> Result<toml::Table, String> {
+    let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut table = toml::Table::new();
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("`{key}` is not a settings key"));
+    }
+    let mut cursor = &mut table;
+    for part in &parts[..parts.len() - 1] {
+        cursor = cursor
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .expect("just inserted a table");
+    }
+    cursor.insert(parts[parts.len() - 1].to_string(), parsed);
+    Settings::deserialize(toml::Value::Table(table.clone()))
+        .map_err(|e| format!("`{key}`: {}", e.message().trim()))?;
+    Ok(table)
+}
+
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (k, v) in layer {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(l)) if k != "env" => merge(b, l),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Dotted leaf keys of a table (arrays and maps like `agent.env` are leaves).
+pub fn leaves(table: &toml::Table) -> Vec<(String, toml::Value)> {
+    fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+        for (k, v) in t {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(inner) if key != "agent.env" => walk(&key, inner, out),
+                other => out.push((key, other.clone())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", table, &mut out);
+    out
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// The line where a dotted key is set: the `[section]` header is found first, then the key.
+fn line_of_key(text: &str, dotted: &str) -> usize {
+    let (section, key) = match dotted.rsplit_once('.') {
+        Some((s, k)) => (s, k),
+        None => ("", dotted),
+    };
+    let mut current = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(h) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = h.trim().to_string();
+            if dotted == "agent.env" && current == "agent.env" {
+                return i + 1;
+            }
+            continue;
+        }
+        let Some((k, _)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim();
+        if (current == section && k == key) || (current.is_empty() && k == dotted) {
+            return i + 1;
+        }
+    }
+    1
+}
+
+impl Resolved {
+    /// `key = value` pairs for `cwo config show`, in schema order.
+    pub fn entries(&self) -> Vec<(String, toml::Value, Source)> {
+        let table = toml::Table::try_from(&self.settings).expect("settings serialize");
+        leaves(&table)
+            .into_iter()
+            .map(|(k, v)| {
+                let src = self.origins.get(&k).cloned().unwrap_or(Source::Default);
+                (k, v, src)
+            })
+            .collect()
+    }
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write it like \"90s\", \"5m\" or \"1h 30m\""
+            ))
+        })
+    }
+}
+
+fn non_empty_argv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if v.is_empty() || v[0].trim().is_empty() {
+        return Err(serde::de::Error::custom(
+            "agent.command must name a program, e.g. [\"opencode\", \"run\", \"{prompt}\"]",
+        ));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs_for<'a>(
+        project: Option<PathBuf>,
+        env: &[(&str, &str)],
+        flags: &'a [String],
+    ) -> Inputs<'a> {
+        Inputs {
+            user_file: None,
+            project_file: project,
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            flags,
+        }
+    }
+
+    #[test]
+    fn layers_override_in_order_and_remember_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cwo.toml");
+        std::fs::write(
+            &f,
+            "idle_timeout = \"1m\"\n\n[agent]\nmax_attempts = 5\ntimeout = \"10m\"\n",
+        )
+        .unwrap();
+        let flags = vec!["agent.timeout=20m".to_string()];
+        let r = resolve(&inputs_for(
+            Some(f.clone()),
+            &[("CWO_AGENT__MAX_ATTEMPTS", "7")],
+            &flags,
+        ))
+        .unwrap();
+        assert_eq!(r.settings.idle_timeout, Duration::from_secs(60));
+        assert_eq!(r.settings.agent.max_attempts.get(), 7);
+        assert_eq!(r.settings.agent.timeout, Duration::from_secs(1200));
+        assert_eq!(
+            r.origins["idle_timeout"],
+            Source::File {
+                path: f.clone(),
+                line: 1
+            }
+        );
+        assert_eq!(
+            r.origins["agent.max_attempts"],
+            Source::Env {
+                var: "CWO_AGENT__MAX_ATTEMPTS".into()
+            }
+        );
+        assert_eq!(
+            r.origins["agent.timeout"],
+            Source::Flag {
+                arg: "agent.timeout=20m".into()
+            }
+        );
+        assert_eq!(r.origins["concurrency"], Source::Default);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cwo.toml");
+        std::fs::write(&f, "[agent]\ntimeout = \"1m\"\ntimout = \"2m\"\n").unwrap();
+        let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();
+        assert_eq!(err.location, format!("{}:3:1", f.display()));
+        assert!(
+            err.message.contains("unknown field `timout`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cwo.toml");
+        for (text, line, needle) in [
+            ("concurrency = 0\n", 1, "nonzero"),
+            ("\n[agent]\ntimeout = \"soon\"\n", 3, "not a duration"),
+            ("[agent]\ncommand = []\n", 2, "must name a program"),
+            ("provider = \"aws\"\n", 1, "unknown variant"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();
+            assert!(
+                err.location
+                    .starts_with(&format!("{}:{line}:", f.display())),
+                "{text}: {}",
+                err.location
+            );
+            assert!(err.message.contains(needle), "{text}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn bad_env_and_flag_name_their_source() {
+        let err =
+            resolve(&inputs_for(None, &[("CWO_AGENT__TIMEOUT", "forever")], &[])).unwrap_err();
+        assert_eq!(err.location, "environment variable CWO_AGENT__TIMEOUT");
+        let err = resolve(&inputs_for(None, &[("CWO_NOPE", "1")], &[])).unwrap_err();
+        assert!(
+            err.message.contains("unknown field `nope`"),
+            "{}",
+            err.message
+        );
+        let flags = vec!["concurrency".to_string()];
+        let err = resolve(&inputs_for(None, &[], &flags)).unwrap_err();
+        assert!(err.message.contains("KEY=VALUE"));
+    }
+
+    #[test]
+    fn example_file_documents_every_key_and_parses() {
+        let text = include_str!("../config/cwo.example.toml");
+        let table: toml::Table = toml::from_str(text).unwrap();
+        toml::from_str::<Settings>(text).unwrap();
+        let documented: Vec<String> = leaves(&table).into_iter().map(|(k, _)| k).collect();
+        let defaults = toml::Table::try_from(Settings::default()).unwrap();
+        let mut all: Vec<String> = leaves(&defaults).into_iter().map(|(k, _)| k).collect();
+        all.push("state_dir".into());
+        for key in all {
+            assert!(
+                documented.contains(&key),
+                "config/cwo.example.toml does not document `{key}`"
+            );
+        }
+    }
+}

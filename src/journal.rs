@@ -1,0 +1,552 @@
+//! The embedded state store: SQLite in the state dir. Workers are written as an *intent* before
+//! the provider is called (DESIGN invariant 2), tasks and attempts as they happen, and one ledger
+//! row per worker life. One controller per project holds `controller.lock`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Db {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another cwo controller (pid {pid}) is running for this project (lock {path})")]
+    Locked { pid: String, path: String },
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    machine_type TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    state TEXT NOT NULL,            -- intent | ready | deleting | deleted
+    intent_at TEXT NOT NULL,
+    created_at TEXT,                -- the provider's own creation timestamp
+    ready_at TEXT,
+    deleted_at TEXT,
+    termination_reason TEXT,
+    instance TEXT,                  -- the provider's instance record (JSON)
+    current_task TEXT,
+    idle_since TEXT
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    ball_id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    branch TEXT,
+    commit_sha TEXT,
+    reason TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    ball_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    outcome TEXT,                   -- done | blocked | failed | aborted (NULL while running)
+    exit_status TEXT,
+    log_path TEXT NOT NULL,
+    branch TEXT,
+    commit_sha TEXT,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY,
+    worker TEXT NOT NULL UNIQUE,
+    provider TEXT NOT NULL,
+    machine_type TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    termination_reason TEXT NOT NULL
+);
+";
+
+#[derive(Clone)]
+pub struct Journal {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerRow {
+    pub name: String,
+    pub provider: String,
+    pub machine_type: String,
+    pub request_id: String,
+    pub state: String,
+    pub intent_at: DateTime<Utc>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub termination_reason: Option<String>,
+    #[serde(skip)]
+    pub instance: Option<String>,
+    pub current_task: Option<String>,
+    pub idle_since: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub id: i64,
+    pub ball_id: String,
+    pub attempt: i64,
+    pub worker: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub exit_status: Option<String>,
+    pub log_path: String,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRow {
+    pub ball_id: String,
+    pub title: String,
+    pub state: String,
+    pub attempts: i64,
+    pub worker: Option<String>,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub reason: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerRow {
+    pub worker: String,
+    pub provider: String,
+    pub machine_type: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub seconds: f64,
+    pub termination_reason: String,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| {
+        DateTime::parse_from_rfc3339(&s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    })
+}
+
+impl Journal {
+    pub fn open(state_dir: &Path) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Io {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let path = state_dir.join("journal.sqlite");
+        let db = |source| JournalError::Db {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Journal {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, JournalError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| JournalError::Db {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
+    // ---- workers ----
+
+    /// Written before the provider is asked to create anything.
+    pub fn worker_intent(
+        &self,
+        name: &str,
+        provider: &str,
+        machine_type: &str,
+        request_id: &str,
+        labels: &str,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO workers (name, provider, machine_type, request_id, labels, state, intent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'intent', ?6)",
+                params![name, provider, machine_type, request_id, labels, ts(Utc::now())],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn worker_ready(
+        &self,
+        name: &str,
+        created_at: DateTime<Utc>,
+        instance: &str,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workers SET state = 'ready', created_at = ?2, ready_at = ?3, instance = ?4, idle_since = ?3
+                 WHERE name = ?1",
+                params![name, ts(created_at), ts(Utc::now()), instance],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records what the worker is doing: a task, or idle since now.
+    pub fn worker_activity(&self, name: &str, task: Option<&str>) -> Result<(), JournalError> {
+        self.with(|c| {
+            if let Some(task) = task {
+                c.execute(
+                    "UPDATE workers SET current_task = ?2, idle_since = NULL WHERE name = ?1",
+                    params![name, task],
+                )
+            } else {
+                c.execute(
+                    "UPDATE workers SET current_task = NULL, idle_since = ?2 WHERE name = ?1",
+                    params![name, ts(Utc::now())],
+                )
+            }
+            .map(|_| ())
+        })
+    }
+
+    pub fn worker_deleting(&self, name: &str, reason: &str) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workers SET state = 'deleting', termination_reason = ?2 WHERE name = ?1",
+                params![name, reason],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The worker is confirmed gone: its life goes into the ledger.
+    pub fn worker_deleted(&self, name: &str, reason: &str) -> Result<(), JournalError> {
+        let now = Utc::now();
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "UPDATE workers SET state = 'deleted', deleted_at = ?2, current_task = NULL,
+                        termination_reason = COALESCE(termination_reason, ?3)
+                 WHERE name = ?1",
+                params![name, ts(now), reason],
+            )?;
+            let row: Option<(String, String, Option<String>, String, String)> = tx
+                .query_row(
+                    "SELECT provider, machine_type, created_at, intent_at, termination_reason FROM workers WHERE name = ?1",
+                    params![name],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            if let Some((provider, machine, created, intent, why)) = row
+                && let Some(start) = parse_ts(created)
+            {
+                let _ = intent;
+                let seconds = (now - start).num_milliseconds().max(0) as f64 / 1000.0;
+                tx.execute(
+                    "INSERT OR IGNORE INTO ledger (worker, provider, machine_type, started_at, ended_at, seconds, termination_reason)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![name, provider, machine, ts(start), ts(now), seconds, why],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn worker_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkerRow> {
+        Ok(WorkerRow {
+            name: r.get(0)?,
+            provider: r.get(1)?,
+            machine_type: r.get(2)?,
+            request_id: r.get(3)?,
+            state: r.get(4)?,
+            intent_at: parse_ts(r.get(5)?).unwrap_or_default(),
+            created_at: parse_ts(r.get(6)?),
+            deleted_at: parse_ts(r.get(7)?),
+            termination_reason: r.get(8)?,
+            instance: r.get(9)?,
+            current_task: r.get(10)?,
+            idle_since: parse_ts(r.get(11)?),
+        })
+    }
+
+    const WORKER_COLS: &str =
+        "name, provider, machine_type, request_id, state, intent_at, created_at, deleted_at,
+         termination_reason, instance, current_task, idle_since";
+
+    /// Workers not yet confirmed deleted.
+    pub fn live_workers(&self) -> Result<Vec<WorkerRow>, JournalError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {} FROM workers WHERE state != 'deleted' ORDER BY intent_at",
+                Self::WORKER_COLS
+            ))?;
+            st.query_map([], Self::worker_from_row)?.collect()
+        })
+    }
+
+    pub fn worker(&self, name: &str) -> Result<Option<WorkerRow>, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {} FROM workers WHERE name = ?1", Self::WORKER_COLS),
+                params![name],
+                Self::worker_from_row,
+            )
+            .optional()
+        })
+    }
+
+    // ---- tasks and attempts ----
+
+    pub fn task_state(
+        &self,
+        ball_id: &str,
+        title: &str,
+        state: &str,
+        worker: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tasks (ball_id, title, state, worker, reason, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(ball_id) DO UPDATE SET title = ?2, state = ?3, worker = COALESCE(?4, worker),
+                     reason = ?5, updated_at = ?6",
+                params![ball_id, title, state, worker, reason, ts(Utc::now())],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn task_result(
+        &self,
+        ball_id: &str,
+        branch: &str,
+        commit: &str,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE tasks SET branch = ?2, commit_sha = ?3 WHERE ball_id = ?1",
+                params![ball_id, branch, commit],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn tasks(&self) -> Result<Vec<TaskRow>, JournalError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT ball_id, title, state, attempts, worker, branch, commit_sha, reason, updated_at
+                 FROM tasks ORDER BY updated_at",
+            )?;
+            st.query_map([], |r| {
+                Ok(TaskRow {
+                    ball_id: r.get(0)?,
+                    title: r.get(1)?,
+                    state: r.get(2)?,
+                    attempts: r.get(3)?,
+                    worker: r.get(4)?,
+                    branch: r.get(5)?,
+                    commit_sha: r.get(6)?,
+                    reason: r.get(7)?,
+                    updated_at: parse_ts(r.get(8)?).unwrap_or_default(),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn attempt_start(
+        &self,
+        ball_id: &str,
+        attempt: u32,
+        worker: &str,
+        log_path: &Path,
+    ) -> Result<i64, JournalError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO attempts (ball_id, attempt, worker, started_at, log_path) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![ball_id, attempt, worker, ts(Utc::now()), log_path.display().to_string()],
+            )?;
+            c.execute(
+                "UPDATE tasks SET attempts = attempts + 1 WHERE ball_id = ?1",
+                params![ball_id],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attempt_end(
+        &self,
+        id: i64,
+        outcome: &str,
+        exit_status: &str,
+        branch: Option<&str>,
+        commit: Option<&str>,
+        reason: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE attempts SET ended_at = ?2, outcome = ?3, exit_status = ?4, branch = ?5, commit_sha = ?6, reason = ?7
+                 WHERE id = ?1",
+                params![id, ts(Utc::now()), outcome, exit_status, branch, commit, reason],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Attempts left open by a controller that died: they are closed as aborted.
+    pub fn close_dangling_attempts(&self) -> Result<usize, JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE attempts SET ended_at = ?1, outcome = 'aborted', reason = 'controller stopped' WHERE ended_at IS NULL",
+                params![ts(Utc::now())],
+            )
+        })
+    }
+
+    pub fn attempts(&self, ball_id: Option<&str>) -> Result<Vec<AttemptRow>, JournalError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, ball_id, attempt, worker, started_at, ended_at, outcome, exit_status, log_path, branch, commit_sha, reason
+                 FROM attempts WHERE (?1 IS NULL OR ball_id = ?1) ORDER BY id",
+            )?;
+            st.query_map(params![ball_id], |r| {
+                Ok(AttemptRow {
+                    id: r.get(0)?,
+                    ball_id: r.get(1)?,
+                    attempt: r.get(2)?,
+                    worker: r.get(3)?,
+                    started_at: parse_ts(r.get(4)?).unwrap_or_default(),
+                    ended_at: parse_ts(r.get(5)?),
+                    outcome: r.get(6)?,
+                    exit_status: r.get(7)?,
+                    log_path: r.get(8)?,
+                    branch: r.get(9)?,
+                    commit_sha: r.get(10)?,
+                    reason: r.get(11)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    pub fn attempt(&self, id: i64) -> Result<Option<AttemptRow>, JournalError> {
+        Ok(self.attempts(None)?.into_iter().find(|a| a.id == id))
+    }
+
+    pub fn ledger(&self) -> Result<Vec<LedgerRow>, JournalError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT worker, provider, machine_type, started_at, ended_at, seconds, termination_reason FROM ledger ORDER BY id",
+            )?;
+            st.query_map([], |r| {
+                Ok(LedgerRow {
+                    worker: r.get(0)?,
+                    provider: r.get(1)?,
+                    machine_type: r.get(2)?,
+                    started_at: parse_ts(r.get(3)?).unwrap_or_default(),
+                    ended_at: parse_ts(r.get(4)?).unwrap_or_default(),
+                    seconds: r.get(5)?,
+                    termination_reason: r.get(6)?,
+                })
+            })?
+            .collect()
+        })
+    }
+}
+
+/// Exclusive ownership of a project's state dir by one controller (flock on `controller.lock`,
+/// released by the kernel when the process dies, however it dies).
+pub struct ControllerLock {
+    _file: File,
+}
+
+impl ControllerLock {
+    pub fn acquire(state_dir: &Path) -> Result<ControllerLock, JournalError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Io {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+        let path = state_dir.join("controller.lock");
+        let io = |source| JournalError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(JournalError::Locked {
+                    pid: pid.trim().to_string(),
+                    path: path.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        write!(file, "{}", std::process::id()).map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(ControllerLock { _file: file })
+    }
+
+    /// The pid of a running controller, if any.
+    pub fn holder(state_dir: &Path) -> Option<String> {
+        let path = state_dir.join("controller.lock");
+        let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        match file.try_lock() {
+            Ok(()) => None,
+            Err(_) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Some(pid.trim().to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! stdout carries data (tables, JSON); stderr carries progress and logs. One printer decides.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Version of every JSON document cwo prints.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    quiet: bool,
+    progress: bool,
+}
+
+impl Printer {
+    pub fn new(quiet: bool, verbose: bool, no_progress: bool) -> Printer {
+        let progress = !quiet
+            && !verbose
+            && !no_progress
+            && std::env::var_os("CWO_NO_PROGRESS").is_none()
+            && std::io::stderr().is_terminal();
+        Printer { quiet, progress }
+    }
+
+    /// A status line on stderr.
+    pub fn status(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("{}", msg.as_ref());
+        }
+    }
+
+    /// A warning on stderr, shown even with `-q`.
+    pub fn warn(&self, msg: impl AsRef<str>) {
+        eprintln!("warning: {}", msg.as_ref());
+    }
+
+    /// Data on stdout.
+    pub fn out(&self, text: impl AsRef<str>) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_ref().as_bytes());
+        if !text.as_ref().ends_with('\n') {
+            let _ = out.write_all(b"\n");
+        }
+        let _ = out.flush();
+    }
+
+    /// A JSON document on stdout, with `schema_version` first.
+    pub fn json(&self, mut value: serde_json::Value) {
+        if let serde_json::Value::Object(map) = &mut value {
+            let mut with_version = serde_json::Map::new();
+            with_version.insert("schema_version".into(), SCHEMA_VERSION.into());
+            with_version.extend(std::mem::take(map));
+            *map = with_version;
+        }
+        self.out(serde_json::to_string_pretty(&value).expect("JSON serializes"));
+    }
+
+    /// A spinner on stderr for one phase (nothing when stderr is not a terminal).
+    pub fn phase(&self, msg: impl Into<String>) -> Phase {
+        let msg = msg.into();
+        let bar = if self.progress {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+            );
+            bar.set_message(msg.clone());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            Some(bar)
+        } else {
+            self.status(format!("{msg}..."));
+            None
+        };
+        Phase {
+            bar,
+            printer: *self,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// An agent output line, prefixed with its task.
+    pub fn task_line(&self, task: &str, line: &str) {
+        if !self.quiet {
+            eprintln!("[{task}] {line}");
+        }
+    }
+}
+
+pub struct Phase {
+    bar: Option<ProgressBar>,
+    printer: Printer,
+    started: std::time::Instant,
+}
+
+impl Phase {
+    /// Ends the phase with a final line; returns how long it took.
+    pub fn finish(self, msg: impl AsRef<str>) -> Duration {
+        let took = self.started.elapsed();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        self.printer
+            .status(format!("{} ({})", msg.as_ref(), fmt_secs(took)));
+        took
+    }
+}
+
+pub fn fmt_secs(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{s:.2}s")
+    } else if s < 120.0 {
+        format!("{s:.0}s")
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    }
+}

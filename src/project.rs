@@ -1,0 +1,125 @@
+//! The project being worked on: its root, resolved settings and state dir, and the layers built
+//! from them (tracker, provider, journal).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::{self, ProviderKind, Resolved};
+use crate::error::CliError;
+use crate::journal::Journal;
+use crate::provider::{Provider, local::LocalProvider};
+use crate::tracker::juggle::Juggle;
+
+pub struct Project {
+    pub root: PathBuf,
+    /// The project's name (the root directory's name), used in worker names and ball ids.
+    pub name: String,
+    pub resolved: Resolved,
+    pub state_dir: PathBuf,
+}
+
+/// The nearest ancestor of `start` holding `.juggle`, `cwo.toml` or `.git`.
+pub fn find_root(start: &Path) -> PathBuf {
+    let start = start.canonicalize().unwrap_or_else(|_| start.to_path_buf());
+    for dir in start.ancestors() {
+        if [".juggle", "cwo.toml", ".git"]
+            .iter()
+            .any(|m| dir.join(m).exists())
+        {
+            return dir.to_path_buf();
+        }
+    }
+    start
+}
+
+/// A short, stable, lowercase name usable in worker names.
+pub fn slug(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s = s.trim_matches('-').to_string();
+    s.truncate(20);
+    let s = s.trim_matches('-').to_string();
+    if s.is_empty() { "project".into() } else { s }
+}
+
+/// FNV-1a: a stable hash of the project path for its default state dir.
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+impl Project {
+    pub fn load(dir: Option<&Path>, flags: &[String]) -> Result<Project, CliError> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| CliError::user(format!("cannot read the current directory: {e}")))?;
+        let start = dir.map(|d| cwd.join(d)).unwrap_or(cwd);
+        if !start.is_dir() {
+            return Err(CliError::usage(format!(
+                "project directory {} does not exist",
+                start.display()
+            )));
+        }
+        let root = find_root(&start);
+        let resolved = config::resolve(&config::Inputs::standard(&root, flags))?;
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "project".into());
+        let state_dir = match &resolved.settings.state_dir {
+            Some(p) => root.join(p),
+            None => {
+                let base = std::env::var_os("XDG_STATE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))
+                    })
+                    .unwrap_or_else(|| PathBuf::from("/tmp"));
+                base.join("cwo").join(format!(
+                    "{}-{:08x}",
+                    slug(&name),
+                    fnv(&root.display().to_string()) as u32
+                ))
+            }
+        };
+        Ok(Project {
+            root,
+            name,
+            resolved,
+            state_dir,
+        })
+    }
+
+    pub fn settings(&self) -> &config::Settings {
+        &self.resolved.settings
+    }
+
+    pub fn tracker(&self) -> Juggle {
+        Juggle::new(
+            self.root.join(&self.settings().tracker.dir),
+            self.settings().tracker.session.clone(),
+        )
+    }
+
+    pub fn provider(&self) -> Arc<dyn Provider> {
+        match self.settings().provider {
+            ProviderKind::Local => Arc::new(LocalProvider::new(self.state_dir.join("workers"))),
+        }
+    }
+
+    pub fn journal(&self) -> Result<Journal, CliError> {
+        Ok(Journal::open(&self.state_dir)?)
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+}

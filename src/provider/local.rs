@@ -1,0 +1,177 @@
+//! The embedded default provider: a worker is a directory under the state dir, with an
+//! `instance.json` standing in for the cloud's record and a `workspace/` for task checkouts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
+use crate::transport::{Transport, local::LocalTransport};
+
+pub struct LocalProvider {
+    root: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    instance: Instance,
+    request_id: String,
+}
+
+impl LocalProvider {
+    /// Workers live in `root/<name>/`.
+    pub fn new(root: impl Into<PathBuf>) -> LocalProvider {
+        LocalProvider { root: root.into() }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn read(path: &Path) -> Result<Option<Record>, ProviderError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ProviderError::Transient(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn create(
+        &self,
+        spec: &WorkerSpec,
+        idempotency_key: &str,
+    ) -> Result<Instance, ProviderError> {
+        if !valid_name(&spec.name) {
+            return Err(ProviderError::InvalidSpec(format!(
+                "worker name `{}` must be 1-63 lowercase letters, digits or '-'",
+                spec.name
+            )));
+        }
+        let dir = self.dir(&spec.name);
+        let record_path = dir.join("instance.json");
+        if let Some(existing) = Self::read(&record_path)? {
+            if existing.request_id == idempotency_key {
+                return Ok(existing.instance);
+            }
+            return Err(ProviderError::InvalidSpec(format!(
+                "a worker named {} already exists (created by another request)",
+                spec.name
+            )));
+        }
+        let workspace = dir.join("workspace");
+        std::fs::create_dir_all(&workspace)
+            .map_err(|e| ProviderError::Transient(format!("{}: {e}", workspace.display())))?;
+        let instance = Instance {
+            name: spec.name.clone(),
+            status: InstanceStatus::Running,
+            created_at: Utc::now(),
+            labels: spec.labels.clone(),
+            target: Target::Local {
+                root: dir.display().to_string(),
+            },
+            workspace: workspace.display().to_string(),
+        };
+        let record = Record {
+            instance: instance.clone(),
+            request_id: idempotency_key.to_string(),
+        };
+        let tmp = dir.join("instance.json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&record).expect("serializes"),
+        )
+        .and_then(|_| std::fs::rename(&tmp, &record_path))
+        .map_err(|e| ProviderError::Transient(format!("{}: {e}", record_path.display())))?;
+        Ok(instance)
+    }
+
+    async fn wait_running(
+        &self,
+        name: &str,
+        _timeout: Duration,
+    ) -> Result<Instance, ProviderError> {
+        self.get(name)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(format!("local worker {name}")))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
+        Ok(Self::read(&self.dir(name).join("instance.json"))?.map(|r| r.instance))
+    }
+
+    async fn list(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => {
+                return Err(ProviderError::Transient(format!(
+                    "{}: {e}",
+                    self.root.display()
+                )));
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| ProviderError::Transient(e.to_string()))?;
+            if let Some(r) = Self::read(&entry.path().join("instance.json"))?
+                && selector
+                    .iter()
+                    .all(|(k, v)| r.instance.labels.get(k) == Some(v))
+            {
+                out.push(r.instance);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
+        let dir = self.dir(name);
+        if !dir.exists() {
+            return Ok(DeleteOutcome::AlreadyGone);
+        }
+        // The record goes first so a half-removed directory never looks like a live worker.
+        let _ = std::fs::remove_file(dir.join("instance.json"));
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| ProviderError::Transient(format!("removing {}: {e}", dir.display())))?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    async fn confirm_deleted(&self, name: &str, _timeout: Duration) -> Result<(), ProviderError> {
+        match self.get(name).await? {
+            None => Ok(()),
+            Some(_) => Err(ProviderError::Transient(format!(
+                "local worker {name} still exists"
+            ))),
+        }
+    }
+
+    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
+        match &instance.target {
+            Target::Local { .. } => Ok(Box::new(LocalTransport::new(instance.name.clone()))),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The worker lifecycle, and nothing else: no commands run through a provider (DESIGN §1).
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::transport::Transport;
+
+/// What to bring up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Deterministic name, also the journal key.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Machine type the work is priced as.
+    pub machine_type: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum InstanceStatus {
+    Provisioning,
+    Running,
+    Stopping,
+    Terminated,
+}
+
+/// How to reach a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Target {
+    /// A directory on this machine; `root` holds the worker's files.
+    Local { root: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub name: String,
+    pub status: InstanceStatus,
+    /// The provider's own creation time (the start of billing).
+    pub created_at: DateTime<Utc>,
+    pub labels: BTreeMap<String, String>,
+    pub target: Target,
+    /// Where task directories go on the worker.
+    pub workspace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    AlreadyGone,
+}
+
+/// Typed provider errors: retry and fallback decide on the kind, never on message text.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("no capacity: {0}")]
+    Capacity(String),
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    #[error("permission denied: {0}")]
+    Permission(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("transient failure: {0}")]
+    Transient(String),
+    #[error("invalid worker spec: {0}")]
+    InvalidSpec(String),
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// Creates the worker; calling it again with the same key returns the same worker.
+    async fn create(
+        &self,
+        spec: &WorkerSpec,
+        idempotency_key: &str,
+    ) -> Result<Instance, ProviderError>;
+    async fn wait_running(&self, name: &str, timeout: Duration) -> Result<Instance, ProviderError>;
+    /// `None` = the worker is gone.
+    async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError>;
+    /// Workers carrying every label in `selector`. Any partial failure is an error.
+    async fn list(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<Instance>, ProviderError>;
+    /// Already gone is success.
+    async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError>;
+    async fn confirm_deleted(&self, name: &str, timeout: Duration) -> Result<(), ProviderError>;
+    /// A transport to the worker.
+    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError>;
+}

@@ -1,0 +1,158 @@
+//! Running commands on a worker. Providers hand out a [`Target`]; a transport runs things there.
+
+pub mod local;
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One command on the worker. `argv` is never joined into a shell string by the caller.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    /// Environment for this process only.
+    pub env: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+    pub cancel: Option<CancellationToken>,
+}
+
+impl ExecRequest {
+    pub fn new<I, S>(argv: I) -> ExecRequest
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStatus {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+    Cancelled,
+}
+
+impl ExecStatus {
+    pub fn success(self) -> bool {
+        self == ExecStatus::Exited(0)
+    }
+}
+
+impl std::fmt::Display for ExecStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecStatus::Exited(c) => write!(f, "exit {c}"),
+            ExecStatus::Signaled(s) => write!(f, "killed by signal {s}"),
+            ExecStatus::TimedOut => f.write_str("timed out"),
+            ExecStatus::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot start `{program}` on {worker}: {source}")]
+    Spawn {
+        program: String,
+        worker: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} on {worker}: {source}")]
+    Io {
+        what: String,
+        worker: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` on {worker} failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        worker: String,
+        status: ExecStatus,
+        stderr: String,
+    },
+}
+
+/// Output of a command whose lines were collected rather than streamed.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub status: ExecStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub type LineSink<'a> = &'a mut (dyn FnMut(Stream, &str) + Send);
+
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// The worker's name, for messages.
+    fn worker(&self) -> &str;
+    /// Runs a command, handing every output line to `sink` as it arrives.
+    async fn exec(
+        &self,
+        req: ExecRequest,
+        sink: LineSink<'_>,
+    ) -> Result<ExecStatus, TransportError>;
+    /// Copies a local file to a path on the worker.
+    async fn upload(&self, local: &Path, remote: &str) -> Result<(), TransportError>;
+    /// Copies a file from the worker to a local path.
+    async fn download(&self, remote: &str, local: &Path) -> Result<(), TransportError>;
+
+    /// Runs a command and collects its output.
+    async fn capture(&self, req: ExecRequest) -> Result<Captured, TransportError> {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let status = self
+            .exec(req, &mut |s, line| {
+                let buf = if s == Stream::Stdout {
+                    &mut stdout
+                } else {
+                    &mut stderr
+                };
+                buf.push_str(line);
+                buf.push('\n');
+            })
+            .await?;
+        Ok(Captured {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    async fn check(&self, req: ExecRequest) -> Result<String, TransportError> {
+        let command = req.argv.join(" ");
+        let out = self.capture(req).await?;
+        if out.status.success() {
+            Ok(out.stdout)
+        } else {
+            Err(TransportError::Failed {
+                command,
+                worker: self.worker().to_string(),
+                status: out.status,
+                stderr: out.stderr.trim().to_string(),
+            })
+        }
+    }
+}
