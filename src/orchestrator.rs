@@ -533,28 +533,37 @@ async fn drive_task(
         if ctx.abort.is_cancelled() {
             return Ok(Outcome::Aborted);
         }
+        // Attempts are numbered per ball across runs, so a restarted controller never reuses a
+        // log file or a worker directory; `attempt` counts tries within this run.
+        let seq = sh
+            .journal
+            .attempts(Some(&task.id))
+            .map_err(|e| e.to_string())?
+            .len() as u32
+            + 1;
         let log_path = sh
             .state_dir
             .join("logs")
             .join(&task.id)
-            .join(format!("attempt-{attempt}.log"));
+            .join(format!("attempt-{seq}.log"));
         let attempt_id = sh
             .journal
-            .attempt_start(&task.id, attempt, &ctx.worker, &log_path)
+            .attempt_start(&task.id, seq, &ctx.worker, &log_path)
             .map_err(|e| e.to_string())?;
-        let (outcome, exit, checkout) = match one_attempt(
-            ctx, task, attempt, &base, &bundle, &branch, &log_path, report,
-        )
-        .await
-        {
-            Ok(x) => x,
-            Err(reason) => (Outcome::Failed(reason), "-".to_string(), None),
+        let tries = Tries {
+            seq,
+            this_run: attempt,
         };
+        let (outcome, exit, checkout) =
+            match one_attempt(ctx, task, tries, &base, &bundle, &branch, &log_path, report).await {
+                Ok(x) => x,
+                Err(reason) => (Outcome::Failed(reason), "-".to_string(), None),
+            };
         let mut commit = None;
         let final_outcome = match (&outcome, checkout) {
             (Outcome::Done { commits }, Some(co)) => {
                 let started = Instant::now();
-                let delivered = deliver(ctx, task, &co, attempt, *commits).await;
+                let delivered = deliver(ctx, task, &co, seq, *commits).await;
                 report.git += started.elapsed();
                 match delivered {
                     Ok(sha) => {
@@ -603,12 +612,19 @@ async fn drive_task(
     unreachable!("the last attempt always returns")
 }
 
+/// Which attempt this is: across runs (names files) and within this run (what the agent sees).
+#[derive(Clone, Copy)]
+struct Tries {
+    seq: u32,
+    this_run: u32,
+}
+
 /// Prepares the checkout, runs the agent once, and judges the result.
 #[allow(clippy::too_many_arguments)]
 async fn one_attempt(
     ctx: &TaskCtx,
     task: &Task,
-    attempt: u32,
+    tries: Tries,
     base: &str,
     bundle: &Path,
     branch: &str,
@@ -618,7 +634,7 @@ async fn one_attempt(
     let sh = &ctx.shared;
     let settings = &sh.settings;
     let t = ctx.transport.as_ref();
-    let dir = format!("{}/tasks/{}/attempt-{attempt}", ctx.workspace, task.id);
+    let dir = format!("{}/tasks/{}/attempt-{}", ctx.workspace, task.id, tries.seq);
     let started = Instant::now();
     let checkout = WorkerCheckout::prepare(
         t,
@@ -666,7 +682,7 @@ async fn one_attempt(
     env.push(("CWO_TASK_ID".into(), task.id.clone()));
     env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
     env.push(("CWO_BRANCH".into(), branch.to_string()));
-    env.push(("CWO_ATTEMPT".into(), attempt.to_string()));
+    env.push(("CWO_ATTEMPT".into(), tries.this_run.to_string()));
     let req = ExecRequest {
         argv,
         cwd: Some(checkout.repo.clone()),

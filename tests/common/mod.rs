@@ -1,0 +1,254 @@
+//! A hermetic environment for running the real `cwo` binary: its own HOME, XDG dirs, a project
+//! repository with a bare `origin`, and scripted agents.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct TestEnv {
+    pub tmp: tempfile::TempDir,
+    pub home: PathBuf,
+    pub project: PathBuf,
+    pub origin: PathBuf,
+    pub state: PathBuf,
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@t")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Output of one cwo invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let project = tmp.path().join("proj");
+        let origin = tmp.path().join("origin.git");
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&project).unwrap();
+        std::fs::create_dir_all(&origin).unwrap();
+        git(&origin, &["init", "-q", "--bare"]);
+        git(&project, &["init", "-q", "-b", "main"]);
+        std::fs::write(project.join("README.md"), "hello\n").unwrap();
+        std::fs::write(project.join(".gitignore"), ".juggle/\ncwo.toml\nagents/\n").unwrap();
+        git(&project, &["add", "."]);
+        git(&project, &["commit", "-q", "-m", "init"]);
+        git(
+            &project,
+            &["remote", "add", "origin", origin.to_str().unwrap()],
+        );
+        let env = TestEnv {
+            tmp,
+            home,
+            project,
+            origin,
+            state,
+        };
+        env.settings("");
+        env
+    }
+
+    /// Writes cwo.toml: fast defaults plus `extra` (TOML appended at the top level).
+    pub fn settings(&self, extra: &str) {
+        let text = format!(
+            "poll_interval = \"200ms\"\nstate_dir = {:?}\n{extra}\n",
+            self.state.display().to_string()
+        );
+        std::fs::write(self.project.join("cwo.toml"), text).unwrap();
+    }
+
+    /// A scripted agent (`sh` script body) wired in as agent.command, plus `agent_extra` keys.
+    pub fn agent(&self, body: &str, agent_extra: &str) {
+        self.agent_with("", body, agent_extra)
+    }
+
+    /// Like `agent`, with top-level settings too.
+    pub fn agent_with(&self, top: &str, body: &str, agent_extra: &str) {
+        let dir = self.project.join("agents");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("agent.sh");
+        std::fs::write(&script, format!("set -eu\n{body}\n")).unwrap();
+        let mut agent = format!(
+            "command = [\"sh\", {:?}, \"{{prompt_file}}\", \"{{prompt}}\"]\n{agent_extra}\n",
+            script.display().to_string()
+        );
+        for (key, default) in [("retry_backoff", "\"100ms\""), ("timeout", "\"20s\"")] {
+            if !agent_extra.contains(&format!("{key} =")) {
+                agent.push_str(&format!("{key} = {default}\n"));
+            }
+        }
+        self.settings(&format!("{top}\n[agent]\n{agent}"));
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cwo"));
+        c.args(args)
+            .current_dir(&self.project)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HOME", &self.home)
+            .env("XDG_CONFIG_HOME", self.home.join(".config"))
+            .env("XDG_STATE_HOME", self.home.join(".local/state"))
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .env("CWO_NO_PROGRESS", "1")
+            .stdin(Stdio::null());
+        c
+    }
+
+    #[must_use = "assert on the run's exit code or output"]
+    pub fn cwo(&self, args: &[&str]) -> Run {
+        self.cmd(args).output().unwrap().into()
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn balls_path(&self) -> PathBuf {
+        self.project.join(".juggle/balls.jsonl")
+    }
+
+    pub fn write_balls(&self, lines: &[String]) {
+        std::fs::create_dir_all(self.project.join(".juggle")).unwrap();
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(self.balls_path(), text).unwrap();
+    }
+
+    /// Adds a ball through `cwo task add`; returns its id.
+    pub fn add(&self, args: &[&str]) -> String {
+        let mut a = vec!["task", "add"];
+        a.extend_from_slice(args);
+        self.cwo(&a).ok().stdout.trim().to_string()
+    }
+
+    pub fn ball(&self, id: &str) -> Value {
+        let text = std::fs::read_to_string(self.balls_path()).unwrap();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("no ball {id} in\n{text}"))
+    }
+
+    pub fn remote_branches(&self) -> Vec<String> {
+        let out = git(
+            &self.origin,
+            &[
+                "for-each-ref",
+                "--format=%(refname:short)",
+                "refs/heads/cwo",
+            ],
+        );
+        out.lines().map(String::from).collect()
+    }
+
+    pub fn live_workers(&self) -> usize {
+        let workers = self.state.join("workers");
+        std::fs::read_dir(workers).map(|r| r.count()).unwrap_or(0)
+    }
+
+    /// Rows of a journal query, columns joined by `|`, rows by newlines.
+    pub fn journal(&self, sql: &str) -> String {
+        let conn = rusqlite::Connection::open(self.state.join("journal.sqlite")).unwrap();
+        let mut st = conn.prepare(sql).unwrap();
+        let n = st.column_count();
+        let rows: Vec<String> = st
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
+                        rusqlite::types::ValueRef::Blob(_) => "<blob>".to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows.join("\n")
+    }
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn kill(child: &Child, signal: &str) {
+    let st = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

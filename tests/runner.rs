@@ -1,0 +1,23 @@
+//! One integration-test binary (faster to build than one per file).
+
+mod common;
+mod test_commands;
+mod test_loop;
+mod test_signals;
+
+#[test]
+fn no_forgotten_test_files() {
+    let runner = include_str!("runner.rs");
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let Some(stem) = name
+            .strip_prefix("test_")
+            .and_then(|n| n.strip_suffix(".rs"))
+        {
+            assert!(
+                runner.contains(&format!("mod test_{stem};")),
+                "tests/{name} is not in tests/runner.rs"
+            );
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! One controller per project, signals, idle teardown and crash recovery.
+
+use std::io::Read;
+use std::time::Duration;
+
+use crate::common::{TestEnv, kill, wait_for};
+
+const SLOW_COMMIT: &str = r#"
+echo "started $CWO_TASK_ID"
+sleep 2
+echo done > "f-$CWO_TASK_ID"; git add .; git commit -q -m "$CWO_TASK_ID"
+echo "finished $CWO_TASK_ID"
+"#;
+
+fn wait_running(env: &TestEnv) {
+    assert!(
+        wait_for(Duration::from_secs(15), || env.ball_state_is_in_progress()),
+        "the task never started"
+    );
+}
+
+impl TestEnv {
+    fn ball_state_is_in_progress(&self) -> bool {
+        std::fs::read_to_string(self.balls_path())
+            .map(|t| t.contains("\"in_progress\""))
+            .unwrap_or(false)
+    }
+}
+
+fn finish(child: std::process::Child) -> (i32, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_second_controller_is_refused_with_the_holders_pid() {
+    let env = TestEnv::new();
+    env.agent(SLOW_COMMIT, "");
+    env.add(&["slow"]);
+    let first = env.spawn(&["run", "--once"]);
+    wait_running(&env);
+    let second = env.cwo(&["run", "--once"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stderr.contains(&format!(
+            "another cwo controller (pid {}) is running",
+            first.id()
+        )),
+        "{}",
+        second.stderr
+    );
+    assert!(second.stderr.contains("hint: "), "{}", second.stderr);
+    let (code, _) = finish(first);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn sigterm_with_now_aborts_returns_the_ball_and_tears_down() {
+    let env = TestEnv::new();
+    env.agent("echo started; sleep 30; echo never", "");
+    let id = env.add(&["long"]);
+    let child = env.spawn(&["run", "--now"]);
+    wait_running(&env);
+    assert!(wait_for(Duration::from_secs(5), || env.live_workers() == 1));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&child, "TERM");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.ball(&id)["state"], "pending", "{stderr}");
+    assert_eq!(env.live_workers(), 0);
+    assert_eq!(env.journal("SELECT outcome FROM attempts"), "aborted");
+    assert_eq!(
+        env.journal("SELECT state, termination_reason FROM workers"),
+        "deleted|user"
+    );
+    assert_eq!(env.journal("SELECT count(*) FROM ledger"), "1");
+    assert_eq!(env.journal("SELECT state FROM tasks"), "pending");
+}
+
+#[test]
+fn sigterm_lets_the_running_attempt_finish() {
+    let env = TestEnv::new();
+    env.agent(SLOW_COMMIT, "");
+    let a = env.add(&["first", "--priority", "high"]);
+    let b = env.add(&["second"]);
+    let child = env.spawn(&["run"]);
+    wait_running(&env);
+    kill(&child, "TERM");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(env.ball(&a)["state"], "complete", "{stderr}");
+    assert_eq!(
+        env.ball(&b)["state"],
+        "pending",
+        "no new task is claimed after the signal"
+    );
+    assert_eq!(env.live_workers(), 0);
+}
+
+#[test]
+fn idle_worker_is_torn_down_and_the_loop_keeps_polling() {
+    let env = TestEnv::new();
+    env.agent_with(
+        "idle_timeout = \"1s\"",
+        "git commit -q --allow-empty -m x",
+        "",
+    );
+    env.add(&["one"]);
+    let mut child = env.spawn(&["run"]);
+    assert!(wait_for(Duration::from_secs(15), || env.journal_has_deleted_worker()));
+    // Still polling: new work brings up a new worker.
+    env.add(&["two"]);
+    assert!(wait_for(Duration::from_secs(15), || env
+        .remote_branches()
+        .len()
+        == 2));
+    kill(&child, "TERM");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        stderr.contains("idle for 1.00s; tearing down worker"),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.journal("SELECT count(*) FROM workers WHERE state = 'deleted'"),
+        "2"
+    );
+    assert_eq!(
+        env.journal("SELECT group_concat(termination_reason) FROM ledger"),
+        "idle,user"
+    );
+}
+
+impl TestEnv {
+    fn journal_has_deleted_worker(&self) -> bool {
+        self.state.join("journal.sqlite").exists()
+            && self.journal("SELECT count(*) FROM workers WHERE state = 'deleted'") == "1"
+    }
+}
+
+#[test]
+fn a_killed_controller_is_recovered_by_the_next_run() {
+    let env = TestEnv::new();
+    env.agent(
+        r#"if [ "$CWO_ATTEMPT" = 1 ] && [ ! -e "$HOME/ran-once" ]; then touch "$HOME/ran-once"; sleep 3; exit 1; fi
+git commit -q --allow-empty -m ok"#,
+        "",
+    );
+    let id = env.add(&["survives"]);
+    let child = env.spawn(&["run", "--once"]);
+    wait_running(&env);
+    assert!(wait_for(Duration::from_secs(5), || env
+        .home
+        .join("ran-once")
+        .exists()));
+    kill(&child, "KILL");
+    let _ = finish(child);
+    assert_eq!(env.ball(&id)["state"], "in_progress");
+    assert_eq!(env.live_workers(), 1);
+    let run = env.cwo(&["run", "--once"]).ok();
+    assert!(
+        run.stderr
+            .contains("cut short by a controller that stopped"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("adopting worker"), "{}", run.stderr);
+    assert_eq!(env.ball(&id)["state"], "complete");
+    assert_eq!(env.live_workers(), 0);
+    assert_eq!(
+        env.journal("SELECT outcome FROM attempts ORDER BY id"),
+        "aborted\ndone"
+    );
+}
