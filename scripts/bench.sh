@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Benchmarks, measured side by side in one run (figures and ratios, never pass/fail timings):
+#  1. per-task overhead of the loop outside the agent (claim -> bundle -> clone on the worker ->
+#     fetch back -> push -> journal), with a no-op agent over N tasks, against the same agent run
+#     N times directly;
+#  2. peak RSS of the controller during `cwo run`.
+# Usage: scripts/bench.sh [TASKS]   (default 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N="${1:-20}"
+cargo build --locked --release --quiet
+CWO="$PWD/target/release/cwo"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+export HOME="$WORK/home" CWO_NO_PROGRESS=1
+export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
+mkdir -p "$HOME" "$WORK/origin.git" "$WORK/proj"
+git -C "$WORK/origin.git" init -q --bare
+git -C "$WORK/proj" init -q -b main
+# A project of realistic size: 200 files, a few commits.
+for i in $(seq 1 200); do printf 'line %s\n' $(seq 1 50) > "$WORK/proj/file$i.txt"; done
+printf '.juggle/\ncwo.toml\n' > "$WORK/proj/.gitignore"
+git -C "$WORK/proj" add -A && git -C "$WORK/proj" commit -qm init
+git -C "$WORK/proj" remote add origin "$WORK/origin.git"
+cat > "$WORK/noop-agent.sh" <<'AGENT'
+git commit -q --allow-empty -m "no-op"
+AGENT
+cat > "$WORK/proj/cwo.toml" <<TOML
+poll_interval = "100ms"
+state_dir = "$WORK/state"
+[agent]
+command = ["sh", "$WORK/noop-agent.sh"]
+TOML
+for i in $(seq 1 "$N"); do "$CWO" -C "$WORK/proj" -q task add "task $i" >/dev/null; done
+
+# The agent alone, N times, in a clone (what the loop cannot avoid).
+git clone -q "$WORK/proj" "$WORK/direct"
+t0=$(date +%s%N)
+for i in $(seq 1 "$N"); do (cd "$WORK/direct" && sh "$WORK/noop-agent.sh"); done
+t1=$(date +%s%N)
+direct_ms=$(( (t1 - t0) / 1000000 ))
+
+# The loop, with the controller's own peak RSS sampled from /proc.
+t0=$(date +%s%N)
+"$CWO" -C "$WORK/proj" run --once 2>"$WORK/run.log" &
+pid=$!
+peak_kb=0
+while kill -0 "$pid" 2>/dev/null; do
+  hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+  [ -n "$hwm" ] && [ "$hwm" -gt "$peak_kb" ] && peak_kb=$hwm
+  sleep 0.02
+done
+wait "$pid"
+t1=$(date +%s%N)
+loop_ms=$(( (t1 - t0) / 1000000 ))
+done_count=$(git -C "$WORK/origin.git" for-each-ref refs/heads/cwo | wc -l)
+[ "$done_count" -eq "$N" ] || { echo "only $done_count of $N branches were pushed" >&2; cat "$WORK/run.log" >&2; exit 1; }
+
+overhead_ms=$(( (loop_ms - direct_ms) / N ))
+echo "tasks:                       $N (all pushed)"
+echo "agent alone, $N runs:        ${direct_ms} ms"
+echo "cwo run --once, $N tasks:    ${loop_ms} ms  ($(awk "BEGIN {printf \"%.1f\", $loop_ms / ($direct_ms > 0 ? $direct_ms : 1)}")x the agent alone)"
+echo "per-task overhead:           ${overhead_ms} ms   (goal <= 1000 ms: $(awk "BEGIN {print ($overhead_ms <= 1000) ? \"met\" : \"NOT met\"}"))"
+echo "controller peak RSS:         $((peak_kb / 1024)).$(( (peak_kb % 1024) * 10 / 1024 )) MB   (goal <= 25 MB: $(awk "BEGIN {print ($peak_kb <= 25600) ? \"met\" : \"NOT met\"}"))"
+echo "cwo's own summary:           $(tail -n 1 "$WORK/run.log")"
