@@ -17,7 +17,7 @@ use crate::journal::Journal;
 use crate::printer::{Printer, fmt_secs};
 use crate::project::{Project, slug};
 use crate::provider::{Instance, Provider, WorkerSpec};
-use crate::tracker::{Task, Tracker};
+use crate::tracker::{Task, Tracker, TrackerError};
 use crate::transport::{ExecRequest, Transport};
 
 /// Deletion attempts before teardown gives up (with backoff 1, 2, 4 s).
@@ -161,6 +161,7 @@ impl Orchestrator {
             &request_id,
             &serde_json::to_string(&labels).expect("labels serialize"),
         )?;
+        tracing::debug!(%name, %request_id, provider = self.provider.kind(), "create");
         let created = async {
             self.provider.create(&spec, &request_id).await?;
             self.provider
@@ -211,6 +212,7 @@ impl Orchestrator {
     pub async fn tear_down(&self, name: &str, reason: &str) -> Result<(), CliError> {
         let j = &self.shared.journal;
         j.worker_deleting(name, reason)?;
+        tracing::debug!(%name, %reason, "delete");
         let mut last_err = None;
         for attempt in 0..DELETE_TRIES {
             if attempt > 0 {
@@ -327,7 +329,15 @@ impl Orchestrator {
                         }
                         let w = worker.as_ref().expect("worker is up");
                         for task in ready.into_iter().take(free) {
-                            sh.tracker.claim(&task.id)?;
+                            // A ball removed or rewritten between the read and the claim is
+                            // skipped, not fatal: the next poll sees the file as it is.
+                            if let Err(e) = sh.tracker.claim(&task.id) {
+                                if matches!(e, TrackerError::NotFound(_)) {
+                                    sh.printer.warn(format!("{} vanished before it could be claimed", task.id));
+                                    continue;
+                                }
+                                return Err(e.into());
+                            }
                             sh.journal
                                 .task_state(&task.id, &task.title, "in_progress", Some(&w.instance.name), None)?;
                             sh.journal.worker_activity(&w.instance.name, Some(&task.id))?;

@@ -181,3 +181,27 @@ git commit -q --allow-empty -m ok"#,
         "aborted\ndone"
     );
 }
+
+#[test]
+fn logs_follow_streams_a_running_attempt_to_its_end() {
+    let env = TestEnv::new();
+    env.agent(
+        "for i in 1 2 3 4 5 6; do echo \"line $i\"; sleep 0.3; done; git commit -q --allow-empty -m x",
+        "",
+    );
+    let id = env.add(&["chatty"]);
+    let run = env.spawn(&["run", "--once"]);
+    wait_running(&env);
+    assert!(wait_for(Duration::from_secs(10), || env
+        .cwo(&["logs", &id])
+        .code
+        == 0));
+    let follow = env.cwo(&["logs", "-f", &id]).ok();
+    let (code, _) = finish(run);
+    assert_eq!(code, 0);
+    let expected: String = (1..=6).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(
+        follow.stdout,
+        format!("{expected}[cwo] agent ended: exit 0\n")
+    );
+}

@@ -1,6 +1,6 @@
 //! `cwo logs <task> [-f]`: an attempt's agent log, optionally followed while it runs.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::cli::LogsArgs;
@@ -37,26 +37,25 @@ pub async fn logs(project: &Project, _printer: Printer, args: &LogsArgs) -> Resu
         .map_err(|e| CliError::user(format!("cannot open the log {}: {e}", attempt.log_path)))?;
     let mut stdout = std::io::stdout().lock();
     let mut buf = Vec::new();
-    loop {
+    let mut copy = |file: &mut std::fs::File| -> Result<(), CliError> {
         buf.clear();
         file.read_to_end(&mut buf)
             .map_err(|e| CliError::user(format!("reading {}: {e}", attempt.log_path)))?;
         let _ = stdout.write_all(&buf);
         let _ = stdout.flush();
-        if !args.follow {
-            break;
-        }
+        Ok(())
+    };
+    copy(&mut file)?;
+    if !args.follow {
+        return Ok(0);
+    }
+    loop {
         let ended = journal
             .attempt(attempt.id)?
-            .map(|a| a.ended_at.is_some())
-            .unwrap_or(true);
+            .is_none_or(|a| a.ended_at.is_some());
+        // Read once more after the end is seen: lines written just before it.
+        copy(&mut file)?;
         if ended {
-            // One last read: lines written between the read above and the end mark.
-            buf.clear();
-            let pos = file.stream_position().unwrap_or(0);
-            let _ = file.seek(SeekFrom::Start(pos));
-            let _ = file.read_to_end(&mut buf);
-            let _ = stdout.write_all(&buf);
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -150,6 +150,7 @@ impl Juggle {
         change: impl FnOnce(&mut Map<String, Value>),
     ) -> Result<(), TrackerError> {
         let _lock = self.lock()?;
+        tracing::debug!(ball = %id, "juggle update");
         let path = self.balls_path();
         let mut lines = Self::read(&path)?;
         let mut change = Some(change);

@@ -95,6 +95,7 @@ impl Transport for LocalTransport {
         sink: LineSink<'_>,
     ) -> Result<ExecStatus, TransportError> {
         let program = req.argv.first().cloned().unwrap_or_default();
+        tracing::debug!(worker = %self.worker, argv = ?req.argv, cwd = ?req.cwd, "exec");
         let mut cmd = Command::new(&program);
         cmd.args(&req.argv[1..])
             .envs(req.env.iter().map(|(k, v)| (k, v)))
