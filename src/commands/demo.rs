@@ -173,8 +173,11 @@ pub async fn demo(printer: Printer, args: &DemoArgs, g: &GlobalArgs) -> Result<u
         out.push_str(&format!("  {line}\n"));
     }
     let live = orch.journal().live_workers()?;
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "cwo".into());
     out.push_str(&format!(
-        "\nworkers left running: {}\n\ntry: cwo -C {} status   |   cwo -C {} logs <ball-id>\n",
+        "\nworkers left running: {}\n\ntry: {exe} -C {} status\n     {exe} -C {} logs <ball-id>\n",
         live.len(),
         root.display(),
         root.display()
