@@ -145,6 +145,16 @@ impl WorkerCheckout {
         })
     }
 
+    /// A checkout an earlier controller prepared (resuming an attempt).
+    pub fn existing(dir: String, branch: &str, base: &str) -> WorkerCheckout {
+        WorkerCheckout {
+            repo: format!("{dir}/repo"),
+            dir,
+            branch: branch.to_string(),
+            base: base.to_string(),
+        }
+    }
+
     /// Commits the agent made on top of the base.
     pub async fn new_commits(&self, t: &dyn Transport) -> Result<u64, GitError> {
         let range = format!("{}..HEAD", self.base);

@@ -67,6 +67,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     outcome TEXT,                   -- done | blocked | failed | aborted (NULL while running)
     exit_status TEXT,
     log_path TEXT NOT NULL,
+    workdir TEXT NOT NULL DEFAULT '',  -- the attempt's directory on the worker
+    base TEXT NOT NULL DEFAULT '',     -- the commit the agent started from
     branch TEXT,
     commit_sha TEXT,
     reason TEXT
@@ -117,9 +119,23 @@ pub struct AttemptRow {
     pub outcome: Option<String>,
     pub exit_status: Option<String>,
     pub log_path: String,
+    pub workdir: String,
+    pub base: String,
     pub branch: Option<String>,
     pub commit_sha: Option<String>,
     pub reason: Option<String>,
+}
+
+/// An attempt about to start.
+pub struct NewAttempt<'a> {
+    pub ball_id: &'a str,
+    /// Numbered per ball across runs.
+    pub seq: u32,
+    pub worker: &'a str,
+    pub log_path: &'a Path,
+    pub workdir: &'a str,
+    pub base: &'a str,
+    pub branch: &'a str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -392,18 +408,23 @@ impl Journal {
         })
     }
 
-    pub fn attempt_start(
-        &self,
-        ball_id: &str,
-        attempt: u32,
-        worker: &str,
-        log_path: &Path,
-    ) -> Result<i64, JournalError> {
+    pub fn attempt_start(&self, a: &NewAttempt<'_>) -> Result<i64, JournalError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO attempts (ball_id, attempt, worker, started_at, log_path) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![ball_id, attempt, worker, ts(Utc::now()), log_path.display().to_string()],
+                "INSERT INTO attempts (ball_id, attempt, worker, started_at, log_path, workdir, base, branch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    a.ball_id,
+                    a.seq,
+                    a.worker,
+                    ts(Utc::now()),
+                    a.log_path.display().to_string(),
+                    a.workdir,
+                    a.base,
+                    a.branch
+                ],
             )?;
+            let ball_id = a.ball_id;
             c.execute(
                 "UPDATE tasks SET attempts = attempts + 1 WHERE ball_id = ?1",
                 params![ball_id],
@@ -432,20 +453,20 @@ impl Journal {
         })
     }
 
-    /// Attempts left open by a controller that died: they are closed as aborted.
-    pub fn close_dangling_attempts(&self) -> Result<usize, JournalError> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE attempts SET ended_at = ?1, outcome = 'aborted', reason = 'controller stopped' WHERE ended_at IS NULL",
-                params![ts(Utc::now())],
-            )
-        })
+    /// Attempts left open by a controller that stopped without closing them.
+    pub fn dangling_attempts(&self) -> Result<Vec<AttemptRow>, JournalError> {
+        Ok(self
+            .attempts(None)?
+            .into_iter()
+            .filter(|a| a.ended_at.is_none())
+            .collect())
     }
 
     pub fn attempts(&self, ball_id: Option<&str>) -> Result<Vec<AttemptRow>, JournalError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT id, ball_id, attempt, worker, started_at, ended_at, outcome, exit_status, log_path, branch, commit_sha, reason
+                "SELECT id, ball_id, attempt, worker, started_at, ended_at, outcome, exit_status, log_path, branch, commit_sha, reason,
+                        workdir, base
                  FROM attempts WHERE (?1 IS NULL OR ball_id = ?1) ORDER BY id",
             )?;
             st.query_map(params![ball_id], |r| {
@@ -462,6 +483,8 @@ impl Journal {
                     branch: r.get(9)?,
                     commit_sha: r.get(10)?,
                     reason: r.get(11)?,
+                    workdir: r.get(12)?,
+                    base: r.get(13)?,
                 })
             })?
             .collect()

@@ -9,7 +9,7 @@ use crate::project::Project;
 pub async fn up(project: &Project, printer: Printer) -> Result<u8, CliError> {
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     let orch = Orchestrator::new(project, printer)?;
-    if let Some(w) = orch.recover(true, "orphaned").await? {
+    if let Some(w) = orch.recover(true, "orphaned").await?.worker {
         printer.status(format!("worker {} is already up", w.instance.name));
         printer.out(&w.instance.name);
         return Ok(0);

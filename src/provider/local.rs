@@ -42,6 +42,34 @@ impl LocalProvider {
     }
 }
 
+/// SIGKILLs the process group of every detached agent under `tasks/<ball>/<attempt>/`.
+fn kill_agents(tasks: &Path) {
+    let Ok(balls) = std::fs::read_dir(tasks) else {
+        return;
+    };
+    for attempt in balls
+        .flatten()
+        .filter_map(|b| std::fs::read_dir(b.path()).ok())
+        .flatten()
+        .flatten()
+    {
+        let dir = attempt.path();
+        if dir.join("agent.exit").exists() {
+            continue;
+        }
+        if let Some(pid) = std::fs::read_to_string(dir.join("agent.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<libc::pid_t>().ok())
+            .filter(|p| *p > 1)
+        {
+            // SAFETY: killpg only sends a signal, to the group the agent's launcher created.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -153,6 +181,8 @@ impl Provider for LocalProvider {
         if !dir.exists() {
             return Ok(DeleteOutcome::AlreadyGone);
         }
+        // A VM's deletion ends every process on it; a local worker's ends its agents.
+        kill_agents(&dir.join("workspace/tasks"));
         // The record goes first so a half-removed directory never looks like a live worker.
         let _ = std::fs::remove_file(dir.join("instance.json"));
         std::fs::remove_dir_all(&dir)

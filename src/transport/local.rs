@@ -52,8 +52,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// Reads one line (cancel-safe: partial bytes stay in `buf`). None at EOF.
-    async fn next(&mut self) -> Option<String> {
+    /// Reads one line with its newline (cancel-safe: partial bytes stay in `buf`). None at EOF.
+    async fn next(&mut self) -> Option<Vec<u8>> {
         loop {
             match self.inner.read_until(b'\n', &mut self.buf).await {
                 Ok(0) | Err(_) => {
@@ -65,11 +65,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 Ok(_) if !self.buf.ends_with(b"\n") && !self.done => continue,
                 Ok(_) => {}
             }
-            let mut line = std::mem::take(&mut self.buf);
-            if line.ends_with(b"\n") {
-                line.pop();
-            }
-            return Some(String::from_utf8_lossy(&line).into_owned());
+            return Some(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -102,7 +98,10 @@ impl Transport for LocalTransport {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0);
+            .process_group(0)
+            // A caller that drops this future (a select! that chose another branch) must not
+            // leave the process behind.
+            .kill_on_drop(true);
         if let Some(cwd) = &req.cwd {
             cmd.current_dir(cwd);
         }

@@ -101,7 +101,9 @@ pub struct Captured {
     pub stderr: String,
 }
 
-pub type LineSink<'a> = &'a mut (dyn FnMut(Stream, &str) + Send);
+/// Receives output one line at a time, as raw bytes with the line's `\n` when it had one (the
+/// last piece of a stream may have none), so a consumer can count bytes exactly.
+pub type LineSink<'a> = &'a mut (dyn FnMut(Stream, &[u8]) + Send);
 
 #[async_trait]
 pub trait Transport: Send + Sync {
@@ -129,8 +131,10 @@ pub trait Transport: Send + Sync {
                 } else {
                     &mut stderr
                 };
-                buf.push_str(line);
-                buf.push('\n');
+                buf.push_str(&String::from_utf8_lossy(line));
+                if !line.ends_with(b"\n") {
+                    buf.push('\n');
+                }
             })
             .await?;
         Ok(Captured {

@@ -1,6 +1,8 @@
 //! The agent: its prompt, its argv (placeholders substituted inside elements, never through a
 //! shell: DESIGN invariant 9), and how its run is judged.
 
+pub mod detached;
+
 use crate::tracker::Task;
 use crate::transport::ExecStatus;
 

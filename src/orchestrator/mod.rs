@@ -1,19 +1,21 @@
 //! The run loop: tracker → worker → agent → git → journal → teardown.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+mod task;
+
+use task::{TaskCtx, TaskReport};
+
 use crate::agent::{self, Outcome};
 use crate::config::Settings;
 use crate::error::CliError;
-use crate::git::{self, WorkerCheckout};
-use crate::journal::Journal;
+use crate::journal::{AttemptRow, Journal};
 use crate::printer::{Printer, fmt_secs};
 use crate::project::{Project, slug};
 use crate::provider::{Instance, Provider, WorkerSpec};
@@ -40,6 +42,12 @@ pub struct RunOptions {
 pub struct ActiveWorker {
     pub instance: Instance,
     pub transport: Arc<dyn Transport>,
+}
+
+/// What `recover` found: a worker to keep using and attempts still running on it.
+pub struct Recovered {
+    pub worker: Option<ActiveWorker>,
+    pub resume: Vec<AttemptRow>,
 }
 
 /// What a run did, for the closing summary.
@@ -75,7 +83,7 @@ impl RunSummary {
 }
 
 /// Everything a task needs, shared with the spawned task futures.
-struct Shared {
+pub(crate) struct Shared {
     root: PathBuf,
     state_dir: PathBuf,
     settings: Settings,
@@ -89,13 +97,6 @@ pub struct Orchestrator {
     shared: Arc<Shared>,
     provider: Arc<dyn Provider>,
     project_slug: String,
-}
-
-struct TaskReport {
-    id: String,
-    outcome: Outcome,
-    agent: Duration,
-    git: Duration,
 }
 
 impl Orchestrator {
@@ -243,20 +244,11 @@ impl Orchestrator {
 
     /// Reconciles the journal with the provider after a crash or a `cwo up`: workers the
     /// provider no longer has are closed; a ready worker is adopted when `adopt`, every other one
-    /// is deleted.
-    pub async fn recover(
-        &self,
-        adopt: bool,
-        reason: &str,
-    ) -> Result<Option<ActiveWorker>, CliError> {
+    /// is deleted. Attempts a stopped controller left open are returned for reattaching when
+    /// their worker was adopted, and closed as aborted otherwise.
+    pub async fn recover(&self, adopt: bool, reason: &str) -> Result<Recovered, CliError> {
         let j = &self.shared.journal;
-        let closed = j.close_dangling_attempts()?;
-        if closed > 0 {
-            self.shared.printer.warn(format!(
-                "{closed} attempt(s) were cut short by a controller that stopped"
-            ));
-        }
-        let mut adopted = None;
+        let mut adopted: Option<ActiveWorker> = None;
         for row in j.live_workers()? {
             let found = self.provider.get(&row.name).await.map_err(|e| {
                 CliError::from_error(format!("cannot look up worker {}", row.name), &e)
@@ -292,7 +284,43 @@ impl Orchestrator {
                 }
             }
         }
-        Ok(adopted)
+        let mut resume = Vec::new();
+        for attempt in j.dangling_attempts()? {
+            if adopted
+                .as_ref()
+                .is_some_and(|w| w.instance.name == attempt.worker)
+            {
+                resume.push(attempt);
+            } else {
+                self.shared.printer.warn(format!(
+                    "attempt {} of {} was cut short: its controller stopped and worker {} is gone",
+                    attempt.attempt, attempt.ball_id, attempt.worker
+                ));
+                j.attempt_end(
+                    attempt.id,
+                    "aborted",
+                    "-",
+                    attempt.branch.as_deref(),
+                    None,
+                    Some("controller stopped; worker gone"),
+                )?;
+            }
+        }
+        Ok(Recovered {
+            worker: adopted,
+            resume,
+        })
+    }
+
+    fn task_ctx(&self, w: &ActiveWorker, shutdown: &Shutdown) -> TaskCtx {
+        TaskCtx {
+            shared: self.shared.clone(),
+            provider: self.provider.clone(),
+            transport: w.transport.clone(),
+            worker: w.instance.name.clone(),
+            workspace: w.instance.workspace.clone(),
+            abort: shutdown.abort.clone(),
+        }
     }
 
     /// The loop. Returns after `--once` drained the queue or after a shutdown signal; the worker
@@ -301,9 +329,34 @@ impl Orchestrator {
         let sh = &self.shared;
         let settings = &sh.settings;
         let mut summary = RunSummary::default();
-        let mut worker = self.recover(true, "orphaned").await?;
+        let recovered = self.recover(true, "orphaned").await?;
+        let mut worker = recovered.worker;
         let mut running: JoinSet<TaskReport> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
+        if let Some(w) = &worker {
+            let tasks = sh.tracker.list()?;
+            for attempt in recovered.resume {
+                let Some(task) = tasks.iter().find(|t| t.id == attempt.ball_id).cloned() else {
+                    sh.journal.attempt_end(
+                        attempt.id,
+                        "aborted",
+                        "-",
+                        None,
+                        None,
+                        Some("the ball left the tracker"),
+                    )?;
+                    continue;
+                };
+                in_flight.insert(task.id.clone());
+                sh.journal
+                    .worker_activity(&w.instance.name, Some(&task.id))?;
+                running.spawn(task::run_task(
+                    self.task_ctx(w, &shutdown),
+                    task,
+                    Some(attempt),
+                ));
+            }
+        }
         let mut idle_since = Instant::now();
         let concurrency = settings.concurrency.get();
 
@@ -344,14 +397,7 @@ impl Orchestrator {
                             in_flight.insert(task.id.clone());
                             sh.printer
                                 .status(format!("▶ {} {}", task.id, one_line(&task.title)));
-                            let ctx = TaskCtx {
-                                shared: sh.clone(),
-                                transport: w.transport.clone(),
-                                worker: w.instance.name.clone(),
-                                workspace: w.instance.workspace.clone(),
-                                abort: shutdown.abort.clone(),
-                            };
-                            running.spawn(run_task(ctx, task));
+                            running.spawn(task::run_task(self.task_ctx(w, &shutdown), task, None));
                         }
                         continue;
                     }
@@ -460,327 +506,4 @@ fn one_line(s: &str) -> String {
     } else {
         line.to_string()
     }
-}
-
-struct TaskCtx {
-    shared: Arc<Shared>,
-    transport: Arc<dyn Transport>,
-    worker: String,
-    workspace: String,
-    abort: CancellationToken,
-}
-
-/// One ball, from claim to complete / blocked / pending, with retries.
-async fn run_task(ctx: TaskCtx, task: Task) -> TaskReport {
-    let sh = ctx.shared.clone();
-    let mut report = TaskReport {
-        id: task.id.clone(),
-        outcome: Outcome::Aborted,
-        agent: Duration::ZERO,
-        git: Duration::ZERO,
-    };
-    let outcome = match drive_task(&ctx, &task, &mut report).await {
-        Ok(o) => o,
-        Err(reason) => Outcome::Blocked(reason),
-    };
-    let settle = match &outcome {
-        Outcome::Aborted => {
-            sh.printer
-                .status(format!("■ {} aborted; back to pending", task.id));
-            sh.tracker.release(&task.id).map(|_| "pending")
-        }
-        Outcome::Blocked(reason) | Outcome::Failed(reason) => {
-            sh.printer
-                .status(format!("✗ {} blocked: {reason}", task.id));
-            sh.tracker
-                .block(&task.id, reason)
-                .and_then(|_| {
-                    sh.tracker
-                        .progress(&task.id, &format!("cwo: {} blocked: {reason}", task.id))
-                })
-                .map(|_| "blocked")
-        }
-        Outcome::Done { .. } => Ok("complete"),
-    };
-    match settle {
-        Ok(state) => {
-            let reason = match &outcome {
-                Outcome::Blocked(r) | Outcome::Failed(r) => Some(r.as_str()),
-                _ => None,
-            };
-            let _ = sh
-                .journal
-                .task_state(&task.id, &task.title, state, None, reason);
-        }
-        Err(e) => sh.printer.warn(format!(
-            "could not record the outcome of {} in the tracker: {e}",
-            task.id
-        )),
-    }
-    report.outcome = outcome;
-    report
-}
-
-/// Runs attempts until one decides the ball. `Err` = a reason to block the ball at once.
-async fn drive_task(
-    ctx: &TaskCtx,
-    task: &Task,
-    report: &mut TaskReport,
-) -> Result<Outcome, String> {
-    let sh = &ctx.shared;
-    let settings = &sh.settings;
-    let branch = format!("{}{}", settings.git.branch_prefix, task.id);
-    let tmp = sh.state_dir.join("tmp");
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let git_started = Instant::now();
-    let bundle = tmp.join(format!("{}-input.bundle", task.id));
-    let base = git::bundle_head(&sh.root, &bundle)
-        .await
-        .map_err(|e| format!("cannot bundle the project for the worker: {e}"))?;
-    report.git += git_started.elapsed();
-    let max = settings.agent.max_attempts.get();
-    for attempt in 1..=max {
-        if ctx.abort.is_cancelled() {
-            return Ok(Outcome::Aborted);
-        }
-        // Attempts are numbered per ball across runs, so a restarted controller never reuses a
-        // log file or a worker directory; `attempt` counts tries within this run.
-        let seq = sh
-            .journal
-            .attempts(Some(&task.id))
-            .map_err(|e| e.to_string())?
-            .len() as u32
-            + 1;
-        let log_path = sh
-            .state_dir
-            .join("logs")
-            .join(&task.id)
-            .join(format!("attempt-{seq}.log"));
-        let attempt_id = sh
-            .journal
-            .attempt_start(&task.id, seq, &ctx.worker, &log_path)
-            .map_err(|e| e.to_string())?;
-        let tries = Tries {
-            seq,
-            this_run: attempt,
-        };
-        let (outcome, exit, checkout) =
-            match one_attempt(ctx, task, tries, &base, &bundle, &branch, &log_path, report).await {
-                Ok(x) => x,
-                Err(reason) => (Outcome::Failed(reason), "-".to_string(), None),
-            };
-        let mut commit = None;
-        let final_outcome = match (&outcome, checkout) {
-            (Outcome::Done { commits }, Some(co)) => {
-                let started = Instant::now();
-                let delivered = deliver(ctx, task, &co, seq, *commits).await;
-                report.git += started.elapsed();
-                match delivered {
-                    Ok(sha) => {
-                        commit = Some(sha);
-                        outcome.clone()
-                    }
-                    Err(reason) => Outcome::Blocked(reason),
-                }
-            }
-            _ => outcome.clone(),
-        };
-        let reason = match &final_outcome {
-            Outcome::Blocked(r) | Outcome::Failed(r) => Some(r.as_str()),
-            _ => None,
-        };
-        let _ = sh.journal.attempt_end(
-            attempt_id,
-            final_outcome.label(),
-            &exit,
-            Some(&branch),
-            commit.as_deref(),
-            reason,
-        );
-        match final_outcome {
-            Outcome::Failed(reason) if attempt < max => {
-                let wait = settings.agent.retry_backoff * 2u32.saturating_pow(attempt - 1);
-                sh.printer.status(format!(
-                    "↻ {} attempt {attempt}/{max} failed: {reason}; retrying in {}",
-                    task.id,
-                    fmt_secs(wait)
-                ));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = ctx.abort.cancelled() => return Ok(Outcome::Aborted),
-                }
-            }
-            Outcome::Failed(reason) => {
-                return Ok(Outcome::Failed(format!(
-                    "failed {max} attempt(s); last: {reason} (log: {})",
-                    log_path.display()
-                )));
-            }
-            other => return Ok(other),
-        }
-    }
-    unreachable!("the last attempt always returns")
-}
-
-/// Which attempt this is: across runs (names files) and within this run (what the agent sees).
-#[derive(Clone, Copy)]
-struct Tries {
-    seq: u32,
-    this_run: u32,
-}
-
-/// Prepares the checkout, runs the agent once, and judges the result.
-#[allow(clippy::too_many_arguments)]
-async fn one_attempt(
-    ctx: &TaskCtx,
-    task: &Task,
-    tries: Tries,
-    base: &str,
-    bundle: &Path,
-    branch: &str,
-    log_path: &Path,
-    report: &mut TaskReport,
-) -> Result<(Outcome, String, Option<WorkerCheckout>), String> {
-    let sh = &ctx.shared;
-    let settings = &sh.settings;
-    let t = ctx.transport.as_ref();
-    let dir = format!("{}/tasks/{}/attempt-{}", ctx.workspace, task.id, tries.seq);
-    let started = Instant::now();
-    let checkout = WorkerCheckout::prepare(
-        t,
-        dir.clone(),
-        bundle,
-        base,
-        branch,
-        (&settings.git.author_name, &settings.git.author_email),
-    )
-    .await
-    .map_err(|e| format!("preparing the checkout on {}: {e}", ctx.worker))?;
-    report.git += started.elapsed();
-
-    let prompt = agent::render_prompt(&sh.template, task, branch);
-    let local_prompt = sh
-        .state_dir
-        .join("tmp")
-        .join(format!("{}-prompt.md", task.id));
-    std::fs::write(&local_prompt, &prompt)
-        .map_err(|e| format!("writing {}: {e}", local_prompt.display()))?;
-    let prompt_file = format!("{dir}/prompt.md");
-    t.upload(&local_prompt, &prompt_file)
-        .await
-        .map_err(|e| e.to_string())?;
-    let argv = agent::build_argv(
-        &settings.agent.command,
-        &prompt,
-        &prompt_file,
-        &task.id,
-        &checkout.repo,
-    )?;
-
-    if let Some(parent) = log_path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    }
-    let mut log = std::fs::File::create(log_path)
-        .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
-    let mut env: Vec<(String, String)> = settings
-        .agent
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.push(("CWO_TASK_ID".into(), task.id.clone()));
-    env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
-    env.push(("CWO_BRANCH".into(), branch.to_string()));
-    env.push(("CWO_ATTEMPT".into(), tries.this_run.to_string()));
-    let req = ExecRequest {
-        argv,
-        cwd: Some(checkout.repo.clone()),
-        env,
-        timeout: Some(settings.agent.timeout),
-        cancel: Some(ctx.abort.clone()),
-    };
-    let mut blocked: Option<String> = None;
-    let printer = sh.printer;
-    let id = task.id.clone();
-    let agent_started = Instant::now();
-    let status = t
-        .exec(req, &mut |_, line| {
-            let _ = writeln!(log, "{line}");
-            printer.task_line(&id, line);
-            if blocked.is_none() {
-                blocked = agent::blocked_marker(line);
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    report.agent += agent_started.elapsed();
-    let _ = writeln!(log, "[cwo] agent ended: {status}");
-    let commits = if status == crate::transport::ExecStatus::Cancelled {
-        0
-    } else {
-        checkout.new_commits(t).await.map_err(|e| e.to_string())?
-    };
-    let outcome = agent::judge(status, blocked, commits, settings.agent.timeout);
-    Ok((outcome, status.to_string(), Some(checkout)))
-}
-
-/// Brings the task branch back and pushes it; completes the ball. Returns the commit.
-async fn deliver(
-    ctx: &TaskCtx,
-    task: &Task,
-    co: &WorkerCheckout,
-    attempt: u32,
-    commits: u64,
-) -> Result<String, String> {
-    let sh = &ctx.shared;
-    let settings = &sh.settings;
-    let local = sh
-        .state_dir
-        .join("tmp")
-        .join(format!("{}-output.bundle", task.id));
-    co.bring_back(ctx.transport.as_ref(), &local)
-        .await
-        .map_err(|e| format!("bringing the branch back from {}: {e}", ctx.worker))?;
-    let sha = git::fetch_result(&sh.root, &local, &co.branch)
-        .await
-        .map_err(|e| format!("fetching the result: {e}"))?;
-    let short = &sha[..12.min(sha.len())];
-    let where_ = if settings.git.push {
-        let remote = &settings.git.remote;
-        if !git::has_remote(&sh.root, remote).await {
-            return Err(format!(
-                "the work is at refs/cwo/{} ({short}) but git remote `{remote}` does not exist; add it or set git.push = false",
-                task.id
-            ));
-        }
-        git::push(&sh.root, remote, &sha, &co.branch)
-            .await
-            .map_err(|e| {
-                format!(
-                    "pushing {} to {remote} failed (the work is kept at refs/cwo/{}): {e}",
-                    co.branch, task.id
-                )
-            })?;
-        format!("pushed to {remote}")
-    } else {
-        format!("kept at refs/cwo/{} (git.push = false)", task.id)
-    };
-    let note = format!(
-        "cwo: branch {} at {short} {where_} ({commits} commit(s), attempt {attempt})",
-        co.branch
-    );
-    sh.tracker
-        .complete(&task.id, &note)
-        .and_then(|_| sh.tracker.progress(&task.id, &note))
-        .map_err(|e| format!("recording completion: {e}"))?;
-    sh.journal
-        .task_result(&task.id, &co.branch, &sha)
-        .map_err(|e| e.to_string())?;
-    sh.printer.status(format!(
-        "✓ {} {}",
-        task.id,
-        note.trim_start_matches("cwo: ")
-    ));
-    Ok(sha)
 }

@@ -1,0 +1,248 @@
+//! The agent runs *detached* on the worker: started under `setsid` with its output in
+//! `<dir>/agent.log` and its exit status in `<dir>/agent.exit`, so it survives a dropped
+//! connection or a dead controller. The controller follows the log by byte offset and can always
+//! resume from where it stopped. Everything here is plain POSIX sh (busybox ash compatible), and
+//! every value reaches the scripts as a positional argument, never spliced into script text.
+
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::{ExecRequest, ExecStatus, Stream, Transport, TransportError};
+
+/// Starts the agent once: a second call while (or after) it ran does nothing. The wrapper traps
+/// TERM with a handler (not an ignore, so the agent keeps the default action) to outlive the
+/// agent's group being signalled and record the status.
+const LAUNCH: &str = r#"d=$1; repo=$2; shift 2
+if [ -e "$d/agent.pid" ]; then exit 0; fi
+cd "$repo" || exit 97
+: >> "$d/agent.log"
+setsid sh -c 'd=$1; shift; trap ": " TERM INT HUP
+echo $$ > "$d/agent.pid.tmp" && mv "$d/agent.pid.tmp" "$d/agent.pid"
+"$@" </dev/null >>"$d/agent.log" 2>&1
+echo $? > "$d/agent.exit.tmp" && mv "$d/agent.exit.tmp" "$d/agent.exit"' cwo-agent "$d" "$@" </dev/null >/dev/null 2>&1 &
+i=0
+while [ ! -e "$d/agent.pid" ]; do
+  i=$((i + 1)); [ "$i" -gt 200 ] && exit 98
+  sleep 0.05
+done
+"#;
+
+/// Prints the log from byte offset `$2` until the agent has exited and every byte was sent.
+const FOLLOW: &str = r#"d=$1; off=$2
+[ -e "$d/agent.log" ] || exit 96
+while :; do
+  if [ -e "$d/agent.exit" ]; then ended=1; else ended=0; fi
+  size=$(wc -c < "$d/agent.log")
+  if [ "$size" -gt "$off" ]; then
+    tail -c +"$((off + 1))" "$d/agent.log" | head -c "$((size - off))"
+    off=$size
+  elif [ "$ended" = 1 ]; then
+    exit 0
+  else
+    sleep 0.2
+  fi
+done
+"#;
+
+/// Signals the agent's whole process group.
+const KILL: &str = r#"pid=$(cat "$1/agent.pid" 2>/dev/null) || exit 0
+kill -s "$2" -- "-$pid" 2>/dev/null || true
+"#;
+
+/// Exit status if the agent ended, nothing while it runs: `exit N`, or `running`, or `none`.
+const STATE: &str = r#"if [ -e "$1/agent.exit" ]; then echo "exit $(cat "$1/agent.exit")"
+elif [ -e "$1/agent.pid" ] && kill -s 0 -- "-$(cat "$1/agent.pid")" 2>/dev/null; then echo running
+else echo none; fi
+"#;
+
+/// The agent as it is on the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    Running,
+    Exited(ExecStatus),
+    /// Never started, or died without recording a status (e.g. the worker rebooted).
+    Missing,
+}
+
+/// How a follow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowEnd {
+    /// Every byte up to the agent's exit was delivered.
+    Complete,
+    /// The follower stopped (cancelled, or it failed on the worker); the offset says how far it got.
+    Stopped,
+}
+
+pub struct Detached {
+    pub dir: String,
+}
+
+fn sh(script: &str, name: &str, args: &[&str]) -> ExecRequest {
+    let mut argv = vec!["sh", "-c", script, name];
+    argv.extend_from_slice(args);
+    ExecRequest::new(argv)
+}
+
+/// Turns the agent's recorded `$?` into a status: the shell reports a signal as 128 + n.
+fn status_of(code: i32) -> ExecStatus {
+    if (129..=192).contains(&code) {
+        ExecStatus::Signaled(code - 128)
+    } else {
+        ExecStatus::Exited(code)
+    }
+}
+
+impl Detached {
+    pub fn new(dir: impl Into<String>) -> Detached {
+        Detached { dir: dir.into() }
+    }
+
+    /// Starts the agent in `repo` with `env` for it alone; idempotent.
+    pub async fn start(
+        &self,
+        t: &dyn Transport,
+        repo: &str,
+        argv: &[String],
+        env: Vec<(String, String)>,
+    ) -> Result<(), TransportError> {
+        let mut args: Vec<&str> = vec![&self.dir, repo];
+        args.extend(argv.iter().map(String::as_str));
+        let mut req = sh(LAUNCH, "cwo-launch", &args);
+        req.env = env;
+        t.check(req).await.map(|_| ())
+    }
+
+    /// Delivers log bytes from `*offset` on, one line (or final fragment) at a time, advancing
+    /// the offset by exactly what was delivered.
+    pub async fn follow(
+        &self,
+        t: &dyn Transport,
+        offset: &mut u64,
+        on_bytes: &mut (dyn FnMut(&[u8]) + Send),
+        cancel: CancellationToken,
+    ) -> Result<FollowEnd, TransportError> {
+        let from = offset.to_string();
+        let mut req = sh(FOLLOW, "cwo-follow", &[&self.dir, &from]);
+        req.cancel = Some(cancel);
+        let status = t
+            .exec(req, &mut |stream, bytes| {
+                if stream == Stream::Stdout {
+                    *offset += bytes.len() as u64;
+                    on_bytes(bytes);
+                }
+            })
+            .await?;
+        Ok(if status.success() {
+            FollowEnd::Complete
+        } else {
+            FollowEnd::Stopped
+        })
+    }
+
+    pub async fn state(&self, t: &dyn Transport) -> Result<AgentState, TransportError> {
+        let out = t.check(sh(STATE, "cwo-state", &[&self.dir])).await?;
+        let out = out.trim();
+        Ok(match out.strip_prefix("exit ") {
+            Some(code) => AgentState::Exited(status_of(code.trim().parse().unwrap_or(-1))),
+            None if out == "running" => AgentState::Running,
+            None => AgentState::Missing,
+        })
+    }
+
+    /// Sends `signal` (TERM, KILL, ...) to the agent's process group.
+    pub async fn signal(&self, t: &dyn Transport, signal: &str) -> Result<(), TransportError> {
+        t.check(sh(KILL, "cwo-kill", &[&self.dir, signal]))
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::local::LocalTransport;
+    use std::time::Duration;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn runs_once_follows_by_offset_and_reports_status() {
+        rt().block_on(async {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().display().to_string();
+            let t = LocalTransport::new("w");
+            let d = Detached::new(dir.clone());
+            let argv: Vec<String> = [
+                "sh",
+                "-c",
+                "echo one; echo \"$X\"; printf 'tail'; echo $$ >> starts; exit 4",
+            ]
+            .map(String::from)
+            .to_vec();
+            let env = vec![("X".to_string(), "two words".to_string())];
+            d.start(&t, &dir, &argv, env.clone()).await.unwrap();
+            d.start(&t, &dir, &argv, env).await.unwrap();
+            let mut offset = 0;
+            let mut got = Vec::new();
+            let end = d
+                .follow(
+                    &t,
+                    &mut offset,
+                    &mut |b| got.extend_from_slice(b),
+                    CancellationToken::new(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(end, FollowEnd::Complete);
+            assert_eq!(String::from_utf8(got).unwrap(), "one\ntwo words\ntail");
+            assert_eq!(offset, 18);
+            assert_eq!(
+                d.state(&t).await.unwrap(),
+                AgentState::Exited(ExecStatus::Exited(4))
+            );
+            let starts = std::fs::read_to_string(tmp.path().join("starts")).unwrap();
+            assert_eq!(starts.lines().count(), 1, "started exactly once");
+            // Resuming from an offset delivers only the rest.
+            let mut offset = 4;
+            let mut rest = Vec::new();
+            d.follow(
+                &t,
+                &mut offset,
+                &mut |b| rest.extend_from_slice(b),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(rest, b"two words\ntail");
+        });
+    }
+
+    #[test]
+    fn signal_reaches_the_agent_group_and_status_says_so() {
+        rt().block_on(async {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().display().to_string();
+            let t = LocalTransport::new("w");
+            let d = Detached::new(dir.clone());
+            let argv: Vec<String> = ["sh", "-c", "sleep 30 & sleep 30"]
+                .map(String::from)
+                .to_vec();
+            d.start(&t, &dir, &argv, vec![]).await.unwrap();
+            assert_eq!(d.state(&t).await.unwrap(), AgentState::Running);
+            d.signal(&t, "TERM").await.unwrap();
+            let mut state = AgentState::Running;
+            for _ in 0..50 {
+                state = d.state(&t).await.unwrap();
+                if state != AgentState::Running {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(state, AgentState::Exited(ExecStatus::Signaled(15)));
+        });
+    }
+}
