@@ -35,18 +35,99 @@ pub struct Settings {
     pub tracker: TrackerSettings,
     pub agent: AgentSettings,
     pub git: GitSettings,
+    pub ssh: SshSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshSettings {
+    /// Hosts you already have, for `provider = "ssh"`: "user@host:port" (port 22 if left out).
+    #[serde(deserialize_with = "host_list")]
+    pub hosts: Vec<String>,
+    /// Private key for those hosts (OpenSSH format). Your ~/.ssh config, agent and known_hosts
+    /// are never used.
+    pub key: String,
+    /// Directory on each host that holds cwo's workspaces (relative to the login directory, or
+    /// absolute).
+    pub workspace: String,
+    /// How long to wait for a host to answer and accept the key.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    /// Keepalive interval on the connection (three unanswered ones drop it).
+    #[serde(with = "duration_str")]
+    pub keepalive: Duration,
+}
+
+impl Default for SshSettings {
+    fn default() -> Self {
+        SshSettings {
+            hosts: vec![],
+            key: String::new(),
+            workspace: ".cwo/workspaces".into(),
+            connect_timeout: Duration::from_secs(120),
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A parsed `user@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAddr {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostAddr {
+    pub fn parse(s: &str) -> Result<HostAddr, String> {
+        let (user, rest) = s
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}` needs a user: user@host[:port]"))?;
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse::<u16>()
+                    .map_err(|_| format!("`{p}` in `{s}` is not a port"))?,
+            ),
+            _ => (rest.trim_start_matches('[').trim_end_matches(']'), 22),
+        };
+        if user.is_empty() || host.is_empty() {
+            return Err(format!("`{s}` is not user@host[:port]"));
+        }
+        Ok(HostAddr {
+            user: user.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+fn host_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for h in &v {
+        HostAddr::parse(h).map_err(serde::de::Error::custom)?;
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Local,
+    Ssh,
 }
 
 impl fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProviderKind::Local => f.write_str("local"),
+            ProviderKind::Ssh => f.write_str("ssh"),
         }
     }
 }
@@ -106,6 +187,7 @@ impl Default for Settings {
             tracker: TrackerSettings::default(),
             agent: AgentSettings::default(),
             git: GitSettings::default(),
+            ssh: SshSettings::default(),
         }
     }
 }
@@ -532,6 +614,8 @@ mod tests {
             ("\n[agent]\ntimeout = \"soon\"\n", 3, "not a duration"),
             ("[agent]\ncommand = []\n", 2, "must name a program"),
             ("provider = \"aws\"\n", 1, "unknown variant"),
+            ("[ssh]\nhosts = [\"nouser:22\"]\n", 2, "needs a user"),
+            ("[ssh]\nhosts = [\"u@h:99999\"]\n", 2, "is not a port"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();

@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     commit_sha TEXT,
     reason TEXT
 );
+CREATE TABLE IF NOT EXISTS host_keys (
+    worker TEXT PRIMARY KEY,        -- what the key is pinned under: a worker name or a host address
+    address TEXT NOT NULL,
+    key TEXT NOT NULL,              -- OpenSSH public key line
+    pinned_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ledger (
     id INTEGER PRIMARY KEY,
     worker TEXT NOT NULL UNIQUE,
@@ -346,6 +352,29 @@ impl Journal {
                 Self::worker_from_row,
             )
             .optional()
+        })
+    }
+
+    /// The host key pinned for a worker.
+    pub fn host_key(&self, worker: &str) -> Result<Option<String>, JournalError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT key FROM host_keys WHERE worker = ?1",
+                params![worker],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Pins a worker's host key; an existing pin is never replaced.
+    pub fn pin_host_key(&self, worker: &str, address: &str, key: &str) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO host_keys (worker, address, key, pinned_at) VALUES (?1, ?2, ?3, ?4)",
+                params![worker, address, key, ts(Utc::now())],
+            )
+            .map(|_| ())
         })
     }
 

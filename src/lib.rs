@@ -11,6 +11,7 @@ pub mod orchestrator;
 pub mod printer;
 pub mod project;
 pub mod provider;
+pub mod terminal;
 pub mod tracker;
 pub mod transport;
 

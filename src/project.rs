@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::config::{self, ProviderKind, Resolved};
 use crate::error::CliError;
 use crate::journal::Journal;
-use crate::provider::{Provider, local::LocalProvider};
+use crate::provider::{Provider, local::LocalProvider, ssh_host::SshHostProvider};
 use crate::tracker::juggle::Juggle;
 
 pub struct Project {
@@ -109,9 +109,20 @@ impl Project {
         )
     }
 
-    pub fn provider(&self) -> Arc<dyn Provider> {
+    pub fn provider(&self, journal: &Journal) -> Arc<dyn Provider> {
         match self.settings().provider {
             ProviderKind::Local => Arc::new(LocalProvider::new(self.state_dir.join("workers"))),
+            ProviderKind::Ssh => {
+                let mut ssh = self.settings().ssh.clone();
+                if !ssh.key.is_empty() {
+                    ssh.key = self.root.join(&ssh.key).display().to_string();
+                }
+                Arc::new(SshHostProvider::new(
+                    ssh,
+                    self.state_dir.join("ssh-workers"),
+                    journal.clone(),
+                ))
+            }
         }
     }
 

@@ -73,8 +73,28 @@ fn config_show_prints_values_and_origins() {
 }
 
 #[test]
+fn up_refuses_a_worker_without_the_agent() {
+    let env = TestEnv::new();
+    env.settings("[agent]\ncommand = [\"definitely-not-an-agent\", \"{prompt}\"]");
+    let run = env.cwo(&["up"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("not found on PATH: definitely-not-an-agent"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(env.live_workers(), 0, "the half-made worker is deleted");
+    assert_eq!(
+        env.journal("SELECT state, termination_reason FROM workers"),
+        "deleted|error"
+    );
+}
+
+#[test]
 fn up_status_down() {
     let env = TestEnv::new();
+    env.settings("[agent]\ncommand = [\"sh\"]");
     let name = env.cwo(&["up"]).ok().stdout.trim().to_string();
     assert!(name.starts_with("cwo-proj-"), "{name}");
     assert_eq!(env.live_workers(), 1);
@@ -103,6 +123,7 @@ fn up_status_down() {
 #[test]
 fn down_notices_a_worker_deleted_outside_cwo() {
     let env = TestEnv::new();
+    env.settings("[agent]\ncommand = [\"sh\"]");
     let name = env.cwo(&["up"]).ok().stdout.trim().to_string();
     std::fs::remove_dir_all(env.state.join("workers").join(&name)).unwrap();
     let down = env.cwo(&["down"]).ok();

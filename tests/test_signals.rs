@@ -159,7 +159,10 @@ echo "step 3""#,
     );
     let id = env.add(&["survives"]);
     let child = env.spawn(&["run", "--once"]);
-    assert!(wait_for(Duration::from_secs(10), || env.home.join("starts").exists()));
+    assert!(wait_for(Duration::from_secs(10), || env
+        .home
+        .join("starts")
+        .exists()));
     std::thread::sleep(Duration::from_millis(300));
     kill(&child, "KILL");
     let _ = finish(child);
@@ -167,14 +170,25 @@ echo "step 3""#,
     assert_eq!(env.live_workers(), 1);
     let run = env.cwo(&["run", "--once"]).ok();
     assert!(run.stderr.contains("adopting worker"), "{}", run.stderr);
-    assert!(run.stderr.contains(&format!("{id} reattached to attempt 1")), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{id} reattached to attempt 1")),
+        "{}",
+        run.stderr
+    );
     assert_eq!(env.ball(&id)["state"], "complete");
     assert_eq!(env.live_workers(), 0);
-    assert_eq!(env.journal("SELECT attempt, outcome FROM attempts"), "1|done");
+    assert_eq!(
+        env.journal("SELECT attempt, outcome FROM attempts"),
+        "1|done"
+    );
     let starts = std::fs::read_to_string(env.home.join("starts")).unwrap();
     assert_eq!(starts, "start\n", "the agent ran once");
     let log = env.cwo(&["logs", &id]).ok().stdout;
-    assert_eq!(log, "step 1\nstep 2\nstep 3\n[cwo] agent ended: exit 0\n", "no gap, no duplicate");
+    assert_eq!(
+        log, "step 1\nstep 2\nstep 3\n[cwo] agent ended: exit 0\n",
+        "no gap, no duplicate"
+    );
 }
 
 #[test]
@@ -184,13 +198,19 @@ fn a_controller_killed_on_a_worker_that_vanished_closes_the_attempt() {
     let id = env.add(&["orphan"]);
     let child = env.spawn(&["run", "--once"]);
     wait_running(&env);
-    assert!(wait_for(Duration::from_secs(10), || env.cwo(&["logs", &id]).stdout.contains("go")));
+    assert!(wait_for(Duration::from_secs(10), || env
+        .cwo(&["logs", &id])
+        .stdout
+        .contains("go")));
     kill(&child, "KILL");
     let _ = finish(child);
     // The worker disappears while no controller watches (a VM deleted by its TTL).
     let down = env.cwo(&["down"]).ok();
     assert!(down.stderr.contains("attempt 1 of"), "{}", down.stderr);
-    assert_eq!(env.journal("SELECT outcome, reason FROM attempts"), "aborted|controller stopped; worker gone");
+    assert_eq!(
+        env.journal("SELECT outcome, reason FROM attempts"),
+        "aborted|controller stopped; worker gone"
+    );
     assert_eq!(env.live_workers(), 0);
     // The ball is still in_progress: the next run takes it first.
     env.agent("git commit -q --allow-empty -m ok", "");

@@ -22,6 +22,13 @@ use crate::provider::{Instance, Provider, WorkerSpec};
 use crate::tracker::{Task, Tracker, TrackerError};
 use crate::transport::{ExecRequest, Transport};
 
+/// Checks a worker has git, setsid and the agent's program; prints what is missing.
+const PREREQS: &str = r#"missing=""
+for p in git setsid "$1"; do command -v "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+[ -z "$missing" ] && exit 0
+echo "not found on PATH:$missing"; exit 1
+"#;
+
 /// Deletion attempts before teardown gives up (with backoff 1, 2, 4 s).
 const DELETE_TRIES: u32 = 4;
 
@@ -111,17 +118,18 @@ impl Orchestrator {
                     .hint("set agent.prompt_template to a file relative to the project root, or \"\" for the built-in prompt")
             })?
         };
+        let journal = project.journal()?;
         Ok(Orchestrator {
+            provider: project.provider(&journal),
             shared: Arc::new(Shared {
                 root: project.root.clone(),
                 state_dir: project.state_dir.clone(),
                 settings,
                 template,
                 tracker: Arc::new(project.tracker()),
-                journal: project.journal()?,
+                journal,
                 printer,
             }),
-            provider: project.provider(),
             project_slug: slug(&project.name),
         })
     }
@@ -190,17 +198,35 @@ impl Orchestrator {
                 .connect(&instance)
                 .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?,
         );
-        let git_ok = transport
-            .capture(ExecRequest::new(["git", "--version"]))
-            .await
-            .map(|c| c.status.success())
-            .unwrap_or(false);
-        if !git_ok {
+        // Reachability (for SSH: banner, key, pinned host key) and prerequisites in one call.
+        let program = &self.shared.settings.agent.command[0];
+        let check = transport
+            .capture(ExecRequest::new([
+                "sh",
+                "-c",
+                PREREQS,
+                "cwo-prereqs",
+                program.as_str(),
+            ]))
+            .await;
+        let problem = match check {
+            Err(e) => Some(
+                CliError::from_error(format!("cannot reach worker {name}"), &e).hint(
+                    "check the address, the key and the network; `cwo doctor` checks the settings",
+                ),
+            ),
+            Ok(out) if !out.status.success() => Some(
+                CliError::user(format!(
+                    "worker {name} is missing what the agent needs: {}",
+                    out.stdout.trim()
+                ))
+                .hint("install it there, or change agent.command (`cwo doctor` checks both)"),
+            ),
+            Ok(_) => None,
+        };
+        if let Some(problem) = problem {
             let _ = self.tear_down(&name, "error").await;
-            return Err(
-                CliError::user(format!("worker {name} has no working `git`"))
-                    .hint("install git where the worker runs (`cwo doctor` checks it)"),
-            );
+            return Err(problem);
         }
         phase.finish(format!("worker {name} is up"));
         Ok(ActiveWorker {

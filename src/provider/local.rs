@@ -202,6 +202,10 @@ impl Provider for LocalProvider {
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
         match &instance.target {
             Target::Local { .. } => Ok(Box::new(LocalTransport::new(instance.name.clone()))),
+            other => Err(ProviderError::InvalidSpec(format!(
+                "worker {} is not local ({other:?})",
+                instance.name
+            ))),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The worker lifecycle, and nothing else: no commands run through a provider (DESIGN §1).
 
 pub mod local;
+pub mod ssh_host;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -36,6 +37,17 @@ pub enum InstanceStatus {
 pub enum Target {
     /// A directory on this machine; `root` holds the worker's files.
     Local { root: String },
+    /// An SSH server.
+    Ssh {
+        host: String,
+        port: u16,
+        user: String,
+        key_path: String,
+        /// The host key the provider knows the host has (OpenSSH line), if it knows one.
+        host_key: Option<String>,
+        /// What the host key is pinned under in the journal.
+        pin_as: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

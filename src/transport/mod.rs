@@ -1,6 +1,7 @@
 //! Running commands on a worker. Providers hand out a [`Target`]; a transport runs things there.
 
 pub mod local;
+pub mod ssh;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,0 +1,277 @@
+//! `provider = "ssh"`: hosts the user already has. A worker is one host, allocated to the worker
+//! while it lives; "deleting" it stops its agents and removes its workspace, never the host.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
+use crate::config::{HostAddr, SshSettings};
+use crate::journal::Journal;
+use crate::transport::ssh::{SshTarget, SshTransport};
+use crate::transport::{ExecRequest, Transport};
+
+/// Stops every detached agent under a workspace and removes it.
+const CLEAN: &str = r#"ws=$1
+[ -d "$ws" ] || exit 0
+for p in "$ws"/tasks/*/*/agent.pid; do
+  [ -e "$p" ] || continue
+  [ -e "$(dirname "$p")/agent.exit" ] && continue
+  kill -s KILL -- "-$(cat "$p")" 2>/dev/null || true
+done
+rm -rf "$ws"
+"#;
+
+pub struct SshHostProvider {
+    settings: SshSettings,
+    /// One JSON record per allocated host: `<records>/<worker>.json`.
+    records: PathBuf,
+    journal: Journal,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    instance: Instance,
+    request_id: String,
+}
+
+impl SshHostProvider {
+    pub fn new(settings: SshSettings, records: PathBuf, journal: Journal) -> SshHostProvider {
+        SshHostProvider {
+            settings,
+            records,
+            journal,
+        }
+    }
+
+    fn read_all(&self) -> Result<Vec<Record>, ProviderError> {
+        let entries = match std::fs::read_dir(&self.records) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => {
+                return Err(ProviderError::Transient(format!(
+                    "{}: {e}",
+                    self.records.display()
+                )));
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|e| ProviderError::Transient(e.to_string()))?
+                .path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))?;
+                out.push(
+                    serde_json::from_slice(&bytes).map_err(|e| {
+                        ProviderError::Transient(format!("{}: {e}", path.display()))
+                    })?,
+                );
+            }
+        }
+        out.sort_by(|a: &Record, b: &Record| a.instance.name.cmp(&b.instance.name));
+        Ok(out)
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.records.join(format!("{name}.json"))
+    }
+
+    fn transport(&self, instance: &Instance) -> Result<SshTransport, ProviderError> {
+        match &instance.target {
+            Target::Ssh {
+                host,
+                port,
+                user,
+                key_path,
+                host_key,
+                pin_as,
+            } => Ok(SshTransport::new(
+                instance.name.clone(),
+                pin_as.clone(),
+                SshTarget {
+                    host: host.clone(),
+                    port: *port,
+                    user: user.clone(),
+                    key_path: PathBuf::from(key_path),
+                    host_key: host_key.clone(),
+                    connect_timeout: self.settings.connect_timeout,
+                    keepalive: self.settings.keepalive,
+                },
+                Some(self.journal.clone()),
+            )),
+            other => Err(ProviderError::InvalidSpec(format!(
+                "worker {} is not an SSH host ({other:?})",
+                instance.name
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for SshHostProvider {
+    fn kind(&self) -> &'static str {
+        "ssh"
+    }
+
+    async fn create(
+        &self,
+        spec: &WorkerSpec,
+        idempotency_key: &str,
+    ) -> Result<Instance, ProviderError> {
+        if self.settings.hosts.is_empty() {
+            return Err(ProviderError::InvalidSpec(
+                "provider = \"ssh\" needs ssh.hosts = [\"user@host:port\", ...]".into(),
+            ));
+        }
+        if self.settings.key.is_empty() {
+            return Err(ProviderError::InvalidSpec(
+                "provider = \"ssh\" needs ssh.key, the private key that logs in to those hosts"
+                    .into(),
+            ));
+        }
+        let existing = self.read_all()?;
+        if let Some(r) = existing.iter().find(|r| r.instance.name == spec.name) {
+            if r.request_id == idempotency_key {
+                return Ok(r.instance.clone());
+            }
+            return Err(ProviderError::InvalidSpec(format!(
+                "worker {} already exists",
+                spec.name
+            )));
+        }
+        let in_use: Vec<String> = existing
+            .iter()
+            .filter_map(|r| match &r.instance.target {
+                Target::Ssh { pin_as, .. } => Some(pin_as.clone()),
+                _ => None,
+            })
+            .collect();
+        let free = self
+            .settings
+            .hosts
+            .iter()
+            .map(|h| HostAddr::parse(h).map_err(ProviderError::InvalidSpec))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .find(|h| !in_use.contains(&h.to_string()))
+            .ok_or_else(|| {
+                ProviderError::Capacity(format!(
+                    "all {} host(s) in ssh.hosts are in use by other workers",
+                    self.settings.hosts.len()
+                ))
+            })?;
+        let workspace = format!(
+            "{}/{}",
+            self.settings.workspace.trim_end_matches('/'),
+            spec.name
+        );
+        let instance = Instance {
+            name: spec.name.clone(),
+            status: InstanceStatus::Running,
+            created_at: Utc::now(),
+            labels: spec.labels.clone(),
+            target: Target::Ssh {
+                host: free.host.clone(),
+                port: free.port,
+                user: free.user.clone(),
+                key_path: self.settings.key.clone(),
+                host_key: None,
+                pin_as: free.to_string(),
+            },
+            workspace,
+        };
+        std::fs::create_dir_all(&self.records)
+            .map_err(|e| ProviderError::Transient(format!("{}: {e}", self.records.display())))?;
+        let path = self.record_path(&spec.name);
+        let tmp = path.with_extension("tmp");
+        let record = Record {
+            instance: instance.clone(),
+            request_id: idempotency_key.to_string(),
+        };
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&record).expect("serializes"),
+        )
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))?;
+        Ok(instance)
+    }
+
+    async fn wait_running(
+        &self,
+        name: &str,
+        _timeout: Duration,
+    ) -> Result<Instance, ProviderError> {
+        self.get(name)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(format!("ssh worker {name}")))
+    }
+
+    /// A host the user owns is alive for as long as it is allocated: an unreachable host is a
+    /// network problem to wait out, not a dead worker.
+    async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
+        Ok(self
+            .read_all()?
+            .into_iter()
+            .find(|r| r.instance.name == name)
+            .map(|r| r.instance))
+    }
+
+    async fn list(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        Ok(self
+            .read_all()?
+            .into_iter()
+            .map(|r| r.instance)
+            .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+            .collect())
+    }
+
+    async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
+        let Some(instance) = self.get(name).await? else {
+            return Ok(DeleteOutcome::AlreadyGone);
+        };
+        let t = self.transport(&instance)?;
+        let out = t
+            .capture(ExecRequest::new([
+                "sh",
+                "-c",
+                CLEAN,
+                "cwo-clean",
+                instance.workspace.as_str(),
+            ]))
+            .await
+            .map_err(|e| ProviderError::Transient(format!("cleaning {name}'s workspace: {e}")))?;
+        t.close().await;
+        if !out.status.success() {
+            return Err(ProviderError::Transient(format!(
+                "cleaning {name}'s workspace ({}): {}",
+                out.status,
+                out.stderr.trim()
+            )));
+        }
+        std::fs::remove_file(self.record_path(name))
+            .map_err(|e| ProviderError::Transient(format!("releasing {name}: {e}")))?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    async fn confirm_deleted(&self, name: &str, _timeout: Duration) -> Result<(), ProviderError> {
+        match self.get(name).await? {
+            None => Ok(()),
+            Some(_) => Err(ProviderError::Transient(format!(
+                "ssh worker {name} is still allocated"
+            ))),
+        }
+    }
+
+    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
+        Ok(Box::new(self.transport(instance)?))
+    }
+}
