@@ -268,7 +268,7 @@ impl SshTransport {
             client::connect(config, addr, handler),
         )
         .await;
-        let handle = match connected {
+        let mut handle = match connected {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
