@@ -55,6 +55,8 @@ pub enum Command {
     Down,
     /// Workers (state, uptime, current task, idle countdown) and tasks by state.
     Status(FormatArgs),
+    /// A shell on a worker, or one command there (`cwo ssh [WORKER] -- git status`).
+    Ssh(SshArgs),
     /// Show an agent's log for a ball (the latest attempt by default).
     Logs(LogsArgs),
     /// Queue and list work (juggle-compatible balls, for people without juggle).
@@ -95,6 +97,15 @@ pub struct FormatArgs {
     /// Output format; json carries a schema_version.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct SshArgs {
+    /// The worker (default: the only live one).
+    pub worker: Option<String>,
+    /// A command to run instead of a shell; its exit code becomes cwo's.
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

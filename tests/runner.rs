@@ -4,6 +4,7 @@ mod common;
 mod test_commands;
 mod test_loop;
 mod test_signals;
+mod test_ssh;
 
 #[test]
 fn no_forgotten_test_files() {

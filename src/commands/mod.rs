@@ -7,6 +7,7 @@ mod doctor;
 mod down;
 mod logs;
 mod run;
+mod ssh;
 mod status;
 mod task;
 mod up;
@@ -25,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Up => up::up(&load()?, printer).await,
         Command::Down => down::down(&load()?, printer).await,
         Command::Status(args) => status::status(&load()?, printer, args.format).await,
+        Command::Ssh(args) => ssh::ssh(&load()?, printer, &args).await,
         Command::Logs(args) => logs::logs(&load()?, printer, &args).await,
         Command::Task(TaskCommand::Add(args)) => task::add(&load()?, printer, &args),
         Command::Task(TaskCommand::List(args)) => task::list(&load()?, printer, args.format),

@@ -22,8 +22,10 @@ use crate::provider::{Instance, Provider, WorkerSpec};
 use crate::tracker::{Task, Tracker, TrackerError};
 use crate::transport::{ExecRequest, Transport};
 
-/// Checks a worker has git, setsid and the agent's program; prints what is missing.
-const PREREQS: &str = r#"missing=""
+/// Checks a worker has git, setsid and the agent's program (printing what is missing), and
+/// makes its workspace.
+const PREREQS: &str = r#"mkdir -p "$2" || exit 1
+missing=""
 for p in git setsid "$1"; do command -v "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0
 echo "not found on PATH:$missing"; exit 1
@@ -207,6 +209,7 @@ impl Orchestrator {
                 PREREQS,
                 "cwo-prereqs",
                 program.as_str(),
+                instance.workspace.as_str(),
             ]))
             .await;
         let problem = match check {

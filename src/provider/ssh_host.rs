@@ -239,7 +239,7 @@ impl Provider for SshHostProvider {
             return Ok(DeleteOutcome::AlreadyGone);
         };
         let t = self.transport(&instance)?;
-        let out = t
+        let cleaned = t
             .capture(ExecRequest::new([
                 "sh",
                 "-c",
@@ -247,9 +247,22 @@ impl Provider for SshHostProvider {
                 "cwo-clean",
                 instance.workspace.as_str(),
             ]))
-            .await
-            .map_err(|e| ProviderError::Transient(format!("cleaning {name}'s workspace: {e}")))?;
+            .await;
         t.close().await;
+        let out = match cleaned {
+            Ok(out) => out,
+            // The host is the user's and costs nothing while cwo holds it; an unreachable one is
+            // released rather than held forever, and the user is told what may be left there.
+            Err(e) => {
+                tracing::warn!(
+                    "worker {name}: could not reach the host to clean {} ({e}); released anyway, the directory may be left there",
+                    instance.workspace
+                );
+                std::fs::remove_file(self.record_path(name))
+                    .map_err(|e| ProviderError::Transient(format!("releasing {name}: {e}")))?;
+                return Ok(DeleteOutcome::Deleted);
+            }
+        };
         if !out.status.success() {
             return Err(ProviderError::Transient(format!(
                 "cleaning {name}'s workspace ({}): {}",

@@ -158,6 +158,32 @@ impl Transport for LocalTransport {
         })
     }
 
+    async fn interactive(
+        &self,
+        command: Option<&[String]>,
+        cwd: &str,
+    ) -> Result<i32, TransportError> {
+        let shell = std::env::var("SHELL").unwrap_or_else(|_| "sh".into());
+        let argv: Vec<String> = match command {
+            Some(c) if !c.is_empty() => c.to_vec(),
+            _ => vec![shell],
+        };
+        let status = Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(cwd)
+            .status()
+            .await
+            .map_err(|source| TransportError::Spawn {
+                program: argv[0].clone(),
+                worker: self.worker.clone(),
+                source,
+            })?;
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    }
+
     async fn upload(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
         if let Some(parent) = Path::new(remote).parent() {
             tokio::fs::create_dir_all(parent)

@@ -121,6 +121,14 @@ pub trait Transport: Send + Sync {
     /// Copies a file from the worker to a local path.
     async fn download(&self, remote: &str, local: &Path) -> Result<(), TransportError>;
 
+    /// A terminal session for a person (`cwo ssh`): a shell, or `command` with a terminal.
+    /// Returns the exit code.
+    async fn interactive(
+        &self,
+        command: Option<&[String]>,
+        cwd: &str,
+    ) -> Result<i32, TransportError>;
+
     /// Runs a command and collects its output.
     async fn capture(&self, req: ExecRequest) -> Result<Captured, TransportError> {
         let mut stdout = String::new();

@@ -367,60 +367,6 @@ impl SshTransport {
         unreachable!("the loop returns")
     }
 
-    /// An interactive session for `cwo ssh`: a PTY with a shell, or one command.
-    pub async fn interactive(&self, command: Option<&str>) -> Result<i32, TransportError> {
-        let h = self.session().await?;
-        let ch = h
-            .channel_open_session()
-            .await
-            .map_err(|e| self.err("opening an SSH channel", e))?;
-        let (cols, rows) = crate::terminal::size();
-        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-        ch.request_pty(true, &term, cols, rows, 0, 0, &[])
-            .await
-            .map_err(|e| self.err("requesting a terminal", e))?;
-        match command {
-            Some(c) => ch.exec(true, c).await,
-            None => ch.request_shell(true).await,
-        }
-        .map_err(|e| self.err("starting the shell", e))?;
-        let _raw = crate::terminal::RawMode::enable();
-        let (mut reader, writer) = ch.split();
-        let stdin_pump = tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 1024];
-            loop {
-                match stdin.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        let _ = writer.eof().await;
-                        break;
-                    }
-                    Ok(n) => {
-                        if writer.data_bytes(buf[..n].to_vec()).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        let mut stdout = tokio::io::stdout();
-        let mut code = 0;
-        while let Some(msg) = reader.wait().await {
-            match msg {
-                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                    let _ = stdout.write_all(&data).await;
-                    let _ = stdout.flush().await;
-                }
-                ChannelMsg::ExitStatus { exit_status } => code = exit_status as i32,
-                ChannelMsg::ExitSignal { .. } => code = 255,
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        stdin_pump.abort();
-        Ok(code)
-    }
-
     pub async fn close(&self) {
         if let Some(h) = self.conn.lock().await.take() {
             let _ = h.disconnect(Disconnect::ByApplication, "", "en").await;
@@ -527,6 +473,72 @@ impl Transport for SshTransport {
                 ))
             }
         }
+    }
+
+    async fn interactive(
+        &self,
+        command: Option<&[String]>,
+        cwd: &str,
+    ) -> Result<i32, TransportError> {
+        let h = self.session().await?;
+        let ch = h
+            .channel_open_session()
+            .await
+            .map_err(|e| self.err("opening an SSH channel", e))?;
+        let (cols, rows) = crate::terminal::size();
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        ch.request_pty(true, &term, cols, rows, 0, 0, &[])
+            .await
+            .map_err(|e| self.err("requesting a terminal", e))?;
+        let line = match command {
+            Some(c) if !c.is_empty() => format!(
+                "mkdir -p {0} && cd {0} && {1}",
+                shell_quote(cwd),
+                command_line(c)
+            ),
+            _ => format!(
+                "mkdir -p {0} && cd {0} && exec \"${{SHELL:-sh}}\" -l",
+                shell_quote(cwd)
+            ),
+        };
+        ch.exec(true, line)
+            .await
+            .map_err(|e| self.err("starting the shell", e))?;
+        let _raw = crate::terminal::RawMode::enable();
+        let (mut reader, writer) = ch.split();
+        let stdin_pump = tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = writer.eof().await;
+                        break;
+                    }
+                    Ok(n) => {
+                        if writer.data_bytes(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        let mut stdout = tokio::io::stdout();
+        let mut code = 0;
+        while let Some(msg) = reader.wait().await {
+            match msg {
+                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                    let _ = stdout.write_all(&data).await;
+                    let _ = stdout.flush().await;
+                }
+                ChannelMsg::ExitStatus { exit_status } => code = exit_status as i32,
+                ChannelMsg::ExitSignal { .. } => code = 255,
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        stdin_pump.abort();
+        Ok(code)
     }
 
     async fn upload(&self, local: &Path, remote: &str) -> Result<(), TransportError> {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -107,6 +109,16 @@ impl TestEnv {
             self.state.display().to_string()
         );
         std::fs::write(self.project.join("cwo.toml"), text).unwrap();
+    }
+
+    /// Settings that put the workers on `sshd` (`provider = "ssh"`), plus `extra` top-level TOML.
+    pub fn ssh_top(&self, sshd: &sshd::Sshd, extra: &str) -> String {
+        format!(
+            "provider = \"ssh\"\n{extra}\n[ssh]\nhosts = [{:?}]\nkey = {:?}\nworkspace = {:?}\nconnect_timeout = \"20s\"\n",
+            sshd.host(),
+            sshd.client_key.display().to_string(),
+            self.tmp.path().join("remote-ws").display().to_string()
+        )
     }
 
     /// A scripted agent (`sh` script body) wired in as agent.command, plus `agent_extra` keys.
