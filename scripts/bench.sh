@@ -3,15 +3,20 @@
 #  1. per-task overhead of the loop outside the agent (claim -> bundle -> clone on the worker ->
 #     fetch back -> push -> journal), with a no-op agent over N tasks, against the same agent run
 #     N times directly;
-#  2. peak RSS of the controller during `cwo run`.
+#  2. peak RSS of the controller during `cwo run`;
+#  3. 100 small commands over one cwo SSH connection vs 100 runs of the OpenSSH client, against
+#     the same loopback sshd (needs openssh-server; skipped with a message without it).
 # Usage: scripts/bench.sh [TASKS]   (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20}"
 cargo build --locked --release --quiet
+cargo build --locked --release --quiet --example ssh_bench
 CWO="$PWD/target/release/cwo"
+SSH_BENCH="$PWD/target/release/examples/ssh_bench"
 WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+SSHD_PID=""
+trap '[ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
 export HOME="$WORK/home" CWO_NO_PROGRESS=1
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
 mkdir -p "$HOME" "$WORK/origin.git" "$WORK/proj"
@@ -63,3 +68,57 @@ echo "cwo run --once, $N tasks:    ${loop_ms} ms  ($(awk "BEGIN {printf \"%.1f\"
 echo "per-task overhead:           ${overhead_ms} ms   (goal <= 1000 ms: $(awk "BEGIN {print ($overhead_ms <= 1000) ? \"met\" : \"NOT met\"}"))"
 echo "controller peak RSS:         $((peak_kb / 1024)).$(( (peak_kb % 1024) * 10 / 1024 )) MB   (goal <= 25 MB: $(awk "BEGIN {print ($peak_kb <= 25600) ? \"met\" : \"NOT met\"}"))"
 echo "cwo's own summary:           $(tail -n 1 "$WORK/run.log")"
+
+# 3. SSH: one cwo connection vs the OpenSSH client, same sshd, same commands.
+if [ ! -x /usr/sbin/sshd ]; then
+  echo "ssh commands:                skipped (no /usr/sbin/sshd; scripts/test.sh installs openssh-server)"
+  exit 0
+fi
+[ "$(id -u)" = 0 ] && mkdir -p /run/sshd
+S="$WORK/sshd"; mkdir -p "$S"
+ssh-keygen -q -t ed25519 -N "" -f "$S/host_key"
+ssh-keygen -q -t ed25519 -N "" -f "$S/client_key"
+cp "$S/client_key.pub" "$S/authorized_keys"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ME=$(id -un)
+cat > "$S/sshd_config" <<CONF
+Port $PORT
+ListenAddress 127.0.0.1
+HostKey $S/host_key
+PidFile $S/sshd.pid
+AuthorizedKeysFile $S/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+PermitRootLogin prohibit-password
+AllowUsers $ME
+LogLevel ERROR
+MaxStartups 200
+CONF
+/usr/sbin/sshd -D -e -f "$S/sshd_config" 2>"$S/log" &
+SSHD_PID=$!
+for _ in $(seq 1 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+M=100
+cwo_ms=$("$SSH_BENCH" "$ME@127.0.0.1:$PORT" "$S/client_key" "$M")
+t0=$(date +%s%N)
+for i in $(seq 1 "$M"); do
+  ssh -F /dev/null -i "$S/client_key" -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
+      -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$ME@127.0.0.1" echo "$i" >/dev/null
+done
+t1=$(date +%s%N)
+openssh_ms=$(( (t1 - t0) / 1000000 ))
+# OpenSSH with connection sharing (ControlMaster): the same one-connection design, for reference.
+MUX="-o ControlMaster=auto -o ControlPersist=30 -o ControlPath=$S/mux"
+t0=$(date +%s%N)
+for i in $(seq 1 "$M"); do
+  ssh -F /dev/null -i "$S/client_key" -p "$PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
+      -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR $MUX "$ME@127.0.0.1" echo "$i" >/dev/null
+done
+t1=$(date +%s%N)
+mux_ms=$(( (t1 - t0) / 1000000 ))
+ssh -F /dev/null -o ControlPath="$S/mux" -O exit "$ME@127.0.0.1" 2>/dev/null || true
+ratio() { awk "BEGIN {printf \"%.1f\", $1 / ($2 > 0 ? $2 : 1)}"; }
+echo "ssh, $M commands, one cwo connection:     ${cwo_ms} ms"
+echo "ssh, $M runs of the OpenSSH client:       ${openssh_ms} ms  (cwo is $(ratio "$openssh_ms" "$cwo_ms")x faster)"
+echo "ssh, $M commands, OpenSSH ControlMaster:  ${mux_ms} ms  (ratio to cwo $(ratio "$mux_ms" "$cwo_ms"))"
+echo "  (each command still starts a login shell on the host; its startup files dominate the per-command time)"

@@ -255,6 +255,7 @@ impl SshTransport {
         let config = Arc::new(client::Config {
             keepalive_interval: Some(self.target.keepalive),
             keepalive_max: 3,
+            nodelay: true,
             inactivity_timeout: None,
             ..Default::default()
         });
