@@ -114,7 +114,11 @@ impl Project {
             ProviderKind::Local => Arc::new(LocalProvider::new(self.state_dir.join("workers"))),
             ProviderKind::Ssh => {
                 let mut ssh = self.settings().ssh.clone();
-                if !ssh.key.is_empty() {
+                if let Some(rest) = ssh.key.strip_prefix("~/")
+                    && let Some(home) = std::env::var_os("HOME")
+                {
+                    ssh.key = PathBuf::from(home).join(rest).display().to_string();
+                } else if !ssh.key.is_empty() {
                     ssh.key = self.root.join(&ssh.key).display().to_string();
                 }
                 Arc::new(SshHostProvider::new(
