@@ -36,8 +36,103 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub git: GitSettings,
     pub ssh: SshSettings,
+    pub gcp: GcpSettings,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcpSettings {
+    /// The GCP project VMs are created in.
+    pub project: String,
+    /// Zones to try, in order; a zone out of capacity falls through to the next.
+    pub zones: Vec<String>,
+    pub machine_type: String,
+    /// Boot image: a family or image path (Debian 12 by default; an Alpine image you imported;
+    /// Ubuntu minimal).
+    pub image: String,
+    pub disk_size_gb: u32,
+    /// pd-standard (free-tier eligible) or pd-balanced.
+    pub disk_type: String,
+    /// Spot VMs: cheaper, can be preempted, never free tier.
+    pub spot: bool,
+    /// Hard lifetime enforced by GCE (`maxRunDuration` + DELETE): the VM dies even if cwo does.
+    /// "none" turns it off, on purpose.
+    #[serde(with = "ttl_str")]
+    pub ttl: Option<Duration>,
+    pub network: String,
+    /// Who may reach the VMs' SSH port: a CIDR, or "" to detect this machine's public address.
+    pub ssh_source: String,
+    /// Login on the VM (its key goes into the instance's `ssh-keys` metadata).
+    pub ssh_user: String,
+    pub ssh_port: u16,
+    /// The Compute API endpoint ("" = Google's). For emulators, private endpoints and tests.
+    pub endpoint: String,
+    /// The Secret Manager endpoint ("" = Google's).
+    pub secrets_endpoint: String,
+    /// "" = Application Default Credentials; "anonymous" for emulators and tests.
+    pub credentials: String,
+    /// `cwo reap` deletes a VM it marked on an earlier pass once the mark is this old, and
+    /// treats VMs the journal does not know as orphans once they are this old.
+    #[serde(with = "duration_str")]
+    pub reap_grace: Duration,
+}
+
+impl Default for GcpSettings {
+    fn default() -> Self {
+        GcpSettings {
+            project: String::new(),
+            zones: vec![
+                "us-central1-a".into(),
+                "us-central1-b".into(),
+                "us-central1-c".into(),
+            ],
+            machine_type: "e2-micro".into(),
+            image: "projects/debian-cloud/global/images/family/debian-12".into(),
+            disk_size_gb: 10,
+            disk_type: "pd-standard".into(),
+            spot: false,
+            ttl: Some(Duration::from_secs(4 * 3600)),
+            network: "global/networks/default".into(),
+            ssh_source: String::new(),
+            ssh_user: "cwo".into(),
+            ssh_port: 22,
+            endpoint: String::new(),
+            secrets_endpoint: String::new(),
+            credentials: String::new(),
+            reap_grace: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+mod ttl_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "none" {
+            return Ok(None);
+        }
+        let ttl = humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write it like \"4h\", or \"none\" to turn the TTL off"
+            ))
+        })?;
+        if ttl < Duration::from_secs(30) || ttl > Duration::from_secs(120 * 86400) {
+            return Err(serde::de::Error::custom(
+                "GCE accepts a TTL between 30s and 120 days (or \"none\")",
+            ));
+        }
+        Ok(Some(ttl))
+    }
+}
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SshSettings {
@@ -47,10 +142,10 @@ pub struct SshSettings {
     /// Private key for those hosts (OpenSSH format). Your ~/.ssh config, agent and known_hosts
     /// are never used.
     pub key: String,
-    /// Directory on each host that holds cwo's workspaces (relative to the login directory, or
-    /// absolute).
+    /// Directory on each worker reached over SSH (hosts and VMs) that holds cwo's workspaces
+    /// (relative to the login directory, or absolute).
     pub workspace: String,
-    /// How long to wait for a host to answer and accept the key.
+    /// How long to wait for a host or VM to answer and accept the key.
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
     /// Keepalive interval on the connection (three unanswered ones drop it).
@@ -121,6 +216,7 @@ fn host_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
 pub enum ProviderKind {
     Local,
     Ssh,
+    Gcp,
 }
 
 impl fmt::Display for ProviderKind {
@@ -128,6 +224,7 @@ impl fmt::Display for ProviderKind {
         match self {
             ProviderKind::Local => f.write_str("local"),
             ProviderKind::Ssh => f.write_str("ssh"),
+            ProviderKind::Gcp => f.write_str("gcp"),
         }
     }
 }
@@ -188,6 +285,7 @@ impl Default for Settings {
             agent: AgentSettings::default(),
             git: GitSettings::default(),
             ssh: SshSettings::default(),
+            gcp: GcpSettings::default(),
         }
     }
 }

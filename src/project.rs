@@ -7,7 +7,9 @@ use std::sync::Arc;
 use crate::config::{self, ProviderKind, Resolved};
 use crate::error::CliError;
 use crate::journal::Journal;
-use crate::provider::{Provider, local::LocalProvider, ssh_host::SshHostProvider};
+use crate::provider::{
+    Provider, gcp::GcpProvider, local::LocalProvider, ssh_host::SshHostProvider,
+};
 use crate::tracker::juggle::Juggle;
 
 pub struct Project {
@@ -127,6 +129,13 @@ impl Project {
                     journal.clone(),
                 ))
             }
+            ProviderKind::Gcp => Arc::new(GcpProvider::new(
+                self.settings().gcp.clone(),
+                self.settings().ssh.clone(),
+                slug(&self.name),
+                self.state_dir.join("keys"),
+                journal.clone(),
+            )),
         }
     }
 

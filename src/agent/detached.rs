@@ -11,7 +11,9 @@ use crate::transport::{ExecRequest, ExecStatus, Stream, Transport, TransportErro
 /// Starts the agent once: a second call while (or after) it ran does nothing. The wrapper traps
 /// TERM with a handler (not an ignore, so the agent keeps the default action) to outlive the
 /// agent's group being signalled and record the status.
-const LAUNCH: &str = r#"d=$1; repo=$2; shift 2
+const LAUNCH: &str = r#"d=$(cd "$1" && pwd) || exit 97
+repo=$(cd "$2" && pwd) || exit 97
+shift 2
 if [ -e "$d/agent.pid" ]; then exit 0; fi
 cd "$repo" || exit 97
 : >> "$d/agent.log"

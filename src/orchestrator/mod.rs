@@ -264,11 +264,15 @@ impl Orchestrator {
             }
         }
         let e = last_err.expect("at least one try");
-        Err(CliError::from_error(
+        let mut err = CliError::from_error(
             format!("could not delete worker {name} after {DELETE_TRIES} tries"),
             &e,
         )
-        .hint("run `cwo down` again; the journal still lists the worker"))
+        .hint("run `cwo down` again; the journal still lists the worker");
+        if let Some(cmd) = self.provider.manual_delete_hint(name) {
+            err = err.hint(format!("or delete it yourself: {cmd}"));
+        }
+        Err(err)
     }
 
     /// Reconciles the journal with the provider after a crash or a `cwo up`: workers the

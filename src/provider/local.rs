@@ -118,6 +118,7 @@ impl Provider for LocalProvider {
                 root: dir.display().to_string(),
             },
             workspace: workspace.display().to_string(),
+            zone: None,
         };
         let record = Record {
             instance: instance.clone(),
@@ -197,6 +198,24 @@ impl Provider for LocalProvider {
                 "local worker {name} still exists"
             ))),
         }
+    }
+
+    async fn set_labels(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        let path = self.dir(name).join("instance.json");
+        let mut record = Self::read(&path)?
+            .ok_or_else(|| ProviderError::NotFound(format!("local worker {name}")))?;
+        record.instance.labels = labels.clone();
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&record).expect("serializes"),
+        )
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))
     }
 
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {

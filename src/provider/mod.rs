@@ -1,5 +1,6 @@
 //! The worker lifecycle, and nothing else: no commands run through a provider (DESIGN §1).
 
+pub mod gcp;
 pub mod local;
 pub mod ssh_host;
 
@@ -60,6 +61,9 @@ pub struct Instance {
     pub target: Target,
     /// Where task directories go on the worker.
     pub workspace: String,
+    /// The cloud zone, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,4 +111,14 @@ pub trait Provider: Send + Sync {
     async fn confirm_deleted(&self, name: &str, timeout: Duration) -> Result<(), ProviderError>;
     /// A transport to the worker.
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError>;
+    /// Replaces the worker's labels (the reaper's marks).
+    async fn set_labels(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError>;
+    /// What a person can run to delete the worker when cwo gives up.
+    fn manual_delete_hint(&self, _name: &str) -> Option<String> {
+        None
+    }
 }

@@ -184,6 +184,7 @@ impl Provider for SshHostProvider {
                 pin_as: free.to_string(),
             },
             workspace,
+            zone: None,
         };
         std::fs::create_dir_all(&self.records)
             .map_err(|e| ProviderError::Transient(format!("{}: {e}", self.records.display())))?;
@@ -282,6 +283,27 @@ impl Provider for SshHostProvider {
                 "ssh worker {name} is still allocated"
             ))),
         }
+    }
+
+    async fn set_labels(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        let path = self.record_path(name);
+        let mut record = self
+            .read_all()?
+            .into_iter()
+            .find(|r| r.instance.name == name)
+            .ok_or_else(|| ProviderError::NotFound(format!("ssh worker {name}")))?;
+        record.instance.labels = labels.clone();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&record).expect("serializes"),
+        )
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))
     }
 
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_gce;
 pub mod sshd;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,927 @@
+//! Compute Engine VMs through the official `google-cloud-compute-v1` crate.
+//!
+//! Money safety is part of the request itself: every VM carries `maxRunDuration` with
+//! `instanceTerminationAction: DELETE` (GCE deletes it even if cwo never comes back), the
+//! `cwo-managed` labels the reaper finds it by, no service account, and only its own worker key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use google_cloud_compute_v1::client::{Firewalls, Instances, ZoneOperations};
+use google_cloud_compute_v1::model::{
+    self as gce, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Firewall, Metadata,
+    NetworkInterface, Operation, Scheduling, Tags,
+};
+use tokio::sync::OnceCell;
+
+use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
+use crate::config::{GcpSettings, SshSettings};
+use crate::transport::Transport;
+use crate::transport::ssh::{SshTarget, SshTransport, generate_key};
+
+/// How long an operation may take before cwo stops waiting for it.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a freshly created VM may stay invisible to `get` (eventual consistency).
+const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Retries of a call that failed with a transient error (429, 5xx, timeouts).
+const TRANSIENT_TRIES: u32 = 5;
+
+/// Publishes the SSH host key through guest attributes (images without Google's guest agent,
+/// such as Alpine, do not) so cwo can pin it from the API rather than trust the network.
+pub const HOSTKEY_SCRIPT: &str = r#"#!/bin/sh
+# cwo: publish this VM's SSH host key where cwo can read it through the Compute API.
+k=/etc/ssh/ssh_host_ed25519_key.pub
+i=0
+while [ ! -f "$k" ] && [ "$i" -lt 60 ]; do sleep 1; i=$((i + 1)); done
+if [ -f "$k" ] && command -v curl >/dev/null 2>&1; then
+  curl -sf -X PUT -H "Metadata-Flavor: Google" --data "$(cut -d' ' -f2 "$k")" \
+    http://metadata.google.internal/computeMetadata/v1/instance/guest-attributes/hostkeys/ssh-ed25519
+fi
+"#;
+
+struct Clients {
+    instances: Instances,
+    operations: ZoneOperations,
+    firewalls: Firewalls,
+}
+
+pub struct GcpProvider {
+    settings: GcpSettings,
+    /// Workspace location and connection timing on the VMs.
+    ssh: SshSettings,
+    /// Where host keys are pinned when a VM did not publish one.
+    journal: crate::journal::Journal,
+    project_slug: String,
+    keys_dir: PathBuf,
+    clients: OnceCell<Clients>,
+    firewall: OnceCell<()>,
+    /// Zone of each VM seen, so lookups do not search every zone.
+    zones: Mutex<HashMap<String, String>>,
+}
+
+/// The network tag the firewall rule targets.
+pub fn network_tag(project_slug: &str) -> String {
+    format!("cwo-ssh-{project_slug}")
+}
+
+pub fn firewall_name(project_slug: &str) -> String {
+    format!("cwo-ssh-{project_slug}")
+}
+
+fn last_segment(s: &str) -> String {
+    s.rsplit('/').next().unwrap_or(s).to_string()
+}
+
+/// Classifies an API error by its HTTP status and the structured `reason` of Google's error
+/// payload (never by message text).
+pub fn classify(err: &google_cloud_compute_v1::Error, what: &str, insert: bool) -> ProviderError {
+    use google_cloud_gax::error::rpc::{Code, StatusDetails};
+    // The structured reasons: ErrorInfo details (Compute's legacy `errors[].reason` arrive as
+    // those too), or the raw payload when it was not a status at all.
+    let mut reasons: Vec<String> = Vec::new();
+    let mut quota_failure = false;
+    if let Some(status) = err.status() {
+        for d in &status.details {
+            match d {
+                StatusDetails::ErrorInfo(info) => reasons.push(info.reason.to_ascii_lowercase()),
+                StatusDetails::QuotaFailure(_) => quota_failure = true,
+                _ => {}
+            }
+        }
+    }
+    if let Some(payload) = err.http_payload()
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload)
+    {
+        for e in v
+            .pointer("/error/errors")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = e.get("reason").and_then(|r| r.as_str()) {
+                reasons.push(r.to_ascii_lowercase());
+            }
+        }
+    }
+    let code = err.status().map(|s| s.code);
+    let rate_limited = reasons
+        .iter()
+        .any(|r| r.contains("ratelimit") || r.contains("rate_limit"));
+    let quota = quota_failure || reasons.iter().any(|r| r.contains("quota"));
+    let msg = format!("{what}: {err}");
+    match (err.http_status_code(), code) {
+        (Some(404), _) | (_, Some(Code::NotFound)) => ProviderError::NotFound(msg),
+        (Some(503), _) if insert => ProviderError::Capacity(msg),
+        (Some(429), _) => ProviderError::Transient(msg),
+        _ if rate_limited => ProviderError::Transient(msg),
+        _ if quota => ProviderError::Quota(msg),
+        (_, Some(Code::ResourceExhausted)) => ProviderError::Quota(msg),
+        (Some(500) | Some(502) | Some(503) | Some(504), _) => ProviderError::Transient(msg),
+        (Some(401) | Some(403), _) | (_, Some(Code::PermissionDenied | Code::Unauthenticated)) => {
+            ProviderError::Permission(msg)
+        }
+        (Some(400) | Some(409) | Some(412), _) => ProviderError::InvalidSpec(msg),
+        (Some(_), _) => ProviderError::Transient(msg),
+        (None, _) if err.is_authentication() => ProviderError::Permission(msg),
+        (None, _) => ProviderError::Transient(msg),
+    }
+}
+
+/// Classifies a finished operation's error codes.
+fn classify_operation(op: &Operation, what: &str) -> Option<ProviderError> {
+    let codes: Vec<(String, String)> = op
+        .error
+        .as_ref()
+        .map(|e| {
+            e.errors
+                .iter()
+                .map(|x| {
+                    (
+                        x.code.clone().unwrap_or_default(),
+                        x.message.clone().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if codes.is_empty() && op.http_error_status_code.is_none() {
+        return None;
+    }
+    let detail = codes
+        .iter()
+        .map(|(c, m)| format!("{c}: {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let msg = format!(
+        "{what} failed ({}): {detail}",
+        op.http_error_status_code
+            .map(|c| c.to_string())
+            .unwrap_or_default()
+    );
+    let has = |pred: fn(&str) -> bool| codes.iter().any(|(c, _)| pred(c));
+    let capacity = has(|c| c.contains("RESOURCE_POOL_EXHAUSTED") || c == "ZONE_RESOURCE_EXHAUSTED");
+    let quota = has(|c| c.contains("QUOTA"));
+    let permission = has(|c| c.contains("PERMISSION") || c == "FORBIDDEN");
+    let not_found = has(|c| c == "RESOURCE_NOT_FOUND");
+    let invalid =
+        has(|c| c.contains("INVALID") || c.contains("BAD_REQUEST") || c == "UNSUPPORTED_OPERATION");
+    let kind = if capacity {
+        ProviderError::Capacity(msg)
+    } else if quota {
+        ProviderError::Quota(msg)
+    } else if permission {
+        ProviderError::Permission(msg)
+    } else if not_found {
+        ProviderError::NotFound(msg)
+    } else if invalid {
+        ProviderError::InvalidSpec(msg)
+    } else {
+        ProviderError::Transient(msg)
+    };
+    Some(kind)
+}
+
+fn status_of(s: Option<&gce::instance::Status>) -> InstanceStatus {
+    use gce::instance::Status as S;
+    match s {
+        Some(S::Running) => InstanceStatus::Running,
+        Some(S::Provisioning) | Some(S::Staging) | Some(S::Repairing) => {
+            InstanceStatus::Provisioning
+        }
+        Some(S::Stopping) | Some(S::Suspending) => InstanceStatus::Stopping,
+        _ => InstanceStatus::Terminated,
+    }
+}
+
+impl GcpProvider {
+    pub fn new(
+        settings: GcpSettings,
+        ssh: SshSettings,
+        project_slug: String,
+        keys_dir: PathBuf,
+        journal: crate::journal::Journal,
+    ) -> GcpProvider {
+        GcpProvider {
+            settings,
+            ssh,
+            journal,
+            project_slug,
+            keys_dir,
+            clients: OnceCell::new(),
+            firewall: OnceCell::new(),
+            zones: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &GcpSettings {
+        &self.settings
+    }
+
+    async fn clients(&self) -> Result<&Clients, ProviderError> {
+        self.clients
+            .get_or_try_init(|| async {
+                let s = &self.settings;
+                if s.project.is_empty() {
+                    return Err(ProviderError::InvalidSpec(
+                        "provider = \"gcp\" needs gcp.project".into(),
+                    ));
+                }
+                let anonymous = s.credentials == "anonymous";
+                macro_rules! build {
+                    ($client:ty) => {{
+                        let mut b = <$client>::builder();
+                        if !s.endpoint.is_empty() {
+                            b = b.with_endpoint(s.endpoint.clone());
+                        }
+                        if anonymous {
+                            b = b.with_credentials(
+                                google_cloud_auth::credentials::anonymous::Builder::new().build(),
+                            );
+                        }
+                        b.build().await.map_err(|e| {
+                            ProviderError::Permission(format!(
+                                "cannot set up the Compute API client (credentials?): {e}"
+                            ))
+                        })?
+                    }};
+                }
+                Ok(Clients {
+                    instances: build!(Instances),
+                    operations: build!(ZoneOperations),
+                    firewalls: build!(Firewalls),
+                })
+            })
+            .await
+    }
+
+    fn remember_zone(&self, name: &str, zone: &str) {
+        self.zones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), zone.to_string());
+    }
+
+    fn known_zone(&self, name: &str) -> Option<String> {
+        self.zones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn key_path(&self, name: &str) -> PathBuf {
+        self.keys_dir.join(name)
+    }
+
+    /// Runs `call` until it succeeds or fails with something other than a transient error.
+    async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            match call().await {
+                Err(ProviderError::Transient(m)) if tries + 1 < TRANSIENT_TRIES => {
+                    tracing::debug!(error = %m, "transient; retrying");
+                    tries += 1;
+                    let jitter = Duration::from_millis(
+                        rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1),
+                    );
+                    tokio::time::sleep(delay + jitter).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Polls a zone operation until DONE; returns it with its error (if any) classified.
+    async fn wait_operation(
+        &self,
+        zone: &str,
+        op: Operation,
+        what: &str,
+    ) -> Result<Operation, ProviderError> {
+        let c = self.clients().await?;
+        let mut op = op;
+        let deadline = tokio::time::Instant::now() + OPERATION_TIMEOUT;
+        let mut delay = Duration::from_millis(50);
+        while op.status != Some(gce::operation::Status::Done) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ProviderError::Transient(format!(
+                    "{what}: operation {} still not done after {}",
+                    op.name.clone().unwrap_or_default(),
+                    humantime::format_duration(OPERATION_TIMEOUT)
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            let name = op.name.clone().unwrap_or_default();
+            op = self
+                .retry(|| async {
+                    c.operations
+                        .get()
+                        .set_project(&self.settings.project)
+                        .set_zone(zone)
+                        .set_operation(&name)
+                        .send()
+                        .await
+                        .map_err(|e| classify(&e, what, false))
+                })
+                .await?;
+        }
+        if let Some(e) = classify_operation(&op, what) {
+            return Err(e);
+        }
+        // The crate's own check too: DONE is not success.
+        op.clone()
+            .to_result()
+            .map_err(|e| ProviderError::Transient(format!("{what}: {e}")))?;
+        Ok(op)
+    }
+
+    /// The source range allowed to reach SSH: the setting, or this machine's public address.
+    async fn ssh_source(&self) -> Result<String, ProviderError> {
+        if !self.settings.ssh_source.is_empty() {
+            return Ok(self.settings.ssh_source.clone());
+        }
+        let resp = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ProviderError::Transient(e.to_string()))?
+            .get("https://api.ipify.org")
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        let ip = match resp {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => {
+                return Err(ProviderError::InvalidSpec(format!(
+                    "cannot detect this machine's public address for the SSH firewall rule ({e}); set gcp.ssh_source = \"<your address>/32\""
+                )));
+            }
+        };
+        let ip: std::net::IpAddr = ip.trim().parse().map_err(|_| {
+            ProviderError::InvalidSpec(format!(
+                "the public address detection answered `{}`; set gcp.ssh_source",
+                ip.trim()
+            ))
+        })?;
+        Ok(match ip {
+            std::net::IpAddr::V4(v4) => format!("{v4}/32"),
+            std::net::IpAddr::V6(v6) => format!("{v6}/128"),
+        })
+    }
+
+    /// The firewall rule letting SSH in from the controller's address only; created or
+    /// corrected once per run, idempotently.
+    pub async fn ensure_firewall(&self) -> Result<(), ProviderError> {
+        self.firewall
+            .get_or_try_init(|| async {
+                let c = self.clients().await?;
+                let source = self.ssh_source().await?;
+                let name = firewall_name(&self.project_slug);
+                let rule = Firewall::new()
+                    .set_name(&name)
+                    .set_network(&self.settings.network)
+                    .set_direction(gce::firewall::Direction::Ingress)
+                    .set_description("cwo: SSH to cwo workers from the controller only")
+                    .set_allowed([gce::firewall::Allowed::new()
+                        .set_ip_protocol("tcp")
+                        .set_ports([self.settings.ssh_port.to_string()])])
+                    .set_source_ranges([source.clone()])
+                    .set_target_tags([network_tag(&self.project_slug)]);
+                let p = &self.settings.project;
+                let existing = c
+                    .firewalls
+                    .get()
+                    .set_project(p)
+                    .set_firewall(&name)
+                    .send()
+                    .await;
+                match existing {
+                    Ok(fw) if fw.source_ranges == vec![source.clone()] => Ok(()),
+                    Ok(_) => {
+                        let op = c
+                            .firewalls
+                            .patch()
+                            .set_project(p)
+                            .set_firewall(&name)
+                            .set_body(rule)
+                            .send()
+                            .await
+                            .map_err(|e| classify(&e, "updating the SSH firewall rule", false))?;
+                        op.to_result().map(|_| ()).map_err(|e| {
+                            ProviderError::Transient(format!("updating the SSH firewall rule: {e}"))
+                        })
+                    }
+                    Err(e) if e.http_status_code() == Some(404) => {
+                        match c
+                            .firewalls
+                            .insert()
+                            .set_project(p)
+                            .set_body(rule)
+                            .send()
+                            .await
+                        {
+                            Ok(op) => op.to_result().map(|_| ()).map_err(|e| {
+                                ProviderError::Transient(format!(
+                                    "creating the SSH firewall rule: {e}"
+                                ))
+                            }),
+                            // Created meanwhile by another controller.
+                            Err(e) if e.http_status_code() == Some(409) => Ok(()),
+                            Err(e) => Err(classify(&e, "creating the SSH firewall rule", false)),
+                        }
+                    }
+                    Err(e) => Err(classify(&e, "reading the SSH firewall rule", false)),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The instance body cwo sends: what `cwo up --plan` prints, too.
+    pub fn instance_body(&self, spec: &WorkerSpec, zone: &str, public_key: &str) -> gce::Instance {
+        let s = &self.settings;
+        let mut labels: BTreeMap<String, String> = spec.labels.clone();
+        labels.insert(
+            "cwo-expires-at".into(),
+            match s.ttl {
+                Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
+                    .timestamp()
+                    .to_string(),
+                None => "never".into(),
+            },
+        );
+        let mut scheduling = Scheduling::new().set_provisioning_model(if s.spot {
+            gce::scheduling::ProvisioningModel::Spot
+        } else {
+            gce::scheduling::ProvisioningModel::Standard
+        });
+        if let Some(ttl) = s.ttl {
+            scheduling = scheduling
+                .set_instance_termination_action(gce::scheduling::InstanceTerminationAction::Delete)
+                .set_max_run_duration(gce::Duration::new().set_seconds(ttl.as_secs() as i64));
+        } else if s.spot {
+            scheduling = scheduling.set_instance_termination_action(
+                gce::scheduling::InstanceTerminationAction::Delete,
+            );
+        }
+        let item = |k: &str, v: &str| gce::metadata::Items::new().set_key(k).set_value(v);
+        gce::Instance::new()
+            .set_name(&spec.name)
+            .set_machine_type(format!("zones/{zone}/machineTypes/{}", s.machine_type))
+            .set_labels(labels)
+            .set_tags(Tags::new().set_items([network_tag(&self.project_slug)]))
+            .set_disks([AttachedDisk::new()
+                .set_boot(true)
+                .set_auto_delete(true)
+                .set_initialize_params(
+                    AttachedDiskInitializeParams::new()
+                        .set_source_image(&s.image)
+                        .set_disk_size_gb(s.disk_size_gb as i64)
+                        .set_disk_type(format!("zones/{zone}/diskTypes/{}", s.disk_type)),
+                )])
+            .set_network_interfaces([NetworkInterface::new()
+                .set_network(&s.network)
+                .set_access_configs([AccessConfig::new()
+                    .set_name("External NAT")
+                    .set_type(gce::access_config::Type::OneToOneNat)])])
+            .set_metadata(Metadata::new().set_items([
+                item("ssh-keys", &format!("{}:{}", s.ssh_user, public_key.trim())),
+                item("block-project-ssh-keys", "TRUE"),
+                item("enable-oslogin", "FALSE"),
+                item("enable-guest-attributes", "TRUE"),
+                item("startup-script", HOSTKEY_SCRIPT),
+                item("user-data", HOSTKEY_SCRIPT),
+            ]))
+            .set_scheduling(scheduling)
+        // No service accounts: the VM holds no credentials at all.
+    }
+
+    fn to_instance(&self, vm: &gce::Instance, host_key: Option<String>) -> Instance {
+        let name = vm.name.clone().unwrap_or_default();
+        let zone = vm.zone.as_deref().map(last_segment);
+        if let Some(z) = &zone {
+            self.remember_zone(&name, z);
+        }
+        let ip = vm
+            .network_interfaces
+            .first()
+            .and_then(|n| n.access_configs.first())
+            .and_then(|a| a.nat_ip.clone())
+            .unwrap_or_default();
+        Instance {
+            status: status_of(vm.status.as_ref()),
+            created_at: vm
+                .creation_timestamp
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(Utc::now),
+            labels: vm
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            target: Target::Ssh {
+                host: ip,
+                port: self.settings.ssh_port,
+                user: self.settings.ssh_user.clone(),
+                key_path: self.key_path(&name).display().to_string(),
+                host_key,
+                pin_as: name.clone(),
+            },
+            workspace: format!("{}/{name}", self.ssh.workspace.trim_end_matches('/')),
+            zone,
+            name,
+        }
+    }
+
+    /// `instances.get` in one zone; `None` on 404.
+    async fn get_in(&self, zone: &str, name: &str) -> Result<Option<gce::Instance>, ProviderError> {
+        let c = self.clients().await?;
+        self.retry(|| async {
+            match c
+                .instances
+                .get()
+                .set_project(&self.settings.project)
+                .set_zone(zone)
+                .set_instance(name)
+                .send()
+                .await
+            {
+                Ok(vm) => Ok(Some(vm)),
+                Err(e) if e.http_status_code() == Some(404) => Ok(None),
+                Err(e) => Err(classify(&e, &format!("reading VM {name}"), false)),
+            }
+        })
+        .await
+    }
+
+    /// Finds a VM by name: its known zone first, then every configured zone.
+    async fn find(&self, name: &str) -> Result<Option<(String, gce::Instance)>, ProviderError> {
+        let mut zones = self.settings.zones.clone();
+        if let Some(z) = self.known_zone(name) {
+            zones.retain(|x| x != &z);
+            zones.insert(0, z);
+        }
+        for zone in zones {
+            if let Some(vm) = self.get_in(&zone, name).await? {
+                return Ok(Some((zone, vm)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The SSH host key the VM published through guest attributes, if it did.
+    async fn host_key(&self, zone: &str, name: &str) -> Option<String> {
+        let c = self.clients().await.ok()?;
+        let ga = c
+            .instances
+            .get_guest_attributes()
+            .set_project(&self.settings.project)
+            .set_zone(zone)
+            .set_instance(name)
+            .set_query_path("hostkeys/")
+            .send()
+            .await
+            .ok()?;
+        ga.query_value?
+            .items
+            .into_iter()
+            .find(|i| i.key.as_deref() == Some("ssh-ed25519"))
+            .and_then(|i| i.value)
+            .map(|v| format!("ssh-ed25519 {}", v.trim()))
+    }
+
+    /// Inserts in one zone (retrying transient failures with the same request id) and waits for
+    /// the operation.
+    async fn insert_in(
+        &self,
+        zone: &str,
+        body: gce::Instance,
+        request_id: &str,
+    ) -> Result<(), ProviderError> {
+        let c = self.clients().await?;
+        let what = format!(
+            "creating VM {} in {zone}",
+            body.name.clone().unwrap_or_default()
+        );
+        let op = self
+            .retry(|| async {
+                c.instances
+                    .insert()
+                    .set_project(&self.settings.project)
+                    .set_zone(zone)
+                    .set_request_id(request_id)
+                    .set_body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| classify(&e, &what, true))
+            })
+            .await?;
+        self.wait_operation(zone, op, &what).await.map(|_| ())
+    }
+}
+
+#[async_trait]
+impl Provider for GcpProvider {
+    fn kind(&self) -> &'static str {
+        "gcp"
+    }
+
+    async fn create(
+        &self,
+        spec: &WorkerSpec,
+        idempotency_key: &str,
+    ) -> Result<Instance, ProviderError> {
+        if self.settings.zones.is_empty() {
+            return Err(ProviderError::InvalidSpec("gcp.zones is empty".into()));
+        }
+        self.ensure_firewall().await?;
+        let key_path = self.key_path(&spec.name);
+        let public_key = if key_path.exists() {
+            russh::keys::PrivateKey::read_openssh_file(&key_path)
+                .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", key_path.display())))?
+                .public_key()
+                .to_openssh()
+                .map_err(|e| ProviderError::InvalidSpec(e.to_string()))?
+        } else {
+            generate_key(&key_path, &format!("cwo-{}", spec.name))
+                .map_err(ProviderError::InvalidSpec)?
+        };
+        let mut capacity_errors = Vec::new();
+        for zone in &self.settings.zones {
+            // One request id per (worker, zone): a retry is the same request, another zone is not.
+            let request_id = uuid::Uuid::new_v5(
+                &uuid::Uuid::NAMESPACE_OID,
+                format!("{idempotency_key}/{zone}").as_bytes(),
+            )
+            .to_string();
+            let body = self.instance_body(spec, zone, &public_key);
+            match self.insert_in(zone, body, &request_id).await {
+                Ok(()) => {
+                    self.remember_zone(&spec.name, zone);
+                    // A new VM can stay invisible for a while: wait for it, never insert again.
+                    let deadline = tokio::time::Instant::now() + VISIBILITY_TIMEOUT;
+                    loop {
+                        if let Some(vm) = self.get_in(zone, &spec.name).await? {
+                            return Ok(self.to_instance(&vm, None));
+                        }
+                        if tokio::time::Instant::now() > deadline {
+                            return Err(ProviderError::Transient(format!(
+                                "VM {} was created in {zone} but is not visible yet",
+                                spec.name
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                Err(ProviderError::Capacity(m)) => {
+                    tracing::info!("{m}; trying the next zone");
+                    capacity_errors.push(m);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ProviderError::Capacity(format!(
+            "no capacity in any of gcp.zones: {}",
+            capacity_errors.join("; ")
+        )))
+    }
+
+    async fn wait_running(&self, name: &str, timeout: Duration) -> Result<Instance, ProviderError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let Some((zone, vm)) = self.find(name).await? else {
+                return Err(ProviderError::NotFound(format!(
+                    "VM {name} disappeared while starting"
+                )));
+            };
+            let inst = self.to_instance(&vm, None);
+            let has_ip = matches!(&inst.target, Target::Ssh { host, .. } if !host.is_empty());
+            match inst.status {
+                InstanceStatus::Running if has_ip => {
+                    // Pin from the API when the VM publishes its key; wait briefly for it.
+                    let mut key = None;
+                    for _ in 0..30 {
+                        key = self.host_key(&zone, name).await;
+                        if key.is_some() || tokio::time::Instant::now() > deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    return Ok(self.to_instance(&vm, key));
+                }
+                InstanceStatus::Terminated | InstanceStatus::Stopping => {
+                    return Err(ProviderError::Transient(format!(
+                        "VM {name} stopped while starting ({:?}: {})",
+                        vm.status,
+                        vm.status_message.unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ProviderError::Transient(format!(
+                    "VM {name} is not running after {}",
+                    humantime::format_duration(timeout)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
+        Ok(self
+            .find(name)
+            .await?
+            .map(|(_, vm)| self.to_instance(&vm, None)))
+    }
+
+    async fn list(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let c = self.clients().await?;
+        let filter = selector
+            .iter()
+            .map(|(k, v)| format!("(labels.{k} = \"{v}\")"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut out = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let token = page.clone();
+            let resp = self
+                .retry(|| async {
+                    let mut req = c
+                        .instances
+                        .aggregated_list()
+                        .set_project(&self.settings.project)
+                        .set_filter(&filter)
+                        .set_max_results(500u32);
+                    if let Some(t) = &token {
+                        req = req.set_page_token(t);
+                    }
+                    req.send()
+                        .await
+                        .map_err(|e| classify(&e, "listing cwo's VMs", false))
+                })
+                .await?;
+            if !resp.unreachables.is_empty() {
+                // A partial list must never read as "nothing there".
+                return Err(ProviderError::Transient(format!(
+                    "listing cwo's VMs: unreachable: {}",
+                    resp.unreachables.join(", ")
+                )));
+            }
+            for scoped in resp.items.values() {
+                for vm in &scoped.instances {
+                    out.push(self.to_instance(vm, None));
+                }
+            }
+            match resp.next_page_token {
+                Some(t) if !t.is_empty() => page = Some(t),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
+        let Some((zone, _)) = self.find(name).await? else {
+            return Ok(DeleteOutcome::AlreadyGone);
+        };
+        let c = self.clients().await?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let what = format!("deleting VM {name} in {zone}");
+        let sent = self
+            .retry(|| async {
+                match c
+                    .instances
+                    .delete()
+                    .set_project(&self.settings.project)
+                    .set_zone(&zone)
+                    .set_instance(name)
+                    .set_request_id(&request_id)
+                    .send()
+                    .await
+                {
+                    Ok(op) => Ok(Some(op)),
+                    Err(e) if e.http_status_code() == Some(404) => Ok(None),
+                    Err(e) => Err(classify(&e, &what, false)),
+                }
+            })
+            .await?;
+        let Some(op) = sent else {
+            return Ok(DeleteOutcome::AlreadyGone);
+        };
+        match self.wait_operation(&zone, op, &what).await {
+            Ok(_) | Err(ProviderError::NotFound(_)) => Ok(DeleteOutcome::Deleted),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn confirm_deleted(&self, name: &str, timeout: Duration) -> Result<(), ProviderError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.find(name).await?.is_none() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ProviderError::Transient(format!(
+                    "VM {name} still exists {} after its deletion",
+                    humantime::format_duration(timeout)
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
+        let Target::Ssh {
+            host,
+            port,
+            user,
+            key_path,
+            host_key,
+            pin_as,
+        } = &instance.target
+        else {
+            return Err(ProviderError::InvalidSpec(format!(
+                "VM {} has no SSH target",
+                instance.name
+            )));
+        };
+        if host.is_empty() {
+            return Err(ProviderError::Transient(format!(
+                "VM {} has no external IP yet",
+                instance.name
+            )));
+        }
+        Ok(Box::new(SshTransport::new(
+            instance.name.clone(),
+            pin_as.clone(),
+            SshTarget {
+                host: host.clone(),
+                port: *port,
+                user: user.clone(),
+                key_path: PathBuf::from(key_path),
+                host_key: host_key.clone(),
+                connect_timeout: self.ssh.connect_timeout,
+                keepalive: self.ssh.keepalive,
+            },
+            Some(self.journal.clone()),
+        )))
+    }
+
+    async fn set_labels(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        let Some((zone, vm)) = self.find(name).await? else {
+            return Err(ProviderError::NotFound(format!("VM {name}")));
+        };
+        let c = self.clients().await?;
+        let what = format!("labelling VM {name}");
+        let op = c
+            .instances
+            .set_labels()
+            .set_project(&self.settings.project)
+            .set_zone(&zone)
+            .set_instance(name)
+            .set_body(
+                gce::InstancesSetLabelsRequest::new()
+                    .set_labels(labels.clone())
+                    .set_or_clear_label_fingerprint(vm.label_fingerprint),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(&e, &what, false))?;
+        self.wait_operation(&zone, op, &what).await.map(|_| ())
+    }
+
+    fn manual_delete_hint(&self, name: &str) -> Option<String> {
+        let zone = self
+            .known_zone(name)
+            .or_else(|| self.settings.zones.first().cloned())
+            .unwrap_or_default();
+        Some(format!(
+            "gcloud compute instances delete {name} --zone {zone} --project {} --quiet",
+            self.settings.project
+        ))
+    }
+}

@@ -1,0 +1,780 @@
+//! A fake of the Compute Engine v1 REST API (and Secret Manager's `access`), enough for cwo's gcp
+//! provider, with fault injection. It speaks the JSON shapes of the real API on 127.0.0.1 and
+//! records every request so tests can assert on request bodies.
+//!
+//! "Guest agent" behaviour: on insert, the `ssh-keys` metadata is appended to a test sshd's
+//! authorized_keys file, and the VM's external IP leads to that sshd.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+}
+
+struct Vm {
+    zone: String,
+    body: Value,
+    visible_from: Instant,
+    fingerprint: u64,
+}
+
+struct Op {
+    zone: String,
+    done: bool,
+    body: Value,
+    done_at: Instant,
+    /// What happens when the operation completes.
+    effect: Effect,
+    error: Option<(String, String)>,
+}
+
+enum Effect {
+    None,
+    Remove(String),
+}
+
+#[derive(Default)]
+pub struct Faults {
+    /// Added to every request.
+    pub latency: Duration,
+    /// The next requests whose "METHOD path-fragment" contains the key answer with the status.
+    pub http: VecDeque<(String, u16)>,
+    /// Inserts into these zones finish with ZONE_RESOURCE_POOL_EXHAUSTED.
+    pub capacity_zones: HashSet<String>,
+    /// Inserts answer 403 with this reason ("quotaExceeded", "forbidden").
+    pub insert_403: Option<String>,
+    /// New VMs stay invisible to get and list for this long.
+    pub hide_new: Duration,
+    /// Operations take this long to finish.
+    pub op_delay: Duration,
+    /// The next N delete operations finish with an error.
+    pub delete_op_errors: u32,
+    /// Deletes finish but the VM lingers for this long.
+    pub delete_lag: Duration,
+    /// aggregatedList answers with these zones unreachable.
+    pub unreachable: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    vms: BTreeMap<String, Vm>,
+    ops: HashMap<String, Op>,
+    request_ids: HashMap<String, String>,
+    firewalls: BTreeMap<String, Value>,
+    secrets: HashMap<String, Vec<u8>>,
+    next: u64,
+    log: Vec<Recorded>,
+}
+
+pub struct FakeGce {
+    pub url: String,
+    pub project: String,
+    state: Arc<Mutex<State>>,
+    pub faults: Arc<Mutex<Faults>>,
+    config: Arc<Config>,
+    server: Arc<tiny_http::Server>,
+}
+
+pub struct Config {
+    pub nat_ip: String,
+    /// The host key published through guest attributes (OpenSSH line), if any.
+    pub host_key: Mutex<Option<String>>,
+    /// Where the "guest agent" installs ssh-keys metadata.
+    pub authorized_keys: Option<PathBuf>,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+fn labels_match(vm: &Value, filter: &str) -> bool {
+    // Clauses like (labels.cwo-managed = "true"), ANDed.
+    let mut rest = filter;
+    while let Some(i) = rest.find("labels.") {
+        rest = &rest[i + 7..];
+        let Some((key, after)) = rest.split_once('=') else {
+            return false;
+        };
+        let key = key.trim();
+        let value: String = after
+            .trim_start()
+            .trim_start_matches('"')
+            .chars()
+            .take_while(|c| *c != '"' && *c != ')' && !c.is_whitespace())
+            .collect();
+        if vm["labels"][key].as_str() != Some(value.as_str()) {
+            return false;
+        }
+        rest = after;
+    }
+    true
+}
+
+impl FakeGce {
+    pub fn start(project: &str, nat_ip: &str, authorized_keys: Option<PathBuf>) -> FakeGce {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind the fake"));
+        let port = server.server_addr().to_ip().unwrap().port();
+        let fake = FakeGce {
+            url: format!("http://127.0.0.1:{port}"),
+            project: project.to_string(),
+            state: Arc::default(),
+            faults: Arc::default(),
+            config: Arc::new(Config {
+                nat_ip: nat_ip.to_string(),
+                host_key: Mutex::new(None),
+                authorized_keys,
+            }),
+            server: server.clone(),
+        };
+        let (state, faults, config) =
+            (fake.state.clone(), fake.faults.clone(), fake.config.clone());
+        std::thread::spawn(move || {
+            for request in server.incoming_requests() {
+                let (state, faults, config) = (state.clone(), faults.clone(), config.clone());
+                std::thread::spawn(move || handle(request, &state, &faults, &config));
+            }
+        });
+        fake
+    }
+
+    pub fn set_host_key(&self, key: Option<String>) {
+        *self.config.host_key.lock().unwrap() = key;
+    }
+
+    pub fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap()
+    }
+
+    pub fn log(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    /// Names of the VMs that exist (visible or not).
+    pub fn vm_names(&self) -> Vec<String> {
+        self.state.lock().unwrap().vms.keys().cloned().collect()
+    }
+
+    pub fn vm(&self, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .vms
+            .get(name)
+            .map(|v| v.body.clone())
+    }
+
+    pub fn firewall(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().firewalls.get(name).cloned()
+    }
+
+    /// Deleted by someone else (the console, the TTL).
+    pub fn delete_externally(&self, name: &str) {
+        self.state.lock().unwrap().vms.remove(name);
+    }
+
+    /// Stopped (e.g. the in-VM watchdog powered it off): status TERMINATED.
+    pub fn stop_vm(&self, name: &str) {
+        if let Some(vm) = self.state.lock().unwrap().vms.get_mut(name) {
+            vm.body["status"] = json!("TERMINATED");
+        }
+    }
+
+    pub fn set_secret(&self, name: &str, value: &[u8]) {
+        self.state
+            .lock()
+            .unwrap()
+            .secrets
+            .insert(name.to_string(), value.to_vec());
+    }
+
+    /// Adds a VM directly (for reaper and scale tests).
+    pub fn add_vm(&self, zone: &str, name: &str, labels: Value, created: &str, status: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.next += 1;
+        let id = st.next;
+        let body = json!({
+            "kind": "compute#instance", "id": id.to_string(), "name": name, "status": status,
+            "creationTimestamp": created, "labels": labels,
+            "zone": format!("https://www.googleapis.com/compute/v1/projects/{}/zones/{zone}", self.project),
+            "machineType": format!("zones/{zone}/machineTypes/e2-micro"),
+            "labelFingerprint": base64::engine::general_purpose::STANDARD.encode(id.to_be_bytes()),
+            "networkInterfaces": [{"networkIP": "10.0.0.2", "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT", "natIP": self.config.nat_ip}]}],
+        });
+        st.vms.insert(
+            name.to_string(),
+            Vm {
+                zone: zone.to_string(),
+                body,
+                visible_from: Instant::now(),
+                fingerprint: id,
+            },
+        );
+    }
+}
+
+impl Drop for FakeGce {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+fn respond(request: tiny_http::Request, status: u16, body: Value) {
+    let data = serde_json::to_vec(&body).unwrap();
+    let resp = tiny_http::Response::from_data(data)
+        .with_status_code(status)
+        .with_header(
+            "Content-Type: application/json"
+                .parse::<tiny_http::Header>()
+                .unwrap(),
+        );
+    let _ = request.respond(resp);
+}
+
+/// Compute's error shape: the legacy `errors[]` list plus the canonical `status`.
+fn error(code: u16, reason: &str, message: &str) -> Value {
+    let status = match code {
+        400 => "INVALID_ARGUMENT",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ALREADY_EXISTS",
+        412 => "FAILED_PRECONDITION",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    };
+    json!({"error": {"code": code, "message": message, "status": status,
+        "errors": [{"reason": reason, "message": message, "domain": "global"}]}})
+}
+
+fn new_op(
+    st: &mut State,
+    zone: &str,
+    kind: &str,
+    target: &str,
+    delay: Duration,
+    effect: Effect,
+    error: Option<(String, String)>,
+) -> Value {
+    st.next += 1;
+    let name = format!("operation-{}", st.next);
+    let body = json!({
+        "kind": "compute#operation", "name": name, "id": st.next.to_string(), "operationType": kind,
+        "status": "RUNNING", "targetLink": target,
+        "zone": zone, "insertTime": now_rfc3339(), "startTime": now_rfc3339(), "progress": 0,
+    });
+    let op = Op {
+        zone: zone.to_string(),
+        done: false,
+        body: body.clone(),
+        done_at: Instant::now() + delay,
+        effect,
+        error,
+    };
+    st.ops.insert(name.clone(), op);
+    if delay.is_zero() {
+        finish_op(st, &name);
+        return st.ops[&name].body.clone();
+    }
+    body
+}
+
+/// Completes an operation whose time has come, applying its effect.
+fn finish_op(st: &mut State, name: &str) {
+    let Some(op) = st.ops.get_mut(name) else {
+        return;
+    };
+    if op.done || Instant::now() < op.done_at {
+        return;
+    }
+    op.done = true;
+    op.body["status"] = json!("DONE");
+    op.body["endTime"] = json!(now_rfc3339());
+    op.body["progress"] = json!(100);
+    if let Some((code, message)) = op.error.clone() {
+        op.body["error"] = json!({"errors": [{"code": code, "message": message}]});
+        op.body["httpErrorStatusCode"] = json!(400);
+        op.body["httpErrorMessage"] = json!("BAD REQUEST");
+    }
+    let effect = std::mem::replace(&mut op.effect, Effect::None);
+    if let Effect::Remove(vm) = effect {
+        st.vms.remove(&vm);
+    }
+}
+
+fn query(url: &str) -> HashMap<String, String> {
+    url.split_once('?')
+        .map(|(_, q)| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn handle(
+    mut request: tiny_http::Request,
+    state: &Mutex<State>,
+    faults: &Mutex<Faults>,
+    config: &Config,
+) {
+    let method = request.method().to_string();
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or("").to_string();
+    let mut body = String::new();
+    let _ = request.as_reader().read_to_string(&mut body);
+    state.lock().unwrap().log.push(Recorded {
+        method: method.clone(),
+        path: url.clone(),
+        body: body.clone(),
+    });
+    let latency = faults.lock().unwrap().latency;
+    if !latency.is_zero() {
+        std::thread::sleep(latency);
+    }
+    // Injected HTTP failures.
+    {
+        let mut f = faults.lock().unwrap();
+        let call = format!("{method} {path}");
+        if let Some(pos) = f.http.iter().position(|(k, _)| call.contains(k.as_str())) {
+            let (_, status) = f.http.remove(pos).unwrap();
+            drop(f);
+            return respond(
+                request,
+                status,
+                error(status, "backendError", "injected failure"),
+            );
+        }
+    }
+    let q = query(&url);
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (status, reply) = route(&method, &parts, &q, &body, state, faults, config);
+    respond(request, status, reply);
+}
+
+fn route(
+    method: &str,
+    parts: &[&str],
+    q: &HashMap<String, String>,
+    body: &str,
+    state: &Mutex<State>,
+    faults: &Mutex<Faults>,
+    config: &Config,
+) -> (u16, Value) {
+    let mut st = state.lock().unwrap();
+    let f = faults.lock().unwrap();
+    let now = Instant::now();
+    match (method, parts) {
+        // Secret Manager: /v1/projects/P/secrets/S/versions/V:access
+        ("GET", ["v1", "projects", p, "secrets", s, "versions", v]) if v.ends_with(":access") => {
+            match st.secrets.get(*s) {
+                Some(data) => (
+                    200,
+                    json!({
+                        "name": format!("projects/{p}/secrets/{s}/versions/{}", v.trim_end_matches(":access")),
+                        "payload": {"data": base64::engine::general_purpose::STANDARD.encode(data)}
+                    }),
+                ),
+                None => (
+                    404,
+                    error(404, "notFound", &format!("Secret [{s}] not found")),
+                ),
+            }
+        }
+        ("POST", ["compute", "v1", "projects", _, "zones", zone, "instances"]) => {
+            if let Some(reason) = &f.insert_403 {
+                return (403, error(403, reason, &format!("injected 403 ({reason})")));
+            }
+            if let Some(rid) = q.get("requestId")
+                && let Some(op) = st.request_ids.get(rid).cloned()
+            {
+                finish_op(&mut st, &op);
+                return (200, st.ops[&op].body.clone());
+            }
+            let mut vm: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            let name = vm["name"].as_str().unwrap_or("").to_string();
+            let target = format!(
+                "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}"
+            );
+            if f.capacity_zones.contains(*zone) {
+                let op = new_op(
+                    &mut st,
+                    zone,
+                    "insert",
+                    &target,
+                    f.op_delay,
+                    Effect::None,
+                    Some((
+                        "ZONE_RESOURCE_POOL_EXHAUSTED".into(),
+                        format!("The zone '{zone}' does not have enough resources"),
+                    )),
+                );
+                if let Some(rid) = q.get("requestId") {
+                    let op_name = op["name"].as_str().unwrap().to_string();
+                    st.request_ids.insert(rid.clone(), op_name);
+                }
+                return (200, op);
+            }
+            if st.vms.contains_key(&name) {
+                return (
+                    409,
+                    error(
+                        409,
+                        "alreadyExists",
+                        &format!("The resource '{name}' already exists"),
+                    ),
+                );
+            }
+            st.next += 1;
+            let id = st.next;
+            vm["id"] = json!(id.to_string());
+            vm["kind"] = json!("compute#instance");
+            vm["status"] = json!("RUNNING");
+            vm["creationTimestamp"] = json!(now_rfc3339());
+            vm["zone"] = json!(format!(
+                "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"
+            ));
+            vm["labelFingerprint"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(id.to_be_bytes()));
+            if let Some(ac) = vm.pointer_mut("/networkInterfaces/0/accessConfigs/0") {
+                ac["natIP"] = json!(config.nat_ip);
+            }
+            if let (Some(path), Some(items)) = (
+                &config.authorized_keys,
+                vm.pointer("/metadata/items").and_then(|i| i.as_array()),
+            ) {
+                for item in items {
+                    if item["key"] == "ssh-keys" {
+                        let line = item["value"].as_str().unwrap_or("");
+                        let key = line.split_once(':').map(|(_, k)| k).unwrap_or(line);
+                        let mut existing = std::fs::read_to_string(path).unwrap_or_default();
+                        existing.push_str(key);
+                        existing.push('\n');
+                        std::fs::write(path, existing).unwrap();
+                    }
+                }
+            }
+            st.vms.insert(
+                name.clone(),
+                Vm {
+                    zone: zone.to_string(),
+                    body: vm,
+                    visible_from: now + f.hide_new,
+                    fingerprint: id,
+                },
+            );
+            let op = new_op(
+                &mut st,
+                zone,
+                "insert",
+                &target,
+                f.op_delay,
+                Effect::None,
+                None,
+            );
+            if let Some(rid) = q.get("requestId") {
+                st.request_ids
+                    .insert(rid.clone(), op["name"].as_str().unwrap().to_string());
+            }
+            (200, op)
+        }
+        ("GET", ["compute", "v1", "projects", _, "zones", _, "operations", op]) => {
+            finish_op(&mut st, op);
+            match st.ops.get(*op) {
+                Some(o) => (200, o.body.clone()),
+                None => (404, error(404, "notFound", "no such operation")),
+            }
+        }
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _,
+                "zones",
+                zone,
+                "instances",
+                name,
+            ],
+        ) => {
+            // Let pending deletes land.
+            let pending: Vec<String> = st.ops.keys().cloned().collect();
+            for o in pending {
+                finish_op(&mut st, &o);
+            }
+            match st.vms.get(*name) {
+                Some(vm) if vm.zone == *zone && vm.visible_from <= now => (200, vm.body.clone()),
+                _ => (
+                    404,
+                    error(
+                        404,
+                        "notFound",
+                        &format!("The resource '{name}' was not found"),
+                    ),
+                ),
+            }
+        }
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _,
+                "zones",
+                zone,
+                "instances",
+                name,
+                "getGuestAttributes",
+            ],
+        ) => match st.vms.get(*name) {
+            Some(vm) if vm.zone == *zone => {
+                let items: Vec<Value> = config
+                    .host_key
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|k| {
+                        let blob = k.split_whitespace().nth(1).unwrap_or("");
+                        json!({"namespace": "hostkeys", "key": "ssh-ed25519", "value": blob})
+                    })
+                    .collect();
+                (
+                    200,
+                    json!({"kind": "compute#guestAttributes", "queryPath": "hostkeys/", "queryValue": {"items": items}}),
+                )
+            }
+            _ => (404, error(404, "notFound", "not found")),
+        },
+        (
+            "DELETE",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _,
+                "zones",
+                zone,
+                "instances",
+                name,
+            ],
+        ) => {
+            let Some(vm) = st.vms.get(*name) else {
+                return (
+                    404,
+                    error(
+                        404,
+                        "notFound",
+                        &format!("The resource '{name}' was not found"),
+                    ),
+                );
+            };
+            if vm.zone != *zone {
+                return (404, error(404, "notFound", "wrong zone"));
+            }
+            let target = format!(
+                "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}"
+            );
+            drop(f);
+            let mut f = faults.lock().unwrap();
+            let fail = f.delete_op_errors > 0;
+            if fail {
+                f.delete_op_errors -= 1;
+            }
+            let delay = f.op_delay + f.delete_lag;
+            let op = if fail {
+                new_op(
+                    &mut st,
+                    zone,
+                    "delete",
+                    &target,
+                    f.op_delay,
+                    Effect::None,
+                    Some(("INTERNAL_ERROR".into(), "injected delete failure".into())),
+                )
+            } else {
+                new_op(
+                    &mut st,
+                    zone,
+                    "delete",
+                    &target,
+                    delay,
+                    Effect::Remove(name.to_string()),
+                    None,
+                )
+            };
+            (200, op)
+        }
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _,
+                "zones",
+                zone,
+                "instances",
+                name,
+                "setLabels",
+            ],
+        ) => {
+            let req: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            let Some(vm) = st.vms.get_mut(*name) else {
+                return (404, error(404, "notFound", "not found"));
+            };
+            if req["labelFingerprint"] != vm.body["labelFingerprint"] {
+                return (
+                    412,
+                    error(
+                        412,
+                        "conditionNotMet",
+                        "Labels fingerprint either invalid or resource labels have changed",
+                    ),
+                );
+            }
+            vm.fingerprint += 1000;
+            vm.body["labels"] = req["labels"].clone();
+            vm.body["labelFingerprint"] = json!(
+                base64::engine::general_purpose::STANDARD.encode(vm.fingerprint.to_be_bytes())
+            );
+            let target = format!(
+                "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}"
+            );
+            (
+                200,
+                new_op(
+                    &mut st,
+                    zone,
+                    "setLabels",
+                    &target,
+                    Duration::ZERO,
+                    Effect::None,
+                    None,
+                ),
+            )
+        }
+        ("GET", ["compute", "v1", "projects", _, "aggregated", "instances"]) => {
+            let pending: Vec<String> = st.ops.keys().cloned().collect();
+            for o in pending {
+                finish_op(&mut st, &o);
+            }
+            let filter = q.get("filter").cloned().unwrap_or_default();
+            let max: usize = q
+                .get("maxResults")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(500);
+            let start: usize = q.get("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+            let matching: Vec<&Vm> = st
+                .vms
+                .values()
+                .filter(|v| v.visible_from <= now && labels_match(&v.body, &filter))
+                .collect();
+            let page: Vec<&&Vm> = matching.iter().skip(start).take(max).collect();
+            let mut items: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+            for vm in page {
+                items
+                    .entry(format!("zones/{}", vm.zone))
+                    .or_default()
+                    .push(vm.body.clone());
+            }
+            let items: serde_json::Map<String, Value> = items
+                .into_iter()
+                .map(|(z, v)| (z, json!({"instances": v})))
+                .collect();
+            let mut reply = json!({"kind": "compute#instanceAggregatedList", "items": items});
+            if start + max < matching.len() {
+                reply["nextPageToken"] = json!((start + max).to_string());
+            }
+            if !f.unreachable.is_empty() {
+                reply["unreachables"] = json!(f.unreachable);
+            }
+            (200, reply)
+        }
+        ("GET", ["compute", "v1", "projects", _, "global", "firewalls", name]) => {
+            match st.firewalls.get(*name) {
+                Some(fw) => (200, fw.clone()),
+                None => (404, error(404, "notFound", "no such firewall")),
+            }
+        }
+        ("POST", ["compute", "v1", "projects", _, "global", "firewalls"]) => {
+            let fw: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            let name = fw["name"].as_str().unwrap_or("").to_string();
+            if st.firewalls.contains_key(&name) {
+                return (409, error(409, "alreadyExists", "exists"));
+            }
+            st.firewalls.insert(name.clone(), fw);
+            (
+                200,
+                new_op(
+                    &mut st,
+                    "global",
+                    "insert",
+                    &name,
+                    Duration::ZERO,
+                    Effect::None,
+                    None,
+                ),
+            )
+        }
+        ("PATCH", ["compute", "v1", "projects", _, "global", "firewalls", name]) => {
+            let fw: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            st.firewalls.insert(name.to_string(), fw);
+            (
+                200,
+                new_op(
+                    &mut st,
+                    "global",
+                    "patch",
+                    name,
+                    Duration::ZERO,
+                    Effect::None,
+                    None,
+                ),
+            )
+        }
+        _ => (
+            404,
+            error(
+                404,
+                "notFound",
+                &format!("the fake does not serve {method} /{}", parts.join("/")),
+            ),
+        ),
+    }
+}
