@@ -49,8 +49,9 @@ pub enum Command {
     /// SIGINT/SIGTERM: stop claiming, let running attempts finish (or abort them with --now, or
     /// by a second signal), tear the worker down, exit. Aborted balls go back to pending.
     Run(RunArgs),
-    /// Bring up a worker now (the next `cwo run` adopts it).
-    Up,
+    /// Bring up a worker now (the next `cwo run` adopts it); `--plan` shows what would be
+    /// created, and its hourly cost, without creating anything.
+    Up(UpArgs),
     /// Tear down every worker this project has, and confirm each is gone.
     Down,
     /// Workers (state, uptime, current task, idle countdown) and tasks by state.
@@ -65,6 +66,15 @@ pub enum Command {
     /// Settings.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Delete workers that should not exist: past their cwo-expires-at, stopped, or unknown to
+    /// the journal. Two phases: a worker is marked (label cwo-reap-marked) on one pass and
+    /// deleted on a later pass once the mark is older than reap_grace. cwo-keep=true is never
+    /// touched. Without --yes nothing is changed. Exit 1 when the list or a deletion failed.
+    Reap(ReapArgs),
+    /// Install, remove or show the cron entry that runs `cwo reap --yes` on a schedule (the
+    /// auto-shutdown that works even when no cwo is running).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Check what the configured provider and agent need, each with a fix.
     Doctor(FormatArgs),
     /// Run the whole loop on a throwaway repository with a scripted agent (no cloud, no LLM).
@@ -95,6 +105,44 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct FormatArgs {
     /// Output format; json carries a schema_version.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// Act: mark and delete. Without it, only report what would be done.
+    #[arg(long)]
+    pub yes: bool,
+    /// Report only, even with --yes.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format; json carries a schema_version.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add (or update) the crontab entry for this project.
+    Install {
+        /// How often, in minutes.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=59))]
+        every: u32,
+    },
+    /// Remove this project's crontab entry.
+    Remove,
+    /// Print this project's crontab entry, if any.
+    Show,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Print the exact worker spec (machine, image, zone, TTL, labels, firewall rule) and the
+    /// expected hourly cost; create nothing.
+    #[arg(long)]
+    pub plan: bool,
+    /// Output format of --plan; json carries a schema_version.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
 }

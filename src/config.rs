@@ -29,6 +29,10 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Tasks run at once on the worker.
     pub concurrency: NonZeroUsize,
+    /// `cwo reap` deletes a worker it marked on an earlier pass once the mark is this old, and
+    /// treats workers the journal does not know as orphans once they are this old.
+    #[serde(with = "duration_str")]
+    pub reap_grace: Duration,
     /// Where the journal, logs and workers live (default: per project under the XDG state dir).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
@@ -71,10 +75,6 @@ pub struct GcpSettings {
     pub secrets_endpoint: String,
     /// "" = Application Default Credentials; "anonymous" for emulators and tests.
     pub credentials: String,
-    /// `cwo reap` deletes a VM it marked on an earlier pass once the mark is this old, and
-    /// treats VMs the journal does not know as orphans once they are this old.
-    #[serde(with = "duration_str")]
-    pub reap_grace: Duration,
 }
 
 impl Default for GcpSettings {
@@ -99,7 +99,6 @@ impl Default for GcpSettings {
             endpoint: String::new(),
             secrets_endpoint: String::new(),
             credentials: String::new(),
-            reap_grace: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -280,6 +279,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             concurrency: NonZeroUsize::MIN,
+            reap_grace: Duration::from_secs(15 * 60),
             state_dir: None,
             tracker: TrackerSettings::default(),
             agent: AgentSettings::default(),

@@ -251,6 +251,22 @@ impl Journal {
         })
     }
 
+    /// Sets the provider's creation time when the journal never learned it (a controller that
+    /// died between the create call and its answer).
+    pub fn worker_created_if_unknown(
+        &self,
+        name: &str,
+        created_at: DateTime<Utc>,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workers SET created_at = ?2 WHERE name = ?1 AND created_at IS NULL",
+                params![name, ts(created_at)],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Records what the worker is doing: a task, or idle since now.
     pub fn worker_activity(&self, name: &str, task: Option<&str>) -> Result<(), JournalError> {
         self.with(|c| {

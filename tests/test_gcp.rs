@@ -29,7 +29,7 @@ pub fn gcp(gcp_extra: &str, body: &str, agent_extra: &str) -> Option<Gcp> {
     let host_key = std::fs::read_to_string(sshd.dir.join("host_key.pub")).unwrap();
     fake.set_host_key(Some(host_key.trim().to_string()));
     let top = format!(
-        "provider = \"gcp\"\n[gcp]\nproject = \"proj-test\"\nendpoint = {:?}\ncredentials = \"anonymous\"\nssh_source = \"127.0.0.1/32\"\nssh_user = {:?}\nssh_port = {}\nzones = [\"zone-a\", \"zone-b\"]\n{gcp_extra}\n[ssh]\nworkspace = {:?}\nconnect_timeout = \"20s\"\n",
+        "provider = \"gcp\"\n[gcp]\nproject = \"proj-test\"\nendpoint = {:?}\ncredentials = \"anonymous\"\nssh_source = \"127.0.0.1/32\"\nssh_user = {:?}\nssh_port = {}\nzones = [\"us-central1-a\", \"us-central1-b\"]\n{gcp_extra}\n[ssh]\nworkspace = {:?}\nconnect_timeout = \"20s\"\n",
         fake.url,
         sshd.user,
         sshd.port,
@@ -83,7 +83,10 @@ fn the_whole_loop_runs_on_a_gce_vm() {
             .is_none_or(|s| s.as_array().is_some_and(|a| a.is_empty())),
         "no service account: {vm}"
     );
-    assert_eq!(vm["machineType"], "zones/zone-a/machineTypes/e2-micro");
+    assert_eq!(
+        vm["machineType"],
+        "zones/us-central1-a/machineTypes/e2-micro"
+    );
     assert_eq!(vm["tags"]["items"][0], "cwo-ssh-proj");
     assert_eq!(vm["disks"][0]["autoDelete"], true);
     let meta: std::collections::HashMap<String, String> = vm["metadata"]["items"]
@@ -133,7 +136,10 @@ fn the_whole_loop_runs_on_a_gce_vm() {
 #[test]
 fn capacity_falls_through_to_the_next_zone() {
     let Some(g) = gcp("", COMMIT, "") else { return };
-    g.fake.faults().capacity_zones.insert("zone-a".into());
+    g.fake
+        .faults()
+        .capacity_zones
+        .insert("us-central1-a".into());
     let id = g.env.add(&["zone b"]);
     g.env.cwo(&["run", "--once"]).ok();
     assert_eq!(g.env.ball(&id)["state"], "complete");
@@ -144,8 +150,8 @@ fn capacity_falls_through_to_the_next_zone() {
     assert_eq!(
         zones,
         [
-            "zones/zone-a/machineTypes/e2-micro",
-            "zones/zone-b/machineTypes/e2-micro"
+            "zones/us-central1-a/machineTypes/e2-micro",
+            "zones/us-central1-b/machineTypes/e2-micro"
         ]
     );
 }
@@ -168,16 +174,16 @@ fn transient_errors_are_retried_with_the_same_request_id() {
     {
         let mut f = g.fake.faults();
         f.http.push_back((
-            "POST /compute/v1/projects/proj-test/zones/zone-a/instances".into(),
+            "POST /compute/v1/projects/proj-test/zones/us-central1-a/instances".into(),
             500,
         ));
         f.http.push_back((
-            "POST /compute/v1/projects/proj-test/zones/zone-a/instances".into(),
+            "POST /compute/v1/projects/proj-test/zones/us-central1-a/instances".into(),
             429,
         ));
         f.http.push_back(("DELETE /compute".into(), 500));
         f.http.push_back((
-            "GET /compute/v1/projects/proj-test/zones/zone-a/operations".into(),
+            "GET /compute/v1/projects/proj-test/zones/us-central1-a/operations".into(),
             502,
         ));
         f.delete_op_errors = 1;
@@ -190,7 +196,7 @@ fn transient_errors_are_retried_with_the_same_request_id() {
         .fake
         .log()
         .iter()
-        .filter(|r| r.method == "POST" && r.path.contains("zones/zone-a/instances?"))
+        .filter(|r| r.method == "POST" && r.path.contains("zones/us-central1-a/instances?"))
         .map(|r| {
             r.path
                 .split("requestId=")
@@ -217,7 +223,7 @@ fn a_delete_that_keeps_failing_exits_nonzero_with_the_gcloud_command() {
     assert_eq!(down.code, 1, "{}", down.stderr);
     assert!(
         down.stderr.contains(&format!(
-            "gcloud compute instances delete {name} --zone zone-a --project proj-test"
+            "gcloud compute instances delete {name} --zone us-central1-a --project proj-test"
         )),
         "{}",
         down.stderr
@@ -293,4 +299,258 @@ impl TestEnv {
     fn balls_in_progress(&self) -> bool {
         std::fs::read_to_string(self.balls_path()).is_ok_and(|t| t.contains("\"in_progress\""))
     }
+}
+
+#[test]
+fn up_plan_shows_the_spec_and_cost_and_creates_nothing() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let plan = g.env.cwo(&["up", "--plan", "--format", "json"]).ok().json();
+    assert_eq!(plan["schema_version"], 1);
+    let p = &plan["plan"];
+    assert_eq!(p["provider"], "gcp");
+    assert_eq!(p["ttl"], "4h");
+    assert_eq!(
+        p["instance"]["scheduling"]["maxRunDuration"]["seconds"],
+        "14400"
+    );
+    assert_eq!(
+        p["instance"]["scheduling"]["instanceTerminationAction"],
+        "DELETE"
+    );
+    assert_eq!(p["instance"]["labels"]["cwo-managed"], "true");
+    assert_eq!(p["firewall"]["source_ranges"][0], "127.0.0.1/32");
+    let total = p["hourly_cost_usd"]["total"].as_f64().unwrap();
+    assert!(
+        (total - (0.00838 + 0.4 / 730.0 + 0.005)).abs() < 1e-9,
+        "{total}"
+    );
+    let human = g.env.cwo(&["up", "--plan"]).ok().stdout;
+    assert!(
+        human.contains("expected list cost: $0.01393/hour"),
+        "{human}"
+    );
+    assert!(g.fake.log().is_empty(), "no API call: {:?}", g.fake.log());
+    assert!(g.fake.vm_names().is_empty());
+}
+
+#[test]
+fn ttl_none_must_be_explicit_and_is_honoured() {
+    let Some(g) = gcp("ttl = \"none\"", COMMIT, "") else {
+        return;
+    };
+    let plan = g.env.cwo(&["up", "--plan", "--format", "json"]).ok().json();
+    assert!(
+        plan["plan"]["instance"]["scheduling"]
+            .get("maxRunDuration")
+            .is_none()
+    );
+    assert_eq!(
+        plan["plan"]["instance"]["labels"]["cwo-expires-at"],
+        "never"
+    );
+    let g2 = gcp("ttl = \"10s\"", COMMIT, "").unwrap();
+    let run = g2.env.cwo(&["up", "--plan"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("between 30s and 120 days"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn labels(project: &str, expires: &str) -> Value {
+    serde_json::json!({"cwo-managed": "true", "cwo-project": project, "cwo-expires-at": expires, "cwo-machine": "e2-micro"})
+}
+
+#[test]
+fn reap_marks_then_deletes_what_should_not_exist() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    std::fs::write(
+        g.env.project.join("cwo.toml"),
+        format!(
+            "reap_grace = \"1s\"\n{}",
+            std::fs::read_to_string(g.env.project.join("cwo.toml")).unwrap()
+        ),
+    )
+    .unwrap();
+    let future = (chrono::Utc::now().timestamp() + 3600).to_string();
+    let hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let now = chrono::Utc::now().to_rfc3339();
+    let f = &g.fake;
+    f.add_vm(
+        "us-central1-a",
+        "cwo-other-expired",
+        labels("other", "1000"),
+        &hour_ago,
+        "RUNNING",
+    );
+    f.add_vm(
+        "us-central1-a",
+        "cwo-proj-stopped",
+        labels("proj", &future),
+        &hour_ago,
+        "TERMINATED",
+    );
+    f.add_vm(
+        "us-central1-b",
+        "cwo-proj-orphan",
+        labels("proj", &future),
+        &hour_ago,
+        "RUNNING",
+    );
+    f.add_vm(
+        "us-central1-a",
+        "cwo-proj-young",
+        labels("proj", &future),
+        &now,
+        "RUNNING",
+    );
+    let mut keep = labels("proj", "1000");
+    keep["cwo-keep"] = "true".into();
+    f.add_vm("us-central1-a", "cwo-proj-keep", keep, &hour_ago, "RUNNING");
+    f.add_vm(
+        "us-central1-a",
+        "cwo-other-fine",
+        labels("other", &future),
+        &hour_ago,
+        "RUNNING",
+    );
+
+    // Without --yes: a report, no change.
+    let dry = g.env.cwo(&["reap"]).ok();
+    assert!(dry.stdout.contains("dry run"), "{}", dry.stdout);
+    assert!(
+        f.vm("cwo-proj-orphan").unwrap()["labels"]
+            .get("cwo-reap-marked")
+            .is_none()
+    );
+
+    let first = g
+        .env
+        .cwo(&["reap", "--yes", "--format", "json"])
+        .ok()
+        .json();
+    let action = |doc: &Value, name: &str| {
+        doc["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["worker"] == name)
+            .unwrap()["action"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for name in ["cwo-other-expired", "cwo-proj-stopped", "cwo-proj-orphan"] {
+        assert_eq!(action(&first, name), "mark", "{name}: {first}");
+    }
+    for name in ["cwo-proj-young", "cwo-proj-keep", "cwo-other-fine"] {
+        assert_eq!(action(&first, name), "keep", "{name}");
+    }
+    assert_eq!(f.vm_names().len(), 6, "marking deletes nothing");
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = g
+        .env
+        .cwo(&["reap", "--yes", "--format", "json"])
+        .ok()
+        .json();
+    for name in ["cwo-other-expired", "cwo-proj-stopped", "cwo-proj-orphan"] {
+        assert_eq!(action(&second, name), "deleted", "{name}: {second}");
+    }
+    let mut left = f.vm_names();
+    left.sort();
+    assert_eq!(left, ["cwo-other-fine", "cwo-proj-keep", "cwo-proj-young"]);
+    // This project's reaped VMs are in its ledger with their whole life.
+    let ledger = g
+        .env
+        .journal("SELECT worker, termination_reason, seconds > 3500 FROM ledger ORDER BY worker");
+    assert_eq!(ledger, "cwo-proj-orphan|reaped|1\ncwo-proj-stopped|idle|1");
+}
+
+#[test]
+fn reap_deletes_nothing_when_the_list_fails() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let old = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    g.fake.add_vm(
+        "us-central1-a",
+        "cwo-proj-orphan",
+        labels("proj", "1000"),
+        &old,
+        "RUNNING",
+    );
+    for _ in 0..10 {
+        g.fake
+            .faults()
+            .http
+            .push_back(("GET /compute/v1/projects/proj-test/aggregated".into(), 500));
+    }
+    let run = g.env.cwo(&["reap", "--yes"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("nothing was deleted"), "{}", run.stderr);
+    g.fake.faults().http.clear();
+    g.fake.faults().unreachable = vec!["zones/us-central1-b".into()];
+    let run = g.env.cwo(&["reap", "--yes"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unreachable: zones/us-central1-b"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(g.fake.vm_names(), ["cwo-proj-orphan"]);
+    assert!(
+        g.fake.vm("cwo-proj-orphan").unwrap()["labels"]
+            .get("cwo-reap-marked")
+            .is_none()
+    );
+}
+
+#[test]
+fn schedule_installs_one_idempotent_crontab_entry() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let bin = g.env.tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tab = g.env.tmp.path().join("crontab.txt");
+    std::fs::write(
+        bin.join("crontab"),
+        "#!/bin/sh\ncase \"$1\" in\n-l) [ -f \"$CRONTAB_FILE\" ] && exec cat \"$CRONTAB_FILE\"; echo 'no crontab for user' >&2; exit 1 ;;\n-) exec cat > \"$CRONTAB_FILE\" ;;\nesac\nexit 2\n",
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("crontab"))
+        .status()
+        .unwrap();
+    std::fs::write(&tab, "0 3 * * * backup.sh\n").unwrap();
+    let cron = |args: &[&str]| -> crate::common::Run {
+        g.env
+            .cmd(args)
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("CRONTAB_FILE", &tab)
+            .output()
+            .unwrap()
+            .into()
+    };
+    cron(&["schedule", "install", "--every", "5"]).ok();
+    cron(&["schedule", "install", "--every", "5"]).ok();
+    let text = std::fs::read_to_string(&tab).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.starts_with("0 3 * * * backup.sh\n"));
+    let line = text.lines().nth(1).unwrap();
+    assert!(
+        line.starts_with("*/5 * * * * cd ")
+            && line.contains(" reap --yes ")
+            && line.contains("reap.log"),
+        "{line}"
+    );
+    assert_eq!(cron(&["schedule", "show"]).ok().stdout.trim(), line);
+    cron(&["schedule", "install", "--every", "15"]).ok();
+    assert!(std::fs::read_to_string(&tab).unwrap().contains("*/15 "));
+    cron(&["schedule", "remove"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(&tab).unwrap(),
+        "0 3 * * * backup.sh\n"
+    );
 }

@@ -6,7 +6,9 @@ mod demo;
 mod doctor;
 mod down;
 mod logs;
+mod reap;
 mod run;
+mod schedule;
 mod ssh;
 mod status;
 mod task;
@@ -23,7 +25,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let load = || Project::load(g.project.as_deref(), &g.config);
     match cli.command {
         Command::Run(args) => run::run(&load()?, printer, &args).await,
-        Command::Up => up::up(&load()?, printer).await,
+        Command::Up(args) => up::up(&load()?, printer, &args).await,
         Command::Down => down::down(&load()?, printer).await,
         Command::Status(args) => status::status(&load()?, printer, args.format).await,
         Command::Ssh(args) => ssh::ssh(&load()?, printer, &args).await,
@@ -31,6 +33,8 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Task(TaskCommand::Add(args)) => task::add(&load()?, printer, &args),
         Command::Task(TaskCommand::List(args)) => task::list(&load()?, printer, args.format),
         Command::Config(ConfigCommand::Show(args)) => config::show(&load()?, printer, args.format),
+        Command::Reap(args) => reap::reap(&load()?, printer, &args).await,
+        Command::Schedule(cmd) => schedule::schedule(&load()?, printer, &cmd),
         Command::Doctor(args) => doctor::doctor(&load()?, printer, args.format).await,
         Command::Demo(args) => demo::demo(printer, &args, g).await,
         Command::Completions { shell } => completions::completions(shell),

@@ -1,12 +1,24 @@
-//! `cwo up`: bring up a worker now; `cwo run` adopts it.
+//! `cwo up [--plan]`: bring up a worker now (`cwo run` adopts it), or show what would be made.
 
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::cli::{Format, UpArgs};
+use crate::config::ProviderKind;
+use crate::cost::Catalog;
 use crate::error::CliError;
 use crate::journal::ControllerLock;
 use crate::orchestrator::Orchestrator;
 use crate::printer::Printer;
-use crate::project::Project;
+use crate::project::{Project, slug};
+use crate::provider::WorkerSpec;
+use crate::provider::gcp::{GcpProvider, firewall_name, network_tag};
 
-pub async fn up(project: &Project, printer: Printer) -> Result<u8, CliError> {
+pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8, CliError> {
+    if args.plan {
+        return plan(project, printer, args.format).await;
+    }
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     let orch = Orchestrator::new(project, printer)?;
     if let Some(w) = orch.recover(true, "orphaned").await?.worker {
@@ -16,5 +28,102 @@ pub async fn up(project: &Project, printer: Printer) -> Result<u8, CliError> {
     }
     let w = orch.bring_up().await?;
     printer.out(&w.instance.name);
+    Ok(0)
+}
+
+/// The spec `cwo up` would send, without sending it.
+async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
+    let s = project.settings();
+    let project_slug = slug(&project.name);
+    let name = format!("cwo-{project_slug}-<6 hex>");
+    let labels = BTreeMap::from([
+        ("cwo-managed".to_string(), "true".to_string()),
+        ("cwo-project".to_string(), project_slug.clone()),
+        ("cwo-worker".to_string(), name.clone()),
+    ]);
+    let plan: Value = match s.provider {
+        ProviderKind::Local => json!({
+            "provider": "local",
+            "worker": name,
+            "creates": format!("a directory under {}", project.state_dir.join("workers").display()),
+            "labels": labels,
+            "hourly_cost_usd": 0.0,
+        }),
+        ProviderKind::Ssh => json!({
+            "provider": "ssh",
+            "worker": name,
+            "creates": "nothing: the first free host in ssh.hosts is allocated",
+            "hosts": s.ssh.hosts,
+            "workspace": s.ssh.workspace,
+            "hourly_cost_usd": 0.0,
+        }),
+        ProviderKind::Gcp => {
+            let g = &s.gcp;
+            let gcp = GcpProvider::new(
+                g.clone(),
+                s.ssh.clone(),
+                project_slug.clone(),
+                project.state_dir.join("keys"),
+                project.journal()?,
+            );
+            let zone = g.zones.first().cloned().unwrap_or_default();
+            let spec = WorkerSpec {
+                name: name.clone(),
+                labels,
+                machine_type: g.machine_type.clone(),
+            };
+            let body = gcp.instance_body(
+                &spec,
+                &zone,
+                "ssh-ed25519 <a key generated for this worker>",
+            );
+            let body = serde_json::to_value(&body).expect("the instance body serializes");
+            let source = if g.ssh_source.is_empty() {
+                "this machine's public address /32, detected at creation".to_string()
+            } else {
+                g.ssh_source.clone()
+            };
+            let hourly = Catalog::load()
+                .map_err(|e| CliError::usage(format!("the price catalog: {e}")))?
+                .hourly(&g.machine_type, &zone, g.spot, &g.disk_type, g.disk_size_gb);
+            json!({
+                "provider": "gcp",
+                "project": g.project,
+                "zones": g.zones,
+                "ttl": g.ttl.map(|t| humantime::format_duration(t).to_string()).unwrap_or_else(|| "none".into()),
+                "instance": body,
+                "firewall": {
+                    "name": firewall_name(&project_slug),
+                    "network": g.network,
+                    "allow": format!("tcp:{}", g.ssh_port),
+                    "source_ranges": [source],
+                    "target_tags": [network_tag(&project_slug)],
+                },
+                "service_accounts": [],
+                "hourly_cost_usd": hourly.map(|h| json!({
+                    "machine": h.machine, "disk": h.disk, "external_ip": h.ip, "total": h.total(),
+                })),
+            })
+        }
+    };
+    if format == Format::Json {
+        printer.json(json!({ "plan": plan }));
+        return Ok(0);
+    }
+    let mut out = String::from("cwo up would create (nothing is created by --plan):\n");
+    out.push_str(&serde_json::to_string_pretty(&plan).expect("serializes"));
+    out.push('\n');
+    if let Some(total) = plan
+        .pointer("/hourly_cost_usd/total")
+        .and_then(Value::as_f64)
+    {
+        out.push_str(&format!(
+            "expected list cost: ${total:.5}/hour (${:.2}/month if left running; an e2-micro in us-west1/us-central1/us-east1 is in the free tier)\n",
+            total * crate::cost::HOURS_PER_MONTH
+        ));
+    } else if s.provider == ProviderKind::Gcp {
+        out.push_str("expected cost: unknown (no price for this machine type in this region; see ~/.config/cwo/prices.toml)\n");
+    }
+    printer.out(out);
     Ok(0)
 }

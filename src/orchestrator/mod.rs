@@ -145,6 +145,10 @@ impl Orchestrator {
             ("cwo-managed".to_string(), "true".to_string()),
             ("cwo-project".to_string(), self.project_slug.clone()),
             ("cwo-worker".to_string(), name.to_string()),
+            (
+                "cwo-machine".to_string(),
+                self.shared.settings.gcp.machine_type.clone(),
+            ),
         ])
     }
 
@@ -158,7 +162,9 @@ impl Orchestrator {
         let spec = WorkerSpec {
             name: name.clone(),
             labels: labels.clone(),
-            machine_type: "local".into(),
+            // What the work is priced as: the configured machine type, even on the local
+            // provider (what the same work would have cost).
+            machine_type: self.shared.settings.gcp.machine_type.clone(),
         };
         let phase = p.phase(format!(
             "bringing up worker {name} ({})",

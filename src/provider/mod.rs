@@ -66,6 +66,16 @@ pub struct Instance {
     pub zone: Option<String>,
 }
 
+impl Instance {
+    /// The machine type the worker was created as (label `cwo-machine`), or "unknown".
+    pub fn machine_type_label(&self) -> String {
+        self.labels
+            .get("cwo-machine")
+            .cloned()
+            .unwrap_or_else(|| "unknown".into())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
     Deleted,

@@ -208,7 +208,7 @@ impl FakeGce {
             "creationTimestamp": created, "labels": labels,
             "zone": format!("https://www.googleapis.com/compute/v1/projects/{}/zones/{zone}", self.project),
             "machineType": format!("zones/{zone}/machineTypes/e2-micro"),
-            "labelFingerprint": base64::engine::general_purpose::STANDARD.encode(id.to_be_bytes()),
+            "labelFingerprint": base64::engine::general_purpose::URL_SAFE.encode(id.to_be_bytes()),
             "networkInterfaces": [{"networkIP": "10.0.0.2", "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT", "natIP": self.config.nat_ip}]}],
         });
         st.vms.insert(
@@ -469,7 +469,7 @@ fn route(
                 "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"
             ));
             vm["labelFingerprint"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(id.to_be_bytes()));
+                json!(base64::engine::general_purpose::URL_SAFE.encode(id.to_be_bytes()));
             if let Some(ac) = vm.pointer_mut("/networkInterfaces/0/accessConfigs/0") {
                 ac["natIP"] = json!(config.nat_ip);
             }
@@ -671,7 +671,7 @@ fn route(
             vm.fingerprint += 1000;
             vm.body["labels"] = req["labels"].clone();
             vm.body["labelFingerprint"] = json!(
-                base64::engine::general_purpose::STANDARD.encode(vm.fingerprint.to_be_bytes())
+                base64::engine::general_purpose::URL_SAFE.encode(vm.fingerprint.to_be_bytes())
             );
             let target = format!(
                 "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}"

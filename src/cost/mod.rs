@@ -1,0 +1,162 @@
+//! Prices: a catalog shipped inside the binary (every price with its source and date),
+//! overridable by `~/.config/cwo/prices.toml`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+const EMBEDDED: &str = include_str!("prices.toml");
+
+/// Hours in the average month, for per-month prices.
+pub const HOURS_PER_MONTH: f64 = 730.0;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachinePrice {
+    pub regions: Vec<String>,
+    pub on_demand: f64,
+    pub spot: f64,
+    pub source: String,
+    pub date: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskPrice {
+    pub gb_month: f64,
+    pub source: String,
+    pub date: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpPrice {
+    pub on_demand_hour: f64,
+    pub spot_hour: f64,
+    pub source: String,
+    pub date: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    #[serde(default)]
+    pub machine: BTreeMap<String, MachinePrice>,
+    #[serde(default)]
+    pub disk: BTreeMap<String, DiskPrice>,
+    pub ip: IpPrice,
+}
+
+/// What one worker costs per hour, by component.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Hourly {
+    pub machine: f64,
+    pub disk: f64,
+    pub ip: f64,
+}
+
+impl Hourly {
+    pub fn total(&self) -> f64 {
+        self.machine + self.disk + self.ip
+    }
+}
+
+/// The region of a zone: `us-central1-a` → `us-central1`.
+pub fn region_of(zone: &str) -> &str {
+    zone.rsplit_once('-').map(|(r, _)| r).unwrap_or(zone)
+}
+
+impl Catalog {
+    pub fn embedded() -> Catalog {
+        toml::from_str(EMBEDDED).expect("the embedded price catalog parses")
+    }
+
+    /// The embedded catalog with the user's overrides on top.
+    pub fn load() -> Result<Catalog, String> {
+        let mut cat = Catalog::embedded();
+        let dir = std::env::var_os("CWO_CONFIG_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_CONFIG_HOME").map(|x| std::path::PathBuf::from(x).join("cwo"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".config/cwo"))
+            });
+        if let Some(path) = dir.map(|d| d.join("prices.toml"))
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Overrides {
+                #[serde(default)]
+                machine: BTreeMap<String, MachinePrice>,
+                #[serde(default)]
+                disk: BTreeMap<String, DiskPrice>,
+                ip: Option<IpPrice>,
+            }
+            let o: Overrides =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            cat.machine.extend(o.machine);
+            cat.disk.extend(o.disk);
+            if let Some(ip) = o.ip {
+                cat.ip = ip;
+            }
+        }
+        Ok(cat)
+    }
+
+    /// The hourly list price of a worker, or `None` when any part is unknown.
+    pub fn hourly(
+        &self,
+        machine: &str,
+        zone: &str,
+        spot: bool,
+        disk_type: &str,
+        disk_gb: u32,
+    ) -> Option<Hourly> {
+        let m = self.machine.get(machine)?;
+        if !m.regions.iter().any(|r| r == region_of(zone)) {
+            return None;
+        }
+        let d = self.disk.get(disk_type)?;
+        Some(Hourly {
+            machine: if spot { m.spot } else { m.on_demand },
+            disk: d.gb_month * disk_gb as f64 / HOURS_PER_MONTH,
+            ip: if spot {
+                self.ip.spot_hour
+            } else {
+                self.ip.on_demand_hour
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_catalog_prices_an_e2_micro_and_knows_what_it_does_not_know() {
+        let c = Catalog::embedded();
+        let h = c
+            .hourly("e2-micro", "us-central1-a", false, "pd-standard", 10)
+            .unwrap();
+        assert_eq!(h.machine, 0.00838);
+        assert!((h.disk - 0.4 / 730.0).abs() < 1e-12);
+        assert_eq!(h.ip, 0.005);
+        assert!(
+            c.hourly("e2-micro", "europe-west1-b", false, "pd-standard", 10)
+                .is_none()
+        );
+        assert!(
+            c.hourly("m9-huge", "us-central1-a", false, "pd-standard", 10)
+                .is_none()
+        );
+        for (name, m) in &c.machine {
+            assert!(
+                !m.source.is_empty() && !m.date.is_empty(),
+                "{name} has a source and date"
+            );
+        }
+    }
+}

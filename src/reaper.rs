@@ -1,0 +1,208 @@
+//! The label-based reaper: finds every `cwo-managed` worker the provider has and deletes the
+//! ones that should not exist, in two phases (mark with a label, delete on a later pass once the
+//! mark is older than the grace period), so a VM another controller is just creating is never
+//! caught mid-flight. A list that fails deletes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::journal::Journal;
+use crate::provider::{Instance, InstanceStatus, Provider, ProviderError};
+
+pub const MARK_LABEL: &str = "cwo-reap-marked";
+pub const KEEP_LABEL: &str = "cwo-keep";
+
+/// What the reaper decided for one worker.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Decision {
+    pub worker: String,
+    pub zone: Option<String>,
+    pub project: String,
+    /// Why it should go: expired, stopped, orphan, unfinished-teardown (empty = it stays).
+    pub reason: String,
+    /// keep | mark | wait | delete | deleted | unmark | failed
+    pub action: String,
+    pub detail: String,
+}
+
+pub struct Reaper<'a> {
+    pub provider: &'a dyn Provider,
+    pub journal: &'a Journal,
+    pub project_slug: &'a str,
+    pub grace: Duration,
+}
+
+fn age_secs(inst: &Instance) -> i64 {
+    (Utc::now() - inst.created_at).num_seconds()
+}
+
+impl Reaper<'_> {
+    /// Why a worker should not exist, if it should not.
+    fn reason(&self, inst: &Instance, journal_live: &HashMap<String, String>) -> Option<String> {
+        let now = Utc::now().timestamp();
+        if let Some(exp) = inst
+            .labels
+            .get("cwo-expires-at")
+            .and_then(|e| e.parse::<i64>().ok())
+            && exp < now
+        {
+            return Some("expired".into());
+        }
+        if inst.status == InstanceStatus::Terminated {
+            return Some("stopped".into());
+        }
+        // Only this project's journal can vouch for this project's workers.
+        if inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug) {
+            match journal_live.get(&inst.name).map(String::as_str) {
+                Some("ready") | Some("intent") => {}
+                Some("deleting") => return Some("unfinished-teardown".into()),
+                _ if age_secs(inst) >= self.grace.as_secs() as i64 => return Some("orphan".into()),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// One pass. `act` = false decides and reports but changes nothing.
+    pub async fn pass(&self, act: bool) -> Result<Vec<Decision>, ProviderError> {
+        let selector = BTreeMap::from([("cwo-managed".to_string(), "true".to_string())]);
+        let listed = self.provider.list(&selector).await?;
+        let journal_live: HashMap<String, String> = self
+            .journal
+            .live_workers()
+            .map_err(|e| ProviderError::Transient(e.to_string()))?
+            .into_iter()
+            .map(|w| (w.name, w.state))
+            .collect();
+        let now = Utc::now().timestamp();
+        let mut out = Vec::new();
+        for inst in listed {
+            let mut d = Decision {
+                worker: inst.name.clone(),
+                zone: inst.zone.clone(),
+                project: inst.labels.get("cwo-project").cloned().unwrap_or_default(),
+                reason: String::new(),
+                action: "keep".into(),
+                detail: String::new(),
+            };
+            let marked_at = inst
+                .labels
+                .get(MARK_LABEL)
+                .and_then(|m| m.parse::<i64>().ok());
+            if inst.labels.get(KEEP_LABEL).map(String::as_str) == Some("true") {
+                d.detail = format!("{KEEP_LABEL}=true");
+                out.push(d);
+                continue;
+            }
+            let Some(reason) = self.reason(&inst, &journal_live) else {
+                if marked_at.is_some() {
+                    d.action = "unmark".into();
+                    d.detail = "no longer a candidate".into();
+                    if act {
+                        let mut labels = inst.labels.clone();
+                        labels.remove(MARK_LABEL);
+                        if let Err(e) = self.provider.set_labels(&inst.name, &labels).await {
+                            d.action = "failed".into();
+                            d.detail = e.to_string();
+                        }
+                    }
+                }
+                out.push(d);
+                continue;
+            };
+            d.reason = reason.clone();
+            match marked_at {
+                None => {
+                    d.action = "mark".into();
+                    d.detail = format!(
+                        "deleted on a pass {} from now",
+                        humantime::format_duration(self.grace)
+                    );
+                    if act {
+                        let mut labels = inst.labels.clone();
+                        labels.insert(MARK_LABEL.into(), now.to_string());
+                        if let Err(e) = self.provider.set_labels(&inst.name, &labels).await {
+                            d.action = "failed".into();
+                            d.detail = format!("marking: {e}");
+                        }
+                    }
+                }
+                Some(at) if now - at < self.grace.as_secs() as i64 => {
+                    d.action = "wait".into();
+                    d.detail = format!("marked {}s ago", now - at);
+                }
+                Some(_) => {
+                    d.action = "delete".into();
+                    if act {
+                        match self.delete(&inst, &reason).await {
+                            Ok(()) => d.action = "deleted".into(),
+                            Err(e) => {
+                                d.action = "failed".into();
+                                d.detail = e.to_string();
+                            }
+                        }
+                    }
+                }
+            }
+            out.push(d);
+        }
+        // Journal rows whose worker the provider no longer has: close them (their ledger row
+        // records the whole life). Rows still being created are left to the next pass.
+        if act {
+            let listed_names: Vec<&str> = out.iter().map(|d| d.worker.as_str()).collect();
+            for (name, state) in &journal_live {
+                if listed_names.contains(&name.as_str()) || state == "intent" {
+                    continue;
+                }
+                if self.provider.get(name).await?.is_none() {
+                    let _ = self.journal.worker_deleting(name, "gone");
+                    let _ = self.journal.worker_deleted(name, "gone");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes and confirms; this project's workers are journaled first (even ones a crashed
+    /// controller never recorded), so the ledger keeps their whole life.
+    async fn delete(&self, inst: &Instance, reason: &str) -> Result<(), ProviderError> {
+        let why = match reason {
+            "expired" => "ttl",
+            "stopped" => "idle",
+            _ => "reaped",
+        };
+        let name = inst.name.as_str();
+        let ours = inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug);
+        if ours {
+            let j = self.journal;
+            let known = j.worker(name).ok().flatten();
+            let record = || -> Result<(), crate::journal::JournalError> {
+                if known.is_none() {
+                    j.worker_intent(
+                        name,
+                        self.provider.kind(),
+                        &inst.machine_type_label(),
+                        "reaper",
+                        "{}",
+                    )?;
+                }
+                j.worker_created_if_unknown(name, inst.created_at)?;
+                j.worker_deleting(name, why)
+            };
+            record().map_err(|e| ProviderError::Transient(e.to_string()))?;
+        }
+        self.provider.delete(name).await?;
+        self.provider
+            .confirm_deleted(name, Duration::from_secs(300))
+            .await?;
+        if ours {
+            self.journal
+                .worker_deleted(name, why)
+                .map_err(|e| ProviderError::Transient(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
