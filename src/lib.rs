@@ -13,6 +13,7 @@ pub mod printer;
 pub mod project;
 pub mod provider;
 pub mod reaper;
+pub mod secrets;
 pub mod terminal;
 pub mod tracker;
 pub mod transport;

@@ -554,3 +554,93 @@ fn schedule_installs_one_idempotent_crontab_entry() {
         "0 3 * * * backup.sh\n"
     );
 }
+
+#[test]
+fn secrets_reach_the_agent_only_and_are_masked_everywhere() {
+    let Some(g) = gcp(
+        "",
+        r#"echo "key is $API_KEY, token is $TOKEN"
+[ "$API_KEY" = "sm-value-1234" ] && [ "$TOKEN" = "env-value-5678" ] && git commit -q --allow-empty -m ok"#,
+        "env = { API_KEY = \"sm://projects/proj-test/secrets/api-key/versions/latest\", TOKEN = \"env:APP_TEST_TOKEN\" }",
+    ) else {
+        return;
+    };
+    std::fs::write(
+        g.env.project.join("cwo.toml"),
+        std::fs::read_to_string(g.env.project.join("cwo.toml"))
+            .unwrap()
+            .replace(
+                "credentials = \"anonymous\"",
+                &format!(
+                    "credentials = \"anonymous\"\nsecrets_endpoint = {:?}",
+                    g.fake.url
+                ),
+            ),
+    )
+    .unwrap();
+    g.fake.set_secret("api-key", b"sm-value-1234");
+    let id = g.env.add(&["uses secrets"]);
+    let run: crate::common::Run = g
+        .env
+        .cmd(&["run", "--once"])
+        .env("APP_TEST_TOKEN", "env-value-5678")
+        .output()
+        .unwrap()
+        .into();
+    let run = run.ok();
+    assert_eq!(g.env.ball(&id)["state"], "complete", "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("key is *************, token is **************"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("sm-value-1234") && !run.stderr.contains("env-value-5678"));
+    let log = g.env.cwo(&["logs", &id]).ok().stdout;
+    assert!(
+        log.contains("key is *************") && !log.contains("sm-value"),
+        "{log}"
+    );
+    // Never in the instance metadata, the journal, or any file cwo wrote on the VM (the agent's
+    // own log holds what the agent chose to print, and dies with the VM's disk).
+    for r in g.fake.log() {
+        assert!(
+            !r.body.contains("sm-value-1234") && !r.body.contains("env-value-5678"),
+            "{r:?}"
+        );
+    }
+    let grep = std::process::Command::new("grep")
+        .args([
+            "-rl",
+            "--exclude=agent.log",
+            "-e",
+            "env-value-5678",
+            "-e",
+            "sm-value-1234",
+        ])
+        .arg(g.env.state.join("journal.sqlite"))
+        .arg(g.env.tmp.path().join("vm-ws"))
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}
+
+#[test]
+fn a_missing_secret_stops_the_run_before_any_vm() {
+    let Some(g) = gcp("", COMMIT, "env = { TOKEN = \"env:APP_TEST_NOT_SET\" }") else {
+        return;
+    };
+    g.env.add(&["needs a token"]);
+    let run = g.env.cwo(&["run", "--once"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("APP_TEST_NOT_SET is not set"),
+        "{}",
+        run.stderr
+    );
+    assert!(inserts(&g.fake).is_empty());
+}

@@ -93,6 +93,9 @@ impl RunSummary {
 
 /// Everything a task needs, shared with the spawned task futures.
 pub(crate) struct Shared {
+    /// `agent.env` with secret references resolved, and the masker for their values; set
+    /// once at the start of a run.
+    agent_env: tokio::sync::OnceCell<(Vec<(String, String)>, crate::secrets::Masker)>,
     root: PathBuf,
     state_dir: PathBuf,
     settings: Settings,
@@ -124,6 +127,7 @@ impl Orchestrator {
         Ok(Orchestrator {
             provider: project.provider(&journal),
             shared: Arc::new(Shared {
+                agent_env: tokio::sync::OnceCell::new(),
                 root: project.root.clone(),
                 state_dir: project.state_dir.clone(),
                 settings,
@@ -368,6 +372,14 @@ impl Orchestrator {
         let sh = &self.shared;
         let settings = &sh.settings;
         let mut summary = RunSummary::default();
+        // Secrets first: a missing one stops the run before anything is created.
+        sh.agent_env
+            .get_or_try_init(|| crate::secrets::resolve(&settings.agent.env, &settings.gcp))
+            .await
+            .map_err(|e| {
+                CliError::usage(e)
+                    .hint("secrets are sm://projects/P/secrets/S/versions/V or env:NAME")
+            })?;
         let recovered = self.recover(true, "orphaned").await?;
         let mut worker = recovered.worker;
         let mut running: JoinSet<TaskReport> = JoinSet::new();

@@ -286,12 +286,11 @@ async fn one_attempt(
         &task.id,
         &checkout.repo,
     )?;
-    let mut env: Vec<(String, String)> = settings
-        .agent
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut env: Vec<(String, String)> = sh
+        .agent_env
+        .get()
+        .map(|(env, _)| env.clone())
+        .unwrap_or_default();
     env.push(("CWO_TASK_ID".into(), task.id.clone()));
     env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
     env.push(("CWO_BRANCH".into(), branch.to_string()));
@@ -346,6 +345,11 @@ async fn watch(
     let mut blocked: Option<String> = None;
     let printer = sh.printer;
     let id = task.id.clone();
+    let masker = sh
+        .agent_env
+        .get()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
     let mut on_line = |line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\n');
@@ -359,8 +363,10 @@ async fn watch(
     let verdict = loop {
         let stop = CancellationToken::new();
         let mut sink = |bytes: &[u8]| {
-            let _ = log.write_all(bytes);
-            pending.extend_from_slice(bytes);
+            // Masked with same-length stars: the local log keeps the worker log's offsets.
+            let bytes = masker.mask(bytes);
+            let _ = log.write_all(&bytes);
+            pending.extend_from_slice(&bytes);
             if pending.ends_with(b"\n") {
                 on_line(&pending);
                 pending.clear();

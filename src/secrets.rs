@@ -1,0 +1,154 @@
+//! Secrets for the agent: `sm://projects/P/secrets/S/versions/V` (Secret Manager) or `env:NAME`
+//! (the controller's environment). Fetched by the controller, handed to the agent process only
+//! (never metadata, argv or the worker's disk), and masked in every log line cwo writes or shows.
+
+use std::collections::BTreeMap;
+
+use crate::config::GcpSettings;
+
+/// Replaces secret values in output with `*` of the same byte length, so a masked log keeps the
+/// byte offsets of the worker's log (resume offsets stay exact).
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    secrets: Vec<Vec<u8>>,
+}
+
+impl Masker {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Masker {
+        let mut secrets: Vec<Vec<u8>> = values
+            .into_iter()
+            .filter(|v| v.len() >= 4)
+            .map(String::into_bytes)
+            .collect();
+        // Longest first, so a secret containing another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Masker { secrets }
+    }
+
+    pub fn mask(&self, data: &[u8]) -> Vec<u8> {
+        let mut out = data.to_vec();
+        for s in &self.secrets {
+            let mut i = 0;
+            while i + s.len() <= out.len() {
+                if &out[i..i + s.len()] == s.as_slice() {
+                    out[i..i + s.len()].fill(b'*');
+                    i += s.len();
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn mask_str(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_string();
+        }
+        String::from_utf8_lossy(&self.mask(text.as_bytes())).into_owned()
+    }
+}
+
+/// `agent.env` with every reference resolved, plus the masker for the secret values.
+pub async fn resolve(
+    env: &BTreeMap<String, String>,
+    gcp: &GcpSettings,
+) -> Result<(Vec<(String, String)>, Masker), String> {
+    let mut out = Vec::new();
+    let mut secret_values = Vec::new();
+    let mut sm = None;
+    for (key, value) in env {
+        if let Some(var) = value.strip_prefix("env:") {
+            let v = std::env::var(var).map_err(|_| {
+                format!("agent.env.{key} = \"env:{var}\" but {var} is not set in cwo's environment")
+            })?;
+            secret_values.push(v.clone());
+            out.push((key.clone(), v));
+        } else if let Some(name) = value.strip_prefix("sm://") {
+            if !name.starts_with("projects/")
+                || !name.contains("/secrets/")
+                || !name.contains("/versions/")
+            {
+                return Err(format!(
+                    "agent.env.{key}: `{value}` is not sm://projects/P/secrets/S/versions/V"
+                ));
+            }
+            if sm.is_none() {
+                let mut b = google_cloud_secretmanager_v1::client::SecretManagerService::builder();
+                if !gcp.secrets_endpoint.is_empty() {
+                    b = b.with_endpoint(gcp.secrets_endpoint.clone());
+                }
+                if gcp.credentials == "anonymous" {
+                    b = b.with_credentials(
+                        google_cloud_auth::credentials::anonymous::Builder::new().build(),
+                    );
+                }
+                sm = Some(
+                    b.build()
+                        .await
+                        .map_err(|e| format!("Secret Manager client: {e}"))?,
+                );
+            }
+            let client = sm.as_ref().expect("built above");
+            let resp = client
+                .access_secret_version()
+                .set_name(name)
+                .send()
+                .await
+                .map_err(|e| format!("reading secret {value} for agent.env.{key}: {e}"))?;
+            let data = resp.payload.map(|p| p.data).unwrap_or_default();
+            let v = String::from_utf8(data.to_vec())
+                .map_err(|_| format!("secret {value} is not UTF-8 text"))?;
+            secret_values.push(v.clone());
+            out.push((key.clone(), v));
+        } else {
+            out.push((key.clone(), value.clone()));
+        }
+    }
+    Ok((out, Masker::new(secret_values)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_length_and_hides_every_occurrence() {
+        let m = Masker::new(["s3cret-value".to_string(), "abc".to_string()]);
+        let line = b"token=s3cret-value and again s3cret-value; abc stays (too short to mask)";
+        let masked = m.mask(line);
+        assert_eq!(masked.len(), line.len());
+        assert_eq!(
+            String::from_utf8(masked).unwrap(),
+            "token=************ and again ************; abc stays (too short to mask)"
+        );
+    }
+
+    #[test]
+    fn env_references_resolve_and_missing_ones_fail_clearly() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut env = BTreeMap::new();
+        env.insert("PLAIN".to_string(), "1".to_string());
+        env.insert("FROM_ENV".to_string(), "env:PATH".to_string());
+        let (out, masker) = rt.block_on(resolve(&env, &GcpSettings::default())).unwrap();
+        assert_eq!(out[0].1, std::env::var("PATH").unwrap());
+        assert_eq!(out[1], ("PLAIN".to_string(), "1".to_string()));
+        assert!(
+            masker
+                .mask_str(&std::env::var("PATH").unwrap())
+                .chars()
+                .all(|c| c == '*')
+        );
+        env.insert(
+            "MISSING".to_string(),
+            "env:CWO_TEST_SURELY_UNSET".to_string(),
+        );
+        let err = rt
+            .block_on(resolve(&env, &GcpSettings::default()))
+            .unwrap_err();
+        assert!(err.contains("CWO_TEST_SURELY_UNSET is not set"), "{err}");
+    }
+}
