@@ -33,6 +33,8 @@ pub struct Reaper<'a> {
     pub journal: &'a Journal,
     pub project_slug: &'a str,
     pub grace: Duration,
+    /// Whether a controller holds this project's lock (its in-flight creates are not orphans).
+    pub controller_running: bool,
 }
 
 fn age_secs(inst: &Instance) -> i64 {
@@ -57,7 +59,15 @@ impl Reaper<'_> {
         // Only this project's journal can vouch for this project's workers.
         if inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug) {
             match journal_live.get(&inst.name).map(String::as_str) {
-                Some("ready") | Some("intent") => {}
+                Some("ready") => {}
+                // A create whose controller is gone, or that never finished.
+                Some("intent")
+                    if !self.controller_running
+                        || age_secs(inst) >= self.grace.as_secs() as i64 =>
+                {
+                    return Some("unfinished-create".into());
+                }
+                Some("intent") => {}
                 Some("deleting") => return Some("unfinished-teardown".into()),
                 _ if age_secs(inst) >= self.grace.as_secs() as i64 => return Some("orphan".into()),
                 _ => {}

@@ -644,3 +644,61 @@ fn a_missing_secret_stops_the_run_before_any_vm() {
     );
     assert!(inserts(&g.fake).is_empty());
 }
+
+#[test]
+fn a_controller_killed_before_insert_returns_leaves_no_vm() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    g.fake.faults().insert_delay = Duration::from_millis(1500);
+    g.env.add(&["slow create"]);
+    let child = g.env.spawn(&["run", "--once"]);
+    assert!(wait_for(Duration::from_secs(20), || g
+        .fake
+        .log()
+        .iter()
+        .any(|r| r.method == "POST" && r.path.contains("/instances?"))));
+    kill(&child, "KILL");
+    let _ = child.wait_with_output();
+    assert_eq!(
+        g.env.journal("SELECT state FROM workers"),
+        "intent",
+        "written before the insert"
+    );
+    // The insert lands after the controller died.
+    assert!(wait_for(Duration::from_secs(5), || g.fake.vm_names().len() == 1));
+    std::fs::write(
+        g.env.project.join("cwo.toml"),
+        format!(
+            "reap_grace = \"1s\"\n{}",
+            std::fs::read_to_string(g.env.project.join("cwo.toml")).unwrap()
+        ),
+    )
+    .unwrap();
+    g.env.cwo(&["reap", "--yes"]).ok();
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = g.env.cwo(&["reap", "--yes"]).ok();
+    assert!(second.stdout.contains("deleted"), "{}", second.stdout);
+    assert!(g.fake.vm_names().is_empty());
+    assert_eq!(
+        g.env
+            .journal("SELECT state, termination_reason FROM workers"),
+        "deleted|reaped"
+    );
+    assert_eq!(g.env.journal("SELECT count(*) FROM ledger"), "1");
+}
+
+#[test]
+fn a_controller_killed_after_running_is_cleaned_by_the_next_run() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
+    // `up` leaves the worker for `run` to adopt: the next run uses it, then deletes it.
+    let id = g.env.add(&["adopted"]);
+    let run = g.env.cwo(&["run", "--once"]).ok();
+    assert!(
+        run.stderr.contains(&format!("adopting worker {name}")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(g.env.ball(&id)["state"], "complete");
+    assert!(g.fake.vm_names().is_empty());
+    assert_eq!(inserts(&g.fake).len(), 1, "no second VM");
+}

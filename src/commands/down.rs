@@ -15,7 +15,13 @@ pub async fn down(project: &Project, printer: Printer) -> Result<u8, CliError> {
         return Ok(0);
     }
     orch.recover(false, "user").await?;
-    let left = orch.journal().live_workers()?;
+    // Creates that never answered stay journaled (warned about above) for the reaper.
+    let left: Vec<_> = orch
+        .journal()
+        .live_workers()?
+        .into_iter()
+        .filter(|w| w.state != "intent")
+        .collect();
     if !left.is_empty() {
         let names: Vec<String> = left.into_iter().map(|w| w.name).collect();
         return Err(CliError::user(format!("still live: {}", names.join(", ")))

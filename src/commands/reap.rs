@@ -18,6 +18,7 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         journal: &journal,
         project_slug: &project_slug,
         grace: project.settings().reap_grace,
+        controller_running: crate::journal::ControllerLock::holder(&project.state_dir).is_some(),
     };
     let decisions = reaper.pass(act).await.map_err(|e| {
         CliError::from_error("could not list cwo's workers; nothing was deleted", &e)

@@ -297,6 +297,20 @@ impl Orchestrator {
                 CliError::from_error(format!("cannot look up worker {}", row.name), &e)
             })?;
             match found {
+                // A create that never answered may still be invisible (eventual consistency):
+                // the row stays until the grace period says it never happened; meanwhile the
+                // reaper finds the VM by its labels if it does appear.
+                None if row.state == "intent"
+                    && (chrono::Utc::now() - row.intent_at)
+                        .to_std()
+                        .unwrap_or_default()
+                        < self.shared.settings.reap_grace =>
+                {
+                    self.shared.printer.warn(format!(
+                        "worker {} was being created when its controller stopped and is not visible yet; `cwo reap` deletes it if it appears",
+                        row.name
+                    ));
+                }
                 None => {
                     j.worker_deleting(&row.name, "gone")?;
                     j.worker_deleted(&row.name, "gone")?;

@@ -64,6 +64,8 @@ pub struct Faults {
     pub delete_lag: Duration,
     /// aggregatedList answers with these zones unreachable.
     pub unreachable: Vec<String>,
+    /// Inserts take this long before the VM exists and the call answers.
+    pub insert_delay: Duration,
 }
 
 #[derive(Default)]
@@ -362,9 +364,15 @@ fn handle(
         path: url.clone(),
         body: body.clone(),
     });
-    let latency = faults.lock().unwrap().latency;
+    let (latency, insert_delay) = {
+        let f = faults.lock().unwrap();
+        (f.latency, f.insert_delay)
+    };
     if !latency.is_zero() {
         std::thread::sleep(latency);
+    }
+    if method == "POST" && path.ends_with("/instances") && !insert_delay.is_zero() {
+        std::thread::sleep(insert_delay);
     }
     // Injected HTTP failures.
     {
