@@ -2,6 +2,7 @@
 
 mod common;
 mod test_commands;
+mod test_contract;
 mod test_gcp;
 mod test_loop;
 mod test_signals;
