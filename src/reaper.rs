@@ -160,12 +160,30 @@ impl Reaper<'_> {
             out.push(d);
         }
         // Journal rows whose worker the provider no longer has: close them (their ledger row
-        // records the whole life). Rows still being created are left to the next pass.
+        // records the whole life). A create still in flight (its controller alive, within the
+        // grace period) is left to the next pass; a VM that shows up later unjournaled is an
+        // orphan then.
         if act {
             let listed_names: Vec<&str> = out.iter().map(|d| d.worker.as_str()).collect();
+            let intents: HashMap<String, chrono::DateTime<Utc>> = self
+                .journal
+                .live_workers()
+                .map_err(|e| ProviderError::Transient(e.to_string()))?
+                .into_iter()
+                .map(|w| (w.name, w.intent_at))
+                .collect();
             for (name, state) in &journal_live {
-                if listed_names.contains(&name.as_str()) || state == "intent" {
+                if listed_names.contains(&name.as_str()) {
                     continue;
+                }
+                if state == "intent" {
+                    let age = intents
+                        .get(name)
+                        .map(|t| (Utc::now() - *t).num_seconds())
+                        .unwrap_or(0);
+                    if self.controller_running && age < self.grace.as_secs() as i64 {
+                        continue;
+                    }
                 }
                 if self.provider.get(name).await?.is_none() {
                     let _ = self.journal.worker_deleting(name, "gone");

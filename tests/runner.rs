@@ -6,6 +6,7 @@ mod test_contract;
 mod test_gcp;
 mod test_loop;
 mod test_signals;
+mod test_simulation;
 mod test_ssh;
 
 #[test]

@@ -11,7 +11,11 @@ use crate::common::fake_gce::FakeGce;
 use crate::common::sshd::Sshd;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn contract(p: &dyn Provider, name: &str) {
@@ -26,26 +30,66 @@ async fn contract(p: &dyn Provider, name: &str) {
         machine_type: "e2-micro".into(),
     };
     let kind = p.kind();
-    let a = p.create(&spec, "6f1c1d1e-0000-4000-8000-000000000001").await.unwrap_or_else(|e| panic!("{kind}: create: {e}"));
-    let b = p.create(&spec, "6f1c1d1e-0000-4000-8000-000000000001").await.unwrap_or_else(|e| panic!("{kind}: create again: {e}"));
+    let a = p
+        .create(&spec, "6f1c1d1e-0000-4000-8000-000000000001")
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: create: {e}"));
+    let b = p
+        .create(&spec, "6f1c1d1e-0000-4000-8000-000000000001")
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: create again: {e}"));
     assert_eq!(a.name, b.name, "{kind}: the same key gives the same worker");
-    assert!(p.create(&spec, "6f1c1d1e-0000-4000-8000-000000000002").await.is_err(), "{kind}: a second worker of the same name");
+    assert!(
+        p.create(&spec, "6f1c1d1e-0000-4000-8000-000000000002")
+            .await
+            .is_err(),
+        "{kind}: a second worker of the same name"
+    );
     let up = p.wait_running(name, Duration::from_secs(30)).await.unwrap();
     assert_eq!(up.status, InstanceStatus::Running, "{kind}");
     assert!(p.get(name).await.unwrap().is_some(), "{kind}: get");
     let listed = p.list(&selector).await.unwrap();
-    let me = listed.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("{kind}: listed"));
+    let me = listed
+        .iter()
+        .find(|i| i.name == name)
+        .unwrap_or_else(|| panic!("{kind}: listed"));
     assert_eq!(me.labels["cwo-worker"], name);
     let mut labels = me.labels.clone();
     labels.insert("cwo-reap-marked".into(), "1".into());
-    p.set_labels(name, &labels).await.unwrap_or_else(|e| panic!("{kind}: set_labels: {e}"));
-    assert_eq!(p.get(name).await.unwrap().unwrap().labels["cwo-reap-marked"], "1", "{kind}");
+    p.set_labels(name, &labels)
+        .await
+        .unwrap_or_else(|e| panic!("{kind}: set_labels: {e}"));
+    assert_eq!(
+        p.get(name).await.unwrap().unwrap().labels["cwo-reap-marked"],
+        "1",
+        "{kind}"
+    );
     assert!(p.connect(&up).is_ok(), "{kind}: connect");
-    assert_eq!(p.delete(name).await.unwrap(), DeleteOutcome::Deleted, "{kind}");
-    p.confirm_deleted(name, Duration::from_secs(30)).await.unwrap();
-    assert!(p.get(name).await.unwrap().is_none(), "{kind}: gone is None, not an error");
-    assert_eq!(p.delete(name).await.unwrap(), DeleteOutcome::AlreadyGone, "{kind}: delete is idempotent");
-    assert!(p.list(&selector).await.unwrap().iter().all(|i| i.name != name), "{kind}");
+    assert_eq!(
+        p.delete(name).await.unwrap(),
+        DeleteOutcome::Deleted,
+        "{kind}"
+    );
+    p.confirm_deleted(name, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        p.get(name).await.unwrap().is_none(),
+        "{kind}: gone is None, not an error"
+    );
+    assert_eq!(
+        p.delete(name).await.unwrap(),
+        DeleteOutcome::AlreadyGone,
+        "{kind}: delete is idempotent"
+    );
+    assert!(
+        p.list(&selector)
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.name != name),
+        "{kind}"
+    );
 }
 
 #[test]
@@ -58,7 +102,9 @@ fn local_provider_keeps_the_contract() {
 #[test]
 fn ssh_provider_keeps_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) else { return };
+    let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) else {
+        return;
+    };
     let journal = Journal::open(&tmp.path().join("state")).unwrap();
     let settings = SshSettings {
         hosts: vec![sshd.host()],
@@ -67,7 +113,11 @@ fn ssh_provider_keeps_the_contract() {
         connect_timeout: Duration::from_secs(20),
         ..SshSettings::default()
     };
-    let p = cwo::provider::ssh_host::SshHostProvider::new(settings, tmp.path().join("records"), journal);
+    let p = cwo::provider::ssh_host::SshHostProvider::new(
+        settings,
+        tmp.path().join("records"),
+        journal,
+    );
     rt().block_on(contract(&p, "cwo-contract-ssh"));
 }
 
@@ -75,7 +125,9 @@ fn ssh_provider_keeps_the_contract() {
 fn gcp_provider_keeps_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let fake = FakeGce::start("proj-c", "127.0.0.1", None);
-    fake.set_host_key(Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl".into()));
+    fake.set_host_key(Some(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl".into(),
+    ));
     let journal = Journal::open(&tmp.path().join("state")).unwrap();
     let settings = GcpSettings {
         project: "proj-c".into(),
@@ -84,6 +136,12 @@ fn gcp_provider_keeps_the_contract() {
         ssh_source: "127.0.0.1/32".into(),
         ..GcpSettings::default()
     };
-    let p = cwo::provider::gcp::GcpProvider::new(settings, SshSettings::default(), "contract".into(), tmp.path().join("keys"), journal);
+    let p = cwo::provider::gcp::GcpProvider::new(
+        settings,
+        SshSettings::default(),
+        "contract".into(),
+        tmp.path().join("keys"),
+        journal,
+    );
     rt().block_on(contract(&p, "cwo-contract-gcp"));
 }
