@@ -702,3 +702,48 @@ fn a_controller_killed_after_running_is_cleaned_by_the_next_run() {
     assert!(g.fake.vm_names().is_empty());
     assert_eq!(inserts(&g.fake).len(), 1, "no second VM");
 }
+
+#[test]
+fn doctor_checks_credentials_project_oslogin_firewall_quota_and_ttl() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let run = g.env.cwo(&["doctor", "--format", "json"]);
+    let json = run.json();
+    let by_name = |doc: &Value, name: &str| -> Value {
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {doc}"))
+    };
+    for name in [
+        "credentials",
+        "project",
+        "os login",
+        "firewall",
+        "quota",
+        "ttl",
+    ] {
+        assert_eq!(by_name(&json, name)["status"], "ok", "{name}: {json}");
+    }
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    g.fake.faults().cpus_quota = Some((24.0, 23.5));
+    g.fake.faults().oslogin_forced = true;
+    let run = g.env.cwo(&["doctor", "--format", "json"]);
+    assert_eq!(run.code, 1);
+    let json = run.json();
+    assert_eq!(by_name(&json, "quota")["status"], "fail");
+    assert!(
+        by_name(&json, "quota")["fix"]
+            .as_str()
+            .unwrap()
+            .contains("quota")
+    );
+    assert!(
+        by_name(&json, "os login")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("enable-oslogin=TRUE")
+    );
+}

@@ -157,16 +157,52 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
         None => checks.push(check("controller", "ok", "not running", "")),
     }
 
-    checks.push(check(
-        "provider",
-        "ok",
-        format!(
-            "{}: workers are directories under {}",
-            s.provider,
-            project.state_dir.join("workers").display()
-        ),
-        "",
-    ));
+    match s.provider {
+        crate::config::ProviderKind::Local => checks.push(check(
+            "provider",
+            "ok",
+            format!(
+                "local: workers are directories under {}",
+                project.state_dir.join("workers").display()
+            ),
+            "",
+        )),
+        crate::config::ProviderKind::Ssh => {
+            checks.push(if s.ssh.hosts.is_empty() || s.ssh.key.is_empty() {
+                check(
+                    "provider",
+                    "fail",
+                    "ssh: ssh.hosts and ssh.key must both be set",
+                    "set [ssh] hosts = [\"user@host:22\"] and key = \"path/to/key\"",
+                )
+            } else {
+                check(
+                    "provider",
+                    "ok",
+                    format!("ssh: {} host(s)", s.ssh.hosts.len()),
+                    "",
+                )
+            })
+        }
+        crate::config::ProviderKind::Gcp => {
+            let journal = project.journal()?;
+            let gcp = crate::provider::gcp::GcpProvider::new(
+                s.gcp.clone(),
+                s.ssh.clone(),
+                crate::project::slug(&project.name),
+                project.state_dir.join("keys"),
+                journal,
+            );
+            for c in gcp.doctor().await {
+                let status = match c.ok {
+                    Some(true) => "ok",
+                    Some(false) => "fail",
+                    None => "warn",
+                };
+                checks.push(check(c.name, status, c.detail, c.fix));
+            }
+        }
+    }
 
     let program = &s.agent.command[0];
     match on_path(program) {

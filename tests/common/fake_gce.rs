@@ -66,6 +66,10 @@ pub struct Faults {
     pub unreachable: Vec<String>,
     /// Inserts take this long before the VM exists and the call answers.
     pub insert_delay: Duration,
+    /// Regional CPUS quota: (limit, usage); (24, 0) when unset.
+    pub cpus_quota: Option<(f64, f64)>,
+    /// Project metadata has enable-oslogin=TRUE.
+    pub oslogin_forced: bool,
 }
 
 #[derive(Default)]
@@ -733,6 +737,24 @@ fn route(
                 reply["unreachables"] = json!(f.unreachable);
             }
             (200, reply)
+        }
+        ("GET", ["compute", "v1", "projects", p]) => {
+            let items = if f.oslogin_forced {
+                json!([{"key": "enable-oslogin", "value": "TRUE"}])
+            } else {
+                json!([])
+            };
+            (
+                200,
+                json!({"kind": "compute#project", "name": p, "commonInstanceMetadata": {"items": items}}),
+            )
+        }
+        ("GET", ["compute", "v1", "projects", _, "regions", region]) => {
+            let (limit, usage) = f.cpus_quota.unwrap_or((24.0, 0.0));
+            (
+                200,
+                json!({"kind": "compute#region", "name": region, "quotas": [{"metric": "CPUS", "limit": limit, "usage": usage}]}),
+            )
         }
         ("GET", ["compute", "v1", "projects", _, "global", "firewalls", name]) => {
             match st.firewalls.get(*name) {
