@@ -5,18 +5,22 @@
 #     N times directly;
 #  2. peak RSS of the controller during `cwo run`;
 #  3. 100 small commands over one cwo SSH connection vs 100 runs of the OpenSSH client, against
-#     the same loopback sshd (needs openssh-server; skipped with a message without it).
+#     the same loopback sshd (needs openssh-server; skipped with a message without it);
+#  4. cwo's own time in `cwo up` with provider = "gcp" against the fake Compute API (zero
+#     latency) and the loopback sshd, and `cwo status` / `cwo reap --dry-run` over 1,000 managed
+#     instances in the fake.
 # Usage: scripts/bench.sh [TASKS]   (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20}"
 cargo build --locked --release --quiet
-cargo build --locked --release --quiet --example ssh_bench
+cargo build --locked --release --quiet --example ssh_bench --example fake_gce
 CWO="$PWD/target/release/cwo"
 SSH_BENCH="$PWD/target/release/examples/ssh_bench"
+FAKE_GCE="$PWD/target/release/examples/fake_gce"
 WORK="$(mktemp -d)"
-SSHD_PID=""
-trap '[ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null; rm -rf "$WORK"' EXIT
+SSHD_PID=""; FAKE_PIDS=""
+trap '[ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null; for p in $FAKE_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$WORK"' EXIT
 export HOME="$WORK/home" CWO_NO_PROGRESS=1
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
 mkdir -p "$HOME" "$WORK/origin.git" "$WORK/proj"
@@ -122,3 +126,42 @@ echo "ssh, $M commands, one cwo connection:     ${cwo_ms} ms"
 echo "ssh, $M runs of the OpenSSH client:       ${openssh_ms} ms  (cwo is $(ratio "$openssh_ms" "$cwo_ms")x faster)"
 echo "ssh, $M commands, OpenSSH ControlMaster:  ${mux_ms} ms  (ratio to cwo $(ratio "$mux_ms" "$cwo_ms"))"
 echo "  (each command still starts a login shell on the host; its startup files dominate the per-command time)"
+
+# 4. GCP against the fake Compute API: cwo's own time in `up`, and listing 1,000 VMs.
+ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>"$WORK/last.err" || { cat "$WORK/last.err" >&2; return 1; }; t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 )); }
+start_fake() { # args: fake arguments; sets FAKE_URL
+  "$FAKE_GCE" "$@" > "$WORK/fake.url" &
+  FAKE_PIDS="$FAKE_PIDS $!"
+  for _ in $(seq 1 100); do [ -s "$WORK/fake.url" ] && break; sleep 0.05; done
+  FAKE_URL=$(head -n1 "$WORK/fake.url"); : > "$WORK/fake.url"
+}
+gcp_project() { # args: dir url
+  mkdir -p "$1"; git -C "$1" init -q -b main; git -C "$1" commit -q --allow-empty -m init
+  cat > "$1/cwo.toml" <<TOML
+provider = "gcp"
+state_dir = "$1.state"
+[gcp]
+project = "bench"
+endpoint = "$2"
+credentials = "anonymous"
+ssh_source = "127.0.0.1/32"
+ssh_user = "$ME"
+ssh_port = $PORT
+[ssh]
+workspace = "$1.ws"
+[agent]
+command = ["sh"]
+TOML
+}
+start_fake bench 127.0.0.1 "$S/authorized_keys" "$S/host_key.pub"
+gcp_project "$WORK/gcp-up" "$FAKE_URL"
+up_ms=$(ms "$CWO" -C "$WORK/gcp-up" up)
+down_ms=$(ms "$CWO" -C "$WORK/gcp-up" down)
+echo "gcp: cwo up (fake API, loopback sshd):   ${up_ms} ms   (goal <= 1000 ms: $(awk "BEGIN {print ($up_ms <= 1000) ? \"met\" : \"NOT met\"}")) · cwo down ${down_ms} ms"
+start_fake bench 127.0.0.1 - - 1000 gcp-many
+gcp_project "$WORK/gcp-many" "$FAKE_URL"
+status_ms=$(ms "$CWO" -C "$WORK/gcp-many" status --format json)
+reap_ms=$(ms "$CWO" -C "$WORK/gcp-many" reap --dry-run)
+listed=$("$CWO" -C "$WORK/gcp-many" status --format json 2>/dev/null | grep -c '"unjournaled"' || true)
+echo "gcp: cwo status over 1,000 VMs:          ${status_ms} ms   (goal <= 2000 ms: $(awk "BEGIN {print ($status_ms <= 2000) ? \"met\" : \"NOT met\"}"); ${listed} listed)"
+echo "gcp: cwo reap --dry-run over 1,000 VMs:  ${reap_ms} ms   (goal <= 2000 ms: $(awk "BEGIN {print ($reap_ms <= 2000) ? \"met\" : \"NOT met\"}"))"

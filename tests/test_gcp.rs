@@ -252,6 +252,12 @@ fn a_vm_deleted_outside_cwo_is_reported_by_status_and_down() {
     let Some(g) = gcp("", COMMIT, "") else { return };
     let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
     g.fake.delete_externally(&name);
+    let status = g.env.cwo(&["status"]).ok();
+    assert!(
+        status.stdout.contains("missing (deleted outside cwo?"),
+        "{}",
+        status.stdout
+    );
     let down = g.env.cwo(&["down"]).ok();
     assert!(
         down.stderr

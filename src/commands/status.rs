@@ -1,5 +1,7 @@
 //! `cwo status`: workers and tasks.
 
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use serde_json::json;
 
@@ -7,7 +9,7 @@ use crate::cli::Format;
 use crate::error::CliError;
 use crate::journal::ControllerLock;
 use crate::printer::{Printer, fmt_secs};
-use crate::project::Project;
+use crate::project::{Project, slug};
 use crate::tracker::Tracker;
 
 const STATES: [&str; 5] = [
@@ -23,9 +25,21 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
     let idle_timeout = project.settings().idle_timeout;
     let now = Utc::now();
     let controller = ControllerLock::holder(&project.state_dir);
-    let workers: Vec<serde_json::Value> = journal
-        .live_workers()?
-        .into_iter()
+    // The cloud's truth next to the journal's: this project's labelled workers, as the provider
+    // lists them. A failed list is reported, never read as "none".
+    let provider = project.provider(&journal);
+    let selector = BTreeMap::from([
+        ("cwo-managed".to_string(), "true".to_string()),
+        ("cwo-project".to_string(), slug(&project.name)),
+    ]);
+    let (listed, list_error) = match provider.list(&selector).await {
+        Ok(l) => (Some(l), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let listed_names: Vec<&str> = listed.iter().flatten().map(|i| i.name.as_str()).collect();
+    let journaled = journal.live_workers()?;
+    let mut workers: Vec<serde_json::Value> = journaled
+        .iter()
         .map(|w| {
             let uptime = w.created_at.map(|c| (now - c).num_seconds().max(0));
             // The countdown only runs while a controller is there to act on it.
@@ -35,13 +49,29 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
                 }
                 _ => None,
             };
+            let cloud = match &listed {
+                None => "unknown",
+                Some(_) if listed_names.contains(&w.name.as_str()) => "present",
+                Some(_) => "missing (deleted outside cwo? `cwo down` records it)",
+            };
             json!({
-                "name": w.name, "provider": w.provider, "state": w.state,
+                "name": w.name, "provider": w.provider, "state": w.state, "cloud": cloud,
                 "created_at": w.created_at, "uptime_secs": uptime,
                 "current_task": w.current_task, "idle_teardown_in_secs": idle_left,
             })
         })
         .collect();
+    for inst in listed.iter().flatten() {
+        if journaled.iter().any(|w| w.name == inst.name) {
+            continue;
+        }
+        workers.push(json!({
+            "name": inst.name, "provider": provider.kind(), "state": "unjournaled",
+            "cloud": "present (unknown to the journal: `cwo reap` deletes it)",
+            "created_at": inst.created_at, "uptime_secs": (now - inst.created_at).num_seconds().max(0),
+            "current_task": null, "idle_teardown_in_secs": null,
+        }));
+    }
     let tasks = project.tracker().list()?;
     let mut counts = serde_json::Map::new();
     for s in STATES {
@@ -59,7 +89,7 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
     if format == Format::Json {
         printer.json(json!({
             "project": project.root, "state_dir": project.state_dir,
-            "controller_pid": controller, "workers": workers,
+            "controller_pid": controller, "workers": workers, "provider_list_error": list_error,
             "tasks": { "counts": counts, "ready": ready, "balls": tasks },
         }));
         return Ok(0);
@@ -69,12 +99,17 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
         Some(pid) => out.push_str(&format!("controller: running (pid {pid})\n")),
         None => out.push_str("controller: not running\n"),
     }
+    if let Some(e) = &list_error {
+        out.push_str(&format!(
+            "warning: the provider could not list workers ({e}); showing the journal only\n"
+        ));
+    }
     if workers.is_empty() {
         out.push_str("workers: none\n");
     } else {
         out.push_str(&format!(
-            "{:<28} {:<8} {:<9} {:>9}  {:<24} {}\n",
-            "WORKER", "PROVIDER", "STATE", "UPTIME", "TASK", "IDLE TEARDOWN IN"
+            "{:<28} {:<8} {:<11} {:>9}  {:<24} {:<16} {}\n",
+            "WORKER", "PROVIDER", "STATE", "UPTIME", "TASK", "IDLE TEARDOWN IN", "CLOUD"
         ));
         for w in &workers {
             let secs = |k: &str| {
@@ -83,13 +118,14 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
                     .unwrap_or_else(|| "-".into())
             };
             out.push_str(&format!(
-                "{:<28} {:<8} {:<9} {:>9}  {:<24} {}\n",
+                "{:<28} {:<8} {:<11} {:>9}  {:<24} {:<16} {}\n",
                 w["name"].as_str().unwrap_or(""),
                 w["provider"].as_str().unwrap_or(""),
                 w["state"].as_str().unwrap_or(""),
                 secs("uptime_secs"),
                 w["current_task"].as_str().unwrap_or("-"),
                 secs("idle_teardown_in_secs"),
+                w["cloud"].as_str().unwrap_or(""),
             ));
         }
     }
