@@ -760,20 +760,36 @@ fn a_controller_killed_mid_push_is_finished_by_the_next_run() {
     // A slow remote: the push is in flight when the controller dies.
     let hook = g.env.origin.join("hooks/pre-receive");
     std::fs::write(&hook, "#!/bin/sh\nsleep 3\n").unwrap();
-    std::process::Command::new("chmod").arg("+x").arg(&hook).status().unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&hook)
+        .status()
+        .unwrap();
     let id = g.env.add(&["pushed twice?"]);
     let child = g.env.spawn(&["run", "--once"]);
     assert!(wait_for(Duration::from_secs(30), || {
-        std::process::Command::new("pgrep").args(["-f", "receive-pack"]).output().map(|o| !o.stdout.is_empty()).unwrap_or(false)
+        std::process::Command::new("pgrep")
+            .args(["-f", "receive-pack"])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false)
     }));
     kill(&child, "KILL");
     let _ = child.wait_with_output();
     assert_eq!(g.fake.vm_names().len(), 1, "the VM outlived its controller");
     std::fs::remove_file(&hook).unwrap();
     let run = g.env.cwo(&["run", "--once"]).ok();
-    assert!(run.stderr.contains("reattached to attempt 1"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reattached to attempt 1"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(g.env.ball(&id)["state"], "complete");
     assert_eq!(g.env.remote_branches(), vec![format!("cwo/{id}")]);
     assert!(g.fake.vm_names().is_empty(), "no live VM");
-    assert_eq!(g.env.journal("SELECT count(*) FROM attempts"), "1", "the agent ran once");
+    assert_eq!(
+        g.env.journal("SELECT count(*) FROM attempts"),
+        "1",
+        "the agent ran once"
+    );
 }
