@@ -74,15 +74,11 @@ pub async fn resolve(
                 ));
             }
             if sm.is_none() {
-                let mut b = google_cloud_secretmanager_v1::client::SecretManagerService::builder();
-                if !gcp.secrets_endpoint.is_empty() {
-                    b = b.with_endpoint(gcp.secrets_endpoint.clone());
-                }
-                if gcp.credentials == "anonymous" {
-                    b = b.with_credentials(
-                        google_cloud_auth::credentials::anonymous::Builder::new().build(),
-                    );
-                }
+                let b = crate::provider::gcp::configure(
+                    google_cloud_secretmanager_v1::client::SecretManagerService::builder(),
+                    &gcp.secrets_endpoint,
+                    &gcp.credentials,
+                );
                 sm = Some(
                     b.build()
                         .await

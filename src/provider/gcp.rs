@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
 use crate::config::{GcpSettings, SshSettings};
 use crate::transport::Transport;
-use crate::transport::ssh::{SshTarget, SshTransport, generate_key};
+use crate::transport::ssh::generate_key;
 
 /// How long an operation may take before cwo stops waiting for it.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -61,6 +61,26 @@ pub struct GcpProvider {
     firewall: OnceCell<()>,
     /// Zone of each VM seen, so lookups do not search every zone.
     zones: Mutex<HashMap<String, String>>,
+}
+
+/// Points a Google API client builder at an endpoint ("" = Google's) with the configured
+/// credentials ("" = Application Default Credentials, "anonymous" for emulators and tests).
+pub fn configure<F, Cr>(
+    builder: google_cloud_gax::client_builder::ClientBuilder<F, Cr>,
+    endpoint: &str,
+    credentials: &str,
+) -> google_cloud_gax::client_builder::ClientBuilder<F, Cr>
+where
+    google_cloud_auth::credentials::Credentials: Into<Cr>,
+{
+    let mut b = builder;
+    if !endpoint.is_empty() {
+        b = b.with_endpoint(endpoint.to_string());
+    }
+    if credentials == "anonymous" {
+        b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+    }
+    b
 }
 
 /// The network tag the firewall rule targets.
@@ -230,23 +250,16 @@ impl GcpProvider {
                         "provider = \"gcp\" needs gcp.project".into(),
                     ));
                 }
-                let anonymous = s.credentials == "anonymous";
                 macro_rules! build {
                     ($client:ty) => {{
-                        let mut b = <$client>::builder();
-                        if !s.endpoint.is_empty() {
-                            b = b.with_endpoint(s.endpoint.clone());
-                        }
-                        if anonymous {
-                            b = b.with_credentials(
-                                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-                            );
-                        }
-                        b.build().await.map_err(|e| {
-                            ProviderError::Permission(format!(
-                                "cannot set up the Compute API client (credentials?): {e}"
-                            ))
-                        })?
+                        configure(<$client>::builder(), &s.endpoint, &s.credentials)
+                            .build()
+                            .await
+                            .map_err(|e| {
+                                ProviderError::Permission(format!(
+                                    "cannot set up the Compute API client (credentials?): {e}"
+                                ))
+                            })?
                     }};
                 }
                 Ok(Clients {
@@ -851,40 +864,7 @@ impl Provider for GcpProvider {
     }
 
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        let Target::Ssh {
-            host,
-            port,
-            user,
-            key_path,
-            host_key,
-            pin_as,
-        } = &instance.target
-        else {
-            return Err(ProviderError::InvalidSpec(format!(
-                "VM {} has no SSH target",
-                instance.name
-            )));
-        };
-        if host.is_empty() {
-            return Err(ProviderError::Transient(format!(
-                "VM {} has no external IP yet",
-                instance.name
-            )));
-        }
-        Ok(Box::new(SshTransport::new(
-            instance.name.clone(),
-            pin_as.clone(),
-            SshTarget {
-                host: host.clone(),
-                port: *port,
-                user: user.clone(),
-                key_path: PathBuf::from(key_path),
-                host_key: host_key.clone(),
-                connect_timeout: self.ssh.connect_timeout,
-                keepalive: self.ssh.keepalive,
-            },
-            Some(self.journal.clone()),
-        )))
+        Ok(Box::new(instance.ssh_transport(&self.ssh, &self.journal)?))
     }
 
     async fn set_labels(

@@ -124,13 +124,7 @@ impl Provider for LocalProvider {
             instance: instance.clone(),
             request_id: idempotency_key.to_string(),
         };
-        let tmp = dir.join("instance.json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&record).expect("serializes"),
-        )
-        .and_then(|_| std::fs::rename(&tmp, &record_path))
-        .map_err(|e| ProviderError::Transient(format!("{}: {e}", record_path.display())))?;
+        super::write_record(&record_path, &record)?;
         Ok(instance)
     }
 
@@ -209,13 +203,7 @@ impl Provider for LocalProvider {
         let mut record = Self::read(&path)?
             .ok_or_else(|| ProviderError::NotFound(format!("local worker {name}")))?;
         record.instance.labels = labels.clone();
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&record).expect("serializes"),
-        )
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))
+        super::write_record(&path, &record)
     }
 
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {

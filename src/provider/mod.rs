@@ -67,6 +67,49 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// A transport to this worker's SSH target, with the connection timing and the journal the
+    /// host key is pinned in.
+    pub fn ssh_transport(
+        &self,
+        ssh: &crate::config::SshSettings,
+        journal: &crate::journal::Journal,
+    ) -> Result<crate::transport::ssh::SshTransport, ProviderError> {
+        let Target::Ssh {
+            host,
+            port,
+            user,
+            key_path,
+            host_key,
+            pin_as,
+        } = &self.target
+        else {
+            return Err(ProviderError::InvalidSpec(format!(
+                "worker {} is not reached over SSH ({:?})",
+                self.name, self.target
+            )));
+        };
+        if host.is_empty() {
+            return Err(ProviderError::Transient(format!(
+                "worker {} has no address yet",
+                self.name
+            )));
+        }
+        Ok(crate::transport::ssh::SshTransport::new(
+            self.name.clone(),
+            pin_as.clone(),
+            crate::transport::ssh::SshTarget {
+                host: host.clone(),
+                port: *port,
+                user: user.clone(),
+                key_path: key_path.into(),
+                host_key: host_key.clone(),
+                connect_timeout: ssh.connect_timeout,
+                keepalive: ssh.keepalive,
+            },
+            Some(journal.clone()),
+        ))
+    }
+
     /// The machine type the worker was created as (label `cwo-machine`), or "unknown".
     pub fn machine_type_label(&self) -> String {
         self.labels
@@ -74,6 +117,21 @@ impl Instance {
             .cloned()
             .unwrap_or_else(|| "unknown".into())
     }
+}
+
+/// Writes a provider's own JSON record atomically (temp file, then rename), as the local and
+/// ssh providers keep their workers.
+pub(crate) fn write_record(
+    path: &std::path::Path,
+    record: &impl Serialize,
+) -> Result<(), ProviderError> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(record).expect("a record serializes"),
+    )
+    .and_then(|_| std::fs::rename(&tmp, path))
+    .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

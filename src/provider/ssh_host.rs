@@ -11,7 +11,7 @@ use chrono::Utc;
 use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
 use crate::config::{HostAddr, SshSettings};
 use crate::journal::Journal;
-use crate::transport::ssh::{SshTarget, SshTransport};
+use crate::transport::ssh::SshTransport;
 use crate::transport::{ExecRequest, Transport};
 
 /// Stops every detached agent under a workspace and removes it.
@@ -82,33 +82,7 @@ impl SshHostProvider {
     }
 
     fn transport(&self, instance: &Instance) -> Result<SshTransport, ProviderError> {
-        match &instance.target {
-            Target::Ssh {
-                host,
-                port,
-                user,
-                key_path,
-                host_key,
-                pin_as,
-            } => Ok(SshTransport::new(
-                instance.name.clone(),
-                pin_as.clone(),
-                SshTarget {
-                    host: host.clone(),
-                    port: *port,
-                    user: user.clone(),
-                    key_path: PathBuf::from(key_path),
-                    host_key: host_key.clone(),
-                    connect_timeout: self.settings.connect_timeout,
-                    keepalive: self.settings.keepalive,
-                },
-                Some(self.journal.clone()),
-            )),
-            other => Err(ProviderError::InvalidSpec(format!(
-                "worker {} is not an SSH host ({other:?})",
-                instance.name
-            ))),
-        }
+        instance.ssh_transport(&self.settings, &self.journal)
     }
 }
 
@@ -189,17 +163,11 @@ impl Provider for SshHostProvider {
         std::fs::create_dir_all(&self.records)
             .map_err(|e| ProviderError::Transient(format!("{}: {e}", self.records.display())))?;
         let path = self.record_path(&spec.name);
-        let tmp = path.with_extension("tmp");
         let record = Record {
             instance: instance.clone(),
             request_id: idempotency_key.to_string(),
         };
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&record).expect("serializes"),
-        )
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))?;
+        super::write_record(&path, &record)?;
         Ok(instance)
     }
 
@@ -297,13 +265,7 @@ impl Provider for SshHostProvider {
             .find(|r| r.instance.name == name)
             .ok_or_else(|| ProviderError::NotFound(format!("ssh worker {name}")))?;
         record.instance.labels = labels.clone();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&record).expect("serializes"),
-        )
-        .and_then(|_| std::fs::rename(&tmp, &path))
-        .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))
+        super::write_record(&path, &record)
     }
 
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
