@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS workers (
     termination_reason TEXT,
     instance TEXT,                  -- the provider's instance record (JSON)
     current_task TEXT,
-    idle_since TEXT
+    idle_since TEXT,
+    price TEXT                      -- the price snapshot taken at launch (JSON)
 );
 CREATE TABLE IF NOT EXISTS tasks (
     ball_id TEXT PRIMARY KEY,
@@ -87,7 +88,8 @@ CREATE TABLE IF NOT EXISTS ledger (
     started_at TEXT NOT NULL,
     ended_at TEXT NOT NULL,
     seconds REAL NOT NULL,
-    termination_reason TEXT NOT NULL
+    termination_reason TEXT NOT NULL,
+    price TEXT                      -- the worker's launch price snapshot (JSON)
 );
 ";
 
@@ -267,6 +269,15 @@ impl Journal {
         })
     }
 
+    /// Stores the price snapshot taken at launch.
+    pub fn worker_price(&self, name: &str, price: &crate::cost::PriceSnapshot) -> Result<(), JournalError> {
+        let json = serde_json::to_string(price).expect("a price serializes");
+        self.with(|c| {
+            c.execute("UPDATE workers SET price = ?2 WHERE name = ?1", params![name, json])
+                .map(|_| ())
+        })
+    }
+
     /// Records what the worker is doing: a task, or idle since now.
     pub fn worker_activity(&self, name: &str, task: Option<&str>) -> Result<(), JournalError> {
         self.with(|c| {
@@ -306,22 +317,21 @@ impl Journal {
                  WHERE name = ?1",
                 params![name, ts(now), reason],
             )?;
-            let row: Option<(String, String, Option<String>, String, String)> = tx
+            let row: Option<(String, String, Option<String>, String, Option<String>)> = tx
                 .query_row(
-                    "SELECT provider, machine_type, created_at, intent_at, termination_reason FROM workers WHERE name = ?1",
+                    "SELECT provider, machine_type, created_at, termination_reason, price FROM workers WHERE name = ?1",
                     params![name],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
-            if let Some((provider, machine, created, intent, why)) = row
+            if let Some((provider, machine, created, why, price)) = row
                 && let Some(start) = parse_ts(created)
             {
-                let _ = intent;
                 let seconds = (now - start).num_milliseconds().max(0) as f64 / 1000.0;
                 tx.execute(
-                    "INSERT OR IGNORE INTO ledger (worker, provider, machine_type, started_at, ended_at, seconds, termination_reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![name, provider, machine, ts(start), ts(now), seconds, why],
+                    "INSERT OR IGNORE INTO ledger (worker, provider, machine_type, started_at, ended_at, seconds, termination_reason, price)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![name, provider, machine, ts(start), ts(now), seconds, why, price],
                 )?;
             }
             tx.commit()

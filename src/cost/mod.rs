@@ -1,6 +1,8 @@
 //! Prices: a catalog shipped inside the binary (every price with its source and date),
 //! overridable by `~/.config/cwo/prices.toml`.
 
+pub mod compute;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +50,7 @@ pub struct Catalog {
 }
 
 /// What one worker costs per hour, by component.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Hourly {
     pub machine: f64,
     pub disk: f64,
@@ -58,6 +60,38 @@ pub struct Hourly {
 impl Hourly {
     pub fn total(&self) -> f64 {
         self.machine + self.disk + self.ip
+    }
+}
+
+/// What a worker cost per hour when it was launched: stored with the worker, so later catalog
+/// changes never reprice the past.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PriceSnapshot {
+    pub machine_type: String,
+    pub zone: String,
+    pub spot: bool,
+    pub disk_type: String,
+    pub disk_gb: u32,
+    /// `None` = the catalog has no price for this machine type in this region: "unknown".
+    pub hourly: Option<Hourly>,
+    pub catalog_date: String,
+}
+
+impl PriceSnapshot {
+    pub fn take(catalog: &Catalog, machine_type: &str, zone: &str, spot: bool, disk_type: &str, disk_gb: u32) -> PriceSnapshot {
+        PriceSnapshot {
+            machine_type: machine_type.to_string(),
+            zone: zone.to_string(),
+            spot,
+            disk_type: disk_type.to_string(),
+            disk_gb,
+            hourly: catalog.hourly(machine_type, zone, spot, disk_type, disk_gb),
+            catalog_date: catalog
+                .machine
+                .get(machine_type)
+                .map(|m| m.date.clone())
+                .unwrap_or_default(),
+        }
     }
 }
 
