@@ -75,6 +75,12 @@ pub enum Command {
     /// auto-shutdown that works even when no cwo is running).
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// What every worker cost: list price and expected bill (free tier applied), per worker,
+    /// task or day, from the provider's creation time to the confirmed deletion.
+    Cost(CostArgs),
+    /// Budget gates for CI.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
     /// Check what the configured provider and agent need, each with a fix.
     Doctor(FormatArgs),
     /// Run the whole loop on a throwaway repository with a scripted agent (no cloud, no LLM).
@@ -107,6 +113,104 @@ pub struct FormatArgs {
     /// Output format; json carries a schema_version.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CostFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CostBy {
+    Worker,
+    Task,
+    Day,
+}
+
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    #[command(subcommand)]
+    pub action: Option<CostAction>,
+    /// Only workers started at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only workers started before this time.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long, value_enum, default_value = "worker")]
+    pub by: CostBy,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: CostFormat,
+    /// Read an exported ledger (`cwo cost export`) instead of this project's journal.
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CostAction {
+    /// Write the ledger (every finished worker life with its launch price) as JSON, for CI.
+    Export { file: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnUnknown {
+    Fail,
+    Warn,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCommand {
+    /// Compare the period's spend (ledger + the live labelled VMs' accrued cost, asked of the
+    /// provider) with a limit.
+    ///
+    /// Exit codes: 0 within budget (also when past --warn-at); 1 over budget (deny); 2 usage or
+    /// configuration error; 3 cannot determine (an unknown price, or the provider's list failed).
+    /// A summary goes to stderr, JSON with schema_version to stdout.
+    Check(BudgetCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BudgetCheckArgs {
+    /// The budget in USD, for the period.
+    #[arg(long, value_name = "USD", value_parser = parse_usd)]
+    pub limit_usd: f64,
+    /// Warn (exit 0) past this percentage of the limit.
+    #[arg(long, value_name = "PCT", default_value_t = 80.0)]
+    pub warn_at: f64,
+    /// day (UTC today), week (the last 7 days), month (this UTC calendar month) or all.
+    #[arg(long, value_enum, default_value = "month")]
+    pub period: Period,
+    /// What an unknown price means: fail (exit 3) or warn (counted as $0, said so).
+    #[arg(long, value_enum, default_value = "fail")]
+    pub on_unknown: OnUnknown,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+    /// Over budget: delete every managed worker of this project (the kill switch).
+    #[arg(long)]
+    pub enforce: bool,
+    /// Read an exported ledger instead of this project's journal (the live VMs are still asked for).
+    #[arg(long, value_name = "FILE")]
+    pub ledger: Option<PathBuf>,
+}
+
+fn parse_usd(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of USD"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("`{s}`: the limit must be 0 or more"));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Args)]

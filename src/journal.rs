@@ -114,6 +114,7 @@ pub struct WorkerRow {
     pub instance: Option<String>,
     pub current_task: Option<String>,
     pub idle_since: Option<DateTime<Utc>>,
+    pub price: Option<crate::cost::PriceSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,7 +160,7 @@ pub struct TaskRow {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct LedgerRow {
     pub worker: String,
     pub provider: String,
@@ -168,7 +169,12 @@ pub struct LedgerRow {
     pub ended_at: DateTime<Utc>,
     pub seconds: f64,
     pub termination_reason: String,
+    /// The launch price snapshot; `None` = unknown.
+    pub price: Option<crate::cost::PriceSnapshot>,
 }
+
+/// provider, machine type, created_at, termination reason, price: what a ledger row copies.
+type LifeRow = (String, String, Option<String>, String, Option<String>);
 
 fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -270,11 +276,18 @@ impl Journal {
     }
 
     /// Stores the price snapshot taken at launch.
-    pub fn worker_price(&self, name: &str, price: &crate::cost::PriceSnapshot) -> Result<(), JournalError> {
+    pub fn worker_price(
+        &self,
+        name: &str,
+        price: &crate::cost::PriceSnapshot,
+    ) -> Result<(), JournalError> {
         let json = serde_json::to_string(price).expect("a price serializes");
         self.with(|c| {
-            c.execute("UPDATE workers SET price = ?2 WHERE name = ?1", params![name, json])
-                .map(|_| ())
+            c.execute(
+                "UPDATE workers SET price = ?2 WHERE name = ?1",
+                params![name, json],
+            )
+            .map(|_| ())
         })
     }
 
@@ -317,7 +330,7 @@ impl Journal {
                  WHERE name = ?1",
                 params![name, ts(now), reason],
             )?;
-            let row: Option<(String, String, Option<String>, String, Option<String>)> = tx
+            let row: Option<LifeRow> = tx
                 .query_row(
                     "SELECT provider, machine_type, created_at, termination_reason, price FROM workers WHERE name = ?1",
                     params![name],
@@ -352,12 +365,15 @@ impl Journal {
             instance: r.get(9)?,
             current_task: r.get(10)?,
             idle_since: parse_ts(r.get(11)?),
+            price: r
+                .get::<_, Option<String>>(12)?
+                .and_then(|p| serde_json::from_str(&p).ok()),
         })
     }
 
     const WORKER_COLS: &str =
         "name, provider, machine_type, request_id, state, intent_at, created_at, deleted_at,
-         termination_reason, instance, current_task, idle_since";
+         termination_reason, instance, current_task, idle_since, price";
 
     /// Workers not yet confirmed deleted.
     pub fn live_workers(&self) -> Result<Vec<WorkerRow>, JournalError> {
@@ -553,7 +569,7 @@ impl Journal {
     pub fn ledger(&self) -> Result<Vec<LedgerRow>, JournalError> {
         self.with(|c| {
             let mut st = c.prepare(
-                "SELECT worker, provider, machine_type, started_at, ended_at, seconds, termination_reason FROM ledger ORDER BY id",
+                "SELECT worker, provider, machine_type, started_at, ended_at, seconds, termination_reason, price FROM ledger ORDER BY id",
             )?;
             st.query_map([], |r| {
                 Ok(LedgerRow {
@@ -564,6 +580,9 @@ impl Journal {
                     ended_at: parse_ts(r.get(4)?).unwrap_or_default(),
                     seconds: r.get(5)?,
                     termination_reason: r.get(6)?,
+                    price: r
+                        .get::<_, Option<String>>(7)?
+                        .and_then(|p| serde_json::from_str(&p).ok()),
                 })
             })?
             .collect()

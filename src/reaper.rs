@@ -196,10 +196,11 @@ impl Reaper<'_> {
 
     /// Deletes and confirms; this project's workers are journaled first (even ones a crashed
     /// controller never recorded), so the ledger keeps their whole life.
-    async fn delete(&self, inst: &Instance, reason: &str) -> Result<(), ProviderError> {
+    pub async fn delete(&self, inst: &Instance, reason: &str) -> Result<(), ProviderError> {
         let why = match reason {
             "expired" => "ttl",
             "stopped" => "idle",
+            "budget" => "budget",
             _ => "reaped",
         };
         let name = inst.name.as_str();
@@ -218,6 +219,19 @@ impl Reaper<'_> {
                     )?;
                 }
                 j.worker_created_if_unknown(name, inst.created_at)?;
+                if known.as_ref().is_none_or(|w| w.price.is_none()) {
+                    // Priced from its labels: the machine it was made as, in its zone.
+                    let price = crate::cost::PriceSnapshot::take(
+                        &crate::cost::Catalog::load()
+                            .unwrap_or_else(|_| crate::cost::Catalog::embedded()),
+                        &inst.machine_type_label(),
+                        inst.zone.as_deref().unwrap_or(""),
+                        false,
+                        "pd-standard",
+                        10,
+                    );
+                    j.worker_price(name, &price)?;
+                }
                 j.worker_deleting(name, why)
             };
             record().map_err(|e| ProviderError::Transient(e.to_string()))?;

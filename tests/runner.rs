@@ -3,6 +3,7 @@
 mod common;
 mod test_commands;
 mod test_contract;
+mod test_cost;
 mod test_gcp;
 mod test_loop;
 mod test_signals;

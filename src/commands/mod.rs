@@ -1,7 +1,9 @@
 //! One file per subcommand. Each takes resolved values and returns an exit code or a `CliError`.
 
+mod budget;
 mod completions;
 mod config;
+mod cost;
 mod demo;
 mod doctor;
 mod down;
@@ -35,6 +37,10 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Config(ConfigCommand::Show(args)) => config::show(&load()?, printer, args.format),
         Command::Reap(args) => reap::reap(&load()?, printer, &args).await,
         Command::Schedule(cmd) => schedule::schedule(&load()?, printer, &cmd),
+        Command::Cost(args) => cost::cost(&load()?, printer, &args).await,
+        Command::Budget(crate::cli::BudgetCommand::Check(args)) => {
+            budget::check(&load()?, printer, &args).await
+        }
         Command::Doctor(args) => doctor::doctor(&load()?, printer, args.format).await,
         Command::Demo(args) => demo::demo(printer, &args, g).await,
         Command::Completions { shell } => completions::completions(shell),

@@ -2,6 +2,7 @@
 //! overridable by `~/.config/cwo/prices.toml`.
 
 pub mod compute;
+pub mod sources;
 
 use std::collections::BTreeMap;
 
@@ -78,7 +79,14 @@ pub struct PriceSnapshot {
 }
 
 impl PriceSnapshot {
-    pub fn take(catalog: &Catalog, machine_type: &str, zone: &str, spot: bool, disk_type: &str, disk_gb: u32) -> PriceSnapshot {
+    pub fn take(
+        catalog: &Catalog,
+        machine_type: &str,
+        zone: &str,
+        spot: bool,
+        disk_type: &str,
+        disk_gb: u32,
+    ) -> PriceSnapshot {
         PriceSnapshot {
             machine_type: machine_type.to_string(),
             zone: zone.to_string(),

@@ -156,6 +156,31 @@ impl Orchestrator {
         ])
     }
 
+    /// What this worker costs per hour, at launch: the configured machine type in the worker's
+    /// zone (the first configured zone for providers without one: what the same work would have
+    /// cost on GCE).
+    fn price_snapshot(&self, zone: Option<&str>) -> crate::cost::PriceSnapshot {
+        let g = &self.shared.settings.gcp;
+        let zone = zone
+            .map(str::to_string)
+            .or_else(|| g.zones.first().cloned())
+            .unwrap_or_default();
+        let catalog = crate::cost::Catalog::load().unwrap_or_else(|e| {
+            self.shared
+                .printer
+                .warn(format!("price catalog: {e}; using the built-in prices"));
+            crate::cost::Catalog::embedded()
+        });
+        crate::cost::PriceSnapshot::take(
+            &catalog,
+            &g.machine_type,
+            &zone,
+            g.spot,
+            &g.disk_type,
+            g.disk_size_gb,
+        )
+    }
+
     /// Creates a worker: journal intent first, then the provider, then a prerequisite check.
     pub async fn bring_up(&self) -> Result<ActiveWorker, CliError> {
         let p = &self.shared.printer;
@@ -205,6 +230,7 @@ impl Orchestrator {
             instance.created_at,
             &serde_json::to_string(&instance).expect("instance serializes"),
         )?;
+        j.worker_price(&name, &self.price_snapshot(instance.zone.as_deref()))?;
         let transport: Arc<dyn Transport> = Arc::from(
             self.provider
                 .connect(&instance)
