@@ -793,3 +793,66 @@ fn a_controller_killed_mid_push_is_finished_by_the_next_run() {
         "the agent ran once"
     );
 }
+
+#[test]
+fn budget_check_counts_live_vms_and_enforce_deletes_them() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    g.fake.add_vm(
+        "us-central1-a",
+        "cwo-proj-live",
+        labels("proj", "9999999999"),
+        &two_hours_ago,
+        "RUNNING",
+    );
+    let mut small = labels("proj", "9999999999");
+    small["cwo-machine"] = "e2-small".into();
+    g.fake.add_vm(
+        "us-central1-b",
+        "cwo-proj-small",
+        small,
+        &two_hours_ago,
+        "RUNNING",
+    );
+    // The e2-micro's machine hours are free tier; the e2-small's are not.
+    let ok = g
+        .env
+        .cwo(&["budget", "check", "--limit-usd", "1", "--period", "all"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let doc = ok.json();
+    let expected = 2.0 * (0.005) + 2.0 * (0.01675 + 0.4 / 730.0 + 0.005);
+    assert!(
+        (doc["expected_usd"].as_f64().unwrap() - expected).abs() < 1e-3,
+        "{doc}"
+    );
+    assert_eq!(doc["workers"].as_array().unwrap().len(), 2);
+    assert!(doc["workers"][0]["running"].as_bool().unwrap());
+    // Over budget with --enforce: the kill switch.
+    let deny = g.env.cwo(&[
+        "budget",
+        "check",
+        "--limit-usd",
+        "0.01",
+        "--period",
+        "all",
+        "--enforce",
+    ]);
+    assert_eq!(deny.code, 1, "{deny:?}");
+    assert_eq!(deny.json()["enforced"].as_array().unwrap().len(), 2);
+    assert!(g.fake.vm_names().is_empty());
+    assert_eq!(
+        g.env
+            .journal("SELECT group_concat(termination_reason) FROM ledger"),
+        "budget,budget"
+    );
+    // The provider's list failing means "cannot determine", never "within budget".
+    for _ in 0..10 {
+        g.fake
+            .faults()
+            .http
+            .push_back(("GET /compute/v1/projects/proj-test/aggregated".into(), 500));
+    }
+    let unknown = g.env.cwo(&["budget", "check", "--limit-usd", "100"]);
+    assert_eq!(unknown.code, 3, "{unknown:?}");
+    assert_eq!(unknown.json()["status"], "unknown");
+}
