@@ -189,3 +189,42 @@ fn the_local_provider_shows_what_the_work_would_have_cost_and_export_round_trips
         .json();
     assert_eq!(again["rows"][0]["list_usd"], row["list_usd"]);
 }
+
+#[test]
+fn budget_check_json_golden_within_warn_deny() {
+    let env = TestEnv::new();
+    let file = ledger(
+        &env,
+        &[
+            ("w1", "e2-small", "us-central1-a", 3600),
+            ("w2", "e2-micro", "us-east1-b", 7200),
+        ],
+    );
+    let f = file.to_str().unwrap();
+    for (limit, name, code) in [
+        ("1", "within", 0),
+        ("0.035", "warn", 0),
+        ("0.03", "deny", 1),
+    ] {
+        let run = env.cwo(&[
+            "budget",
+            "check",
+            "--ledger",
+            f,
+            "--period",
+            "all",
+            "--limit-usd",
+            limit,
+        ]);
+        assert_eq!(run.code, code, "{name}: {run:?}");
+        insta::assert_json_snapshot!(format!("budget_{name}"), run.json(), {
+            ".workers[].started_at" => "[time]",
+            ".workers[].ended_at" => "[time]",
+            ".expected_usd" => insta::rounded_redaction(6),
+            ".list_usd" => insta::rounded_redaction(6),
+            ".percent" => insta::rounded_redaction(3),
+            ".workers[].list_usd" => insta::rounded_redaction(6),
+            ".workers[].expected_usd" => insta::rounded_redaction(6),
+        });
+    }
+}
