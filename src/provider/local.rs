@@ -8,17 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 
-use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
+use super::{
+    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Record, Target, WorkerSpec,
+};
 use crate::transport::{Transport, local::LocalTransport};
 
 pub struct LocalProvider {
     root: PathBuf,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Record {
-    instance: Instance,
-    request_id: String,
 }
 
 impl LocalProvider {

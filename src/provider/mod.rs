@@ -119,6 +119,13 @@ impl Instance {
     }
 }
 
+/// What the local and ssh providers keep per worker (the cloud keeps this for gcp).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub instance: Instance,
+    pub request_id: String,
+}
+
 /// Writes a provider's own JSON record atomically (temp file, then rename), as the local and
 /// ssh providers keep their workers.
 pub(crate) fn write_record(

@@ -8,7 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 
-use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
+use super::{
+    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Record, Target, WorkerSpec,
+};
 use crate::config::{HostAddr, SshSettings};
 use crate::journal::Journal;
 use crate::transport::ssh::SshTransport;
@@ -30,12 +32,6 @@ pub struct SshHostProvider {
     /// One JSON record per allocated host: `<records>/<worker>.json`.
     records: PathBuf,
     journal: Journal,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Record {
-    instance: Instance,
-    request_id: String,
 }
 
 impl SshHostProvider {
