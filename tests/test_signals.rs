@@ -241,3 +241,28 @@ fn logs_follow_streams_a_running_attempt_to_its_end() {
         format!("{expected}[cwo] agent ended: exit 0\n")
     );
 }
+
+#[test]
+fn a_polling_controller_survives_a_failed_bring_up() {
+    let env = TestEnv::new();
+    env.settings("[agent]\ncommand = [\"not-installed-agent\"]");
+    env.add(&["waits for an agent"]);
+    let child = env.spawn(&["run"]);
+    assert!(wait_for(Duration::from_secs(15), || {
+        env.state.join("journal.sqlite").exists()
+            && env.journal("SELECT count(*) FROM workers WHERE termination_reason = 'error'") != "0"
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&child, "TERM");
+    let (code, stderr) = finish(child);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("could not bring up a worker: worker"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("retrying in"), "{stderr}");
+    assert_eq!(env.live_workers(), 0);
+    // --once reports it as a failure.
+    let once = env.cwo(&["run", "--once"]);
+    assert_eq!(once.code, 1);
+}

@@ -31,6 +31,9 @@ for p in git setsid "$1"; do command -v "$p" >/dev/null 2>&1 || missing="$missin
 echo "not found on PATH:$missing"; exit 1
 "#;
 
+/// Consecutive failed bring-ups a polling controller sits out before it gives up.
+const MAX_UP_FAILURES: u32 = 5;
+
 /// Deletion attempts before teardown gives up (with backoff 1, 2, 4 s).
 const DELETE_TRIES: u32 = 4;
 
@@ -449,6 +452,7 @@ impl Orchestrator {
             }
         }
         let mut idle_since = Instant::now();
+        let mut up_failures: u32 = 0;
         let concurrency = settings.concurrency.get();
 
         let result: Result<(), CliError> = async {
@@ -467,9 +471,31 @@ impl Orchestrator {
                     if !ready.is_empty() && free > 0 {
                         if worker.is_none() {
                             let started = Instant::now();
-                            worker = Some(self.bring_up().await?);
-                            summary.workers_created += 1;
-                            summary.up_secs += started.elapsed().as_secs_f64();
+                            match self.bring_up().await {
+                                Ok(w) => {
+                                    worker = Some(w);
+                                    summary.workers_created += 1;
+                                    summary.up_secs += started.elapsed().as_secs_f64();
+                                    up_failures = 0;
+                                }
+                                // `--once` reports the failure; a polling controller keeps going
+                                // (capacity and networks come back), waiting longer each time.
+                                Err(e) if !opts.once && up_failures < MAX_UP_FAILURES => {
+                                    up_failures += 1;
+                                    let wait = settings.poll_interval * 2u32.pow(up_failures.min(6));
+                                    sh.printer.warn(format!(
+                                        "{}retrying in {} (failure {up_failures} of {MAX_UP_FAILURES})",
+                                        e.render().replace("error: ", "could not bring up a worker: "),
+                                        fmt_secs(wait)
+                                    ));
+                                    tokio::select! {
+                                        _ = tokio::time::sleep(wait) => {}
+                                        _ = shutdown.stop_claiming.cancelled() => {}
+                                    }
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            }
                         }
                         let w = worker.as_ref().expect("worker is up");
                         for task in ready.into_iter().take(free) {
