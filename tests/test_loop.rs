@@ -245,14 +245,16 @@ fn concurrency_runs_tasks_side_by_side_on_one_worker() {
     for t in ["a", "b", "c"] {
         env.add(&[t]);
     }
-    let started = std::time::Instant::now();
     env.cwo(&["run", "--once"]).ok();
-    assert!(
-        started.elapsed() < std::time::Duration::from_millis(2900),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(env.remote_branches().len(), 3);
+    // Side by side: every attempt started before any of them ended (from the journal, not
+    // from a wall-clock budget that a loaded machine could miss).
+    assert_eq!(
+        env.journal(
+            "SELECT (SELECT max(started_at) FROM attempts) < (SELECT min(ended_at) FROM attempts)"
+        ),
+        "1"
+    );
     assert_eq!(
         env.journal("SELECT count(DISTINCT worker) FROM attempts"),
         "1"

@@ -176,7 +176,8 @@ fn an_unreachable_host_times_out_clearly() {
     let run = env.cwo(&["run", "--once"]);
     let took = started.elapsed();
     assert_eq!(run.code, 1);
-    assert!(took < Duration::from_secs(8), "{took:?}");
+    // Two connection attempts of 2 s each (bring-up, then the cleanup), with room for a busy machine.
+    assert!(took < Duration::from_secs(15), "{took:?}");
     assert!(
         run.stderr.contains(&format!(
             "connecting to u@127.0.0.1:{dead_port} (gave up after 2s)"
