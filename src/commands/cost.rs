@@ -25,8 +25,12 @@ pub fn parse_time(s: &str, flag: &str) -> Result<DateTime<Utc>, CliError> {
 }
 
 fn usd(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.4}"))
-        .unwrap_or_else(|| "unknown".into())
+    match v {
+        // Short lives cost fractions of a cent: keep them visible.
+        Some(v) if v != 0.0 && v.abs() < 0.01 => format!("{v:.6}"),
+        Some(v) => format!("{v:.4}"),
+        None => "unknown".into(),
+    }
 }
 
 /// Sum of known values, and whether any was unknown.
@@ -146,7 +150,7 @@ pub async fn cost(project: &Project, printer: Printer, args: &CostArgs) -> Resul
                 .map(|(task, (list, expected, secs))| {
                     BTreeMap::from([
                         ("task", json!(task)),
-                        ("seconds", json!(secs.round())),
+                        ("seconds", json!((secs * 10.0).round() / 10.0)),
                         ("list_usd", json!(list)),
                         ("expected_usd", json!(expected)),
                     ])
@@ -198,17 +202,43 @@ pub async fn cost(project: &Project, printer: Printer, args: &CostArgs) -> Resul
             if rows.is_empty() {
                 out.push_str("no worker lives in this range\n");
             }
-            for r in &rows {
-                let line: Vec<String> = r
+            // Columns in reading order; every row of one report has the same keys.
+            let order: &[&str] = match args.by {
+                CostBy::Worker => &["worker", "provider", "machine_type", "zone", "started_at", "billed_seconds", "list_usd", "expected_usd", "termination_reason"],
+                CostBy::Task => &["task", "seconds", "list_usd", "expected_usd"],
+                CostBy::Day => &["day", "list_usd", "expected_usd"],
+            };
+            let cell = |k: &str, v: &serde_json::Value| -> String {
+                match v {
+                    serde_json::Value::Null if k.ends_with("usd") => "unknown".into(),
+                    serde_json::Value::Null => "-".into(),
+                    v if k.ends_with("usd") => format!("${}", usd(v.as_f64())),
+                    serde_json::Value::String(s) if k.ends_with("_at") => s.get(..19).unwrap_or(s).replace('T', " "),
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                }
+            };
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| order.iter().map(|k| cell(k, &r[k])).collect())
+                .collect();
+            let widths: Vec<usize> = order
+                .iter()
+                .enumerate()
+                .map(|(i, k)| table.iter().map(|r| r[i].len()).chain([k.len()]).max().unwrap_or(0))
+                .collect();
+            if !rows.is_empty() {
+                let header: Vec<String> = order
                     .iter()
-                    .map(|(k, v)| match (k, v) {
-                        (k, serde_json::Value::Null) if k.ends_with("usd") => format!("{k}=unknown"),
-                        (k, v) if k.ends_with("usd") => format!("{k}={}", usd(v.as_f64())),
-                        (k, serde_json::Value::String(s)) => format!("{k}={s}"),
-                        (k, v) => format!("{k}={v}"),
-                    })
+                    .zip(&widths)
+                    .map(|(k, w)| format!("{:<w$}", k.to_uppercase(), w = *w))
                     .collect();
-                out.push_str(&line.join("  "));
+                out.push_str(header.join("  ").trim_end());
+                out.push('\n');
+            }
+            for r in &table {
+                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
+                out.push_str(line.join("  ").trim_end());
                 out.push('\n');
             }
             out.push_str(&format!(
