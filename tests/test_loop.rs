@@ -321,3 +321,31 @@ fn demo_runs_the_whole_loop() {
     );
     assert!(run.stderr.contains("retrying in"), "{}", run.stderr);
 }
+
+#[test]
+fn a_prompt_template_and_a_session_filter_are_honoured() {
+    let env = TestEnv::new();
+    std::fs::write(
+        env.project.join("prompt.tmpl"),
+        "TASK {{id}} on {{branch}}: {{title}}\n{{acceptance_criteria}}\n",
+    )
+    .unwrap();
+    env.agent_with(
+        "[tracker]\nsession = \"mine\"",
+        r#"cp "$1" got-prompt.txt; git add got-prompt.txt; git commit -q -m p"#,
+        "prompt_template = \"prompt.tmpl\"",
+    );
+    let mine = env.add(&["Mine", "--ac", "only this", "--tag", "mine"]);
+    let other = env.add(&["Not mine", "--tag", "theirs"]);
+    env.cwo(&["run", "--once"]).ok();
+    assert_eq!(env.ball(&mine)["state"], "complete");
+    assert_eq!(env.ball(&other)["state"], "pending", "outside the session");
+    let prompt = git(
+        &env.origin,
+        &["show", &format!("cwo/{mine}:got-prompt.txt")],
+    );
+    assert_eq!(
+        prompt,
+        format!("TASK {mine} on cwo/{mine}: Mine\n1. only this")
+    );
+}
