@@ -80,12 +80,16 @@ impl Reaper<'_> {
     pub async fn pass(&self, act: bool) -> Result<Vec<Decision>, ProviderError> {
         let selector = BTreeMap::from([("cwo-managed".to_string(), "true".to_string())]);
         let listed = self.provider.list(&selector).await?;
-        let journal_live: HashMap<String, String> = self
+        let journal_rows: HashMap<String, crate::journal::WorkerRow> = self
             .journal
             .live_workers()
             .map_err(|e| ProviderError::Transient(e.to_string()))?
             .into_iter()
-            .map(|w| (w.name, w.state))
+            .map(|w| (w.name.clone(), w))
+            .collect();
+        let journal_live: HashMap<String, String> = journal_rows
+            .iter()
+            .map(|(name, w)| (name.clone(), w.state.clone()))
             .collect();
         let now = Utc::now().timestamp();
         let mut out = Vec::new();
@@ -165,22 +169,12 @@ impl Reaper<'_> {
         // orphan then.
         if act {
             let listed_names: Vec<&str> = out.iter().map(|d| d.worker.as_str()).collect();
-            let intents: HashMap<String, chrono::DateTime<Utc>> = self
-                .journal
-                .live_workers()
-                .map_err(|e| ProviderError::Transient(e.to_string()))?
-                .into_iter()
-                .map(|w| (w.name, w.intent_at))
-                .collect();
-            for (name, state) in &journal_live {
+            for (name, row) in &journal_rows {
                 if listed_names.contains(&name.as_str()) {
                     continue;
                 }
-                if state == "intent" {
-                    let age = intents
-                        .get(name)
-                        .map(|t| (Utc::now() - *t).num_seconds())
-                        .unwrap_or(0);
+                if row.state == "intent" {
+                    let age = (Utc::now() - row.intent_at).num_seconds();
                     if self.controller_running && age < self.grace.as_secs() as i64 {
                         continue;
                     }

@@ -8,14 +8,10 @@ use crate::cli::ScheduleCommand;
 use crate::error::CliError;
 use crate::printer::Printer;
 use crate::project::Project;
+use crate::transport::ssh::shell_quote as q;
 
 fn marker(project: &Project) -> String {
     format!("# cwo reap: {}", project.root.display())
-}
-
-/// POSIX-sh single quoting for the crontab line.
-fn q(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn read_crontab() -> Result<String, CliError> {

@@ -66,7 +66,7 @@ pub(super) async fn run_task(ctx: TaskCtx, task: Task, resume: Option<AttemptRow
                 .block(&task.id, reason)
                 .and_then(|_| {
                     sh.tracker
-                        .progress(&task.id, &format!("cwo: {} blocked: {reason}", task.id))
+                        .progress(&task, &format!("cwo: {} blocked: {reason}", task.id))
                 })
                 .map(|_| "blocked")
         }
@@ -516,7 +516,7 @@ async fn deliver(
     );
     sh.tracker
         .complete(&task.id, &note)
-        .and_then(|_| sh.tracker.progress(&task.id, &note))
+        .and_then(|_| sh.tracker.progress(task, &note))
         .map_err(|e| format!("recording completion: {e}"))?;
     sh.journal
         .task_result(&task.id, &co.branch, &sha)

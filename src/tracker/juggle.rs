@@ -393,15 +393,9 @@ impl Tracker for Juggle {
         })
     }
 
-    fn progress(&self, id: &str, text: &str) -> Result<(), TrackerError> {
-        let lines = Self::read(&self.balls_path())?;
-        let tags = lines
-            .balls()
-            .find(|b| str_field(b, "id") == id)
-            .map(|b| str_list(b, "tags"))
-            .unwrap_or_default();
-        for tag in tags {
-            self.append_session_progress(&tag, text)?;
+    fn progress(&self, task: &Task, text: &str) -> Result<(), TrackerError> {
+        for tag in &task.tags {
+            self.append_session_progress(tag, text)?;
         }
         Ok(())
     }
@@ -511,8 +505,14 @@ mod tests {
         std::fs::create_dir_all(&sdir).unwrap();
         std::fs::write(sdir.join("session.json"), "{}").unwrap();
         j.block(&a, "needs creds").unwrap();
-        j.progress(&a, "cwo: blocked").unwrap();
-        j.progress(&b, "no session: nothing written").unwrap();
+        let tasks = j.list().unwrap();
+        assert_eq!(
+            (tasks[0].id.as_str(), tasks[1].id.as_str()),
+            (a.as_str(), b.as_str())
+        );
+        j.progress(&tasks[0], "cwo: blocked").unwrap();
+        j.progress(&tasks[1], "no session: nothing written")
+            .unwrap();
         let t = &j.list().unwrap()[0];
         assert_eq!(
             (t.state.as_str(), t.blocked_reason.as_str()),

@@ -91,6 +91,6 @@ pub trait Tracker: Send + Sync {
     fn block(&self, id: &str, reason: &str) -> Result<(), TrackerError>;
     /// Back to pending (an aborted attempt).
     fn release(&self, id: &str) -> Result<(), TrackerError>;
-    /// A line in the progress log of every session the task belongs to.
-    fn progress(&self, id: &str, text: &str) -> Result<(), TrackerError>;
+    /// A line in the progress log of every session the task belongs to (its tags).
+    fn progress(&self, task: &Task, text: &str) -> Result<(), TrackerError>;
 }
