@@ -81,6 +81,9 @@ pub enum Command {
     /// Budget gates for CI.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// The worker bootstrap (swap, packages, opencode, work user, sshd hardening, watchdog).
+    #[command(subcommand)]
+    Bootstrap(BootstrapCommand),
     /// Check what the configured provider and agent need, each with a fix.
     Doctor(FormatArgs),
     /// Run the whole loop on a throwaway repository with a scripted agent (no cloud, no LLM).
@@ -224,6 +227,21 @@ pub struct ReapArgs {
     /// Output format; json carries a schema_version.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BootstrapCommand {
+    /// Print the native bootstrap script rendered from the settings: run it as root on a host of
+    /// your own (`cwo bootstrap script | ssh admin@host sudo sh`), or give it to a VM as user-data.
+    /// Every step prints `cwo-step <name> <changed|ok|skipped|failed> <ms> <detail>`.
+    Script {
+        /// The SSH login whose authorized keys the work user gets too ("" = none).
+        #[arg(long, default_value = "")]
+        login_user: String,
+        /// Also publish the host key through GCE guest attributes.
+        #[arg(long)]
+        gce: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::bootstrap::{BootstrapSettings, WatchdogSettings};
+
 /// Environment variables that start with `CWO_` but are not settings.
 pub const NON_SETTING_ENV: &[&str] = &["CWO_LOG", "CWO_NO_PROGRESS", "CWO_CONFIG_HOME"];
 
@@ -41,6 +43,8 @@ pub struct Settings {
     pub git: GitSettings,
     pub ssh: SshSettings,
     pub gcp: GcpSettings,
+    pub bootstrap: BootstrapSettings,
+    pub watchdog: WatchdogSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -286,6 +290,8 @@ impl Default for Settings {
             git: GitSettings::default(),
             ssh: SshSettings::default(),
             gcp: GcpSettings::default(),
+            bootstrap: BootstrapSettings::default(),
+            watchdog: WatchdogSettings::default(),
         }
     }
 }

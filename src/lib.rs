@@ -1,6 +1,7 @@
 //! cwo, the Cloud Worker Orchestrator: runs an AI coding agent's backlog on ephemeral workers.
 
 pub mod agent;
+pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod config;

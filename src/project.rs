@@ -53,7 +53,7 @@ pub fn slug(name: &str) -> String {
 }
 
 /// FNV-1a: a stable hash of the project path for its default state dir.
-fn fnv(text: &str) -> u64 {
+pub(crate) fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })

@@ -1,5 +1,6 @@
 //! One file per subcommand. Each takes resolved values and returns an exit code or a `CliError`.
 
+mod bootstrap;
 mod budget;
 mod completions;
 mod config;
@@ -16,7 +17,7 @@ mod status;
 mod task;
 mod up;
 
-use crate::cli::{Cli, Command, ConfigCommand, TaskCommand};
+use crate::cli::{BootstrapCommand, Cli, Command, ConfigCommand, TaskCommand};
 use crate::error::CliError;
 use crate::printer::Printer;
 use crate::project::Project;
@@ -36,6 +37,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Task(TaskCommand::List(args)) => task::list(&load()?, printer, args.format),
         Command::Config(ConfigCommand::Show(args)) => config::show(&load()?, printer, args.format),
         Command::Reap(args) => reap::reap(&load()?, printer, &args).await,
+        Command::Bootstrap(BootstrapCommand::Script { login_user, gce }) => {
+            bootstrap::script(&load()?, &printer, &login_user, gce)
+        }
         Command::Schedule(cmd) => schedule::schedule(&load()?, printer, &cmd),
         Command::Cost(args) => cost::cost(&load()?, printer, &args).await,
         Command::Budget(crate::cli::BudgetCommand::Check(args)) => {

@@ -13,6 +13,7 @@ mod task;
 use task::{TaskCtx, TaskReport};
 
 use crate::agent::{self, Outcome};
+use crate::bootstrap::{self, Method};
 use crate::config::Settings;
 use crate::error::CliError;
 use crate::journal::{AttemptRow, Journal};
@@ -54,6 +55,50 @@ pub struct RunOptions {
 pub struct ActiveWorker {
     pub instance: Instance,
     pub transport: Arc<dyn Transport>,
+    /// Touches the worker's heartbeat file while this controller holds the worker, so the VM's
+    /// idle watchdog leaves it alone; stops when the worker is dropped.
+    heartbeat: Option<tokio::task::AbortHandle>,
+}
+
+/// How often the controller touches a bootstrapped worker's heartbeat file.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+
+impl ActiveWorker {
+    /// `fed`: the worker was bootstrapped, so it has a watchdog to keep fed.
+    fn new(instance: Instance, transport: Arc<dyn Transport>, fed: bool) -> ActiveWorker {
+        let heartbeat = fed.then(|| {
+            let t = transport.clone();
+            tokio::spawn(async move {
+                loop {
+                    let touch = ExecRequest::new([
+                        "sh",
+                        "-c",
+                        "[ ! -d \"${1%/*}\" ] || touch \"$1\"",
+                        "cwo-heartbeat",
+                        bootstrap::HEARTBEAT,
+                    ]);
+                    if let Err(e) = t.capture(touch).await {
+                        tracing::debug!(worker = t.worker(), error = %e, "heartbeat not delivered");
+                    }
+                    tokio::time::sleep(HEARTBEAT_EVERY).await;
+                }
+            })
+            .abort_handle()
+        });
+        ActiveWorker {
+            instance,
+            transport,
+            heartbeat,
+        }
+    }
+}
+
+impl Drop for ActiveWorker {
+    fn drop(&mut self) {
+        if let Some(h) = &self.heartbeat {
+            h.abort();
+        }
+    }
 }
 
 /// What `recover` found: a worker to keep using and attempts still running on it.
@@ -234,11 +279,18 @@ impl Orchestrator {
             &serde_json::to_string(&instance).expect("instance serializes"),
         )?;
         j.worker_price(&name, &self.price_snapshot(instance.zone.as_deref()))?;
-        let transport: Arc<dyn Transport> = Arc::from(
+        let login: Arc<dyn Transport> = Arc::from(
             self.provider
                 .connect(&instance)
                 .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?,
         );
+        let (instance, transport) = match self.bootstrap(&instance, login).await {
+            Ok(pair) => pair,
+            Err(problem) => {
+                let _ = self.tear_down(&name, "error").await;
+                return Err(problem);
+            }
+        };
         // Reachability (for SSH: banner, key, pinned host key) and prerequisites in one call.
         let program = &self.shared.settings.agent.command[0];
         let check = transport
@@ -271,10 +323,81 @@ impl Orchestrator {
             return Err(problem);
         }
         phase.finish(format!("worker {name} is up"));
-        Ok(ActiveWorker {
-            instance,
-            transport,
-        })
+        Ok(ActiveWorker::new(instance, transport, self.bootstrapped()))
+    }
+
+    fn bootstrapped(&self) -> bool {
+        bootstrap::effective_method(&self.shared.settings) != Method::None
+    }
+
+    /// Makes a fresh worker ready (the configured bootstrap method) over the login connection,
+    /// and returns the worker as the agent's work sees it, with a connection as the work user.
+    async fn bootstrap(
+        &self,
+        instance: &Instance,
+        login: Arc<dyn Transport>,
+    ) -> Result<(Instance, Arc<dyn Transport>), CliError> {
+        let settings = &self.shared.settings;
+        let p = &self.shared.printer;
+        let method = bootstrap::effective_method(settings);
+        let name = &instance.name;
+        let fail = |e: &(dyn std::error::Error + 'static)| {
+            CliError::from_error(format!("could not bootstrap worker {name}"), e).hint(
+                "`cwo bootstrap script` prints the script to run by hand; bootstrap.method = \"none\" skips it",
+            )
+        };
+        match method {
+            Method::None => return Ok((instance.clone(), login)),
+            Method::Native => {
+                let login_user = match &instance.target {
+                    crate::provider::Target::Ssh { user, .. } => user.as_str(),
+                    crate::provider::Target::Local { .. } => "",
+                };
+                let script = bootstrap::render(
+                    settings,
+                    &bootstrap::Target {
+                        login_user,
+                        workspace: &settings.bootstrap.workspace,
+                        gce: self.provider.kind() == "gcp",
+                    },
+                );
+                // On GCE the same script ran as the startup script: collect its report.
+                let reuse = self.provider.kind() == "gcp";
+                p.status(format!("bootstrapping worker {name} (native)"));
+                let report = bootstrap::run_native(&*login, &script, reuse, &mut |step| {
+                    p.status(bootstrap::step_line(step));
+                })
+                .await
+                .map_err(|e| fail(&e))?;
+                p.status(format!(
+                    "bootstrap: {} step(s) changed, {} in {}{}",
+                    report.changed(),
+                    report.steps.len(),
+                    fmt_secs(report.elapsed),
+                    if report.reused { " (done at boot)" } else { "" }
+                ));
+            }
+            Method::Ansible => {
+                p.status(format!("bootstrapping worker {name} (ansible)"));
+                bootstrap::ansible::run(
+                    settings,
+                    &self.shared.journal,
+                    &self.shared.state_dir,
+                    instance,
+                    &mut |line| p.status(format!("  {line}")),
+                )
+                .await
+                .map_err(|e| fail(&e))?;
+            }
+            Method::Auto => unreachable!("effective_method resolves auto"),
+        }
+        let work = bootstrap::as_work_user(settings, instance.clone());
+        let transport: Arc<dyn Transport> = Arc::from(
+            self.provider
+                .connect(&work)
+                .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?,
+        );
+        Ok((work, transport))
     }
 
     /// Deletes a worker and confirms it is gone, retrying; the journal records each step.
@@ -349,6 +472,7 @@ impl Orchestrator {
                     ));
                 }
                 Some(instance) if adopt && adopted.is_none() && row.state == "ready" => {
+                    let instance = bootstrap::as_work_user(&self.shared.settings, instance);
                     let transport: Arc<dyn Transport> =
                         Arc::from(self.provider.connect(&instance).map_err(|e| {
                             CliError::from_error(format!("cannot reach worker {}", row.name), &e)
@@ -357,10 +481,7 @@ impl Orchestrator {
                         .printer
                         .status(format!("adopting worker {}", row.name));
                     j.worker_activity(&row.name, None)?;
-                    adopted = Some(ActiveWorker {
-                        instance,
-                        transport,
-                    });
+                    adopted = Some(ActiveWorker::new(instance, transport, self.bootstrapped()));
                 }
                 Some(_) => {
                     self.shared

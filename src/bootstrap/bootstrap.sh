@@ -1,0 +1,299 @@
+# cwo native bootstrap: makes a fresh VM ready for the agent. POSIX sh (busybox ash, dash).
+# The settings above this line were rendered by cwo. Idempotent: run it again and every step
+# says "ok". One line per step on stdout, tab-separated:
+#   cwo-step <name> <changed|ok|skipped|failed> <milliseconds> <detail>
+# Everything the steps' commands print goes to $CWO_STATE/bootstrap.out; a failure prints its tail.
+umask 022
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+LC_ALL=C
+export LC_ALL
+if [ -n "$CWO_PROXY" ]; then
+  http_proxy=$CWO_PROXY; https_proxy=$CWO_PROXY; HTTP_PROXY=$CWO_PROXY; HTTPS_PROXY=$CWO_PROXY
+  export http_proxy https_proxy HTTP_PROXY HTTPS_PROXY
+fi
+[ "$(id -u)" = 0 ] || { echo "cwo bootstrap: must run as root (got uid $(id -u))" >&2; exit 90; }
+mkdir -p "$CWO_STATE" /etc/cwo
+OUT=$CWO_STATE/bootstrap.out
+LOG=$CWO_STATE/bootstrap.log
+MARK=$CWO_STATE/bootstrap.done
+
+# One bootstrap at a time (GCE may run it as startup-script and user-data while cwo connects).
+lock=$CWO_STATE/bootstrap.lock
+i=0
+while ! mkdir "$lock" 2>/dev/null; do
+  holder=$(cat "$lock/pid" 2>/dev/null || true)
+  if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then rm -rf "$lock"; continue; fi
+  i=$((i + 1))
+  if [ "$i" -gt 1200 ]; then echo "cwo bootstrap: $lock held by pid $holder for 10 minutes" >&2; exit 91; fi
+  sleep 0.5
+done
+echo $$ > "$lock/pid"
+trap 'rm -rf "$lock"' EXIT
+trap 'exit 130' INT TERM HUP
+
+# A finished run of this very script (same settings) is reported, not repeated.
+if [ "$CWO_MODE" = reuse ] && [ -f "$MARK" ] && [ "$(cat "$MARK")" = "$CWO_HASH" ] && [ -f "$LOG" ]; then
+  echo "cwo-reused	$(cat "$MARK")"
+  cat "$LOG"
+  exit 0
+fi
+: > "$OUT"
+: > "$LOG.tmp"
+
+now_ms() { # milliseconds since boot, from /proc/uptime (busybox date has no %N everywhere)
+  read -r up _ < /proc/uptime
+  s=${up%.*}; c=${up#*.}
+  echo $((s * 1000 + ${c#0} * 10))
+}
+step_start() { t0=$(now_ms); }
+report() { # name status detail
+  line=$(printf 'cwo-step\t%s\t%s\t%s\t%s' "$1" "$2" "$(($(now_ms) - t0))" "$3")
+  echo "$line"
+  echo "$line" >> "$LOG.tmp"
+}
+fail() { # name detail: report, show the commands' output, stop
+  report "$1" failed "$2"
+  echo "--- last output of step $1 ---" >&2
+  tail -n 25 "$OUT" >&2
+  exit 1
+}
+run() { # a command whose output goes to the log
+  echo "+ $*" >> "$OUT"
+  "$@" >> "$OUT" 2>&1
+}
+same_content() { # file, expected text
+  [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
+}
+
+if [ -f /etc/alpine-release ]; then OS=alpine
+elif command -v apt-get >/dev/null 2>&1; then OS=debian
+else OS=unknown; fi
+
+# --- swap ---------------------------------------------------------------------------------------
+step_start
+if [ "$CWO_SWAP_MB" = 0 ]; then
+  report swap skipped "bootstrap.swap = off"
+else
+  f=/swapfile
+  want=$((CWO_SWAP_MB * 1048576))
+  changed=
+  have=$(wc -c < "$f" 2>/dev/null || echo 0)
+  active=
+  grep -q "^$f " /proc/swaps && active=1
+  if [ "$have" != "$want" ]; then
+    [ -n "$active" ] && { run swapoff "$f" || fail swap "swapoff $f failed"; active=; }
+    run fallocate -l "$want" "$f" 2>/dev/null \
+      || run dd if=/dev/zero of="$f" bs=1048576 count="$CWO_SWAP_MB" \
+      || fail swap "cannot allocate $CWO_SWAP_MB MiB at $f (disk full?)"
+    run mkswap "$f" || fail swap "mkswap $f failed"
+    changed=1
+  fi
+  if [ "$(stat -c %a "$f")" != 600 ]; then chmod 600 "$f"; changed=1; fi
+  if ! grep -qs "^$f[[:space:]]" /etc/fstab; then
+    echo "$f none swap sw 0 0" >> /etc/fstab
+    changed=1
+  fi
+  if [ "$OS" = alpine ] && command -v rc-update >/dev/null 2>&1 \
+    && ! rc-update show boot 2>/dev/null | grep -q '^ *swap '; then
+    run rc-update add swap boot && changed=1
+  fi
+  if [ -z "$active" ]; then
+    if ! run swapon "$f"; then
+      run mkswap "$f" && run swapon "$f" \
+        || fail swap "swapon $f refused (the filesystem may not support swap files)"
+    fi
+    changed=1
+  fi
+  if [ -n "$changed" ]; then report swap changed "$CWO_SWAP_MB MiB at $f"
+  else report swap ok "$CWO_SWAP_MB MiB at $f"; fi
+fi
+
+# --- packages -----------------------------------------------------------------------------------
+step_start
+missing=
+case $OS in
+  debian)
+    for p in $CWO_PACKAGES_DEBIAN; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' || missing="$missing $p"
+    done
+    if [ -n "$missing" ]; then
+      export DEBIAN_FRONTEND=noninteractive
+      set -- -o Dpkg::Options::=--force-confold
+      [ -n "$CWO_PROXY" ] && set -- "$@" -o "Acquire::http::Proxy=$CWO_PROXY" -o "Acquire::https::Proxy=$CWO_PROXY"
+      run apt-get "$@" update -q || fail packages "apt-get update failed"
+      # shellcheck disable=SC2086
+      run apt-get "$@" install -y -q --no-install-recommends $missing \
+        || fail packages "apt-get install$missing failed"
+    fi ;;
+  alpine)
+    for p in $CWO_PACKAGES_ALPINE; do
+      apk info -e "$p" >/dev/null 2>&1 || missing="$missing $p"
+    done
+    # shellcheck disable=SC2086
+    [ -z "$missing" ] || run apk add --no-cache $missing || fail packages "apk add$missing failed" ;;
+  *) fail packages "no apt-get and not Alpine: cannot install packages here" ;;
+esac
+if [ -n "$missing" ]; then report packages changed "installed$missing"
+else report packages ok "all present"; fi
+
+# --- opencode -----------------------------------------------------------------------------------
+step_start
+if [ "$CWO_OPENCODE" = none ]; then
+  report opencode skipped "bootstrap.opencode = none"
+else
+  case $(uname -m) in
+    x86_64) arch=x64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    *) fail opencode "no opencode build for $(uname -m)" ;;
+  esac
+  pkg=opencode-linux-$arch
+  if [ "$arch" = x64 ] && ! grep -qw avx2 /proc/cpuinfo; then pkg=$pkg-baseline; fi
+  [ "$OS" = alpine ] && pkg=$pkg-musl
+  dir=/usr/local/lib/cwo/$pkg-$CWO_OPENCODE
+  if [ -x "$dir/opencode" ] && [ "$(readlink /usr/local/bin/opencode)" = "$dir/opencode" ]; then
+    report opencode ok "$pkg $CWO_OPENCODE"
+  else
+    url=${CWO_NPM_REGISTRY%/}/$pkg/-/$pkg-$CWO_OPENCODE.tgz
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    run sh -c 'curl -fsSL --retry 3 "$1" | tar -xzf - -C "$2"' cwo "$url" "$dir.tmp" \
+      || fail opencode "download failed: $url"
+    [ -x "$dir.tmp/package/bin/opencode" ] || fail opencode "$url has no package/bin/opencode"
+    mv "$dir.tmp/package/bin/opencode" "$dir.tmp/opencode" && rm -rf "$dir.tmp/package"
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+    ln -sf "$dir/opencode" /usr/local/bin/opencode
+    report opencode changed "$pkg $CWO_OPENCODE"
+  fi
+fi
+
+# --- the work user ------------------------------------------------------------------------------
+step_start
+changed=
+u=$CWO_USER
+if ! id "$u" >/dev/null 2>&1; then
+  if command -v useradd >/dev/null 2>&1; then run useradd -m -s /bin/sh "$u" || fail user "useradd $u failed"
+  else run adduser -D -s /bin/sh "$u" || fail user "adduser $u failed"; fi
+  changed=1
+fi
+# A locked password ("!") makes sshd without PAM refuse keys; "*" means no password, not locked.
+if grep -q "^$u:!" /etc/shadow 2>/dev/null; then
+  sed -i "s/^$u:![^:]*:/$u:*:/" /etc/shadow && changed=1
+fi
+home=$(getent passwd "$u" 2>/dev/null | cut -d: -f6)
+[ -n "$home" ] || home=$(grep "^$u:" /etc/passwd | cut -d: -f6)
+for d in "$CWO_WORKSPACE" "$CWO_STATE"; do
+  if [ ! -d "$d" ]; then mkdir -p "$d"; changed=1; fi
+  if [ "$(stat -c %U "$d")" != "$u" ]; then chown "$u:" "$d" || chown "$u" "$d"; changed=1; fi
+done
+if [ -n "$CWO_LOGIN_USER" ] && [ "$CWO_LOGIN_USER" != "$u" ]; then
+  lhome=$(getent passwd "$CWO_LOGIN_USER" 2>/dev/null | cut -d: -f6)
+  src=$lhome/.ssh/authorized_keys
+  dst=$home/.ssh/authorized_keys
+  if [ -f "$src" ] && ! cmp -s "$src" "$dst"; then
+    mkdir -p "$home/.ssh" && cp "$src" "$dst"
+    chmod 700 "$home/.ssh" && chmod 600 "$dst"
+    chown -R "$u:" "$home/.ssh" 2>/dev/null || chown -R "$u" "$home/.ssh"
+    changed=1
+  fi
+fi
+if [ -n "$changed" ]; then report user changed "$u owns $CWO_WORKSPACE"
+else report user ok "$u owns $CWO_WORKSPACE"; fi
+
+# --- sshd hardening -----------------------------------------------------------------------------
+step_start
+want='# cwo: keys only, no root login
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+PubkeyAuthentication yes'
+conf=/etc/ssh/sshd_config
+if grep -qi '^Include /etc/ssh/sshd_config.d/\*.conf' "$conf" 2>/dev/null; then
+  target=/etc/ssh/sshd_config.d/60-cwo.conf
+  if same_content "$target" "$want"; then sshd_changed=
+  else mkdir -p /etc/ssh/sshd_config.d && printf '%s\n' "$want" > "$target"; sshd_changed=1; fi
+else
+  # No drop-in directory: the first value of a keyword wins, so the block goes on top.
+  if head -n 5 "$conf" | grep -q '^# cwo: keys only'; then sshd_changed=
+  else
+    { printf '%s\n' "$want"; cat "$conf"; } > "$conf.cwo" && mv "$conf.cwo" "$conf"
+    sshd_changed=1
+  fi
+fi
+if [ -n "$sshd_changed" ]; then
+  sshd=$(command -v sshd || echo /usr/sbin/sshd)
+  run "$sshd" -t || fail sshd "sshd -t rejects the configuration"
+  pid=$(cat /run/sshd.pid 2>/dev/null || cat /var/run/sshd.pid 2>/dev/null || true)
+  if [ -n "$pid" ]; then kill -HUP "$pid"
+  elif command -v systemctl >/dev/null 2>&1; then run systemctl reload ssh || run systemctl reload sshd
+  elif command -v rc-service >/dev/null 2>&1; then run rc-service sshd reload; fi
+  report sshd changed "no passwords, no root login"
+else
+  report sshd ok "no passwords, no root login"
+fi
+
+# --- agent environment --------------------------------------------------------------------------
+step_start
+if same_content /etc/cwo/agent.env "$CWO_AGENT_ENV"; then report agent-env ok /etc/cwo/agent.env
+else
+  printf '%s\n' "$CWO_AGENT_ENV" > /etc/cwo/agent.env
+  report agent-env changed /etc/cwo/agent.env
+fi
+
+# --- idle watchdog ------------------------------------------------------------------------------
+step_start
+changed=
+if ! same_content /usr/local/sbin/cwo-watchdog "$CWO_WATCHDOG_SCRIPT"; then
+  printf '%s\n' "$CWO_WATCHDOG_SCRIPT" > /usr/local/sbin/cwo-watchdog
+  chmod 755 /usr/local/sbin/cwo-watchdog
+  changed=1
+fi
+wconf="IDLE_MINUTES=$CWO_IDLE_MINUTES
+HEARTBEAT=$CWO_STATE/heartbeat
+WORKSPACE=$CWO_WORKSPACE
+ACTION=$CWO_WATCHDOG_ACTION_Q
+LOG=/var/log/cwo-watchdog.log"
+if ! same_content /etc/cwo/watchdog.conf "$wconf"; then
+  printf '%s\n' "$wconf" > /etc/cwo/watchdog.conf
+  changed=1
+fi
+entry='* * * * * /usr/local/sbin/cwo-watchdog'
+if [ "$OS" = alpine ]; then
+  tab=/etc/crontabs/root
+  grep -qsF "$entry" "$tab" || { mkdir -p /etc/crontabs && echo "$entry" >> "$tab"; changed=1; }
+  if command -v rc-update >/dev/null 2>&1 && ! rc-update show default 2>/dev/null | grep -q '^ *crond '; then
+    run rc-update add crond default && changed=1
+  fi
+  rc-service crond status >/dev/null 2>&1 || { run rc-service crond start; changed=1; }
+else
+  tab=/etc/cron.d/cwo-watchdog
+  if ! same_content "$tab" "* * * * * root /usr/local/sbin/cwo-watchdog"; then
+    echo "* * * * * root /usr/local/sbin/cwo-watchdog" > "$tab"
+    chmod 644 "$tab"
+    changed=1
+  fi
+  if [ -d /run/systemd/system ]; then
+    systemctl is-active -q cron || { run systemctl enable --now cron; changed=1; }
+  elif ! { [ -f /run/crond.pid ] && kill -0 "$(cat /run/crond.pid)" 2>/dev/null; }; then
+    run cron || fail watchdog "cannot start cron"
+    changed=1
+  fi
+fi
+[ -f "$CWO_STATE/heartbeat" ] || { touch "$CWO_STATE/heartbeat"; chown "$u" "$CWO_STATE/heartbeat"; }
+if [ -n "$changed" ]; then report watchdog changed "idle $CWO_IDLE_MINUTES min: $CWO_WATCHDOG_ACTION"
+else report watchdog ok "idle $CWO_IDLE_MINUTES min: $CWO_WATCHDOG_ACTION"; fi
+
+# --- host key -----------------------------------------------------------------------------------
+step_start
+k=/etc/ssh/ssh_host_ed25519_key.pub
+i=0
+while [ ! -f "$k" ] && [ "$i" -lt 60 ]; do sleep 1; i=$((i + 1)); done
+[ -f "$k" ] || fail hostkey "$k does not exist"
+if [ "$CWO_GCE" = 1 ] && command -v curl >/dev/null 2>&1; then
+  curl -sf -m 5 -X PUT -H "Metadata-Flavor: Google" --data "$(cut -d' ' -f2 "$k")" \
+    http://metadata.google.internal/computeMetadata/v1/instance/guest-attributes/hostkeys/ssh-ed25519 \
+    >> "$OUT" 2>&1 || true
+fi
+report hostkey ok "$(cut -d' ' -f1,2 "$k")"
+
+mv "$LOG.tmp" "$LOG"
+echo "$CWO_HASH" > "$MARK"

@@ -1,0 +1,350 @@
+//! Makes a fresh host ready for the agent (DESIGN §1): swap, packages, opencode, the work user,
+//! sshd hardening, agent environment defaults, the idle watchdog, the host key.
+//!
+//! The native path is one POSIX sh script ([`render`]) sent over one SSH session; it is also the
+//! VM's startup script / user-data, so boot and setup overlap and cwo only collects the result.
+//! The Ansible path ([`ansible`]) runs the shipped playbook to the same end state.
+
+pub mod ansible;
+pub mod settings;
+
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::provider::Instance;
+use crate::transport::ssh::shell_quote;
+use crate::transport::{ExecRequest, ExecStatus, Stream, Transport, TransportError};
+
+pub use settings::{BootstrapSettings, Method, WatchdogSettings};
+
+const BODY: &str = include_str!("bootstrap.sh");
+/// The watchdog the bootstrap installs as `/usr/local/sbin/cwo-watchdog`.
+pub const WATCHDOG: &str = include_str!("../../ansible/roles/worker/files/cwo-watchdog");
+/// Where the bootstrap keeps its marker, log and the controller's heartbeat.
+pub const STATE_DIR: &str = "/var/lib/cwo";
+/// The file the controller touches while it works; the watchdog reads its age.
+pub const HEARTBEAT: &str = "/var/lib/cwo/heartbeat";
+
+/// Always installed: what cloning, fetching over HTTPS, opencode's grep/glob tools and the
+/// watchdog need.
+const BASE_DEBIAN: &[&str] = &["git", "ca-certificates", "curl", "ripgrep", "cron"];
+const BASE_ALPINE: &[&str] = &["git", "ca-certificates", "curl", "ripgrep"];
+
+/// A rendered bootstrap script and the hash that marks its completion on the host.
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub text: String,
+    pub hash: String,
+}
+
+/// What the script needs to know about where it runs.
+pub struct Target<'a> {
+    /// The SSH login that runs the script (its authorized keys are given to the work user).
+    pub login_user: &'a str,
+    pub workspace: &'a str,
+    /// Publish the host key through GCE guest attributes too.
+    pub gce: bool,
+}
+
+/// The method that applies for a provider when the setting says `auto`.
+pub fn effective_method(settings: &Settings) -> Method {
+    use crate::config::ProviderKind;
+    match settings.bootstrap.method {
+        Method::Auto => match settings.provider {
+            ProviderKind::Gcp => Method::Native,
+            ProviderKind::Local | ProviderKind::Ssh => Method::None,
+        },
+        m => m,
+    }
+}
+
+/// A name the shell accepts as a variable.
+pub fn is_env_name(k: &str) -> bool {
+    let mut b = k.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// The worker as the agent's work sees it once bootstrapped: logged in as the unprivileged work
+/// user, in its workspace. Unchanged when no bootstrap applies.
+pub fn as_work_user(settings: &Settings, mut instance: Instance) -> Instance {
+    if effective_method(settings) == Method::None {
+        return instance;
+    }
+    if let crate::provider::Target::Ssh { user, .. } = &mut instance.target {
+        user.clone_from(&settings.bootstrap.user);
+    }
+    instance.workspace.clone_from(&settings.bootstrap.workspace);
+    instance
+}
+
+/// Renders the script: the settings as shell assignments (quoted), then the fixed body.
+pub fn render(settings: &Settings, target: &Target<'_>) -> Script {
+    let b = &settings.bootstrap;
+    let w = &settings.watchdog;
+    let extra = b.packages.join(" ");
+    let with_extra = |base: &[&str]| {
+        let mut v = base.join(" ");
+        if !extra.is_empty() {
+            v.push(' ');
+            v.push_str(&extra);
+        }
+        v
+    };
+    let agent_env: String = b
+        .agent_env
+        .iter()
+        .filter(|(k, v)| !v.is_empty() && is_env_name(k))
+        .map(|(k, v)| {
+            format!(
+                "[ -n \"${{{k}+set}}\" ] || {k}={}; export {k}\n",
+                shell_quote(v)
+            )
+        })
+        .collect();
+    let vars: Vec<(&str, String)> = vec![
+        ("CWO_STATE", STATE_DIR.into()),
+        ("CWO_SWAP_MB", b.swap.unwrap_or(0).to_string()),
+        ("CWO_PACKAGES_DEBIAN", with_extra(BASE_DEBIAN)),
+        ("CWO_PACKAGES_ALPINE", with_extra(BASE_ALPINE)),
+        ("CWO_OPENCODE", b.opencode.clone()),
+        ("CWO_NPM_REGISTRY", b.npm_registry.clone()),
+        ("CWO_USER", b.user.clone()),
+        ("CWO_WORKSPACE", target.workspace.into()),
+        ("CWO_LOGIN_USER", target.login_user.into()),
+        ("CWO_PROXY", b.proxy.clone()),
+        ("CWO_AGENT_ENV", agent_env.trim_end().to_string()),
+        ("CWO_IDLE_MINUTES", w.idle_minutes.to_string()),
+        ("CWO_WATCHDOG_ACTION", w.action.clone()),
+        ("CWO_WATCHDOG_ACTION_Q", shell_quote(&w.action)),
+        ("CWO_WATCHDOG_SCRIPT", WATCHDOG.trim_end().to_string()),
+        ("CWO_GCE", if target.gce { "1" } else { "0" }.into()),
+    ];
+    let mut settings_block = String::new();
+    for (k, v) in &vars {
+        settings_block.push_str(&format!("{k}={}\n", shell_quote(v)));
+    }
+    let hash = format!(
+        "{:016x}",
+        crate::project::fnv(&format!("{settings_block}{BODY}"))
+    );
+    let text = format!(
+        "#!/bin/sh\n# Rendered by cwo {}. Run as root: sh bootstrap.sh [run|reuse]\nCWO_MODE=${{1:-run}}\nCWO_HASH={hash}\n{settings_block}{BODY}",
+        env!("CARGO_PKG_VERSION")
+    );
+    Script { text, hash }
+}
+
+/// How one step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Changed,
+    Ok,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    pub name: String,
+    pub status: StepStatus,
+    pub millis: u64,
+    pub detail: String,
+}
+
+/// Reads one `cwo-step` line; anything else is not a step.
+pub fn parse_step(line: &str) -> Option<Step> {
+    let mut f = line.trim_end_matches(['\n', '\r']).splitn(5, '\t');
+    if f.next()? != "cwo-step" {
+        return None;
+    }
+    let name = f.next()?.to_string();
+    let status = match f.next()? {
+        "changed" => StepStatus::Changed,
+        "ok" => StepStatus::Ok,
+        "skipped" => StepStatus::Skipped,
+        "failed" => StepStatus::Failed,
+        _ => return None,
+    };
+    let millis = f.next()?.parse().ok()?;
+    let detail = f.next().unwrap_or("").to_string();
+    Some(Step {
+        name,
+        status,
+        millis,
+        detail,
+    })
+}
+
+/// The outcome of one bootstrap.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub steps: Vec<Step>,
+    /// `true` when the host had already finished this script (from user-data) and cwo only
+    /// collected its report.
+    pub reused: bool,
+    /// The host's ed25519 key as the script printed it (`ssh-ed25519 AAAA…`).
+    pub host_key: Option<String>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn changed(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Changed)
+            .count()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("bootstrap step `{step}` failed on {worker}: {detail}{output}")]
+    Step {
+        worker: String,
+        step: String,
+        detail: String,
+        output: String,
+    },
+    #[error("bootstrap on {worker} ended with {status} before it finished: {stderr}")]
+    Incomplete {
+        worker: String,
+        status: ExecStatus,
+        stderr: String,
+    },
+    #[error("{0}")]
+    Ansible(String),
+}
+
+/// Runs as root whatever the login: directly, or through `sudo -n` / `doas -n`.
+const ELEVATE: &str = r#"s=$1; shift
+if [ "$(id -u)" = 0 ]; then exec sh -c "$s" cwo-bootstrap "$@"
+elif command -v sudo >/dev/null 2>&1; then exec sudo -n sh -c "$s" cwo-bootstrap "$@"
+elif command -v doas >/dev/null 2>&1; then exec doas -n sh -c "$s" cwo-bootstrap "$@"
+else echo "cwo bootstrap: $(id -un) is not root and has neither sudo nor doas" >&2; exit 90; fi
+"#;
+
+/// Runs the script on the host over one session, handing each step to `on_step` as it ends.
+/// `reuse`: a host that already finished this script (as user-data) only reports.
+pub async fn run_native(
+    t: &dyn Transport,
+    script: &Script,
+    reuse: bool,
+    on_step: &mut (dyn FnMut(&Step) + Send),
+) -> Result<Report, BootstrapError> {
+    let started = std::time::Instant::now();
+    let mode = if reuse { "reuse" } else { "run" };
+    let req = ExecRequest::new(["sh", "-c", ELEVATE, "cwo-elevate", &script.text, mode]);
+    let mut report = Report::default();
+    let mut stderr = String::new();
+    let status = t
+        .exec(req, &mut |stream, raw| {
+            let line = String::from_utf8_lossy(raw);
+            match stream {
+                Stream::Stdout => {
+                    if line.starts_with("cwo-reused\t") {
+                        report.reused = true;
+                    } else if let Some(step) = parse_step(&line) {
+                        if step.name == "hostkey" && step.status == StepStatus::Ok {
+                            report.host_key = Some(step.detail.clone());
+                        }
+                        on_step(&step);
+                        report.steps.push(step);
+                    }
+                }
+                Stream::Stderr => stderr.push_str(&line),
+            }
+        })
+        .await?;
+    report.elapsed = started.elapsed();
+    if let Some(failed) = report.steps.iter().find(|s| s.status == StepStatus::Failed) {
+        let out = stderr.trim();
+        return Err(BootstrapError::Step {
+            worker: t.worker().to_string(),
+            step: failed.name.clone(),
+            detail: failed.detail.clone(),
+            output: if out.is_empty() {
+                String::new()
+            } else {
+                format!("\n{out}")
+            },
+        });
+    }
+    if !status.success() || report.host_key.is_none() {
+        return Err(BootstrapError::Incomplete {
+            worker: t.worker().to_string(),
+            status,
+            stderr: stderr.trim().to_string(),
+        });
+    }
+    Ok(report)
+}
+
+/// One line of progress for a step, as `cwo up` prints it.
+pub fn step_line(s: &Step) -> String {
+    let status = match s.status {
+        StepStatus::Changed => "changed",
+        StepStatus::Ok => "ok",
+        StepStatus::Skipped => "skipped",
+        StepStatus::Failed => "FAILED",
+    };
+    format!(
+        "  {:<10} {:<8} {:>6.2}s  {}",
+        s.name,
+        status,
+        s.millis as f64 / 1000.0,
+        s.detail
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_lines_parse_and_others_do_not() {
+        let s = parse_step("cwo-step\tswap\tchanged\t1234\t2048 MiB at /swapfile\n").unwrap();
+        assert_eq!(s.name, "swap");
+        assert_eq!(s.status, StepStatus::Changed);
+        assert_eq!(s.millis, 1234);
+        assert_eq!(s.detail, "2048 MiB at /swapfile");
+        assert!(parse_step("cwo-step\tswap\tweird\t1\tx").is_none());
+        assert!(parse_step("+ apt-get update").is_none());
+        assert!(parse_step("cwo-step\tswap\tok\tnotanumber\tx").is_none());
+    }
+
+    #[test]
+    fn rendering_quotes_values_and_the_hash_follows_the_settings() {
+        let mut s = Settings {
+            provider: crate::config::ProviderKind::Gcp,
+            ..Default::default()
+        };
+        s.watchdog.action = "echo 'idle' > /tmp/x".into();
+        let t = Target {
+            login_user: "admin",
+            workspace: "/workspace",
+            gce: true,
+        };
+        let a = render(&s, &t);
+        assert!(a.text.starts_with("#!/bin/sh\n"));
+        assert!(
+            a.text
+                .contains("CWO_WATCHDOG_ACTION='echo '\\''idle'\\'' > /tmp/x'\n")
+        );
+        assert!(a.text.contains("CWO_SWAP_MB=2048\n"));
+        assert!(
+            a.text.contains(
+                "BUN_JSC_forceRAMSize+set}\" ] || BUN_JSC_forceRAMSize=268435456; export"
+            )
+        );
+        assert_eq!(a.hash, render(&s, &t).hash, "same settings, same hash");
+        s.bootstrap.swap = Some(4096);
+        assert_ne!(a.hash, render(&s, &t).hash);
+        assert_eq!(effective_method(&s), Method::Native);
+        s.provider = crate::config::ProviderKind::Ssh;
+        assert_eq!(effective_method(&s), Method::None);
+    }
+}

@@ -1,0 +1,25 @@
+//! `cwo bootstrap script`: the native bootstrap as cwo would send it, for a host of your own.
+
+use crate::bootstrap::{Target, render};
+use crate::error::CliError;
+use crate::printer::Printer;
+use crate::project::Project;
+
+pub fn script(
+    project: &Project,
+    printer: &Printer,
+    login_user: &str,
+    gce: bool,
+) -> Result<u8, CliError> {
+    let s = &project.resolved.settings;
+    let script = render(
+        s,
+        &Target {
+            login_user,
+            workspace: &s.bootstrap.workspace,
+            gce,
+        },
+    );
+    printer.out(&script.text);
+    Ok(0)
+}
