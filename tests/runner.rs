@@ -1,6 +1,7 @@
 //! One integration-test binary (faster to build than one per file).
 
 mod common;
+mod test_bootstrap;
 mod test_commands;
 mod test_contract;
 mod test_cost;

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::transport::{ExecRequest, ExecStatus, Stream, Transport, TransportError};
 
-/// Starts the agent once: a second call while (or after) it ran does nothing. The wrapper traps
+/// Starts the agent once: a second call while (or after) it ran does nothing. On a bootstrapped
+/// worker the agent gets the defaults of `/etc/cwo/agent.env` for what its own env leaves unset. The wrapper traps
 /// TERM with a handler (not an ignore, so the agent keeps the default action) to outlive the
 /// agent's group being signalled and record the status.
 const LAUNCH: &str = r#"d=$(cd "$1" && pwd) || exit 97
@@ -18,6 +19,7 @@ if [ -e "$d/agent.pid" ]; then exit 0; fi
 cd "$repo" || exit 97
 : >> "$d/agent.log"
 setsid sh -c 'd=$1; shift; trap ": " TERM INT HUP
+[ -r /etc/cwo/agent.env ] && . /etc/cwo/agent.env
 echo $$ > "$d/agent.pid.tmp" && mv "$d/agent.pid.tmp" "$d/agent.pid"
 "$@" </dev/null >>"$d/agent.log" 2>&1
 echo $? > "$d/agent.exit.tmp" && mv "$d/agent.exit.tmp" "$d/agent.exit"' cwo-agent "$d" "$@" </dev/null >/dev/null 2>&1 &
@@ -47,12 +49,12 @@ done
 
 /// Signals the agent's whole process group.
 const KILL: &str = r#"pid=$(cat "$1/agent.pid" 2>/dev/null) || exit 0
-kill -s "$2" -- "-$pid" 2>/dev/null || true
+kill -"$2" "-$pid" 2>/dev/null || true
 "#;
 
 /// Exit status if the agent ended, nothing while it runs: `exit N`, or `running`, or `none`.
 const STATE: &str = r#"if [ -e "$1/agent.exit" ]; then echo "exit $(cat "$1/agent.exit")"
-elif [ -e "$1/agent.pid" ] && kill -s 0 -- "-$(cat "$1/agent.pid")" 2>/dev/null; then echo running
+elif [ -e "$1/agent.pid" ] && kill -0 "-$(cat "$1/agent.pid")" 2>/dev/null; then echo running
 else echo none; fi
 "#;
 

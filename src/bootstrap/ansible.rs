@@ -148,13 +148,12 @@ pub async fn run(
     std::fs::write(&vars_path, extra_vars(settings, user).to_string())
         .map_err(|e| io("cannot write the variables", e))?;
 
-    let program =
-        std::env::var("CWO_ANSIBLE_PLAYBOOK").unwrap_or_else(|_| "ansible-playbook".into());
+    let program = "ansible-playbook";
     let cfg = playbook
         .parent()
         .map(|p| p.join("ansible.cfg"))
         .filter(|p| p.exists());
-    let mut cmd = tokio::process::Command::new(&program);
+    let mut cmd = tokio::process::Command::new(program);
     cmd.arg("-i")
         .arg(&inv_path)
         .arg("-e")

@@ -74,7 +74,12 @@ pub fn as_work_user(settings: &Settings, mut instance: Instance) -> Instance {
     if let crate::provider::Target::Ssh { user, .. } = &mut instance.target {
         user.clone_from(&settings.bootstrap.user);
     }
-    instance.workspace.clone_from(&settings.bootstrap.workspace);
+    // One directory per worker, as on hosts without a bootstrap.
+    instance.workspace = format!(
+        "{}/{}",
+        settings.bootstrap.workspace.trim_end_matches('/'),
+        instance.name
+    );
     instance
 }
 

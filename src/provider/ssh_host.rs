@@ -22,7 +22,7 @@ const CLEAN: &str = r#"ws=$1
 for p in "$ws"/tasks/*/*/agent.pid; do
   [ -e "$p" ] || continue
   [ -e "$(dirname "$p")/agent.exit" ] && continue
-  kill -s KILL -- "-$(cat "$p")" 2>/dev/null || true
+  kill -KILL "-$(cat "$p")" 2>/dev/null || true
 done
 rm -rf "$ws"
 "#;

@@ -5,6 +5,7 @@
 
 pub mod fake_gce;
 pub mod sshd;
+pub mod testhost;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -10,7 +10,7 @@ tmp=$dir.tmp
 rm -rf "$tmp"
 mkdir -p "$(dirname "$dir")"
 mirror=${CWO_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-debootstrap --variant=minbase --include=openssh-server,sudo,ca-certificates,procps \
+debootstrap --variant=minbase --include=openssh-server,sudo,ca-certificates,procps,python3,python3-apt \
   bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 || { tail -20 "$tmp.log" >&2; exit 1; }
 chroot "$tmp" useradd -m -s /bin/sh admin
 echo 'admin ALL=(ALL) NOPASSWD:ALL' > "$tmp/etc/sudoers.d/admin"

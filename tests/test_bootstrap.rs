@@ -1,0 +1,435 @@
+//! The worker bootstrap: native script and Ansible playbook on isolated test hosts, the watchdog
+//! with a fake clock, and the script under busybox sh.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::common::testhost::TestHost;
+use crate::common::{TestEnv, git};
+
+/// Settings that put the worker on `host`, logging in as its admin and bootstrapping with `method`.
+fn host_settings(env: &TestEnv, host: &TestHost, method: &str, agent: &str) {
+    env.settings(&format!(
+        r#"provider = "ssh"
+[ssh]
+hosts = ["admin@{ip}:22"]
+key = {key:?}
+connect_timeout = "20s"
+[bootstrap]
+method = "{method}"
+swap = "1G"
+proxy = "{proxy}"
+[agent]
+command = ["sh", "-c", {agent:?}, "agent", "{{prompt_file}}"]
+timeout = "60s"
+retry_backoff = "100ms"
+"#,
+        ip = host.ip,
+        key = host.key.display().to_string(),
+        proxy = host.proxy,
+    ));
+}
+
+/// The agent: records who it runs as, where, and the bootstrap's environment default.
+const WHO_AGENT: &str = r#"{ id -un; pwd; echo "bun=$BUN_JSC_forceRAMSize"; command -v opencode; } > who.txt
+git add who.txt && git commit -qm "who runs the agent""#;
+
+fn steps(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next()?;
+            let status = w.next()?;
+            [
+                "swap",
+                "packages",
+                "opencode",
+                "user",
+                "sshd",
+                "agent-env",
+                "watchdog",
+                "hostkey",
+            ]
+            .contains(&name)
+            .then(|| (name.to_string(), status.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn native_bootstrap_readies_a_fresh_host_and_a_rerun_changes_nothing() {
+    let Some(host) = TestHost::start("native_bootstrap_readies_a_fresh_host") else {
+        return;
+    };
+    let env = TestEnv::new();
+    host_settings(&env, &host, "native", WHO_AGENT);
+    env.cwo(&["task", "add", "first task"]).ok();
+    let run = env.cwo(&["run", "--once"]).ok();
+    let fresh = steps(&run.stderr);
+    let names: Vec<&str> = fresh.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "swap",
+            "packages",
+            "opencode",
+            "user",
+            "sshd",
+            "agent-env",
+            "watchdog",
+            "hostkey"
+        ],
+        "{}",
+        run.stderr
+    );
+    for (name, status) in &fresh {
+        let want = if name == "hostkey" { "ok" } else { "changed" };
+        assert_eq!(status, want, "fresh host, step {name}:\n{}", run.stderr);
+    }
+    // The agent ran as the unprivileged work user, in its workspace, with the defaults.
+    let branch = git(
+        &env.origin,
+        &["branch", "--list", "cwo/*", "--format=%(refname:short)"],
+    );
+    let who = git(
+        &env.origin,
+        &["show", &format!("{}:who.txt", branch.trim())],
+    );
+    let lines: Vec<&str> = who.lines().collect();
+    assert_eq!(lines[0], "cwo", "{who}");
+    assert!(lines[1].starts_with("/workspace/cwo-"), "{who}");
+    assert_eq!(lines[2], "bun=268435456");
+    assert_eq!(lines[3], "/usr/local/bin/opencode");
+
+    // The end state, checked inside the host.
+    let state = host.probe();
+    for want in [
+        "swap: /swapfile 1048572 mode 600 size 1073741824",
+        "fstab: /swapfile none swap sw 0 0",
+        "pkg git: install ok installed",
+        "pkg ripgrep: install ok installed",
+        "user: cwo:/home/cwo:/bin/sh shadow *",
+        "workspace: cwo cwo 755 state cwo cwo 755",
+        "same-as-admin",
+        "passwordauthentication no",
+        "permitrootlogin no",
+        "IDLE_MINUTES=30",
+        "ACTION=poweroff",
+        "cron.d: * * * * * root /usr/local/sbin/cwo-watchdog 644",
+        "cron running: yes",
+        "heartbeat: cwo",
+    ] {
+        assert!(state.contains(want), "missing `{want}` in:\n{state}");
+    }
+    assert!(
+        state.contains("opencode: /usr/local/lib/cwo/opencode-linux-x64"),
+        "{state}"
+    );
+    // The controller fed the watchdog while it worked.
+    let hb_age = host.sh(
+        "admin",
+        "echo $(( $(date +%s) - $(stat -c %Y /var/lib/cwo/heartbeat) ))",
+    );
+    assert!(
+        hb_age.trim().parse::<i64>().unwrap() < 120,
+        "heartbeat age {hb_age}"
+    );
+    // No password logins, no root.
+    assert!(
+        !host.ssh("root", "true").status.success(),
+        "root login must be refused"
+    );
+
+    // A second run on the same host: nothing to change.
+    env.cwo(&["task", "add", "second task"]).ok();
+    let again = env.cwo(&["run", "--once"]).ok();
+    let rerun = steps(&again.stderr);
+    assert_eq!(rerun.len(), 8, "{}", again.stderr);
+    for (name, status) in &rerun {
+        assert_eq!(status, "ok", "re-run, step {name}:\n{}", again.stderr);
+    }
+    assert!(
+        again.stderr.contains("bootstrap: 0 step(s) changed"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(host.probe(), state, "a re-run must not change the host");
+}
+
+/// `ansible-playbook` from the venv the README's test command makes, or from PATH.
+fn ansible_bin() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ansible-venv/bin");
+    if venv.join("ansible-playbook").exists() {
+        return Some(venv);
+    }
+    let found = Command::new("sh")
+        .args(["-c", "command -v ansible-playbook"])
+        .output()
+        .ok()?;
+    found.status.success().then(|| {
+        PathBuf::from(String::from_utf8_lossy(&found.stdout).trim())
+            .parent()
+            .unwrap()
+            .to_path_buf()
+    })
+}
+
+#[test]
+fn the_playbook_reaches_the_same_end_state_as_the_native_bootstrap() {
+    let Some(bin) = ansible_bin() else {
+        eprintln!(
+            "skipped the_playbook_reaches_the_same_end_state: needs ansible-core (scripts/test.sh installs it in target/ansible-venv)"
+        );
+        return;
+    };
+    let Some(native_host) = TestHost::start("the_playbook_reaches_the_same_end_state") else {
+        return;
+    };
+    let ansible_host = TestHost::start("the_playbook_reaches_the_same_end_state").unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+
+    let up = |host: &TestHost, method: &str| {
+        let env = TestEnv::new();
+        host_settings(&env, host, method, WHO_AGENT);
+        let out = env.cmd(&["up"]).env("PATH", &path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "cwo up ({method}) failed:\n{stderr}");
+        (env, stderr)
+    };
+    let (native_env, _) = up(&native_host, "native");
+    let (ansible_env, log) = up(&ansible_host, "ansible");
+    assert!(
+        log.contains("PLAY RECAP"),
+        "ansible output is streamed:\n{log}"
+    );
+    assert!(log.contains("failed=0"), "{log}");
+
+    let normalise = |s: String, h: &TestHost| s.replace(&h.host_key, "HOSTKEY");
+    let native_state = normalise(native_host.probe(), &native_host);
+    let ansible_state = normalise(ansible_host.probe(), &ansible_host);
+    assert_eq!(
+        ansible_state, native_state,
+        "the playbook and the native bootstrap must leave the same host"
+    );
+    // A second playbook run changes nothing.
+    native_env.cwo(&["down"]).ok();
+    ansible_env.cwo(&["down"]).ok();
+    let (_, again) = up(&ansible_host, "ansible");
+    assert!(
+        again.contains("changed=0"),
+        "a re-run of the playbook changed something:\n{again}"
+    );
+}
+
+#[test]
+fn the_script_runs_under_busybox_sh_with_the_same_steps() {
+    let Some(host) = TestHost::start("the_script_runs_under_busybox_sh") else {
+        return;
+    };
+    let env = TestEnv::new();
+    host_settings(&env, &host, "native", "true");
+    let script = env
+        .cwo(&[
+            "--config",
+            "bootstrap.opencode=none",
+            "bootstrap",
+            "script",
+            "--login-user",
+            "admin",
+        ])
+        .ok()
+        .stdout;
+    let run = |mode: &str| {
+        let quoted = format!("'{}'", script.replace('\'', "'\\''"));
+        host.sh(
+            "admin",
+            &format!("sudo busybox sh -c {quoted} cwo-bootstrap {mode}"),
+        )
+    };
+    let first = run("run");
+    let statuses: Vec<&str> = first.lines().filter_map(|l| l.split('\t').nth(2)).collect();
+    assert_eq!(
+        statuses,
+        [
+            "changed", "changed", "skipped", "changed", "changed", "changed", "changed", "ok"
+        ],
+        "{first}"
+    );
+    let second = run("run");
+    let statuses: Vec<&str> = second
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["ok", "ok", "skipped", "ok", "ok", "ok", "ok", "ok"],
+        "{second}"
+    );
+    // "reuse" reports the finished run instead of running it again.
+    let reused = run("reuse");
+    assert!(reused.starts_with("cwo-reused\t"), "{reused}");
+    assert_eq!(reused.lines().count(), 9, "{reused}");
+}
+
+fn busybox() -> Option<&'static str> {
+    Command::new("busybox")
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success())
+        .then_some("busybox")
+}
+
+#[test]
+fn the_scripts_parse_under_busybox_sh() {
+    let Some(bb) = busybox() else {
+        eprintln!("skipped the_scripts_parse_under_busybox_sh: busybox is not installed");
+        return;
+    };
+    let env = TestEnv::new();
+    let script = env.cwo(&["bootstrap", "script", "--gce"]).ok().stdout;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bootstrap.sh");
+    std::fs::write(&path, &script).unwrap();
+    for file in [
+        path.clone(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible/roles/worker/files/cwo-watchdog"),
+    ] {
+        let out = Command::new(bb)
+            .args(["sh", "-n"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Not root: the script says so and stops before touching anything.
+    if unsafe { libc::geteuid() } != 0 {
+        let out = Command::new(bb).arg("sh").arg(&path).output().unwrap();
+        assert_eq!(out.status.code(), Some(90));
+    }
+}
+
+/// The watchdog with a fake clock (CWO_NOW), a heartbeat file and a harmless action.
+struct Watchdog {
+    dir: tempfile::TempDir,
+}
+
+impl Watchdog {
+    fn new() -> Watchdog {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("ws")).unwrap();
+        std::fs::write(
+            d.join("conf"),
+            format!(
+                "IDLE_MINUTES=5\nHEARTBEAT={d}/heartbeat\nWORKSPACE={d}/ws\nACTION='touch {d}/fired'\nLOG={d}/log\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        Watchdog { dir }
+    }
+    fn heartbeat_mtime(&self) -> i64 {
+        std::fs::write(self.dir.path().join("heartbeat"), "").unwrap();
+        let out = Command::new("stat")
+            .args(["-c", "%Y"])
+            .arg(self.dir.path().join("heartbeat"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+    /// Runs it at `now`; true when it fired.
+    fn tick(&self, now: i64) -> bool {
+        let fired = self.dir.path().join("fired");
+        let _ = std::fs::remove_file(&fired);
+        let sh = busybox().map(|b| vec![b, "sh"]).unwrap_or(vec!["sh"]);
+        let st = Command::new(sh[0])
+            .args(&sh[1..])
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("ansible/roles/worker/files/cwo-watchdog"),
+            )
+            .env("CWO_WATCHDOG_CONF", self.dir.path().join("conf"))
+            .env("CWO_NOW", now.to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        fired.exists()
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+#[test]
+fn the_watchdog_acts_only_when_idle_past_the_limit_and_no_agent_runs() {
+    let w = Watchdog::new();
+    let t = w.heartbeat_mtime();
+    assert!(!w.tick(t + 60), "a fresh heartbeat keeps the VM");
+    assert!(!w.tick(t + 299), "just under the limit keeps the VM");
+    assert!(w.log().is_empty());
+    assert!(w.tick(t + 300), "five idle minutes fire the action");
+    assert!(
+        w.log().contains("idle for 5 min since heartbeat"),
+        "{}",
+        w.log()
+    );
+
+    // A running agent (a live process group with no exit status) keeps the VM however old
+    // the heartbeat is.
+    let attempt = w.dir.path().join("ws/cwo-w-1/tasks/b-1/attempt-1");
+    std::fs::create_dir_all(&attempt).unwrap();
+    let mut agent = Command::new("setsid")
+        .args(["sleep", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until setsid made it a group leader.
+    for _ in 0..200 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", agent.id())).unwrap_or_default();
+        let pgrp = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(2));
+        if pgrp == Some(agent.id().to_string().as_str()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::write(attempt.join("agent.pid"), agent.id().to_string()).unwrap();
+    assert!(!w.tick(t + 3600), "an agent is running");
+    // It ended: its exit status is there, the process group is gone.
+    std::fs::write(attempt.join("agent.exit"), "0").unwrap();
+    assert!(w.tick(t + 3600));
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    std::fs::remove_file(attempt.join("agent.exit")).unwrap();
+    assert!(w.tick(t + 3600), "a stale pid file does not keep the VM");
+
+    // Never a heartbeat: idle counts from boot.
+    std::fs::remove_file(w.dir.path().join("heartbeat")).unwrap();
+    let boot = boot_time();
+    assert!(!w.tick(boot + 60), "booted a minute ago");
+    assert!(w.tick(boot + 301));
+    assert!(
+        w.log().contains("since boot (no heartbeat file)"),
+        "{}",
+        w.log()
+    );
+}
+
+fn boot_time() -> i64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
