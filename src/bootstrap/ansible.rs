@@ -191,7 +191,7 @@ pub async fn run(
         if !l.trim().is_empty() {
             on_line(&l);
             tail.push(l);
-            if tail.len() > 30 {
+            if tail.len() > 8 {
                 tail.remove(0);
             }
         }

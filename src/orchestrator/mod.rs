@@ -378,6 +378,11 @@ impl Orchestrator {
                 ));
             }
             Method::Ansible => {
+                // One authenticated round trip pins the host key Ansible is then held to.
+                login
+                    .check(ExecRequest::new(["true"]))
+                    .await
+                    .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?;
                 p.status(format!("bootstrapping worker {name} (ansible)"));
                 bootstrap::ansible::run(
                     settings,

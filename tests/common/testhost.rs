@@ -157,7 +157,7 @@ impl TestHost {
 
 /// The end state the bootstrap makes, as comparable text.
 const PROBE: &str = r#"
-echo "swap: $(grep '^/swapfile ' /proc/swaps | awk '{print $1, $2}') mode $(stat -c %a /swapfile) size $(wc -c < /swapfile)"
+echo "swap: $(grep '^/swapfile ' /proc/swaps | awk '{print $1, $3}') mode $(stat -c %a /swapfile) size $(wc -c < /swapfile)"
 echo "fstab: $(grep swapfile /etc/fstab)"
 for p in git ca-certificates curl ripgrep cron; do echo "pkg $p: $(dpkg-query -W -f='${Status}' $p 2>&1)"; done
 echo "opencode: $(readlink /usr/local/bin/opencode) $(test -x /usr/local/bin/opencode && echo executable)"
