@@ -11,6 +11,12 @@ command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v setsid >/dev/null 2>&1 || need+=(util-linux)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+# Isolated test hosts (bootstrap, Ansible, swap): a Debian rootfs in a network namespace.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
+command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+/usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -19,6 +25,12 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # sshd, started by the tests on loopback as root, insists on its privilege separation directory.
 if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -p /run/sshd && chmod 0755 /run/sshd; fi
+# ansible-core for the playbook tests, in a venv under target/ (nothing system-wide).
+if [ ! -x target/ansible-venv/bin/ansible-playbook ]; then
+  echo "installing ansible-core into target/ansible-venv" >&2
+  /usr/bin/python3 -m venv target/ansible-venv
+  target/ansible-venv/bin/pip install -q 'ansible-core>=2.17,<2.21'
+fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2
   exit 2

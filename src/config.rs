@@ -45,6 +45,21 @@ pub struct Settings {
     pub gcp: GcpSettings,
     pub bootstrap: BootstrapSettings,
     pub watchdog: WatchdogSettings,
+    pub terraform: TerraformSettings,
+}
+
+/// `provider = "terraform"`: the shipped module (or your own) driven by cwo, one state per worker.
+/// The VM is described by the `[gcp]` settings, as for the gcp provider.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TerraformSettings {
+    /// A module directory ("" = the module shipped inside cwo). Its `*.tf` files are copied into
+    /// each worker's own directory under the state dir.
+    pub module: PathBuf,
+    /// The terraform (or OpenTofu `tofu`) program ("" = `terraform` on PATH).
+    pub binary: String,
+    /// Extra input variables for your own module (strings).
+    pub vars: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -98,7 +113,7 @@ impl Default for GcpSettings {
             ttl: Some(Duration::from_secs(4 * 3600)),
             network: "global/networks/default".into(),
             ssh_source: String::new(),
-            ssh_user: "cwo".into(),
+            ssh_user: "cwo-admin".into(),
             ssh_port: 22,
             endpoint: String::new(),
             secrets_endpoint: String::new(),
@@ -220,6 +235,7 @@ pub enum ProviderKind {
     Local,
     Ssh,
     Gcp,
+    Terraform,
 }
 
 impl fmt::Display for ProviderKind {
@@ -228,6 +244,7 @@ impl fmt::Display for ProviderKind {
             ProviderKind::Local => f.write_str("local"),
             ProviderKind::Ssh => f.write_str("ssh"),
             ProviderKind::Gcp => f.write_str("gcp"),
+            ProviderKind::Terraform => f.write_str("terraform"),
         }
     }
 }
@@ -292,6 +309,7 @@ impl Default for Settings {
             gcp: GcpSettings::default(),
             bootstrap: BootstrapSettings::default(),
             watchdog: WatchdogSettings::default(),
+            terraform: TerraformSettings::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::error::CliError;
 use crate::journal::Journal;
 use crate::provider::{
     Provider, gcp::GcpProvider, local::LocalProvider, ssh_host::SshHostProvider,
+    terraform::TerraformProvider,
 };
 use crate::tracker::juggle::Juggle;
 
@@ -129,14 +130,45 @@ impl Project {
                     journal.clone(),
                 ))
             }
-            ProviderKind::Gcp => Arc::new(GcpProvider::new(
-                self.settings().gcp.clone(),
-                self.settings().ssh.clone(),
-                slug(&self.name),
+            ProviderKind::Gcp => {
+                let mut gcp = GcpProvider::new(
+                    self.settings().gcp.clone(),
+                    self.settings().ssh.clone(),
+                    slug(&self.name),
+                    self.state_dir.join("keys"),
+                    journal.clone(),
+                );
+                if let Some(script) = self.startup_script() {
+                    gcp = gcp.with_startup_script(script);
+                }
+                Arc::new(gcp)
+            }
+            ProviderKind::Terraform => Arc::new(TerraformProvider::new(
+                self.settings().clone(),
+                self.state_dir.join("terraform"),
                 self.state_dir.join("keys"),
                 journal.clone(),
+                self.startup_script()
+                    .unwrap_or_else(|| crate::provider::gcp::HOSTKEY_SCRIPT.to_string()),
             )),
         }
+    }
+
+    /// The native bootstrap a cloud VM boots with (startup-script and user-data), when that is
+    /// the configured method.
+    fn startup_script(&self) -> Option<String> {
+        let s = self.settings();
+        (crate::bootstrap::effective_method(s) == crate::bootstrap::Method::Native).then(|| {
+            crate::bootstrap::render(
+                s,
+                &crate::bootstrap::Target {
+                    login_user: &s.gcp.ssh_user,
+                    workspace: &s.bootstrap.workspace,
+                    gce: true,
+                },
+            )
+            .text
+        })
     }
 
     pub fn journal(&self) -> Result<Journal, CliError> {

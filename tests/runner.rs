@@ -10,6 +10,7 @@ mod test_loop;
 mod test_signals;
 mod test_simulation;
 mod test_ssh;
+mod test_terraform;
 
 #[test]
 fn no_forgotten_test_files() {

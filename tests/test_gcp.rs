@@ -29,7 +29,7 @@ pub fn gcp(gcp_extra: &str, body: &str, agent_extra: &str) -> Option<Gcp> {
     let host_key = std::fs::read_to_string(sshd.dir.join("host_key.pub")).unwrap();
     fake.set_host_key(Some(host_key.trim().to_string()));
     let top = format!(
-        "provider = \"gcp\"\n[gcp]\nproject = \"proj-test\"\nendpoint = {:?}\ncredentials = \"anonymous\"\nssh_source = \"127.0.0.1/32\"\nssh_user = {:?}\nssh_port = {}\nzones = [\"us-central1-a\", \"us-central1-b\"]\n{gcp_extra}\n[ssh]\nworkspace = {:?}\nconnect_timeout = \"20s\"\n",
+        "provider = \"gcp\"\n[gcp]\nproject = \"proj-test\"\nendpoint = {:?}\ncredentials = \"anonymous\"\nssh_source = \"127.0.0.1/32\"\nssh_user = {:?}\nssh_port = {}\nzones = [\"us-central1-a\", \"us-central1-b\"]\n{gcp_extra}\n[ssh]\nworkspace = {:?}\nconnect_timeout = \"20s\"\n# The VMs are the test sshd on this machine: nothing to bootstrap.\n[bootstrap]\nmethod = \"none\"\n",
         fake.url,
         sshd.user,
         sshd.port,

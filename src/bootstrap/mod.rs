@@ -51,7 +51,7 @@ pub fn effective_method(settings: &Settings) -> Method {
     use crate::config::ProviderKind;
     match settings.bootstrap.method {
         Method::Auto => match settings.provider {
-            ProviderKind::Gcp => Method::Native,
+            ProviderKind::Gcp | ProviderKind::Terraform => Method::Native,
             ProviderKind::Local | ProviderKind::Ssh => Method::None,
         },
         m => m,

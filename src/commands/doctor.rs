@@ -184,6 +184,45 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
                 )
             })
         }
+        crate::config::ProviderKind::Terraform => {
+            let bin = match s.terraform.binary.as_str() {
+                "" => "terraform",
+                b => b,
+            };
+            let version = tokio::process::Command::new(bin)
+                .arg("version")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await;
+            checks.push(match version {
+                Ok(out) if out.status.success() => check(
+                    "provider",
+                    "ok",
+                    format!(
+                        "terraform: {}",
+                        String::from_utf8_lossy(&out.stdout)
+                            .lines()
+                            .next()
+                            .unwrap_or(bin)
+                    ),
+                    "",
+                ),
+                _ => check(
+                    "provider",
+                    "fail",
+                    format!("terraform: `{bin} version` does not run"),
+                    "install Terraform (or OpenTofu and set terraform.binary = \"tofu\")",
+                ),
+            });
+            if s.gcp.ssh_source.is_empty() {
+                checks.push(check(
+                    "ssh_source",
+                    "fail",
+                    "gcp.ssh_source is empty",
+                    "set gcp.ssh_source to this machine's address as a /32",
+                ));
+            }
+        }
         crate::config::ProviderKind::Gcp => {
             let journal = project.journal()?;
             let gcp = crate::provider::gcp::GcpProvider::new(

@@ -358,11 +358,11 @@ impl Orchestrator {
                     &bootstrap::Target {
                         login_user,
                         workspace: &settings.bootstrap.workspace,
-                        gce: self.provider.kind() == "gcp",
+                        gce: matches!(self.provider.kind(), "gcp" | "terraform"),
                     },
                 );
                 // On GCE the same script ran as the startup script: collect its report.
-                let reuse = self.provider.kind() == "gcp";
+                let reuse = matches!(self.provider.kind(), "gcp" | "terraform");
                 p.status(format!("bootstrapping worker {name} (native)"));
                 let report = bootstrap::run_native(&*login, &script, reuse, &mut |step| {
                     p.status(bootstrap::step_line(step));

@@ -3,6 +3,7 @@
 pub mod gcp;
 pub mod local;
 pub mod ssh_host;
+pub mod terraform;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

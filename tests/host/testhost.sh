@@ -52,7 +52,7 @@ cat > "$dir/env" <<ENV
 NS=$ns
 VETH=$vh
 IP=$cip
-PROXY=http://$hip:8888
+PROXY=http://$hip:18888
 ENV
 trap 'down' INT TERM
 trap '[ "$?" = 0 ] || down' EXIT
@@ -67,7 +67,7 @@ ip netns exec "$ns" ip link set lo up
 cat > "$dir/tinyproxy.conf" <<CONF
 User nobody
 Group nogroup
-Port 8888
+Port 18888
 Listen $hip
 Allow $cip
 Timeout 300

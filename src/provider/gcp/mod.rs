@@ -60,6 +60,9 @@ pub struct GcpProvider {
     journal: crate::journal::Journal,
     project_slug: String,
     keys_dir: PathBuf,
+    /// The VM's startup script and user-data: the native bootstrap, or only the host-key
+    /// publisher when another bootstrap (or none) is configured.
+    startup_script: String,
     clients: OnceCell<Clients>,
     firewall: OnceCell<()>,
     /// Zone of each VM seen, so lookups do not search every zone.
@@ -234,10 +237,17 @@ impl GcpProvider {
             journal,
             project_slug,
             keys_dir,
+            startup_script: HOSTKEY_SCRIPT.to_string(),
             clients: OnceCell::new(),
             firewall: OnceCell::new(),
             zones: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Boots the VMs with `script` as startup-script and user-data (so boot and setup overlap).
+    pub fn with_startup_script(mut self, script: String) -> GcpProvider {
+        self.startup_script = script;
+        self
     }
 
     pub fn settings(&self) -> &GcpSettings {
@@ -515,8 +525,8 @@ impl GcpProvider {
                 item("block-project-ssh-keys", "TRUE"),
                 item("enable-oslogin", "FALSE"),
                 item("enable-guest-attributes", "TRUE"),
-                item("startup-script", HOSTKEY_SCRIPT),
-                item("user-data", HOSTKEY_SCRIPT),
+                item("startup-script", &self.startup_script),
+                item("user-data", &self.startup_script),
             ]))
             .set_scheduling(scheduling)
         // No service accounts: the VM holds no credentials at all.

@@ -1,0 +1,400 @@
+//! `provider = "terraform"`: the shipped Terraform module (or the user's own) driven by cwo.
+//! Each worker gets its own directory under the state dir holding a copy of the module, its
+//! variables (`terraform.tfvars.json`) and its own state, so workers never share a state file.
+//! `create` runs `init` + `apply` and reads `output -json` (name, zone, ip, ssh_port); `delete`
+//! runs `destroy` and removes the directory. The VM is described by the `[gcp]` settings.
+//!
+//! What Terraform knows is its state: `get` and `list` answer from the worker directories, so a
+//! VM deleted behind Terraform's back (the GCE TTL) is still listed until `cwo down`/`reap`
+//! destroys it, which Terraform then treats as already gone.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::{
+    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Record, Target, WorkerSpec,
+    write_record,
+};
+use crate::config::Settings;
+use crate::transport::Transport;
+use crate::transport::ssh::generate_key;
+
+/// The module shipped inside cwo (`terraform/` in the repository).
+pub const MODULE: &[(&str, &str)] = &[
+    ("main.tf", include_str!("../../terraform/main.tf")),
+    ("variables.tf", include_str!("../../terraform/variables.tf")),
+    ("outputs.tf", include_str!("../../terraform/outputs.tf")),
+    ("versions.tf", include_str!("../../terraform/versions.tf")),
+];
+
+pub struct TerraformProvider {
+    settings: Settings,
+    /// `<state>/terraform`: one directory per worker, plus the shared plugin cache.
+    dir: PathBuf,
+    keys_dir: PathBuf,
+    journal: crate::journal::Journal,
+    startup_script: String,
+}
+
+impl TerraformProvider {
+    pub fn new(
+        settings: Settings,
+        dir: PathBuf,
+        keys_dir: PathBuf,
+        journal: crate::journal::Journal,
+        startup_script: String,
+    ) -> TerraformProvider {
+        TerraformProvider {
+            settings,
+            dir,
+            keys_dir,
+            journal,
+            startup_script,
+        }
+    }
+
+    pub fn binary(&self) -> &str {
+        match self.settings.terraform.binary.as_str() {
+            "" => "terraform",
+            b => b,
+        }
+    }
+
+    fn worker_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.worker_dir(name).join("cwo-instance.json")
+    }
+
+    /// Copies the module's `*.tf` files into the worker's directory.
+    fn place_module(&self, wdir: &Path) -> Result<(), ProviderError> {
+        let io = |e: std::io::Error| ProviderError::InvalidSpec(format!("{}: {e}", wdir.display()));
+        std::fs::create_dir_all(wdir).map_err(io)?;
+        let module = &self.settings.terraform.module;
+        if module.as_os_str().is_empty() {
+            for (name, text) in MODULE {
+                std::fs::write(wdir.join(name), text).map_err(io)?;
+            }
+            return Ok(());
+        }
+        let entries = std::fs::read_dir(module).map_err(|e| {
+            ProviderError::InvalidSpec(format!("terraform.module {}: {e}", module.display()))
+        })?;
+        let mut any = false;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "tf") {
+                std::fs::copy(&path, wdir.join(entry.file_name())).map_err(io)?;
+                any = true;
+            }
+        }
+        if !any {
+            return Err(ProviderError::InvalidSpec(format!(
+                "terraform.module {} has no *.tf files",
+                module.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn variables(&self, spec: &WorkerSpec, public_key: &str) -> Result<Value, ProviderError> {
+        let g = &self.settings.gcp;
+        let zone = g
+            .zones
+            .first()
+            .ok_or_else(|| ProviderError::InvalidSpec("gcp.zones is empty".into()))?;
+        if g.ssh_source.is_empty() {
+            return Err(ProviderError::InvalidSpec(
+                "gcp.ssh_source is empty: the terraform provider needs this machine's address as a CIDR (e.g. \"203.0.113.7/32\")".into(),
+            ));
+        }
+        let mut vars = json!({
+            "name": spec.name,
+            "project": g.project,
+            "zone": zone,
+            "machine_type": g.machine_type,
+            "image": g.image,
+            "disk_size_gb": g.disk_size_gb,
+            "disk_type": g.disk_type,
+            "spot": g.spot,
+            "ttl_seconds": g.ttl.map(|t| t.as_secs()).unwrap_or(0),
+            "network": g.network,
+            "ssh_source": g.ssh_source,
+            "ssh_user": g.ssh_user,
+            "ssh_port": g.ssh_port,
+            "ssh_public_key": public_key.trim(),
+            "labels": spec.labels,
+            "startup_script": self.startup_script,
+        });
+        for (k, v) in &self.settings.terraform.vars {
+            vars[k] = json!(v);
+        }
+        Ok(vars)
+    }
+
+    /// Runs terraform in the worker's directory; stdout on success, typed error otherwise.
+    async fn tf(&self, wdir: &Path, args: &[&str]) -> Result<String, ProviderError> {
+        let plugin_cache = self.dir.join("plugin-cache");
+        let _ = std::fs::create_dir_all(&plugin_cache);
+        tracing::debug!(dir = %wdir.display(), ?args, "terraform");
+        let out = tokio::process::Command::new(self.binary())
+            .arg(format!("-chdir={}", wdir.display()))
+            .args(args)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env("TF_PLUGIN_CACHE_DIR", &plugin_cache)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| {
+                ProviderError::InvalidSpec(format!(
+                    "cannot run `{}`: {e} (install Terraform, or set terraform.binary)",
+                    self.binary()
+                ))
+            })?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let msg = format!(
+            "`{} {}` in {} failed: {}",
+            self.binary(),
+            args.first().unwrap_or(&""),
+            wdir.display(),
+            tail[tail.len().saturating_sub(12)..].join("\n")
+        );
+        // Terraform reports only text: configuration problems are the user's to fix, anything
+        // during apply/destroy may pass on a retry.
+        Err(
+            if args.first() == Some(&"init") || args.first() == Some(&"validate") {
+                ProviderError::InvalidSpec(msg)
+            } else {
+                ProviderError::Transient(msg)
+            },
+        )
+    }
+
+    fn instance_from(&self, spec: &WorkerSpec, outputs: &Value, key_path: &Path) -> Instance {
+        let text = |k: &str| {
+            outputs[k]["value"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        let port = outputs["ssh_port"]["value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(self.settings.gcp.ssh_port);
+        let zone = text("zone");
+        Instance {
+            name: spec.name.clone(),
+            status: InstanceStatus::Running,
+            created_at: Utc::now(),
+            labels: spec.labels.clone(),
+            target: Target::Ssh {
+                host: text("ip"),
+                port,
+                user: self.settings.gcp.ssh_user.clone(),
+                key_path: key_path.display().to_string(),
+                host_key: None,
+                pin_as: spec.name.clone(),
+            },
+            workspace: self.settings.ssh.workspace.clone(),
+            zone: (!zone.is_empty()).then(|| zone.rsplit('/').next().unwrap_or(&zone).to_string()),
+        }
+    }
+
+    fn read_record(&self, name: &str) -> Result<Option<Record>, ProviderError> {
+        let path = self.record_path(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ProviderError::Transient(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for TerraformProvider {
+    fn kind(&self) -> &'static str {
+        "terraform"
+    }
+
+    async fn create(
+        &self,
+        spec: &WorkerSpec,
+        idempotency_key: &str,
+    ) -> Result<Instance, ProviderError> {
+        if let Some(r) = self.read_record(&spec.name)? {
+            return Ok(r.instance);
+        }
+        let wdir = self.worker_dir(&spec.name);
+        self.place_module(&wdir)?;
+        std::fs::create_dir_all(&self.keys_dir)
+            .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", self.keys_dir.display())))?;
+        let key_path = self.keys_dir.join(&spec.name);
+        let public_key = if key_path.exists() {
+            russh::keys::PrivateKey::read_openssh_file(&key_path)
+                .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", key_path.display())))?
+                .public_key()
+                .to_openssh()
+                .map_err(|e| ProviderError::InvalidSpec(e.to_string()))?
+        } else {
+            generate_key(&key_path, &format!("cwo-{}", spec.name))
+                .map_err(ProviderError::InvalidSpec)?
+        };
+        let vars = self.variables(spec, &public_key)?;
+        std::fs::write(wdir.join("terraform.tfvars.json"), vars.to_string())
+            .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", wdir.display())))?;
+        self.tf(&wdir, &["init", "-input=false", "-no-color"])
+            .await?;
+        self.tf(
+            &wdir,
+            &["apply", "-auto-approve", "-input=false", "-no-color"],
+        )
+        .await?;
+        let outputs: Value = serde_json::from_str(&self.tf(&wdir, &["output", "-json"]).await?)
+            .map_err(|e| ProviderError::Transient(format!("terraform output -json: {e}")))?;
+        if outputs["ip"]["value"].as_str().is_none_or(str::is_empty) {
+            return Err(ProviderError::InvalidSpec(format!(
+                "the module in {} has no `ip` output (it needs name, zone, ip and ssh_port)",
+                wdir.display()
+            )));
+        }
+        let instance = self.instance_from(spec, &outputs, &key_path);
+        write_record(
+            &self.record_path(&spec.name),
+            &Record {
+                instance: instance.clone(),
+                request_id: idempotency_key.to_string(),
+            },
+        )?;
+        Ok(instance)
+    }
+
+    async fn wait_running(
+        &self,
+        name: &str,
+        _timeout: Duration,
+    ) -> Result<Instance, ProviderError> {
+        // `apply` returns once the VM runs.
+        self.read_record(name)?
+            .map(|r| r.instance)
+            .ok_or_else(|| ProviderError::NotFound(format!("worker {name} has no Terraform state")))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
+        Ok(self.read_record(name)?.map(|r| r.instance))
+    }
+
+    async fn list(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<Instance>, ProviderError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ProviderError::Transient(format!(
+                    "{}: {e}",
+                    self.dir.display()
+                )));
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry
+                .map_err(|e| ProviderError::Transient(format!("{}: {e}", self.dir.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(r) = self.read_record(&name)?
+                && selector
+                    .iter()
+                    .all(|(k, v)| r.instance.labels.get(k) == Some(v))
+            {
+                out.push(r.instance);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
+        let wdir = self.worker_dir(name);
+        if !wdir.exists() {
+            return Ok(DeleteOutcome::AlreadyGone);
+        }
+        if wdir.join("terraform.tfstate").exists() {
+            self.tf(
+                &wdir,
+                &["destroy", "-auto-approve", "-input=false", "-no-color"],
+            )
+            .await?;
+        }
+        std::fs::remove_dir_all(&wdir)
+            .map_err(|e| ProviderError::Transient(format!("{}: {e}", wdir.display())))?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    async fn confirm_deleted(&self, name: &str, _timeout: Duration) -> Result<(), ProviderError> {
+        if self.worker_dir(name).exists() {
+            Err(ProviderError::Transient(format!(
+                "worker {name} still has Terraform state in {}",
+                self.worker_dir(name).display()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
+        Ok(Box::new(
+            instance.ssh_transport(&self.settings.ssh, &self.journal)?,
+        ))
+    }
+
+    async fn set_labels(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        let Some(mut record) = self.read_record(name)? else {
+            return Err(ProviderError::NotFound(format!("worker {name}")));
+        };
+        let wdir = self.worker_dir(name);
+        let vars_path = wdir.join("terraform.tfvars.json");
+        let mut vars: Value = std::fs::read_to_string(&vars_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| {
+                ProviderError::Transient(format!("{} is unreadable", vars_path.display()))
+            })?;
+        vars["labels"] = json!(labels);
+        std::fs::write(&vars_path, vars.to_string())
+            .map_err(|e| ProviderError::Transient(format!("{}: {e}", vars_path.display())))?;
+        self.tf(
+            &wdir,
+            &["apply", "-auto-approve", "-input=false", "-no-color"],
+        )
+        .await?;
+        record.instance.labels = labels.clone();
+        write_record(&self.record_path(name), &record)
+    }
+
+    fn manual_delete_hint(&self, name: &str) -> Option<String> {
+        Some(format!(
+            "{} -chdir={} destroy",
+            self.binary(),
+            self.worker_dir(name).display()
+        ))
+    }
+}

@@ -1,0 +1,146 @@
+//! `provider = "terraform"` with the real terraform binary, against a stand-in module that uses
+//! only `terraform_data` (no cloud provider can be downloaded here) and the test sshd.
+
+use std::process::Command;
+
+use crate::common::TestEnv;
+use crate::common::sshd::Sshd;
+
+fn terraform() -> bool {
+    Command::new("terraform")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn the_loop_runs_on_a_worker_made_and_destroyed_by_terraform() {
+    if !terraform() {
+        eprintln!(
+            "skipped the_loop_runs_on_a_worker_made_and_destroyed_by_terraform: terraform is not on PATH"
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    let Some(sshd) = Sshd::start(&env.tmp.path().join("sshd")) else {
+        return;
+    };
+    let module = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/terraform-fake");
+    let log = env.tmp.path().join("tf.log");
+    let top = format!(
+        r#"provider = "terraform"
+[gcp]
+project = "proj-test"
+zones = ["us-central1-a"]
+ssh_source = "127.0.0.1/32"
+ssh_user = {user:?}
+ssh_port = {port}
+ttl = "2h"
+[ssh]
+workspace = {ws:?}
+connect_timeout = "20s"
+# The worker is the test sshd on this machine: nothing to bootstrap.
+[bootstrap]
+method = "none"
+[terraform]
+module = {module:?}
+[terraform.vars]
+authorized_keys = {ak:?}
+fake_ip = "127.0.0.1"
+log = {log:?}
+"#,
+        user = sshd.user,
+        port = sshd.port,
+        ws = env.tmp.path().join("vm-ws").display().to_string(),
+        ak = sshd.dir.join("authorized_keys").display().to_string(),
+        log = log.display().to_string(),
+    );
+    env.agent_with(
+        &top,
+        "echo done > tf.txt && git add tf.txt && git commit -qm tf",
+        "",
+    );
+    let plan = env.cwo(&["up", "--plan", "--format", "json"]).ok().json();
+    assert_eq!(plan["plan"]["provider"], "terraform");
+    assert_eq!(plan["plan"]["ttl"], "2h");
+
+    env.cwo(&["task", "add", "made by terraform"]).ok();
+    let run = env.cwo(&["run", "--once"]).ok();
+    let balls = std::fs::read_to_string(env.project.join(".juggle/balls.jsonl")).unwrap();
+    assert!(
+        balls.contains("\"state\":\"complete\""),
+        "{balls}\n{}",
+        run.stderr
+    );
+
+    // One apply and one destroy, with the TTL and the worker's own key; no state left behind.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].starts_with("apply cwo-proj-") && lines[0].ends_with("ttl=7200"),
+        "{log}"
+    );
+    assert!(lines[1].starts_with("destroy cwo-proj-"), "{log}");
+    let tf_dir = env.state.join("terraform");
+    let left: Vec<String> = std::fs::read_dir(&tf_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "plugin-cache")
+        .collect();
+    assert!(left.is_empty(), "worker directories left: {left:?}");
+    let ak = std::fs::read_to_string(sshd.dir.join("authorized_keys")).unwrap();
+    assert!(
+        ak.contains("cwo-cwo-proj-"),
+        "the worker's own key was installed: {ak}"
+    );
+    let status = env.cwo(&["status", "--format", "json"]).ok().json();
+    assert_eq!(status["schema_version"], 1);
+}
+
+#[test]
+fn the_shipped_module_is_formatted_and_matches_what_cwo_passes() {
+    if !terraform() {
+        eprintln!("skipped the_shipped_module_is_formatted: terraform is not on PATH");
+        return;
+    }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/terraform");
+    let out = Command::new("terraform")
+        .args(["fmt", "-check", "-recursive", dir])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "terraform fmt -check: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Every variable cwo writes is declared by the module, and the other way round.
+    let declared: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(format!("{dir}/variables.tf"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("variable \""))
+            .map(|l| l.trim_end_matches(" {").trim_end_matches('"').to_string())
+            .collect();
+    let written: std::collections::BTreeSet<String> = [
+        "name",
+        "project",
+        "zone",
+        "machine_type",
+        "image",
+        "disk_size_gb",
+        "disk_type",
+        "spot",
+        "ttl_seconds",
+        "network",
+        "ssh_source",
+        "ssh_user",
+        "ssh_port",
+        "ssh_public_key",
+        "labels",
+        "startup_script",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(declared, written);
+}
