@@ -9,6 +9,9 @@
 #  4. cwo's own time in `cwo up` with provider = "gcp" against the fake Compute API (zero
 #     latency) and the loopback sshd, and `cwo status` / `cwo reap --dry-run` over 1,000 managed
 #     instances in the fake.
+#  5. the native bootstrap against the Ansible playbook on fresh isolated test hosts, then again
+#     on the same hosts with nothing to change (needs root, debootstrap, tinyproxy and the
+#     ansible-core venv that scripts/test.sh makes).
 # Usage: scripts/bench.sh [TASKS]   (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -208,6 +211,7 @@ playbook() {
     -e "@$WORK/vars.json" ansible/provision.yml > "$WORK/ansible.out"
 }
 nf=$(ms native); af=$(ms playbook)
+sleep 1   # the fresh run reloaded sshd on both hosts
 nr=$(ms native); ar=$(ms playbook)
 changed_native=$(grep -c '	changed	' "$WORK/native.out" || true)
 changed_ansible=$(sed -n 's/.*changed=\([0-9]*\).*/\1/p' "$WORK/ansible.out")

@@ -114,6 +114,22 @@ impl TestHost {
 
     /// Runs `command` on the host as `user` with OpenSSH (host key pinned, no ~/.ssh).
     pub fn ssh(&self, user: &str, command: &str) -> Output {
+        // A bootstrap that changed sshd's settings reloads it: sshd re-executes itself and
+        // refuses connections for a moment.
+        for _ in 0..50 {
+            let out = self.ssh_once(user, command);
+            if out.status.code() == Some(255)
+                && String::from_utf8_lossy(&out.stderr).contains("Connection refused")
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            return out;
+        }
+        self.ssh_once(user, command)
+    }
+
+    fn ssh_once(&self, user: &str, command: &str) -> Output {
         let kh = self.dir.path().join("known_hosts");
         std::fs::write(&kh, format!("{} {}\n", self.ip, self.host_key)).unwrap();
         Command::new("ssh")
