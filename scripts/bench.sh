@@ -152,6 +152,9 @@ ssh_user = "$ME"
 ssh_port = $PORT
 [ssh]
 workspace = "$1.ws"
+# The "VM" is this machine's loopback sshd: never bootstrap it.
+[bootstrap]
+method = "none"
 [agent]
 command = ["sh"]
 TOML

@@ -433,3 +433,27 @@ fn boot_time() -> i64 {
         .parse()
         .unwrap()
 }
+
+#[test]
+fn a_host_on_this_machine_is_never_bootstrapped() {
+    let env = TestEnv::new();
+    let Some(sshd) = crate::common::sshd::Sshd::start(&env.tmp.path().join("sshd")) else {
+        return;
+    };
+    env.settings(&format!(
+        "{}\n[bootstrap]\nmethod = \"native\"\n",
+        env.ssh_top(&sshd, "")
+    ));
+    let up = env.cwo(&["up"]);
+    assert_eq!(up.code, 1, "{}", up.stderr);
+    assert!(
+        up.stderr.contains("refusing to bootstrap worker"),
+        "{}",
+        up.stderr
+    );
+    assert!(
+        up.stderr.contains("bootstrap.method = \"none\""),
+        "{}",
+        up.stderr
+    );
+}

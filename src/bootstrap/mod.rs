@@ -58,6 +58,15 @@ pub fn effective_method(settings: &Settings) -> Method {
     }
 }
 
+/// Whether `host` is the machine cwo runs on (a loopback name or address), which no bootstrap
+/// may change.
+pub fn is_this_machine(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
 /// A name the shell accepts as a variable.
 pub fn is_env_name(k: &str) -> bool {
     let mut b = k.bytes();
@@ -308,6 +317,23 @@ pub fn step_line(s: &Step) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_this_machine() {
+        for h in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "localhost",
+            "::1",
+            "[::1]",
+            "0.0.0.0",
+        ] {
+            assert!(is_this_machine(h), "{h}");
+        }
+        for h in ["10.213.1.2", "203.0.113.7", "vm.example.com"] {
+            assert!(!is_this_machine(h), "{h}");
+        }
+    }
 
     #[test]
     fn step_lines_parse_and_others_do_not() {

@@ -346,6 +346,15 @@ impl Orchestrator {
                 "`cwo bootstrap script` prints the script to run by hand; bootstrap.method = \"none\" skips it",
             )
         };
+        if method != Method::None
+            && let crate::provider::Target::Ssh { host, .. } = &instance.target
+            && bootstrap::is_this_machine(host)
+        {
+            return Err(CliError::user(format!(
+                "refusing to bootstrap worker {name}: its address {host} is this machine, and the bootstrap would add swap, harden sshd and install a watchdog that powers it off"
+            ))
+            .hint("set bootstrap.method = \"none\" for hosts on this machine (emulators, tests)"));
+        }
         match method {
             Method::None => return Ok((instance.clone(), login)),
             Method::Native => {
