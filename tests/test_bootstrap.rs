@@ -457,3 +457,69 @@ fn a_host_on_this_machine_is_never_bootstrapped() {
         up.stderr
     );
 }
+
+/// Every script cwo runs on a worker (the detached launcher, its log follower, state and kill,
+/// the workspace setup) under busybox `sh`, as on Alpine: a done task and a timed-out one.
+#[test]
+fn the_loop_runs_with_busybox_as_sh() {
+    let Some(bb) = busybox() else {
+        eprintln!("skipped the_loop_runs_with_busybox_as_sh: busybox is not installed");
+        return;
+    };
+    let env = TestEnv::new();
+    let shim = env.tmp.path().join("busybox-bin");
+    std::fs::create_dir_all(&shim).unwrap();
+    let bb_path = Command::new("sh")
+        .args(["-c", &format!("command -v {bb}")])
+        .output()
+        .unwrap();
+    let bb_path = String::from_utf8_lossy(&bb_path.stdout).trim().to_string();
+    std::os::unix::fs::symlink(&bb_path, shim.join("sh")).unwrap();
+    // The hanging agent notes the TERM cwo sends it at the timeout (teardown would only KILL).
+    let marker = env.tmp.path().join("term.txt");
+    env.agent(
+        &format!(
+            r#"case "$(cat "$1")" in
+*Hangs*) trap 'echo term >> {marker}; exit 143' TERM; echo started; sleep 60 & wait ;;
+*) echo ok > bb.txt && git add bb.txt && git commit -qm bb ;;
+esac"#,
+            marker = marker.display()
+        ),
+        "timeout = \"2s\"\nmax_attempts = 1",
+    );
+    let done = env.add(&["Works under busybox"]);
+    let hangs = env.add(&["Hangs under busybox"]);
+    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap());
+    let out = env
+        .cmd(&["run", "--once"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(env.ball(&done)["state"], "complete", "{stderr}");
+    let reason = env.ball(&hangs)["blocked_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("timed out after 2s"), "{reason}\n{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap_or_default(),
+        "term\n",
+        "the timeout's TERM reached the agent's group through busybox's kill"
+    );
+    // The timed-out agent's whole group is gone (busybox's kill reached it).
+    let left = Command::new("pgrep")
+        .args(["-f", "sleep 60"])
+        .output()
+        .unwrap();
+    let pids = String::from_utf8_lossy(&left.stdout);
+    for pid in pids.split_whitespace() {
+        let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        assert!(
+            !cwd.starts_with(env.tmp.path()),
+            "agent process {pid} ({cmd}) survived its timeout"
+        );
+    }
+}

@@ -249,4 +249,64 @@ mod tests {
             assert_eq!(state, AgentState::Exited(ExecStatus::Signaled(15)));
         });
     }
+
+    /// busybox ash (Alpine) and dash disagree on `kill` options: the state and kill scripts
+    /// must give the same answers under both.
+    #[test]
+    fn state_and_kill_agree_under_busybox_and_dash() {
+        let shells: Vec<Vec<&str>> = [vec!["busybox", "sh"], vec!["dash"]]
+            .into_iter()
+            .filter(|s| {
+                std::process::Command::new(s[0])
+                    .args(&s[1..])
+                    .args(["-c", "true"])
+                    .status()
+                    .is_ok_and(|st| st.success())
+            })
+            .collect();
+        for shell in shells {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().display().to_string();
+            let mut agent = std::process::Command::new("setsid")
+                .args(["sleep", "30"])
+                .spawn()
+                .unwrap();
+            let pid = agent.id();
+            // Wait until setsid made it a group leader.
+            for _ in 0..200 {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(2))
+                    == Some(pid.to_string().as_str())
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::fs::write(tmp.path().join("agent.pid"), pid.to_string()).unwrap();
+            let run = |script: &str, extra: &[&str]| {
+                let out = std::process::Command::new(shell[0])
+                    .args(&shell[1..])
+                    .args(["-c", script, "cwo-test", &dir])
+                    .args(extra)
+                    .output()
+                    .unwrap();
+                (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                )
+            };
+            assert_eq!(run(STATE, &[]).1, "running", "{shell:?}");
+            assert_eq!(run(KILL, &["TERM"]).0, Some(0), "{shell:?}");
+            let st = agent.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&st),
+                Some(15),
+                "{shell:?}"
+            );
+            assert_eq!(run(STATE, &[]).1, "none", "{shell:?}");
+        }
+    }
 }
