@@ -856,3 +856,53 @@ fn budget_check_counts_live_vms_and_enforce_deletes_them() {
     assert_eq!(unknown.code, 3, "{unknown:?}");
     assert_eq!(unknown.json()["status"], "unknown");
 }
+
+/// With the native bootstrap (the default for gcp), the VM boots with the rendered script as
+/// startup-script and user-data. The fake's VMs are this machine's loopback sshd, which cwo
+/// refuses to bootstrap: the VM is deleted again and the error says why.
+#[test]
+fn vms_boot_with_the_bootstrap_and_this_machine_is_never_bootstrapped() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let up = g.env.cwo(&["--config", "bootstrap.method=native", "up"]);
+    assert_eq!(up.code, 1, "{}", up.stderr);
+    assert!(
+        up.stderr.contains("refusing to bootstrap worker"),
+        "{}",
+        up.stderr
+    );
+    assert!(
+        g.fake.vm_names().is_empty(),
+        "the VM is deleted: {:?}",
+        g.fake.vm_names()
+    );
+    let bodies = inserts(&g.fake);
+    assert_eq!(bodies.len(), 1);
+    let item = |k: &str| {
+        bodies[0]["metadata"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["key"] == k)
+            .and_then(|i| i["value"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    let script = item("startup-script");
+    assert_eq!(script, item("user-data"));
+    assert!(
+        script.starts_with("#!/bin/sh\n# Rendered by cwo"),
+        "{script}"
+    );
+    assert!(
+        script.contains("\nCWO_GCE=1\n"),
+        "publishes the host key through guest attributes"
+    );
+    assert!(script.contains("\nCWO_LOGIN_USER="), "{script}");
+    // The same script `cwo bootstrap script --gce` prints for this login.
+    let printed = g
+        .env
+        .cwo(&["bootstrap", "script", "--gce", "--login-user", &g.sshd.user])
+        .ok()
+        .stdout;
+    assert_eq!(printed, script);
+}

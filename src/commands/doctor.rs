@@ -243,42 +243,101 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
         }
     }
 
+    let method = crate::bootstrap::effective_method(s);
+    match method {
+        crate::bootstrap::Method::Ansible => {
+            let found = on_path("ansible-playbook");
+            checks.push(match found {
+                Some(path) => check(
+                    "bootstrap",
+                    "ok",
+                    format!("ansible: {}", path.display()),
+                    "",
+                ),
+                None => check(
+                    "bootstrap",
+                    "fail",
+                    "bootstrap.method = \"ansible\" but ansible-playbook is not on PATH",
+                    "pipx install ansible-core (or use bootstrap.method = \"native\")",
+                ),
+            });
+        }
+        crate::bootstrap::Method::Native => checks.push(check(
+            "bootstrap",
+            "ok",
+            format!(
+                "native: swap {}, opencode {}, user {} in {}, watchdog after {} idle min ({}); `cwo bootstrap script` shows it",
+                s.bootstrap
+                    .swap
+                    .map(|m| format!("{m} MiB"))
+                    .unwrap_or_else(|| "off".into()),
+                s.bootstrap.opencode,
+                s.bootstrap.user,
+                s.bootstrap.workspace,
+                s.watchdog.idle_minutes,
+                s.watchdog.action
+            ),
+            "",
+        )),
+        _ => checks.push(check("bootstrap", "ok", "none: workers are used as they are", "")),
+    }
+
     let program = &s.agent.command[0];
-    match on_path(program) {
-        Some(path) => {
-            checks.push(check(
-                "agent",
-                "ok",
-                format!("{program} → {}", path.display()),
-                "",
-            ));
-            if Path::new(program)
-                .file_name()
-                .is_some_and(|n| n == "opencode")
-                && on_path("rg").is_none()
-            {
+    let remote = matches!(
+        s.provider,
+        crate::config::ProviderKind::Gcp | crate::config::ProviderKind::Terraform
+    );
+    if remote
+        && method != crate::bootstrap::Method::None
+        && program == "opencode"
+        && s.bootstrap.opencode != "none"
+    {
+        checks.push(check(
+            "agent",
+            "ok",
+            format!(
+                "opencode {} is installed on each worker by the bootstrap",
+                s.bootstrap.opencode
+            ),
+            "",
+        ));
+    } else {
+        match on_path(program) {
+            Some(path) => {
+                checks.push(check(
+                    "agent",
+                    "ok",
+                    format!("{program} → {}", path.display()),
+                    "",
+                ));
+                if Path::new(program)
+                    .file_name()
+                    .is_some_and(|n| n == "opencode")
+                    && on_path("rg").is_none()
                 {
-                    checks.push(check(
-                        "ripgrep",
-                        "warn",
-                        "rg is not on PATH: opencode's grep and glob tools fail offline",
-                        "apt-get install ripgrep",
-                    ));
+                    {
+                        checks.push(check(
+                            "ripgrep",
+                            "warn",
+                            "rg is not on PATH: opencode's grep and glob tools fail offline",
+                            "apt-get install ripgrep",
+                        ));
+                    }
                 }
             }
-        }
-        None => {
-            let fix = if program == "opencode" {
-                "npm install -g opencode-ai, or set agent.command to your agent's argv (see config/cwo.example.toml)".to_string()
-            } else {
-                format!("install `{program}` or fix agent.command")
-            };
-            checks.push(check(
-                "agent",
-                "fail",
-                format!("`{program}` (agent.command) is not on PATH"),
-                fix,
-            ));
+            None => {
+                let fix = if program == "opencode" {
+                    "npm install -g opencode-ai, or set agent.command to your agent's argv (see config/cwo.example.toml)".to_string()
+                } else {
+                    format!("install `{program}` or fix agent.command")
+                };
+                checks.push(check(
+                    "agent",
+                    "fail",
+                    format!("`{program}` (agent.command) is not on PATH"),
+                    fix,
+                ));
+            }
         }
     }
 
