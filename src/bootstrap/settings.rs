@@ -49,7 +49,9 @@ pub struct BootstrapSettings {
     pub user: String,
     /// The workspace on a bootstrapped worker, owned by `user` (replaces `ssh.workspace` there).
     pub workspace: String,
-    /// HTTP(S) proxy the VM downloads packages through ("" = direct).
+    /// HTTP(S) proxy the VM downloads packages through ("" = direct). No credentials: the
+    /// script is VM metadata on GCE.
+    #[serde(deserialize_with = "proxy_url")]
     pub proxy: String,
     /// npm registry the opencode build is fetched from.
     pub npm_registry: String,
@@ -124,6 +126,27 @@ pub fn parse_swap(text: &str) -> Result<Option<u32>, String> {
     Ok(Some(mib))
 }
 
+fn proxy_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let url = String::deserialize(d)?;
+    if url.is_empty() {
+        return Ok(url);
+    }
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(serde::de::Error::custom(format!(
+            "proxy `{url}` must start with http:// or https://"
+        )));
+    };
+    if rest.split('/').next().unwrap_or("").contains('@') {
+        return Err(serde::de::Error::custom(
+            "the proxy URL carries credentials, which would end up in the VM's metadata and disk; use a proxy that allows the VMs' addresses instead",
+        ));
+    }
+    Ok(url)
+}
+
 mod swap_str {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -143,6 +166,27 @@ mod swap_str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxies_with_credentials_are_refused() {
+        let parse = |p: &str| toml::from_str::<BootstrapSettings>(&format!("proxy = {p:?}"));
+        assert_eq!(
+            parse("http://10.0.0.2:3128").unwrap().proxy,
+            "http://10.0.0.2:3128"
+        );
+        assert!(
+            parse("http://u:secret@10.0.0.2:3128")
+                .unwrap_err()
+                .to_string()
+                .contains("credentials")
+        );
+        assert!(
+            parse("10.0.0.2:3128")
+                .unwrap_err()
+                .to_string()
+                .contains("http://")
+        );
+    }
 
     #[test]
     fn swap_sizes_parse_and_the_minimum_holds() {
