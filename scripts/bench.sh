@@ -182,7 +182,7 @@ if [ "$(id -u)" != 0 ] || ! command -v debootstrap >/dev/null || ! command -v ti
   echo "bootstrap: skipped (needs root, debootstrap, tinyproxy and target/ansible-venv; run scripts/test.sh once)"
   exit 0
 fi
-ROOTFS="$PWD/target/testhost/bookworm-2"
+ROOTFS="$PWD/target/testhost/bookworm-3"
 mkdir -p "$PWD/target/testhost"
 flock "$PWD/target/testhost/.lock" sh tests/host/build-rootfs.sh "$ROOTFS"
 HA="$WORK/host-native"; HB="$WORK/host-ansible"

@@ -53,6 +53,7 @@ report() { # name status detail
   echo "$line" >> "$LOG.tmp"
 }
 fail() { # name detail: report, show the commands' output, stop
+  [ -n "${oc_pid:-}" ] && kill "$oc_pid" 2>/dev/null
   report "$1" failed "$2"
   echo "--- last output of step $1 ---" >&2
   tail -n 25 "$OUT" >&2
@@ -109,6 +110,42 @@ else
   else report swap ok "$CWO_SWAP_MB MiB at $f"; fi
 fi
 
+# --- opencode download, overlapping the package manager -----------------------------------------
+# The build is a tarball on the npm registry (no node needed). When curl or wget is already here,
+# it downloads in the background while apt/apk work; otherwise after the packages step.
+oc_state=none
+if [ "$CWO_OPENCODE" != none ]; then
+  case $(uname -m) in
+    x86_64) arch=x64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    *) arch= ;;
+  esac
+  pkg=opencode-linux-$arch
+  if [ "$arch" = x64 ] && ! grep -qw avx2 /proc/cpuinfo; then pkg=$pkg-baseline; fi
+  [ "$OS" = alpine ] && pkg=$pkg-musl
+  ocdir=/usr/local/lib/cwo/$pkg-$CWO_OPENCODE
+  ocurl=${CWO_NPM_REGISTRY%/}/$pkg/-/$pkg-$CWO_OPENCODE.tgz
+  if [ -z "$arch" ]; then oc_state=unsupported
+  elif [ -x "$ocdir/opencode" ] && [ "$(readlink /usr/local/bin/opencode)" = "$ocdir/opencode" ]; then
+    oc_state=present
+  else
+    oc_state=wanted
+  fi
+fi
+fetch_opencode() { # download and unpack into $ocdir.tmp; output to $OUT.opencode
+  rm -rf "$ocdir.tmp" && mkdir -p "$ocdir.tmp" || return 1
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsSL --retry 3 "$ocurl" | tar -xzf - -C "$ocdir.tmp"
+  else
+    wget -qO- "$ocurl" | tar -xzf - -C "$ocdir.tmp"
+  fi
+}
+oc_pid=
+if [ "$oc_state" = wanted ] && { command -v curl || command -v wget; } >/dev/null 2>&1; then
+  fetch_opencode > "$OUT.opencode" 2>&1 &
+  oc_pid=$!
+fi
+
 # --- packages -----------------------------------------------------------------------------------
 step_start
 missing=
@@ -119,12 +156,18 @@ case $OS in
     done
     if [ -n "$missing" ]; then
       export DEBIAN_FRONTEND=noninteractive
-      set -- -o Dpkg::Options::=--force-confold
+      set -- -o Dpkg::Options::=--force-confold -o Acquire::Languages=none
       [ -n "$CWO_PROXY" ] && set -- "$@" -o "Acquire::http::Proxy=$CWO_PROXY" -o "Acquire::https::Proxy=$CWO_PROXY"
-      run apt-get "$@" update -q || fail packages "apt-get update failed"
+      # Package lists younger than a day are used as they are; an install that fails on them
+      # (a package moved on) refreshes them and tries again.
       # shellcheck disable=SC2086
-      run apt-get "$@" install -y -q --no-install-recommends $missing \
-        || fail packages "apt-get install$missing failed"
+      if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null | head -n 1)" ] \
+        || ! run apt-get "$@" install -y -q --no-install-recommends $missing; then
+        run apt-get "$@" update -q || fail packages "apt-get update failed"
+        # shellcheck disable=SC2086
+        run apt-get "$@" install -y -q --no-install-recommends $missing \
+          || fail packages "apt-get install$missing failed"
+      fi
     fi ;;
   alpine)
     for p in $CWO_PACKAGES_ALPINE; do
@@ -139,32 +182,21 @@ else report packages ok "all present"; fi
 
 # --- opencode -----------------------------------------------------------------------------------
 step_start
-if [ "$CWO_OPENCODE" = none ]; then
-  report opencode skipped "bootstrap.opencode = none"
-else
-  case $(uname -m) in
-    x86_64) arch=x64 ;;
-    aarch64 | arm64) arch=arm64 ;;
-    *) fail opencode "no opencode build for $(uname -m)" ;;
-  esac
-  pkg=opencode-linux-$arch
-  if [ "$arch" = x64 ] && ! grep -qw avx2 /proc/cpuinfo; then pkg=$pkg-baseline; fi
-  [ "$OS" = alpine ] && pkg=$pkg-musl
-  dir=/usr/local/lib/cwo/$pkg-$CWO_OPENCODE
-  if [ -x "$dir/opencode" ] && [ "$(readlink /usr/local/bin/opencode)" = "$dir/opencode" ]; then
-    report opencode ok "$pkg $CWO_OPENCODE"
-  else
-    url=${CWO_NPM_REGISTRY%/}/$pkg/-/$pkg-$CWO_OPENCODE.tgz
-    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
-    run sh -c 'curl -fsSL --retry 3 "$1" | tar -xzf - -C "$2"' cwo "$url" "$dir.tmp" \
-      || fail opencode "download failed: $url"
-    [ -x "$dir.tmp/package/bin/opencode" ] || fail opencode "$url has no package/bin/opencode"
-    mv "$dir.tmp/package/bin/opencode" "$dir.tmp/opencode" && rm -rf "$dir.tmp/package"
-    rm -rf "$dir" && mv "$dir.tmp" "$dir"
-    ln -sf "$dir/opencode" /usr/local/bin/opencode
-    report opencode changed "$pkg $CWO_OPENCODE"
-  fi
-fi
+case $oc_state in
+  none) report opencode skipped "bootstrap.opencode = none" ;;
+  unsupported) fail opencode "no opencode build for $(uname -m)" ;;
+  present) report opencode ok "$pkg $CWO_OPENCODE" ;;
+  wanted)
+    if [ -n "$oc_pid" ]; then wait "$oc_pid"; fetched=$?
+    else fetch_opencode > "$OUT.opencode" 2>&1; fetched=$?; fi
+    cat "$OUT.opencode" >> "$OUT" 2>/dev/null; rm -f "$OUT.opencode"
+    [ "$fetched" = 0 ] || fail opencode "download failed: $ocurl"
+    [ -x "$ocdir.tmp/package/bin/opencode" ] || fail opencode "$ocurl has no package/bin/opencode"
+    mv "$ocdir.tmp/package/bin/opencode" "$ocdir.tmp/opencode" && rm -rf "$ocdir.tmp/package"
+    rm -rf "$ocdir" && mv "$ocdir.tmp" "$ocdir"
+    ln -sf "$ocdir/opencode" /usr/local/bin/opencode
+    report opencode changed "$pkg $CWO_OPENCODE" ;;
+esac
 
 # --- the work user ------------------------------------------------------------------------------
 step_start

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 
-const ROOTFS: &str = "bookworm-2";
+const ROOTFS: &str = "bookworm-3";
 
 pub struct TestHost {
     pub dir: tempfile::TempDir,

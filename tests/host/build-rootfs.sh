@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the Debian rootfs the isolated test hosts boot from (DESIGN §4), once; later runs reuse it.
 # Usage: build-rootfs.sh DIR. Writes DIR.tmp first and renames it, so a half-built tree is never used.
-# The rootfs is what a cloud image gives: sshd, sudo, an admin login with passwordless sudo,
+# The rootfs is what a cloud image gives: sshd, sudo, curl, python3 (Debian's GCE images have
+# them), an admin login with passwordless sudo,
 # and the CA certificates of the machine running the tests (so HTTPS through its proxy verifies).
 set -eu
 dir=$1
@@ -10,7 +11,7 @@ tmp=$dir.tmp
 rm -rf "$tmp"
 mkdir -p "$(dirname "$dir")"
 mirror=${CWO_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-debootstrap --variant=minbase --include=openssh-server,sudo,ca-certificates,procps,python3,python3-apt \
+debootstrap --variant=minbase --include=openssh-server,sudo,ca-certificates,curl,procps,python3,python3-apt \
   bookworm "$tmp" "$mirror" >"$tmp.log" 2>&1 || { tail -20 "$tmp.log" >&2; exit 1; }
 chroot "$tmp" useradd -m -s /bin/sh admin
 echo 'admin ALL=(ALL) NOPASSWD:ALL' > "$tmp/etc/sudoers.d/admin"
