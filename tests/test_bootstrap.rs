@@ -155,6 +155,20 @@ fn native_bootstrap_readies_a_fresh_host_and_a_rerun_changes_nothing() {
         again.stderr
     );
     assert_eq!(host.probe(), state, "a re-run must not change the host");
+
+    // The swap the test host enabled is this machine's kernel's: gone with the host.
+    let dir = host.dir.path().display().to_string();
+    assert!(
+        std::fs::read_to_string("/proc/swaps")
+            .unwrap()
+            .contains(&dir)
+    );
+    drop(host);
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap();
+    assert!(
+        !swaps.contains(&dir),
+        "the test host's swap is still on:\n{swaps}"
+    );
 }
 
 /// `ansible-playbook` from the venv the README's test command makes, or from PATH.
