@@ -28,13 +28,7 @@ impl LocalProvider {
     }
 
     fn read(path: &Path) -> Result<Option<Record>, ProviderError> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ProviderError::Transient(format!("{}: {e}", path.display()))),
-        }
+        super::read_record(path)
     }
 }
 
@@ -142,29 +136,13 @@ impl Provider for LocalProvider {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => {
-                return Err(ProviderError::Transient(format!(
-                    "{}: {e}",
-                    self.root.display()
-                )));
-            }
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| ProviderError::Transient(e.to_string()))?;
-            if let Some(r) = Self::read(&entry.path().join("instance.json"))?
-                && selector
-                    .iter()
-                    .all(|(k, v)| r.instance.labels.get(k) == Some(v))
-            {
-                out.push(r.instance);
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(
+            super::read_records(&self.root, |p| Some(p.join("instance.json")))?
+                .into_iter()
+                .map(|r| r.instance)
+                .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+                .collect(),
+        )
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {

@@ -127,6 +127,58 @@ pub(crate) struct Record {
     pub request_id: String,
 }
 
+/// Reads a record written by [`write_record`]; `None` when there is none.
+pub(crate) fn read_record(path: &std::path::Path) -> Result<Option<Record>, ProviderError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ProviderError::Transient(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Every record under `dir`, sorted by worker name: `record_of` maps each entry of `dir` to the
+/// record file it holds, if any. A missing `dir` holds none; any other read error is an error.
+pub(crate) fn read_records(
+    dir: &std::path::Path,
+    record_of: impl Fn(&std::path::Path) -> Option<std::path::PathBuf>,
+) -> Result<Vec<Record>, ProviderError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(ProviderError::Transient(format!("{}: {e}", dir.display()))),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| ProviderError::Transient(format!("{}: {e}", dir.display())))?
+            .path();
+        if let Some(file) = record_of(&path)
+            && let Some(r) = read_record(&file)?
+        {
+            out.push(r);
+        }
+    }
+    out.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
+    Ok(out)
+}
+
+/// The worker's own ed25519 key at `path`: read when it exists, generated (private, 0600)
+/// otherwise. Returns the public key line.
+pub(crate) fn worker_key(path: &std::path::Path, worker: &str) -> Result<String, ProviderError> {
+    if path.exists() {
+        russh::keys::PrivateKey::read_openssh_file(path)
+            .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", path.display())))?
+            .public_key()
+            .to_openssh()
+            .map_err(|e| ProviderError::InvalidSpec(e.to_string()))
+    } else {
+        crate::transport::ssh::generate_key(path, &format!("cwo-{worker}"))
+            .map_err(ProviderError::InvalidSpec)
+    }
+}
+
 /// Writes a provider's own JSON record atomically (temp file, then rename), as the local and
 /// ssh providers keep their workers.
 pub(crate) fn write_record(

@@ -44,33 +44,11 @@ impl SshHostProvider {
     }
 
     fn read_all(&self) -> Result<Vec<Record>, ProviderError> {
-        let entries = match std::fs::read_dir(&self.records) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => {
-                return Err(ProviderError::Transient(format!(
-                    "{}: {e}",
-                    self.records.display()
-                )));
-            }
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let path = entry
-                .map_err(|e| ProviderError::Transient(e.to_string()))?
-                .path();
-            if path.extension().is_some_and(|x| x == "json") {
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))?;
-                out.push(
-                    serde_json::from_slice(&bytes).map_err(|e| {
-                        ProviderError::Transient(format!("{}: {e}", path.display()))
-                    })?,
-                );
-            }
-        }
-        out.sort_by(|a: &Record, b: &Record| a.instance.name.cmp(&b.instance.name));
-        Ok(out)
+        super::read_records(&self.records, |p| {
+            p.extension()
+                .is_some_and(|x| x == "json")
+                .then(|| p.to_path_buf())
+        })
     }
 
     fn record_path(&self, name: &str) -> PathBuf {

@@ -22,7 +22,6 @@ use super::{
 };
 use crate::config::Settings;
 use crate::transport::Transport;
-use crate::transport::ssh::generate_key;
 
 /// The module shipped inside cwo (`terraform/` in the repository).
 pub const MODULE: &[(&str, &str)] = &[
@@ -214,14 +213,7 @@ impl TerraformProvider {
     }
 
     fn read_record(&self, name: &str) -> Result<Option<Record>, ProviderError> {
-        let path = self.record_path(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(ProviderError::Transient(format!("{}: {e}", path.display()))),
-        }
+        super::read_record(&self.record_path(name))
     }
 }
 
@@ -244,16 +236,7 @@ impl Provider for TerraformProvider {
         std::fs::create_dir_all(&self.keys_dir)
             .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", self.keys_dir.display())))?;
         let key_path = self.keys_dir.join(&spec.name);
-        let public_key = if key_path.exists() {
-            russh::keys::PrivateKey::read_openssh_file(&key_path)
-                .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", key_path.display())))?
-                .public_key()
-                .to_openssh()
-                .map_err(|e| ProviderError::InvalidSpec(e.to_string()))?
-        } else {
-            generate_key(&key_path, &format!("cwo-{}", spec.name))
-                .map_err(ProviderError::InvalidSpec)?
-        };
+        let public_key = super::worker_key(&key_path, &spec.name)?;
         let vars = self.variables(spec, &public_key)?;
         std::fs::write(wdir.join("terraform.tfvars.json"), vars.to_string())
             .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", wdir.display())))?;
@@ -302,30 +285,13 @@ impl Provider for TerraformProvider {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(ProviderError::Transient(format!(
-                    "{}: {e}",
-                    self.dir.display()
-                )));
-            }
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry
-                .map_err(|e| ProviderError::Transient(format!("{}: {e}", self.dir.display())))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(r) = self.read_record(&name)?
-                && selector
-                    .iter()
-                    .all(|(k, v)| r.instance.labels.get(k) == Some(v))
-            {
-                out.push(r.instance);
-            }
-        }
-        Ok(out)
+        Ok(
+            super::read_records(&self.dir, |p| Some(p.join("cwo-instance.json")))?
+                .into_iter()
+                .map(|r| r.instance)
+                .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+                .collect(),
+        )
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {

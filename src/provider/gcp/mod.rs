@@ -24,7 +24,6 @@ pub use doctor::Check;
 use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
 use crate::config::{GcpSettings, SshSettings};
 use crate::transport::Transport;
-use crate::transport::ssh::generate_key;
 
 /// How long an operation may take before cwo stops waiting for it.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -674,16 +673,7 @@ impl Provider for GcpProvider {
         }
         self.ensure_firewall().await?;
         let key_path = self.key_path(&spec.name);
-        let public_key = if key_path.exists() {
-            russh::keys::PrivateKey::read_openssh_file(&key_path)
-                .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", key_path.display())))?
-                .public_key()
-                .to_openssh()
-                .map_err(|e| ProviderError::InvalidSpec(e.to_string()))?
-        } else {
-            generate_key(&key_path, &format!("cwo-{}", spec.name))
-                .map_err(ProviderError::InvalidSpec)?
-        };
+        let public_key = super::worker_key(&key_path, &spec.name)?;
         let mut capacity_errors = Vec::new();
         for zone in &self.settings.zones {
             // One request id per (worker, zone): a retry is the same request, another zone is not.
