@@ -34,6 +34,18 @@ retry_backoff = "100ms"
 const WHO_AGENT: &str = r#"{ id -un; pwd; echo "bun=$BUN_JSC_forceRAMSize"; command -v opencode; } > who.txt
 git add who.txt && git commit -qm "who runs the agent""#;
 
+/// The bootstrap's steps, in order.
+const STEPS: [&str; 8] = [
+    "swap",
+    "packages",
+    "opencode",
+    "user",
+    "sshd",
+    "agent-env",
+    "watchdog",
+    "hostkey",
+];
+
 fn steps(stderr: &str) -> Vec<(String, String)> {
     stderr
         .lines()
@@ -41,18 +53,9 @@ fn steps(stderr: &str) -> Vec<(String, String)> {
             let mut w = l.split_whitespace();
             let name = w.next()?;
             let status = w.next()?;
-            [
-                "swap",
-                "packages",
-                "opencode",
-                "user",
-                "sshd",
-                "agent-env",
-                "watchdog",
-                "hostkey",
-            ]
-            .contains(&name)
-            .then(|| (name.to_string(), status.to_string()))
+            STEPS
+                .contains(&name)
+                .then(|| (name.to_string(), status.to_string()))
         })
         .collect()
 }
@@ -68,21 +71,7 @@ fn native_bootstrap_readies_a_fresh_host_and_a_rerun_changes_nothing() {
     let run = env.cwo(&["run", "--once"]).ok();
     let fresh = steps(&run.stderr);
     let names: Vec<&str> = fresh.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "swap",
-            "packages",
-            "opencode",
-            "user",
-            "sshd",
-            "agent-env",
-            "watchdog",
-            "hostkey"
-        ],
-        "{}",
-        run.stderr
-    );
+    assert_eq!(names, STEPS, "{}", run.stderr);
     for (name, status) in &fresh {
         let want = if name == "hostkey" { "ok" } else { "changed" };
         assert_eq!(status, want, "fresh host, step {name}:\n{}", run.stderr);

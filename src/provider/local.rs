@@ -136,13 +136,8 @@ impl Provider for LocalProvider {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        Ok(
-            super::read_records(&self.root, |p| Some(p.join("instance.json")))?
-                .into_iter()
-                .map(|r| r.instance)
-                .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
-                .collect(),
-        )
+        let records = super::read_records(&self.root, |p| Some(p.join("instance.json")))?;
+        Ok(super::matching(records, selector))
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {

@@ -164,6 +164,15 @@ pub(crate) fn read_records(
     Ok(out)
 }
 
+/// The instances of `records` that carry every label in `selector`.
+pub(crate) fn matching(records: Vec<Record>, selector: &BTreeMap<String, String>) -> Vec<Instance> {
+    records
+        .into_iter()
+        .map(|r| r.instance)
+        .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+        .collect()
+}
+
 /// The worker's own ed25519 key at `path`: read when it exists, generated (private, 0600)
 /// otherwise. Returns the public key line.
 pub(crate) fn worker_key(path: &std::path::Path, worker: &str) -> Result<String, ProviderError> {

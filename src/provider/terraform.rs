@@ -285,13 +285,8 @@ impl Provider for TerraformProvider {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        Ok(
-            super::read_records(&self.dir, |p| Some(p.join("cwo-instance.json")))?
-                .into_iter()
-                .map(|r| r.instance)
-                .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
-                .collect(),
-        )
+        let records = super::read_records(&self.dir, |p| Some(p.join("cwo-instance.json")))?;
+        Ok(super::matching(records, selector))
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
