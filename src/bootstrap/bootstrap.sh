@@ -32,11 +32,11 @@ echo $$ > "$lock/pid"
 trap 'rm -rf "$lock"' EXIT
 trap 'exit 130' INT TERM HUP
 
-# A finished run of this very script (same settings) is reported, not repeated.
-if [ "$CWO_MODE" = reuse ] && [ -f "$MARK" ] && [ "$(cat "$MARK")" = "$CWO_HASH" ] && [ -f "$LOG" ]; then
-  echo "cwo-reused	$(cat "$MARK")"
-  cat "$LOG"
-  exit 0
+# The VM already ran this very script at boot (startup-script / user-data): say so. The steps
+# still run, as a check that finds everything in place (a fraction of a second) and finishes
+# what boot could not, such as the login's keys when the guest agent created the login later.
+if [ "$CWO_MODE" = reuse ] && [ -f "$MARK" ] && [ "$(cat "$MARK")" = "$CWO_HASH" ]; then
+  echo "cwo-reused	$CWO_HASH"
 fi
 : > "$OUT"
 : > "$LOG.tmp"

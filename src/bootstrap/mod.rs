@@ -195,8 +195,8 @@ pub fn parse_step(line: &str) -> Option<Step> {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
     pub steps: Vec<Step>,
-    /// `true` when the host had already finished this script (from user-data) and cwo only
-    /// collected its report.
+    /// `true` when the host had already run this script at boot (startup-script / user-data)
+    /// and cwo's run only checked it.
     pub reused: bool,
     /// The host's ed25519 key as the script printed it (`ssh-ed25519 AAAA…`).
     pub host_key: Option<String>,
@@ -242,7 +242,8 @@ else echo "cwo bootstrap: $(id -un) is not root and has neither sudo nor doas" >
 "#;
 
 /// Runs the script on the host over one session, handing each step to `on_step` as it ends.
-/// `reuse`: a host that already finished this script (as user-data) only reports.
+/// `reuse`: the host boots with this script; cwo's run waits for the boot run to finish (the
+/// script's lock) and says when it had (`Report::reused`).
 pub async fn run_native(
     t: &dyn Transport,
     script: &Script,
