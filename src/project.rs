@@ -156,7 +156,7 @@ impl Project {
 
     /// The native bootstrap a cloud VM boots with (startup-script and user-data), when that is
     /// the configured method.
-    fn startup_script(&self) -> Option<String> {
+    pub fn startup_script(&self) -> Option<String> {
         let s = self.settings();
         (crate::bootstrap::effective_method(s) == crate::bootstrap::Method::Native).then(|| {
             crate::bootstrap::render(

@@ -905,4 +905,26 @@ fn vms_boot_with_the_bootstrap_and_this_machine_is_never_bootstrapped() {
         .ok()
         .stdout;
     assert_eq!(printed, script);
+    // `up --plan` shows the same metadata and the method.
+    let plan = g
+        .env
+        .cwo(&[
+            "--config",
+            "bootstrap.method=native",
+            "up",
+            "--plan",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(plan["plan"]["bootstrap"], "native");
+    let planned = plan["plan"]["instance"]["metadata"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["key"] == "startup-script")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(planned, script.as_str());
 }

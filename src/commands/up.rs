@@ -79,6 +79,10 @@ async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8,
                 project.state_dir.join("keys"),
                 project.journal()?,
             );
+            let gcp = match project.startup_script() {
+                Some(script) => gcp.with_startup_script(script),
+                None => gcp,
+            };
             let zone = g.zones.first().cloned().unwrap_or_default();
             let spec = WorkerSpec {
                 name: name.clone(),
@@ -113,6 +117,7 @@ async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8,
                     "target_tags": [network_tag(&project_slug)],
                 },
                 "service_accounts": [],
+                "bootstrap": crate::bootstrap::effective_method(s).to_string(),
                 "hourly_cost_usd": hourly.map(|h| json!({
                     "machine": h.machine, "disk": h.disk, "external_ip": h.ip, "total": h.total(),
                 })),
@@ -124,7 +129,24 @@ async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8,
         return Ok(0);
     }
     let mut out = String::from("cwo up would create (nothing is created by --plan):\n");
-    out.push_str(&serde_json::to_string_pretty(&plan).expect("serializes"));
+    // The startup script is long: people get its size and where to read it.
+    let mut shown = plan.clone();
+    if let Some(items) = shown
+        .pointer_mut("/instance/metadata/items")
+        .and_then(Value::as_array_mut)
+    {
+        for item in items {
+            if let Some(v) = item.get("value").and_then(Value::as_str)
+                && v.len() > 200
+            {
+                item["value"] = json!(format!(
+                    "<{} bytes: `cwo bootstrap script --gce` prints it>",
+                    v.len()
+                ));
+            }
+        }
+    }
+    out.push_str(&serde_json::to_string_pretty(&shown).expect("serializes"));
     out.push('\n');
     if let Some(total) = plan
         .pointer("/hourly_cost_usd/total")
