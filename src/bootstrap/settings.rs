@@ -65,7 +65,9 @@ pub struct BootstrapSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WatchdogSettings {
-    /// Power off after this many minutes with no agent running and no heartbeat from cwo.
+    /// Power off after this many minutes with no agent running and no heartbeat from cwo
+    /// (which touches it every minute): at least 5.
+    #[serde(deserialize_with = "idle_minutes")]
     pub idle_minutes: u32,
     /// What the watchdog runs when the VM is idle (a shell command, as root). A harmless action
     /// such as "logger cwo-watchdog: idle" shows what it would do without doing it.
@@ -126,6 +128,16 @@ pub fn parse_swap(text: &str) -> Result<Option<u32>, String> {
     Ok(Some(mib))
 }
 
+fn idle_minutes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let m = u32::deserialize(d)?;
+    if m < 5 {
+        return Err(serde::de::Error::custom(format!(
+            "{m} minutes is too short: cwo touches the heartbeat every minute and a VM being set up has none yet; use 5 or more"
+        )));
+    }
+    Ok(m)
+}
+
 fn proxy_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let url = String::deserialize(d)?;
     if url.is_empty() {
@@ -166,6 +178,13 @@ mod swap_str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_never_fires_between_heartbeats() {
+        let parse = |m: u32| toml::from_str::<WatchdogSettings>(&format!("idle_minutes = {m}"));
+        assert_eq!(parse(5).unwrap().idle_minutes, 5);
+        assert!(parse(1).unwrap_err().to_string().contains("too short"));
+    }
 
     #[test]
     fn proxies_with_credentials_are_refused() {
