@@ -1,4 +1,5 @@
-//! One contract, every provider: local, ssh (a test sshd) and gcp (the fake Compute API).
+//! One contract, every provider: local, ssh (a test sshd), gcp (the fake Compute API) and
+//! terraform (the real binary on the terraform_data stand-in module).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -144,4 +145,46 @@ fn gcp_provider_keeps_the_contract() {
         journal,
     );
     rt().block_on(contract(&p, "cwo-contract-gcp"));
+}
+
+#[test]
+fn terraform_provider_keeps_the_contract() {
+    if !std::process::Command::new("terraform")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("skipped terraform_provider_keeps_the_contract: terraform is not on PATH");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&tmp.path().join("state")).unwrap();
+    let mut settings = cwo::config::Settings::default();
+    settings.gcp.ssh_source = "127.0.0.1/32".into();
+    settings.terraform.module =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/terraform-fake").into();
+    for (k, v) in [
+        ("authorized_keys", tmp.path().join("authorized_keys")),
+        ("log", tmp.path().join("tf.log")),
+    ] {
+        settings
+            .terraform
+            .vars
+            .insert(k.into(), v.display().to_string());
+    }
+    settings
+        .terraform
+        .vars
+        .insert("fake_ip".into(), "127.0.0.1".into());
+    let p = cwo::provider::terraform::TerraformProvider::new(
+        settings,
+        tmp.path().join("terraform"),
+        tmp.path().join("keys"),
+        journal,
+        "#!/bin/sh\n".into(),
+    );
+    rt().block_on(contract(&p, "cwo-contract-terraform"));
+    let log = std::fs::read_to_string(tmp.path().join("tf.log")).unwrap();
+    assert!(log.starts_with("apply cwo-contract-terraform"), "{log}");
+    assert!(log.ends_with("destroy cwo-contract-terraform\n"), "{log}");
 }

@@ -229,7 +229,15 @@ impl Provider for TerraformProvider {
         idempotency_key: &str,
     ) -> Result<Instance, ProviderError> {
         if let Some(r) = self.read_record(&spec.name)? {
-            return Ok(r.instance);
+            // The same request again is the same worker; another request may not take its name.
+            return if r.request_id == idempotency_key {
+                Ok(r.instance)
+            } else {
+                Err(ProviderError::InvalidSpec(format!(
+                    "a worker named {} already exists (request {})",
+                    spec.name, r.request_id
+                )))
+            };
         }
         let wdir = self.worker_dir(&spec.name);
         self.place_module(&wdir)?;
