@@ -124,11 +124,14 @@ impl Project {
                 } else if !ssh.key.is_empty() {
                     ssh.key = self.root.join(&ssh.key).display().to_string();
                 }
-                Arc::new(SshHostProvider::new(
-                    ssh,
-                    self.state_dir.join("ssh-workers"),
-                    journal.clone(),
-                ))
+                let mut provider =
+                    SshHostProvider::new(ssh, self.state_dir.join("ssh-workers"), journal.clone());
+                let s = self.settings();
+                if crate::bootstrap::effective_method(s) != crate::bootstrap::Method::None {
+                    provider = provider
+                        .with_work_user(s.bootstrap.user.clone(), s.bootstrap.workspace.clone());
+                }
+                Arc::new(provider)
             }
             ProviderKind::Gcp => {
                 let mut gcp = GcpProvider::new(

@@ -124,6 +124,12 @@ fn native_bootstrap_readies_a_fresh_host_and_a_rerun_changes_nothing() {
         hb_age.trim().parse::<i64>().unwrap() < 120,
         "heartbeat age {hb_age}"
     );
+    // The worker's workspace went with the worker.
+    assert_eq!(
+        host.sh("admin", "ls -A /workspace"),
+        "",
+        "workspace left behind"
+    );
     // No password logins, no root.
     assert!(
         !host.ssh("root", "true").status.success(),

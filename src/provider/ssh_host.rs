@@ -32,6 +32,8 @@ pub struct SshHostProvider {
     /// One JSON record per allocated host: `<records>/<worker>.json`.
     records: PathBuf,
     journal: Journal,
+    /// The bootstrap's work user and workspace root, when the hosts are bootstrapped.
+    work: Option<(String, String)>,
 }
 
 impl SshHostProvider {
@@ -40,6 +42,7 @@ impl SshHostProvider {
             settings,
             records,
             journal,
+            work: None,
         }
     }
 
@@ -57,6 +60,49 @@ impl SshHostProvider {
 
     fn transport(&self, instance: &Instance) -> Result<SshTransport, ProviderError> {
         instance.ssh_transport(&self.settings, &self.journal)
+    }
+
+    /// On bootstrapped hosts the agents run as the work user in `<root>/<worker>`: deleting the
+    /// worker stops them and removes that directory too, as that user.
+    pub fn with_work_user(mut self, user: String, root: String) -> SshHostProvider {
+        self.work = Some((user, root));
+        self
+    }
+
+    /// Stops the work user's agents and removes its workspace; a host where that user does not
+    /// exist (the bootstrap never ran) has nothing there.
+    async fn clean_work(&self, instance: &Instance) {
+        let Some((user, root)) = &self.work else {
+            return;
+        };
+        let mut work = instance.clone();
+        if let Target::Ssh { user: u, .. } = &mut work.target {
+            u.clone_from(user);
+        }
+        work.workspace = format!("{}/{}", root.trim_end_matches('/'), instance.name);
+        let Ok(t) = self.transport(&work) else { return };
+        let cleaned = t
+            .capture(ExecRequest::new([
+                "sh",
+                "-c",
+                CLEAN,
+                "cwo-clean",
+                work.workspace.as_str(),
+            ]))
+            .await;
+        t.close().await;
+        match cleaned {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => tracing::warn!(
+                "worker {}: cleaning {} as {user}: {}",
+                instance.name,
+                work.workspace,
+                out.stderr.trim()
+            ),
+            Err(e) => {
+                tracing::debug!(worker = %instance.name, error = %e, "no work user to clean up")
+            }
+        }
     }
 }
 
@@ -169,18 +215,14 @@ impl Provider for SshHostProvider {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        Ok(self
-            .read_all()?
-            .into_iter()
-            .map(|r| r.instance)
-            .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
-            .collect())
+        Ok(super::matching(self.read_all()?, selector))
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
         let Some(instance) = self.get(name).await? else {
             return Ok(DeleteOutcome::AlreadyGone);
         };
+        self.clean_work(&instance).await;
         let t = self.transport(&instance)?;
         let cleaned = t
             .capture(ExecRequest::new([
