@@ -378,6 +378,15 @@ impl Orchestrator {
                 })
                 .await
                 .map_err(|e| fail(&e))?;
+                if let (Some(printed), crate::provider::Target::Ssh { pin_as, .. }) =
+                    (&report.host_key, &instance.target)
+                    && let Some(pinned) = self.shared.journal.host_key(pin_as)?
+                    && let Err(problem) = bootstrap::check_host_key(printed, &pinned)
+                {
+                    return Err(CliError::user(format!("worker {name}: {problem}")).hint(
+                        "the worker is torn down; check the network path to it before trying again",
+                    ));
+                }
                 p.status(format!(
                     "bootstrap: {} step(s) changed, {} in {}{}",
                     report.changed(),
