@@ -231,11 +231,10 @@ fn the_playbook_reaches_the_same_end_state_as_the_native_bootstrap() {
     );
 }
 
-#[test]
-fn the_script_runs_under_busybox_sh_with_the_same_steps() {
-    let Some(host) = TestHost::start("the_script_runs_under_busybox_sh") else {
-        return;
-    };
+/// A fresh test host and the script for it as `cwo bootstrap script` prints it (no opencode, to
+/// keep these tests to the package manager's time).
+fn host_and_script(test: &str) -> Option<(TestHost, String)> {
+    let host = TestHost::start(test)?;
     let env = TestEnv::new();
     host_settings(&env, &host, "native", "true");
     let script = env
@@ -249,6 +248,14 @@ fn the_script_runs_under_busybox_sh_with_the_same_steps() {
         ])
         .ok()
         .stdout;
+    Some((host, script))
+}
+
+#[test]
+fn the_script_runs_under_busybox_sh_with_the_same_steps() {
+    let Some((host, script)) = host_and_script("the_script_runs_under_busybox_sh") else {
+        return;
+    };
     let run = |mode: &str| {
         let quoted = format!("'{}'", script.replace('\'', "'\\''"));
         host.sh(
@@ -546,22 +553,9 @@ esac"#,
 /// take turns (the script's lock), the first does the work and the others find it done.
 #[test]
 fn concurrent_runs_take_turns() {
-    let Some(host) = TestHost::start("concurrent_runs_take_turns") else {
+    let Some((host, script)) = host_and_script("concurrent_runs_take_turns") else {
         return;
     };
-    let env = TestEnv::new();
-    host_settings(&env, &host, "native", "true");
-    let script = env
-        .cwo(&[
-            "--config",
-            "bootstrap.opencode=none",
-            "bootstrap",
-            "script",
-            "--login-user",
-            "admin",
-        ])
-        .ok()
-        .stdout;
     let quoted = format!("'{}'", script.replace('\'', "'\\''"));
     let outputs: Vec<String> = std::thread::scope(|s| {
         let runs: Vec<_> = (0..3)
