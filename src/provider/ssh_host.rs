@@ -69,6 +69,24 @@ impl SshHostProvider {
         self
     }
 
+    /// Runs CLEAN on `workspace` over the connection `t`, then closes it.
+    async fn clean(
+        t: SshTransport,
+        workspace: &str,
+    ) -> Result<crate::transport::Captured, crate::transport::TransportError> {
+        let cleaned = t
+            .capture(ExecRequest::new([
+                "sh",
+                "-c",
+                CLEAN,
+                "cwo-clean",
+                workspace,
+            ]))
+            .await;
+        t.close().await;
+        cleaned
+    }
+
     /// Stops the work user's agents and removes its workspace; a host where that user does not
     /// exist (the bootstrap never ran) has nothing there.
     async fn clean_work(&self, instance: &Instance) {
@@ -81,17 +99,7 @@ impl SshHostProvider {
         }
         work.workspace = format!("{}/{}", root.trim_end_matches('/'), instance.name);
         let Ok(t) = self.transport(&work) else { return };
-        let cleaned = t
-            .capture(ExecRequest::new([
-                "sh",
-                "-c",
-                CLEAN,
-                "cwo-clean",
-                work.workspace.as_str(),
-            ]))
-            .await;
-        t.close().await;
-        match cleaned {
+        match Self::clean(t, &work.workspace).await {
             Ok(out) if out.status.success() => {}
             Ok(out) => tracing::warn!(
                 "worker {}: cleaning {} as {user}: {}",
@@ -224,17 +232,7 @@ impl Provider for SshHostProvider {
         };
         self.clean_work(&instance).await;
         let t = self.transport(&instance)?;
-        let cleaned = t
-            .capture(ExecRequest::new([
-                "sh",
-                "-c",
-                CLEAN,
-                "cwo-clean",
-                instance.workspace.as_str(),
-            ]))
-            .await;
-        t.close().await;
-        let out = match cleaned {
+        let out = match Self::clean(t, &instance.workspace).await {
             Ok(out) => out,
             // The host is the user's and costs nothing while cwo holds it; an unreachable one is
             // released rather than held forever, and the user is told what may be left there.
