@@ -62,6 +62,16 @@ pub struct TerraformSettings {
     pub vars: BTreeMap<String, String>,
 }
 
+impl TerraformSettings {
+    /// The program to run: `binary`, or `terraform` on PATH.
+    pub fn program(&self) -> &str {
+        match self.binary.as_str() {
+            "" => "terraform",
+            b => b,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GcpSettings {

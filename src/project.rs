@@ -166,7 +166,6 @@ impl Project {
                 s,
                 &crate::bootstrap::Target {
                     login_user: &s.gcp.ssh_user,
-                    workspace: &s.bootstrap.workspace,
                     gce: true,
                 },
             )

@@ -40,9 +40,7 @@ pub const FILES: &[(&str, &str)] = &[
 pub fn extra_vars(settings: &Settings, login_user: &str) -> serde_json::Value {
     let b = &settings.bootstrap;
     let agent_env: serde_json::Map<String, serde_json::Value> = b
-        .agent_env
-        .iter()
-        .filter(|(k, v)| !v.is_empty() && super::is_env_name(k))
+        .agent_env_defaults()
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     json!({

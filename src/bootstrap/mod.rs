@@ -41,7 +41,6 @@ pub struct Script {
 pub struct Target<'a> {
     /// The SSH login that runs the script (its authorized keys are given to the work user).
     pub login_user: &'a str,
-    pub workspace: &'a str,
     /// Publish the host key through GCE guest attributes too.
     pub gce: bool,
 }
@@ -76,19 +75,24 @@ pub fn is_env_name(k: &str) -> bool {
 
 /// The worker as the agent's work sees it once bootstrapped: logged in as the unprivileged work
 /// user, in its workspace. Unchanged when no bootstrap applies.
-pub fn as_work_user(settings: &Settings, mut instance: Instance) -> Instance {
+pub fn as_work_user(settings: &Settings, instance: Instance) -> Instance {
     if effective_method(settings) == Method::None {
         return instance;
     }
-    if let crate::provider::Target::Ssh { user, .. } = &mut instance.target {
-        user.clone_from(&settings.bootstrap.user);
+    work_instance(
+        &settings.bootstrap.user,
+        &settings.bootstrap.workspace,
+        instance,
+    )
+}
+
+/// `instance` logged in as `user`, in its own directory under the workspace `root` (one
+/// directory per worker, as on hosts without a bootstrap).
+pub fn work_instance(user: &str, root: &str, mut instance: Instance) -> Instance {
+    if let crate::provider::Target::Ssh { user: u, .. } = &mut instance.target {
+        *u = user.to_string();
     }
-    // One directory per worker, as on hosts without a bootstrap.
-    instance.workspace = format!(
-        "{}/{}",
-        settings.bootstrap.workspace.trim_end_matches('/'),
-        instance.name
-    );
+    instance.workspace = format!("{}/{}", root.trim_end_matches('/'), instance.name);
     instance
 }
 
@@ -106,9 +110,7 @@ pub fn render(settings: &Settings, target: &Target<'_>) -> Script {
         v
     };
     let agent_env: String = b
-        .agent_env
-        .iter()
-        .filter(|(k, v)| !v.is_empty() && is_env_name(k))
+        .agent_env_defaults()
         .map(|(k, v)| {
             format!(
                 "[ -n \"${{{k}+set}}\" ] || {k}={}; export {k}\n",
@@ -124,7 +126,7 @@ pub fn render(settings: &Settings, target: &Target<'_>) -> Script {
         ("CWO_OPENCODE", b.opencode.clone()),
         ("CWO_NPM_REGISTRY", b.npm_registry.clone()),
         ("CWO_USER", b.user.clone()),
-        ("CWO_WORKSPACE", target.workspace.into()),
+        ("CWO_WORKSPACE", b.workspace.clone()),
         ("CWO_LOGIN_USER", target.login_user.into()),
         ("CWO_PROXY", b.proxy.clone()),
         ("CWO_AGENT_ENV", agent_env.trim_end().to_string()),
@@ -386,7 +388,6 @@ mod tests {
         s.watchdog.action = "echo 'idle' > /tmp/x".into();
         let t = Target {
             login_user: "admin",
-            workspace: "/workspace",
             gce: true,
         };
         let a = render(&s, &t);

@@ -104,6 +104,16 @@ impl Default for WatchdogSettings {
     }
 }
 
+impl BootstrapSettings {
+    /// The agent environment defaults that are written out: set, with a name the shell takes.
+    /// The native script and the playbook both write exactly these.
+    pub fn agent_env_defaults(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.agent_env
+            .iter()
+            .filter(|(k, v)| !v.is_empty() && super::is_env_name(k))
+    }
+}
+
 /// Parses "2G", "1536M", "1024" (MiB) or "off".
 pub fn parse_swap(text: &str) -> Result<Option<u32>, String> {
     let t = text.trim();

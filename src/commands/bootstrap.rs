@@ -12,14 +12,7 @@ pub fn script(
     gce: bool,
 ) -> Result<u8, CliError> {
     let s = &project.resolved.settings;
-    let script = render(
-        s,
-        &Target {
-            login_user,
-            workspace: &s.bootstrap.workspace,
-            gce,
-        },
-    );
+    let script = render(s, &Target { login_user, gce });
     printer.out(&script.text);
     Ok(0)
 }

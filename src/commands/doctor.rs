@@ -185,10 +185,7 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
             })
         }
         crate::config::ProviderKind::Terraform => {
-            let bin = match s.terraform.binary.as_str() {
-                "" => "terraform",
-                b => b,
-            };
+            let bin = s.terraform.program();
             let version = tokio::process::Command::new(bin)
                 .arg("version")
                 .stdin(std::process::Stdio::null())
@@ -315,14 +312,12 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
                     .is_some_and(|n| n == "opencode")
                     && on_path("rg").is_none()
                 {
-                    {
-                        checks.push(check(
-                            "ripgrep",
-                            "warn",
-                            "rg is not on PATH: opencode's grep and glob tools fail offline",
-                            "apt-get install ripgrep",
-                        ));
-                    }
+                    checks.push(check(
+                        "ripgrep",
+                        "warn",
+                        "rg is not on PATH: opencode's grep and glob tools fail offline",
+                        "apt-get install ripgrep",
+                    ));
                 }
             }
             None => {

@@ -362,18 +362,12 @@ impl Orchestrator {
                     crate::provider::Target::Ssh { user, .. } => user.as_str(),
                     crate::provider::Target::Local { .. } => "",
                 };
-                let script = bootstrap::render(
-                    settings,
-                    &bootstrap::Target {
-                        login_user,
-                        workspace: &settings.bootstrap.workspace,
-                        gce: matches!(self.provider.kind(), "gcp" | "terraform"),
-                    },
-                );
-                // On GCE the same script ran as the startup script: collect its report.
-                let reuse = matches!(self.provider.kind(), "gcp" | "terraform");
+                // A GCE VM booted with this very script (startup-script / user-data): cwo's
+                // run waits for that one and checks it.
+                let gce = matches!(self.provider.kind(), "gcp" | "terraform");
+                let script = bootstrap::render(settings, &bootstrap::Target { login_user, gce });
                 p.status(format!("bootstrapping worker {name} (native)"));
-                let report = bootstrap::run_native(&*login, &script, reuse, &mut |step| {
+                let report = bootstrap::run_native(&*login, &script, gce, &mut |step| {
                     p.status(bootstrap::step_line(step));
                 })
                 .await

@@ -93,11 +93,7 @@ impl SshHostProvider {
         let Some((user, root)) = &self.work else {
             return;
         };
-        let mut work = instance.clone();
-        if let Target::Ssh { user: u, .. } = &mut work.target {
-            u.clone_from(user);
-        }
-        work.workspace = format!("{}/{}", root.trim_end_matches('/'), instance.name);
+        let work = crate::bootstrap::work_instance(user, root, instance.clone());
         let Ok(t) = self.transport(&work) else { return };
         match Self::clean(t, &work.workspace).await {
             Ok(out) if out.status.success() => {}

@@ -31,6 +31,9 @@ pub const MODULE: &[(&str, &str)] = &[
     ("versions.tf", include_str!("../../terraform/versions.tf")),
 ];
 
+/// `terraform apply` as cwo runs it: no prompts, no colour codes in the messages it relays.
+const APPLY: &[&str] = &["apply", "-auto-approve", "-input=false", "-no-color"];
+
 pub struct TerraformProvider {
     settings: Settings,
     /// `<state>/terraform`: one directory per worker, plus the shared plugin cache.
@@ -58,10 +61,7 @@ impl TerraformProvider {
     }
 
     pub fn binary(&self) -> &str {
-        match self.settings.terraform.binary.as_str() {
-            "" => "terraform",
-            b => b,
-        }
+        self.settings.terraform.program()
     }
 
     fn worker_dir(&self, name: &str) -> PathBuf {
@@ -241,8 +241,6 @@ impl Provider for TerraformProvider {
         }
         let wdir = self.worker_dir(&spec.name);
         self.place_module(&wdir)?;
-        std::fs::create_dir_all(&self.keys_dir)
-            .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", self.keys_dir.display())))?;
         let key_path = self.keys_dir.join(&spec.name);
         let public_key = super::worker_key(&key_path, &spec.name)?;
         let vars = self.variables(spec, &public_key)?;
@@ -250,11 +248,7 @@ impl Provider for TerraformProvider {
             .map_err(|e| ProviderError::InvalidSpec(format!("{}: {e}", wdir.display())))?;
         self.tf(&wdir, &["init", "-input=false", "-no-color"])
             .await?;
-        self.tf(
-            &wdir,
-            &["apply", "-auto-approve", "-input=false", "-no-color"],
-        )
-        .await?;
+        self.tf(&wdir, APPLY).await?;
         let outputs: Value = serde_json::from_str(&self.tf(&wdir, &["output", "-json"]).await?)
             .map_err(|e| ProviderError::Transient(format!("terraform output -json: {e}")))?;
         if outputs["ip"]["value"].as_str().is_none_or(str::is_empty) {
@@ -350,11 +344,7 @@ impl Provider for TerraformProvider {
         vars["labels"] = json!(labels);
         std::fs::write(&vars_path, vars.to_string())
             .map_err(|e| ProviderError::Transient(format!("{}: {e}", vars_path.display())))?;
-        self.tf(
-            &wdir,
-            &["apply", "-auto-approve", "-input=false", "-no-color"],
-        )
-        .await?;
+        self.tf(&wdir, APPLY).await?;
         record.instance.labels = labels.clone();
         write_record(&self.record_path(name), &record)
     }
