@@ -21,6 +21,13 @@ pub enum GitError {
     Worker(#[from] TransportError),
 }
 
+impl GitError {
+    /// The worker could not be reached (the git command's fate is unknown).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, GitError::Worker(e) if e.is_connection())
+    }
+}
+
 /// Runs git in the controller's repository.
 async fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     let out = Command::new("git")
@@ -100,12 +107,29 @@ pub async fn has_remote(project: &Path, remote: &str) -> bool {
 }
 
 /// A task's checkout on the worker: `<dir>/repo`, on branch `branch`, based on `base`.
+#[derive(Debug, Clone)]
 pub struct WorkerCheckout {
     pub dir: String,
     pub repo: String,
     pub branch: String,
     pub base: String,
 }
+
+/// Makes a task's checkout in one round trip, atomically: cloned and configured under
+/// `repo.partial`, renamed to `repo` only when complete, so a controller killed half-way leaves
+/// nothing a later run could mistake for a ready checkout. Paths may be relative to the login's
+/// home (the default `ssh.workspace`): every git call names its directory the same way. Running
+/// it again after a lost connection finishes the job or finds it done.
+const PREPARE: &str = r#"set -e
+d=$1; branch=$2; base=$3
+[ -d "$d/repo" ] && exit 0
+rm -rf "$d/repo.partial"
+git clone --quiet "$d/input.bundle" "$d/repo.partial"
+git -C "$d/repo.partial" checkout --quiet -B "$branch" "$base"
+git -C "$d/repo.partial" config user.name "$4"
+git -C "$d/repo.partial" config user.email "$5"
+mv "$d/repo.partial" "$d/repo"
+"#;
 
 impl WorkerCheckout {
     /// Uploads the bundle, clones it and creates the task branch.
@@ -118,41 +142,52 @@ impl WorkerCheckout {
         author: (&str, &str),
     ) -> Result<WorkerCheckout, GitError> {
         let input = format!("{dir}/input.bundle");
-        let repo = format!("{dir}/repo");
         t.upload(bundle, &input).await?;
         t.check(ExecRequest::new([
-            "git",
-            "clone",
-            "--quiet",
-            input.as_str(),
-            repo.as_str(),
+            "sh",
+            "-c",
+            PREPARE,
+            "cwo-checkout",
+            dir.as_str(),
+            branch,
+            base,
+            author.0,
+            author.1,
         ]))
         .await?;
-        for args in [
-            vec!["checkout", "--quiet", "-B", branch, base],
-            vec!["config", "user.name", author.0],
-            vec!["config", "user.email", author.1],
-        ] {
-            let mut argv = vec!["git", "-C", repo.as_str()];
-            argv.extend(args);
-            t.check(ExecRequest::new(argv)).await?;
-        }
-        Ok(WorkerCheckout {
-            dir,
-            repo,
-            branch: branch.to_string(),
-            base: base.to_string(),
-        })
+        Ok(WorkerCheckout::at(dir, branch, base))
     }
 
-    /// A checkout an earlier controller prepared (resuming an attempt).
-    pub fn existing(dir: String, branch: &str, base: &str) -> WorkerCheckout {
+    fn at(dir: String, branch: &str, base: &str) -> WorkerCheckout {
         WorkerCheckout {
             repo: format!("{dir}/repo"),
             dir,
             branch: branch.to_string(),
             base: base.to_string(),
         }
+    }
+
+    /// The checkout an earlier controller prepared (resuming an attempt), or None when it never
+    /// finished preparing it (the agent cannot have started there).
+    pub async fn existing(
+        t: &dyn Transport,
+        dir: String,
+        branch: &str,
+        base: &str,
+    ) -> Result<Option<WorkerCheckout>, GitError> {
+        let out = t
+            .capture(ExecRequest::new([
+                "sh",
+                "-c",
+                "[ -d \"$1/repo\" ]",
+                "cwo-checkout-ready",
+                dir.as_str(),
+            ]))
+            .await?;
+        Ok(out
+            .status
+            .success()
+            .then(|| WorkerCheckout::at(dir, branch, base)))
     }
 
     /// Commits the agent made on top of the base.
@@ -176,6 +211,9 @@ impl WorkerCheckout {
     pub async fn bring_back(&self, t: &dyn Transport, local: &Path) -> Result<PathBuf, GitError> {
         let branch_ref = format!("refs/heads/{}", self.branch);
         let out = format!("{}/output.bundle", self.dir);
+        // `git -C repo` resolves a relative path inside the repository: name the bundle from
+        // there (the workspace may be relative to the login's home).
+        let out_from_repo = "../output.bundle";
         let not_base = format!("^{}", self.base);
         t.check(ExecRequest::new([
             "git",
@@ -193,7 +231,7 @@ impl WorkerCheckout {
             "bundle",
             "create",
             "--quiet",
-            out.as_str(),
+            out_from_repo,
             branch_ref.as_str(),
             not_base.as_str(),
         ]))

@@ -19,8 +19,34 @@ const COMMIT: &str =
 
 /// A project whose workers are GCE VMs on the fake, reachable through the test sshd.
 pub fn gcp(gcp_extra: &str, body: &str, agent_extra: &str) -> Option<Gcp> {
+    gcp_with(gcp_extra, body, agent_extra, false)
+}
+
+/// Like `gcp`; with `default_workspace` the settings leave `ssh.workspace` at its shipped
+/// default (relative to the login's home, here a directory in the test's temp dir).
+pub fn gcp_with(
+    gcp_extra: &str,
+    body: &str,
+    agent_extra: &str,
+    default_workspace: bool,
+) -> Option<Gcp> {
     let env = TestEnv::new();
-    let sshd = Sshd::start(&env.tmp.path().join("sshd"))?;
+    let sshd = if default_workspace {
+        Sshd::start_with_home(
+            &env.tmp.path().join("sshd"),
+            &env.tmp.path().join("vm-home"),
+        )?
+    } else {
+        Sshd::start(&env.tmp.path().join("sshd"))?
+    };
+    let workspace = if default_workspace {
+        String::new()
+    } else {
+        format!(
+            "workspace = {:?}\n",
+            env.tmp.path().join("vm-ws").display().to_string()
+        )
+    };
     let fake = FakeGce::start(
         "proj-test",
         "127.0.0.1",
@@ -29,11 +55,8 @@ pub fn gcp(gcp_extra: &str, body: &str, agent_extra: &str) -> Option<Gcp> {
     let host_key = std::fs::read_to_string(sshd.dir.join("host_key.pub")).unwrap();
     fake.set_host_key(Some(host_key.trim().to_string()));
     let top = format!(
-        "provider = \"gcp\"\n[gcp]\nproject = \"proj-test\"\nendpoint = {:?}\ncredentials = \"anonymous\"\nssh_source = \"127.0.0.1/32\"\nssh_user = {:?}\nssh_port = {}\nzones = [\"us-central1-a\", \"us-central1-b\"]\n{gcp_extra}\n[ssh]\nworkspace = {:?}\nconnect_timeout = \"20s\"\n# The VMs are the test sshd on this machine: nothing to bootstrap.\n[bootstrap]\nmethod = \"none\"\n",
-        fake.url,
-        sshd.user,
-        sshd.port,
-        env.tmp.path().join("vm-ws").display().to_string(),
+        "provider = \"gcp\"\n[gcp]\nproject = \"proj-test\"\nendpoint = {:?}\ncredentials = \"anonymous\"\nssh_source = \"127.0.0.1/32\"\nssh_user = {:?}\nssh_port = {}\nzones = [\"us-central1-a\", \"us-central1-b\"]\n{gcp_extra}\n[ssh]\n{workspace}connect_timeout = \"20s\"\n# The VMs are the test sshd on this machine: nothing to bootstrap.\n[bootstrap]\nmethod = \"none\"\n",
+        fake.url, sshd.user, sshd.port,
     );
     env.agent_with(&top, body, agent_extra);
     Some(Gcp { env, sshd, fake })
@@ -927,4 +950,129 @@ fn vms_boot_with_the_bootstrap_and_this_machine_is_never_bootstrapped() {
         .unwrap()["value"]
         .clone();
     assert_eq!(planned, script.as_str());
+}
+
+/// Issue 10 item 1, on Compute Engine without a bootstrap: the shipped default `ssh.workspace`
+/// (relative to the login's home) delivers both balls.
+#[test]
+fn the_default_workspace_works_on_a_vm_without_bootstrap() {
+    let Some(g) = gcp_with("", COMMIT, "", true) else {
+        return;
+    };
+    let a = g.env.add(&["first"]);
+    let b = g.env.add(&["second"]);
+    let run = g.env.cwo(&["run", "--once"]).ok();
+    for id in [&a, &b] {
+        assert_eq!(g.env.ball(id)["state"], "complete", "{}", run.stderr);
+    }
+    assert!(
+        g.env.tmp.path().join("vm-home/.cwo/workspaces").is_dir(),
+        "{}",
+        run.stderr
+    );
+    assert!(g.fake.vm_names().is_empty());
+}
+
+/// Issue 10 item 2: a worker deleted (and cut off) under a running task does not take the rest
+/// of the queue with it: it is torn down, the next ball gets a new worker, and the interrupted
+/// ball is retried there.
+#[test]
+fn a_worker_that_dies_mid_task_is_replaced_and_the_ball_retried() {
+    let Some(g) = gcp(
+        "",
+        r#"if [ ! -e "$MARK" ]; then
+  touch "$MARK"
+  i=0; while [ ! -e "$MARK.release" ] && [ "$i" -lt 600 ]; do i=$((i + 1)); sleep 0.1; done
+  exit 1
+fi
+git commit -q --allow-empty -m "$CWO_TASK_ID""#,
+        "",
+    ) else {
+        return;
+    };
+    let mark = g.env.tmp.path().join("first-start");
+    // The agent learns where the marker is through agent.env.
+    let settings = std::fs::read_to_string(g.env.project.join("cwo.toml")).unwrap();
+    std::fs::write(
+        g.env.project.join("cwo.toml"),
+        settings.replace(
+            "[agent]\n",
+            &format!(
+                "[agent]\nenv = {{ MARK = {:?} }}\n",
+                mark.display().to_string()
+            ),
+        ),
+    )
+    .unwrap();
+    let a = g.env.add(&["interrupted", "--priority", "high"]);
+    let b = g.env.add(&["the rest of the queue"]);
+    let child = g.env.spawn(&["run", "--once"]);
+    assert!(wait_for(Duration::from_secs(60), || mark.exists()));
+    let first = g.fake.vm_names();
+    assert_eq!(first.len(), 1);
+    g.fake.delete_externally(&first[0]);
+    g.sshd.cut_connections();
+    let out = child.wait_with_output().unwrap();
+    std::fs::write(format!("{}.release", mark.display()), "").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for id in [&a, &b] {
+        assert_eq!(g.env.ball(id)["state"], "complete", "{stderr}");
+    }
+    assert!(
+        stderr.contains(&format!("worker {} is gone", first[0])),
+        "{stderr}"
+    );
+    assert_eq!(
+        inserts(&g.fake).len(),
+        2,
+        "a new worker for the rest: {stderr}"
+    );
+    assert!(g.fake.vm_names().is_empty(), "{stderr}");
+    assert_eq!(
+        g.env
+            .journal("SELECT count(*) FROM workers WHERE state != 'deleted'"),
+        "0"
+    );
+}
+
+/// Issue 10 item 4: after the first signal nothing new is claimed, whatever phase the loop is
+/// in: a SIGINT while `instances.insert` is in flight lets the create finish (so the journal
+/// can account for the VM), deletes the VM, and leaves the ball pending, its agent never run.
+#[test]
+fn a_signal_during_bring_up_claims_nothing() {
+    let Some(g) = gcp(
+        "",
+        r#"touch "$0.ran"; git commit -q --allow-empty -m x"#,
+        "",
+    ) else {
+        return;
+    };
+    g.fake.faults().insert_delay = Duration::from_millis(1500);
+    let id = g.env.add(&["never claimed"]);
+    let child = g.env.spawn(&["run", "--once"]);
+    assert!(wait_for(Duration::from_secs(30), || {
+        inserts(&g.fake).len() == 1
+    }));
+    kill(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ball = g.env.ball(&id);
+    assert_eq!(ball["state"], "pending", "{stderr}");
+    assert!(
+        !g.env.project.join("agents/agent.sh.ran").exists(),
+        "the agent ran after the signal: {stderr}"
+    );
+    assert_eq!(
+        g.env.journal("SELECT count(*) FROM attempts"),
+        "0",
+        "{stderr}"
+    );
+    assert!(g.fake.vm_names().is_empty(), "{stderr}");
+    assert_eq!(
+        g.env
+            .journal("SELECT count(*) FROM workers WHERE state != 'deleted'"),
+        "0",
+        "{stderr}"
+    );
 }

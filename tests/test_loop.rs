@@ -349,3 +349,86 @@ fn a_prompt_template_and_a_session_filter_are_honoured() {
         format!("TASK {mine} on cwo/{mine}: Mine\n1. only this")
     );
 }
+
+/// Issue 10 item 7: on the local provider the agent and every git process on the worker get an
+/// allow-listed environment plus `agent.env`, never the controller's whole environment (tokens,
+/// cloud credentials, the sources of `env:` secrets).
+#[test]
+fn the_agent_and_worker_git_get_an_allow_listed_environment() {
+    let env = TestEnv::new();
+    env.agent(
+        r#"env > "$HOME/agent.env.txt"
+git commit -q --allow-empty -m "$CWO_TASK_ID""#,
+        "env = { API_KEY = \"env:SRC_SECRET\", PLAIN = \"visible\" }",
+    );
+    let id = env.add(&["environment"]);
+    // A `git` in front of the real one records, for each call, where it ran and what it saw.
+    let bin = env.tmp.path().join("spy-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = env.tmp.path().join("git-calls");
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    std::fs::write(
+        bin.join("git"),
+        format!(
+            "#!/bin/sh\necho \"$PWD $* :: ${{GH_TOKEN:-none}} ${{AWS_SECRET_ACCESS_KEY:-none}} ${{SRC_SECRET:-none}}\" >> '{}'\nexec {} \"$@\"\n",
+            log.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env
+        .cmd(&["run", "--once"])
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("GH_TOKEN", "ghp_canary")
+        .env("AWS_SECRET_ACCESS_KEY", "aws_canary")
+        .env("SRC_SECRET", "src_canary")
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(env.ball(&id)["state"], "complete", "{stderr}");
+    let seen = std::fs::read_to_string(env.home.join("agent.env.txt")).unwrap();
+    for canary in [
+        "ghp_canary",
+        "aws_canary",
+        "GH_TOKEN",
+        "AWS_SECRET",
+        "SRC_SECRET",
+    ] {
+        assert!(
+            !seen.contains(canary),
+            "{canary} reached the agent:\n{seen}"
+        );
+    }
+    for wanted in [
+        "API_KEY=src_canary",
+        "PLAIN=visible",
+        "CWO_TASK_ID=",
+        "PATH=",
+        "HOME=",
+        "LC_ALL=C",
+    ] {
+        assert!(seen.contains(wanted), "{wanted} missing:\n{seen}");
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let on_worker: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.contains("/workspace/"))
+        .collect();
+    assert!(!on_worker.is_empty(), "{calls}");
+    for call in on_worker {
+        assert!(call.ends_with(":: none none none"), "{call}");
+    }
+}

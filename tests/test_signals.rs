@@ -266,3 +266,94 @@ fn a_polling_controller_survives_a_failed_bring_up() {
     let once = env.cwo(&["run", "--once"]);
     assert_eq!(once.code, 1);
 }
+
+/// A `git` in front of the real one that, the first time a checkout's `user.email` is set,
+/// records its pid in `gate` and hangs: the window in which a controller is killed half-way
+/// through preparing a checkout.
+fn git_gate(env: &TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = env.tmp.path().join("gate-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gate = env.tmp.path().join("gate");
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" config user.email \"*)\n  if [ ! -e '{g}.done' ]; then touch '{g}.done'; echo $$ > '{g}.tmp'; mv '{g}.tmp' '{g}'; sleep 60; fi;;\nesac\nexec {real} \"$@\"\n",
+        g = gate.display(),
+        real = real.trim()
+    );
+    let shim = dir.join("git");
+    std::fs::write(&shim, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, gate)
+}
+
+/// Issue 10 item 3: a controller killed while a task's checkout is half made (cloned, its
+/// `user.email` not yet set) must not leave a checkout the next run trusts: the next run starts a
+/// fresh attempt, and the agent runs exactly once.
+#[test]
+fn a_kill_during_checkout_preparation_never_runs_the_agent_twice() {
+    let env = TestEnv::new();
+    env.agent(
+        r#"echo start >> "$HOME/starts"
+git config user.email >/dev/null || { echo "the checkout has no user.email"; exit 3; }
+git commit -q --allow-empty -m ok"#,
+        "",
+    );
+    let id = env.add(&["half-made checkout"]);
+    let (bin, gate) = git_gate(&env);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // No identity from the environment: the checkout's own config is what the agent commits with.
+    let mut cmd = env.cmd(&["run", "--once"]);
+    for v in [
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+    ] {
+        cmd.env_remove(v);
+    }
+    let child = cmd
+        .env("PATH", &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || gate.exists()),
+        "the checkout was never prepared"
+    );
+    kill(&child, "KILL");
+    let _ = finish(child);
+    let hung = std::fs::read_to_string(&gate).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", hung.trim()])
+        .status();
+    assert_eq!(env.ball(&id)["state"], "in_progress");
+    let mut again = env.cmd(&["run", "--once"]);
+    for v in [
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+    ] {
+        again.env_remove(v);
+    }
+    let out = again.env("PATH", &path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(env.ball(&id)["state"], "complete", "{stderr}");
+    let starts = std::fs::read_to_string(env.home.join("starts")).unwrap_or_default();
+    assert_eq!(starts, "start\n", "the agent ran once: {stderr}");
+    assert_eq!(
+        env.journal("SELECT attempt, outcome FROM attempts ORDER BY attempt"),
+        "1|aborted\n2|done",
+        "{stderr}"
+    );
+}

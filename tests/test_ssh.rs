@@ -234,3 +234,43 @@ fn cwo_ssh_runs_one_command_on_the_worker() {
     assert_eq!(named.code, 0, "{named:?}");
     env.cwo(&["down"]).ok();
 }
+
+/// Issue 10 item 1: the README's `[ssh]` example (hosts and key, nothing else) with the shipped
+/// default `ssh.workspace`, which is relative to the login's home: every path git is given must
+/// resolve the same way (a relative bundle path given to `git -C repo` resolved inside the repo).
+#[test]
+fn the_readme_ssh_example_with_the_default_workspace_delivers() {
+    let env = TestEnv::new();
+    let home = env.tmp.path().join("login-home");
+    let Some(sshd) = Sshd::start_with_home(&env.tmp.path().join("sshd"), &home) else {
+        return;
+    };
+    let top = format!(
+        "provider = \"ssh\"\n[ssh]\nhosts = [{:?}]\nkey = {:?}\n",
+        sshd.host(),
+        sshd.client_key.display().to_string(),
+    );
+    env.agent_with(
+        &top,
+        r#"echo "in $PWD"; echo done > done.txt; git add done.txt; git commit -q -m "$CWO_TASK_ID""#,
+        "",
+    );
+    let a = env.add(&["first with defaults"]);
+    let b = env.add(&["second with defaults"]);
+    let run = env.cwo(&["run", "--once"]).ok();
+    for id in [&a, &b] {
+        assert_eq!(env.ball(id)["state"], "complete", "{}", run.stderr);
+        assert!(
+            env.remote_branches().contains(&format!("cwo/{id}")),
+            "{}",
+            run.stderr
+        );
+    }
+    // The work happened under the login's home, in the default place.
+    assert!(
+        run.stderr
+            .contains(&format!("in {}/.cwo/workspaces/", home.display())),
+        "{}",
+        run.stderr
+    );
+}

@@ -16,6 +16,13 @@ const LAUNCH: &str = r#"d=$(cd "$1" && pwd) || exit 97
 repo=$(cd "$2" && pwd) || exit 97
 shift 2
 if [ -e "$d/agent.pid" ]; then exit 0; fi
+# The launch itself is claimed once (mkdir is atomic): a controller killed between here and the
+# pid file leaves the claim, and no later call starts a second agent.
+if ! mkdir "$d/agent.launched" 2>/dev/null; then
+  i=0
+  while [ ! -e "$d/agent.pid" ] && [ "$i" -lt 200 ]; do i=$((i + 1)); sleep 0.05; done
+  exit 0
+fi
 cd "$repo" || exit 97
 : >> "$d/agent.log"
 setsid sh -c 'd=$1; shift; trap ": " TERM INT HUP
@@ -29,6 +36,9 @@ while [ ! -e "$d/agent.pid" ]; do
   sleep 0.05
 done
 "#;
+
+/// Whether the agent of this directory was ever launched (by any controller).
+const LAUNCHED: &str = r#"[ -e "$1/agent.launched" ] || [ -e "$1/agent.pid" ]"#;
 
 /// Prints the log from byte offset `$2` until the agent has exited and every byte was sent.
 const FOLLOW: &str = r#"d=$1; off=$2
@@ -113,6 +123,14 @@ impl Detached {
         let mut req = sh(LAUNCH, "cwo-launch", &args);
         req.env = env;
         t.check(req).await.map(|_| ())
+    }
+
+    /// Whether a launch was ever claimed here: the agent ran, runs, or died starting.
+    pub async fn launched(&self, t: &dyn Transport) -> Result<bool, TransportError> {
+        let out = t
+            .capture(sh(LAUNCHED, "cwo-launched", &[&self.dir]))
+            .await?;
+        Ok(out.status.success())
     }
 
     /// Delivers log bytes from `*offset` on, one line (or final fragment) at a time, advancing

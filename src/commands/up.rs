@@ -26,7 +26,9 @@ pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8
         printer.out(&w.instance.name);
         return Ok(0);
     }
-    let w = orch.bring_up().await?;
+    let w = orch
+        .bring_up(&tokio_util::sync::CancellationToken::new())
+        .await?;
     printer.out(&w.instance.name);
     Ok(0)
 }

@@ -1,6 +1,6 @@
 //! The run loop: tracker → worker → agent → git → journal → teardown.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,9 +34,6 @@ echo "not found on PATH:$missing"; exit 1
 
 /// Consecutive failed bring-ups a polling controller sits out before it gives up.
 const MAX_UP_FAILURES: u32 = 5;
-
-/// Deletion attempts before teardown gives up (with backoff 1, 2, 4 s).
-const DELETE_TRIES: u32 = 4;
 
 /// Signals from the outside: stop taking work; abort what runs.
 #[derive(Clone, Default)]
@@ -113,6 +110,8 @@ pub struct RunSummary {
     pub complete: Vec<String>,
     pub blocked: Vec<String>,
     pub aborted: Vec<String>,
+    /// Balls whose worker went away mid-task and that went back to the queue.
+    pub requeued: Vec<String>,
     pub workers_created: u32,
     pub up_secs: f64,
     pub agent_secs: f64,
@@ -230,7 +229,9 @@ impl Orchestrator {
     }
 
     /// Creates a worker: journal intent first, then the provider, then a prerequisite check.
-    pub async fn bring_up(&self) -> Result<ActiveWorker, CliError> {
+    /// `stop` cancelled (a signal) between the phases tears the new worker down again: a create
+    /// already sent is waited for, never abandoned, so the journal can always account for it.
+    pub async fn bring_up(&self, stop: &CancellationToken) -> Result<ActiveWorker, CliError> {
         let p = &self.shared.printer;
         let short = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let name = format!("cwo-{}-{short}", self.project_slug);
@@ -273,6 +274,18 @@ impl Orchestrator {
                 ));
             }
         };
+        let stopped = || async {
+            p.status(format!(
+                "stopping: tearing down worker {name}, which was coming up"
+            ));
+            self.tear_down(&name, "user").await?;
+            Err(CliError::user(format!(
+                "stopped while worker {name} was coming up; it is deleted"
+            )))
+        };
+        if stop.is_cancelled() {
+            return stopped().await;
+        }
         j.worker_ready(
             &name,
             instance.created_at,
@@ -321,6 +334,9 @@ impl Orchestrator {
         if let Some(problem) = problem {
             let _ = self.tear_down(&name, "error").await;
             return Err(problem);
+        }
+        if stop.is_cancelled() {
+            return stopped().await;
         }
         phase.finish(format!("worker {name} is up"));
         Ok(ActiveWorker::new(instance, transport, self.bootstrapped()))
@@ -417,41 +433,40 @@ impl Orchestrator {
         Ok((work, transport))
     }
 
-    /// Deletes a worker and confirms it is gone, retrying; the journal records each step.
+    /// Deletes a worker and confirms it is gone under the one deletion retry policy (progress on
+    /// stderr, `teardown_timeout` overall); the journal records each step. Giving up names the
+    /// exact command that deletes the worker by hand.
     pub async fn tear_down(&self, name: &str, reason: &str) -> Result<(), CliError> {
         let j = &self.shared.journal;
         j.worker_deleting(name, reason)?;
         tracing::debug!(%name, %reason, "delete");
-        let mut last_err = None;
-        for attempt in 0..DELETE_TRIES {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
-            }
-            let result = async {
-                self.provider.delete(name).await?;
-                self.provider
-                    .confirm_deleted(name, Duration::from_secs(300))
-                    .await
-            }
+        let deadline = Duration::from_secs(300); // MERGE: settings.teardown_timeout
+        let printer = self.shared.printer;
+        let result =
+            crate::provider::delete_confirmed(&*self.provider, name, deadline, &mut |line| {
+                printer.status(line)
+            })
             .await;
-            match result {
-                Ok(()) => {
-                    j.worker_deleted(name, reason)?;
-                    return Ok(());
+        match result {
+            Ok(()) => {
+                j.worker_deleted(name, reason)?;
+                Ok(())
+            }
+            Err(e) => {
+                let mut err = CliError::from_error(
+                    format!(
+                        "could not delete worker {name} (gave up after {}, teardown_timeout)",
+                        fmt_secs(deadline)
+                    ),
+                    &e,
+                )
+                .hint("run `cwo down` again; the journal still lists the worker");
+                if let Some(cmd) = self.provider.manual_delete_hint(name) {
+                    err = err.hint(format!("or delete it yourself: {cmd}"));
                 }
-                Err(e) => last_err = Some(e),
+                Err(err)
             }
         }
-        let e = last_err.expect("at least one try");
-        let mut err = CliError::from_error(
-            format!("could not delete worker {name} after {DELETE_TRIES} tries"),
-            &e,
-        )
-        .hint("run `cwo down` again; the journal still lists the worker");
-        if let Some(cmd) = self.provider.manual_delete_hint(name) {
-            err = err.hint(format!("or delete it yourself: {cmd}"));
-        }
-        Err(err)
     }
 
     /// Reconciles the journal with the provider after a crash or a `cwo up`: workers the
@@ -565,6 +580,8 @@ impl Orchestrator {
         let mut worker = recovered.worker;
         let mut running: JoinSet<TaskReport> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
+        // Attempts spent on balls whose worker went away, so a requeued ball keeps its count.
+        let mut tries: HashMap<String, u32> = HashMap::new();
         if let Some(w) = &worker {
             let tasks = sh.tracker.list()?;
             for attempt in recovered.resume {
@@ -586,6 +603,7 @@ impl Orchestrator {
                     self.task_ctx(w, &shutdown),
                     task,
                     Some(attempt),
+                    0,
                 ));
             }
         }
@@ -609,7 +627,7 @@ impl Orchestrator {
                     if !ready.is_empty() && free > 0 {
                         if worker.is_none() {
                             let started = Instant::now();
-                            match self.bring_up().await {
+                            match self.bring_up(&shutdown.stop_claiming).await {
                                 Ok(w) => {
                                     worker = Some(w);
                                     summary.workers_created += 1;
@@ -618,6 +636,8 @@ impl Orchestrator {
                                 }
                                 // `--once` reports the failure; a polling controller keeps going
                                 // (capacity and networks come back), waiting longer each time.
+                                // A signal arrived during the bring-up: nothing is claimed.
+                                Err(_) if shutdown.stop_claiming.is_cancelled() => continue,
                                 Err(e) if !opts.once && up_failures < MAX_UP_FAILURES => {
                                     up_failures += 1;
                                     let wait = settings.poll_interval * 2u32.pow(up_failures.min(6));
@@ -637,6 +657,10 @@ impl Orchestrator {
                         }
                         let w = worker.as_ref().expect("worker is up");
                         for task in ready.into_iter().take(free) {
+                            // A signal during the bring-up (or an earlier claim): nothing new.
+                            if shutdown.stop_claiming.is_cancelled() {
+                                break;
+                            }
                             // A ball removed or rewritten between the read and the claim is
                             // skipped, not fatal: the next poll sees the file as it is.
                             if let Err(e) = sh.tracker.claim(&task.id) {
@@ -652,7 +676,8 @@ impl Orchestrator {
                             in_flight.insert(task.id.clone());
                             sh.printer
                                 .status(format!("▶ {} {}", task.id, one_line(&task.title)));
-                            running.spawn(task::run_task(self.task_ctx(w, &shutdown), task, None));
+                            let prior = tries.get(&task.id).copied().unwrap_or(0);
+                            running.spawn(task::run_task(self.task_ctx(w, &shutdown), task, None, prior));
                         }
                         continue;
                     }
@@ -688,8 +713,26 @@ impl Orchestrator {
                         in_flight.remove(&report.id);
                         summary.agent_secs += report.agent.as_secs_f64();
                         summary.git_secs += report.git.as_secs_f64();
+                        let requeued = report.worker_gone
+                            && report.tries < settings.agent.max_attempts.get();
+                        if report.worker_gone {
+                            tries.insert(report.id.clone(), report.tries);
+                            let lost = worker.as_ref().is_some_and(|w| w.instance.name == report.worker);
+                            // Its worker is gone: confirmed torn down, and the next ball (this
+                            // one included, when it has tries left) gets a new worker.
+                            if let Some(w) = worker.take_if(|_| lost) {
+                                sh.printer.warn(format!(
+                                    "worker {} is gone; tearing it down and bringing up a new one for the rest of the queue",
+                                    w.instance.name
+                                ));
+                                let started = Instant::now();
+                                self.tear_down(&w.instance.name, "gone").await?;
+                                summary.teardown_secs += started.elapsed().as_secs_f64();
+                            }
+                        }
                         match report.outcome {
                             Outcome::Done { .. } => summary.complete.push(report.id),
+                            Outcome::Failed(_) if requeued => summary.requeued.push(report.id),
                             Outcome::Blocked(_) | Outcome::Failed(_) => summary.blocked.push(report.id),
                             Outcome::Aborted => summary.aborted.push(report.id),
                         }

@@ -17,7 +17,7 @@ use crate::journal::{AttemptRow, NewAttempt};
 use crate::printer::fmt_secs;
 use crate::provider::Provider;
 use crate::tracker::Task;
-use crate::transport::{ExecStatus, Transport};
+use crate::transport::{ExecStatus, Transport, TransportError};
 
 /// Between SIGTERM and SIGKILL for an agent that overran its timeout or was aborted.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -35,25 +35,115 @@ pub(super) struct TaskCtx {
 
 pub(super) struct TaskReport {
     pub id: String,
+    /// The worker the task ran on.
+    pub worker: String,
     pub outcome: Outcome,
     pub agent: Duration,
     pub git: Duration,
+    /// Attempts this controller spent on the ball, across workers.
+    pub tries: u32,
+    /// The worker disappeared under the task (the provider says it is gone): the loop tears it
+    /// down and the ball, when it has tries left, goes back to the queue for a new worker.
+    pub worker_gone: bool,
+}
+
+/// Why an attempt stopped before the agent's result could be judged.
+enum AttemptError {
+    /// Counts as a failed attempt (retried within `agent.max_attempts`).
+    Failed(String),
+    /// The provider says the worker is gone: no later attempt can run there.
+    WorkerGone(String),
+}
+
+impl From<String> for AttemptError {
+    fn from(reason: String) -> AttemptError {
+        AttemptError::Failed(reason)
+    }
+}
+
+/// An error from a step on the worker that may only mean the connection was lost.
+trait Lost: std::fmt::Display {
+    fn lost(&self) -> bool;
+}
+
+impl Lost for TransportError {
+    fn lost(&self) -> bool {
+        self.is_connection()
+    }
+}
+
+impl Lost for git::GitError {
+    fn lost(&self) -> bool {
+        self.is_connection()
+    }
+}
+
+/// Runs an idempotent step on the worker. A lost connection never means a dead worker: the step
+/// is retried while the provider says the worker lives, and a worker the provider says is gone
+/// ends the attempt as `WorkerGone` (DESIGN invariant 5).
+async fn on_worker<T, E, Fut>(
+    ctx: &TaskCtx,
+    what: &str,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, AttemptError>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Lost,
+{
+    let mut since = None;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.lost() => {
+                if !still_alive(ctx, &e.to_string(), &mut since, &mut backoff).await? {
+                    return Err(AttemptError::WorkerGone(format!(
+                        "worker {} is gone ({what})",
+                        ctx.worker
+                    )));
+                }
+            }
+            Err(e) => {
+                return Err(AttemptError::Failed(format!(
+                    "{what} on {}: {e}",
+                    ctx.worker
+                )));
+            }
+        }
+    }
 }
 
 /// Runs a ball to its end and records the outcome in the tracker and the journal. `resume` is an
-/// attempt a previous controller left running on this worker.
-pub(super) async fn run_task(ctx: TaskCtx, task: Task, resume: Option<AttemptRow>) -> TaskReport {
+/// attempt a previous controller left running on this worker; `prior_tries` are attempts this
+/// controller already spent on the ball on workers that went away.
+pub(super) async fn run_task(
+    ctx: TaskCtx,
+    task: Task,
+    resume: Option<AttemptRow>,
+    prior_tries: u32,
+) -> TaskReport {
     let sh = ctx.shared.clone();
     let mut report = TaskReport {
         id: task.id.clone(),
+        worker: ctx.worker.clone(),
         outcome: Outcome::Aborted,
         agent: Duration::ZERO,
         git: Duration::ZERO,
+        tries: prior_tries,
+        worker_gone: false,
     };
     let outcome = drive_task(&ctx, &task, resume, &mut report)
         .await
         .unwrap_or_else(Outcome::Blocked);
+    let requeue = report.worker_gone && report.tries < sh.settings.agent.max_attempts.get();
     let settle = match &outcome {
+        Outcome::Failed(reason) if requeue => {
+            sh.printer.status(format!(
+                "↻ {} attempt {}/{} lost its worker ({reason}); back to the queue for a new worker",
+                task.id, report.tries, sh.settings.agent.max_attempts
+            ));
+            sh.tracker.release(&task.id).map(|_| "pending")
+        }
         Outcome::Aborted => {
             sh.printer
                 .status(format!("■ {} aborted; back to pending", task.id));
@@ -100,7 +190,8 @@ struct Attempt {
     log_path: PathBuf,
     base: String,
     started_at: chrono::DateTime<Utc>,
-    resumed: bool,
+    /// The complete checkout of an attempt a stopped controller left (None: a new attempt).
+    resumed: Option<WorkerCheckout>,
 }
 
 /// Runs attempts until one decides the ball. `Err` = a reason to block the ball at once.
@@ -118,12 +209,52 @@ async fn drive_task(
     let bundle = tmp.join(format!("{}-input.bundle", task.id));
     let mut base: Option<String> = None;
     let max = settings.agent.max_attempts.get();
-    for this_run in 1..=max {
+    while report.tries < max {
         if ctx.abort.is_cancelled() {
             return Ok(Outcome::Aborted);
         }
-        let attempt = match resume.take() {
-            Some(row) => Attempt {
+        // An attempt left by a stopped controller is reattached only when its checkout was
+        // complete: before that, its agent cannot have started, and a fresh attempt replaces it.
+        let resumed = match resume.take() {
+            Some(row) => match WorkerCheckout::existing(
+                ctx.transport.as_ref(),
+                row.workdir.clone(),
+                &branch,
+                &row.base,
+            )
+            .await
+            {
+                Ok(Some(co)) => Some((row, co)),
+                Ok(None) => {
+                    sh.printer.status(format!(
+                        "{}: attempt {} stopped while its checkout was being prepared (the agent never started); starting a fresh attempt",
+                        task.id, row.attempt
+                    ));
+                    sh.journal
+                        .attempt_end(
+                            row.id,
+                            "aborted",
+                            "-",
+                            row.branch.as_deref(),
+                            None,
+                            Some("controller stopped while preparing the checkout"),
+                        )
+                        .map_err(|e| e.to_string())?;
+                    None
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot look at attempt {} on {}: {e}",
+                        row.attempt, ctx.worker
+                    ));
+                }
+            },
+            None => None,
+        };
+        report.tries += 1;
+        let this_run = report.tries;
+        let attempt = match resumed {
+            Some((row, co)) => Attempt {
                 id: row.id,
                 seq: row.attempt as u32,
                 this_run,
@@ -131,7 +262,7 @@ async fn drive_task(
                 log_path: PathBuf::from(row.log_path),
                 base: row.base,
                 started_at: row.started_at,
-                resumed: true,
+                resumed: Some(co),
             },
             None => {
                 if base.is_none() {
@@ -177,14 +308,20 @@ async fn drive_task(
                     log_path,
                     base,
                     started_at: Utc::now(),
-                    resumed: false,
+                    resumed: None,
                 }
             }
         };
         let (outcome, exit, checkout) =
             match one_attempt(ctx, task, &attempt, &bundle, &branch, report).await {
                 Ok(x) => x,
-                Err(reason) => (Outcome::Failed(reason), "-".to_string(), None),
+                Err(AttemptError::Failed(reason)) => {
+                    (Outcome::Failed(reason), "-".to_string(), None)
+                }
+                Err(AttemptError::WorkerGone(reason)) => {
+                    report.worker_gone = true;
+                    (Outcome::Failed(reason), "-".to_string(), None)
+                }
             };
         let mut commit = None;
         let outcome = match (outcome, checkout) {
@@ -197,7 +334,12 @@ async fn drive_task(
                         commit = Some(sha);
                         Outcome::Done { commits }
                     }
-                    Err(reason) => Outcome::Blocked(reason),
+                    Err(AttemptError::Failed(reason)) => Outcome::Blocked(reason),
+                    // The work went with the worker: done again elsewhere.
+                    Err(AttemptError::WorkerGone(reason)) => {
+                        report.worker_gone = true;
+                        Outcome::Failed(reason)
+                    }
                 }
             }
             (other, _) => other,
@@ -215,6 +357,8 @@ async fn drive_task(
             reason,
         );
         match outcome {
+            // Nothing more can run on a worker that is gone: the loop decides where the ball goes.
+            Outcome::Failed(reason) if report.worker_gone => return Ok(Outcome::Failed(reason)),
             Outcome::Failed(reason) if this_run < max => {
                 let wait = settings.agent.retry_backoff * 2u32.saturating_pow(this_run - 1);
                 sh.printer.status(format!(
@@ -236,7 +380,9 @@ async fn drive_task(
             other => return Ok(other),
         }
     }
-    unreachable!("the last attempt always returns")
+    Ok(Outcome::Failed(format!(
+        "no attempts left ({max} spent, the last on a worker that went away)"
+    )))
 }
 
 /// Prepares the checkout (unless resuming), starts the agent detached (idempotent), follows it
@@ -248,7 +394,7 @@ async fn one_attempt(
     bundle: &Path,
     branch: &str,
     report: &mut TaskReport,
-) -> Result<(Outcome, String, Option<WorkerCheckout>), String> {
+) -> Result<(Outcome, String, Option<WorkerCheckout>), AttemptError> {
     let sh = &ctx.shared;
     let settings = &sh.settings;
     let t = ctx.transport.as_ref();
@@ -257,27 +403,37 @@ async fn one_attempt(
         settings.git.author_email.as_str(),
     );
     let prompt_file = format!("{}/prompt.md", a.dir);
-    let checkout = if a.resumed {
-        WorkerCheckout::existing(a.dir.clone(), branch, &a.base)
-    } else {
-        let started = Instant::now();
-        let co = WorkerCheckout::prepare(t, a.dir.clone(), bundle, &a.base, branch, author)
-            .await
-            .map_err(|e| format!("preparing the checkout on {}: {e}", ctx.worker))?;
-        report.git += started.elapsed();
-        co
+    let checkout = match &a.resumed {
+        Some(co) => co.clone(),
+        None => {
+            let started = Instant::now();
+            let co = on_worker(ctx, "preparing the checkout", || {
+                WorkerCheckout::prepare(t, a.dir.clone(), bundle, &a.base, branch, author)
+            })
+            .await?;
+            report.git += started.elapsed();
+            co
+        }
+    };
+    let det = Detached::new(a.dir.clone());
+    // A resumed attempt whose agent was launched is only followed; one whose controller stopped
+    // between the checkout and the launch gets its prompt now.
+    let launched = match &a.resumed {
+        Some(_) => on_worker(ctx, "looking at the agent", || det.launched(t)).await?,
+        None => false,
     };
     let prompt = agent::render_prompt(&sh.template, task, branch);
-    if !a.resumed {
+    if !launched {
         let local_prompt = sh
             .state_dir
             .join("tmp")
             .join(format!("{}-prompt.md", task.id));
         std::fs::write(&local_prompt, &prompt)
             .map_err(|e| format!("writing {}: {e}", local_prompt.display()))?;
-        t.upload(&local_prompt, &prompt_file)
-            .await
-            .map_err(|e| e.to_string())?;
+        on_worker(ctx, "uploading the prompt", || {
+            t.upload(&local_prompt, &prompt_file)
+        })
+        .await?;
     }
     let argv = agent::build_argv(
         &settings.agent.command,
@@ -296,11 +452,13 @@ async fn one_attempt(
     env.push(("CWO_BRANCH".into(), branch.to_string()));
     env.push(("CWO_ATTEMPT".into(), a.this_run.to_string()));
 
-    let det = Detached::new(a.dir.clone());
-    det.start(t, &checkout.repo, &argv, env)
-        .await
-        .map_err(|e| format!("starting the agent on {}: {e}", ctx.worker))?;
-    if a.resumed {
+    // Starting is idempotent (the launch is claimed once on the worker), so a connection lost
+    // while starting is retried without ever starting a second agent.
+    on_worker(ctx, "starting the agent", || {
+        det.start(t, &checkout.repo, &argv, env.clone())
+    })
+    .await?;
+    if launched {
         sh.printer
             .status(format!("↪ {} reattached to attempt {}", task.id, a.seq));
     }
@@ -309,7 +467,12 @@ async fn one_attempt(
     report.agent += agent_started.elapsed();
     let commits = match status {
         ExecStatus::Cancelled => 0,
-        _ => checkout.new_commits(t).await.map_err(|e| e.to_string())?,
+        _ => {
+            on_worker(ctx, "counting the agent's commits", || {
+                checkout.new_commits(t)
+            })
+            .await?
+        }
     };
     let outcome = agent::judge(status, blocked, commits, settings.agent.timeout);
     Ok((outcome, status.to_string(), Some(checkout)))
@@ -323,7 +486,7 @@ async fn watch(
     task: &Task,
     det: &Detached,
     a: &Attempt,
-) -> Result<(ExecStatus, Option<String>), String> {
+) -> Result<(ExecStatus, Option<String>), AttemptError> {
     let sh = &ctx.shared;
     let t = ctx.transport.as_ref();
     if let Some(parent) = a.log_path.parent() {
@@ -388,16 +551,19 @@ async fn watch(
                     if !still_alive(ctx, &e.to_string(), &mut unreachable_since, &mut backoff)
                         .await?
                     {
-                        return Err(format!("worker {} is gone", ctx.worker));
+                        return Err(AttemptError::WorkerGone(format!(
+                            "worker {} is gone",
+                            ctx.worker
+                        )));
                     }
                 }
             },
             Some(Ok(FollowEnd::Stopped)) => match det.state(t).await {
                 Ok(AgentState::Missing) => {
-                    return Err(format!(
+                    return Err(AttemptError::Failed(format!(
                         "the agent is not running on {} and left no exit status",
                         ctx.worker
-                    ));
+                    )));
                 }
                 Ok(AgentState::Exited(status)) => break status,
                 Ok(AgentState::Running) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -405,13 +571,19 @@ async fn watch(
                     if !still_alive(ctx, &e.to_string(), &mut unreachable_since, &mut backoff)
                         .await?
                     {
-                        return Err(format!("worker {} is gone", ctx.worker));
+                        return Err(AttemptError::WorkerGone(format!(
+                            "worker {} is gone",
+                            ctx.worker
+                        )));
                     }
                 }
             },
             Some(Err(e)) => {
                 if !still_alive(ctx, &e.to_string(), &mut unreachable_since, &mut backoff).await? {
-                    return Err(format!("worker {} is gone", ctx.worker));
+                    return Err(AttemptError::WorkerGone(format!(
+                        "worker {} is gone",
+                        ctx.worker
+                    )));
                 }
             }
         }
@@ -476,16 +648,17 @@ async fn deliver(
     co: &WorkerCheckout,
     seq: u32,
     commits: u64,
-) -> Result<String, String> {
+) -> Result<String, AttemptError> {
     let sh = &ctx.shared;
     let settings = &sh.settings;
     let local = sh
         .state_dir
         .join("tmp")
         .join(format!("{}-output.bundle", task.id));
-    co.bring_back(ctx.transport.as_ref(), &local)
-        .await
-        .map_err(|e| format!("bringing the branch back from {}: {e}", ctx.worker))?;
+    on_worker(ctx, "bringing the branch back", || {
+        co.bring_back(ctx.transport.as_ref(), &local)
+    })
+    .await?;
     let sha = git::fetch_result(&sh.root, &local, &co.branch)
         .await
         .map_err(|e| format!("fetching the result: {e}"))?;
@@ -493,10 +666,10 @@ async fn deliver(
     let where_ = if settings.git.push {
         let remote = &settings.git.remote;
         if !git::has_remote(&sh.root, remote).await {
-            return Err(format!(
+            return Err(AttemptError::Failed(format!(
                 "the work is at refs/cwo/{} ({short}) but git remote `{remote}` does not exist; add it or set git.push = false",
                 task.id
-            ));
+            )));
         }
         git::push(&sh.root, remote, &sha, &co.branch)
             .await

@@ -209,6 +209,57 @@ pub enum DeleteOutcome {
     AlreadyGone,
 }
 
+/// How long a delete that answered "gone" may still show the VM in a list or get (Compute's
+/// reads are eventually consistent) before the delete is sent again: a spurious 404 costs
+/// seconds, not the whole deadline.
+const GONE_SETTLE: Duration = Duration::from_secs(10);
+
+/// Deletes a worker and confirms it is gone, under the one retry policy for deletion: every
+/// retryable failure (transient, or a VM still there after its delete) is retried with backoff
+/// (1 s doubling to 30 s) until `deadline` has passed since the first try, and each retry is
+/// reported through `progress` ("delete of X: …, retry N in 8 s"). Permission and invalid-spec
+/// errors end it at once. The provider's own calls do not retry deletion on their own.
+pub async fn delete_confirmed(
+    provider: &dyn Provider,
+    name: &str,
+    deadline: Duration,
+    progress: &mut (dyn FnMut(String) + Send),
+) -> Result<(), ProviderError> {
+    let end = tokio::time::Instant::now() + deadline;
+    let mut delay = Duration::from_secs(1);
+    let mut retry = 0u32;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        let result = match provider.delete(name).await {
+            // Gone (or a 404 that may be spurious): confirm briefly, delete again if still there.
+            Ok(DeleteOutcome::AlreadyGone) => {
+                provider.confirm_deleted(name, GONE_SETTLE.min(left)).await
+            }
+            Ok(DeleteOutcome::Deleted) => provider.confirm_deleted(name, left).await,
+            Err(e) => Err(e),
+        };
+        let e = match result {
+            Ok(()) => return Ok(()),
+            Err(e @ (ProviderError::Permission(_) | ProviderError::InvalidSpec(_))) => {
+                return Err(e);
+            }
+            Err(e) => e,
+        };
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(e);
+        }
+        retry += 1;
+        let wait = delay.min(left);
+        progress(format!(
+            "delete of {name}: {e}; retry {retry} in {}",
+            humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
+        ));
+        tokio::time::sleep(wait).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
 /// Typed provider errors: retry and fallback decide on the kind, never on message text.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {

@@ -70,6 +70,22 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 }
 
+/// The variables of the controller's environment that reach a process on a local worker: what
+/// a login on a worker would have (the user's basics, locale, terminal), nothing else. Cloud
+/// credentials, tokens (`GH_TOKEN`, `AWS_*`, …) and the sources of `env:` secrets stay with the
+/// controller, as they would on a VM; the agent gets `agent.env` on top of these, and a variable
+/// it needs from this environment is passed explicitly (`agent.env.NAME = "env:NAME"`).
+pub const WORKER_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
+];
+
+fn worker_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os().filter(|(k, _)| {
+        k.to_str()
+            .is_some_and(|k| WORKER_ENV.contains(&k) || k.starts_with("LC_"))
+    })
+}
+
 fn kill_group(pgid: Option<u32>, signal: i32) {
     if let Some(pid) = pgid {
         // SAFETY: killpg only sends a signal; the group was created for this child (process_group(0)).
@@ -94,6 +110,8 @@ impl Transport for LocalTransport {
         tracing::debug!(worker = %self.worker, argv = ?req.argv, cwd = ?req.cwd, "exec");
         let mut cmd = Command::new(&program);
         cmd.args(&req.argv[1..])
+            .env_clear()
+            .envs(worker_env())
             .envs(req.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

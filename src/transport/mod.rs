@@ -94,6 +94,14 @@ pub enum TransportError {
     },
 }
 
+impl TransportError {
+    /// The command's fate is unknown because the connection failed (not because it ran and
+    /// failed): worth retrying once the worker is reachable again.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, TransportError::Io { .. })
+    }
+}
+
 /// Output of a command whose lines were collected rather than streamed.
 #[derive(Debug, Clone)]
 pub struct Captured {

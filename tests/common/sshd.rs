@@ -14,6 +14,8 @@ pub struct Sshd {
     pub user: String,
     /// The client key that may log in.
     pub client_key: PathBuf,
+    /// Where sessions start (the login's home as sshd would use it), when not the real home.
+    home: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -44,6 +46,19 @@ fn free_port() -> u16 {
 impl Sshd {
     /// `None` (with a visible message) when this machine cannot run a test sshd.
     pub fn start(dir: &Path) -> Option<Sshd> {
+        Sshd::start_at(dir, None)
+    }
+
+    /// A test sshd whose sessions start in `home`, as they would in the login's home directory:
+    /// for settings relative to the login's home (the default `ssh.workspace`) without touching
+    /// the real home of the user running the tests. Every command runs through a ForceCommand
+    /// that changes to `home` and then runs the requested command as sshd would have.
+    pub fn start_with_home(dir: &Path, home: &Path) -> Option<Sshd> {
+        std::fs::create_dir_all(home).unwrap();
+        Sshd::start_at(dir, Some(home.to_path_buf()))
+    }
+
+    fn start_at(dir: &Path, home: Option<PathBuf>) -> Option<Sshd> {
         let Some(bin) = sshd_binary() else {
             eprintln!("skipped: needs sshd (scripts/test.sh installs openssh-server)");
             return None;
@@ -67,6 +82,7 @@ impl Sshd {
             port: free_port(),
             user,
             client_key,
+            home,
             child: None,
         };
         sshd.write_config(&bin);
@@ -85,6 +101,13 @@ impl Sshd {
             port = self.port,
             user = self.user,
         );
+        let config = match &self.home {
+            Some(home) => format!(
+                "{config}ForceCommand cd '{}' && HOME=\"$PWD\" && export HOME && eval \"$SSH_ORIGINAL_COMMAND\"\n",
+                home.display()
+            ),
+            None => config,
+        };
         std::fs::write(self.dir.join("sshd_config"), config).unwrap();
     }
 

@@ -78,7 +78,10 @@ pub fn configure<F, Cr>(
 where
     google_cloud_auth::credentials::Credentials: Into<Cr>,
 {
-    let mut b = builder;
+    // cwo retries on its own terms (by error kind, with progress and one deadline per
+    // operation); the client's built-in policy (up to 10 tries in 60 s per call) would nest
+    // inside those loops and keep a failing call silent for minutes.
+    let mut b = builder.with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
     if !endpoint.is_empty() {
         b = b.with_endpoint(endpoint.to_string());
     }
@@ -821,24 +824,22 @@ impl Provider for GcpProvider {
         let c = self.clients().await?;
         let request_id = uuid::Uuid::new_v4().to_string();
         let what = format!("deleting VM {name} in {zone}");
-        let sent = self
-            .retry(|| async {
-                match c
-                    .instances
-                    .delete()
-                    .set_project(&self.settings.project)
-                    .set_zone(&zone)
-                    .set_instance(name)
-                    .set_request_id(&request_id)
-                    .send()
-                    .await
-                {
-                    Ok(op) => Ok(Some(op)),
-                    Err(e) if e.http_status_code() == Some(404) => Ok(None),
-                    Err(e) => Err(classify(&e, &what, false)),
-                }
-            })
-            .await?;
+        // One call: deletion is retried by the caller's single policy (`delete_confirmed`),
+        // which reports each retry and keeps one overall deadline.
+        let sent = match c
+            .instances
+            .delete()
+            .set_project(&self.settings.project)
+            .set_zone(&zone)
+            .set_instance(name)
+            .set_request_id(&request_id)
+            .send()
+            .await
+        {
+            Ok(op) => Some(op),
+            Err(e) if e.http_status_code() == Some(404) => None,
+            Err(e) => return Err(classify(&e, &what, false)),
+        };
         let Some(op) = sent else {
             return Ok(DeleteOutcome::AlreadyGone);
         };
