@@ -114,8 +114,9 @@ pub async fn check(
             CliError::from_error("over budget, but listing the workers to delete failed", &e)
         })?;
         for inst in targets {
+            // Gone is done: a worker that vanished meanwhile counts as deleted.
             match reaper.delete(&inst, "budget").await {
-                Ok(()) => enforced.push(json!({"worker": inst.name, "deleted": true})),
+                Ok(_) => enforced.push(json!({"worker": inst.name, "deleted": true})),
                 Err(e) => enforced
                     .push(json!({"worker": inst.name, "deleted": false, "error": e.to_string()})),
             }
