@@ -35,6 +35,10 @@ pub struct Settings {
     /// treats workers the journal does not know as orphans once they are this old.
     #[serde(with = "duration_str")]
     pub reap_grace: Duration,
+    /// How long teardown keeps retrying a worker's deletion before it gives up and prints the
+    /// manual delete command. More than 0.
+    #[serde(with = "nonzero_duration_str")]
+    pub teardown_timeout: Duration,
     /// Where the journal, logs and workers live (default: per project under the XDG state dir).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
@@ -322,6 +326,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(300),
             concurrency: NonZeroUsize::MIN,
             reap_grace: Duration::from_secs(15 * 60),
+            teardown_timeout: Duration::from_secs(5 * 60),
             state_dir: None,
             tracker: TrackerSettings::default(),
             agent: AgentSettings::default(),
@@ -739,6 +744,26 @@ mod duration_str {
     }
 }
 
+/// A duration that must be more than zero.
+mod nonzero_duration_str {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        super::duration_str::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = super::duration_str::deserialize(d)?;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom(
+                "teardown_timeout must be more than 0 (0 would give up before the first try); write it like \"5m\"",
+            ));
+        }
+        Ok(v)
+    }
+}
+
 fn non_empty_argv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     if v.is_empty() || v[0].trim().is_empty() {
@@ -840,6 +865,7 @@ mod tests {
                 3,
                 "gcp.zones is empty",
             ),
+            ("teardown_timeout = \"0s\"\n", 1, "more than 0"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();
@@ -851,6 +877,18 @@ mod tests {
             );
             assert!(err.message.contains(needle), "{text}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn teardown_timeout_defaults_to_5m_and_reads_like_a_duration() {
+        let r = resolve(&inputs_for(None, &[], &[])).unwrap();
+        assert_eq!(r.settings.teardown_timeout, Duration::from_secs(300));
+        let flags = vec!["teardown_timeout=90s".to_string()];
+        let r = resolve(&inputs_for(None, &[], &flags)).unwrap();
+        assert_eq!(r.settings.teardown_timeout, Duration::from_secs(90));
+        let err = resolve(&inputs_for(None, &[("CWO_TEARDOWN_TIMEOUT", "0s")], &[])).unwrap_err();
+        assert_eq!(err.location, "environment variable CWO_TEARDOWN_TIMEOUT");
+        assert!(err.message.contains("more than 0"), "{}", err.message);
     }
 
     #[test]
