@@ -35,6 +35,10 @@ pub struct Settings {
     /// treats workers the journal does not know as orphans once they are this old.
     #[serde(with = "duration_str")]
     pub reap_grace: Duration,
+    /// How long teardown keeps retrying a worker's deletion before it gives up and prints the
+    /// manual delete command. More than 0.
+    #[serde(with = "nonzero_duration_str")]
+    pub teardown_timeout: Duration,
     /// Where the journal, logs and workers live (default: per project under the XDG state dir).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
@@ -77,7 +81,8 @@ impl TerraformSettings {
 pub struct GcpSettings {
     /// The GCP project VMs are created in.
     pub project: String,
-    /// Zones to try, in order; a zone out of capacity falls through to the next.
+    /// Zones to try, in order; a zone out of capacity falls through to the next. Never empty.
+    #[serde(deserialize_with = "zone_list")]
     pub zones: Vec<String>,
     pub machine_type: String,
     /// Boot image: a family or image path (Debian 12 by default; an Alpine image you imported;
@@ -231,6 +236,16 @@ impl fmt::Display for HostAddr {
     }
 }
 
+fn zone_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    if v.iter().all(|z| z.trim().is_empty()) {
+        return Err(serde::de::Error::custom(
+            "gcp.zones is empty: cwo would have no zone to create VMs in; list at least one, e.g. zones = [\"us-central1-a\"], or remove the line for the default (us-central1-a, -b, -c)",
+        ));
+    }
+    Ok(v)
+}
+
 fn host_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let v = Vec::<String>::deserialize(d)?;
     for h in &v {
@@ -311,6 +326,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(300),
             concurrency: NonZeroUsize::MIN,
             reap_grace: Duration::from_secs(15 * 60),
+            teardown_timeout: Duration::from_secs(5 * 60),
             state_dir: None,
             tracker: TrackerSettings::default(),
             agent: AgentSettings::default(),
@@ -620,7 +636,83 @@ fn line_of_key(text: &str, dotted: &str) -> usize {
     1
 }
 
+/// A setting that is accepted but is probably not what its author wants: said on stderr once per
+/// command, and listed by `cwo doctor`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Warning {
+    pub key: String,
+    /// The value as TOML.
+    pub value: String,
+    /// Where it came from (file:line, variable or flag).
+    pub source: Source,
+    /// What the value does in practice.
+    pub problem: String,
+    /// What to set instead.
+    pub fix: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} = {}: {}; {}",
+            self.source, self.key, self.value, self.problem, self.fix
+        )
+    }
+}
+
+/// Whether a CIDR covers every address (a /0, IPv4 or IPv6).
+fn whole_internet(cidr: &str) -> bool {
+    cidr.trim().rsplit_once('/').is_some_and(|(addr, len)| {
+        len.trim().parse::<u8>() == Ok(0) && addr.trim().parse::<std::net::IpAddr>().is_ok()
+    })
+}
+
 impl Resolved {
+    /// The accepted values that deserve a warning, each with where it came from.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let s = &self.settings;
+        let mut out = Vec::new();
+        let mut warn = |key: &str, value: String, problem: &str, fix: &str| {
+            out.push(Warning {
+                key: key.to_string(),
+                value,
+                source: self.origins.get(key).cloned().unwrap_or(Source::Default),
+                problem: problem.to_string(),
+                fix: fix.to_string(),
+            })
+        };
+        let duration = |d: Duration| format!("\"{}\"", humantime::format_duration(d));
+        // Only the providers that make the firewall rule use it.
+        if matches!(s.provider, ProviderKind::Gcp | ProviderKind::Terraform)
+            && whole_internet(&s.gcp.ssh_source)
+        {
+            warn(
+                "gcp.ssh_source",
+                format!("{:?}", s.gcp.ssh_source),
+                "SSH open to the world: the firewall rule lets any address on the internet reach the workers' SSH port",
+                "set it to your address as a /32 (\"203.0.113.7/32\"), or to \"\" to detect this machine's public address",
+            );
+        }
+        if s.reap_grace.is_zero() {
+            warn(
+                "reap_grace",
+                duration(s.reap_grace),
+                "`cwo reap` gives no grace: a worker a running `cwo run` is still creating counts as an unfinished create at once, a VM this project's journal does not know yet is an orphan at once, and a marked worker is deleted on the very next pass",
+                "set it longer than a worker takes to create, a few minutes at least (default \"15m\")",
+            );
+        }
+        if s.idle_timeout.is_zero() {
+            warn(
+                "idle_timeout",
+                duration(s.idle_timeout),
+                "the worker is torn down the moment nothing is ready, so work queued a moment later waits for a new worker (its boot, and on GCE another one-minute billing minimum)",
+                "set it to a few minutes (default \"5m\"), or run `cwo run --once` to stop when the queue is empty",
+            );
+        }
+        out
+    }
+
     /// `key = value` pairs for `cwo config show`, in schema order.
     pub fn entries(&self) -> Vec<(String, toml::Value, Source)> {
         let table = toml::Table::try_from(&self.settings).expect("settings serialize");
@@ -649,6 +741,26 @@ mod duration_str {
                 "`{text}` is not a duration ({e}); write it like \"90s\", \"5m\" or \"1h 30m\""
             ))
         })
+    }
+}
+
+/// A duration that must be more than zero.
+mod nonzero_duration_str {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        super::duration_str::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = super::duration_str::deserialize(d)?;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom(
+                "teardown_timeout must be more than 0 (0 would give up before the first try); write it like \"5m\"",
+            ));
+        }
+        Ok(v)
     }
 }
 
@@ -748,6 +860,12 @@ mod tests {
             ("provider = \"aws\"\n", 1, "unknown variant"),
             ("[ssh]\nhosts = [\"nouser:22\"]\n", 2, "needs a user"),
             ("[ssh]\nhosts = [\"u@h:99999\"]\n", 2, "is not a port"),
+            (
+                "[gcp]\nproject = \"p\"\nzones = []\n",
+                3,
+                "gcp.zones is empty",
+            ),
+            ("teardown_timeout = \"0s\"\n", 1, "more than 0"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();
@@ -759,6 +877,122 @@ mod tests {
             );
             assert!(err.message.contains(needle), "{text}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn teardown_timeout_defaults_to_5m_and_reads_like_a_duration() {
+        let r = resolve(&inputs_for(None, &[], &[])).unwrap();
+        assert_eq!(r.settings.teardown_timeout, Duration::from_secs(300));
+        let flags = vec!["teardown_timeout=90s".to_string()];
+        let r = resolve(&inputs_for(None, &[], &flags)).unwrap();
+        assert_eq!(r.settings.teardown_timeout, Duration::from_secs(90));
+        let err = resolve(&inputs_for(None, &[("CWO_TEARDOWN_TIMEOUT", "0s")], &[])).unwrap_err();
+        assert_eq!(err.location, "environment variable CWO_TEARDOWN_TIMEOUT");
+        assert!(err.message.contains("more than 0"), "{}", err.message);
+    }
+
+    #[test]
+    fn empty_zones_from_the_environment_are_refused_naming_the_variable() {
+        let err = resolve(&inputs_for(None, &[("CWO_GCP__ZONES", "[]")], &[])).unwrap_err();
+        assert_eq!(err.location, "environment variable CWO_GCP__ZONES");
+        assert!(
+            err.message.contains("gcp.zones is empty"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn questionable_values_warn_with_their_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cwo.toml");
+        std::fs::write(
+            &f,
+            "provider = \"gcp\"\nreap_grace = \"0s\"\n\n[gcp]\nssh_source = \"0.0.0.0/0\"\n",
+        )
+        .unwrap();
+        let r = resolve(&inputs_for(
+            Some(f.clone()),
+            &[("CWO_IDLE_TIMEOUT", "0s")],
+            &[],
+        ))
+        .unwrap();
+        let w = r.warnings();
+        let by_key = |k: &str| {
+            w.iter()
+                .find(|w| w.key == k)
+                .unwrap_or_else(|| panic!("{k}: {w:?}"))
+        };
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(
+            by_key("gcp.ssh_source").source,
+            Source::File {
+                path: f.clone(),
+                line: 5
+            }
+        );
+        assert!(
+            by_key("gcp.ssh_source")
+                .problem
+                .contains("SSH open to the world")
+        );
+        assert_eq!(
+            by_key("reap_grace").source,
+            Source::File {
+                path: f.clone(),
+                line: 2
+            }
+        );
+        assert_eq!(
+            by_key("idle_timeout").source,
+            Source::Env {
+                var: "CWO_IDLE_TIMEOUT".into()
+            }
+        );
+        assert!(
+            by_key("idle_timeout")
+                .to_string()
+                .starts_with("env CWO_IDLE_TIMEOUT: idle_timeout = \"0s\": "),
+            "{}",
+            by_key("idle_timeout")
+        );
+        assert!(
+            by_key("reap_grace")
+                .to_string()
+                .starts_with(&format!("{}:2: reap_grace = \"0s\": ", f.display())),
+            "{}",
+            by_key("reap_grace")
+        );
+
+        // IPv6 too; any /0 is the whole internet; a real range is not.
+        for (source, warned) in [
+            ("::/0", true),
+            (" 10.0.0.0/0 ", true),
+            ("203.0.113.7/32", false),
+            ("", false),
+        ] {
+            let flags = vec![
+                "provider=terraform".to_string(),
+                format!("gcp.ssh_source={source}"),
+            ];
+            let r = resolve(&inputs_for(None, &[], &flags)).unwrap();
+            assert_eq!(r.warnings().len(), usize::from(warned), "{source:?}");
+        }
+        // Providers that make no firewall rule do not use it.
+        let flags = vec!["gcp.ssh_source=0.0.0.0/0".to_string()];
+        assert!(
+            resolve(&inputs_for(None, &[], &flags))
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
+        // The defaults deserve no warning.
+        assert!(
+            resolve(&inputs_for(None, &[], &[]))
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
     }
 
     #[test]

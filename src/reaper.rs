@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::journal::Journal;
-use crate::provider::{Instance, InstanceStatus, Provider, ProviderError};
+use crate::provider::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError};
 
 pub const MARK_LABEL: &str = "cwo-reap-marked";
 pub const KEEP_LABEL: &str = "cwo-keep";
@@ -23,7 +23,9 @@ pub struct Decision {
     pub project: String,
     /// Why it should go: expired, stopped, orphan, unfinished-teardown (empty = it stays).
     pub reason: String,
-    /// keep | mark | wait | delete | deleted | unmark | failed
+    /// keep | mark | wait | delete | deleted | unmark | gone | failed. `gone`: the worker
+    /// vanished (deleted outside cwo, or by its TTL) between the list and the mark, unmark or
+    /// delete; that is done, not failed.
     pub action: String,
     pub detail: String,
 }
@@ -39,6 +41,25 @@ pub struct Reaper<'a> {
 
 fn age_secs(inst: &Instance) -> i64 {
     (Utc::now() - inst.created_at).num_seconds()
+}
+
+/// What a decision says when its worker is no longer there to act on.
+const GONE_DETAIL: &str = "already gone (deleted outside cwo or by its TTL)";
+
+/// Records the outcome of a label change: a worker that is not found any more is gone (done),
+/// anything else failed.
+fn labelled(d: &mut Decision, result: Result<(), ProviderError>, doing: &str) {
+    match result {
+        Ok(()) => {}
+        Err(ProviderError::NotFound(_)) => {
+            d.action = "gone".into();
+            d.detail = GONE_DETAIL.into();
+        }
+        Err(e) => {
+            d.action = "failed".into();
+            d.detail = format!("{doing}: {e}");
+        }
+    }
 }
 
 impl Reaper<'_> {
@@ -118,10 +139,8 @@ impl Reaper<'_> {
                     if act {
                         let mut labels = inst.labels.clone();
                         labels.remove(MARK_LABEL);
-                        if let Err(e) = self.provider.set_labels(&inst.name, &labels).await {
-                            d.action = "failed".into();
-                            d.detail = e.to_string();
-                        }
+                        let result = self.provider.set_labels(&inst.name, &labels).await;
+                        labelled(&mut d, result, "unmarking");
                     }
                 }
                 out.push(d);
@@ -138,10 +157,8 @@ impl Reaper<'_> {
                     if act {
                         let mut labels = inst.labels.clone();
                         labels.insert(MARK_LABEL.into(), now.to_string());
-                        if let Err(e) = self.provider.set_labels(&inst.name, &labels).await {
-                            d.action = "failed".into();
-                            d.detail = format!("marking: {e}");
-                        }
+                        let result = self.provider.set_labels(&inst.name, &labels).await;
+                        labelled(&mut d, result, "marking");
                     }
                 }
                 Some(at) if now - at < self.grace.as_secs() as i64 => {
@@ -152,7 +169,11 @@ impl Reaper<'_> {
                     d.action = "delete".into();
                     if act {
                         match self.delete(&inst, &reason).await {
-                            Ok(()) => d.action = "deleted".into(),
+                            Ok(DeleteOutcome::Deleted) => d.action = "deleted".into(),
+                            Ok(DeleteOutcome::AlreadyGone) => {
+                                d.action = "gone".into();
+                                d.detail = GONE_DETAIL.into();
+                            }
                             Err(e) => {
                                 d.action = "failed".into();
                                 d.detail = e.to_string();
@@ -163,12 +184,16 @@ impl Reaper<'_> {
             }
             out.push(d);
         }
-        // Journal rows whose worker the provider no longer has: close them (their ledger row
-        // records the whole life). A create still in flight (its controller alive, within the
-        // grace period) is left to the next pass; a VM that shows up later unjournaled is an
-        // orphan then.
+        // Journal rows whose worker the provider no longer has (never listed, or gone since the
+        // list): close them (their ledger row records the whole life). A create still in flight
+        // (its controller alive, within the grace period) is left to the next pass; a VM that
+        // shows up later unjournaled is an orphan then.
         if act {
-            let listed_names: Vec<&str> = out.iter().map(|d| d.worker.as_str()).collect();
+            let listed_names: Vec<&str> = out
+                .iter()
+                .filter(|d| d.action != "gone")
+                .map(|d| d.worker.as_str())
+                .collect();
             for (name, row) in &journal_rows {
                 if listed_names.contains(&name.as_str()) {
                     continue;
@@ -189,8 +214,13 @@ impl Reaper<'_> {
     }
 
     /// Deletes and confirms; this project's workers are journaled first (even ones a crashed
-    /// controller never recorded), so the ledger keeps their whole life.
-    pub async fn delete(&self, inst: &Instance, reason: &str) -> Result<(), ProviderError> {
+    /// controller never recorded), so the ledger keeps their whole life. A worker that is not
+    /// found any more is `AlreadyGone`: done, not an error.
+    pub async fn delete(
+        &self,
+        inst: &Instance,
+        reason: &str,
+    ) -> Result<DeleteOutcome, ProviderError> {
         let why = match reason {
             "expired" => "ttl",
             "stopped" => "idle",
@@ -230,15 +260,21 @@ impl Reaper<'_> {
             };
             record().map_err(|e| ProviderError::Transient(e.to_string()))?;
         }
-        self.provider.delete(name).await?;
-        self.provider
-            .confirm_deleted(name, Duration::from_secs(300))
-            .await?;
+        let outcome = match self.provider.delete(name).await {
+            Ok(outcome) => outcome,
+            Err(ProviderError::NotFound(_)) => DeleteOutcome::AlreadyGone,
+            Err(e) => return Err(e),
+        };
+        if outcome == DeleteOutcome::Deleted {
+            self.provider
+                .confirm_deleted(name, Duration::from_secs(300))
+                .await?;
+        }
         if ours {
             self.journal
                 .worker_deleted(name, why)
                 .map_err(|e| ProviderError::Transient(e.to_string()))?;
         }
-        Ok(())
+        Ok(outcome)
     }
 }

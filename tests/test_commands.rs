@@ -39,6 +39,110 @@ fn config_errors_name_file_and_line() {
 }
 
 #[test]
+fn empty_zones_are_refused_at_load_with_file_line_and_hint() {
+    let env = TestEnv::new();
+    // Lines 1-2 are poll_interval and state_dir; [gcp] is line 3.
+    env.settings("[gcp]\nproject = \"p\"\nzones = []");
+    let run = env.cwo(&["status"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let path = env.project.canonicalize().unwrap().join("cwo.toml");
+    assert!(
+        run.stderr
+            .contains(&format!("{}:5:9: gcp.zones is empty", path.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("zones = [\"us-central1-a\"]") && run.stderr.contains("hint: "),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn questionable_settings_warn_once_per_command_naming_where_they_came_from() {
+    let env = TestEnv::new();
+    // Line 3 onwards: provider, reap_grace, idle_timeout, [gcp], ssh_source.
+    env.settings(
+        "provider = \"gcp\"\nreap_grace = \"0s\"\nidle_timeout = \"0s\"\n[gcp]\nssh_source = \"0.0.0.0/0\"",
+    );
+    let path = env.project.canonicalize().unwrap().join("cwo.toml");
+    let p = path.display();
+    for args in [&["config", "show"][..], &["task", "list"][..]] {
+        let run = env.cwo(args).ok();
+        let warnings: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("warning: "))
+            .collect();
+        assert_eq!(warnings.len(), 3, "{args:?}: once each:\n{}", run.stderr);
+        for (line, key, says) in [
+            (4, "reap_grace = \"0s\"", "deleted on the very next pass"),
+            (5, "idle_timeout = \"0s\"", "waits for a new worker"),
+            (7, "gcp.ssh_source = \"0.0.0.0/0\"", "SSH open to the world"),
+        ] {
+            assert!(
+                warnings
+                    .iter()
+                    .any(|w| w.starts_with(&format!("warning: {p}:{line}: {key}: "))
+                        && w.contains(says)),
+                "{key} at line {line}:\n{}",
+                run.stderr
+            );
+        }
+        assert!(
+            !run.stdout.contains("warning"),
+            "stdout is data: {}",
+            run.stdout
+        );
+    }
+    // From the environment: the variable is named; `::/0` is the whole internet too.
+    let run: crate::common::Run = env
+        .cmd(&["config", "show"])
+        .env("CWO_GCP__SSH_SOURCE", "::/0")
+        .output()
+        .unwrap()
+        .into();
+    assert!(
+        run.stderr.contains(
+            "warning: env CWO_GCP__SSH_SOURCE: gcp.ssh_source = \"::/0\": SSH open to the world"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // `cwo doctor` lists them among its checks, each with its fix (and not twice on stderr).
+    env.settings("reap_grace = \"0s\"\nidle_timeout = \"0s\"\n[agent]\ncommand = [\"sh\"]");
+    let run = env.cwo(&["doctor", "--format", "json"]);
+    assert_eq!(run.code, 0, "warnings do not fail the doctor: {run:?}");
+    assert!(!run.stderr.contains("warning: "), "{}", run.stderr);
+    let doc = run.json();
+    let settings: Vec<&serde_json::Value> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "settings")
+        .collect();
+    assert_eq!(settings.len(), 2, "{doc}");
+    for (c, key, fix) in [
+        (settings[0], "reap_grace", "15m"),
+        (settings[1], "idle_timeout", "5m"),
+    ] {
+        assert_eq!(c["status"], "warn", "{c}");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{key} = \"0s\" ({p}:")),
+            "{c}"
+        );
+        assert!(c["fix"].as_str().unwrap().contains(fix), "{c}");
+    }
+    let table = env.cwo(&["doctor"]).ok().stdout;
+    assert!(table.contains("warn settings    reap_grace"), "{table}");
+}
+
+#[test]
 fn config_show_prints_values_and_origins() {
     let env = TestEnv::new();
     let run = env

@@ -228,3 +228,57 @@ fn budget_check_json_golden_within_warn_deny() {
         });
     }
 }
+
+/// Money is never negative zero: with nothing priced (no lives at all, or only unknown prices)
+/// the sums are $0, not the -0.0 an empty f64 sum gives.
+#[test]
+fn budget_and_cost_with_nothing_priced_say_zero_never_negative_zero() {
+    let env = TestEnv::new();
+    let unknown_price = [("odd", "m9-mega", "us-central1-a", 60)];
+    for (name, rows) in [("no_lives", &[][..]), ("unknown_price", &unknown_price[..])] {
+        let file = ledger(&env, rows);
+        let f = file.to_str().unwrap();
+        let run = env.cwo(&[
+            "budget",
+            "check",
+            "--ledger",
+            f,
+            "--period",
+            "all",
+            "--limit-usd",
+            "1",
+            "--on-unknown",
+            "warn",
+        ]);
+        assert_eq!(run.code, 0, "{name}: {run:?}");
+        let doc = run.json();
+        for key in ["expected_usd", "list_usd", "percent"] {
+            let v = doc[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name}: {key} in {doc}"));
+            assert!(v == 0.0 && v.is_sign_positive(), "{name}: {key} = {v:?}");
+        }
+        assert!(!run.stdout.contains("-0.0"), "{name}: {}", run.stdout);
+        // The human summary (stderr).
+        assert!(
+            run.stderr.contains(
+                "budget ok: $0.0000 expected bill (list $0.0000) of $1.00 for all (0.0%)"
+            ),
+            "{name}: {}",
+            run.stderr
+        );
+        insta::assert_json_snapshot!(format!("budget_nothing_priced_{name}"), doc, {
+            ".workers[].started_at" => "[time]",
+            ".workers[].ended_at" => "[time]",
+        });
+
+        let cost = env.cwo(&["cost", "--ledger", f, "--format", "json"]).ok();
+        assert!(!cost.stdout.contains("-0.0"), "{name}: {}", cost.stdout);
+        let table = env.cwo(&["cost", "--ledger", f]).ok();
+        assert!(
+            table.stdout.contains("total: list $0.0000") && !table.stdout.contains("$-"),
+            "{name}: {}",
+            table.stdout
+        );
+    }
+}

@@ -534,6 +534,146 @@ fn reap_deletes_nothing_when_the_list_fails() {
 }
 
 #[test]
+fn reap_counts_a_vm_that_vanished_mid_pass_as_gone_not_failed() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let old = hour_ago.to_rfc3339();
+    let future = (chrono::Utc::now().timestamp() + 3600).to_string();
+    let f = &g.fake;
+    // Expired: each is marked on this pass, but someone deletes it first.
+    f.add_vm(
+        "us-central1-a",
+        "cwo-other-label404",
+        labels("other", "1000"),
+        &old,
+        "RUNNING",
+    );
+    f.add_vm(
+        "us-central1-b",
+        "cwo-other-lookup404",
+        labels("other", "1000"),
+        &old,
+        "RUNNING",
+    );
+    f.add_vm(
+        "us-central1-a",
+        "cwo-proj-expired",
+        labels("proj", "1000"),
+        &old,
+        "RUNNING",
+    );
+    // Marked an hour ago: deleted on this pass, but it is gone before the delete call.
+    let mut marked = labels("other", "1000");
+    marked["cwo-reap-marked"] = (hour_ago.timestamp()).to_string().into();
+    f.add_vm("us-central1-a", "cwo-other-marked", marked, &old, "RUNNING");
+    // Marked, but no longer a candidate: unmarked on this pass, but it is gone first.
+    let mut unmark = labels("other", &future);
+    unmark["cwo-reap-marked"] = (hour_ago.timestamp()).to_string().into();
+    f.add_vm("us-central1-a", "cwo-other-unmark", unmark, &old, "RUNNING");
+    // Untouched by any of that: still marked on the same pass.
+    f.add_vm(
+        "us-central1-b",
+        "cwo-other-stays",
+        labels("other", "1000"),
+        &old,
+        "RUNNING",
+    );
+    {
+        // This project's expired worker is journaled: its row must be closed, not left open.
+        let j = cwo::journal::Journal::open(&g.env.state).unwrap();
+        j.worker_intent("cwo-proj-expired", "gcp", "e2-micro", "rid", "{}")
+            .unwrap();
+        j.worker_ready("cwo-proj-expired", hour_ago, "{}").unwrap();
+    }
+    f.faults().vanish_on = [
+        // 404 from the setLabels call itself.
+        ("cwo-other-label404/setLabels", "cwo-other-label404"),
+        ("cwo-proj-expired/setLabels", "cwo-proj-expired"),
+        ("cwo-other-unmark/setLabels", "cwo-other-unmark"),
+        // Gone before set_labels even finds it (the lookup answers 404).
+        (
+            "GET /compute/v1/projects/proj-test/zones/us-central1-b/instances/cwo-other-lookup404",
+            "cwo-other-lookup404",
+        ),
+        // Found, then gone before the DELETE call.
+        (
+            "DELETE /compute/v1/projects/proj-test/zones/us-central1-a/instances/cwo-other-marked",
+            "cwo-other-marked",
+        ),
+    ]
+    .map(|(call, vm)| (call.to_string(), vm.to_string()))
+    .to_vec();
+
+    let run = g.env.cwo(&["reap", "--yes", "--format", "json"]);
+    assert_eq!(run.code, 0, "gone is done, not a failure: {run:?}");
+    assert!(
+        f.faults().vanish_on.is_empty(),
+        "every VM vanished mid-pass"
+    );
+    let doc = run.json();
+    assert_eq!(doc["failed"], 0, "{doc}");
+    let action = |name: &str| {
+        doc["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["worker"] == name)
+            .unwrap_or_else(|| panic!("{name} in {doc}"))["action"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for name in [
+        "cwo-other-label404",
+        "cwo-other-lookup404",
+        "cwo-proj-expired",
+        "cwo-other-marked",
+        "cwo-other-unmark",
+    ] {
+        assert_eq!(action(name), "gone", "{name}: {doc}");
+    }
+    assert_eq!(action("cwo-other-stays"), "mark", "{doc}");
+    assert!(
+        f.vm("cwo-other-stays").unwrap()["labels"]
+            .get("cwo-reap-marked")
+            .is_some()
+    );
+    assert!(
+        run.stderr
+            .contains("5 worker(s) vanished before cwo got to them")
+            && !run.stderr.contains("error"),
+        "{}",
+        run.stderr
+    );
+    // The journaled worker's life is closed in the ledger on this same pass.
+    assert_eq!(
+        g.env
+            .journal("SELECT worker, termination_reason FROM ledger"),
+        "cwo-proj-expired|gone"
+    );
+
+    // The table says so too, and the exit code stays 0.
+    f.add_vm(
+        "us-central1-a",
+        "cwo-other-late",
+        labels("other", "1000"),
+        &old,
+        "RUNNING",
+    );
+    f.faults().vanish_on = vec![("cwo-other-late/setLabels".into(), "cwo-other-late".into())];
+    let table = g.env.cwo(&["reap", "--yes"]);
+    assert_eq!(table.code, 0, "{table:?}");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("gone") && l.contains("cwo-other-late")),
+        "{}",
+        table.stdout
+    );
+}
+
+#[test]
 fn schedule_installs_one_idempotent_crontab_entry() {
     let Some(g) = gcp("", COMMIT, "") else { return };
     let bin = g.env.tmp.path().join("bin");

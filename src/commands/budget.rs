@@ -5,9 +5,9 @@ use chrono::{Datelike, Duration, TimeZone, Utc};
 use serde_json::json;
 
 use crate::cli::{BudgetCheckArgs, Format, OnUnknown, Period};
-use crate::cost::Catalog;
 use crate::cost::compute;
 use crate::cost::sources;
+use crate::cost::{Catalog, money, money_sum};
 use crate::error::CliError;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
@@ -79,10 +79,10 @@ pub async fn check(
         .filter(|c| c.expected_usd.is_none())
         .map(|c| c.life.worker.clone())
         .collect();
-    let spent: f64 = costed.iter().filter_map(|c| c.expected_usd).sum();
-    let list: f64 = costed.iter().filter_map(|c| c.list_usd).sum();
+    let spent = money_sum(costed.iter().filter_map(|c| c.expected_usd));
+    let list = money_sum(costed.iter().filter_map(|c| c.list_usd));
     let pct = if args.limit_usd > 0.0 {
-        spent / args.limit_usd * 100.0
+        money(spent / args.limit_usd * 100.0)
     } else if spent > 0.0 {
         f64::INFINITY
     } else {
@@ -114,8 +114,9 @@ pub async fn check(
             CliError::from_error("over budget, but listing the workers to delete failed", &e)
         })?;
         for inst in targets {
+            // Gone is done: a worker that vanished meanwhile counts as deleted.
             match reaper.delete(&inst, "budget").await {
-                Ok(()) => enforced.push(json!({"worker": inst.name, "deleted": true})),
+                Ok(_) => enforced.push(json!({"worker": inst.name, "deleted": true})),
                 Err(e) => enforced
                     .push(json!({"worker": inst.name, "deleted": false, "error": e.to_string()})),
             }

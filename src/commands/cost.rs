@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::cli::{CostAction, CostArgs, CostBy, CostFormat};
 use crate::cost::compute::{self, Costed};
 use crate::cost::sources::{self, LedgerFile};
+use crate::cost::{money, money_sum};
 use crate::error::CliError;
 use crate::printer::{Printer, SCHEMA_VERSION};
 use crate::project::Project;
@@ -25,7 +26,7 @@ pub fn parse_time(s: &str, flag: &str) -> Result<DateTime<Utc>, CliError> {
 }
 
 fn usd(v: Option<f64>) -> String {
-    match v {
+    match v.map(money) {
         // Short lives cost fractions of a cent: keep them visible.
         Some(v) if v != 0.0 && v.abs() < 0.01 => format!("{v:.6}"),
         Some(v) => format!("{v:.4}"),
@@ -35,10 +36,12 @@ fn usd(v: Option<f64>) -> String {
 
 /// Sum of known values, and whether any was unknown.
 fn total(values: impl Iterator<Item = Option<f64>>) -> (f64, bool) {
-    values.fold((0.0, false), |(sum, unknown), v| match v {
-        Some(v) => (sum + v, unknown),
-        None => (sum, true),
-    })
+    let mut unknown = false;
+    let sum = money_sum(values.filter_map(|v| {
+        unknown |= v.is_none();
+        v
+    }));
+    (sum, unknown)
 }
 
 pub async fn cost(project: &Project, printer: Printer, args: &CostArgs) -> Result<u8, CliError> {

@@ -143,6 +143,7 @@ pub async fn demo(printer: Printer, args: &DemoArgs, g: &GlobalArgs) -> Result<u
     printer.status(format!("building the demo in {}", base.display()));
     let root = build(&base)?;
     let project = Project::load(Some(&root), &g.config)?;
+    super::warn_about_settings(&project, &printer);
     let orch = Orchestrator::new(&project, printer)?;
     printer.status("running `cwo run --once` on the local provider with the scripted demo agent\n");
     let _lock = crate::journal::ControllerLock::acquire(&project.state_dir)?;

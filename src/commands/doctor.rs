@@ -156,6 +156,23 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
         Some(pid) => checks.push(check("controller", "ok", format!("running, pid {pid}"), "")),
         None => checks.push(check("controller", "ok", "not running", "")),
     }
+    let warnings = project.resolved.warnings();
+    if warnings.is_empty() {
+        checks.push(check(
+            "settings",
+            "ok",
+            "no value that deserves a warning",
+            "",
+        ));
+    }
+    for w in warnings {
+        checks.push(check(
+            "settings",
+            "warn",
+            format!("{} = {} ({}): {}", w.key, w.value, w.source, w.problem),
+            w.fix,
+        ));
+    }
 
     match s.provider {
         crate::config::ProviderKind::Local => checks.push(check(

@@ -22,10 +22,23 @@ use crate::error::CliError;
 use crate::printer::Printer;
 use crate::project::Project;
 
+/// Says, once per command, which accepted settings deserve a warning and where they came from.
+pub(crate) fn warn_about_settings(project: &Project, printer: &Printer) {
+    for w in project.resolved.warnings() {
+        printer.warn(w.to_string());
+    }
+}
+
 pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let g = &cli.global;
     let printer = Printer::new(g.quiet, g.verbose, g.no_progress);
-    let load = || Project::load(g.project.as_deref(), &g.config);
+    // `doctor` lists the settings warnings among its checks instead.
+    let load_quiet = || Project::load(g.project.as_deref(), &g.config);
+    let load = || {
+        let project = load_quiet()?;
+        warn_about_settings(&project, &printer);
+        Ok::<_, CliError>(project)
+    };
     match cli.command {
         Command::Run(args) => run::run(&load()?, printer, &args).await,
         Command::Up(args) => up::up(&load()?, printer, &args).await,
@@ -45,7 +58,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Budget(crate::cli::BudgetCommand::Check(args)) => {
             budget::check(&load()?, printer, &args).await
         }
-        Command::Doctor(args) => doctor::doctor(&load()?, printer, args.format).await,
+        Command::Doctor(args) => doctor::doctor(&load_quiet()?, printer, args.format).await,
         Command::Demo(args) => demo::demo(printer, &args, g).await,
         Command::Completions { shell } => completions::completions(shell),
     }

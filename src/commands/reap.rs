@@ -25,6 +25,13 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
             .hint("check the credentials and the project (`cwo doctor`), then run `cwo reap` again")
     })?;
     let failed = decisions.iter().filter(|d| d.action == "failed").count();
+    let gone = decisions.iter().filter(|d| d.action == "gone").count();
+    if gone > 0 {
+        // Gone is done: not a failure, and nothing to do about it.
+        printer.status(format!(
+            "{gone} worker(s) vanished before cwo got to them (deleted outside cwo or by their TTL)"
+        ));
+    }
     if args.format == Format::Json {
         printer.json(json!({ "dry_run": !act, "workers": decisions, "failed": failed }));
     } else {

@@ -126,7 +126,8 @@ pub fn cost(lives: &[Life], now: DateTime<Utc>) -> (Vec<Costed>, Vec<String>) {
                             }
                         }
                     }
-                    (Some(list), Some(list - free), free)
+                    // Float noise must not turn a fully free life into "-0.0000".
+                    (Some(list), Some(super::money(list - free)), free)
                 }
             };
         out[i] = Some(Costed {

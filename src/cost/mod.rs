@@ -103,6 +103,19 @@ impl PriceSnapshot {
     }
 }
 
+/// A money amount as cwo reports it: never negative zero. Rust's `Iterator::sum` of `f64`
+/// starts from -0.0, so an empty sum (nothing with a known price) is -0.0, and a difference of
+/// equal costs can land a hair below zero; either prints as "-0.0000". A cost is never negative,
+/// so anything in (-1e-9, 0] is 0.
+pub fn money(usd: f64) -> f64 {
+    if usd <= 0.0 && usd > -1e-9 { 0.0 } else { usd }
+}
+
+/// The sum of money amounts (0, never -0.0, when there are none).
+pub fn money_sum(amounts: impl IntoIterator<Item = f64>) -> f64 {
+    money(amounts.into_iter().fold(0.0, |a, b| a + b))
+}
+
 /// The region of a zone: `us-central1-a` → `us-central1`.
 pub fn region_of(zone: &str) -> &str {
     zone.rsplit_once('-').map(|(r, _)| r).unwrap_or(zone)
@@ -176,6 +189,24 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn money_is_never_negative_zero() {
+        let empty: f64 = std::iter::empty::<f64>().sum();
+        assert!(
+            empty.is_sign_negative(),
+            "the trap: an empty f64 sum is -0.0"
+        );
+        for v in [empty, -0.0, 0.1 + 0.2 - 0.3 - 1e-17, -1e-12] {
+            assert!(money(v).is_sign_positive(), "{v:e}");
+            assert_eq!(format!("{:.4}", money(v)), "0.0000", "{v:e}");
+        }
+        assert!(money_sum([]).is_sign_positive());
+        assert_eq!(money_sum([0.25, 0.5]), 0.75);
+        assert_eq!(money(0.0123), 0.0123);
+        // A real negative amount is a bug to see, not to hide.
+        assert_eq!(money(-0.5), -0.5);
+    }
 
     #[test]
     fn embedded_catalog_prices_an_e2_micro_and_knows_what_it_does_not_know() {

@@ -70,6 +70,12 @@ pub struct Faults {
     pub cpus_quota: Option<(f64, f64)>,
     /// Project metadata has enable-oslogin=TRUE.
     pub oslogin_forced: bool,
+    /// (call, VM): when the next request whose "METHOD path" contains `call` arrives, the VM is
+    /// deleted just before it is served, as if someone else (the console, the TTL) deleted it
+    /// between cwo's read and this call. The request then answers as Compute does for a missing
+    /// instance: 404 with reason `notFound` ("The resource '…' was not found"; see
+    /// https://cloud.google.com/compute/docs/reference/rest/v1/errors).
+    pub vanish_on: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -378,6 +384,20 @@ fn handle(
     if method == "POST" && path.ends_with("/instances") && !insert_delay.is_zero() {
         std::thread::sleep(insert_delay);
     }
+    // VMs deleted by someone else just before this call.
+    {
+        let mut f = faults.lock().unwrap();
+        let call = format!("{method} {path}");
+        if let Some(pos) = f
+            .vanish_on
+            .iter()
+            .position(|(k, _)| call.contains(k.as_str()))
+        {
+            let (_, vm) = f.vanish_on.remove(pos);
+            drop(f);
+            state.lock().unwrap().vms.remove(&vm);
+        }
+    }
     // Injected HTTP failures.
     {
         let mut f = faults.lock().unwrap();
@@ -658,7 +678,7 @@ fn route(
                 "compute",
                 "v1",
                 "projects",
-                _,
+                project,
                 "zones",
                 zone,
                 "instances",
@@ -667,8 +687,17 @@ fn route(
             ],
         ) => {
             let req: Value = serde_json::from_str(body).unwrap_or(json!({}));
-            let Some(vm) = st.vms.get_mut(*name) else {
-                return (404, error(404, "notFound", "not found"));
+            let Some(vm) = st.vms.get_mut(*name).filter(|vm| vm.zone == *zone) else {
+                return (
+                    404,
+                    error(
+                        404,
+                        "notFound",
+                        &format!(
+                            "The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"
+                        ),
+                    ),
+                );
             };
             if req["labelFingerprint"] != vm.body["labelFingerprint"] {
                 return (
