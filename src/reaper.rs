@@ -37,6 +37,9 @@ pub struct Reaper<'a> {
     pub grace: Duration,
     /// Whether a controller holds this project's lock (its in-flight creates are not orphans).
     pub controller_running: bool,
+    /// How long one deletion is retried (`teardown_timeout`), and where each retry is reported.
+    pub teardown_timeout: Duration,
+    pub on_retry: &'a (dyn Fn(String) + Send + Sync),
 }
 
 fn age_secs(inst: &Instance) -> i64 {
@@ -260,16 +263,13 @@ impl Reaper<'_> {
             };
             record().map_err(|e| ProviderError::Transient(e.to_string()))?;
         }
-        let outcome = match self.provider.delete(name).await {
-            Ok(outcome) => outcome,
-            Err(ProviderError::NotFound(_)) => DeleteOutcome::AlreadyGone,
-            Err(e) => return Err(e),
-        };
-        if outcome == DeleteOutcome::Deleted {
-            self.provider
-                .confirm_deleted(name, Duration::from_secs(300))
-                .await?;
-        }
+        let outcome = crate::provider::delete_confirmed(
+            self.provider,
+            name,
+            self.teardown_timeout,
+            &mut |line| (self.on_retry)(line),
+        )
+        .await?;
         if ours {
             self.journal
                 .worker_deleted(name, why)

@@ -240,6 +240,7 @@ fn transient_errors_are_retried_with_the_same_request_id() {
 #[test]
 fn a_delete_that_keeps_failing_exits_nonzero_with_the_gcloud_command() {
     let Some(g) = gcp("", COMMIT, "") else { return };
+    g.env.top_setting("teardown_timeout = \"3s\"");
     let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
     g.fake.faults().delete_op_errors = 1000;
     let down = g.env.cwo(&["down"]);
@@ -930,9 +931,11 @@ fn a_controller_killed_mid_push_is_finished_by_the_next_run() {
         .unwrap();
     let id = g.env.add(&["pushed twice?"]);
     let child = g.env.spawn(&["run", "--once"]);
+    // This test's push, not another test's running at the same time.
+    let receiving = format!("receive-pack.*{}", g.env.origin.display());
     assert!(wait_for(Duration::from_secs(30), || {
         std::process::Command::new("pgrep")
-            .args(["-f", "receive-pack"])
+            .args(["-f", &receiving])
             .output()
             .map(|o| !o.stdout.is_empty())
             .unwrap_or(false)
@@ -1215,4 +1218,74 @@ fn a_signal_during_bring_up_claims_nothing() {
         "0",
         "{stderr}"
     );
+}
+
+/// Issue 10 item 5: a delete that keeps answering 503 is retried under one policy with one
+/// deadline (`teardown_timeout`), saying so on stderr at every retry, then gives up with the exact
+/// `gcloud` line and exit 1 — not three nested silent loops for a quarter of an hour.
+#[test]
+fn a_persistent_503_on_delete_reports_each_retry_and_gives_up_at_the_deadline() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    g.env.top_setting("teardown_timeout = \"4s\"");
+    let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
+    g.fake
+        .faults()
+        .http
+        .extend((0..10_000).map(|_| ("DELETE /compute".to_string(), 503)));
+    let started = std::time::Instant::now();
+    let down = g.env.cwo(&["down"]);
+    let took = started.elapsed();
+    assert_eq!(down.code, 1, "{}", down.stderr);
+    assert!(
+        took < Duration::from_secs(30),
+        "the 4 s deadline was kept loosely at most: {took:?}\n{}",
+        down.stderr
+    );
+    assert!(
+        down.stderr.contains(&format!("delete of {name}: "))
+            && down.stderr.contains("retry 1 in")
+            && down.stderr.contains("retry 2 in"),
+        "{}",
+        down.stderr
+    );
+    assert!(
+        down.stderr.contains(&format!(
+            "gcloud compute instances delete {name} --zone us-central1-a --project proj-test"
+        )),
+        "{}",
+        down.stderr
+    );
+    // Every DELETE reached the API once per retry: no hidden inner loop multiplies them.
+    let deletes = g.fake.log().iter().filter(|r| r.method == "DELETE").count();
+    assert!(deletes <= 8, "{deletes} DELETE calls in 4 s");
+    g.fake.faults().http.clear();
+    g.env.cwo(&["down"]).ok();
+    assert!(g.fake.vm_names().is_empty());
+}
+
+/// Issue 10 item 6: one spurious 404 on delete while the VM is still listed: the delete is sent
+/// again after a short check, not after polling for the whole confirmation window.
+#[test]
+fn a_spurious_404_on_delete_is_sent_again_promptly() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
+    g.fake
+        .faults()
+        .http
+        .push_back(("DELETE /compute".to_string(), 404));
+    let started = std::time::Instant::now();
+    let down = g.env.cwo(&["down"]).ok();
+    let took = started.elapsed();
+    assert!(g.fake.vm_names().is_empty(), "{}", down.stderr);
+    assert!(
+        took < Duration::from_secs(60),
+        "a spurious 404 cost {took:?}\n{}",
+        down.stderr
+    );
+    assert!(
+        down.stderr.contains(&format!("delete of {name}: ")),
+        "{}",
+        down.stderr
+    );
+    assert_eq!(g.env.journal("SELECT state FROM workers"), "deleted");
 }

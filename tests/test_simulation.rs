@@ -119,6 +119,8 @@ fn every_labelled_vm_ends_journaled_active_or_deleted() {
                             project_slug: "sim",
                             grace: Duration::ZERO,
                             controller_running: running,
+                            teardown_timeout: Duration::from_secs(60),
+                            on_retry: &|_| {},
                         };
                         r.pass(true).await.unwrap();
                     }
@@ -131,6 +133,8 @@ fn every_labelled_vm_ends_journaled_active_or_deleted() {
                 project_slug: "sim",
                 grace: Duration::ZERO,
                 controller_running: false,
+                teardown_timeout: Duration::from_secs(60),
+                on_retry: &|_| {},
             };
             r.pass(true).await.unwrap();
             r.pass(true).await.unwrap();

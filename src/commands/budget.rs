@@ -105,6 +105,8 @@ pub async fn check(
             project_slug: &project_slug,
             grace: project.settings().reap_grace,
             controller_running: false,
+            teardown_timeout: project.settings().teardown_timeout,
+            on_retry: &|line| printer.status(line),
         };
         let selector = std::collections::BTreeMap::from([
             ("cwo-managed".to_string(), "true".to_string()),

@@ -19,6 +19,8 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         project_slug: &project_slug,
         grace: project.settings().reap_grace,
         controller_running: crate::journal::ControllerLock::holder(&project.state_dir).is_some(),
+        teardown_timeout: project.settings().teardown_timeout,
+        on_retry: &|line| printer.status(line),
     };
     let decisions = reaper.pass(act).await.map_err(|e| {
         CliError::from_error("could not list cwo's workers; nothing was deleted", &e)

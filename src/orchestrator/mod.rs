@@ -440,7 +440,7 @@ impl Orchestrator {
         let j = &self.shared.journal;
         j.worker_deleting(name, reason)?;
         tracing::debug!(%name, %reason, "delete");
-        let deadline = Duration::from_secs(300); // MERGE: settings.teardown_timeout
+        let deadline = self.shared.settings.teardown_timeout;
         let printer = self.shared.printer;
         let result =
             crate::provider::delete_confirmed(&*self.provider, name, deadline, &mut |line| {
@@ -448,7 +448,7 @@ impl Orchestrator {
             })
             .await;
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 j.worker_deleted(name, reason)?;
                 Ok(())
             }

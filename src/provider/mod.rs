@@ -224,22 +224,27 @@ pub async fn delete_confirmed(
     name: &str,
     deadline: Duration,
     progress: &mut (dyn FnMut(String) + Send),
-) -> Result<(), ProviderError> {
+) -> Result<DeleteOutcome, ProviderError> {
     let end = tokio::time::Instant::now() + deadline;
     let mut delay = Duration::from_secs(1);
     let mut retry = 0u32;
+    // Deleted when any call of ours deleted it; AlreadyGone when it was gone every time we asked.
+    let mut outcome = DeleteOutcome::AlreadyGone;
     loop {
         let left = end.saturating_duration_since(tokio::time::Instant::now());
         let result = match provider.delete(name).await {
             // Gone (or a 404 that may be spurious): confirm briefly, delete again if still there.
-            Ok(DeleteOutcome::AlreadyGone) => {
+            Ok(DeleteOutcome::AlreadyGone) | Err(ProviderError::NotFound(_)) => {
                 provider.confirm_deleted(name, GONE_SETTLE.min(left)).await
             }
-            Ok(DeleteOutcome::Deleted) => provider.confirm_deleted(name, left).await,
+            Ok(DeleteOutcome::Deleted) => {
+                outcome = DeleteOutcome::Deleted;
+                provider.confirm_deleted(name, left).await
+            }
             Err(e) => Err(e),
         };
         let e = match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(outcome),
             Err(e @ (ProviderError::Permission(_) | ProviderError::InvalidSpec(_))) => {
                 return Err(e);
             }

@@ -113,6 +113,13 @@ impl TestEnv {
         std::fs::write(self.project.join("cwo.toml"), text).unwrap();
     }
 
+    /// Adds a top-level setting to the cwo.toml written so far (before any table).
+    pub fn top_setting(&self, line: &str) {
+        let path = self.project.join("cwo.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(path, format!("{line}\n{text}")).unwrap();
+    }
+
     /// Settings that put the workers on `sshd` (`provider = "ssh"`), plus `extra` top-level TOML.
     pub fn ssh_top(&self, sshd: &sshd::Sshd, extra: &str) -> String {
         format!(
