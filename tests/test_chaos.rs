@@ -352,7 +352,8 @@ impl World {
                 format!("bring-back of ball {n}")
             } else if self.lines_for(&self.starts, id) > 0 {
                 format!("mid-task of ball {n}")
-            } else if !self.attempt_dirs(id).is_empty() {
+            } else if !self.attempt_dirs(id).is_empty() || stderr.contains(&format!("▶ {id}")) {
+                // Claimed: the project is bundled, the attempt journaled, the checkout made.
                 format!("checkout of ball {n}")
             } else {
                 continue;
@@ -684,10 +685,11 @@ fn check(w: &World, problems: &mut Vec<String>, notes: &mut Vec<String>) -> Coun
         }
     }
     // Allowed, but read: an attempt that failed although the agent always succeeds.
+    // (A reason can span lines: one row per line, its newlines folded.)
     let failed = env.journal(
-        "SELECT ball_id, attempt, reason FROM attempts WHERE outcome = 'failed' ORDER BY id",
+        "SELECT ball_id, attempt, replace(reason, char(10), ' ') FROM attempts WHERE outcome = 'failed' ORDER BY id",
     );
-    for row in failed.lines().filter(|l| l.contains('|')) {
+    for row in failed.lines() {
         c.failed_attempts += 1;
         notes.push(format!("attempt failed: {}", first_line(row)));
     }
