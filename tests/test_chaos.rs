@@ -10,9 +10,12 @@
 //!
 //! `CWO_CHAOS_SEED` (default: from the clock, printed) and `CWO_CHAOS_TRIALS` (default: one per
 //! phase) choose the trials. Trial i uses seed + i, and the seed alone decides the phase, the
-//! ball and the delay, so a failing trial is replayed alone with
-//! `CWO_CHAOS_SEED=<its seed> CWO_CHAOS_TRIALS=1`. `CWO_CHAOS_REPORT=<file>` also writes the
-//! counts table there; `scripts/chaos.sh N` is the soak.
+//! ball, the delay and whether the next run starts at once or once what the dead controller
+//! left running has ended, so a failing trial is replayed alone with
+//! `CWO_CHAOS_SEED=<its seed> CWO_CHAOS_TRIALS=1` (the timing of processes is the machine's: a
+//! replay lands close to, not exactly at, the same instant). `CWO_CHAOS_JOBS` trials run at once
+//! (default 2). `CWO_CHAOS_REPORT=<file>` also writes the counts table there; `scripts/chaos.sh
+//! N` is the soak.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -372,7 +375,9 @@ impl World {
             Phase::Insert => self.inserted(),
             Phase::Provisioning => self.waiting_for_running(),
             Phase::Connect => self.host_key_read(),
-            Phase::Checkout => self.preparing(id),
+            // The only marker that does not stay: when a poll missed it, the agent's start says
+            // the checkout is over, and the kill lands late (the table shows where).
+            Phase::Checkout => self.preparing(id) || self.lines_for(&self.starts, id) > 0,
             Phase::Task => self.lines_for(&self.starts, id) > 0,
             Phase::Push => self.lines_for(&self.receiving, id) > 0,
             Phase::Teardown => stderr.contains("tearing down worker"),
