@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,21 @@ struct Vm {
     zone: String,
     body: Value,
     visible_from: Instant,
+    /// Until then the VM reports PROVISIONING, then STAGING (its body says RUNNING).
+    running_from: Instant,
     fingerprint: u64,
+}
+
+impl Vm {
+    /// The body as the API shows it now.
+    fn shown(&self, now: Instant) -> Value {
+        let mut body = self.body.clone();
+        if now < self.running_from && body["status"] == "RUNNING" {
+            let staging = self.running_from - now < Duration::from_millis(300);
+            body["status"] = json!(if staging { "STAGING" } else { "PROVISIONING" });
+        }
+        body
+    }
 }
 
 struct Op {
@@ -76,6 +91,8 @@ pub struct Faults {
     /// instance: 404 with reason `notFound` ("The resource '…' was not found"; see
     /// https://cloud.google.com/compute/docs/reference/rest/v1/errors).
     pub vanish_on: Vec<(String, String)>,
+    /// New VMs report PROVISIONING / STAGING for this long after their insert operation is done.
+    pub provisioning: Duration,
 }
 
 #[derive(Default)]
@@ -87,6 +104,8 @@ struct State {
     secrets: HashMap<String, Vec<u8>>,
     next: u64,
     log: Vec<Recorded>,
+    /// Names of the VMs inserts created, in order.
+    created: Vec<String>,
 }
 
 pub struct FakeGce {
@@ -96,6 +115,8 @@ pub struct FakeGce {
     pub faults: Arc<Mutex<Faults>>,
     config: Arc<Config>,
     server: Arc<tiny_http::Server>,
+    /// Requests received and not answered yet.
+    busy: Arc<AtomicUsize>,
 }
 
 pub struct Config {
@@ -148,13 +169,23 @@ impl FakeGce {
                 authorized_keys,
             }),
             server: server.clone(),
+            busy: Arc::default(),
         };
-        let (state, faults, config) =
-            (fake.state.clone(), fake.faults.clone(), fake.config.clone());
+        let (state, faults, config, busy) = (
+            fake.state.clone(),
+            fake.faults.clone(),
+            fake.config.clone(),
+            fake.busy.clone(),
+        );
         std::thread::spawn(move || {
             for request in server.incoming_requests() {
-                let (state, faults, config) = (state.clone(), faults.clone(), config.clone());
-                std::thread::spawn(move || handle(request, &state, &faults, &config));
+                let (state, faults, config, busy) =
+                    (state.clone(), faults.clone(), config.clone(), busy.clone());
+                busy.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    handle(request, &state, &faults, &config);
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         fake
@@ -172,6 +203,17 @@ impl FakeGce {
         self.state.lock().unwrap().log.clone()
     }
 
+    /// Names of the VMs inserts created, in order (an insert answered from its request id, or
+    /// refused because the name exists, creates nothing).
+    pub fn created(&self) -> Vec<String> {
+        self.state.lock().unwrap().created.clone()
+    }
+
+    /// Requests being handled right now (e.g. an insert that outlives its killed client).
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::SeqCst)
+    }
+
     /// Names of the VMs that exist (visible or not).
     pub fn vm_names(&self) -> Vec<String> {
         self.state.lock().unwrap().vms.keys().cloned().collect()
@@ -183,7 +225,7 @@ impl FakeGce {
             .unwrap()
             .vms
             .get(name)
-            .map(|v| v.body.clone())
+            .map(|v| v.shown(Instant::now()))
     }
 
     pub fn firewall(&self, name: &str) -> Option<Value> {
@@ -229,6 +271,7 @@ impl FakeGce {
                 zone: zone.to_string(),
                 body,
                 visible_from: Instant::now(),
+                running_from: Instant::now(),
                 fingerprint: id,
             },
         );
@@ -526,9 +569,11 @@ fn route(
                     zone: zone.to_string(),
                     body: vm,
                     visible_from: now + f.hide_new,
+                    running_from: now + f.op_delay + f.provisioning,
                     fingerprint: id,
                 },
             );
+            st.created.push(name.clone());
             let op = new_op(
                 &mut st,
                 zone,
@@ -570,7 +615,7 @@ fn route(
                 finish_op(&mut st, &o);
             }
             match st.vms.get(*name) {
-                Some(vm) if vm.zone == *zone && vm.visible_from <= now => (200, vm.body.clone()),
+                Some(vm) if vm.zone == *zone && vm.visible_from <= now => (200, vm.shown(now)),
                 _ => (
                     404,
                     error(
@@ -752,7 +797,7 @@ fn route(
                 items
                     .entry(format!("zones/{}", vm.zone))
                     .or_default()
-                    .push(vm.body.clone());
+                    .push(vm.shown(now));
             }
             let items: serde_json::Map<String, Value> = items
                 .into_iter()
