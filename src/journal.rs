@@ -243,6 +243,26 @@ impl Journal {
         })
     }
 
+    /// The provider created the worker (`starting`: it is being made ready — bootstrap,
+    /// prerequisites — and nothing runs on it yet). A worker left `starting` by a stopped
+    /// controller is deleted, never adopted: it may be half set up.
+    pub fn worker_created(
+        &self,
+        name: &str,
+        created_at: DateTime<Utc>,
+        instance: &str,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workers SET state = 'starting', created_at = ?2, instance = ?3
+                 WHERE name = ?1",
+                params![name, ts(created_at), instance],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The worker is ready for tasks (`ready`), as `instance` describes it.
     pub fn worker_ready(
         &self,
         name: &str,

@@ -84,14 +84,15 @@ impl Reaper<'_> {
         if inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug) {
             match journal_live.get(&inst.name).map(String::as_str) {
                 Some("ready") => {}
-                // A create whose controller is gone, or that never finished.
-                Some("intent")
+                // A create (or a bring-up: `starting`) whose controller is gone, or that never
+                // finished.
+                Some("intent" | "starting")
                     if !self.controller_running
                         || age_secs(inst) >= self.grace.as_secs() as i64 =>
                 {
                     return Some("unfinished-create".into());
                 }
-                Some("intent") => {}
+                Some("intent" | "starting") => {}
                 Some("deleting") => return Some("unfinished-teardown".into()),
                 _ if age_secs(inst) >= self.grace.as_secs() as i64 => return Some("orphan".into()),
                 _ => {}

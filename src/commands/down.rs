@@ -14,8 +14,11 @@ pub async fn down(project: &Project, printer: Printer) -> Result<u8, CliError> {
         printer.status("no workers to tear down");
         return Ok(0);
     }
-    orch.recover(false, "user").await?;
-    // Creates that never answered stay journaled (warned about above) for the reaper.
+    let mut pending = orch.recover(false, "user").await?.pending;
+    orch.settle_pending(&mut pending, crate::orchestrator::PENDING_WAIT)
+        .await?;
+    orch.warn_unsettled(&pending);
+    // Creates that never appeared stay journaled (warned about) for the next down or the reaper.
     let left: Vec<_> = orch
         .journal()
         .live_workers()?

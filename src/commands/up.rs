@@ -21,7 +21,12 @@ pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8
     }
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     let orch = Orchestrator::new(project, printer)?;
-    if let Some(w) = orch.recover(true, "orphaned").await?.worker {
+    let recovered = orch.recover(true, "orphaned").await?;
+    let mut pending = recovered.pending;
+    orch.settle_pending(&mut pending, std::time::Duration::ZERO)
+        .await?;
+    orch.warn_unsettled(&pending);
+    if let Some(w) = recovered.worker {
         printer.status(format!("worker {} is already up", w.instance.name));
         printer.out(&w.instance.name);
         return Ok(0);

@@ -102,7 +102,20 @@ impl Drop for ActiveWorker {
 pub struct Recovered {
     pub worker: Option<ActiveWorker>,
     pub resume: Vec<AttemptRow>,
+    /// Creates a stopped controller had sent whose VMs are not visible yet.
+    pub pending: Vec<PendingCreate>,
 }
+
+/// A create whose controller stopped before it answered, and whose VM the provider does not
+/// show yet (a create in flight, or eventual consistency): deleted as soon as it appears.
+pub struct PendingCreate {
+    pub name: String,
+    pub intent_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// How long a command that found pending creates waits for them before it exits: a create in
+/// flight answers, and a new VM shows up in reads, within seconds.
+pub const PENDING_WAIT: Duration = Duration::from_secs(30);
 
 /// What a run did, for the closing summary.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -286,7 +299,8 @@ impl Orchestrator {
         if stop.is_cancelled() {
             return stopped().await;
         }
-        j.worker_ready(
+        let login_view = instance.clone();
+        j.worker_created(
             &name,
             instance.created_at,
             &serde_json::to_string(&instance).expect("instance serializes"),
@@ -338,6 +352,13 @@ impl Orchestrator {
         if stop.is_cancelled() {
             return stopped().await;
         }
+        // Only now may a later controller adopt it (the login's view is what the journal keeps:
+        // adoption derives the work user's view again).
+        j.worker_ready(
+            &name,
+            instance.created_at,
+            &serde_json::to_string(&login_view).expect("instance serializes"),
+        )?;
         phase.finish(format!("worker {name} is up"));
         Ok(ActiveWorker::new(instance, transport, self.bootstrapped()))
     }
@@ -476,6 +497,7 @@ impl Orchestrator {
     pub async fn recover(&self, adopt: bool, reason: &str) -> Result<Recovered, CliError> {
         let j = &self.shared.journal;
         let mut adopted: Option<ActiveWorker> = None;
+        let mut pending = Vec::new();
         for row in j.live_workers()? {
             let found = self.provider.get(&row.name).await.map_err(|e| {
                 CliError::from_error(format!("cannot look up worker {}", row.name), &e)
@@ -490,10 +512,14 @@ impl Orchestrator {
                         .unwrap_or_default()
                         < self.shared.settings.reap_grace =>
                 {
-                    self.shared.printer.warn(format!(
-                        "worker {} was being created when its controller stopped and is not visible yet; `cwo reap` deletes it if it appears",
+                    self.shared.printer.status(format!(
+                        "worker {} was being created when its controller stopped and is not visible yet; deleting it if it appears",
                         row.name
                     ));
+                    pending.push(PendingCreate {
+                        name: row.name.clone(),
+                        intent_at: row.intent_at,
+                    });
                 }
                 None => {
                     j.worker_deleting(&row.name, "gone")?;
@@ -548,7 +574,62 @@ impl Orchestrator {
         Ok(Recovered {
             worker: adopted,
             resume,
+            pending,
         })
+    }
+
+    /// Says which pending creates are still unaccounted for, and what will deal with them.
+    pub fn warn_unsettled(&self, pending: &[PendingCreate]) {
+        for p in pending {
+            self.shared.printer.warn(format!(
+                "worker {} was being created when its controller stopped and has not appeared; the next `cwo run`, `cwo down` or `cwo reap` deletes it if it does",
+                p.name
+            ));
+        }
+    }
+
+    /// Looks for the VMs of pending creates, for up to `wait` (zero: once): each that appeared is
+    /// deleted; one still invisible past `reap_grace` is left to `cwo reap` with a warning, as is
+    /// every one still invisible when the wait ends (the caller may look again later).
+    pub async fn settle_pending(
+        &self,
+        pending: &mut Vec<PendingCreate>,
+        wait: Duration,
+    ) -> Result<(), CliError> {
+        let end = Instant::now() + wait;
+        let grace = self.shared.settings.reap_grace;
+        loop {
+            let mut still = Vec::new();
+            for p in pending.drain(..) {
+                match self.provider.get(&p.name).await {
+                    Ok(Some(_)) => {
+                        self.shared.printer.status(format!(
+                            "worker {}, which a stopped controller was creating, has appeared; deleting it",
+                            p.name
+                        ));
+                        self.tear_down(&p.name, "orphaned").await?;
+                    }
+                    Ok(None)
+                        if (chrono::Utc::now() - p.intent_at)
+                            .to_std()
+                            .unwrap_or_default()
+                            >= grace =>
+                    {
+                        self.shared.printer.warn(format!(
+                            "worker {} never appeared within reap_grace; `cwo reap` deletes it if it ever does",
+                            p.name
+                        ));
+                    }
+                    // Not visible yet, or the provider could not say: look again.
+                    Ok(None) | Err(_) => still.push(p),
+                }
+            }
+            *pending = still;
+            if pending.is_empty() || Instant::now() >= end {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(2).min(end - Instant::now())).await;
+        }
     }
 
     fn task_ctx(&self, w: &ActiveWorker, shutdown: &Shutdown) -> TaskCtx {
@@ -578,6 +659,7 @@ impl Orchestrator {
             })?;
         let recovered = self.recover(true, "orphaned").await?;
         let mut worker = recovered.worker;
+        let mut pending = recovered.pending;
         let mut running: JoinSet<TaskReport> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
         // Attempts spent on balls whose worker went away, so a requeued ball keeps its count.
@@ -613,6 +695,9 @@ impl Orchestrator {
 
         let result: Result<(), CliError> = async {
             loop {
+                if !pending.is_empty() {
+                    self.settle_pending(&mut pending, Duration::ZERO).await?;
+                }
                 let stopping = shutdown.stop_claiming.is_cancelled();
                 let mut ready_left = false;
                 if !stopping {
@@ -792,6 +877,11 @@ impl Orchestrator {
                     return Err(e);
                 }
             }
+        }
+        // A create a stopped controller had in flight: give it the time to show up and go.
+        if result.is_ok() && !pending.is_empty() {
+            self.settle_pending(&mut pending, PENDING_WAIT).await?;
+            self.warn_unsettled(&pending);
         }
         result.map(|_| summary)
     }

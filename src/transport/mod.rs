@@ -94,6 +94,25 @@ pub enum TransportError {
     },
 }
 
+/// A command as error messages name it: a script run as `sh -c SCRIPT NAME …` by its name, and
+/// long arguments (a prompt, a path) shortened, so a failure reads as one line, not a script.
+pub fn describe(argv: &[String]) -> String {
+    const ARG: usize = 60;
+    if argv.len() >= 4 && argv[0] == "sh" && argv[1] == "-c" {
+        return format!("sh -c <{} script>", argv[3]);
+    }
+    argv.iter()
+        .map(|a| {
+            if a.chars().count() > ARG {
+                format!("{}…", a.chars().take(ARG).collect::<String>())
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl TransportError {
     /// The command's fate is unknown because the connection failed (not because it ran and
     /// failed): worth retrying once the worker is reachable again.
@@ -163,7 +182,7 @@ pub trait Transport: Send + Sync {
 
     /// Runs a command that must succeed; returns its stdout.
     async fn check(&self, req: ExecRequest) -> Result<String, TransportError> {
-        let command = req.argv.join(" ");
+        let command = describe(&req.argv);
         let out = self.capture(req).await?;
         if out.status.success() {
             Ok(out.stdout)
@@ -175,5 +194,22 @@ pub trait Transport: Send + Sync {
                 stderr: out.stderr.trim().to_string(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn a_failed_script_is_named_not_quoted() {
+        let argv: Vec<String> = ["sh", "-c", "d=$1\nlong script…", "cwo-launch", "/w/a", "the prompt"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(describe(&argv), "sh -c <cwo-launch script>");
+        let long = "x".repeat(100);
+        let argv = vec!["git".to_string(), "clone".to_string(), long];
+        let d = describe(&argv);
+        assert!(d.starts_with("git clone xxx") && d.ends_with('…') && d.len() < 80, "{d}");
     }
 }
