@@ -2,7 +2,8 @@
 //!
 //! Writes take `flock(LOCK_EX)` on `balls.jsonl.lock`, re-read the file under the lock, change only
 //! the lines of the balls being updated, write a temp file beside it and rename it over the
-//! original. Unknown keys, unparseable lines and every untouched line survive byte for byte.
+//! original. The file is handled as bytes: unknown keys, unreadable lines (not JSON, not UTF-8),
+//! every untouched line and each line's own ending (`\n` or `\r\n`) survive byte for byte.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -31,17 +32,18 @@ pub struct Juggle {
     session: String,
 }
 
-/// One line of the file: a parsed ball or anything else, kept verbatim.
+/// One line of the file without its `\n` (a `\r` before it stays in `raw`): a parsed ball or
+/// anything else, kept verbatim.
 enum Line {
     Ball {
-        raw: String,
+        raw: Vec<u8>,
         ball: Map<String, Value>,
     },
-    Other(String),
+    Other(Vec<u8>),
 }
 
 impl Line {
-    fn raw(&self) -> &str {
+    fn raw(&self) -> &[u8] {
         match self {
             Line::Ball { raw, .. } | Line::Other(raw) => raw,
         }
@@ -53,17 +55,20 @@ struct Lines {
 }
 
 impl Lines {
-    fn parse(text: &str) -> Lines {
-        let lines = text
-            .split('\n')
-            .map(|raw| match serde_json::from_str::<Value>(raw.trim()) {
-                Ok(Value::Object(ball)) if ball.get("id").and_then(Value::as_str).is_some() => {
-                    Line::Ball {
-                        raw: raw.to_string(),
-                        ball,
+    fn parse(bytes: &[u8]) -> Lines {
+        let lines = bytes
+            .split(|&b| b == b'\n')
+            .map(|raw| {
+                let text = std::str::from_utf8(raw).unwrap_or("");
+                match serde_json::from_str::<Value>(text.trim()) {
+                    Ok(Value::Object(ball)) if ball.get("id").is_some_and(Value::is_string) => {
+                        Line::Ball {
+                            raw: raw.to_vec(),
+                            ball,
+                        }
                     }
+                    _ => Line::Other(raw.to_vec()),
                 }
-                _ => Line::Other(raw.to_string()),
             })
             .collect();
         Lines { lines }
@@ -76,9 +81,9 @@ impl Lines {
         })
     }
 
-    fn render(&self) -> String {
-        let parts: Vec<&str> = self.lines.iter().map(Line::raw).collect();
-        parts.join("\n")
+    fn render(&self) -> Vec<u8> {
+        let parts: Vec<&[u8]> = self.lines.iter().map(Line::raw).collect();
+        parts.join(&b'\n')
     }
 }
 
@@ -122,8 +127,8 @@ impl Juggle {
     }
 
     fn read(path: &Path) -> Result<Lines, TrackerError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Lines::parse(&text)),
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Lines::parse(&bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lines { lines: vec![] }),
             Err(e) => Err(Self::io_err(path, e)),
         }
@@ -162,7 +167,12 @@ impl Juggle {
             {
                 change(ball);
                 ball.insert("last_activity".into(), Value::String(juggle_now()));
-                *raw = serde_json::to_string(ball).expect("a JSON map serializes");
+                // The line keeps its own ending.
+                let crlf = raw.ends_with(b"\r");
+                *raw = serde_json::to_vec(ball).expect("a JSON map serializes");
+                if crlf {
+                    raw.push(b'\r');
+                }
                 found = true;
             }
         }
@@ -174,7 +184,7 @@ impl Juggle {
             .join(format!(".balls.jsonl.cwo-{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
-            f.write_all(lines.render().as_bytes())?;
+            f.write_all(&lines.render())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
@@ -299,12 +309,19 @@ impl Juggle {
             .append(true)
             .open(&path)
             .map_err(|e| Self::io_err(&path, e))?;
-        let sep = if existing.is_empty() || existing.ends_with(b"\n") {
-            ""
+        // The new line ends the way the file's last line does (juggle writes `\n`; a CRLF file
+        // stays CRLF).
+        let eol = if existing.ends_with(b"\r\n") {
+            "\r\n"
         } else {
             "\n"
         };
-        f.write_all(format!("{sep}{line}\n").as_bytes())
+        let sep = if existing.is_empty() || existing.ends_with(b"\n") {
+            ""
+        } else {
+            eol
+        };
+        f.write_all(format!("{sep}{line}{eol}").as_bytes())
             .map_err(|e| Self::io_err(&path, e))?;
         Ok(id)
     }
@@ -405,7 +422,7 @@ impl Tracker for Juggle {
 mod tests {
     use super::*;
 
-    fn setup(content: &str) -> (tempfile::TempDir, Juggle) {
+    fn setup(content: impl AsRef<[u8]>) -> (tempfile::TempDir, Juggle) {
         let dir = tempfile::tempdir().unwrap();
         let j = dir.path().join(".juggle");
         std::fs::create_dir_all(&j).unwrap();
@@ -521,5 +538,52 @@ mod tests {
         let p = std::fs::read_to_string(sdir.join("progress.txt")).unwrap();
         assert!(p.ends_with("] cwo: blocked\n") && p.starts_with('['), "{p}");
         assert_eq!(p.lines().count(), 1);
+    }
+
+    /// A pending ball line with `extra` keys (`,"k":v…`).
+    fn ball(id: &str, extra: &str) -> String {
+        format!(r#"{{"id":"{id}","title":"t {id}","priority":"low","state":"pending"{extra}}}"#)
+    }
+
+    #[test]
+    fn rewritten_lines_keep_their_own_line_ending() {
+        let content = format!(
+            "{}\r\n{}\n{}\r\n",
+            ball("p-1", ""),
+            ball("p-2", ""),
+            ball("p-3", "")
+        );
+        let (_d, j) = setup(&content);
+        j.claim("p-1").unwrap();
+        j.claim("p-2").unwrap();
+        let after = std::fs::read_to_string(j.balls_path()).unwrap();
+        let lines: Vec<&str> = after.split('\n').collect();
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].ends_with("}\r") && lines[0].contains("in_progress"),
+            "{after:?}"
+        );
+        assert!(
+            lines[1].ends_with('}') && lines[1].contains("in_progress"),
+            "{after:?}"
+        );
+        assert_eq!(lines[2], format!("{}\r", ball("p-3", "")));
+        assert_eq!(lines[3], "");
+        // A new ball in a CRLF file ends with CRLF too.
+        let id = j
+            .add(
+                "p",
+                &NewBall {
+                    title: "New",
+                    context: "",
+                    criteria: &[],
+                    priority: Priority::Low,
+                    depends_on: &[],
+                    tags: &[],
+                },
+            )
+            .unwrap();
+        let after = std::fs::read_to_string(j.balls_path()).unwrap();
+        assert!(after.ends_with("}\r\n") && after.contains(&id), "{after:?}");
     }
 }
