@@ -105,7 +105,8 @@ pub struct Task {
     pub blocked_reason: String,
     pub depends_on: Vec<String>,
     pub tags: Vec<String>,
-    /// Dependencies that are neither complete nor archived.
+    /// Dependencies on balls that are neither complete nor archived (an id no ball has counts as
+    /// met, as in juggle).
     pub waiting_on: Vec<String>,
 }
 
