@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::{self, ProviderKind, Resolved};
 use crate::error::CliError;
 use crate::journal::Journal;
+use crate::printer::Printer;
 use crate::provider::{
     Provider, gcp::GcpProvider, local::LocalProvider, ssh_host::SshHostProvider,
     terraform::TerraformProvider,
@@ -105,7 +106,17 @@ impl Project {
         &self.resolved.settings
     }
 
+    /// The tracker; what it skips or cannot make ready is a warning on stderr, once per problem
+    /// for the life of the returned value (the run loop keeps one for the whole run).
     pub fn tracker(&self) -> Juggle {
+        // `warn` prints whatever the printer's settings, so a default one does.
+        let printer = Printer::new(false, false, true);
+        self.tracker_quiet()
+            .on_problem(Arc::new(move |p| printer.warn(p.to_string())))
+    }
+
+    /// The tracker without those warnings, for a caller that shows `problems()` itself.
+    pub fn tracker_quiet(&self) -> Juggle {
         Juggle::new(
             self.root.join(&self.settings().tracker.dir),
             self.settings().tracker.session.clone(),

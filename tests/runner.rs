@@ -12,6 +12,7 @@ mod test_signals;
 mod test_simulation;
 mod test_ssh;
 mod test_terraform;
+mod test_tracker;
 
 #[test]
 fn no_forgotten_test_files() {

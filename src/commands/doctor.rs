@@ -62,20 +62,28 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
     let root = &project.root;
     let mut checks = Vec::new();
 
-    let tracker = project.tracker();
-    match tracker.list() {
-        Ok(t) if tracker.balls_path().exists() => {
+    let tracker = project.tracker_quiet();
+    match tracker.list().and_then(|t| Ok((t, tracker.problems()?))) {
+        Ok((t, problems)) if tracker.balls_path().exists() || !problems.is_empty() => {
             let ready = t.iter().filter(|t| t.is_ready()).count();
             checks.push(check(
                 "tracker",
-                "ok",
+                if problems.is_empty() { "ok" } else { "warn" },
                 format!(
-                    "{}: {} ball(s), {ready} ready",
+                    "{}: {} ball(s), {ready} ready{}",
                     tracker.balls_path().display(),
-                    t.len()
+                    t.len(),
+                    match problems.len() {
+                        0 => String::new(),
+                        n => format!(", {n} problem(s) below"),
+                    }
                 ),
                 "",
             ));
+            // Each problem says what cwo does about it and how to fix it.
+            for p in problems {
+                checks.push(check("tracker", "warn", p.to_string(), ""));
+            }
         }
         Ok(_) => checks.push(check(
             "tracker",

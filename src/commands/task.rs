@@ -34,15 +34,17 @@ pub fn add(project: &Project, printer: Printer, args: &TaskAddArgs) -> Result<u8
 }
 
 pub fn list(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
-    let tasks = project.tracker().list()?;
+    // Lines the tracker skips, and balls that can never be ready, are warnings on stderr.
+    let tracker = project.tracker();
+    let tasks = tracker.list()?;
     if format == Format::Json {
-        printer.json(json!({ "tasks": tasks }));
+        printer.json(json!({ "tasks": tasks, "problems": tracker.problems()? }));
         return Ok(0);
     }
     if tasks.is_empty() {
         printer.status(format!(
             "no balls in {}; add one with `cwo task add \"title\" --ac \"criterion\"`",
-            project.tracker().balls_path().display()
+            tracker.balls_path().display()
         ));
         return Ok(0);
     }

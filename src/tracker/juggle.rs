@@ -2,17 +2,23 @@
 //!
 //! Writes take `flock(LOCK_EX)` on `balls.jsonl.lock`, re-read the file under the lock, change only
 //! the lines of the balls being updated, write a temp file beside it and rename it over the
-//! original. Unknown keys, unparseable lines and every untouched line survive byte for byte.
+//! original. The file is handled as bytes: unknown keys, unreadable lines (not JSON, not UTF-8),
+//! every untouched line and each line's own ending (`\n` or `\r\n`) survive byte for byte.
+//!
+//! What cwo skips or can never make ready (unreadable lines, duplicate or unusable ids, dependency
+//! cycles, unknown dependencies) is a [`TrackerProblem`] with its line number: `problems()` returns
+//! them, and `list()` hands each one once to the sink given with [`Juggle::on_problem`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::{Local, SecondsFormat};
 use serde_json::{Map, Value};
 
-use super::{Priority, Task, Tracker, TrackerError};
+use super::{Priority, Task, Tracker, TrackerError, TrackerProblem, valid_task_id};
 
 /// A ball to append with `Juggle::add`.
 #[derive(Clone, Copy)]
@@ -25,60 +31,116 @@ pub struct NewBall<'a> {
     pub tags: &'a [String],
 }
 
+/// Receives each problem `list()` finds, once per `Juggle` value.
+pub type ProblemSink = Arc<dyn Fn(&TrackerProblem) + Send + Sync>;
+
 pub struct Juggle {
     dir: PathBuf,
     /// Only balls with this tag ("" = all).
     session: String,
+    sink: Option<ProblemSink>,
+    /// Problems already given to `sink`.
+    reported: Mutex<HashSet<TrackerProblem>>,
 }
 
-/// One line of the file: a parsed ball or anything else, kept verbatim.
-enum Line {
-    Ball {
-        raw: String,
-        ball: Map<String, Value>,
-    },
-    Other(String),
+/// One line of the file without its `\n`; a `\r` before the `\n` stays in `raw`.
+struct Line {
+    raw: Vec<u8>,
+    /// The ball on this line; `None` for a blank line or a line cwo cannot read.
+    ball: Option<Map<String, Value>>,
 }
 
 impl Line {
-    fn raw(&self) -> &str {
-        match self {
-            Line::Ball { raw, .. } | Line::Other(raw) => raw,
+    /// Replaces the line with `ball`, keeping the line's `\r\n` ending if it had one.
+    fn set_ball(&mut self, ball: Map<String, Value>) {
+        let crlf = self.raw.ends_with(b"\r");
+        self.raw = serde_json::to_vec(&ball).expect("a JSON map serializes");
+        if crlf {
+            self.raw.push(b'\r');
         }
+        self.ball = Some(ball);
     }
 }
 
 struct Lines {
     lines: Vec<Line>,
+    /// Lines that are neither blank nor a ball: (1-based line number, what is wrong).
+    unreadable: Vec<(usize, String)>,
+}
+
+/// The ball on one line, `None` for a blank line, `Err` for anything else. Like juggle, a line
+/// is trimmed before it is parsed.
+fn parse_line(raw: &[u8]) -> Result<Option<Map<String, Value>>, String> {
+    let text = std::str::from_utf8(raw).map_err(|e| {
+        let at = e.valid_up_to();
+        format!(
+            "skipped: not valid UTF-8 (byte 0x{:02x} at column {}); fix or delete the line",
+            raw[at],
+            at + 1
+        )
+    })?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    // juggle (Go's bufio.Scanner, strings.TrimSpace, json.Unmarshal) keeps a byte order mark and
+    // then fails to parse the line, so its next rewrite drops the line. Reading the ball anyway
+    // would run a task juggle cannot see and is about to delete.
+    if text.starts_with('\u{feff}') {
+        return Err(
+            "skipped: the line starts with a UTF-8 byte order mark, which juggle 0.4 \
+                    cannot parse either (it drops the line the next time it rewrites the file); \
+                    delete the 3 bytes EF BB BF at its start"
+                .into(),
+        );
+    }
+    match serde_json::from_str::<Value>(text) {
+        Err(e) => {
+            // serde's own position is "line 1 column N" of the trimmed text.
+            let what = e.to_string();
+            let what = what.split(" at line ").next().unwrap_or(&what);
+            let indent = raw.len() - raw.trim_ascii_start().len();
+            Err(format!(
+                "skipped: not JSON ({what} at column {}); fix or delete the line",
+                e.column() + indent
+            ))
+        }
+        Ok(Value::Object(ball)) if ball.get("id").is_some_and(Value::is_string) => Ok(Some(ball)),
+        Ok(Value::Object(_)) => Err(
+            "skipped: a JSON object without a string \"id\"; give it one or delete the line".into(),
+        ),
+        Ok(_) => Err("skipped: JSON but not an object; fix or delete the line".into()),
+    }
 }
 
 impl Lines {
-    fn parse(text: &str) -> Lines {
-        let lines = text
-            .split('\n')
-            .map(|raw| match serde_json::from_str::<Value>(raw.trim()) {
-                Ok(Value::Object(ball)) if ball.get("id").and_then(Value::as_str).is_some() => {
-                    Line::Ball {
-                        raw: raw.to_string(),
-                        ball,
-                    }
-                }
-                _ => Line::Other(raw.to_string()),
+    fn parse(bytes: &[u8]) -> Lines {
+        let mut unreadable = Vec::new();
+        let lines = bytes
+            .split(|&b| b == b'\n')
+            .enumerate()
+            .map(|(i, raw)| Line {
+                raw: raw.to_vec(),
+                ball: parse_line(raw).unwrap_or_else(|why| {
+                    unreadable.push((i + 1, why));
+                    None
+                }),
             })
             .collect();
-        Lines { lines }
+        Lines { lines, unreadable }
     }
 
-    fn balls(&self) -> impl Iterator<Item = &Map<String, Value>> {
-        self.lines.iter().filter_map(|l| match l {
-            Line::Ball { ball, .. } => Some(ball),
-            Line::Other(_) => None,
-        })
+    /// Every ball with its 1-based line number, in file order (duplicates included).
+    fn balls(&self) -> impl Iterator<Item = (usize, &Map<String, Value>)> {
+        self.lines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.ball.as_ref().map(|b| (i + 1, b)))
     }
 
-    fn render(&self) -> String {
-        let parts: Vec<&str> = self.lines.iter().map(Line::raw).collect();
-        parts.join("\n")
+    fn render(&self) -> Vec<u8> {
+        let parts: Vec<&[u8]> = self.lines.iter().map(|l| l.raw.as_slice()).collect();
+        parts.join(&b'\n')
     }
 }
 
@@ -97,6 +159,90 @@ fn str_list(ball: &Map<String, Value>, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// juggle's short id: the part after the last `-` (`ShortID`, ball.go).
+fn short_id(id: &str) -> &str {
+    match id.rsplit_once('-') {
+        Some((_, short)) if !short.is_empty() => short,
+        _ => id,
+    }
+}
+
+/// The strongly connected components of more than one node: the dependency cycles (Tarjan).
+fn cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    struct Walk<'a> {
+        edges: &'a [Vec<usize>],
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        on_stack: Vec<bool>,
+        stack: Vec<usize>,
+        next: usize,
+        found: Vec<Vec<usize>>,
+    }
+    fn visit(w: &mut Walk, v: usize) {
+        w.index[v] = Some(w.next);
+        w.low[v] = w.next;
+        w.next += 1;
+        w.stack.push(v);
+        w.on_stack[v] = true;
+        let edges = w.edges;
+        for &u in &edges[v] {
+            match w.index[u] {
+                None => {
+                    visit(w, u);
+                    w.low[v] = w.low[v].min(w.low[u]);
+                }
+                Some(i) if w.on_stack[u] => w.low[v] = w.low[v].min(i),
+                Some(_) => {}
+            }
+        }
+        if w.index[v] == Some(w.low[v]) {
+            let mut component = Vec::new();
+            while let Some(u) = w.stack.pop() {
+                w.on_stack[u] = false;
+                component.push(u);
+                if u == v {
+                    break;
+                }
+            }
+            if component.len() > 1 {
+                component.sort_unstable();
+                w.found.push(component);
+            }
+        }
+    }
+    let n = edges.len();
+    let mut w = Walk {
+        edges,
+        index: vec![None; n],
+        low: vec![0; n],
+        on_stack: vec![false; n],
+        stack: Vec::new(),
+        next: 0,
+        found: Vec::new(),
+    };
+    for v in 0..n {
+        if w.index[v].is_none() {
+            visit(&mut w, v);
+        }
+    }
+    w.found
+}
+
+/// `a`, `a` and `b`, `a`, `b` and `c`.
+fn and_list(ids: &[&str]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|id| format!("`{id}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
+}
+
+/// `list()`'s tasks and everything it skipped or cannot make ready.
+struct Loaded {
+    tasks: Vec<Task>,
+    problems: Vec<TrackerProblem>,
+}
+
 /// juggle's timestamp shape: RFC 3339 with fractional seconds and the local offset.
 pub fn juggle_now() -> String {
     Local::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
@@ -107,11 +253,24 @@ impl Juggle {
         Juggle {
             dir: dir.into(),
             session: session.into(),
+            sink: None,
+            reported: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Gives every problem `list()` finds to `sink`, once per problem for the life of this value
+    /// (a loop that polls with one `Juggle` hears of each problem once).
+    pub fn on_problem(mut self, sink: ProblemSink) -> Juggle {
+        self.sink = Some(sink);
+        self
     }
 
     pub fn balls_path(&self) -> PathBuf {
         self.dir.join("balls.jsonl")
+    }
+
+    fn archive_path(&self) -> PathBuf {
+        self.dir.join("archive/balls.jsonl")
     }
 
     fn io_err(path: &Path, source: std::io::Error) -> TrackerError {
@@ -122,9 +281,12 @@ impl Juggle {
     }
 
     fn read(path: &Path) -> Result<Lines, TrackerError> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Lines::parse(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lines { lines: vec![] }),
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Lines::parse(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Lines {
+                lines: vec![],
+                unreadable: vec![],
+            }),
             Err(e) => Err(Self::io_err(path, e)),
         }
     }
@@ -143,38 +305,35 @@ impl Juggle {
         Ok(f)
     }
 
-    /// Re-reads under the lock, applies `change` to ball `id`, replaces the file atomically.
+    /// Re-reads under the lock, applies `change` to ball `id` (its first copy, as juggle does),
+    /// replaces the file atomically.
     fn update(
         &self,
         id: &str,
         change: impl FnOnce(&mut Map<String, Value>),
     ) -> Result<(), TrackerError> {
+        valid_task_id(id).map_err(|why| {
+            TrackerError::Invalid(format!("ball id {id:?} cannot be used: {why}"))
+        })?;
         let _lock = self.lock()?;
         tracing::debug!(ball = %id, "juggle update");
         let path = self.balls_path();
         let mut lines = Self::read(&path)?;
-        let mut change = Some(change);
-        let mut found = false;
-        for line in &mut lines.lines {
-            if let Line::Ball { raw, ball } = line
-                && str_field(ball, "id") == id
-                && let Some(change) = change.take()
-            {
-                change(ball);
-                ball.insert("last_activity".into(), Value::String(juggle_now()));
-                *raw = serde_json::to_string(ball).expect("a JSON map serializes");
-                found = true;
-            }
-        }
-        if !found {
-            return Err(TrackerError::NotFound(id.to_string()));
-        }
+        let line = lines
+            .lines
+            .iter_mut()
+            .find(|l| l.ball.as_ref().is_some_and(|b| str_field(b, "id") == id))
+            .ok_or_else(|| TrackerError::NotFound(id.to_string()))?;
+        let mut ball = line.ball.take().expect("the line holds a ball");
+        change(&mut ball);
+        ball.insert("last_activity".into(), Value::String(juggle_now()));
+        line.set_ball(ball);
         let tmp = self
             .dir
             .join(format!(".balls.jsonl.cwo-{}.tmp", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = File::create(&tmp)?;
-            f.write_all(lines.render().as_bytes())?;
+            f.write_all(&lines.render())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
@@ -184,12 +343,178 @@ impl Juggle {
         })
     }
 
-    fn archived_ids(&self) -> Result<HashSet<String>, TrackerError> {
-        let lines = Self::read(&self.dir.join("archive/balls.jsonl"))?;
-        Ok(lines
+    /// Reads both files: the session's tasks with what they wait on, and the problems.
+    ///
+    /// Like juggle: the first ball with an id wins (`GetBallByID`, `UpdateBall`); a dependency
+    /// names a ball by its id or its short id; a dependency on an id that is in neither file
+    /// counts as met (`sortBallsForAgent`). Unlike juggle, a known dependency must be complete
+    /// (here or archived), so balls in a cycle never become ready: that is reported.
+    fn load(&self) -> Result<Loaded, TrackerError> {
+        let path = self.balls_path();
+        let archive_path = self.archive_path();
+        let lines = Self::read(&path)?;
+        let archive = Self::read(&archive_path)?;
+        let problem = |path: &Path, line: usize, message: String| TrackerProblem {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let mut problems: Vec<TrackerProblem> = lines
+            .unreadable
+            .iter()
+            .map(|(n, why)| problem(&path, *n, why.clone()))
+            .chain(
+                archive
+                    .unreadable
+                    .iter()
+                    .map(|(n, why)| problem(&archive_path, *n, why.clone())),
+            )
+            .collect();
+
+        // The first copy of each id, in file order.
+        let mut first_line: HashMap<&str, usize> = HashMap::new();
+        let mut balls: Vec<(usize, &Map<String, Value>)> = Vec::new();
+        for (n, ball) in lines.balls() {
+            let id = str_field(ball, "id");
+            if let Some(first) = first_line.get(id) {
+                problems.push(problem(
+                    &path,
+                    n,
+                    format!(
+                        "skipped: a second ball with id `{id}` (the first is on line {first}); \
+                         juggle reads and updates only the first, and so does cwo: give this one \
+                         a new id or delete it"
+                    ),
+                ));
+                continue;
+            }
+            first_line.insert(id, n);
+            balls.push((n, ball));
+        }
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        for (i, (_, ball)) in balls.iter().enumerate() {
+            by_id.insert(str_field(ball, "id"), i);
+        }
+        for (i, (_, ball)) in balls.iter().enumerate() {
+            by_id.entry(short_id(str_field(ball, "id"))).or_insert(i);
+        }
+        let archived: HashSet<&str> = archive
             .balls()
-            .map(|b| str_field(b, "id").to_string())
-            .collect())
+            .flat_map(|(_, b)| {
+                let id = str_field(b, "id");
+                [id, short_id(id)]
+            })
+            .collect();
+        let state = |i: usize| str_field(balls[i].1, "state");
+        let done = |state: &str| state == "complete" || state == "researched";
+        // Edges from each ball that still needs its dependencies to each one it waits on.
+        let waits: Vec<Vec<usize>> = balls
+            .iter()
+            .map(|(_, ball)| {
+                if done(str_field(ball, "state")) {
+                    return vec![];
+                }
+                str_list(ball, "depends_on")
+                    .iter()
+                    .filter(|d| !archived.contains(d.as_str()))
+                    .filter_map(|d| by_id.get(d.as_str()).copied())
+                    .filter(|&j| state(j) != "complete")
+                    .collect()
+            })
+            .collect();
+
+        let mut listed = vec![false; balls.len()];
+        let mut tasks = Vec::new();
+        for (i, &(n, ball)) in balls.iter().enumerate() {
+            let mut task = Self::to_task(ball);
+            if let Err(why) = valid_task_id(&task.id) {
+                problems.push(problem(
+                    &path,
+                    n,
+                    format!(
+                        "skipped, never run: ball id {:?} cannot be used as a file or branch \
+                         name: {why}; give it an id like juggle's `<project>-<8 hex digits>`",
+                        task.id
+                    ),
+                ));
+                continue;
+            }
+            if !self.session.is_empty() && !task.tags.iter().any(|t| t == &self.session) {
+                continue;
+            }
+            listed[i] = true;
+            let open = !done(&task.state);
+            for dep in &task.depends_on {
+                if archived.contains(dep.as_str()) {
+                    continue;
+                }
+                match by_id.get(dep.as_str()) {
+                    Some(&j) if state(j) != "complete" => {
+                        task.waiting_on.push(dep.clone());
+                        if j == i && open {
+                            problems.push(problem(
+                                &path,
+                                n,
+                                format!(
+                                    "ball `{}` depends on itself, so it will never be ready: \
+                                     remove `{dep}` from its depends_on",
+                                    task.id
+                                ),
+                            ));
+                        }
+                    }
+                    Some(_) => {}
+                    None if open => problems.push(problem(
+                        &path,
+                        n,
+                        format!(
+                            "ball `{}` depends on `{dep}`, which is in neither {} nor the \
+                             archive; like juggle, cwo counts a missing dependency as met: fix \
+                             the id if it is a typo, or remove it",
+                            task.id,
+                            path.file_name().unwrap_or_default().to_string_lossy()
+                        ),
+                    )),
+                    None => {}
+                }
+            }
+            tasks.push(task);
+        }
+        for cycle in cycles(&waits) {
+            if !cycle.iter().any(|&i| listed[i]) {
+                continue;
+            }
+            let ids: Vec<&str> = cycle.iter().map(|&i| str_field(balls[i].1, "id")).collect();
+            problems.push(problem(
+                &path,
+                balls[cycle[0]].0,
+                format!(
+                    "balls {} (lines {}) depend on each other in a cycle, so none of them will \
+                     ever be ready: remove one of those dependencies",
+                    and_list(&ids),
+                    cycle
+                        .iter()
+                        .map(|&i| balls[i].0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        problems.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
+        Ok(Loaded { tasks, problems })
+    }
+
+    /// Gives the sink each problem it has not had yet.
+    fn report(&self, problems: &[TrackerProblem]) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        for p in problems {
+            if reported.insert(p.clone()) {
+                sink(p);
+            }
+        }
     }
 
     fn to_task(ball: &Map<String, Value>) -> Task {
@@ -214,7 +539,7 @@ impl Juggle {
         let ids: Vec<String> = lines
             .balls()
             .chain(archive.balls())
-            .map(|b| str_field(b, "id").to_string())
+            .map(|(_, b)| str_field(b, "id").to_string())
             .collect();
         let q = query.to_ascii_lowercase();
         let short = |id: &str| id.rsplit('-').next().unwrap_or(id).to_ascii_lowercase();
@@ -299,12 +624,19 @@ impl Juggle {
             .append(true)
             .open(&path)
             .map_err(|e| Self::io_err(&path, e))?;
-        let sep = if existing.is_empty() || existing.ends_with(b"\n") {
-            ""
+        // The new line ends the way the file's last line does (juggle writes `\n`; a CRLF file
+        // stays CRLF).
+        let eol = if existing.ends_with(b"\r\n") {
+            "\r\n"
         } else {
             "\n"
         };
-        f.write_all(format!("{sep}{line}\n").as_bytes())
+        let sep = if existing.is_empty() || existing.ends_with(b"\n") {
+            ""
+        } else {
+            eol
+        };
+        f.write_all(format!("{sep}{line}{eol}").as_bytes())
             .map_err(|e| Self::io_err(&path, e))?;
         Ok(id)
     }
@@ -336,32 +668,13 @@ impl Juggle {
 
 impl Tracker for Juggle {
     fn list(&self) -> Result<Vec<Task>, TrackerError> {
-        let lines = Self::read(&self.balls_path())?;
-        let archived = self.archived_ids()?;
-        let complete: HashSet<&str> = lines
-            .balls()
-            .filter(|b| str_field(b, "state") == "complete")
-            .map(|b| str_field(b, "id"))
-            .collect();
-        let mut seen = HashSet::new();
-        let mut tasks = Vec::new();
-        for ball in lines.balls() {
-            let mut task = Self::to_task(ball);
-            if !seen.insert(task.id.clone()) {
-                continue;
-            }
-            if !self.session.is_empty() && !task.tags.iter().any(|t| t == &self.session) {
-                continue;
-            }
-            task.waiting_on = task
-                .depends_on
-                .iter()
-                .filter(|d| !complete.contains(d.as_str()) && !archived.contains(d.as_str()))
-                .cloned()
-                .collect();
-            tasks.push(task);
-        }
-        Ok(tasks)
+        let loaded = self.load()?;
+        self.report(&loaded.problems);
+        Ok(loaded.tasks)
+    }
+
+    fn problems(&self) -> Result<Vec<TrackerProblem>, TrackerError> {
+        Ok(self.load()?.problems)
     }
 
     fn claim(&self, id: &str) -> Result<(), TrackerError> {
@@ -405,7 +718,7 @@ impl Tracker for Juggle {
 mod tests {
     use super::*;
 
-    fn setup(content: &str) -> (tempfile::TempDir, Juggle) {
+    fn setup(content: impl AsRef<[u8]>) -> (tempfile::TempDir, Juggle) {
         let dir = tempfile::tempdir().unwrap();
         let j = dir.path().join(".juggle");
         std::fs::create_dir_all(&j).unwrap();
@@ -521,5 +834,221 @@ mod tests {
         let p = std::fs::read_to_string(sdir.join("progress.txt")).unwrap();
         assert!(p.ends_with("] cwo: blocked\n") && p.starts_with('['), "{p}");
         assert_eq!(p.lines().count(), 1);
+    }
+
+    /// A pending ball line with `extra` keys (`,"k":v…`).
+    fn ball(id: &str, extra: &str) -> String {
+        format!(r#"{{"id":"{id}","title":"t {id}","priority":"low","state":"pending"{extra}}}"#)
+    }
+
+    fn ids(tasks: Vec<Task>) -> Vec<String> {
+        tasks.into_iter().map(|t| t.id).collect()
+    }
+
+    /// Each problem as `line: message`.
+    fn problem_lines(j: &Juggle) -> Vec<String> {
+        j.problems()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{}: {}", p.line, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn ids_unsafe_as_a_path_or_branch_are_skipped_reported_and_never_claimed() {
+        let long = format!("p-{}", "a".repeat(200));
+        let bad = [
+            "../escape",
+            "a/b",
+            ".hidden",
+            "-rf",
+            "x..y",
+            "p-1.lock",
+            "p-1.",
+            "p 1",
+            "p-\u{e9}",
+            "",
+            long.as_str(),
+        ];
+        let mut lines = vec![ball("proj-a1b2c3d4", "")];
+        lines.extend(bad.iter().map(|id| ball(id, "")));
+        lines.push(ball("juggler-74", r#","depends_on":["a/b"]"#));
+        let content = lines.join("\n") + "\n";
+        let (_d, j) = setup(&content);
+        assert_eq!(ids(j.list().unwrap()), ["proj-a1b2c3d4", "juggler-74"]);
+        assert_eq!(ids(j.ready().unwrap()), ["proj-a1b2c3d4"], "a/b is pending");
+        let problems = j.problems().unwrap();
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, (2..=12).collect::<Vec<_>>());
+        assert!(
+            problems[0].message.contains(r#""../escape""#)
+                && problems[0].message.contains("skipped, never run"),
+            "{problems:?}"
+        );
+        for id in bad {
+            assert!(
+                matches!(j.claim(id), Err(TrackerError::Invalid(_))),
+                "{id:?} was claimable"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(j.balls_path()).unwrap(), content);
+    }
+
+    #[test]
+    fn non_utf8_lines_are_reported_with_their_line_and_kept_byte_for_byte() {
+        let mut content = Vec::new();
+        content.extend_from_slice(ball("p-1", "").as_bytes());
+        content.extend_from_slice(b"\n\xff\n");
+        content.extend_from_slice(br#"{"id":"p-2","title":"latin1 caf"#);
+        content.extend_from_slice(b"\xe9\"}\n");
+        content.extend_from_slice(ball("p-3", "").as_bytes());
+        content.push(b'\n');
+        let (_d, j) = setup(&content);
+        assert_eq!(ids(j.list().unwrap()), ["p-1", "p-3"]);
+        assert_eq!(
+            problem_lines(&j),
+            [
+                "2: skipped: not valid UTF-8 (byte 0xff at column 1); fix or delete the line",
+                "3: skipped: not valid UTF-8 (byte 0xe9 at column 32); fix or delete the line",
+            ]
+        );
+        j.claim("p-3").unwrap();
+        let after = std::fs::read(j.balls_path()).unwrap();
+        let before: Vec<&[u8]> = content.split(|&b| b == b'\n').collect();
+        let after: Vec<&[u8]> = after.split(|&b| b == b'\n').collect();
+        assert_eq!(after.len(), before.len());
+        assert_eq!(after[..3], before[..3], "untouched lines keep their bytes");
+        assert!(after[3].starts_with(br#"{"id":"p-3""#) && after[3] != before[3]);
+    }
+
+    #[test]
+    fn bom_duplicates_junk_and_dependency_problems_are_reported_with_their_lines() {
+        let content = [
+            format!("\u{feff}{}", ball("p-1", "")),
+            ball("p-1", r#","title":"second""#),
+            ball("p-1", r#","title":"third""#),
+            "not json".into(),
+            "[1,2]".into(),
+            r#"{"title":"no id"}"#.into(),
+            "   ".into(),
+            ball("p-self", r#","depends_on":["p-self"]"#),
+            ball("p-typo", r#","depends_on":["p-nowhere"]"#),
+            ball("p-a", r#","depends_on":["p-c"]"#),
+            ball("p-b", r#","depends_on":["p-a"]"#),
+            ball("p-c", r#","depends_on":["b"]"#),
+            ball("p-after", r#","depends_on":["p-a"]"#),
+            ball(
+                "p-old",
+                r#","state":"complete","depends_on":["p-old","p-gone"]"#,
+            ),
+        ]
+        .join("\n");
+        let (_d, j) = setup(&content);
+        assert_eq!(
+            problem_lines(&j),
+            [
+                "1: skipped: the line starts with a UTF-8 byte order mark, which juggle 0.4 \
+                 cannot parse either (it drops the line the next time it rewrites the file); \
+                 delete the 3 bytes EF BB BF at its start",
+                "3: skipped: a second ball with id `p-1` (the first is on line 2); juggle reads \
+                 and updates only the first, and so does cwo: give this one a new id or delete it",
+                "4: skipped: not JSON (expected ident at column 2); fix or delete the line",
+                "5: skipped: JSON but not an object; fix or delete the line",
+                "6: skipped: a JSON object without a string \"id\"; give it one or delete the line",
+                "8: ball `p-self` depends on itself, so it will never be ready: remove `p-self` \
+                 from its depends_on",
+                "9: ball `p-typo` depends on `p-nowhere`, which is in neither balls.jsonl nor the \
+                 archive; like juggle, cwo counts a missing dependency as met: fix the id if it \
+                 is a typo, or remove it",
+                "10: balls `p-a`, `p-b` and `p-c` (lines 10, 11, 12) depend on each other in a \
+                 cycle, so none of them will ever be ready: remove one of those dependencies",
+            ]
+        );
+        let tasks = j.list().unwrap();
+        assert_eq!(
+            tasks[0].title, "second",
+            "the first readable copy wins, as in juggle"
+        );
+        // The unknown dependency is met, as in juggle; the cycle and the self-dependency are not.
+        assert_eq!(ids(j.ready().unwrap()), ["p-1", "p-typo"]);
+        j.claim("p-1").unwrap();
+        let after = std::fs::read_to_string(j.balls_path()).unwrap();
+        let after: Vec<&str> = after.split('\n').collect();
+        let before: Vec<&str> = content.split('\n').collect();
+        assert!(
+            after[1].contains(r#""state":"in_progress""#),
+            "{}",
+            after[1]
+        );
+        assert_eq!(after[0], before[0], "the BOM line is kept byte for byte");
+        assert_eq!(after[2..], before[2..], "the second copy is not touched");
+    }
+
+    #[test]
+    fn each_problem_reaches_the_sink_once() {
+        let content = format!("{}\n{}\n", ball("p-1", ""), "junk");
+        let (_d, j) = setup(&content);
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        let j = j.on_problem(Arc::new(move |p| sink.lock().unwrap().push(p.to_string())));
+        for _ in 0..3 {
+            j.list().unwrap();
+            j.ready().unwrap();
+        }
+        let first = heard.lock().unwrap().clone();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(
+            first[0].ends_with(
+                "balls.jsonl:2: skipped: not JSON (expected value at column 1); fix or delete the line"
+            ),
+            "{first:?}"
+        );
+        std::fs::write(j.balls_path(), format!("{content}junk again\n")).unwrap();
+        j.list().unwrap();
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard.len(), 2, "a new problem is reported: {heard:?}");
+        assert!(heard[1].contains("balls.jsonl:3: "), "{heard:?}");
+    }
+
+    #[test]
+    fn rewritten_lines_keep_their_own_line_ending() {
+        let content = format!(
+            "{}\r\n{}\n{}\r\n",
+            ball("p-1", ""),
+            ball("p-2", ""),
+            ball("p-3", "")
+        );
+        let (_d, j) = setup(&content);
+        j.claim("p-1").unwrap();
+        j.claim("p-2").unwrap();
+        let after = std::fs::read_to_string(j.balls_path()).unwrap();
+        let lines: Vec<&str> = after.split('\n').collect();
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].ends_with("}\r") && lines[0].contains("in_progress"),
+            "{after:?}"
+        );
+        assert!(
+            lines[1].ends_with('}') && lines[1].contains("in_progress"),
+            "{after:?}"
+        );
+        assert_eq!(lines[2], format!("{}\r", ball("p-3", "")));
+        assert_eq!(lines[3], "");
+        // A new ball in a CRLF file ends with CRLF too.
+        let id = j
+            .add(
+                "p",
+                &NewBall {
+                    title: "New",
+                    context: "",
+                    criteria: &[],
+                    priority: Priority::Low,
+                    depends_on: &[],
+                    tags: &[],
+                },
+            )
+            .unwrap();
+        let after = std::fs::read_to_string(j.balls_path()).unwrap();
+        assert!(after.ends_with("}\r\n") && after.contains(&id), "{after:?}");
     }
 }

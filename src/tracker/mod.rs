@@ -2,7 +2,67 @@
 
 pub mod juggle;
 
+use std::path::PathBuf;
+
 use serde::Serialize;
+
+/// The longest task id cwo accepts (juggle's are `<project>-<8 hex>`; a path component may have
+/// 255 bytes, and cwo adds a suffix such as `-input.bundle`).
+pub const MAX_TASK_ID_LEN: usize = 128;
+
+/// Whether `id` is safe to use as one path component (`<state>/logs/<id>`, `tasks/<id>/…`,
+/// `<id>-input.bundle`) and as one git ref component (`cwo/<id>`). Every tracker checks its ids
+/// here before a task reaches the loop; `Err` says what is wrong.
+///
+/// Accepted: ASCII letters, digits, `-`, `_` and `.`; not starting with `.` or `-` (a hidden file,
+/// an option to a command); no `..`; not ending with `.` or `.lock` (git refuses those ref
+/// components); at most [`MAX_TASK_ID_LEN`] bytes. juggle's `<project>-<hex>`, its legacy
+/// `<project>-<n>` and issue numbers all pass.
+pub fn valid_task_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("it is empty".into());
+    }
+    if id.len() > MAX_TASK_ID_LEN {
+        return Err(format!(
+            "it is {} bytes long, more than {MAX_TASK_ID_LEN}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "it contains {c:?}; ids may only use ASCII letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    if id.starts_with(['.', '-']) {
+        return Err("it starts with `.` or `-`".into());
+    }
+    if id.contains("..") {
+        return Err("it contains `..`".into());
+    }
+    if id.ends_with('.') || id.ends_with(".lock") {
+        return Err("it ends with `.` or `.lock`, which git refuses in a branch name".into());
+    }
+    Ok(())
+}
+
+/// Something in the tracker's data that cwo skips or treats specially: a line it cannot read, a
+/// ball it will not run, a dependency that can never be met. `Display` is `path:line: message`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct TrackerProblem {
+    pub path: PathBuf,
+    /// 1-based line number in `path`.
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for TrackerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,7 +105,8 @@ pub struct Task {
     pub blocked_reason: String,
     pub depends_on: Vec<String>,
     pub tags: Vec<String>,
-    /// Dependencies that are neither complete nor archived.
+    /// Dependencies on balls that are neither complete nor archived (an id no ball has counts as
+    /// met, as in juggle).
     pub waiting_on: Vec<String>,
 }
 
@@ -75,6 +136,10 @@ pub enum TrackerError {
 pub trait Tracker: Send + Sync {
     /// Every active task, in file order.
     fn list(&self) -> Result<Vec<Task>, TrackerError>;
+    /// What `list` skipped or cannot make ready, each with its place in the data.
+    fn problems(&self) -> Result<Vec<TrackerProblem>, TrackerError> {
+        Ok(vec![])
+    }
     /// Ready tasks in run order: in_progress first, then priority, then file order.
     fn ready(&self) -> Result<Vec<Task>, TrackerError> {
         let mut ready: Vec<(usize, Task)> = self
@@ -93,4 +158,93 @@ pub trait Tracker: Send + Sync {
     fn release(&self, id: &str) -> Result<(), TrackerError>;
     /// A line in the progress log of every session the task belongs to (its tags).
     fn progress(&self, task: &Task, text: &str) -> Result<(), TrackerError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every id `valid_task_id` accepts is one normal path component and a branch git takes.
+    #[test]
+    fn accepted_ids_are_single_path_components_and_valid_branch_names() {
+        let longest = "x".repeat(MAX_TASK_ID_LEN);
+        let too_long = "x".repeat(MAX_TASK_ID_LEN + 1);
+        let candidates = [
+            "proj-a1b2c3d4",
+            "juggler-74",
+            "123",
+            "P_1.x",
+            "a-",
+            "_a",
+            "a.b",
+            "lock",
+            "a.lock.b",
+            &longest,
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a//b",
+            "/a",
+            ".a",
+            "-a",
+            "a..b",
+            "a.",
+            "a.lock",
+            ".lock",
+            "@",
+            "a@{b",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[b",
+            "a\\b",
+            "a\tb",
+            "a\u{7f}",
+            "caf\u{e9}",
+            "\u{feff}a",
+            &too_long,
+        ];
+        let mut accepted = Vec::new();
+        for id in candidates {
+            if valid_task_id(id).is_err() {
+                continue;
+            }
+            accepted.push(id);
+            let components: Vec<_> = std::path::Path::new(id).components().collect();
+            assert_eq!(
+                components,
+                [std::path::Component::Normal(id.as_ref())],
+                "{id:?} is not one path component"
+            );
+            let git = std::process::Command::new("git")
+                .args(["check-ref-format", &format!("refs/heads/cwo/{id}")])
+                .status()
+                .expect("git runs");
+            assert!(git.success(), "git refuses the branch cwo/{id}");
+        }
+        assert_eq!(
+            accepted,
+            [
+                "proj-a1b2c3d4",
+                "juggler-74",
+                "123",
+                "P_1.x",
+                "a-",
+                "_a",
+                "a.b",
+                "lock",
+                "a.lock.b",
+                &longest,
+            ]
+        );
+        assert_eq!(
+            valid_task_id("../x").unwrap_err(),
+            "it contains '/'; ids may only use ASCII letters, digits, `-`, `_` and `.`"
+        );
+    }
 }
