@@ -30,7 +30,10 @@ fn hostile() -> (Vec<Vec<u8>>, Vec<(usize, &'static str)>) {
         .chain([Vec::new()])
         .collect();
     let problems = vec![
-        (1, "skipped: the line starts with a UTF-8 byte order mark"),
+        (
+            1,
+            "the line starts with a UTF-8 byte order mark (an editor's, usually): cwo reads",
+        ),
         (3, "skipped: not valid UTF-8 (byte 0xff at column 1)"),
         (4, "skipped: not JSON"),
         (
@@ -88,6 +91,7 @@ fn task_list_and_doctor_name_each_bad_line_and_leave_the_file_alone() {
     assert_eq!(
         shown,
         [
+            "proj-0000000b",
             "proj-00000001",
             "proj-5e1f",
             "proj-7790",
@@ -160,13 +164,13 @@ fn run_once_runs_the_usable_balls_warns_once_each_and_keeps_foreign_lines() {
         );
     }
     assert!(
-        run.stderr.contains("ran 2 task(s): 0 complete, 2 blocked"),
+        run.stderr.contains("ran 3 task(s): 0 complete, 3 blocked"),
         "{}",
         run.stderr
     );
     assert_eq!(
         env.journal("SELECT DISTINCT ball_id FROM attempts ORDER BY ball_id"),
-        "proj-00000001\nproj-7790"
+        "proj-00000001\nproj-0000000b\nproj-7790"
     );
     // Nothing was made from the `../escape` id, inside the state dir or beside it.
     let mut stack = vec![env.tmp.path().to_path_buf()];
@@ -184,11 +188,13 @@ fn run_once_runs_the_usable_balls_warns_once_each_and_keeps_foreign_lines() {
     let after = read(&env);
     assert_eq!(after.len(), lines.len());
     for (i, (a, b)) in after.iter().zip(&lines).enumerate() {
-        if i == 1 || i == 7 {
+        if i == 0 || i == 1 || i == 7 {
             let text = String::from_utf8(a.clone()).unwrap();
             assert!(
-                text.contains(r#""state":"blocked""#) && text.ends_with("}\r"),
-                "line {} is rewritten and keeps its CRLF: {text:?}",
+                text.contains(r#""state":"blocked""#)
+                    && text.ends_with("}\r")
+                    && text.starts_with('\u{feff}') == (i == 0),
+                "line {} is rewritten and keeps its CRLF (and its byte order mark): {text:?}",
                 i + 1
             );
         } else {

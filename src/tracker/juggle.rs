@@ -46,6 +46,8 @@ pub struct Juggle {
 /// One line of the file without its `\n`; a `\r` before the `\n` stays in `raw`.
 struct Line {
     raw: Vec<u8>,
+    /// The line starts with a UTF-8 byte order mark (kept when cwo rewrites the line).
+    bom: bool,
     /// The ball on this line; `None` for a blank line or a line cwo cannot read.
     ball: Option<Map<String, Value>>,
 }
@@ -54,7 +56,9 @@ impl Line {
     /// Replaces the line with `ball`, keeping the line's `\r\n` ending if it had one.
     fn set_ball(&mut self, ball: Map<String, Value>) {
         let crlf = self.raw.ends_with(b"\r");
-        self.raw = serde_json::to_vec(&ball).expect("a JSON map serializes");
+        self.raw = if self.bom { BOM.to_vec() } else { Vec::new() };
+        self.raw
+            .extend(serde_json::to_vec(&ball).expect("a JSON map serializes"));
         if crlf {
             self.raw.push(b'\r');
         }
@@ -64,9 +68,17 @@ impl Line {
 
 struct Lines {
     lines: Vec<Line>,
-    /// Lines that are neither blank nor a ball: (1-based line number, what is wrong).
+    /// What is wrong with single lines (1-based line number, message): lines that are neither
+    /// blank nor a ball, and balls read despite something juggle would trip over.
     unreadable: Vec<(usize, String)>,
 }
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The warning for a ball read from a line that starts with a byte order mark.
+const BOM_NOTE: &str = "the line starts with a UTF-8 byte order mark (an editor's, usually): cwo \
+    reads the ball, but juggle 0.4 cannot parse such a line and drops it the next time it \
+    rewrites the file; delete the 3 bytes EF BB BF at its start";
 
 /// The ball on one line, `None` for a blank line, `Err` for anything else. Like juggle, a line
 /// is trimmed before it is parsed.
@@ -83,17 +95,10 @@ fn parse_line(raw: &[u8]) -> Result<Option<Map<String, Value>>, String> {
     if text.is_empty() {
         return Ok(None);
     }
-    // juggle (Go's bufio.Scanner, strings.TrimSpace, json.Unmarshal) keeps a byte order mark and
-    // then fails to parse the line, so its next rewrite drops the line. Reading the ball anyway
-    // would run a task juggle cannot see and is about to delete.
-    if text.starts_with('\u{feff}') {
-        return Err(
-            "skipped: the line starts with a UTF-8 byte order mark, which juggle 0.4 \
-                    cannot parse either (it drops the line the next time it rewrites the file); \
-                    delete the 3 bytes EF BB BF at its start"
-                .into(),
-        );
-    }
+    // A byte order mark (Windows editors write one) is accepted, as JSON readers commonly do
+    // (RFC 8259 §8.1 lets a parser ignore it); juggle 0.4 itself (bufio.Scanner, TrimSpace,
+    // json.Unmarshal) does not, which the caller warns about.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text).trim();
     match serde_json::from_str::<Value>(text) {
         Err(e) => {
             // serde's own position is "line 1 column N" of the trimmed text.
@@ -119,12 +124,20 @@ impl Lines {
         let lines = bytes
             .split(|&b| b == b'\n')
             .enumerate()
-            .map(|(i, raw)| Line {
-                raw: raw.to_vec(),
-                ball: parse_line(raw).unwrap_or_else(|why| {
+            .map(|(i, raw)| {
+                let bom = raw.trim_ascii_start().starts_with(BOM);
+                let ball = parse_line(raw).unwrap_or_else(|why| {
                     unreadable.push((i + 1, why));
                     None
-                }),
+                });
+                if bom && ball.is_some() {
+                    unreadable.push((i + 1, BOM_NOTE.to_string()));
+                }
+                Line {
+                    raw: raw.to_vec(),
+                    bom,
+                    ball,
+                }
             })
             .collect();
         Lines { lines, unreadable }
@@ -947,10 +960,12 @@ mod tests {
         assert_eq!(
             problem_lines(&j),
             [
-                "1: skipped: the line starts with a UTF-8 byte order mark, which juggle 0.4 \
-                 cannot parse either (it drops the line the next time it rewrites the file); \
-                 delete the 3 bytes EF BB BF at its start",
-                "3: skipped: a second ball with id `p-1` (the first is on line 2); juggle reads \
+                "1: the line starts with a UTF-8 byte order mark (an editor's, usually): cwo \
+                 reads the ball, but juggle 0.4 cannot parse such a line and drops it the next \
+                 time it rewrites the file; delete the 3 bytes EF BB BF at its start",
+                "2: skipped: a second ball with id `p-1` (the first is on line 1); juggle reads \
+                 and updates only the first, and so does cwo: give this one a new id or delete it",
+                "3: skipped: a second ball with id `p-1` (the first is on line 1); juggle reads \
                  and updates only the first, and so does cwo: give this one a new id or delete it",
                 "4: skipped: not JSON (expected ident at column 2); fix or delete the line",
                 "5: skipped: JSON but not an object; fix or delete the line",
@@ -965,9 +980,11 @@ mod tests {
             ]
         );
         let tasks = j.list().unwrap();
+        assert_eq!(tasks[0].id, "p-1", "the ball after the BOM is read");
         assert_eq!(
-            tasks[0].title, "second",
-            "the first readable copy wins, as in juggle"
+            tasks.iter().filter(|t| t.id == "p-1").count(),
+            1,
+            "the first copy wins, as in juggle"
         );
         // The unknown dependency is met, as in juggle; the cycle and the self-dependency are not.
         assert_eq!(ids(j.ready().unwrap()), ["p-1", "p-typo"]);
@@ -976,12 +993,11 @@ mod tests {
         let after: Vec<&str> = after.split('\n').collect();
         let before: Vec<&str> = content.split('\n').collect();
         assert!(
-            after[1].contains(r#""state":"in_progress""#),
-            "{}",
-            after[1]
+            after[0].starts_with('\u{feff}') && after[0].contains(r#""state":"in_progress""#),
+            "the claimed ball keeps its line's byte order mark: {}",
+            after[0]
         );
-        assert_eq!(after[0], before[0], "the BOM line is kept byte for byte");
-        assert_eq!(after[2..], before[2..], "the second copy is not touched");
+        assert_eq!(after[1..], before[1..], "the other copies are not touched");
     }
 
     #[test]

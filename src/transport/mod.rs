@@ -203,13 +203,23 @@ mod tests {
 
     #[test]
     fn a_failed_script_is_named_not_quoted() {
-        let argv: Vec<String> = ["sh", "-c", "d=$1\nlong script…", "cwo-launch", "/w/a", "the prompt"]
-            .map(String::from)
-            .to_vec();
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            "d=$1\nlong script…",
+            "cwo-launch",
+            "/w/a",
+            "the prompt",
+        ]
+        .map(String::from)
+        .to_vec();
         assert_eq!(describe(&argv), "sh -c <cwo-launch script>");
         let long = "x".repeat(100);
         let argv = vec!["git".to_string(), "clone".to_string(), long];
         let d = describe(&argv);
-        assert!(d.starts_with("git clone xxx") && d.ends_with('…') && d.len() < 80, "{d}");
+        assert!(
+            d.starts_with("git clone xxx") && d.ends_with('…') && d.len() < 80,
+            "{d}"
+        );
     }
 }
