@@ -24,7 +24,7 @@ pub struct Settings {
     /// Where workers come from: `local` (the embedded default).
     pub provider: ProviderKind,
     /// How often `cwo run` looks at the tracker.
-    #[serde(with = "duration_str")]
+    #[serde(with = "nonzero_duration_str")]
     pub poll_interval: Duration,
     /// Tear the worker down after this long with nothing ready.
     #[serde(with = "duration_str")]
@@ -179,7 +179,7 @@ pub struct SshSettings {
     /// (relative to the login directory, or absolute).
     pub workspace: String,
     /// How long to wait for a host or VM to answer and accept the key.
-    #[serde(with = "duration_str")]
+    #[serde(with = "nonzero_duration_str")]
     pub connect_timeout: Duration,
     /// Keepalive interval on the connection (three unanswered ones drop it).
     #[serde(with = "duration_str")]
@@ -291,7 +291,7 @@ pub struct AgentSettings {
     #[serde(deserialize_with = "non_empty_argv")]
     pub command: Vec<String>,
     /// Kill the agent's whole process group after this long.
-    #[serde(with = "duration_str")]
+    #[serde(with = "nonzero_duration_str")]
     pub timeout: Duration,
     /// Attempts per task before the ball is blocked.
     pub max_attempts: NonZeroU32,
@@ -757,7 +757,7 @@ mod nonzero_duration_str {
         let v = super::duration_str::deserialize(d)?;
         if v.is_zero() {
             return Err(serde::de::Error::custom(
-                "teardown_timeout must be more than 0 (0 would give up before the first try); write it like \"5m\"",
+                "must be more than 0 (a zero wait or time limit would spin or fail at once); write it like \"90s\" or \"5m\"",
             ));
         }
         Ok(v)
@@ -866,6 +866,9 @@ mod tests {
                 "gcp.zones is empty",
             ),
             ("teardown_timeout = \"0s\"\n", 1, "more than 0"),
+            ("poll_interval = \"0s\"\n", 1, "more than 0"),
+            ("[agent]\ntimeout = \"0s\"\n", 2, "more than 0"),
+            ("[ssh]\nconnect_timeout = \"0ms\"\n", 2, "more than 0"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();

@@ -1289,3 +1289,42 @@ fn a_spurious_404_on_delete_is_sent_again_promptly() {
     );
     assert_eq!(g.env.journal("SELECT state FROM workers"), "deleted");
 }
+
+/// A controller killed while its `instances.insert` is still in flight, and a next run started
+/// at once (the VM not visible yet): the next run deletes that VM as soon as it appears instead of
+/// leaving it to a later `cwo reap` (found by the chaos test, seed 553411999).
+#[test]
+fn a_create_in_flight_when_its_controller_died_is_deleted_by_the_next_run() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    g.fake.faults().insert_delay = Duration::from_millis(2500);
+    let id = g.env.add(&["after a crash"]);
+    let child = g.env.spawn(&["run", "--once"]);
+    assert!(wait_for(Duration::from_secs(30), || {
+        inserts(&g.fake).len() == 1
+    }));
+    kill(&child, "KILL");
+    let _ = child.wait_with_output();
+    assert!(
+        g.fake.vm_names().is_empty(),
+        "the insert is still in flight"
+    );
+    g.fake.faults().insert_delay = Duration::ZERO;
+    let run = g.env.cwo(&["run", "--once"]).ok();
+    assert_eq!(g.env.ball(&id)["state"], "complete", "{}", run.stderr);
+    assert!(
+        g.fake.vm_names().is_empty(),
+        "no VM left: {:?}\n{}",
+        g.fake.vm_names(),
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("has appeared; deleting it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        g.env
+            .journal("SELECT count(*) FROM workers WHERE state != 'deleted'"),
+        "0"
+    );
+}

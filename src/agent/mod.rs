@@ -131,6 +131,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Why a blocked or failed attempt ended that way.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Blocked(r) | Outcome::Failed(r) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Done { .. } => "done",

@@ -807,11 +807,16 @@ impl Orchestrator {
                             // one included, when it has tries left) gets a new worker.
                             if let Some(w) = worker.take_if(|_| lost) {
                                 sh.printer.warn(format!(
-                                    "worker {} is gone; tearing it down and bringing up a new one for the rest of the queue",
-                                    w.instance.name
+                                    "worker {} is lost ({}); tearing it down and bringing up a new one for the rest of the queue",
+                                    w.instance.name,
+                                    report.outcome.reason().unwrap_or("gone")
                                 ));
                                 let started = Instant::now();
-                                self.tear_down(&w.instance.name, "gone").await?;
+                                // A teardown that fails here (an unreachable host) keeps its
+                                // journal row for `cwo down` / `cwo reap`; the queue goes on.
+                                if let Err(e) = self.tear_down(&w.instance.name, "lost").await {
+                                    sh.printer.warn(e.render().replace("error: ", ""));
+                                }
                                 summary.teardown_secs += started.elapsed().as_secs_f64();
                             }
                         }

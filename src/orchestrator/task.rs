@@ -598,25 +598,26 @@ async fn watch(
     Ok((verdict, blocked))
 }
 
-/// After a failed call: is the worker still there (keep trying) or gone? Errs when it stayed
-/// unreachable for too long.
+/// After a failed call: is the worker still there (keep trying) or gone? A worker that stayed
+/// unreachable for `RECONNECT_LIMIT` counts as lost too (`WorkerGone`): the loop replaces it
+/// rather than spending every remaining attempt, and the rest of the queue, on it.
 async fn still_alive(
     ctx: &TaskCtx,
     error: &str,
     since: &mut Option<Instant>,
     backoff: &mut Duration,
-) -> Result<bool, String> {
+) -> Result<bool, AttemptError> {
     let first = *since.get_or_insert_with(Instant::now);
     // Only the provider may declare a worker dead; a provider error is no verdict either way.
     if let Ok(None) = ctx.provider.get(&ctx.worker).await {
         return Ok(false);
     }
     if first.elapsed() > RECONNECT_LIMIT {
-        return Err(format!(
+        return Err(AttemptError::WorkerGone(format!(
             "lost the connection to {} for {}: {error}",
             ctx.worker,
             fmt_secs(first.elapsed())
-        ));
+        )));
     }
     ctx.shared.printer.status(format!(
         "connection to {} failed ({error}); the worker is alive, retrying in {}",
