@@ -243,6 +243,13 @@ fn zone_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
             "gcp.zones is empty: cwo would have no zone to create VMs in; list at least one, e.g. zones = [\"us-central1-a\"], or remove the line for the default (us-central1-a, -b, -c)",
         ));
     }
+    if let Some(i) = v.iter().position(|z| z.trim().is_empty() || z.trim() != z) {
+        return Err(serde::de::Error::custom(format!(
+            "gcp.zones entry {} is {:?}, not a zone name; write names like \"us-central1-a\"",
+            i + 1,
+            v[i]
+        )));
+    }
     Ok(v)
 }
 
@@ -866,6 +873,11 @@ mod tests {
                 "gcp.zones is empty",
             ),
             ("teardown_timeout = \"0s\"\n", 1, "more than 0"),
+            (
+                "[gcp]\nzones = [\"\", \"us-central1-a\"]\n",
+                2,
+                "entry 1 is \"\"",
+            ),
             ("poll_interval = \"0s\"\n", 1, "more than 0"),
             ("[agent]\ntimeout = \"0s\"\n", 2, "more than 0"),
             ("[ssh]\nconnect_timeout = \"0ms\"\n", 2, "more than 0"),

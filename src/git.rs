@@ -89,7 +89,9 @@ pub async fn fetch_result(project: &Path, bundle: &Path, branch: &str) -> Result
 }
 
 /// Pushes a commit as `refs/heads/<branch>` on the remote. Never forced: a remote branch with other
-/// history makes this fail, and the caller blocks the ball with the reason.
+/// history makes this fail, and the caller blocks the ball with the reason. A push that failed
+/// while the remote branch already is `commit` (the same push by a controller that was killed,
+/// still running and holding the ref's lock) is a success: the work is there.
 pub async fn push(
     project: &Path,
     remote: &str,
@@ -97,9 +99,13 @@ pub async fn push(
     branch: &str,
 ) -> Result<(), GitError> {
     let spec = format!("{commit}:refs/heads/{branch}");
-    git(project, &["push", "--quiet", remote, &spec])
-        .await
-        .map(|_| ())
+    let pushed = git(project, &["push", "--quiet", remote, &spec]).await;
+    let Err(e) = pushed else { return Ok(()) };
+    let refname = format!("refs/heads/{branch}");
+    match git(project, &["ls-remote", remote, &refname]).await {
+        Ok(out) if out.split_whitespace().next() == Some(commit) => Ok(()),
+        _ => Err(e),
+    }
 }
 
 pub async fn has_remote(project: &Path, remote: &str) -> bool {
@@ -120,15 +126,37 @@ pub struct WorkerCheckout {
 /// nothing a later run could mistake for a ready checkout. Paths may be relative to the login's
 /// home (the default `ssh.workspace`): every git call names its directory the same way. Running
 /// it again after a lost connection finishes the job or finds it done.
+///
+/// A run cut off by a lost connection may still be going on the worker when the retry starts:
+/// each run builds its own `repo.partial.<pid>`, and the first to finish claims the rename
+/// (`repo.claimed`, mkdir is atomic); a later one removes its copy and waits for `repo`.
 const PREPARE: &str = r#"set -e
 d=$1; branch=$2; base=$3
 [ -d "$d/repo" ] && exit 0
-rm -rf "$d/repo.partial"
-git clone --quiet "$d/input.bundle" "$d/repo.partial"
-git -C "$d/repo.partial" checkout --quiet -B "$branch" "$base"
-git -C "$d/repo.partial" config user.name "$4"
-git -C "$d/repo.partial" config user.email "$5"
-mv "$d/repo.partial" "$d/repo"
+p="$d/repo.partial.$$"
+rm -rf "$p"
+git clone --quiet "$d/input.bundle" "$p"
+git -C "$p" checkout --quiet -B "$branch" "$base"
+git -C "$p" config user.name "$4"
+git -C "$p" config user.email "$5"
+if mkdir "$d/repo.claimed" 2>/dev/null; then
+  mv "$p" "$d/repo"
+else
+  rm -rf "$p"
+  i=0
+  while [ ! -d "$d/repo" ] && [ "$i" -lt 600 ]; do i=$((i + 1)); sleep 0.1; done
+  [ -d "$d/repo" ]
+fi
+"#;
+
+/// Brings the task branch to a bundle in one round trip: the branch is set to whatever the agent
+/// left checked out, and the bundle is written under a name of this run's own and renamed, so a
+/// retry after a lost connection never trips over a run that is still going.
+const BRING_BACK: &str = r#"set -e
+cd "$1/repo"
+git update-ref "refs/heads/$2" HEAD
+git bundle create --quiet "../output.bundle.$$" "refs/heads/$2" "^$3"
+mv "../output.bundle.$$" ../output.bundle
 "#;
 
 impl WorkerCheckout {
@@ -209,31 +237,15 @@ impl WorkerCheckout {
     /// Bundles the new commits (whatever branch the agent left checked out) and brings the
     /// bundle to `local`.
     pub async fn bring_back(&self, t: &dyn Transport, local: &Path) -> Result<PathBuf, GitError> {
-        let branch_ref = format!("refs/heads/{}", self.branch);
         let out = format!("{}/output.bundle", self.dir);
-        // `git -C repo` resolves a relative path inside the repository: name the bundle from
-        // there (the workspace may be relative to the login's home).
-        let out_from_repo = "../output.bundle";
-        let not_base = format!("^{}", self.base);
         t.check(ExecRequest::new([
-            "git",
-            "-C",
-            self.repo.as_str(),
-            "update-ref",
-            branch_ref.as_str(),
-            "HEAD",
-        ]))
-        .await?;
-        t.check(ExecRequest::new([
-            "git",
-            "-C",
-            self.repo.as_str(),
-            "bundle",
-            "create",
-            "--quiet",
-            out_from_repo,
-            branch_ref.as_str(),
-            not_base.as_str(),
+            "sh",
+            "-c",
+            BRING_BACK,
+            "cwo-bring-back",
+            self.dir.as_str(),
+            self.branch.as_str(),
+            self.base.as_str(),
         ]))
         .await?;
         t.download(&out, local).await?;

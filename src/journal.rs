@@ -255,7 +255,7 @@ impl Journal {
         self.with(|c| {
             c.execute(
                 "UPDATE workers SET state = 'starting', created_at = ?2, instance = ?3
-                 WHERE name = ?1",
+                 WHERE name = ?1 AND state = 'intent'",
                 params![name, ts(created_at), instance],
             )
             .map(|_| ())
@@ -272,7 +272,7 @@ impl Journal {
         self.with(|c| {
             c.execute(
                 "UPDATE workers SET state = 'ready', created_at = ?2, ready_at = ?3, instance = ?4, idle_since = ?3
-                 WHERE name = ?1",
+                 WHERE name = ?1 AND state IN ('intent', 'starting', 'ready')",
                 params![name, ts(created_at), ts(Utc::now()), instance],
             )
             .map(|_| ())

@@ -202,7 +202,7 @@ impl Reaper<'_> {
                 if listed_names.contains(&name.as_str()) {
                     continue;
                 }
-                if row.state == "intent" {
+                if row.state == "intent" || row.state == "starting" {
                     let age = (Utc::now() - row.intent_at).num_seconds();
                     if self.controller_running && age < self.grace.as_secs() as i64 {
                         continue;

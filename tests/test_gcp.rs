@@ -1328,3 +1328,26 @@ fn a_create_in_flight_when_its_controller_died_is_deleted_by_the_next_run() {
         "0"
     );
 }
+
+/// The deletion deadline holds inside a call too: a delete whose operation never finishes (or
+/// whose polls keep failing) gives up at `teardown_timeout`, not after the operation's own wait.
+#[test]
+fn a_delete_whose_operation_never_finishes_gives_up_at_the_deadline() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    g.env.top_setting("teardown_timeout = \"3s\"");
+    let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
+    g.fake.faults().op_delay = Duration::from_secs(3600);
+    let started = std::time::Instant::now();
+    let down = g.env.cwo(&["down"]);
+    let took = started.elapsed();
+    assert_eq!(down.code, 1, "{}", down.stderr);
+    assert!(took < Duration::from_secs(30), "{took:?}\n{}", down.stderr);
+    assert!(
+        down.stderr.contains("no answer within teardown_timeout")
+            && down
+                .stderr
+                .contains(&format!("gcloud compute instances delete {name}")),
+        "{}",
+        down.stderr
+    );
+}

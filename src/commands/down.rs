@@ -15,9 +15,13 @@ pub async fn down(project: &Project, printer: Printer) -> Result<u8, CliError> {
         return Ok(0);
     }
     let mut pending = orch.recover(false, "user").await?.pending;
-    orch.settle_pending(&mut pending, crate::orchestrator::PENDING_WAIT)
-        .await?;
+    let mut failed = orch
+        .settle_pending(&mut pending, crate::orchestrator::PENDING_WAIT)
+        .await;
     orch.warn_unsettled(&pending);
+    if let Some(e) = failed.pop() {
+        return Err(e);
+    }
     // Creates that never appeared stay journaled (warned about) for the next down or the reaper.
     let left: Vec<_> = orch
         .journal()

@@ -23,9 +23,13 @@ pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8
     let orch = Orchestrator::new(project, printer)?;
     let recovered = orch.recover(true, "orphaned").await?;
     let mut pending = recovered.pending;
-    orch.settle_pending(&mut pending, std::time::Duration::ZERO)
-        .await?;
+    let mut failed = orch
+        .settle_pending(&mut pending, std::time::Duration::ZERO)
+        .await;
     orch.warn_unsettled(&pending);
+    if let Some(e) = failed.pop() {
+        return Err(e);
+    }
     if let Some(w) = recovered.worker {
         printer.status(format!("worker {} is already up", w.instance.name));
         printer.out(&w.instance.name);
@@ -33,7 +37,8 @@ pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8
     }
     let w = orch
         .bring_up(&tokio_util::sync::CancellationToken::new())
-        .await?;
+        .await?
+        .ok_or_else(|| CliError::user("stopped before the worker was up"))?;
     printer.out(&w.instance.name);
     Ok(0)
 }

@@ -244,7 +244,14 @@ impl Orchestrator {
     /// Creates a worker: journal intent first, then the provider, then a prerequisite check.
     /// `stop` cancelled (a signal) between the phases tears the new worker down again: a create
     /// already sent is waited for, never abandoned, so the journal can always account for it.
-    pub async fn bring_up(&self, stop: &CancellationToken) -> Result<ActiveWorker, CliError> {
+    /// `Ok(None)`: stopped (before anything was created, or the new worker is deleted again).
+    pub async fn bring_up(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<Option<ActiveWorker>, CliError> {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
         let p = &self.shared.printer;
         let short = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let name = format!("cwo-{}-{short}", self.project_slug);
@@ -280,21 +287,19 @@ impl Orchestrator {
         let instance = match created {
             Ok(i) => i,
             Err(e) => {
-                let _ = self.tear_down(&name, "error").await;
-                return Err(CliError::from_error(
-                    format!("could not bring up worker {name}"),
-                    &e,
-                ));
+                return Err(self
+                    .abandon(
+                        &name,
+                        CliError::from_error(format!("could not bring up worker {name}"), &e),
+                    )
+                    .await);
             }
         };
         let stopped = || async {
             p.status(format!(
                 "stopping: tearing down worker {name}, which was coming up"
             ));
-            self.tear_down(&name, "user").await?;
-            Err(CliError::user(format!(
-                "stopped while worker {name} was coming up; it is deleted"
-            )))
+            self.tear_down(&name, "user").await.map(|()| None)
         };
         if stop.is_cancelled() {
             return stopped().await;
@@ -313,10 +318,7 @@ impl Orchestrator {
         );
         let (instance, transport) = match self.bootstrap(&instance, login).await {
             Ok(pair) => pair,
-            Err(problem) => {
-                let _ = self.tear_down(&name, "error").await;
-                return Err(problem);
-            }
+            Err(problem) => return Err(self.abandon(&name, problem).await),
         };
         // Reachability (for SSH: banner, key, pinned host key) and prerequisites in one call.
         let program = &self.shared.settings.agent.command[0];
@@ -346,8 +348,7 @@ impl Orchestrator {
             Ok(_) => None,
         };
         if let Some(problem) = problem {
-            let _ = self.tear_down(&name, "error").await;
-            return Err(problem);
+            return Err(self.abandon(&name, problem).await);
         }
         if stop.is_cancelled() {
             return stopped().await;
@@ -360,7 +361,27 @@ impl Orchestrator {
             &serde_json::to_string(&login_view).expect("instance serializes"),
         )?;
         phase.finish(format!("worker {name} is up"));
-        Ok(ActiveWorker::new(instance, transport, self.bootstrapped()))
+        Ok(Some(ActiveWorker::new(
+            instance,
+            transport,
+            self.bootstrapped(),
+        )))
+    }
+
+    /// Tears down a worker whose bring-up failed; the bring-up's error says so if that failed
+    /// too, with the teardown's own hints (the exact delete command).
+    async fn abandon(&self, name: &str, problem: CliError) -> CliError {
+        match self.tear_down(name, "error").await {
+            Ok(()) => problem,
+            Err(down) => {
+                let mut problem = problem.hint(format!(
+                    "and worker {name} could not be deleted: {}",
+                    down.message
+                ));
+                problem.hints.extend(down.hints);
+                problem
+            }
+        }
     }
 
     fn bootstrapped(&self) -> bool {
@@ -595,9 +616,10 @@ impl Orchestrator {
         &self,
         pending: &mut Vec<PendingCreate>,
         wait: Duration,
-    ) -> Result<(), CliError> {
+    ) -> Vec<CliError> {
         let end = Instant::now() + wait;
         let grace = self.shared.settings.reap_grace;
+        let mut failed = Vec::new();
         loop {
             let mut still = Vec::new();
             for p in pending.drain(..) {
@@ -607,7 +629,11 @@ impl Orchestrator {
                             "worker {}, which a stopped controller was creating, has appeared; deleting it",
                             p.name
                         ));
-                        self.tear_down(&p.name, "orphaned").await?;
+                        // A delete that fails is reported; the journal keeps the worker
+                        // (`deleting`) for `cwo down` and `cwo reap`.
+                        if let Err(e) = self.tear_down(&p.name, "orphaned").await {
+                            failed.push(e);
+                        }
                     }
                     Ok(None)
                         if (chrono::Utc::now() - p.intent_at)
@@ -626,7 +652,7 @@ impl Orchestrator {
             }
             *pending = still;
             if pending.is_empty() || Instant::now() >= end {
-                return Ok(());
+                return failed;
             }
             tokio::time::sleep(Duration::from_secs(2).min(end - Instant::now())).await;
         }
@@ -660,6 +686,9 @@ impl Orchestrator {
         let recovered = self.recover(true, "orphaned").await?;
         let mut worker = recovered.worker;
         let mut pending = recovered.pending;
+        // Failures that do not stop the queue but make the run exit 1 at its end (a worker that
+        // could not be deleted: the error carries the exact delete command).
+        let mut deferred: Vec<CliError> = Vec::new();
         let mut running: JoinSet<TaskReport> = JoinSet::new();
         let mut in_flight: HashSet<String> = HashSet::new();
         // Attempts spent on balls whose worker went away, so a requeued ball keeps its count.
@@ -696,7 +725,7 @@ impl Orchestrator {
         let result: Result<(), CliError> = async {
             loop {
                 if !pending.is_empty() {
-                    self.settle_pending(&mut pending, Duration::ZERO).await?;
+                    deferred.extend(self.settle_pending(&mut pending, Duration::ZERO).await);
                 }
                 let stopping = shutdown.stop_claiming.is_cancelled();
                 let mut ready_left = false;
@@ -713,7 +742,10 @@ impl Orchestrator {
                         if worker.is_none() {
                             let started = Instant::now();
                             match self.bring_up(&shutdown.stop_claiming).await {
-                                Ok(w) => {
+                                // A signal arrived before or during the bring-up: nothing is
+                                // claimed, and the worker (if one was made) is deleted again.
+                                Ok(None) => continue,
+                                Ok(Some(w)) => {
                                     worker = Some(w);
                                     summary.workers_created += 1;
                                     summary.up_secs += started.elapsed().as_secs_f64();
@@ -721,8 +753,7 @@ impl Orchestrator {
                                 }
                                 // `--once` reports the failure; a polling controller keeps going
                                 // (capacity and networks come back), waiting longer each time.
-                                // A signal arrived during the bring-up: nothing is claimed.
-                                Err(_) if shutdown.stop_claiming.is_cancelled() => continue,
+                                Err(e) if shutdown.stop_claiming.is_cancelled() => return Err(e),
                                 Err(e) if !opts.once && up_failures < MAX_UP_FAILURES => {
                                     up_failures += 1;
                                     let wait = settings.poll_interval * 2u32.pow(up_failures.min(6));
@@ -815,7 +846,11 @@ impl Orchestrator {
                                 // A teardown that fails here (an unreachable host) keeps its
                                 // journal row for `cwo down` / `cwo reap`; the queue goes on.
                                 if let Err(e) = self.tear_down(&w.instance.name, "lost").await {
-                                    sh.printer.warn(e.render().replace("error: ", ""));
+                                    sh.printer.warn(format!(
+                                        "could not delete lost worker {}; going on, and the run will exit 1",
+                                        w.instance.name
+                                    ));
+                                    deferred.push(e);
                                 }
                                 summary.teardown_secs += started.elapsed().as_secs_f64();
                             }
@@ -878,17 +913,27 @@ impl Orchestrator {
                 }
                 Err(e) => {
                     phase.finish("teardown failed");
-                    result?;
-                    return Err(e);
+                    deferred.push(e);
                 }
             }
         }
         // A create a stopped controller had in flight: give it the time to show up and go.
         if result.is_ok() && !pending.is_empty() {
-            self.settle_pending(&mut pending, PENDING_WAIT).await?;
+            deferred.extend(self.settle_pending(&mut pending, PENDING_WAIT).await);
             self.warn_unsettled(&pending);
         }
-        result.map(|_| summary)
+        // Every failure is shown; the last one is the run's error (exit 1).
+        let last = match result {
+            Err(e) => Some(e),
+            Ok(()) => deferred.pop(),
+        };
+        for e in &deferred {
+            eprint!("{}", e.render());
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 }
 

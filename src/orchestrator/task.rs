@@ -21,8 +21,11 @@ use crate::transport::{ExecStatus, Transport, TransportError};
 
 /// Between SIGTERM and SIGKILL for an agent that overran its timeout or was aborted.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How long the controller keeps trying to reach a worker the provider says is alive.
+/// How long the controller keeps trying to reach a worker the provider says is alive (one
+/// outage: the clock restarts whenever the worker answers).
 const RECONNECT_LIMIT: Duration = Duration::from_secs(300);
+/// Between the two reads that must both say a worker is gone.
+const GONE_RECHECK: Duration = Duration::from_secs(2);
 
 pub(super) struct TaskCtx {
     pub shared: Arc<Shared>,
@@ -216,12 +219,14 @@ async fn drive_task(
         // An attempt left by a stopped controller is reattached only when its checkout was
         // complete: before that, its agent cannot have started, and a fresh attempt replaces it.
         let resumed = match resume.take() {
-            Some(row) => match WorkerCheckout::existing(
-                ctx.transport.as_ref(),
-                row.workdir.clone(),
-                &branch,
-                &row.base,
-            )
+            Some(row) => match on_worker(ctx, "looking at the checkout", || {
+                WorkerCheckout::existing(
+                    ctx.transport.as_ref(),
+                    row.workdir.clone(),
+                    &branch,
+                    &row.base,
+                )
+            })
             .await
             {
                 Ok(Some(co)) => Some((row, co)),
@@ -242,11 +247,20 @@ async fn drive_task(
                         .map_err(|e| e.to_string())?;
                     None
                 }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot look at attempt {} on {}: {e}",
-                        row.attempt, ctx.worker
-                    ));
+                Err(AttemptError::WorkerGone(reason)) => {
+                    let _ = sh.journal.attempt_end(
+                        row.id,
+                        "failed",
+                        "-",
+                        row.branch.as_deref(),
+                        None,
+                        Some(&reason),
+                    );
+                    report.worker_gone = true;
+                    return Ok(Outcome::Failed(reason));
+                }
+                Err(AttemptError::Failed(reason)) => {
+                    return Err(format!("resuming attempt {}: {reason}", row.attempt));
                 }
             },
             None => None,
@@ -524,6 +538,7 @@ async fn watch(
     let mut unreachable_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(250);
     let verdict = loop {
+        let offset_before = offset;
         let stop = CancellationToken::new();
         let mut sink = |bytes: &[u8]| {
             // Masked with same-length stars: the local log keeps the worker log's offsets.
@@ -541,6 +556,12 @@ async fn watch(
             _ = tokio::time::sleep_until(deadline) => { stop.cancel(); None }
             _ = ctx.abort.cancelled() => { stop.cancel(); None }
         };
+        // The worker answered (a follow that ended cleanly or delivered bytes): an outage after
+        // this one is a new outage, with its own time limit.
+        if matches!(result, Some(Ok(_))) || offset > offset_before {
+            unreachable_since = None;
+            backoff = Duration::from_millis(250);
+        }
         match result {
             None if ctx.abort.is_cancelled() => break ExecStatus::Cancelled,
             None => break ExecStatus::TimedOut,
@@ -608,9 +629,13 @@ async fn still_alive(
     backoff: &mut Duration,
 ) -> Result<bool, AttemptError> {
     let first = *since.get_or_insert_with(Instant::now);
-    // Only the provider may declare a worker dead; a provider error is no verdict either way.
+    // Only the provider may declare a worker dead, and only when it says so twice a moment apart
+    // (one empty read is no verdict); a provider error is no verdict either way.
     if let Ok(None) = ctx.provider.get(&ctx.worker).await {
-        return Ok(false);
+        tokio::time::sleep(GONE_RECHECK).await;
+        if let Ok(None) = ctx.provider.get(&ctx.worker).await {
+            return Ok(false);
+        }
     }
     if first.elapsed() > RECONNECT_LIMIT {
         return Err(AttemptError::WorkerGone(format!(

@@ -231,15 +231,33 @@ pub async fn delete_confirmed(
     // Deleted when any call of ours deleted it; AlreadyGone when it was gone every time we asked.
     let mut outcome = DeleteOutcome::AlreadyGone;
     loop {
+        // The deadline holds inside a call too (an operation that never finishes, a poll that
+        // keeps failing): a call cut short is sent again, or reported, like any failure.
+        let in_time = |left: Duration| Duration::from_secs(1).max(left);
+        let unanswered = || {
+            ProviderError::Transient(format!(
+                "no answer within teardown_timeout ({})",
+                humantime::format_duration(deadline)
+            ))
+        };
         let left = end.saturating_duration_since(tokio::time::Instant::now());
-        let result = match provider.delete(name).await {
+        let deleted = tokio::time::timeout(in_time(left), provider.delete(name))
+            .await
+            .unwrap_or_else(|_| Err(unanswered()));
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        let confirm = |wait: Duration| async move {
+            tokio::time::timeout(in_time(wait), provider.confirm_deleted(name, wait))
+                .await
+                .unwrap_or_else(|_| Err(unanswered()))
+        };
+        let result = match deleted {
             // Gone (or a 404 that may be spurious): confirm briefly, delete again if still there.
             Ok(DeleteOutcome::AlreadyGone) | Err(ProviderError::NotFound(_)) => {
-                provider.confirm_deleted(name, GONE_SETTLE.min(left)).await
+                confirm(GONE_SETTLE.min(left)).await
             }
             Ok(DeleteOutcome::Deleted) => {
                 outcome = DeleteOutcome::Deleted;
-                provider.confirm_deleted(name, left).await
+                confirm(left).await
             }
             Err(e) => Err(e),
         };

@@ -182,63 +182,64 @@ fn short_id(id: &str) -> &str {
 
 /// The strongly connected components of more than one node: the dependency cycles (Tarjan).
 fn cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
-    struct Walk<'a> {
-        edges: &'a [Vec<usize>],
-        index: Vec<Option<usize>>,
-        low: Vec<usize>,
-        on_stack: Vec<bool>,
-        stack: Vec<usize>,
-        next: usize,
-        found: Vec<Vec<usize>>,
-    }
-    fn visit(w: &mut Walk, v: usize) {
-        w.index[v] = Some(w.next);
-        w.low[v] = w.next;
-        w.next += 1;
-        w.stack.push(v);
-        w.on_stack[v] = true;
-        let edges = w.edges;
-        for &u in &edges[v] {
-            match w.index[u] {
-                None => {
-                    visit(w, u);
-                    w.low[v] = w.low[v].min(w.low[u]);
-                }
-                Some(i) if w.on_stack[u] => w.low[v] = w.low[v].min(i),
-                Some(_) => {}
-            }
-        }
-        if w.index[v] == Some(w.low[v]) {
-            let mut component = Vec::new();
-            while let Some(u) = w.stack.pop() {
-                w.on_stack[u] = false;
-                component.push(u);
-                if u == v {
-                    break;
-                }
-            }
-            if component.len() > 1 {
-                component.sort_unstable();
-                w.found.push(component);
-            }
-        }
-    }
+    // Iterative, with its own call stack of (node, next edge): a hostile file with a dependency
+    // chain thousands of balls long must not overflow the thread's stack.
     let n = edges.len();
-    let mut w = Walk {
-        edges,
-        index: vec![None; n],
-        low: vec![0; n],
-        on_stack: vec![false; n],
-        stack: Vec::new(),
-        next: 0,
-        found: Vec::new(),
-    };
-    for v in 0..n {
-        if w.index[v].is_none() {
-            visit(&mut w, v);
+    let mut index: Vec<Option<usize>> = vec![None; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<usize> = Vec::new();
+    let mut next = 0;
+    let mut found = Vec::new();
+    for root in 0..n {
+        if index[root].is_some() {
+            continue;
+        }
+        let mut calls: Vec<(usize, usize)> = vec![(root, 0)];
+        index[root] = Some(next);
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (v, ref mut e)) = calls.last_mut() {
+            if let Some(&u) = edges[v].get(*e) {
+                *e += 1;
+                match index[u] {
+                    None => {
+                        index[u] = Some(next);
+                        low[u] = next;
+                        next += 1;
+                        stack.push(u);
+                        on_stack[u] = true;
+                        calls.push((u, 0));
+                    }
+                    Some(i) if on_stack[u] => low[v] = low[v].min(i),
+                    Some(_) => {}
+                }
+                continue;
+            }
+            // Every edge of v is done: close its component if it is a root, return to the caller.
+            calls.pop();
+            if index[v] == Some(low[v]) {
+                let mut component = Vec::new();
+                while let Some(u) = stack.pop() {
+                    on_stack[u] = false;
+                    component.push(u);
+                    if u == v {
+                        break;
+                    }
+                }
+                if component.len() > 1 {
+                    component.sort_unstable();
+                    found.push(component);
+                }
+            }
+            if let Some(&(parent, _)) = calls.last() {
+                low[parent] = low[parent].min(low[v]);
+            }
         }
     }
-    w.found
+    found
 }
 
 /// `a`, `a` and `b`, `a`, `b` and `c`.
@@ -998,6 +999,24 @@ mod tests {
             after[0]
         );
         assert_eq!(after[1..], before[1..], "the other copies are not touched");
+    }
+
+    #[test]
+    fn a_dependency_chain_far_deeper_than_the_stack_is_read() {
+        // 200,000 balls, each depending on the next, and the last on the first: one cycle.
+        let n = 200_000;
+        let edges: Vec<Vec<usize>> = (0..n).map(|i| vec![(i + 1) % n]).collect();
+        let found = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || cycles(&edges))
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].len(), n);
+        let mut two = vec![vec![1], vec![0], vec![3], vec![2], vec![]];
+        two.push(vec![0]);
+        assert_eq!(cycles(&two), vec![vec![0, 1], vec![2, 3]]);
     }
 
     #[test]

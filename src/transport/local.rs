@@ -79,10 +79,15 @@ pub const WORKER_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
 ];
 
+/// Prefixes of further variables a login has: locale (`LC_*`) and the XDG base directories
+/// (`XDG_*`, where tools such as opencode keep their configuration and sign-in).
+pub const WORKER_ENV_PREFIXES: &[&str] = &["LC_", "XDG_"];
+
 fn worker_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
     std::env::vars_os().filter(|(k, _)| {
-        k.to_str()
-            .is_some_and(|k| WORKER_ENV.contains(&k) || k.starts_with("LC_"))
+        k.to_str().is_some_and(|k| {
+            WORKER_ENV.contains(&k) || WORKER_ENV_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
     })
 }
 
