@@ -125,7 +125,7 @@ impl Default for GcpSettings {
             disk_size_gb: 10,
             disk_type: "pd-standard".into(),
             spot: false,
-            ttl: Some(Duration::from_secs(4 * 3600)),
+            ttl: Some(Duration::from_secs(90 * 60)),
             network: "global/networks/default".into(),
             ssh_source: String::new(),
             ssh_user: "cwo-admin".into(),
@@ -535,8 +535,43 @@ pub fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
             message: e.message().to_string(),
             hint: "run `cwo config show` to see where each value comes from".into(),
         })?;
+    // A worker takes a task only while its TTL leaves room for the attempt (rotation): a TTL that
+    // never does would bring up workers that can do nothing.
+    if matches!(
+        settings.provider,
+        ProviderKind::Gcp | ProviderKind::Terraform
+    ) && let Some(ttl) = settings.gcp.ttl
+        && ttl < settings.agent.timeout + 2 * TTL_MARGIN
+    {
+        let at = |key: &str| {
+            origins
+                .get(key)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| "the defaults".into())
+        };
+        return Err(ConfigError {
+            location: at("gcp.ttl"),
+            message: format!(
+                "gcp.ttl ({}) leaves a worker no time for a task: a worker takes a task only while it has agent.timeout ({}, from {}) + {} of life left",
+                humantime::format_duration(ttl),
+                humantime::format_duration(settings.agent.timeout),
+                at("agent.timeout"),
+                humantime::format_duration(TTL_MARGIN),
+            ),
+            hint: format!(
+                "set gcp.ttl to at least \"{}\" (agent.timeout + {}), or lower agent.timeout",
+                humantime::format_duration(settings.agent.timeout + 2 * TTL_MARGIN),
+                humantime::format_duration(2 * TTL_MARGIN),
+            ),
+        });
+    }
     Ok(Resolved { settings, origins })
 }
+
+/// What a worker keeps beyond `agent.timeout` before its TTL when it takes a task (the delivery
+/// after the agent: bring-back, push): a worker with less life left takes no new task, and cwo
+/// rotates to a fresh one.
+pub const TTL_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     let located = |e: toml::de::Error| {
@@ -707,6 +742,17 @@ impl Resolved {
                 duration(s.reap_grace),
                 "`cwo reap` gives no grace: a worker a running `cwo run` is still creating counts as an unfinished create at once, a VM this project's journal does not know yet is an orphan at once, and a marked worker is deleted on the very next pass",
                 "set it longer than a worker takes to create, a few minutes at least (default \"15m\")",
+            );
+        }
+        if matches!(s.provider, ProviderKind::Gcp | ProviderKind::Terraform)
+            && s.gcp.ttl.is_some()
+            && s.watchdog.action.trim() == "poweroff"
+        {
+            warn(
+                "watchdog.action",
+                format!("{:?}", s.watchdog.action),
+                "a powered-off VM loses its TTL: Compute Engine clears the termination timer of a stopped VM, so an idle worker whose controller died is never deleted by the cloud, and its disk stays billed until a `cwo reap`",
+                "leave it at \"auto\" (stop orphaned agents, let the TTL delete the VM), or schedule the reaper (`cwo schedule install`)",
             );
         }
         if s.idle_timeout.is_zero() {

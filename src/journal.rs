@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS workers (
     machine_type TEXT NOT NULL,
     request_id TEXT NOT NULL,
     labels TEXT NOT NULL,
-    state TEXT NOT NULL,            -- intent | ready | deleting | deleted
+    state TEXT NOT NULL,            -- intent | starting | ready | deleting | deleted
     intent_at TEXT NOT NULL,
     created_at TEXT,                -- the provider's own creation timestamp
     ready_at TEXT,
@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS workers (
     instance TEXT,                  -- the provider's instance record (JSON)
     current_task TEXT,
     idle_since TEXT,
-    price TEXT                      -- the price snapshot taken at launch (JSON)
+    price TEXT,                     -- the price snapshot taken at launch (JSON)
+    heartbeat_at TEXT               -- last time a controller holding the worker said so
 );
 CREATE TABLE IF NOT EXISTS tasks (
     ball_id TEXT PRIMARY KEY,
@@ -115,6 +116,8 @@ pub struct WorkerRow {
     pub current_task: Option<String>,
     pub idle_since: Option<DateTime<Utc>>,
     pub price: Option<crate::cost::PriceSnapshot>,
+    /// When a controller last said it holds the worker (its heartbeat, else when it became ready).
+    pub last_seen: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +208,18 @@ impl Journal {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Journals made before the column existed get it (SQLite has no ADD COLUMN IF NOT EXISTS).
+        let has_heartbeat: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('workers') WHERE name = 'heartbeat_at'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if !has_heartbeat {
+            conn.execute_batch("ALTER TABLE workers ADD COLUMN heartbeat_at TEXT")
+                .map_err(db)?;
+        }
         Ok(Journal {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -388,12 +403,25 @@ impl Journal {
             price: r
                 .get::<_, Option<String>>(12)?
                 .and_then(|p| serde_json::from_str(&p).ok()),
+            last_seen: parse_ts(r.get(13)?),
         })
     }
 
     const WORKER_COLS: &str =
         "name, provider, machine_type, request_id, state, intent_at, created_at, deleted_at,
-         termination_reason, instance, current_task, idle_since, price";
+         termination_reason, instance, current_task, idle_since, price,
+         COALESCE(heartbeat_at, ready_at)";
+
+    /// A controller holding the worker is alive (every minute while it holds it).
+    pub fn worker_heartbeat(&self, name: &str) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workers SET heartbeat_at = ?2 WHERE name = ?1",
+                params![name, ts(Utc::now())],
+            )
+            .map(|_| ())
+        })
+    }
 
     /// Workers not yet confirmed deleted.
     pub fn live_workers(&self) -> Result<Vec<WorkerRow>, JournalError> {

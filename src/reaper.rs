@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::journal::Journal;
-use crate::provider::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError};
+use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
 
 pub const MARK_LABEL: &str = "cwo-reap-marked";
 pub const KEEP_LABEL: &str = "cwo-keep";
@@ -21,7 +21,8 @@ pub struct Decision {
     pub worker: String,
     pub zone: Option<String>,
     pub project: String,
-    /// Why it should go: expired, stopped, orphan, unfinished-teardown (empty = it stays).
+    /// Why it should go: expired, stopped, orphan, abandoned (a journaled worker no controller has
+    /// held for the grace period), unfinished-create, unfinished-teardown (empty = it stays).
     pub reason: String,
     /// keep | mark | wait | delete | deleted | unmark | gone | failed. `gone`: the worker
     /// vanished (deleted outside cwo, or by its TTL) between the list and the mark, unmark or
@@ -66,8 +67,43 @@ fn labelled(d: &mut Decision, result: Result<(), ProviderError>, doing: &str) {
 }
 
 impl Reaper<'_> {
+    /// Lists this project's workers and deletes the stopped ones (`delete_stopped`), for the
+    /// commands that do not list them for anything else.
+    pub async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+        let selector = BTreeMap::from([
+            ("cwo-managed".to_string(), "true".to_string()),
+            ("cwo-project".to_string(), self.project_slug.to_string()),
+        ]);
+        let listed = self.provider.list(&selector).await?;
+        Ok(self.delete_stopped(&listed).await)
+    }
+
+    /// Deletes this project's stopped workers among `listed` — stopping, stopped or suspended
+    /// VMs, whose termination timer Compute Engine has cleared and whose disks are still billed —
+    /// at once, as every command that lists the project's VMs does (DESIGN invariant 1). Returns
+    /// the names it dealt with (deleted, or already gone) and a message for each it could not.
+    pub async fn delete_stopped(&self, listed: &[Instance]) -> (Vec<String>, Vec<String>) {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for inst in listed.iter().filter(|i| {
+            i.status.is_stopped()
+                && i.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug)
+                && i.labels.get(KEEP_LABEL).map(String::as_str) != Some("true")
+        }) {
+            match self.delete(inst, "stopped").await {
+                Ok(_) => done.push(inst.name.clone()),
+                Err(e) => failed.push(format!("{}: {e}", inst.name)),
+            }
+        }
+        (done, failed)
+    }
+
     /// Why a worker should not exist, if it should not.
-    fn reason(&self, inst: &Instance, journal_live: &HashMap<String, String>) -> Option<String> {
+    fn reason(
+        &self,
+        inst: &Instance,
+        journal_rows: &HashMap<String, crate::journal::WorkerRow>,
+    ) -> Option<String> {
         let now = Utc::now().timestamp();
         if let Some(exp) = inst
             .labels
@@ -77,12 +113,23 @@ impl Reaper<'_> {
         {
             return Some("expired".into());
         }
-        if inst.status == InstanceStatus::Terminated {
+        if inst.status.is_stopped() {
             return Some("stopped".into());
         }
         // Only this project's journal can vouch for this project's workers.
         if inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug) {
-            match journal_live.get(&inst.name).map(String::as_str) {
+            let row = journal_rows.get(&inst.name);
+            match row.map(|w| w.state.as_str()) {
+                // Held by a controller, unless none runs and none has said so for the grace
+                // period: a crashed controller's worker, whose balls go back to pending.
+                Some("ready")
+                    if !self.controller_running
+                        && row.and_then(|w| w.last_seen).is_none_or(|seen| {
+                            (Utc::now() - seen).num_seconds() >= self.grace.as_secs() as i64
+                        }) =>
+                {
+                    return Some("abandoned".into());
+                }
                 Some("ready") => {}
                 // A create (or a bring-up: `starting`) whose controller is gone, or that never
                 // finished.
@@ -112,10 +159,6 @@ impl Reaper<'_> {
             .into_iter()
             .map(|w| (w.name.clone(), w))
             .collect();
-        let journal_live: HashMap<String, String> = journal_rows
-            .iter()
-            .map(|(name, w)| (name.clone(), w.state.clone()))
-            .collect();
         let now = Utc::now().timestamp();
         let mut out = Vec::new();
         for inst in listed {
@@ -136,7 +179,7 @@ impl Reaper<'_> {
                 out.push(d);
                 continue;
             }
-            let Some(reason) = self.reason(&inst, &journal_live) else {
+            let Some(reason) = self.reason(&inst, &journal_rows) else {
                 if marked_at.is_some() {
                     d.action = "unmark".into();
                     d.detail = "no longer a candidate".into();
@@ -151,6 +194,11 @@ impl Reaper<'_> {
                 continue;
             };
             d.reason = reason.clone();
+            // Stopped (no longer billed as compute, but its disk is, and the TTL no longer runs)
+            // and expired workers are no one's: deleted at once. The others (an orphan may be a
+            // create another controller is in the middle of) are marked first.
+            let at_once = matches!(reason.as_str(), "stopped" | "expired");
+            let marked_at = if at_once { Some(0) } else { marked_at };
             match marked_at {
                 None => {
                     d.action = "mark".into();
@@ -278,4 +326,37 @@ impl Reaper<'_> {
         }
         Ok(outcome)
     }
+}
+
+/// The attempts a reaped worker still had open (its controller died): closed as aborted, and their
+/// balls go back to pending for the next `cwo run`. Returns the balls released.
+pub fn release_attempts(
+    journal: &Journal,
+    tracker: &dyn crate::tracker::Tracker,
+    worker: &str,
+) -> Result<Vec<String>, String> {
+    let mut released = Vec::new();
+    for a in journal
+        .dangling_attempts()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|a| a.worker == worker)
+    {
+        journal
+            .attempt_end(
+                a.id,
+                "aborted",
+                "-",
+                a.branch.as_deref(),
+                None,
+                Some("its controller stopped and the reaper deleted the worker"),
+            )
+            .map_err(|e| e.to_string())?;
+        match tracker.release(&a.ball_id) {
+            Ok(()) | Err(crate::tracker::TrackerError::NotFound(_)) => {}
+            Err(e) => return Err(format!("{}: {e}", a.ball_id)),
+        }
+        released.push(a.ball_id);
+    }
+    Ok(released)
 }

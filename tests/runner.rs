@@ -13,6 +13,7 @@ mod test_simulation;
 mod test_ssh;
 mod test_terraform;
 mod test_tracker;
+mod test_ttl;
 
 #[test]
 fn no_forgotten_test_files() {

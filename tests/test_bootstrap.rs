@@ -346,13 +346,21 @@ struct Watchdog {
 
 impl Watchdog {
     fn new() -> Watchdog {
+        Watchdog::with_action(None)
+    }
+    /// `None`: a custom command that records it fired.
+    fn with_action(action: Option<&str>) -> Watchdog {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("ws")).unwrap();
+        let action = match action {
+            Some(a) => a.to_string(),
+            None => format!("'touch {}/fired'", d.display()),
+        };
         std::fs::write(
             d.join("conf"),
             format!(
-                "IDLE_MINUTES=5\nHEARTBEAT={d}/heartbeat\nWORKSPACE={d}/ws\nACTION='touch {d}/fired'\nLOG={d}/log\n",
+                "IDLE_MINUTES=5\nHEARTBEAT={d}/heartbeat\nWORKSPACE={d}/ws\nACTION={action}\nLOG={d}/log\n",
                 d = d.display()
             ),
         )
@@ -447,6 +455,66 @@ fn the_watchdog_acts_only_when_idle_past_the_limit_and_no_agent_runs() {
         "{}",
         w.log()
     );
+}
+
+/// A process group standing in for an agent: `setsid sleep`, waited for until it leads its group.
+fn agent_group() -> std::process::Child {
+    let agent = Command::new("setsid")
+        .args(["sleep", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", agent.id())).unwrap_or_default();
+        let pgrp = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(2));
+        if pgrp == Some(agent.id().to_string().as_str()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    agent
+}
+
+/// Issue 11: where a TTL is in force the watchdog never stops the VM (Compute Engine would clear
+/// its termination timer): once the controller is gone it stops orphaned agents and leaves the
+/// VM to its TTL.
+#[test]
+fn the_stop_agents_watchdog_stops_orphaned_agents_and_never_the_vm() {
+    let w = Watchdog::with_action(Some("stop-agents"));
+    let t = w.heartbeat_mtime();
+    let attempt = w.dir.path().join("ws/cwo-w-1/tasks/b-1/attempt-1");
+    std::fs::create_dir_all(&attempt).unwrap();
+    let mut agent = agent_group();
+    std::fs::write(attempt.join("agent.pid"), agent.id().to_string()).unwrap();
+    w.tick(t + 60);
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "a controller heard from a minute ago keeps its agent"
+    );
+    w.tick(t + 3600);
+    let mut stopped = false;
+    for _ in 0..100 {
+        if agent.try_wait().unwrap().is_some() {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(stopped, "the orphaned agent was stopped");
+    assert!(
+        w.log().contains("stopping orphaned agent group(s)")
+            && w.log().contains("the VM is left to its TTL"),
+        "{}",
+        w.log()
+    );
+    // Nothing left to stop: it does nothing at all (no poweroff, no log line every minute).
+    let before = w.log();
+    w.tick(t + 7200);
+    assert_eq!(w.log(), before);
 }
 
 fn boot_time() -> i64 {

@@ -96,9 +96,9 @@ fn the_whole_loop_runs_on_a_gce_vm() {
         .unwrap()
         .parse()
         .unwrap();
-    let in_4h = chrono::Utc::now().timestamp() + 4 * 3600;
-    assert!((in_4h - expires).abs() < 120, "{expires}");
-    assert_eq!(vm["scheduling"]["maxRunDuration"]["seconds"], "14400");
+    let in_90m = chrono::Utc::now().timestamp() + 90 * 60;
+    assert!((in_90m - expires).abs() < 120, "{expires}");
+    assert_eq!(vm["scheduling"]["maxRunDuration"]["seconds"], "5400");
     assert_eq!(vm["scheduling"]["instanceTerminationAction"], "DELETE");
     assert_eq!(vm["scheduling"]["provisioningModel"], "STANDARD");
     assert!(
@@ -338,10 +338,10 @@ fn up_plan_shows_the_spec_and_cost_and_creates_nothing() {
     assert_eq!(plan["schema_version"], 1);
     let p = &plan["plan"];
     assert_eq!(p["provider"], "gcp");
-    assert_eq!(p["ttl"], "4h");
+    assert_eq!(p["ttl"], "1h 30m");
     assert_eq!(
         p["instance"]["scheduling"]["maxRunDuration"]["seconds"],
-        "14400"
+        "5400"
     );
     assert_eq!(
         p["instance"]["scheduling"]["instanceTerminationAction"],

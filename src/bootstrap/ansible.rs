@@ -54,7 +54,7 @@ pub fn extra_vars(settings: &Settings, login_user: &str) -> serde_json::Value {
         "cwo_proxy": b.proxy,
         "cwo_agent_env": agent_env,
         "cwo_idle_minutes": settings.watchdog.idle_minutes,
-        "cwo_watchdog_action": settings.watchdog.action,
+        "cwo_watchdog_action": super::watchdog_action(settings),
     })
 }
 

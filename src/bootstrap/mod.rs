@@ -57,6 +57,27 @@ pub fn effective_method(settings: &Settings) -> Method {
     }
 }
 
+/// The watchdog's built-in action that stops orphaned agents and leaves the VM to its TTL.
+pub const STOP_AGENTS: &str = "stop-agents";
+
+/// What the watchdog does once no controller has been heard from for `watchdog.idle_minutes`.
+/// `auto` never stops a VM whose TTL would delete it — Compute Engine clears the termination
+/// timer of a stopped VM, so a poweroff would leave a disk billed forever — and never powers off
+/// a host you own: it stops orphaned agents (`stop-agents`) and leaves deletion to the TTL. Only
+/// a cloud VM without a TTL (`gcp.ttl = "none"`) is powered off.
+pub fn watchdog_action(settings: &Settings) -> String {
+    use crate::config::ProviderKind;
+    match settings.watchdog.action.as_str() {
+        "auto" => match settings.provider {
+            ProviderKind::Gcp | ProviderKind::Terraform if settings.gcp.ttl.is_none() => {
+                "poweroff".into()
+            }
+            _ => STOP_AGENTS.into(),
+        },
+        other => other.into(),
+    }
+}
+
 /// Whether `host` is the machine cwo runs on (a loopback name or address), which no bootstrap
 /// may change.
 pub fn is_this_machine(host: &str) -> bool {
@@ -131,8 +152,11 @@ pub fn render(settings: &Settings, target: &Target<'_>) -> Script {
         ("CWO_PROXY", b.proxy.clone()),
         ("CWO_AGENT_ENV", agent_env.trim_end().to_string()),
         ("CWO_IDLE_MINUTES", w.idle_minutes.to_string()),
-        ("CWO_WATCHDOG_ACTION", w.action.clone()),
-        ("CWO_WATCHDOG_ACTION_Q", shell_quote(&w.action)),
+        ("CWO_WATCHDOG_ACTION", watchdog_action(settings)),
+        (
+            "CWO_WATCHDOG_ACTION_Q",
+            shell_quote(&watchdog_action(settings)),
+        ),
         ("CWO_WATCHDOG_SCRIPT", WATCHDOG.trim_end().to_string()),
         ("CWO_GCE", if target.gce { "1" } else { "0" }.into()),
     ];

@@ -69,8 +69,10 @@ pub struct WatchdogSettings {
     /// (which touches it every minute): at least 5.
     #[serde(deserialize_with = "idle_minutes")]
     pub idle_minutes: u32,
-    /// What the watchdog runs when the VM is idle (a shell command, as root). A harmless action
-    /// such as "logger cwo-watchdog: idle" shows what it would do without doing it.
+    /// What the watchdog does once no controller has been heard from for `idle_minutes`:
+    /// "auto" (stop orphaned agents and leave the VM to its TTL; power off only a cloud VM with
+    /// `gcp.ttl = "none"`), "stop-agents", or a shell command run as root when no agent runs
+    /// (such as "poweroff", or "logger cwo-watchdog: idle" to see what it would do).
     pub action: String,
 }
 
@@ -99,7 +101,7 @@ impl Default for WatchdogSettings {
     fn default() -> Self {
         WatchdogSettings {
             idle_minutes: 30,
-            action: "poweroff".into(),
+            action: "auto".into(),
         }
     }
 }

@@ -50,9 +50,30 @@ pub async fn check(
         Some(path) => sources::read_ledger_file(path).map_err(CliError::usage)?,
         None => journal.ledger()?,
     };
-    let mut lives = sources::ledger_lives(&ledger);
     let provider = project.provider(&journal);
     let project_slug = slug(&project.name);
+    // Stopped workers first: deleted at once (their TTL no longer runs), their life then in the
+    // ledger. A failed list here is reported below by the listing that counts the spend.
+    if args.ledger.is_none() {
+        let reaper = Reaper {
+            provider: provider.as_ref(),
+            journal: &journal,
+            project_slug: &project_slug,
+            grace: project.settings().reap_grace,
+            controller_running: crate::journal::ControllerLock::holder(&project.state_dir)
+                .is_some(),
+            teardown_timeout: project.settings().teardown_timeout,
+            on_retry: &|line| printer.status(line),
+        };
+        if let Ok((deleted, failed)) = reaper.sweep_stopped().await {
+            crate::orchestrator::report_stopped(printer, &deleted, &failed);
+        }
+    }
+    let ledger = match &args.ledger {
+        Some(_) => ledger,
+        None => journal.ledger()?,
+    };
+    let mut lives = sources::ledger_lives(&ledger);
     let live =
         match sources::provider_lives(provider.as_ref(), &project_slug, &journal, &catalog).await {
             Ok(l) => l,

@@ -26,6 +26,27 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         CliError::from_error("could not list cwo's workers; nothing was deleted", &e)
             .hint("check the credentials and the project (`cwo doctor`), then run `cwo reap` again")
     })?;
+    // A reaped worker's open attempts (a crashed controller's) give their balls back.
+    if act {
+        let tracker = project.tracker();
+        for d in decisions
+            .iter()
+            .filter(|d| matches!(d.action.as_str(), "deleted" | "gone"))
+        {
+            match crate::reaper::release_attempts(&journal, &tracker, &d.worker) {
+                Ok(balls) if !balls.is_empty() => printer.status(format!(
+                    "{}: back to pending (worker {} was reaped)",
+                    balls.join(", "),
+                    d.worker
+                )),
+                Ok(_) => {}
+                Err(e) => printer.warn(format!(
+                    "worker {} was reaped, but its balls could not be released: {e}",
+                    d.worker
+                )),
+            }
+        }
+    }
     let failed = decisions.iter().filter(|d| d.action == "failed").count();
     let gone = decisions.iter().filter(|d| d.action == "gone").count();
     if gone > 0 {
@@ -59,10 +80,14 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         printer.out(out);
     }
     if failed > 0 {
-        return Err(
-            CliError::user(format!("{failed} worker(s) could not be marked or deleted"))
-                .hint("run `cwo reap --yes` again; the TTL (gcp.ttl) deletes them in any case"),
-        );
+        let mut err = CliError::user(format!("{failed} worker(s) could not be marked or deleted"))
+            .hint("run `cwo reap --yes` again; a running VM is also deleted by its TTL (gcp.ttl), but a stopped one only by a reaper or by hand");
+        for d in decisions.iter().filter(|d| d.action == "failed") {
+            if let Some(cmd) = provider.manual_delete_hint(&d.worker) {
+                err = err.hint(format!("delete {} yourself: {cmd}", d.worker));
+            }
+        }
+        return Err(err);
     }
     Ok(0)
 }

@@ -32,10 +32,27 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
         ("cwo-managed".to_string(), "true".to_string()),
         ("cwo-project".to_string(), slug(&project.name)),
     ]);
-    let (listed, list_error) = match provider.list(&selector).await {
+    let (mut listed, list_error) = match provider.list(&selector).await {
         Ok(l) => (Some(l), None),
         Err(e) => (None, Some(e.to_string())),
     };
+    // A stopped worker is never shown as ready: it is deleted here and now (its TTL no longer
+    // runs, its disk is billed).
+    if let Some(l) = &mut listed {
+        let slug = slug(&project.name);
+        let reaper = crate::reaper::Reaper {
+            provider: provider.as_ref(),
+            journal: &journal,
+            project_slug: &slug,
+            grace: project.settings().reap_grace,
+            controller_running: controller.is_some(),
+            teardown_timeout: project.settings().teardown_timeout,
+            on_retry: &|line| printer.status(line),
+        };
+        let (deleted, failed) = reaper.delete_stopped(l).await;
+        crate::orchestrator::report_stopped(printer, &deleted, &failed);
+        l.retain(|i| !deleted.contains(&i.name));
+    }
     let listed_names: Vec<&str> = listed.iter().flatten().map(|i| i.name.as_str()).collect();
     let journaled = journal.live_workers()?;
     let mut workers: Vec<serde_json::Value> = journaled

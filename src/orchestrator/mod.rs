@@ -61,27 +61,40 @@ pub struct ActiveWorker {
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 
 impl ActiveWorker {
-    /// `fed`: the worker was bootstrapped, so it has a watchdog to keep fed.
-    fn new(instance: Instance, transport: Arc<dyn Transport>, fed: bool) -> ActiveWorker {
-        let heartbeat = fed.then(|| {
-            let t = transport.clone();
+    /// `fed`: the worker was bootstrapped, so it has a watchdog to keep fed. The journal's
+    /// heartbeat (what the reaper reads to tell a held worker from an orphan) beats for every
+    /// worker.
+    fn new(
+        instance: Instance,
+        transport: Arc<dyn Transport>,
+        fed: bool,
+        journal: Journal,
+    ) -> ActiveWorker {
+        let t = transport.clone();
+        let name = instance.name.clone();
+        let heartbeat = Some(
             tokio::spawn(async move {
                 loop {
-                    let touch = ExecRequest::new([
-                        "sh",
-                        "-c",
-                        "[ ! -d \"${1%/*}\" ] || touch \"$1\"",
-                        "cwo-heartbeat",
-                        bootstrap::HEARTBEAT,
-                    ]);
-                    if let Err(e) = t.capture(touch).await {
-                        tracing::debug!(worker = t.worker(), error = %e, "heartbeat not delivered");
+                    if let Err(e) = journal.worker_heartbeat(&name) {
+                        tracing::debug!(worker = %name, error = %e, "journal heartbeat not written");
+                    }
+                    if fed {
+                        let touch = ExecRequest::new([
+                            "sh",
+                            "-c",
+                            "[ ! -d \"${1%/*}\" ] || touch \"$1\"",
+                            "cwo-heartbeat",
+                            bootstrap::HEARTBEAT,
+                        ]);
+                        if let Err(e) = t.capture(touch).await {
+                            tracing::debug!(worker = t.worker(), error = %e, "heartbeat not delivered");
+                        }
                     }
                     tokio::time::sleep(HEARTBEAT_EVERY).await;
                 }
             })
-            .abort_handle()
-        });
+            .abort_handle(),
+        );
         ActiveWorker {
             instance,
             transport,
@@ -365,6 +378,7 @@ impl Orchestrator {
             instance,
             transport,
             self.bootstrapped(),
+            j.clone(),
         )))
     }
 
@@ -517,6 +531,7 @@ impl Orchestrator {
     /// their worker was adopted, and closed as aborted otherwise.
     pub async fn recover(&self, adopt: bool, reason: &str) -> Result<Recovered, CliError> {
         let j = &self.shared.journal;
+        self.delete_stopped().await;
         let mut adopted: Option<ActiveWorker> = None;
         let mut pending = Vec::new();
         for row in j.live_workers()? {
@@ -550,7 +565,14 @@ impl Orchestrator {
                         row.name
                     ));
                 }
-                Some(instance) if adopt && adopted.is_none() && row.state == "ready" => {
+                // Only a running worker is adopted: a stopped one can do no work (and is
+                // deleted below, like every worker not adopted).
+                Some(instance)
+                    if adopt
+                        && adopted.is_none()
+                        && row.state == "ready"
+                        && instance.status == crate::provider::InstanceStatus::Running =>
+                {
                     let instance = bootstrap::as_work_user(&self.shared.settings, instance);
                     let transport: Arc<dyn Transport> =
                         Arc::from(self.provider.connect(&instance).map_err(|e| {
@@ -560,13 +582,23 @@ impl Orchestrator {
                         .printer
                         .status(format!("adopting worker {}", row.name));
                     j.worker_activity(&row.name, None)?;
-                    adopted = Some(ActiveWorker::new(instance, transport, self.bootstrapped()));
+                    adopted = Some(ActiveWorker::new(
+                        instance,
+                        transport,
+                        self.bootstrapped(),
+                        j.clone(),
+                    ));
                 }
-                Some(_) => {
+                Some(instance) => {
+                    let why = if instance.status.is_stopped() {
+                        "stopped"
+                    } else {
+                        reason
+                    };
                     self.shared
                         .printer
-                        .status(format!("deleting worker {}", row.name));
-                    self.tear_down(&row.name, reason).await?;
+                        .status(format!("deleting worker {} ({why})", row.name));
+                    self.tear_down(&row.name, why).await?;
                 }
             }
         }
@@ -596,6 +628,56 @@ impl Orchestrator {
             worker: adopted,
             resume,
             pending,
+        })
+    }
+
+    /// Deletes this project's stopped workers, journaled or not (the reaper's rule, applied by
+    /// every command that looks at the project's workers). A failed list is only a warning here:
+    /// `cwo reap` and the next command try again.
+    async fn delete_stopped(&self) {
+        let printer = self.shared.printer;
+        let reaper = crate::reaper::Reaper {
+            provider: &*self.provider,
+            journal: &self.shared.journal,
+            project_slug: &self.project_slug,
+            grace: self.shared.settings.reap_grace,
+            controller_running: true,
+            teardown_timeout: self.shared.settings.teardown_timeout,
+            on_retry: &|line| printer.status(line),
+        };
+        match reaper.sweep_stopped().await {
+            Ok((deleted, failed)) => report_stopped(printer, &deleted, &failed),
+            Err(e) => printer.warn(format!("could not list the project's workers: {e}")),
+        }
+    }
+
+    /// Why `w` should take no new task, if it should not: the provider says it is stopped or
+    /// gone, or its TTL (`cwo-expires-at`) leaves less than `agent.timeout` + `TTL_MARGIN` for
+    /// another attempt. A provider that cannot answer is no verdict.
+    async fn fitness(&self, w: &ActiveWorker) -> Option<String> {
+        let now = match self.provider.get(&w.instance.name).await {
+            Ok(Some(i)) => i,
+            Ok(None) => return Some("the provider no longer has it".into()),
+            Err(e) => {
+                tracing::debug!(worker = %w.instance.name, error = %e, "fitness check skipped");
+                return None;
+            }
+        };
+        if now.status.is_stopped() {
+            return Some(format!("it is {:?}", now.status).to_lowercase());
+        }
+        let expires = now
+            .labels
+            .get("cwo-expires-at")
+            .and_then(|e| e.parse::<i64>().ok())?;
+        let left = expires - chrono::Utc::now().timestamp();
+        let needed = self.shared.settings.agent.timeout + crate::config::TTL_MARGIN;
+        (left < needed.as_secs() as i64).then(|| {
+            format!(
+                "its TTL ends in {}, less than an attempt may need (agent.timeout + {})",
+                fmt_secs(Duration::from_secs(left.max(0) as u64)),
+                fmt_secs(crate::config::TTL_MARGIN)
+            )
         })
     }
 
@@ -771,6 +853,25 @@ impl Orchestrator {
                                 Err(e) => return Err(e),
                             }
                         }
+                        // Before new work: is the worker still fit for it? (It may have been
+                        // stopped outside cwo, or be too close to its TTL for another attempt.)
+                        let fit = self.fitness(worker.as_ref().expect("worker is up")).await;
+                        if let Some(why) = fit {
+                            if in_flight.is_empty() {
+                                let w = worker.take().expect("worker is up");
+                                sh.printer.status(format!(
+                                    "rotating worker {}: {why}; a fresh worker takes the rest of the queue",
+                                    w.instance.name
+                                ));
+                                let started = Instant::now();
+                                if let Err(e) = self.tear_down(&w.instance.name, "rotated").await {
+                                    deferred.push(e);
+                                }
+                                summary.teardown_secs += started.elapsed().as_secs_f64();
+                                continue;
+                            }
+                            // Its running tasks finish first; nothing new goes there.
+                        } else {
                         let w = worker.as_ref().expect("worker is up");
                         for task in ready.into_iter().take(free) {
                             // A signal during the bring-up (or an earlier claim): nothing new.
@@ -796,6 +897,7 @@ impl Orchestrator {
                             running.spawn(task::run_task(self.task_ctx(w, &shutdown), task, None, prior));
                         }
                         continue;
+                        }
                     }
                 }
                 if in_flight.is_empty() {
@@ -943,5 +1045,17 @@ fn one_line(s: &str) -> String {
         format!("{}…", line.chars().take(71).collect::<String>())
     } else {
         line.to_string()
+    }
+}
+
+/// What deleting stopped workers did, on stderr.
+pub fn report_stopped(printer: Printer, deleted: &[String], failed: &[String]) {
+    for name in deleted {
+        printer.status(format!(
+            "worker {name} was stopped (Compute Engine no longer deletes it at its TTL); deleted"
+        ));
+    }
+    for f in failed {
+        printer.warn(format!("could not delete stopped worker {f}"));
     }
 }

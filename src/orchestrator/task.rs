@@ -631,11 +631,16 @@ async fn still_alive(
     let first = *since.get_or_insert_with(Instant::now);
     // Only the provider may declare a worker dead, and only when it says so twice a moment apart
     // (one empty read is no verdict); a provider error is no verdict either way.
-    if let Ok(None) = ctx.provider.get(&ctx.worker).await {
-        tokio::time::sleep(GONE_RECHECK).await;
-        if let Ok(None) = ctx.provider.get(&ctx.worker).await {
-            return Ok(false);
+    match ctx.provider.get(&ctx.worker).await {
+        Ok(None) => {
+            tokio::time::sleep(GONE_RECHECK).await;
+            if let Ok(None) = ctx.provider.get(&ctx.worker).await {
+                return Ok(false);
+            }
         }
+        // Stopped (outside cwo, or by a watchdog): it can do no work; deleted and replaced.
+        Ok(Some(i)) if i.status.is_stopped() => return Ok(false),
+        _ => {}
     }
     if first.elapsed() > RECONNECT_LIMIT {
         return Err(AttemptError::WorkerGone(format!(

@@ -33,6 +33,14 @@ pub enum InstanceStatus {
     Terminated,
 }
 
+impl InstanceStatus {
+    /// Stopping, stopped or suspended: Compute Engine has cleared the VM's termination timer
+    /// (its TTL no longer runs) and it can do no work, but its disks are still billed.
+    pub fn is_stopped(self) -> bool {
+        matches!(self, InstanceStatus::Stopping | InstanceStatus::Terminated)
+    }
+}
+
 /// How to reach a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]

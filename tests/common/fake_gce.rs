@@ -30,6 +30,12 @@ struct Vm {
     /// Until then the VM reports PROVISIONING, then STAGING (its body says RUNNING).
     running_from: Instant,
     fingerprint: u64,
+    /// When Compute Engine deletes it (`scheduling.maxRunDuration` with
+    /// `instanceTerminationAction: DELETE`), on the fake's clock. Cleared when the VM stops:
+    /// "terminationTimestamp is automatically cleared whenever a VM is stopped or suspended"
+    /// (https://cloud.google.com/compute/docs/instances/limit-vm-runtime), so a stopped VM is
+    /// never deleted by its TTL.
+    terminate_at: Option<Instant>,
 }
 
 impl Vm {
@@ -106,6 +112,17 @@ struct State {
     log: Vec<Recorded>,
     /// Names of the VMs inserts created, in order.
     created: Vec<String>,
+    /// How far the fake's clock is ahead of the real one (for TTLs: `advance`).
+    ahead: Duration,
+}
+
+impl State {
+    /// Deletes the VMs whose termination time has come, as Compute Engine does.
+    fn expire(&mut self) {
+        let now = Instant::now() + self.ahead;
+        self.vms
+            .retain(|_, vm| vm.terminate_at.is_none_or(|at| at > now));
+    }
 }
 
 pub struct FakeGce {
@@ -237,10 +254,26 @@ impl FakeGce {
         self.state.lock().unwrap().vms.remove(name);
     }
 
-    /// Stopped (e.g. the in-VM watchdog powered it off): status TERMINATED.
+    /// Stopped (e.g. a watchdog powered it off): status TERMINATED, and its termination timer
+    /// cleared, as Compute Engine does.
     pub fn stop_vm(&self, name: &str) {
         if let Some(vm) = self.state.lock().unwrap().vms.get_mut(name) {
             vm.body["status"] = json!("TERMINATED");
+            vm.terminate_at = None;
+        }
+    }
+
+    /// Moves the fake's clock forward: VMs whose TTL ends by then are deleted.
+    pub fn advance(&self, by: Duration) {
+        let mut st = self.state.lock().unwrap();
+        st.ahead += by;
+        st.expire();
+    }
+
+    /// Sets one label on a VM (as someone with the console would).
+    pub fn set_label(&self, name: &str, key: &str, value: &str) {
+        if let Some(vm) = self.state.lock().unwrap().vms.get_mut(name) {
+            vm.body["labels"][key] = json!(value);
         }
     }
 
@@ -273,6 +306,7 @@ impl FakeGce {
                 visible_from: Instant::now(),
                 running_from: Instant::now(),
                 fingerprint: id,
+                terminate_at: None,
             },
         );
     }
@@ -471,6 +505,7 @@ fn route(
     config: &Config,
 ) -> (u16, Value) {
     let mut st = state.lock().unwrap();
+    st.expire();
     let f = faults.lock().unwrap();
     let now = Instant::now();
     match (method, parts) {
@@ -563,6 +598,11 @@ fn route(
                     }
                 }
             }
+            let terminate_at = vm["scheduling"]["maxRunDuration"]["seconds"]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok())
+                .filter(|_| vm["scheduling"]["instanceTerminationAction"] == "DELETE")
+                .map(|secs| now + st.ahead + Duration::from_secs(secs));
             st.vms.insert(
                 name.clone(),
                 Vm {
@@ -571,6 +611,7 @@ fn route(
                     visible_from: now + f.hide_new,
                     running_from: now + f.op_delay + f.provisioning,
                     fingerprint: id,
+                    terminate_at,
                 },
             );
             st.created.push(name.clone());

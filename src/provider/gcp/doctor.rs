@@ -204,7 +204,7 @@ impl GcpProvider {
                 "ttl",
                 Some(true),
                 format!(
-                    "VMs delete themselves after {}",
+                    "running VMs are deleted by Compute Engine {} after they start (a stopped VM loses that timer: `cwo status`, `cwo run` and `cwo reap` delete stopped workers)",
                     humantime::format_duration(t)
                 ),
                 "",
@@ -213,7 +213,7 @@ impl GcpProvider {
                 "ttl",
                 Some(false),
                 "gcp.ttl = \"none\": a VM cwo loses track of runs until `cwo reap` finds it".into(),
-                "set gcp.ttl (e.g. \"4h\"), and `cwo schedule install`",
+                "set gcp.ttl (e.g. \"90m\"), and `cwo schedule install`",
             ),
         });
         out
