@@ -6,6 +6,16 @@ provider "google" {
   zone    = var.zone
 }
 
+locals {
+  # The boot disk bills too, so it carries the worker's identity labels (the billing export
+  # attributes its cost by them). Only these: they never change during the worker's life, while
+  # cwo-expires-at and the reaper's marks are the VM's, and older google providers replace the
+  # whole VM when boot-disk labels change (hashicorp/terraform-provider-google#17044).
+  disk_labels = {
+    for k, v in var.labels : k => v if contains(["cwo-managed", "cwo-project", "cwo-worker"], k)
+  }
+}
+
 resource "google_compute_instance" "worker" {
   name         = var.name
   machine_type = var.machine_type
@@ -16,9 +26,10 @@ resource "google_compute_instance" "worker" {
   boot_disk {
     auto_delete = true
     initialize_params {
-      image = var.image
-      size  = var.disk_size_gb
-      type  = var.disk_type
+      image  = var.image
+      size   = var.disk_size_gb
+      type   = var.disk_type
+      labels = local.disk_labels
     }
   }
 

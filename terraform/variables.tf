@@ -76,7 +76,7 @@ variable "ssh_public_key" {
 }
 
 variable "labels" {
-  description = "cwo-managed, cwo-project, cwo-worker, cwo-expires-at, ..."
+  description = "The VM's labels (cwo-managed, cwo-project, cwo-worker, cwo-machine, ...); the boot disk gets cwo-managed, cwo-project and cwo-worker."
   type        = map(string)
 }
 

@@ -388,6 +388,78 @@ fn ttl_none_must_be_explicit_and_is_honoured() {
     );
 }
 
+/// The boot disk bills too: it carries the worker's identity labels (not the VM's expiry), and
+/// it goes with its VM.
+#[test]
+fn the_boot_disk_carries_the_workers_labels() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
+    let expected =
+        serde_json::json!({"cwo-managed": "true", "cwo-project": "proj", "cwo-worker": name});
+    let bodies = inserts(&g.fake);
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(
+        bodies[0]["disks"][0]["initializeParams"]["labels"], expected,
+        "{}",
+        bodies[0]["disks"]
+    );
+    let disks = g.fake.disks();
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    assert_eq!(disks[0]["name"], name.as_str());
+    assert_eq!(disks[0]["labels"], expected);
+    g.env.cwo(&["down"]).ok();
+    assert_eq!(
+        g.fake.disks(),
+        Vec::<Value>::new(),
+        "the disk went with its VM"
+    );
+}
+
+/// `up --plan` prints the body `cwo up` then sends, field for field: only what is drawn at
+/// creation differs (the name, the worker's key, the expiry counted from the insert).
+#[test]
+fn up_plan_prints_the_body_up_sends() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let plan = g.env.cwo(&["up", "--plan", "--format", "json"]).ok().json();
+    let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
+    let sent = inserts(&g.fake).remove(0);
+    let planned = redact_created(
+        plan["plan"]["instance"].clone(),
+        "cwo-proj-<6 hex>",
+        &g.sshd.user,
+    );
+    let sent = redact_created(sent, &name, &g.sshd.user);
+    assert_eq!(planned, sent, "plan:\n{planned:#}\nsent:\n{sent:#}");
+    assert_eq!(sent["labels"]["cwo-machine"], "e2-micro");
+}
+
+/// `body` with the values drawn at creation replaced by placeholders, after checking their form:
+/// the worker's name (`name`) everywhere, the expiry (about 4 hours from now), the worker key.
+fn redact_created(body: Value, name: &str, user: &str) -> Value {
+    let mut body: Value = serde_json::from_str(&body.to_string().replace(name, "[name]")).unwrap();
+    let expires: i64 = body["labels"]["cwo-expires-at"]
+        .as_str()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("cwo-expires-at: {}", body["labels"]));
+    let in_4h = chrono::Utc::now().timestamp() + 4 * 3600;
+    assert!((in_4h - expires).abs() < 120, "{expires}");
+    body["labels"]["cwo-expires-at"] = Value::from("[expiry]");
+    let keys = body["metadata"]["items"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .filter(|i| i["key"] == "ssh-keys");
+    for item in keys {
+        let value = item["value"].as_str().unwrap();
+        assert!(
+            value.starts_with(&format!("{user}:ssh-ed25519 ")),
+            "{value}"
+        );
+        item["value"] = Value::from(format!("{user}:ssh-ed25519 [worker key]"));
+    }
+    body
+}
+
 fn labels(project: &str, expires: &str) -> Value {
     serde_json::json!({"cwo-managed": "true", "cwo-project": project, "cwo-expires-at": expires, "cwo-machine": "e2-micro"})
 }

@@ -107,6 +107,7 @@ fn the_shipped_module_is_formatted_and_matches_what_cwo_passes() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/terraform");
     let out = Command::new("terraform")
         .args(["fmt", "-check", "-recursive", dir])
+        .env("CHECKPOINT_DISABLE", "1")
         .output()
         .unwrap();
     assert!(
@@ -143,4 +144,89 @@ fn the_shipped_module_is_formatted_and_matches_what_cwo_passes() {
     .map(String::from)
     .into();
     assert_eq!(declared, written);
+}
+
+/// The shipped module labels the boot disk with the worker's identity labels, and only those:
+/// a label that changes during the worker's life (its expiry, the reaper's marks) must not reach
+/// the disk, where older google providers would replace the whole VM for it.
+#[test]
+fn the_shipped_module_labels_the_boot_disk() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/terraform");
+    let main = std::fs::read_to_string(format!("{dir}/main.tf")).unwrap();
+    let init = main
+        .split_once("initialize_params {")
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map(|(block, _)| block)
+        .expect("main.tf has a boot_disk.initialize_params block");
+    assert!(
+        init.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["labels", "=", "local.disk_labels"]),
+        "boot_disk.initialize_params sets labels = local.disk_labels:{init}"
+    );
+    if !terraform() {
+        eprintln!("skipped evaluating local.disk_labels: terraform is not on PATH");
+        return;
+    }
+    // Evaluate the module's own `locals` block against the labels cwo passes (no provider is
+    // needed for that, so nothing is downloaded).
+    let locals = main
+        .split_once("\nlocals {")
+        .and_then(|(_, rest)| rest.split_once("\n}\n"))
+        .map(|(block, _)| format!("locals {{{block}\n}}\n"))
+        .expect("main.tf has a top-level locals block");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("locals.tf"), locals).unwrap();
+    std::fs::copy(
+        format!("{dir}/variables.tf"),
+        tmp.path().join("variables.tf"),
+    )
+    .unwrap();
+    let labels = serde_json::json!({
+        "cwo-managed": "true", "cwo-project": "proj", "cwo-worker": "cwo-proj-abc123",
+        "cwo-machine": "e2-micro", "cwo-expires-at": "1900000000", "cwo-reap-marked": "1800000000",
+    });
+    std::fs::write(
+        tmp.path().join("terraform.tfvars.json"),
+        serde_json::json!({
+            "name": "cwo-proj-abc123", "project": "p", "zone": "us-central1-a",
+            "ssh_source": "127.0.0.1/32", "ssh_public_key": "ssh-ed25519 AAAA", "labels": labels,
+            "startup_script": "",
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = Command::new("terraform")
+        .arg(format!("-chdir={}", tmp.path().display()))
+        .arg("console")
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_IN_AUTOMATION", "1")
+        .env("TF_INPUT", "0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"jsonencode(local.disk_labels)\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "terraform console: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The console prints the JSON text as an HCL string literal: a JSON string itself.
+    let printed: String =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let disk: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(
+        disk,
+        serde_json::json!({"cwo-managed": "true", "cwo-project": "proj", "cwo-worker": "cwo-proj-abc123"})
+    );
 }

@@ -1,7 +1,5 @@
 //! `cwo up [--plan]`: bring up a worker now (`cwo run` adopts it), or show what would be made.
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
 
 use crate::cli::{Format, UpArgs};
@@ -12,8 +10,8 @@ use crate::journal::ControllerLock;
 use crate::orchestrator::Orchestrator;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::provider::WorkerSpec;
 use crate::provider::gcp::{GcpProvider, firewall_name, network_tag};
+use crate::provider::{WorkerSpec, worker_labels};
 
 pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8, CliError> {
     if args.plan {
@@ -48,11 +46,8 @@ async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8,
     let s = project.settings();
     let project_slug = slug(&project.name);
     let name = format!("cwo-{project_slug}-<6 hex>");
-    let labels = BTreeMap::from([
-        ("cwo-managed".to_string(), "true".to_string()),
-        ("cwo-project".to_string(), project_slug.clone()),
-        ("cwo-worker".to_string(), name.clone()),
-    ]);
+    // The labels `cwo up` gives the worker (the gcp body builder sets them itself, too).
+    let labels = worker_labels(&project_slug, &name, &s.gcp.machine_type);
     let plan: Value = match s.provider {
         ProviderKind::Local => json!({
             "provider": "local",

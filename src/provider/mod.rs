@@ -24,6 +24,21 @@ pub struct WorkerSpec {
     pub machine_type: String,
 }
 
+/// The labels every worker carries from its creation on, whatever the provider: how the reaper,
+/// `status` and the billing export find it and attribute its cost. `cwo up --plan` shows these.
+pub fn worker_labels(
+    project_slug: &str,
+    name: &str,
+    machine_type: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("cwo-managed".to_string(), "true".to_string()),
+        ("cwo-project".to_string(), project_slug.to_string()),
+        ("cwo-worker".to_string(), name.to_string()),
+        ("cwo-machine".to_string(), machine_type.to_string()),
+    ])
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum InstanceStatus {

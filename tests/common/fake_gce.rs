@@ -101,9 +101,19 @@ pub struct Faults {
     pub provisioning: Duration,
 }
 
+/// A persistent disk made from an insert's `disks[].initializeParams`, as Compute keeps it:
+/// its own resource with the labels given there, deleted with its VM when `autoDelete`.
+struct Disk {
+    body: Value,
+    /// The VM it is attached to.
+    user: String,
+    auto_delete: bool,
+}
+
 #[derive(Default)]
 struct State {
     vms: BTreeMap<String, Vm>,
+    disks: BTreeMap<String, Disk>,
     ops: HashMap<String, Op>,
     request_ids: HashMap<String, String>,
     firewalls: BTreeMap<String, Value>,
@@ -243,6 +253,17 @@ impl FakeGce {
             .vms
             .get(name)
             .map(|v| v.shown(Instant::now()))
+    }
+
+    /// The disks that exist, as `disks.get` shows them: a disk with `autoDelete` goes with its
+    /// VM, however the VM went (cwo's delete, the TTL, the console).
+    pub fn disks(&self) -> Vec<Value> {
+        let st = self.state.lock().unwrap();
+        st.disks
+            .values()
+            .filter(|d| !d.auto_delete || st.vms.contains_key(&d.user))
+            .map(|d| d.body.clone())
+            .collect()
     }
 
     pub fn firewall(&self, name: &str) -> Option<Value> {
@@ -603,6 +624,40 @@ fn route(
                 .and_then(|s| s.parse::<u64>().ok())
                 .filter(|_| vm["scheduling"]["instanceTerminationAction"] == "DELETE")
                 .map(|secs| now + st.ahead + Duration::from_secs(secs));
+            for (i, disk) in vm["disks"].as_array().into_iter().flatten().enumerate() {
+                let Some(init) = disk.get("initializeParams") else {
+                    continue;
+                };
+                // Compute names a boot disk after its VM unless initializeParams says otherwise.
+                let disk_name = init["diskName"].as_str().map_or_else(
+                    || {
+                        if i == 0 {
+                            name.clone()
+                        } else {
+                            format!("{name}-{i}")
+                        }
+                    },
+                    str::to_string,
+                );
+                let mut body = json!({
+                    "kind": "compute#disk", "name": disk_name,
+                    "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"),
+                    "sizeGb": init["diskSizeGb"], "type": init["diskType"],
+                    "sourceImage": init["sourceImage"], "status": "READY", "users": [target],
+                });
+                // Like the API, no `labels` field on a disk created without any.
+                if let Some(labels) = init.get("labels") {
+                    body["labels"] = labels.clone();
+                }
+                st.disks.insert(
+                    disk_name,
+                    Disk {
+                        body,
+                        user: name.clone(),
+                        auto_delete: disk["autoDelete"].as_bool().unwrap_or(false),
+                    },
+                );
+            }
             st.vms.insert(
                 name.clone(),
                 Vm {

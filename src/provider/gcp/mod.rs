@@ -475,10 +475,26 @@ impl GcpProvider {
             .map(|_| ())
     }
 
-    /// The instance body cwo sends: what `cwo up --plan` prints, too.
+    /// The instance body `instances.insert` sends, and the one `cwo up --plan` prints: the one
+    /// place it is built. The worker's own labels ([`super::worker_labels`]) are set here, so no
+    /// caller can send or show a body without them; the boot disk carries their identity part,
+    /// so the billing export attributes its cost to the worker too.
     pub fn instance_body(&self, spec: &WorkerSpec, zone: &str, public_key: &str) -> gce::Instance {
+        // The worker's identity, which never changes during its life: `cwo-expires-at` and the
+        // reaper's marks are the VM's (setLabels on the instance does not reach the disk).
+        const DISK_LABELS: [&str; 3] = ["cwo-managed", "cwo-project", "cwo-worker"];
         let s = &self.settings;
         let mut labels: BTreeMap<String, String> = spec.labels.clone();
+        labels.extend(super::worker_labels(
+            &self.project_slug,
+            &spec.name,
+            &s.machine_type,
+        ));
+        let disk_labels: BTreeMap<String, String> = labels
+            .iter()
+            .filter(|(k, _)| DISK_LABELS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         labels.insert(
             "cwo-expires-at".into(),
             match s.ttl {
@@ -515,7 +531,8 @@ impl GcpProvider {
                     AttachedDiskInitializeParams::new()
                         .set_source_image(&s.image)
                         .set_disk_size_gb(s.disk_size_gb as i64)
-                        .set_disk_type(format!("zones/{zone}/diskTypes/{}", s.disk_type)),
+                        .set_disk_type(format!("zones/{zone}/diskTypes/{}", s.disk_type))
+                        .set_labels(disk_labels),
                 )])
             .set_network_interfaces([NetworkInterface::new()
                 .set_network(&s.network)
