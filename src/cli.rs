@@ -78,7 +78,7 @@ pub enum Command {
     /// What every worker cost: list price and expected bill (free tier applied), per worker,
     /// task or day, from the provider's creation time to the confirmed deletion.
     Cost(CostArgs),
-    /// Budget gates for CI.
+    /// Budget gates for CI, and the cloud's own budget alert.
     #[command(subcommand)]
     Budget(BudgetCommand),
     /// The worker bootstrap (swap, packages, opencode, work user, sshd hardening, watchdog).
@@ -180,6 +180,63 @@ pub enum BudgetCommand {
     /// configuration error; 3 cannot determine (an unknown price, or the provider's list failed).
     /// A summary goes to stderr, JSON with schema_version to stdout.
     Check(BudgetCheckArgs),
+    /// The cloud's own budget alert on gcp.project (set, show, remove).
+    ///
+    /// A Cloud Billing budget that emails the billing account's administrators when the month's
+    /// spend crosses the thresholds, even when no cwo runs.
+    #[command(subcommand)]
+    Alert(BudgetAlertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetAlertCommand {
+    /// Create or update cwo's budget for the project.
+    ///
+    /// The budget ("cwo: <gcp project>") is a monthly amount in the billing account's currency,
+    /// scoped to gcp.project and to resources labelled cwo-managed=true, alerting at each
+    /// threshold of the actual spend by email to the billing account's administrators and users.
+    /// Needs roles/billing.costsManager on the billing account.
+    Set(BudgetAlertSetArgs),
+    /// Show cwo's budget for the project, if there is one.
+    Show(BudgetAlertArgs),
+    /// Delete cwo's budget for the project.
+    Remove(BudgetAlertArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BudgetAlertArgs {
+    /// The Cloud Billing account (default: gcp.billing_account), e.g. 012345-6789AB-CDEF01.
+    #[arg(long, value_name = "ID")]
+    pub billing_account: Option<String>,
+    /// Output format; json carries a schema_version.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct BudgetAlertSetArgs {
+    /// The monthly budget, in the billing account's currency (e.g. 5 or 12.50).
+    #[arg(long, value_name = "AMOUNT", value_parser = crate::provider::gcp::Amount::parse)]
+    pub amount: crate::provider::gcp::Amount,
+    /// Alert at these percentages of the amount (actual spend), comma-separated.
+    #[arg(long, value_name = "PCT,...", value_delimiter = ',', default_value = "50,90,100", value_parser = parse_pct)]
+    pub thresholds: Vec<f64>,
+    #[command(flatten)]
+    pub common: BudgetAlertArgs,
+}
+
+fn parse_pct(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage"))?;
+    if !v.is_finite() || v <= 0.0 || v > 1000.0 {
+        return Err(format!(
+            "`{s}`: a threshold is a percentage above 0 and at most 1000"
+        ));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Args)]

@@ -109,6 +109,13 @@ pub struct GcpSettings {
     pub secrets_endpoint: String,
     /// "" = Application Default Credentials; "anonymous" for emulators and tests.
     pub credentials: String,
+    /// The Cloud Billing account `cwo budget alert` puts the project's budget on (an ID such as
+    /// "012345-6789AB-CDEF01"; "" = none: `--billing-account` then, and `cwo doctor` warns).
+    pub billing_account: String,
+    /// The Cloud Billing Budget API endpoint. For private endpoints and tests.
+    pub billing_endpoint: String,
+    /// The Cloud Resource Manager endpoint (the project number a budget's scope is written with).
+    pub resourcemanager_endpoint: String,
 }
 
 impl Default for GcpSettings {
@@ -133,6 +140,9 @@ impl Default for GcpSettings {
             endpoint: String::new(),
             secrets_endpoint: String::new(),
             credentials: String::new(),
+            billing_account: String::new(),
+            billing_endpoint: "https://billingbudgets.googleapis.com".into(),
+            resourcemanager_endpoint: "https://cloudresourcemanager.googleapis.com".into(),
         }
     }
 }

@@ -79,3 +79,52 @@ resource "google_compute_firewall" "ssh" {
     ports    = [tostring(var.ssh_port)]
   }
 }
+
+# Optional: the cloud's own budget alert, as `cwo budget alert set` makes it (display name
+# "cwo: <project>", a monthly amount in the billing account's currency, alerts at 50/90/100 % of
+# the actual spend emailed to the billing account's administrators and users). Scope: the
+# project and the cwo-managed=true label, the single label a budget filter allows. Off unless
+# billing_account is set. cwo itself never sets it: it applies this module once per worker, and a
+# budget must not come and go with each worker; it is here for a standalone apply of the module.
+# Needs roles/billing.costsManager on the billing account; with user credentials the provider also
+# needs a quota project (billing_project and user_project_override), as for any budget.
+locals {
+  budget_thresholds = [0.5, 0.9, 1.0]
+}
+
+data "google_project" "budget" {
+  count      = var.billing_account == "" ? 0 : 1
+  project_id = var.project
+}
+
+resource "google_billing_budget" "cwo" {
+  count           = var.billing_account == "" ? 0 : 1
+  billing_account = var.billing_account
+  display_name    = "cwo: ${var.project}"
+
+  budget_filter {
+    # The API stores projects by number.
+    projects        = ["projects/${data.google_project.budget[0].number}"]
+    labels          = { "cwo-managed" = "true" }
+    calendar_period = "MONTH"
+  }
+
+  amount {
+    specified_amount {
+      units = tostring(floor(var.budget_amount))
+      nanos = floor((var.budget_amount - floor(var.budget_amount)) * 1000000000 + 0.5)
+    }
+  }
+
+  dynamic "threshold_rules" {
+    for_each = local.budget_thresholds
+    content {
+      threshold_percent = threshold_rules.value
+      spend_basis       = "CURRENT_SPEND"
+    }
+  }
+
+  all_updates_rule {
+    disable_default_iam_recipients = false
+  }
+}

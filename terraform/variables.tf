@@ -84,3 +84,19 @@ variable "startup_script" {
   description = "cwo's native bootstrap (startup-script and user-data), so boot and setup overlap."
   type        = string
 }
+
+variable "billing_account" {
+  description = "Cloud Billing account ID for the optional budget alert (\"\" = no budget). cwo leaves it empty: it applies the module per worker."
+  type        = string
+  default     = ""
+}
+
+variable "budget_amount" {
+  description = "The budget alert's monthly amount, in the billing account's currency."
+  type        = number
+  default     = 5
+  validation {
+    condition     = var.budget_amount > 0
+    error_message = "budget_amount must be more than 0."
+  }
+}

@@ -143,7 +143,61 @@ fn the_shipped_module_is_formatted_and_matches_what_cwo_passes() {
     ]
     .map(String::from)
     .into();
-    assert_eq!(declared, written);
+    // The module's own optional budget alert takes two more, which cwo leaves at their defaults:
+    // it applies the module once per worker, and a budget must not come and go with a worker.
+    let budget: std::collections::BTreeSet<String> = ["billing_account", "budget_amount"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        declared,
+        written.union(&budget).cloned().collect(),
+        "variables.tf declares what cwo writes, plus the budget's"
+    );
+    let variables = std::fs::read_to_string(format!("{dir}/variables.tf")).unwrap();
+    let block = |name: &str| {
+        let start = variables.find(&format!("variable \"{name}\"")).unwrap();
+        variables[start..]
+            .split("\n}\n")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        block("billing_account").contains("default     = \"\""),
+        "{}",
+        block("billing_account")
+    );
+    assert!(
+        block("budget_amount").contains("default     = 5\n"),
+        "{}",
+        block("budget_amount")
+    );
+    // The budget is off unless billing_account is set, and alerts where `cwo budget alert set`
+    // does by default (50, 90, 100 %), on the same scope.
+    let main = std::fs::read_to_string(format!("{dir}/main.tf")).unwrap();
+    let budget = &main[main
+        .find("resource \"google_billing_budget\"")
+        .expect("the budget resource")..];
+    assert!(
+        budget.contains("count           = var.billing_account == \"\" ? 0 : 1"),
+        "{budget}"
+    );
+    assert!(
+        main.contains("budget_thresholds = [0.5, 0.9, 1.0]"),
+        "{main}"
+    );
+    assert!(
+        budget.contains("display_name    = \"cwo: ${var.project}\""),
+        "{budget}"
+    );
+    assert!(
+        budget.contains("labels          = { \"cwo-managed\" = \"true\" }"),
+        "{budget}"
+    );
+    assert!(
+        budget.contains("spend_basis       = \"CURRENT_SPEND\""),
+        "{budget}"
+    );
 }
 
 /// The shipped module labels the boot disk with the worker's identity labels, and only those:

@@ -2,6 +2,7 @@
 
 mod bootstrap;
 mod budget;
+mod budget_alert;
 mod completions;
 mod config;
 mod cost;
@@ -57,6 +58,9 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Cost(args) => cost::cost(&load()?, printer, &args).await,
         Command::Budget(crate::cli::BudgetCommand::Check(args)) => {
             budget::check(&load()?, printer, &args).await
+        }
+        Command::Budget(crate::cli::BudgetCommand::Alert(cmd)) => {
+            budget_alert::alert(&load()?, printer, &cmd).await
         }
         Command::Doctor(args) => doctor::doctor(&load_quiet()?, printer, args.format).await,
         Command::Demo(args) => demo::demo(printer, &args, g).await,

@@ -1,5 +1,6 @@
-//! A fake of the Compute Engine v1 REST API (and Secret Manager's `access`), enough for cwo's gcp
-//! provider, with fault injection. It speaks the JSON shapes of the real API on 127.0.0.1 and
+//! A fake of the Compute Engine v1 REST API (and Secret Manager's `access`, the Cloud Billing
+//! Budget API's budgets and Resource Manager's `projects.get`), enough for cwo's gcp provider and
+//! `cwo budget alert`, with fault injection. It speaks the JSON shapes of the real API on 127.0.0.1 and
 //! records every request so tests can assert on request bodies.
 //!
 //! "Guest agent" behaviour: on insert, the `ssh-keys` metadata is appended to a test sshd's
@@ -99,6 +100,8 @@ pub struct Faults {
     pub vanish_on: Vec<(String, String)>,
     /// New VMs report PROVISIONING / STAGING for this long after their insert operation is done.
     pub provisioning: Duration,
+    /// Budgets listed per page at most (the real API takes `pageSize` up to 100).
+    pub budget_page_size: Option<usize>,
 }
 
 /// A persistent disk made from an insert's `disks[].initializeParams`, as Compute keeps it:
@@ -124,6 +127,10 @@ struct State {
     created: Vec<String>,
     /// How far the fake's clock is ahead of the real one (for TTLs: `advance`).
     ahead: Duration,
+    /// Cloud Billing accounts: currency and budgets, in creation order.
+    billing: BTreeMap<String, BillingAccount>,
+    /// Cloud Resource Manager: project ID → project number.
+    project_numbers: HashMap<String, String>,
 }
 
 impl State {
@@ -134,6 +141,14 @@ impl State {
             .retain(|_, vm| vm.terminate_at.is_none_or(|at| at > now));
     }
 }
+
+struct BillingAccount {
+    currency: String,
+    budgets: Vec<Value>,
+}
+
+/// The number the fake's project has in Cloud Resource Manager.
+pub const PROJECT_NUMBER: &str = "415104041262";
 
 pub struct FakeGce {
     pub url: String,
@@ -188,7 +203,10 @@ impl FakeGce {
         let fake = FakeGce {
             url: format!("http://127.0.0.1:{port}"),
             project: project.to_string(),
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                project_numbers: HashMap::from([(project.to_string(), PROJECT_NUMBER.to_string())]),
+                ..State::default()
+            })),
             faults: Arc::default(),
             config: Arc::new(Config {
                 nat_ip: nat_ip.to_string(),
@@ -296,6 +314,52 @@ impl FakeGce {
         if let Some(vm) = self.state.lock().unwrap().vms.get_mut(name) {
             vm.body["labels"][key] = json!(value);
         }
+    }
+
+    /// A Cloud Billing account (e.g. "012345-6789AB-CDEF01") whose currency is `currency`.
+    pub fn add_billing_account(&self, id: &str, currency: &str) {
+        self.state.lock().unwrap().billing.insert(
+            id.to_string(),
+            BillingAccount {
+                currency: currency.to_string(),
+                budgets: Vec::new(),
+            },
+        );
+    }
+
+    /// Another project on the fake's Resource Manager.
+    pub fn add_project(&self, id: &str, number: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .project_numbers
+            .insert(id.to_string(), number.to_string());
+    }
+
+    /// The budgets on a billing account, as the API would return them.
+    pub fn budgets(&self, account: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .billing
+            .get(account)
+            .map(|a| a.budgets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Adds a budget made by someone else (the console, another tool); returns its name.
+    pub fn add_budget(&self, account: &str, budget: Value) -> String {
+        let mut st = self.state.lock().unwrap();
+        let numbers = st.project_numbers.clone();
+        let acct = st
+            .billing
+            .get_mut(account)
+            .expect("add_billing_account first");
+        let b = budget_defaults(budget, &acct.currency, &numbers).expect("a valid budget");
+        let b = new_budget(account, b);
+        let name = b["name"].as_str().unwrap().to_string();
+        acct.budgets.push(b);
+        name
     }
 
     pub fn set_secret(&self, name: &str, value: &[u8]) {
@@ -516,6 +580,316 @@ fn handle(
     respond(request, status, reply);
 }
 
+/// The error shape of Google's newer APIs (Cloud Billing Budget, Resource Manager): canonical
+/// `status` plus an ErrorInfo detail (https://cloud.google.com/apis/design/errors).
+fn google_error(code: u16, reason: &str, message: &str) -> Value {
+    let mut e = error(code, reason, message);
+    let err = e["error"].as_object_mut().unwrap();
+    err.remove("errors");
+    err.insert(
+        "details".into(),
+        json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}]),
+    );
+    e
+}
+
+static BUDGET_SEQ: AtomicUsize = AtomicUsize::new(1);
+
+/// A budget just created: the server assigns its name and etag.
+fn new_budget(account: &str, mut b: Value) -> Value {
+    let n = BUDGET_SEQ.fetch_add(1, Ordering::SeqCst);
+    b["name"] = json!(format!(
+        "billingAccounts/{account}/budgets/00000000-0000-4000-8000-{n:012x}"
+    ));
+    b["etag"] = json!(format!("etag-{n}"));
+    b
+}
+
+/// Validates a budget the way the Cloud Billing Budget API v1 does and fills in what it returns
+/// by default (https://cloud.google.com/billing/docs/reference/budget/rest/v1/billingAccounts.budgets;
+/// googleapis google/cloud/billing/budgets/v1/budget_model.proto): the amount is required, its
+/// `currencyCode` must be the billing account's, `units` comes back as a string; projects are
+/// stored as `projects/{number}`; `labels` takes a single label with a single value;
+/// `calendarPeriod` and `customPeriod` exclude each other and the period defaults to MONTH;
+/// credits default to INCLUDE_ALL_CREDITS; `spendBasis` to CURRENT_SPEND; threshold rules are
+/// required for email notifications; the display name is at most 60 characters.
+fn budget_defaults(
+    mut b: Value,
+    currency: &str,
+    numbers: &HashMap<String, String>,
+) -> Result<Value, String> {
+    if b["displayName"].as_str().unwrap_or("").chars().count() > 60 {
+        return Err("displayName must be at most 60 characters".into());
+    }
+    let last_period = b.pointer("/amount/lastPeriodAmount").is_some();
+    match b.pointer_mut("/amount/specifiedAmount") {
+        Some(m) => {
+            match m["currencyCode"].as_str() {
+                None | Some("") => m["currencyCode"] = json!(currency),
+                Some(c) if c == currency => {}
+                Some(c) => {
+                    return Err(format!(
+                        "currencyCode {c} does not match the billing account's currency {currency}"
+                    ));
+                }
+            }
+            let units = match &m["units"] {
+                Value::String(s) => s.parse::<i64>().map_err(|_| format!("units {s:?}"))?,
+                Value::Number(n) => n.as_i64().ok_or("units")?,
+                Value::Null => 0,
+                other => return Err(format!("units {other}")),
+            };
+            m["units"] = json!(units.to_string());
+        }
+        None if last_period => {}
+        None => return Err("amount is required".into()),
+    }
+    let filter = b
+        .as_object_mut()
+        .unwrap()
+        .entry("budgetFilter")
+        .or_insert(json!({}));
+    if let Some(projects) = filter.get_mut("projects").and_then(Value::as_array_mut) {
+        for p in projects.iter_mut() {
+            let id = p.as_str().unwrap_or("").trim_start_matches("projects/");
+            let number = if numbers.values().any(|n| n == id) {
+                id.to_string()
+            } else if let Some(n) = numbers.get(id) {
+                n.clone()
+            } else {
+                return Err(format!(
+                    "project {p} does not exist or is not on this billing account"
+                ));
+            };
+            *p = json!(format!("projects/{number}"));
+        }
+    }
+    if let Some(labels) = filter.get("labels").and_then(Value::as_object)
+        && (labels.len() > 1
+            || labels
+                .values()
+                .any(|v| v.as_array().is_none_or(|a| a.len() != 1)))
+    {
+        return Err(
+            "budgetFilter.labels: only a single label with a single value is allowed".into(),
+        );
+    }
+    if filter.get("calendarPeriod").is_some() && filter.get("customPeriod").is_some() {
+        return Err("calendarPeriod and customPeriod are mutually exclusive".into());
+    }
+    if filter.get("customPeriod").is_none() && filter.get("calendarPeriod").is_none() {
+        filter["calendarPeriod"] = json!("MONTH");
+    }
+    if filter.get("creditTypesTreatment").is_none() {
+        filter["creditTypesTreatment"] = json!("INCLUDE_ALL_CREDITS");
+    }
+    let emails = !b["notificationsRule"]["disableDefaultIamRecipients"]
+        .as_bool()
+        .unwrap_or(false)
+        || b["notificationsRule"]["monitoringNotificationChannels"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty());
+    let rules = b["thresholdRules"].as_array().cloned().unwrap_or_default();
+    if emails && rules.is_empty() {
+        return Err("thresholdRules are required for email notifications".into());
+    }
+    if let Some(rules) = b.get_mut("thresholdRules").and_then(Value::as_array_mut) {
+        for r in rules {
+            if r["thresholdPercent"].as_f64().is_none_or(|p| p < 0.0) {
+                return Err(format!(
+                    "thresholdPercent must be a non-negative number: {r}"
+                ));
+            }
+            if r.get("spendBasis").is_none() {
+                r["spendBasis"] = json!("CURRENT_SPEND");
+            }
+        }
+    }
+    Ok(b)
+}
+
+/// Sets (or, absent from `from`, clears) the field at a dotted `path` of an update mask.
+fn apply_path(to: &mut Value, from: &Value, path: &str) {
+    let keys: Vec<&str> = path.split('.').collect();
+    let mut src = Some(from);
+    for k in &keys {
+        src = src.and_then(|v| v.get(*k));
+    }
+    let mut dst = to;
+    for k in &keys[..keys.len() - 1] {
+        dst = dst
+            .as_object_mut()
+            .unwrap()
+            .entry(k.to_string())
+            .or_insert(json!({}));
+    }
+    let last = keys[keys.len() - 1];
+    match src {
+        Some(v) => {
+            dst[last] = v.clone();
+        }
+        None => {
+            dst.as_object_mut().unwrap().remove(last);
+        }
+    }
+}
+
+/// The Cloud Billing Budget API v1 (`/v1/billingAccounts/{id}/budgets[/{budget}]`) and Cloud
+/// Resource Manager v3 `projects.get`, as far as `cwo budget alert` uses them.
+fn billing_route(
+    method: &str,
+    parts: &[&str],
+    q: &HashMap<String, String>,
+    body: &str,
+    st: &mut State,
+    f: &Faults,
+) -> Option<(u16, Value)> {
+    let not_found = |what: String| (404, google_error(404, "NOT_FOUND", &what));
+    let invalid = |why: String| (400, google_error(400, "INVALID_ARGUMENT", &why));
+    Some(match (method, parts) {
+        // https://cloud.google.com/resource-manager/reference/rest/v3/projects/get: `name` is
+        // projects/{number}; a project the caller cannot see answers 403, like a missing one.
+        ("GET", ["v3", "projects", id]) => match st.project_numbers.get(*id) {
+            Some(n) => (
+                200,
+                json!({"name": format!("projects/{n}"), "projectId": id, "state": "ACTIVE", "displayName": id}),
+            ),
+            None => (
+                403,
+                google_error(
+                    403,
+                    "IAM_PERMISSION_DENIED",
+                    &format!(
+                        "Permission 'resourcemanager.projects.get' denied on resource '//cloudresourcemanager.googleapis.com/projects/{id}' (or it may not exist)."
+                    ),
+                ),
+            ),
+        },
+        (_, ["v1", "billingAccounts", acct, "budgets", rest @ ..]) => {
+            let numbers = st.project_numbers.clone();
+            let Some(account) = st.billing.get_mut(*acct) else {
+                return Some(not_found(format!(
+                    "Billing account billingAccounts/{acct} not found."
+                )));
+            };
+            let input: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            match (method, rest) {
+                ("POST", []) => match budget_defaults(input, &account.currency, &numbers) {
+                    Ok(b) => {
+                        let b = new_budget(acct, b);
+                        account.budgets.push(b.clone());
+                        (200, b)
+                    }
+                    Err(why) => invalid(why),
+                },
+                ("GET", []) => {
+                    let size = q
+                        .get("pageSize")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(50usize)
+                        .clamp(1, 100)
+                        .min(f.budget_page_size.unwrap_or(100));
+                    let start: usize = q.get("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+                    let page: Vec<Value> = account
+                        .budgets
+                        .iter()
+                        .skip(start)
+                        .take(size)
+                        .cloned()
+                        .collect();
+                    let mut reply = json!({"budgets": page});
+                    if start + size < account.budgets.len() {
+                        reply["nextPageToken"] = json!((start + size).to_string());
+                    }
+                    (200, reply)
+                }
+                (_, [id]) => {
+                    let name = format!("billingAccounts/{acct}/budgets/{id}");
+                    let Some(pos) = account.budgets.iter().position(|b| b["name"] == name) else {
+                        return Some(not_found(format!("Budget {name} not found.")));
+                    };
+                    match method {
+                        "GET" => (200, account.budgets[pos].clone()),
+                        "DELETE" => {
+                            account.budgets.remove(pos);
+                            (200, json!({}))
+                        }
+                        "PATCH" => {
+                            let current = account.budgets[pos].clone();
+                            // A stale etag is refused (AIP-154: ABORTED); an empty one overwrites.
+                            let etag = input["etag"].as_str().unwrap_or("");
+                            if !etag.is_empty() && etag != current["etag"] {
+                                return Some((
+                                    409,
+                                    google_error(
+                                        409,
+                                        "ABORTED",
+                                        "The budget was modified concurrently: its etag does not match.",
+                                    ),
+                                ));
+                            }
+                            // The proto's own ID is refused on update; only numbers are stored.
+                            if let Some(projects) = input
+                                .pointer("/budgetFilter/projects")
+                                .and_then(Value::as_array)
+                                && projects.iter().any(|p| {
+                                    !p.as_str()
+                                        .unwrap_or("")
+                                        .trim_start_matches("projects/")
+                                        .chars()
+                                        .all(|c| c.is_ascii_digit())
+                                })
+                            {
+                                return Some(invalid(
+                                    "Request contains an invalid argument.".into(),
+                                ));
+                            }
+                            let mut updated = current.clone();
+                            let mask: Vec<String> = q
+                                .get("updateMask")
+                                .map(|m| {
+                                    m.split(',')
+                                        .map(str::to_string)
+                                        .filter(|p| !p.is_empty())
+                                        .collect()
+                                })
+                                .unwrap_or_else(|| {
+                                    input
+                                        .as_object()
+                                        .map(|o| o.keys().cloned().collect())
+                                        .unwrap_or_default()
+                                });
+                            for path in &mask {
+                                if matches!(path.as_str(), "name" | "etag") {
+                                    continue;
+                                }
+                                apply_path(&mut updated, &input, path);
+                            }
+                            let currency = current
+                                .pointer("/amount/specifiedAmount/currencyCode")
+                                .and_then(Value::as_str)
+                                .unwrap_or(&account.currency)
+                                .to_string();
+                            match budget_defaults(updated, &currency, &numbers) {
+                                Ok(mut b) => {
+                                    let n = BUDGET_SEQ.fetch_add(1, Ordering::SeqCst);
+                                    b["etag"] = json!(format!("etag-{n}"));
+                                    account.budgets[pos] = b.clone();
+                                    (200, b)
+                                }
+                                Err(why) => invalid(why),
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
 fn route(
     method: &str,
     parts: &[&str],
@@ -529,6 +903,9 @@ fn route(
     st.expire();
     let f = faults.lock().unwrap();
     let now = Instant::now();
+    if let Some(answer) = billing_route(method, parts, q, body, &mut st, &f) {
+        return answer;
+    }
     match (method, parts) {
         // Secret Manager: /v1/projects/P/secrets/S/versions/V:access
         ("GET", ["v1", "projects", p, "secrets", s, "versions", v]) if v.ends_with(":access") => {

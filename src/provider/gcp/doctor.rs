@@ -157,6 +157,8 @@ impl GcpProvider {
                 "grant compute.firewalls.get/create",
             )),
         }
+        // Whether the cloud itself alerts on the project's spend (a warning, never a failure).
+        out.push(super::budget::doctor_check(s).await);
         if let Some(zone) = s.zones.first() {
             let region = crate::cost::region_of(zone).to_string();
             let regions = configure(

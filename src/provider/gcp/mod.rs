@@ -18,7 +18,9 @@ use google_cloud_compute_v1::model::{
 };
 use tokio::sync::OnceCell;
 
+pub mod budget;
 mod doctor;
+pub use budget::{AlertSpec, Amount, BudgetApi, Outcome};
 pub use doctor::Check;
 
 use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
