@@ -24,6 +24,8 @@ FAKE_GCE="$PWD/target/release/examples/fake_gce"
 WORK="$(mktemp -d)"
 SSHD_PID=""; FAKE_PIDS=""
 trap '[ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null; for p in $FAKE_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$WORK"' EXIT
+# The toolchain stays where it is when HOME moves (bench-bootstrap.sh runs cargo again).
+export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}" CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 export HOME="$WORK/home" CWO_NO_PROGRESS=1
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@localhost GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@localhost
 mkdir -p "$HOME" "$WORK/origin.git" "$WORK/proj"
