@@ -194,10 +194,10 @@ impl Reaper<'_> {
                 continue;
             };
             d.reason = reason.clone();
-            // Stopped (no longer billed as compute, but its disk is, and the TTL no longer runs)
-            // and expired workers are no one's: deleted at once. The others (an orphan may be a
-            // create another controller is in the middle of) are marked first.
-            let at_once = matches!(reason.as_str(), "stopped" | "expired");
+            // A stopped worker (no longer billed as compute, but its disk is, and its TTL no
+            // longer runs) is no one's: deleted at once. The others (an orphan may be a create
+            // another controller is in the middle of) are marked first.
+            let at_once = reason == "stopped";
             let marked_at = if at_once { Some(0) } else { marked_at };
             match marked_at {
                 None => {

@@ -104,7 +104,7 @@ fn native_bootstrap_readies_a_fresh_host_and_a_rerun_changes_nothing() {
         "passwordauthentication no",
         "permitrootlogin no",
         "IDLE_MINUTES=30",
-        "ACTION=poweroff",
+        "ACTION=stop-agents",
         "cron.d: * * * * * root /usr/local/sbin/cwo-watchdog 644",
         "cron running: yes",
         "heartbeat: cwo",

@@ -434,15 +434,15 @@ fn up_plan_prints_the_body_up_sends() {
 }
 
 /// `body` with the values drawn at creation replaced by placeholders, after checking their form:
-/// the worker's name (`name`) everywhere, the expiry (about 4 hours from now), the worker key.
+/// the worker's name (`name`) everywhere, the expiry (about 90 minutes from now), the worker key.
 fn redact_created(body: Value, name: &str, user: &str) -> Value {
     let mut body: Value = serde_json::from_str(&body.to_string().replace(name, "[name]")).unwrap();
     let expires: i64 = body["labels"]["cwo-expires-at"]
         .as_str()
         .and_then(|e| e.parse().ok())
         .unwrap_or_else(|| panic!("cwo-expires-at: {}", body["labels"]));
-    let in_4h = chrono::Utc::now().timestamp() + 4 * 3600;
-    assert!((in_4h - expires).abs() < 120, "{expires}");
+    let in_90m = chrono::Utc::now().timestamp() + 90 * 60;
+    assert!((in_90m - expires).abs() < 120, "{expires}");
     body["labels"]["cwo-expires-at"] = Value::from("[expiry]");
     let keys = body["metadata"]["items"]
         .as_array_mut()
@@ -543,20 +543,22 @@ fn reap_marks_then_deletes_what_should_not_exist() {
             .unwrap()
             .to_string()
     };
-    for name in ["cwo-other-expired", "cwo-proj-stopped", "cwo-proj-orphan"] {
+    for name in ["cwo-other-expired", "cwo-proj-orphan"] {
         assert_eq!(action(&first, name), "mark", "{name}: {first}");
     }
+    // A stopped VM (its TTL no longer runs, its disk is billed) is no one's: deleted at once.
+    assert_eq!(action(&first, "cwo-proj-stopped"), "deleted", "{first}");
     for name in ["cwo-proj-young", "cwo-proj-keep", "cwo-other-fine"] {
         assert_eq!(action(&first, name), "keep", "{name}");
     }
-    assert_eq!(f.vm_names().len(), 6, "marking deletes nothing");
+    assert_eq!(f.vm_names().len(), 5, "marking deletes nothing");
     std::thread::sleep(Duration::from_millis(1100));
     let second = g
         .env
         .cwo(&["reap", "--yes", "--format", "json"])
         .ok()
         .json();
-    for name in ["cwo-other-expired", "cwo-proj-stopped", "cwo-proj-orphan"] {
+    for name in ["cwo-other-expired", "cwo-proj-orphan"] {
         assert_eq!(action(&second, name), "deleted", "{name}: {second}");
     }
     let mut left = f.vm_names();

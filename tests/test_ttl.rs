@@ -203,3 +203,28 @@ fn a_ttl_shorter_than_an_attempt_is_refused() {
         r.stderr
     );
 }
+
+/// A controller killed mid-queue: with the default watchdog action nothing stops the VM, so the
+/// cloud's TTL deletes it; nothing TERMINATED is left behind.
+#[test]
+fn a_killed_controllers_worker_is_deleted_by_the_ttl_and_nothing_stopped_remains() {
+    let Some(g) = gcp("", r#"touch "$0.started"; sleep 8"#, "") else {
+        return;
+    };
+    g.env.add(&["cut short"]);
+    g.env.add(&["never started"]);
+    let child = g.env.spawn(&["run", "--once"]);
+    let started = g.env.project.join("agents/agent.sh.started");
+    assert!(wait_for(Duration::from_secs(30), || started.exists()));
+    kill(&child, "KILL");
+    let _ = child.wait_with_output();
+    assert_eq!(g.fake.vm_names().len(), 1);
+    // The watchdog's default here: stop orphaned agents, never the VM.
+    let script = g.env.cwo(&["bootstrap", "script", "--gce"]).ok().stdout;
+    assert!(
+        script.contains("CWO_WATCHDOG_ACTION=stop-agents"),
+        "the default watchdog never powers off a VM with a TTL"
+    );
+    g.fake.advance(Duration::from_secs(90 * 60 + 1));
+    assert!(g.fake.vm_names().is_empty(), "the TTL deleted it, running");
+}

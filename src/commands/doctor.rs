@@ -182,6 +182,28 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
         ));
     }
 
+    // A cloud worker whose controller died is deleted by its TTL while it runs; a stopped one,
+    // or one with no TTL, only by a reaper.
+    if matches!(
+        s.provider,
+        crate::config::ProviderKind::Gcp | crate::config::ProviderKind::Terraform
+    ) {
+        checks.push(match super::schedule::reaper_installed(project) {
+            Some(true) => check("reaper", "ok", "`cwo reap --yes` runs from cron", ""),
+            Some(false) => check(
+                "reaper",
+                "warn",
+                "no cron reaper for this project: a stopped or abandoned worker (the TTL no longer runs for a stopped VM) is deleted only when a cwo command next looks",
+                "cwo schedule install",
+            ),
+            None => check(
+                "reaper",
+                "warn",
+                "cannot read the crontab: is cron installed?",
+                "install cron, then `cwo schedule install` (or run `cwo reap --yes` from your own scheduler)",
+            ),
+        });
+    }
     match s.provider {
         crate::config::ProviderKind::Local => checks.push(check(
             "provider",

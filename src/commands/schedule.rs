@@ -14,6 +14,14 @@ fn marker(project: &Project) -> String {
     format!("# cwo reap: {}", project.root.display())
 }
 
+/// Whether this project's reaper line is in the user's crontab (None: crontab cannot be read).
+pub fn reaper_installed(project: &Project) -> Option<bool> {
+    let marker = marker(project);
+    read_crontab()
+        .ok()
+        .map(|c| c.lines().any(|l| l.ends_with(&marker)))
+}
+
 fn read_crontab() -> Result<String, CliError> {
     let out = Command::new("crontab").arg("-l").output().map_err(|e| {
         CliError::user(format!("cannot run crontab: {e}"))
