@@ -417,24 +417,7 @@ fn the_watchdog_acts_only_when_idle_past_the_limit_and_no_agent_runs() {
     // the heartbeat is.
     let attempt = w.dir.path().join("ws/cwo-w-1/tasks/b-1/attempt-1");
     std::fs::create_dir_all(&attempt).unwrap();
-    let mut agent = Command::new("setsid")
-        .args(["sleep", "60"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait until setsid made it a group leader.
-    for _ in 0..200 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", agent.id())).unwrap_or_default();
-        let pgrp = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().nth(2));
-        if pgrp == Some(agent.id().to_string().as_str()) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut agent = agent_group();
     std::fs::write(attempt.join("agent.pid"), agent.id().to_string()).unwrap();
     assert!(!w.tick(t + 3600), "an agent is running");
     // It ended: its exit status is there, the process group is gone.

@@ -25,25 +25,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::wait_for;
+use crate::common::{Rng, wait_for};
 use crate::test_gcp::{Gcp, gcp};
-
-/// xorshift64*, as in test_simulation: a tiny deterministic generator.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 // What slows the phase a trial aims at, so it lasts long enough to be hit (the other phases
 // run at full speed: the suite stays short).

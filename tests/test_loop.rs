@@ -1,6 +1,6 @@
 //! The whole loop on the local provider with scripted agents.
 
-use crate::common::{TestEnv, git};
+use crate::common::{TestEnv, git, git_shim};
 
 /// An agent that writes a file named after the task and commits it.
 const COMMITTING: &str = r#"
@@ -364,27 +364,14 @@ git commit -q --allow-empty -m "$CWO_TASK_ID""#,
     let id = env.add(&["environment"]);
     // A `git` in front of the real one records, for each call, where it ran and what it saw.
     let bin = env.tmp.path().join("spy-bin");
-    std::fs::create_dir_all(&bin).unwrap();
     let log = env.tmp.path().join("git-calls");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v git"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    std::fs::write(
-        bin.join("git"),
-        format!(
-            "#!/bin/sh\necho \"$PWD $* :: ${{GH_TOKEN:-none}} ${{AWS_SECRET_ACCESS_KEY:-none}} ${{SRC_SECRET:-none}}\" >> '{}'\nexec {} \"$@\"\n",
-            log.display(),
-            real.trim()
+    git_shim(
+        &bin,
+        &format!(
+            "echo \"$PWD $* :: ${{GH_TOKEN:-none}} ${{AWS_SECRET_ACCESS_KEY:-none}} ${{SRC_SECRET:-none}}\" >> '{}'",
+            log.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(bin.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let out = env
         .cmd(&["run", "--once"])
         .env(

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use crate::common::{TestEnv, kill, wait_for};
+use crate::common::{TestEnv, git_shim, kill, wait_for};
 
 const SLOW_COMMIT: &str = r#"
 echo "started $CWO_TASK_ID"
@@ -272,25 +272,14 @@ fn a_polling_controller_survives_a_failed_bring_up() {
 /// through preparing a checkout.
 fn git_gate(env: &TestEnv) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = env.tmp.path().join("gate-bin");
-    std::fs::create_dir_all(&dir).unwrap();
     let gate = env.tmp.path().join("gate");
-    let real = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v git"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let script = format!(
-        "#!/bin/sh\ncase \" $* \" in *\" config user.email \"*)\n  if [ ! -e '{g}.done' ]; then touch '{g}.done'; echo $$ > '{g}.tmp'; mv '{g}.tmp' '{g}'; sleep 60; fi;;\nesac\nexec {real} \"$@\"\n",
-        g = gate.display(),
-        real = real.trim()
+    git_shim(
+        &dir,
+        &format!(
+            "case \" $* \" in *\" config user.email \"*)\n  if [ ! -e '{g}.done' ]; then touch '{g}.done'; echo $$ > '{g}.tmp'; mv '{g}.tmp' '{g}'; sleep 60; fi;;\nesac",
+            g = gate.display()
+        ),
     );
-    let shim = dir.join("git");
-    std::fs::write(&shim, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, gate)
 }
 

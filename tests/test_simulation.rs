@@ -10,21 +10,8 @@ use cwo::journal::Journal;
 use cwo::provider::{Provider, WorkerSpec};
 use cwo::reaper::Reaper;
 
+use crate::common::Rng;
 use crate::common::fake_gce::FakeGce;
-
-/// xorshift64*: a tiny deterministic generator, so a failing seed can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn spec(name: &str) -> WorkerSpec {
     WorkerSpec {

@@ -273,3 +273,45 @@ pub fn kill(child: &Child, signal: &str) {
         .unwrap();
     assert!(st.success());
 }
+
+/// xorshift64*: a tiny deterministic generator, so a failing seed can be replayed (the
+/// simulation and the chaos test).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator from any seed (mixed, and never the all-zero state).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// An executable `git` in `dir` that runs the sh `prelude` first, then the real git with the
+/// same arguments: a spy or a gate in front of every git call a test's PATH reaches.
+pub fn git_shim(dir: &Path, prelude: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let shim = dir.join("git");
+    std::fs::write(
+        &shim,
+        format!("#!/bin/sh\n{prelude}\nexec {} \"$@\"\n", real.trim()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
