@@ -651,13 +651,15 @@ impl Orchestrator {
         }
     }
 
-    /// Why `w` should take no new task, if it should not: the provider says it is stopped or
-    /// gone, or its TTL (`cwo-expires-at`) leaves less than `agent.timeout` + `TTL_MARGIN` for
+    /// Why `w` should take no new task, if it should not: the provider says it is stopped, or its
+    /// TTL (`cwo-expires-at`) leaves less than `agent.timeout` + `TTL_MARGIN` for
     /// another attempt. A provider that cannot answer is no verdict.
     async fn fitness(&self, w: &ActiveWorker) -> Option<String> {
         let now = match self.provider.get(&w.instance.name).await {
             Ok(Some(i)) => i,
-            Ok(None) => return Some("the provider no longer has it".into()),
+            // One empty read is no verdict (a new VM may not be visible everywhere yet); a
+            // worker that is really gone fails its next task's first step, which asks twice.
+            Ok(None) => return None,
             Err(e) => {
                 tracing::debug!(worker = %w.instance.name, error = %e, "fitness check skipped");
                 return None;
