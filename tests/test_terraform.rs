@@ -78,7 +78,16 @@ log = {log:?}
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(
-        lines[0].starts_with("apply cwo-proj-") && lines[0].ends_with("ttl=7200"),
+        lines[0].starts_with("apply cwo-proj-") && lines[0].contains(" ttl=7200 "),
+        "{log}"
+    );
+    // The worker's expiry label, as on gcp, for the reaper and TTL rotation.
+    let expires: i64 = lines[0]
+        .rsplit_once("expires=")
+        .and_then(|(_, e)| e.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no cwo-expires-at label: {log}"));
+    assert!(
+        (chrono::Utc::now().timestamp() + 7200 - expires).abs() < 300,
         "{log}"
     );
     assert!(lines[1].starts_with("destroy cwo-proj-"), "{log}");

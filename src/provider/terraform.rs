@@ -103,6 +103,22 @@ impl TerraformProvider {
         Ok(())
     }
 
+    /// The worker's labels with its expiry (`cwo-expires-at`, as the gcp provider sets it), so
+    /// the reaper and TTL rotation see a terraform worker's remaining life too.
+    fn labels(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
+        let mut labels = spec.labels.clone();
+        labels.insert(
+            "cwo-expires-at".into(),
+            match self.settings.gcp.ttl {
+                Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
+                    .timestamp()
+                    .to_string(),
+                None => "never".into(),
+            },
+        );
+        labels
+    }
+
     fn variables(&self, spec: &WorkerSpec, public_key: &str) -> Result<Value, ProviderError> {
         let g = &self.settings.gcp;
         let zone = g
@@ -129,7 +145,7 @@ impl TerraformProvider {
             "ssh_user": g.ssh_user,
             "ssh_port": g.ssh_port,
             "ssh_public_key": public_key.trim(),
-            "labels": spec.labels,
+            "labels": self.labels(spec),
             "startup_script": self.startup_script,
         });
         for (k, v) in &self.settings.terraform.vars {
@@ -257,7 +273,11 @@ impl Provider for TerraformProvider {
                 wdir.display()
             )));
         }
-        let instance = self.instance_from(spec, &outputs, &key_path);
+        let mut instance = self.instance_from(spec, &outputs, &key_path);
+        // What the module was given, expiry included.
+        if let Ok(labels) = serde_json::from_value(vars["labels"].clone()) {
+            instance.labels = labels;
+        }
         write_record(
             &self.record_path(&spec.name),
             &Record {
