@@ -216,9 +216,12 @@ impl Journal {
                 |r| r.get(0),
             )
             .map_err(db)?;
-        if !has_heartbeat {
-            conn.execute_batch("ALTER TABLE workers ADD COLUMN heartbeat_at TEXT")
-                .map_err(db)?;
+        if !has_heartbeat
+            && let Err(e) = conn.execute_batch("ALTER TABLE workers ADD COLUMN heartbeat_at TEXT")
+            // Another cwo opening the same old journal at the same moment added it first.
+            && !e.to_string().contains("duplicate column name")
+        {
+            return Err(db(e));
         }
         Ok(Journal {
             conn: Arc::new(Mutex::new(conn)),

@@ -104,6 +104,10 @@ impl Reaper<'_> {
         inst: &Instance,
         journal_rows: &HashMap<String, crate::journal::WorkerRow>,
     ) -> Option<String> {
+        // Stopped first: deleted at once, whatever else is true of it.
+        if inst.status.is_stopped() {
+            return Some("stopped".into());
+        }
         let now = Utc::now().timestamp();
         if let Some(exp) = inst
             .labels
@@ -112,9 +116,6 @@ impl Reaper<'_> {
             && exp < now
         {
             return Some("expired".into());
-        }
-        if inst.status.is_stopped() {
-            return Some("stopped".into());
         }
         // Only this project's journal can vouch for this project's workers.
         if inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug) {
@@ -352,6 +353,16 @@ pub fn release_attempts(
                 Some("its controller stopped and the reaper deleted the worker"),
             )
             .map_err(|e| e.to_string())?;
+        // Only a ball still in progress goes back: one its controller completed or blocked
+        // before dying (the attempt closes after the tracker) keeps its state.
+        let in_progress = tracker
+            .list()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|t| t.id == a.ball_id && t.state == "in_progress");
+        if !in_progress {
+            continue;
+        }
         match tracker.release(&a.ball_id) {
             Ok(()) | Err(crate::tracker::TrackerError::NotFound(_)) => {}
             Err(e) => return Err(format!("{}: {e}", a.ball_id)),

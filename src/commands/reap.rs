@@ -26,8 +26,9 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         CliError::from_error("could not list cwo's workers; nothing was deleted", &e)
             .hint("check the credentials and the project (`cwo doctor`), then run `cwo reap` again")
     })?;
-    // A reaped worker's open attempts (a crashed controller's) give their balls back.
-    if act {
+    // A reaped worker's open attempts (a crashed controller's) give their balls back; a running
+    // controller settles its own.
+    if act && !reaper.controller_running {
         let tracker = project.tracker();
         for d in decisions
             .iter()

@@ -119,6 +119,14 @@ pub struct Recovered {
     pub pending: Vec<PendingCreate>,
 }
 
+/// Why a worker takes no new task.
+enum Unfit {
+    /// Stopped or stopping: it can do no work.
+    Stopped(String),
+    /// Too close to its TTL for another attempt.
+    Ttl(String),
+}
+
 /// A create whose controller stopped before it answered, and whose VM the provider does not
 /// show yet (a create in flight, or eventual consistency): deleted as soon as it appears.
 pub struct PendingCreate {
@@ -652,34 +660,35 @@ impl Orchestrator {
     }
 
     /// Why `w` should take no new task, if it should not: the provider says it is stopped, or its
-    /// TTL (`cwo-expires-at`) leaves less than `agent.timeout` + `TTL_MARGIN` for
-    /// another attempt. A provider that cannot answer is no verdict.
-    async fn fitness(&self, w: &ActiveWorker) -> Option<String> {
-        let now = match self.provider.get(&w.instance.name).await {
-            Ok(Some(i)) => i,
-            // One empty read is no verdict (a new VM may not be visible everywhere yet); a
-            // worker that is really gone fails its next task's first step, which asks twice.
-            Ok(None) => return None,
+    /// TTL (`cwo-expires-at`, as the provider shows it, else as it was at creation) leaves less
+    /// than `agent.timeout` + `TTL_MARGIN` for another attempt. A provider that cannot answer, or
+    /// one empty read (a new VM may not be visible everywhere yet), is no verdict on its status.
+    async fn fitness(&self, w: &ActiveWorker) -> Option<Unfit> {
+        let seen = match self.provider.get(&w.instance.name).await {
+            Ok(Some(i)) if i.status.is_stopped() => {
+                return Some(Unfit::Stopped(
+                    format!("it is {:?}", i.status).to_lowercase(),
+                ));
+            }
+            Ok(Some(i)) => Some(i),
+            Ok(None) => None,
             Err(e) => {
-                tracing::debug!(worker = %w.instance.name, error = %e, "fitness check skipped");
-                return None;
+                tracing::debug!(worker = %w.instance.name, error = %e, "worker check: no answer");
+                None
             }
         };
-        if now.status.is_stopped() {
-            return Some(format!("it is {:?}", now.status).to_lowercase());
-        }
-        let expires = now
-            .labels
+        let labels = seen.as_ref().map_or(&w.instance.labels, |i| &i.labels);
+        let expires = labels
             .get("cwo-expires-at")
             .and_then(|e| e.parse::<i64>().ok())?;
         let left = expires - chrono::Utc::now().timestamp();
         let needed = self.shared.settings.agent.timeout + crate::config::TTL_MARGIN;
         (left < needed.as_secs() as i64).then(|| {
-            format!(
+            Unfit::Ttl(format!(
                 "its TTL ends in {}, less than an attempt may need (agent.timeout + {})",
                 fmt_secs(Duration::from_secs(left.max(0) as u64)),
                 fmt_secs(crate::config::TTL_MARGIN)
-            )
+            ))
         })
     }
 
@@ -769,6 +778,9 @@ impl Orchestrator {
             })?;
         let recovered = self.recover(true, "orphaned").await?;
         let mut worker = recovered.worker;
+        // The current worker has taken no task yet (a TTL too short for even one is a settings
+        // error, not a reason to rotate forever).
+        let mut fresh = false;
         let mut pending = recovered.pending;
         // Failures that do not stop the queue but make the run exit 1 at its end (a worker that
         // could not be deleted: the error carries the exact delete command).
@@ -831,6 +843,7 @@ impl Orchestrator {
                                 Ok(None) => continue,
                                 Ok(Some(w)) => {
                                     worker = Some(w);
+                                    fresh = true;
                                     summary.workers_created += 1;
                                     summary.up_secs += started.elapsed().as_secs_f64();
                                     up_failures = 0;
@@ -858,7 +871,16 @@ impl Orchestrator {
                         // Before new work: is the worker still fit for it? (It may have been
                         // stopped outside cwo, or be too close to its TTL for another attempt.)
                         let fit = self.fitness(worker.as_ref().expect("worker is up")).await;
-                        if let Some(why) = fit {
+                        if let Some(Unfit::Ttl(why)) = &fit
+                            && fresh
+                        {
+                            return Err(CliError::usage(format!(
+                                "worker {} came up with too little life for one task: {why}",
+                                worker.as_ref().expect("worker is up").instance.name
+                            ))
+                            .hint("raise gcp.ttl (it must cover the bring-up, agent.timeout and 5 minutes), or lower agent.timeout"));
+                        }
+                        if let Some(Unfit::Stopped(why) | Unfit::Ttl(why)) = fit {
                             if in_flight.is_empty() {
                                 let w = worker.take().expect("worker is up");
                                 sh.printer.status(format!(
@@ -895,6 +917,7 @@ impl Orchestrator {
                             in_flight.insert(task.id.clone());
                             sh.printer
                                 .status(format!("▶ {} {}", task.id, one_line(&task.title)));
+                            fresh = false;
                             let prior = tries.get(&task.id).copied().unwrap_or(0);
                             running.spawn(task::run_task(self.task_ctx(w, &shutdown), task, None, prior));
                         }

@@ -219,11 +219,11 @@ fn status_of(s: Option<&gce::instance::Status>) -> InstanceStatus {
     use gce::instance::Status as S;
     match s {
         Some(S::Running) => InstanceStatus::Running,
-        Some(S::Provisioning) | Some(S::Staging) | Some(S::Repairing) => {
-            InstanceStatus::Provisioning
-        }
         Some(S::Stopping) | Some(S::Suspending) => InstanceStatus::Stopping,
-        _ => InstanceStatus::Terminated,
+        Some(S::Stopped) | Some(S::Suspended) | Some(S::Terminated) => InstanceStatus::Terminated,
+        // On its way (or a state this crate version does not know): never taken for stopped,
+        // which every command deletes at once.
+        _ => InstanceStatus::Provisioning,
     }
 }
 
