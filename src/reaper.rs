@@ -43,6 +43,28 @@ pub struct Reaper<'a> {
     pub on_retry: &'a (dyn Fn(String) + Send + Sync),
 }
 
+impl<'a> Reaper<'a> {
+    /// A reaper for this project with the settings' grace period and teardown deadline.
+    pub fn new(
+        provider: &'a dyn Provider,
+        journal: &'a Journal,
+        project_slug: &'a str,
+        settings: &crate::config::Settings,
+        controller_running: bool,
+        on_retry: &'a (dyn Fn(String) + Send + Sync),
+    ) -> Reaper<'a> {
+        Reaper {
+            provider,
+            journal,
+            project_slug,
+            grace: settings.reap_grace,
+            controller_running,
+            teardown_timeout: settings.teardown_timeout,
+            on_retry,
+        }
+    }
+}
+
 fn age_secs(inst: &Instance) -> i64 {
     (Utc::now() - inst.created_at).num_seconds()
 }
@@ -109,10 +131,7 @@ impl Reaper<'_> {
             return Some("stopped".into());
         }
         let now = Utc::now().timestamp();
-        if let Some(exp) = inst
-            .labels
-            .get("cwo-expires-at")
-            .and_then(|e| e.parse::<i64>().ok())
+        if let Some(exp) = inst.expires_at()
             && exp < now
         {
             return Some("expired".into());

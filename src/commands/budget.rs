@@ -55,16 +55,15 @@ pub async fn check(
     // Stopped workers first: deleted at once (their TTL no longer runs), their life then in the
     // ledger. A failed list here is reported below by the listing that counts the spend.
     if args.ledger.is_none() {
-        let reaper = Reaper {
-            provider: provider.as_ref(),
-            journal: &journal,
-            project_slug: &project_slug,
-            grace: project.settings().reap_grace,
-            controller_running: crate::journal::ControllerLock::holder(&project.state_dir)
-                .is_some(),
-            teardown_timeout: project.settings().teardown_timeout,
-            on_retry: &|line| printer.status(line),
-        };
+        let on_retry = |line: String| printer.status(line);
+        let reaper = Reaper::new(
+            provider.as_ref(),
+            &journal,
+            &project_slug,
+            project.settings(),
+            crate::journal::ControllerLock::holder(&project.state_dir).is_some(),
+            &on_retry,
+        );
         if let Ok((deleted, failed)) = reaper.sweep_stopped().await {
             crate::orchestrator::report_stopped(printer, &deleted, &failed);
         }
@@ -120,15 +119,15 @@ pub async fn check(
     };
     let mut enforced = Vec::new();
     if code == EXIT_DENY && args.enforce {
-        let reaper = Reaper {
-            provider: provider.as_ref(),
-            journal: &journal,
-            project_slug: &project_slug,
-            grace: project.settings().reap_grace,
-            controller_running: false,
-            teardown_timeout: project.settings().teardown_timeout,
-            on_retry: &|line| printer.status(line),
-        };
+        let on_retry = |line: String| printer.status(line);
+        let reaper = Reaper::new(
+            provider.as_ref(),
+            &journal,
+            &project_slug,
+            project.settings(),
+            false,
+            &on_retry,
+        );
         let selector = std::collections::BTreeMap::from([
             ("cwo-managed".to_string(), "true".to_string()),
             ("cwo-project".to_string(), project_slug.clone()),

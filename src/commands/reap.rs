@@ -13,15 +13,15 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
     let journal = project.journal()?;
     let provider = project.provider(&journal);
     let project_slug = slug(&project.name);
-    let reaper = Reaper {
-        provider: provider.as_ref(),
-        journal: &journal,
-        project_slug: &project_slug,
-        grace: project.settings().reap_grace,
-        controller_running: crate::journal::ControllerLock::holder(&project.state_dir).is_some(),
-        teardown_timeout: project.settings().teardown_timeout,
-        on_retry: &|line| printer.status(line),
-    };
+    let on_retry = |line: String| printer.status(line);
+    let reaper = Reaper::new(
+        provider.as_ref(),
+        &journal,
+        &project_slug,
+        project.settings(),
+        crate::journal::ControllerLock::holder(&project.state_dir).is_some(),
+        &on_retry,
+    );
     let decisions = reaper.pass(act).await.map_err(|e| {
         CliError::from_error("could not list cwo's workers; nothing was deleted", &e)
             .hint("check the credentials and the project (`cwo doctor`), then run `cwo reap` again")

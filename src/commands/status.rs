@@ -40,15 +40,15 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
     // runs, its disk is billed).
     if let Some(l) = &mut listed {
         let slug = slug(&project.name);
-        let reaper = crate::reaper::Reaper {
-            provider: provider.as_ref(),
-            journal: &journal,
-            project_slug: &slug,
-            grace: project.settings().reap_grace,
-            controller_running: controller.is_some(),
-            teardown_timeout: project.settings().teardown_timeout,
-            on_retry: &|line| printer.status(line),
-        };
+        let on_retry = |line: String| printer.status(line);
+        let reaper = crate::reaper::Reaper::new(
+            provider.as_ref(),
+            &journal,
+            &slug,
+            project.settings(),
+            controller.is_some(),
+            &on_retry,
+        );
         let (deleted, failed) = reaper.delete_stopped(l).await;
         crate::orchestrator::report_stopped(printer, &deleted, &failed);
         l.retain(|i| !deleted.contains(&i.name));

@@ -644,15 +644,15 @@ impl Orchestrator {
     /// `cwo reap` and the next command try again.
     async fn delete_stopped(&self) {
         let printer = self.shared.printer;
-        let reaper = crate::reaper::Reaper {
-            provider: &*self.provider,
-            journal: &self.shared.journal,
-            project_slug: &self.project_slug,
-            grace: self.shared.settings.reap_grace,
-            controller_running: true,
-            teardown_timeout: self.shared.settings.teardown_timeout,
-            on_retry: &|line| printer.status(line),
-        };
+        let on_retry = |line: String| printer.status(line);
+        let reaper = crate::reaper::Reaper::new(
+            &*self.provider,
+            &self.shared.journal,
+            &self.project_slug,
+            &self.shared.settings,
+            true,
+            &on_retry,
+        );
         match reaper.sweep_stopped().await {
             Ok((deleted, failed)) => report_stopped(printer, &deleted, &failed),
             Err(e) => printer.warn(format!("could not list the project's workers: {e}")),
@@ -677,10 +677,7 @@ impl Orchestrator {
                 None
             }
         };
-        let labels = seen.as_ref().map_or(&w.instance.labels, |i| &i.labels);
-        let expires = labels
-            .get("cwo-expires-at")
-            .and_then(|e| e.parse::<i64>().ok())?;
+        let expires = seen.as_ref().unwrap_or(&w.instance).expires_at()?;
         let left = expires - chrono::Utc::now().timestamp();
         let needed = self.shared.settings.agent.timeout + crate::config::TTL_MARGIN;
         (left < needed.as_secs() as i64).then(|| {

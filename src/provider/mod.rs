@@ -14,6 +14,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::transport::Transport;
 
+/// The label that carries a worker's expiry: when its TTL ends, in Unix seconds, or "never".
+pub const EXPIRES_LABEL: &str = "cwo-expires-at";
+
+/// The `cwo-expires-at` value for a worker created now with `ttl`.
+pub fn expires_at(ttl: Option<Duration>) -> String {
+    match ttl {
+        Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
+            .timestamp()
+            .to_string(),
+        None => "never".into(),
+    }
+}
+
 /// What to bring up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerSpec {
@@ -132,6 +145,11 @@ impl Instance {
             },
             Some(journal.clone()),
         ))
+    }
+
+    /// When the worker's TTL ends (label `cwo-expires-at`, Unix seconds); None without a TTL.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.labels.get(EXPIRES_LABEL)?.parse().ok()
     }
 
     /// The machine type the worker was created as (label `cwo-machine`), or "unknown".

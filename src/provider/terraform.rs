@@ -108,13 +108,8 @@ impl TerraformProvider {
     fn labels(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
         let mut labels = spec.labels.clone();
         labels.insert(
-            "cwo-expires-at".into(),
-            match self.settings.gcp.ttl {
-                Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
-                    .timestamp()
-                    .to_string(),
-                None => "never".into(),
-            },
+            super::EXPIRES_LABEL.into(),
+            super::expires_at(self.settings.gcp.ttl),
         );
         labels
     }

@@ -497,15 +497,7 @@ impl GcpProvider {
             .filter(|(k, _)| DISK_LABELS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        labels.insert(
-            "cwo-expires-at".into(),
-            match s.ttl {
-                Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
-                    .timestamp()
-                    .to_string(),
-                None => "never".into(),
-            },
-        );
+        labels.insert(super::EXPIRES_LABEL.into(), super::expires_at(s.ttl));
         let mut scheduling = Scheduling::new().set_provisioning_model(if s.spot {
             gce::scheduling::ProvisioningModel::Spot
         } else {
