@@ -9,15 +9,16 @@ pub mod cost;
 pub mod error;
 pub mod git;
 pub mod journal;
+pub mod model;
 pub mod orchestrator;
 pub mod printer;
 pub mod project;
 pub mod provider;
 pub mod reaper;
 pub mod secrets;
-pub mod terminal;
 pub mod tracker;
 pub mod transport;
+pub mod util;
 
 use std::process::ExitCode;
 

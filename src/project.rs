@@ -36,30 +36,7 @@ pub fn find_root(start: &Path) -> PathBuf {
     start
 }
 
-/// A short, stable, lowercase name usable in worker names.
-pub fn slug(name: &str) -> String {
-    let mut s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    s = s.trim_matches('-').to_string();
-    s.truncate(20);
-    let s = s.trim_matches('-').to_string();
-    if s.is_empty() { "project".into() } else { s }
-}
-
-/// FNV-1a: a stable hash of the project path for its default state dir.
-pub(crate) fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
-}
+pub use crate::model::ids::{fnv, slug};
 
 impl Project {
     pub fn load(dir: Option<&Path>, flags: &[String]) -> Result<Project, CliError> {
@@ -138,7 +115,7 @@ impl Project {
                 let mut provider =
                     SshHostProvider::new(ssh, self.state_dir.join("ssh-workers"), journal.clone());
                 let s = self.settings();
-                if crate::bootstrap::effective_method(s) != crate::bootstrap::Method::None {
+                if s.bootstrap_method() != crate::bootstrap::Method::None {
                     provider = provider
                         .with_work_user(s.bootstrap.user.clone(), s.bootstrap.workspace.clone());
                 }
@@ -172,7 +149,7 @@ impl Project {
     /// the configured method.
     pub fn startup_script(&self) -> Option<String> {
         let s = self.settings();
-        (crate::bootstrap::effective_method(s) == crate::bootstrap::Method::Native).then(|| {
+        (s.bootstrap_method() == crate::bootstrap::Method::Native).then(|| {
             crate::bootstrap::render(
                 s,
                 &crate::bootstrap::Target {

@@ -74,7 +74,7 @@ pub async fn resolve(
                 ));
             }
             if sm.is_none() {
-                let b = crate::provider::gcp::configure(
+                let b = crate::util::gcp_api::configure(
                     google_cloud_secretmanager_v1::client::SecretManagerService::builder(),
                     &gcp.secrets_endpoint,
                     &gcp.credentials,

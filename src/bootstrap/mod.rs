@@ -6,16 +6,16 @@
 //! The Ansible path ([`ansible`]) runs the shipped playbook to the same end state.
 
 pub mod ansible;
-pub mod settings;
 
 use std::time::Duration;
 
 use crate::config::Settings;
-use crate::provider::Instance;
-use crate::transport::ssh::shell_quote;
+use crate::model::Instance;
 use crate::transport::{ExecRequest, ExecStatus, Stream, Transport, TransportError};
+use crate::util::shell::shell_quote;
 
-pub use settings::{BootstrapSettings, Method, WatchdogSettings};
+pub use crate::config::bootstrap::{BootstrapSettings, Method, WatchdogSettings};
+pub use crate::util::shell::is_env_name;
 
 const BODY: &str = include_str!("bootstrap.sh");
 /// The watchdog the bootstrap installs as `/usr/local/sbin/cwo-watchdog`.
@@ -47,14 +47,7 @@ pub struct Target<'a> {
 
 /// The method that applies for a provider when the setting says `auto`.
 pub fn effective_method(settings: &Settings) -> Method {
-    use crate::config::ProviderKind;
-    match settings.bootstrap.method {
-        Method::Auto => match settings.provider {
-            ProviderKind::Gcp | ProviderKind::Terraform => Method::Native,
-            ProviderKind::Local | ProviderKind::Ssh => Method::None,
-        },
-        m => m,
-    }
+    settings.bootstrap_method()
 }
 
 /// The watchdog's built-in action that stops orphaned agents and leaves the VM to its TTL.
@@ -87,34 +80,13 @@ pub fn is_this_machine(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
-/// A name the shell accepts as a variable.
-pub fn is_env_name(k: &str) -> bool {
-    let mut b = k.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
 /// The worker as the agent's work sees it once bootstrapped: logged in as the unprivileged work
 /// user, in its workspace. Unchanged when no bootstrap applies.
 pub fn as_work_user(settings: &Settings, instance: Instance) -> Instance {
-    if effective_method(settings) == Method::None {
+    if settings.bootstrap_method() == Method::None {
         return instance;
     }
-    work_instance(
-        &settings.bootstrap.user,
-        &settings.bootstrap.workspace,
-        instance,
-    )
-}
-
-/// `instance` logged in as `user`, in its own directory under the workspace `root` (one
-/// directory per worker, as on hosts without a bootstrap).
-pub fn work_instance(user: &str, root: &str, mut instance: Instance) -> Instance {
-    if let crate::provider::Target::Ssh { user: u, .. } = &mut instance.target {
-        *u = user.to_string();
-    }
-    instance.workspace = format!("{}/{}", root.trim_end_matches('/'), instance.name);
-    instance
+    instance.as_user(&settings.bootstrap.user, &settings.bootstrap.workspace)
 }
 
 /// Renders the script: the settings as shell assignments (quoted), then the fixed body.
@@ -166,7 +138,7 @@ pub fn render(settings: &Settings, target: &Target<'_>) -> Script {
     }
     let hash = format!(
         "{:016x}",
-        crate::project::fnv(&format!("{settings_block}{BODY}"))
+        crate::model::ids::fnv(&format!("{settings_block}{BODY}"))
     );
     let text = format!(
         "#!/bin/sh\n# Rendered by cwo {}. Run as root: sh bootstrap.sh [run|reuse]\nCWO_MODE=${{1:-run}}\nCWO_HASH={hash}\n{settings_block}{BODY}",

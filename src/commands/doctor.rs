@@ -272,7 +272,7 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
             let gcp = crate::provider::gcp::GcpProvider::new(
                 s.gcp.clone(),
                 s.ssh.clone(),
-                crate::project::slug(&project.name),
+                crate::model::ids::slug(&project.name),
                 project.state_dir.join("keys"),
                 journal,
             );
@@ -287,7 +287,7 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
         }
     }
 
-    let method = crate::bootstrap::effective_method(s);
+    let method = s.bootstrap_method();
     match method {
         crate::bootstrap::Method::Ansible => {
             let found = on_path("ansible-playbook");

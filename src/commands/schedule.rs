@@ -8,7 +8,7 @@ use crate::cli::ScheduleCommand;
 use crate::error::CliError;
 use crate::printer::Printer;
 use crate::project::Project;
-use crate::transport::ssh::shell_quote as q;
+use crate::util::shell::shell_quote as q;
 
 fn marker(project: &Project) -> String {
     format!("# cwo reap: {}", project.root.display())

@@ -9,156 +9,56 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::transport::Transport;
 
-/// The label that carries a worker's expiry: when its TTL ends, in Unix seconds, or "never".
-pub const EXPIRES_LABEL: &str = "cwo-expires-at";
+pub use crate::model::{
+    DeleteOutcome, EXPIRES_LABEL, Instance, InstanceStatus, Target, WorkerSpec, expires_at,
+    worker_labels,
+};
 
-/// The `cwo-expires-at` value for a worker created now with `ttl`.
-pub fn expires_at(ttl: Option<Duration>) -> String {
-    match ttl {
-        Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
-            .timestamp()
-            .to_string(),
-        None => "never".into(),
+/// A transport to `instance`'s SSH target, with the connection timing and the journal the host
+/// key is pinned in.
+pub fn ssh_transport(
+    instance: &Instance,
+    ssh: &crate::config::SshSettings,
+    journal: &crate::journal::Journal,
+) -> Result<crate::transport::ssh::SshTransport, ProviderError> {
+    let Target::Ssh {
+        host,
+        port,
+        user,
+        key_path,
+        host_key,
+        pin_as,
+    } = &instance.target
+    else {
+        return Err(ProviderError::InvalidSpec(format!(
+            "worker {} is not reached over SSH ({:?})",
+            instance.name, instance.target
+        )));
+    };
+    if host.is_empty() {
+        return Err(ProviderError::Transient(format!(
+            "worker {} has no address yet",
+            instance.name
+        )));
     }
-}
-
-/// What to bring up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WorkerSpec {
-    /// Deterministic name, also the journal key.
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// Machine type the work is priced as.
-    pub machine_type: String,
-}
-
-/// The labels every worker carries from its creation on, whatever the provider: how the reaper,
-/// `status` and the billing export find it and attribute its cost. `cwo up --plan` shows these.
-pub fn worker_labels(
-    project_slug: &str,
-    name: &str,
-    machine_type: &str,
-) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("cwo-managed".to_string(), "true".to_string()),
-        ("cwo-project".to_string(), project_slug.to_string()),
-        ("cwo-worker".to_string(), name.to_string()),
-        ("cwo-machine".to_string(), machine_type.to_string()),
-    ])
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum InstanceStatus {
-    Provisioning,
-    Running,
-    Stopping,
-    Terminated,
-}
-
-impl InstanceStatus {
-    /// Stopping, stopped or suspended: Compute Engine has cleared the VM's termination timer
-    /// (its TTL no longer runs) and it can do no work, but its disks are still billed.
-    pub fn is_stopped(self) -> bool {
-        matches!(self, InstanceStatus::Stopping | InstanceStatus::Terminated)
-    }
-}
-
-/// How to reach a worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Target {
-    /// A directory on this machine; `root` holds the worker's files.
-    Local { root: String },
-    /// An SSH server.
-    Ssh {
-        host: String,
-        port: u16,
-        user: String,
-        key_path: String,
-        /// The host key the provider knows the host has (OpenSSH line), if it knows one.
-        host_key: Option<String>,
-        /// What the host key is pinned under in the journal.
-        pin_as: String,
-    },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Instance {
-    pub name: String,
-    pub status: InstanceStatus,
-    /// The provider's own creation time (the start of billing).
-    pub created_at: DateTime<Utc>,
-    pub labels: BTreeMap<String, String>,
-    pub target: Target,
-    /// Where task directories go on the worker.
-    pub workspace: String,
-    /// The cloud zone, where there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-}
-
-impl Instance {
-    /// A transport to this worker's SSH target, with the connection timing and the journal the
-    /// host key is pinned in.
-    pub fn ssh_transport(
-        &self,
-        ssh: &crate::config::SshSettings,
-        journal: &crate::journal::Journal,
-    ) -> Result<crate::transport::ssh::SshTransport, ProviderError> {
-        let Target::Ssh {
-            host,
-            port,
-            user,
-            key_path,
-            host_key,
-            pin_as,
-        } = &self.target
-        else {
-            return Err(ProviderError::InvalidSpec(format!(
-                "worker {} is not reached over SSH ({:?})",
-                self.name, self.target
-            )));
-        };
-        if host.is_empty() {
-            return Err(ProviderError::Transient(format!(
-                "worker {} has no address yet",
-                self.name
-            )));
-        }
-        Ok(crate::transport::ssh::SshTransport::new(
-            self.name.clone(),
-            pin_as.clone(),
-            crate::transport::ssh::SshTarget {
-                host: host.clone(),
-                port: *port,
-                user: user.clone(),
-                key_path: key_path.into(),
-                host_key: host_key.clone(),
-                connect_timeout: ssh.connect_timeout,
-                keepalive: ssh.keepalive,
-            },
-            Some(journal.clone()),
-        ))
-    }
-
-    /// When the worker's TTL ends (label `cwo-expires-at`, Unix seconds); None without a TTL.
-    pub fn expires_at(&self) -> Option<i64> {
-        self.labels.get(EXPIRES_LABEL)?.parse().ok()
-    }
-
-    /// The machine type the worker was created as (label `cwo-machine`), or "unknown".
-    pub fn machine_type_label(&self) -> String {
-        self.labels
-            .get("cwo-machine")
-            .cloned()
-            .unwrap_or_else(|| "unknown".into())
-    }
+    Ok(crate::transport::ssh::SshTransport::new(
+        instance.name.clone(),
+        pin_as.clone(),
+        crate::transport::ssh::SshTarget {
+            host: host.clone(),
+            port: *port,
+            user: user.clone(),
+            key_path: key_path.into(),
+            host_key: host_key.clone(),
+            connect_timeout: ssh.connect_timeout,
+            keepalive: ssh.keepalive,
+        },
+        Some(journal.clone()),
+    ))
 }
 
 /// What the local and ssh providers keep per worker (the cloud keeps this for gcp).
@@ -242,12 +142,6 @@ pub(crate) fn write_record(
     )
     .and_then(|_| std::fs::rename(&tmp, path))
     .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeleteOutcome {
-    Deleted,
-    AlreadyGone,
 }
 
 /// How long a delete that answered "gone" may still show the VM in a list or get (Compute's

@@ -59,7 +59,7 @@ impl SshHostProvider {
     }
 
     fn transport(&self, instance: &Instance) -> Result<SshTransport, ProviderError> {
-        instance.ssh_transport(&self.settings, &self.journal)
+        super::ssh_transport(instance, &self.settings, &self.journal)
     }
 
     /// On bootstrapped hosts the agents run as the work user in `<root>/<worker>`: deleting the
@@ -93,7 +93,7 @@ impl SshHostProvider {
         let Some((user, root)) = &self.work else {
             return;
         };
-        let work = crate::bootstrap::work_instance(user, root, instance.clone());
+        let work = instance.clone().as_user(user, root);
         let Ok(t) = self.transport(&work) else { return };
         match Self::clean(t, &work.workspace).await {
             Ok(out) if out.status.success() => {}

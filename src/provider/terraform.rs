@@ -335,9 +335,11 @@ impl Provider for TerraformProvider {
     }
 
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        Ok(Box::new(
-            instance.ssh_transport(&self.settings.ssh, &self.journal)?,
-        ))
+        Ok(Box::new(super::ssh_transport(
+            instance,
+            &self.settings.ssh,
+            &self.journal,
+        )?))
     }
 
     async fn set_labels(

@@ -29,20 +29,7 @@ pub struct SshTarget {
     pub keepalive: Duration,
 }
 
-/// Quotes one word for a POSIX shell. SSH carries a command line, not an argv (RFC 4254 §6.5),
-/// so every word is quoted here; single quotes make every byte literal, and a `'` inside becomes
-/// `'\''`. Small enough to keep in view rather than depend on a crate.
-pub fn shell_quote(word: &str) -> String {
-    let safe = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b));
-    if safe {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
+pub use crate::util::shell::shell_quote;
 
 pub fn command_line(argv: &[String]) -> String {
     argv.iter()
@@ -486,7 +473,7 @@ impl Transport for SshTransport {
             .channel_open_session()
             .await
             .map_err(|e| self.err("opening an SSH channel", e))?;
-        let (cols, rows) = crate::terminal::size();
+        let (cols, rows) = crate::util::terminal::size();
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         ch.request_pty(true, &term, cols, rows, 0, 0, &[])
             .await
@@ -505,7 +492,7 @@ impl Transport for SshTransport {
         ch.exec(true, line)
             .await
             .map_err(|e| self.err("starting the shell", e))?;
-        let _raw = crate::terminal::RawMode::enable();
+        let _raw = crate::util::terminal::RawMode::enable();
         let (mut reader, writer) = ch.split();
         let stdin_pump = tokio::spawn(async move {
             let mut stdin = tokio::io::stdin();

@@ -18,6 +18,8 @@ use google_cloud_compute_v1::model::{
 };
 use tokio::sync::OnceCell;
 
+pub use crate::util::gcp_api::configure;
+
 pub mod budget;
 mod doctor;
 pub use budget::{AlertSpec, Amount, BudgetApi, Outcome};
@@ -68,29 +70,6 @@ pub struct GcpProvider {
     firewall: OnceCell<()>,
     /// Zone of each VM seen, so lookups do not search every zone.
     zones: Mutex<HashMap<String, String>>,
-}
-
-/// Points a Google API client builder at an endpoint ("" = Google's) with the configured
-/// credentials ("" = Application Default Credentials, "anonymous" for emulators and tests).
-pub fn configure<F, Cr>(
-    builder: google_cloud_gax::client_builder::ClientBuilder<F, Cr>,
-    endpoint: &str,
-    credentials: &str,
-) -> google_cloud_gax::client_builder::ClientBuilder<F, Cr>
-where
-    google_cloud_auth::credentials::Credentials: Into<Cr>,
-{
-    // cwo retries on its own terms (by error kind, with progress and one deadline per
-    // operation); the client's built-in policy (up to 10 tries in 60 s per call) would nest
-    // inside those loops and keep a failing call silent for minutes.
-    let mut b = builder.with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
-    if !endpoint.is_empty() {
-        b = b.with_endpoint(endpoint.to_string());
-    }
-    if credentials == "anonymous" {
-        b = b.with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
-    }
-    b
 }
 
 /// The network tag the firewall rule targets.
@@ -879,7 +858,11 @@ impl Provider for GcpProvider {
     }
 
     fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        Ok(Box::new(instance.ssh_transport(&self.ssh, &self.journal)?))
+        Ok(Box::new(super::ssh_transport(
+            instance,
+            &self.ssh,
+            &self.journal,
+        )?))
     }
 
     async fn set_labels(

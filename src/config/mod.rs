@@ -7,13 +7,27 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::bootstrap::{BootstrapSettings, WatchdogSettings};
+mod agent;
+pub mod bootstrap;
+mod gcp;
+mod git;
+mod ssh;
+mod terraform;
+mod tracker;
+
+pub use agent::AgentSettings;
+pub use bootstrap::{BootstrapSettings, Method, WatchdogSettings};
+pub use gcp::GcpSettings;
+pub use git::GitSettings;
+pub use ssh::{HostAddr, SshSettings};
+pub use terraform::TerraformSettings;
+pub use tracker::TrackerSettings;
 
 /// Environment variables that start with `CWO_` but are not settings.
 pub const NON_SETTING_ENV: &[&str] = &["CWO_LOG", "CWO_NO_PROGRESS", "CWO_CONFIG_HOME"];
@@ -52,225 +66,6 @@ pub struct Settings {
     pub terraform: TerraformSettings,
 }
 
-/// `provider = "terraform"`: the shipped module (or your own) driven by cwo, one state per worker.
-/// The VM is described by the `[gcp]` settings, as for the gcp provider.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct TerraformSettings {
-    /// A module directory ("" = the module shipped inside cwo). Its `*.tf` files are copied into
-    /// each worker's own directory under the state dir.
-    pub module: PathBuf,
-    /// The terraform (or OpenTofu `tofu`) program ("" = `terraform` on PATH).
-    pub binary: String,
-    /// Extra input variables for your own module (strings).
-    pub vars: BTreeMap<String, String>,
-}
-
-impl TerraformSettings {
-    /// The program to run: `binary`, or `terraform` on PATH.
-    pub fn program(&self) -> &str {
-        match self.binary.as_str() {
-            "" => "terraform",
-            b => b,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GcpSettings {
-    /// The GCP project VMs are created in.
-    pub project: String,
-    /// Zones to try, in order; a zone out of capacity falls through to the next. Never empty.
-    #[serde(deserialize_with = "zone_list")]
-    pub zones: Vec<String>,
-    pub machine_type: String,
-    /// Boot image: a family or image path (Debian 12 by default; an Alpine image you imported;
-    /// Ubuntu minimal).
-    pub image: String,
-    pub disk_size_gb: u32,
-    /// pd-standard (free-tier eligible) or pd-balanced.
-    pub disk_type: String,
-    /// Spot VMs: cheaper, can be preempted, never free tier.
-    pub spot: bool,
-    /// Hard lifetime enforced by GCE (`maxRunDuration` + DELETE): the VM dies even if cwo does.
-    /// "none" turns it off, on purpose.
-    #[serde(with = "ttl_str")]
-    pub ttl: Option<Duration>,
-    pub network: String,
-    /// Who may reach the VMs' SSH port: a CIDR, or "" to detect this machine's public address.
-    pub ssh_source: String,
-    /// Login on the VM (its key goes into the instance's `ssh-keys` metadata).
-    pub ssh_user: String,
-    pub ssh_port: u16,
-    /// The Compute API endpoint ("" = Google's). For emulators, private endpoints and tests.
-    pub endpoint: String,
-    /// The Secret Manager endpoint ("" = Google's).
-    pub secrets_endpoint: String,
-    /// "" = Application Default Credentials; "anonymous" for emulators and tests.
-    pub credentials: String,
-    /// The Cloud Billing account `cwo budget alert` puts the project's budget on (an ID such as
-    /// "012345-6789AB-CDEF01"; "" = none: `--billing-account` then, and `cwo doctor` warns).
-    pub billing_account: String,
-    /// The Cloud Billing Budget API endpoint. For private endpoints and tests.
-    pub billing_endpoint: String,
-    /// The Cloud Resource Manager endpoint (the project number a budget's scope is written with).
-    pub resourcemanager_endpoint: String,
-}
-
-impl Default for GcpSettings {
-    fn default() -> Self {
-        GcpSettings {
-            project: String::new(),
-            zones: vec![
-                "us-central1-a".into(),
-                "us-central1-b".into(),
-                "us-central1-c".into(),
-            ],
-            machine_type: "e2-micro".into(),
-            image: "projects/debian-cloud/global/images/family/debian-12".into(),
-            disk_size_gb: 10,
-            disk_type: "pd-standard".into(),
-            spot: false,
-            ttl: Some(Duration::from_secs(90 * 60)),
-            network: "global/networks/default".into(),
-            ssh_source: String::new(),
-            ssh_user: "cwo-admin".into(),
-            ssh_port: 22,
-            endpoint: String::new(),
-            secrets_endpoint: String::new(),
-            credentials: String::new(),
-            billing_account: String::new(),
-            billing_endpoint: "https://billingbudgets.googleapis.com".into(),
-            resourcemanager_endpoint: "https://cloudresourcemanager.googleapis.com".into(),
-        }
-    }
-}
-
-mod ttl_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_str("none"),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.trim() == "none" {
-            return Ok(None);
-        }
-        let ttl = humantime::parse_duration(text.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration ({e}); write it like \"4h\", or \"none\" to turn the TTL off"
-            ))
-        })?;
-        if ttl < Duration::from_secs(30) || ttl > Duration::from_secs(120 * 86400) {
-            return Err(serde::de::Error::custom(
-                "GCE accepts a TTL between 30s and 120 days (or \"none\")",
-            ));
-        }
-        Ok(Some(ttl))
-    }
-}
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SshSettings {
-    /// Hosts you already have, for `provider = "ssh"`: "user@host:port" (port 22 if left out).
-    #[serde(deserialize_with = "host_list")]
-    pub hosts: Vec<String>,
-    /// Private key for those hosts (OpenSSH format). Your ~/.ssh config, agent and known_hosts
-    /// are never used.
-    pub key: String,
-    /// Directory on each worker reached over SSH (hosts and VMs) that holds cwo's workspaces
-    /// (relative to the login directory, or absolute).
-    pub workspace: String,
-    /// How long to wait for a host or VM to answer and accept the key.
-    #[serde(with = "nonzero_duration_str")]
-    pub connect_timeout: Duration,
-    /// Keepalive interval on the connection (three unanswered ones drop it).
-    #[serde(with = "duration_str")]
-    pub keepalive: Duration,
-}
-
-impl Default for SshSettings {
-    fn default() -> Self {
-        SshSettings {
-            hosts: vec![],
-            key: String::new(),
-            workspace: ".cwo/workspaces".into(),
-            connect_timeout: Duration::from_secs(120),
-            keepalive: Duration::from_secs(15),
-        }
-    }
-}
-
-/// A parsed `user@host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostAddr {
-    pub user: String,
-    pub host: String,
-    pub port: u16,
-}
-
-impl HostAddr {
-    pub fn parse(s: &str) -> Result<HostAddr, String> {
-        let (user, rest) = s
-            .split_once('@')
-            .ok_or_else(|| format!("`{s}` needs a user: user@host[:port]"))?;
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>()
-                    .map_err(|_| format!("`{p}` in `{s}` is not a port"))?,
-            ),
-            _ => (rest.trim_start_matches('[').trim_end_matches(']'), 22),
-        };
-        if user.is_empty() || host.is_empty() {
-            return Err(format!("`{s}` is not user@host[:port]"));
-        }
-        Ok(HostAddr {
-            user: user.to_string(),
-            host: host.to_string(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for HostAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}:{}", self.user, self.host, self.port)
-    }
-}
-
-fn zone_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
-    if v.iter().all(|z| z.trim().is_empty()) {
-        return Err(serde::de::Error::custom(
-            "gcp.zones is empty: cwo would have no zone to create VMs in; list at least one, e.g. zones = [\"us-central1-a\"], or remove the line for the default (us-central1-a, -b, -c)",
-        ));
-    }
-    if let Some(i) = v.iter().position(|z| z.trim().is_empty() || z.trim() != z) {
-        return Err(serde::de::Error::custom(format!(
-            "gcp.zones entry {} is {:?}, not a zone name; write names like \"us-central1-a\"",
-            i + 1,
-            v[i]
-        )));
-    }
-    Ok(v)
-}
-
-fn host_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let v = Vec::<String>::deserialize(d)?;
-    for h in &v {
-        HostAddr::parse(h).map_err(serde::de::Error::custom)?;
-    }
-    Ok(v)
-}
-
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -291,48 +86,19 @@ impl fmt::Display for ProviderKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrackerSettings {
-    /// The juggle directory, relative to the project root.
-    pub dir: PathBuf,
-    /// Only run balls tagged with this juggle session ("" = every ball).
-    pub session: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AgentSettings {
-    /// argv of the agent; `{prompt_file}`, `{prompt}`, `{task_id}` and `{workdir}` are replaced
-    /// inside each element (never through a shell).
-    #[serde(deserialize_with = "non_empty_argv")]
-    pub command: Vec<String>,
-    /// Kill the agent's whole process group after this long.
-    #[serde(with = "nonzero_duration_str")]
-    pub timeout: Duration,
-    /// Attempts per task before the ball is blocked.
-    pub max_attempts: NonZeroU32,
-    /// Wait before the second attempt; doubles for each further attempt.
-    #[serde(with = "duration_str")]
-    pub retry_backoff: Duration,
-    /// Prompt template file (relative to the project root); empty = the built-in template.
-    pub prompt_template: String,
-    /// Extra environment for the agent process only.
-    pub env: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct GitSettings {
-    /// Remote the task branches are pushed to.
-    pub remote: String,
-    /// Push finished branches (false keeps them as local refs `refs/cwo/<ball>` only).
-    pub push: bool,
-    /// Task branches are named `<branch_prefix><ball-id>`.
-    pub branch_prefix: String,
-    /// Identity of the agent's commits on the worker.
-    pub author_name: String,
-    pub author_email: String,
+impl Settings {
+    /// The bootstrap method that applies: `bootstrap.method`, with `auto` resolved for the
+    /// provider (native on cloud VMs, none on this machine and on hosts you already have).
+    /// Never [`Method::Auto`].
+    pub fn bootstrap_method(&self) -> Method {
+        match self.bootstrap.method {
+            Method::Auto => match self.provider {
+                ProviderKind::Gcp | ProviderKind::Terraform => Method::Native,
+                ProviderKind::Local | ProviderKind::Ssh => Method::None,
+            },
+            m => m,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -353,54 +119,6 @@ impl Default for Settings {
             bootstrap: BootstrapSettings::default(),
             watchdog: WatchdogSettings::default(),
             terraform: TerraformSettings::default(),
-        }
-    }
-}
-
-impl Default for TrackerSettings {
-    fn default() -> Self {
-        TrackerSettings {
-            dir: PathBuf::from(".juggle"),
-            session: String::new(),
-        }
-    }
-}
-
-impl Default for AgentSettings {
-    fn default() -> Self {
-        let mut env = BTreeMap::new();
-        env.insert("OPENCODE_DISABLE_AUTOUPDATE".into(), "1".into());
-        env.insert("OPENCODE_DISABLE_MODELS_FETCH".into(), "1".into());
-        env.insert("OPENCODE_DISABLE_SHARE".into(), "1".into());
-        AgentSettings {
-            command: [
-                "opencode",
-                "run",
-                "--format",
-                "json",
-                "--title",
-                "{task_id}",
-                "{prompt}",
-            ]
-            .map(String::from)
-            .to_vec(),
-            timeout: Duration::from_secs(30 * 60),
-            max_attempts: NonZeroU32::new(3).unwrap(),
-            retry_backoff: Duration::from_secs(2),
-            prompt_template: String::new(),
-            env,
-        }
-    }
-}
-
-impl Default for GitSettings {
-    fn default() -> Self {
-        GitSettings {
-            remote: "origin".into(),
-            push: true,
-            branch_prefix: "cwo/".into(),
-            author_name: "cwo agent".into(),
-            author_email: "cwo-agent@localhost".into(),
         }
     }
 }
@@ -1084,7 +802,7 @@ mod tests {
 
     #[test]
     fn example_file_documents_every_key_and_parses() {
-        let text = include_str!("../config/cwo.example.toml");
+        let text = include_str!("../../config/cwo.example.toml");
         let table: toml::Table = toml::from_str(text).unwrap();
         toml::from_str::<Settings>(text).unwrap();
         let documented: Vec<String> = leaves(&table).into_iter().map(|(k, _)| k).collect();

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::util::shell::is_env_name;
+
 /// The smallest swap file cwo makes: opencode alone peaks near an e2-micro's RAM.
 pub const MIN_SWAP_MIB: u32 = 1024;
 
@@ -112,7 +114,7 @@ impl BootstrapSettings {
     pub fn agent_env_defaults(&self) -> impl Iterator<Item = (&String, &String)> {
         self.agent_env
             .iter()
-            .filter(|(k, v)| !v.is_empty() && super::is_env_name(k))
+            .filter(|(k, v)| !v.is_empty() && is_env_name(k))
     }
 }
 

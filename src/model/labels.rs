@@ -1,0 +1,44 @@
+//! The labels every billed resource carries (DESIGN invariant 3), and the selector that finds a
+//! project's workers by them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+
+/// The label that carries a worker's expiry: when its TTL ends, in Unix seconds, or "never".
+pub const EXPIRES_LABEL: &str = "cwo-expires-at";
+
+/// The `cwo-expires-at` value for a worker created now with `ttl`.
+pub fn expires_at(ttl: Option<Duration>) -> String {
+    match ttl {
+        Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
+            .timestamp()
+            .to_string(),
+        None => "never".into(),
+    }
+}
+
+/// The labels every worker carries from its creation on, whatever the provider: how the reaper,
+/// `status` and the billing export find it and attribute its cost. `cwo up --plan` shows these.
+pub fn worker_labels(
+    project_slug: &str,
+    name: &str,
+    machine_type: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("cwo-managed".to_string(), "true".to_string()),
+        ("cwo-project".to_string(), project_slug.to_string()),
+        ("cwo-worker".to_string(), name.to_string()),
+        ("cwo-machine".to_string(), machine_type.to_string()),
+    ])
+}
+
+/// The selector that finds every worker of the project `project_slug`: the two labels all of
+/// them carry, whatever the provider.
+pub fn project_selector(project_slug: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("cwo-managed".to_string(), "true".to_string()),
+        ("cwo-project".to_string(), project_slug.to_string()),
+    ])
+}
