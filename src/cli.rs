@@ -225,16 +225,27 @@ pub struct BudgetAlertSetArgs {
     pub common: BudgetAlertArgs,
 }
 
-fn parse_pct(s: &str) -> Result<f64, String> {
+/// Why a number on the command line was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NumberArgError {
+    #[error("`{0}` is not a percentage")]
+    NotAPercentage(String),
+    #[error("`{0}`: a threshold is a percentage above 0 and at most 1000")]
+    ThresholdOutOfRange(String),
+    #[error("`{0}` is not a number of USD")]
+    NotUsd(String),
+    #[error("`{0}`: the limit must be 0 or more")]
+    NegativeLimit(String),
+}
+
+fn parse_pct(s: &str) -> Result<f64, NumberArgError> {
     let v: f64 = s
         .trim()
         .trim_end_matches('%')
         .parse()
-        .map_err(|_| format!("`{s}` is not a percentage"))?;
+        .map_err(|_| NumberArgError::NotAPercentage(s.to_string()))?;
     if !v.is_finite() || v <= 0.0 || v > 1000.0 {
-        return Err(format!(
-            "`{s}`: a threshold is a percentage above 0 and at most 1000"
-        ));
+        return Err(NumberArgError::ThresholdOutOfRange(s.to_string()));
     }
     Ok(v)
 }
@@ -263,12 +274,12 @@ pub struct BudgetCheckArgs {
     pub ledger: Option<PathBuf>,
 }
 
-fn parse_usd(s: &str) -> Result<f64, String> {
+fn parse_usd(s: &str) -> Result<f64, NumberArgError> {
     let v: f64 = s
         .parse()
-        .map_err(|_| format!("`{s}` is not a number of USD"))?;
+        .map_err(|_| NumberArgError::NotUsd(s.to_string()))?;
     if !v.is_finite() || v < 0.0 {
-        return Err(format!("`{s}`: the limit must be 0 or more"));
+        return Err(NumberArgError::NegativeLimit(s.to_string()));
     }
     Ok(v)
 }

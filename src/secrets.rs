@@ -49,18 +49,39 @@ impl Masker {
     }
 }
 
+/// Why `agent.env` could not be resolved: which key, which reference, and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("agent.env.{key} = \"env:{var}\" but {var} is not set in cwo's environment")]
+    EnvNotSet { key: String, var: String },
+    #[error("agent.env.{key}: `{value}` is not sm://projects/P/secrets/S/versions/V")]
+    BadReference { key: String, value: String },
+    #[error("Secret Manager client")]
+    Client(#[source] google_cloud_gax::client_builder::Error),
+    #[error("reading secret {value} for agent.env.{key}")]
+    Access {
+        key: String,
+        value: String,
+        #[source]
+        source: google_cloud_gax::error::Error,
+    },
+    #[error("secret {value} is not UTF-8 text")]
+    NotUtf8 { value: String },
+}
+
 /// `agent.env` with every reference resolved, plus the masker for the secret values.
 pub async fn resolve(
     env: &BTreeMap<String, String>,
     gcp: &GcpSettings,
-) -> Result<(Vec<(String, String)>, Masker), String> {
+) -> Result<(Vec<(String, String)>, Masker), SecretError> {
     let mut out = Vec::new();
     let mut secret_values = Vec::new();
     let mut sm = None;
     for (key, value) in env {
         if let Some(var) = value.strip_prefix("env:") {
-            let v = std::env::var(var).map_err(|_| {
-                format!("agent.env.{key} = \"env:{var}\" but {var} is not set in cwo's environment")
+            let v = std::env::var(var).map_err(|_| SecretError::EnvNotSet {
+                key: key.clone(),
+                var: var.to_string(),
             })?;
             secret_values.push(v.clone());
             out.push((key.clone(), v));
@@ -69,9 +90,10 @@ pub async fn resolve(
                 || !name.contains("/secrets/")
                 || !name.contains("/versions/")
             {
-                return Err(format!(
-                    "agent.env.{key}: `{value}` is not sm://projects/P/secrets/S/versions/V"
-                ));
+                return Err(SecretError::BadReference {
+                    key: key.clone(),
+                    value: value.clone(),
+                });
             }
             if sm.is_none() {
                 let b = crate::util::gcp_api::configure(
@@ -79,11 +101,7 @@ pub async fn resolve(
                     &gcp.secrets_endpoint,
                     &gcp.credentials,
                 );
-                sm = Some(
-                    b.build()
-                        .await
-                        .map_err(|e| format!("Secret Manager client: {e}"))?,
-                );
+                sm = Some(b.build().await.map_err(SecretError::Client)?);
             }
             let client = sm.as_ref().expect("built above");
             let resp = client
@@ -91,10 +109,15 @@ pub async fn resolve(
                 .set_name(name)
                 .send()
                 .await
-                .map_err(|e| format!("reading secret {value} for agent.env.{key}: {e}"))?;
+                .map_err(|source| SecretError::Access {
+                    key: key.clone(),
+                    value: value.clone(),
+                    source,
+                })?;
             let data = resp.payload.map(|p| p.data).unwrap_or_default();
-            let v = String::from_utf8(data.to_vec())
-                .map_err(|_| format!("secret {value} is not UTF-8 text"))?;
+            let v = String::from_utf8(data.to_vec()).map_err(|_| SecretError::NotUtf8 {
+                value: value.clone(),
+            })?;
             secret_values.push(v.clone());
             out.push((key.clone(), v));
         } else {
@@ -145,6 +168,9 @@ mod tests {
         let err = rt
             .block_on(resolve(&env, &GcpSettings::default()))
             .unwrap_err();
-        assert!(err.contains("CWO_TEST_SURELY_UNSET is not set"), "{err}");
+        assert!(
+            err.to_string().contains("CWO_TEST_SURELY_UNSET is not set"),
+            "{err}"
+        );
     }
 }

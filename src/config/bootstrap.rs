@@ -118,8 +118,19 @@ impl BootstrapSettings {
     }
 }
 
+/// Why a swap size was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwapError {
+    #[error("`{0}` is not a size: use e.g. \"2G\", \"1536M\" or \"off\"")]
+    NotASize(String),
+    #[error(
+        "swap `{0}` is below the 1G minimum (opencode peaks near an e2-micro's RAM); use \"1G\" or more, or \"off\""
+    )]
+    BelowMinimum(String),
+}
+
 /// Parses "2G", "1536M", "1024" (MiB) or "off".
-pub fn parse_swap(text: &str) -> Result<Option<u32>, String> {
+pub fn parse_swap(text: &str) -> Result<Option<u32>, SwapError> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
         return Ok(None);
@@ -132,12 +143,10 @@ pub fn parse_swap(text: &str) -> Result<Option<u32>, String> {
     let n: u32 = num
         .trim()
         .parse()
-        .map_err(|_| format!("`{t}` is not a size: use e.g. \"2G\", \"1536M\" or \"off\""))?;
+        .map_err(|_| SwapError::NotASize(t.to_string()))?;
     let mib = n.saturating_mul(mult);
     if mib < MIN_SWAP_MIB {
-        return Err(format!(
-            "swap `{t}` is below the 1G minimum (opencode peaks near an e2-micro's RAM); use \"1G\" or more, or \"off\""
-        ));
+        return Err(SwapError::BelowMinimum(t.to_string()));
     }
     Ok(Some(mib))
 }
@@ -226,7 +235,17 @@ mod tests {
         assert_eq!(parse_swap("2G"), Ok(Some(2048)));
         assert_eq!(parse_swap("1536M"), Ok(Some(1536)));
         assert_eq!(parse_swap("off"), Ok(None));
-        assert!(parse_swap("512M").unwrap_err().contains("1G minimum"));
-        assert!(parse_swap("two").unwrap_err().contains("not a size"));
+        assert!(
+            parse_swap("512M")
+                .unwrap_err()
+                .to_string()
+                .contains("1G minimum")
+        );
+        assert!(
+            parse_swap("two")
+                .unwrap_err()
+                .to_string()
+                .contains("not a size")
+        );
     }
 }

@@ -25,7 +25,7 @@ pub use agent::AgentSettings;
 pub use bootstrap::{BootstrapSettings, Method, WatchdogSettings};
 pub use gcp::GcpSettings;
 pub use git::GitSettings;
-pub use ssh::{HostAddr, SshSettings};
+pub use ssh::{HostAddr, HostAddrError, SshSettings};
 pub use terraform::TerraformSettings;
 pub use tracker::TrackerSettings;
 
@@ -230,10 +230,11 @@ pub fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
             continue;
         }
         let key = rest.to_ascii_lowercase().replace("__", ".");
-        let table = layer_from_pair(&key, value).map_err(|message| ConfigError {
-            location: format!("environment variable {var}"),
-            message,
-            hint: "settings in the environment are CWO_<KEY>, with __ between a section and its key (CWO_AGENT__TIMEOUT=10m); see config/cwo.example.toml".into(),
+        let table = layer_from_pair(&key, value, || {
+            (
+                format!("environment variable {var}"),
+                "settings in the environment are CWO_<KEY>, with __ between a section and its key (CWO_AGENT__TIMEOUT=10m); see config/cwo.example.toml",
+            )
         })?;
         origins.insert(key, Source::Env { var: var.clone() });
         merge(&mut merged, table);
@@ -248,10 +249,11 @@ pub fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
             });
         };
         let key = key.trim().to_string();
-        let table = layer_from_pair(&key, value.trim()).map_err(|message| ConfigError {
-            location: format!("--config {arg}"),
-            message,
-            hint: "keys are dotted paths from config/cwo.example.toml".into(),
+        let table = layer_from_pair(&key, value.trim(), || {
+            (
+                format!("--config {arg}"),
+                "keys are dotted paths from config/cwo.example.toml",
+            )
         })?;
         origins.insert(key, Source::Flag { arg: arg.clone() });
         merge(&mut merged, table);
@@ -316,8 +318,21 @@ fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     toml::from_str::<toml::Table>(text).map_err(located)
 }
 
-/// Builds a one-key layer from a dotted key and a textual value, and validates it.
-fn layer_from_pair(key: &str, value: &str) -> Result<toml::Table, String> {
+/// Builds a one-key layer from a dotted key and a textual value, and validates it; `origin`
+/// names where the pair came from and what to do about a bad one.
+fn layer_from_pair(
+    key: &str,
+    value: &str,
+    origin: impl Fn() -> (String, &'static str),
+) -> Result<toml::Table, ConfigError> {
+    let error = |message: String| {
+        let (location, hint) = origin();
+        ConfigError {
+            location,
+            message,
+            hint: hint.into(),
+        }
+    };
     let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -325,7 +340,7 @@ fn layer_from_pair(key: &str, value: &str) -> Result<toml::Table, String> {
     let mut table = toml::Table::new();
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("`{key}` is not a settings key"));
+        return Err(error(format!("`{key}` is not a settings key")));
     }
     let mut cursor = &mut table;
     for part in &parts[..parts.len() - 1] {
@@ -337,7 +352,7 @@ fn layer_from_pair(key: &str, value: &str) -> Result<toml::Table, String> {
     }
     cursor.insert(parts[parts.len() - 1].to_string(), parsed);
     Settings::deserialize(toml::Value::Table(table.clone()))
-        .map_err(|e| format!("`{key}`: {}", e.message().trim()))?;
+        .map_err(|e| error(format!("`{key}`: {}", e.message().trim())))?;
     Ok(table)
 }
 

@@ -47,20 +47,22 @@ pub struct HostAddr {
 }
 
 impl HostAddr {
-    pub fn parse(s: &str) -> Result<HostAddr, String> {
+    pub fn parse(s: &str) -> Result<HostAddr, HostAddrError> {
         let (user, rest) = s
             .split_once('@')
-            .ok_or_else(|| format!("`{s}` needs a user: user@host[:port]"))?;
+            .ok_or_else(|| HostAddrError::NoUser(s.to_string()))?;
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
                 h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse::<u16>()
-                    .map_err(|_| format!("`{p}` in `{s}` is not a port"))?,
+                p.parse::<u16>().map_err(|_| HostAddrError::BadPort {
+                    port: p.to_string(),
+                    addr: s.to_string(),
+                })?,
             ),
             _ => (rest.trim_start_matches('[').trim_end_matches(']'), 22),
         };
         if user.is_empty() || host.is_empty() {
-            return Err(format!("`{s}` is not user@host[:port]"));
+            return Err(HostAddrError::Incomplete(s.to_string()));
         }
         Ok(HostAddr {
             user: user.to_string(),
@@ -68,6 +70,17 @@ impl HostAddr {
             port,
         })
     }
+}
+
+/// Why a host entry is not `user@host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostAddrError {
+    #[error("`{0}` needs a user: user@host[:port]")]
+    NoUser(String),
+    #[error("`{port}` in `{addr}` is not a port")]
+    BadPort { port: String, addr: String },
+    #[error("`{0}` is not user@host[:port]")]
+    Incomplete(String),
 }
 
 impl fmt::Display for HostAddr {

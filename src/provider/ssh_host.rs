@@ -153,7 +153,7 @@ impl Provider for SshHostProvider {
             .settings
             .hosts
             .iter()
-            .map(|h| HostAddr::parse(h).map_err(ProviderError::InvalidSpec))
+            .map(|h| HostAddr::parse(h).map_err(|e| ProviderError::InvalidSpec(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
             .find(|h| !in_use.contains(&h.to_string()))
