@@ -8,11 +8,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// Runs an AI coding agent over a juggle backlog (.juggle/balls.jsonl) on ephemeral workers:
 /// one branch per ball, pushed with your credentials; the worker is torn down when idle.
-///
-/// Exit codes: 0 success; 1 the operation failed (the message says why and what to do);
-/// 2 bad command line or settings.
 #[derive(Debug, Parser)]
-#[command(name = "cwo", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "cwo",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_long_help = crate::error::ExitStatus::top_level_help()
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -176,9 +179,8 @@ pub enum BudgetCommand {
     /// Compare the period's spend (ledger + the live labelled VMs' accrued cost, asked of the
     /// provider) with a limit.
     ///
-    /// Exit codes: 0 within budget (also when past --warn-at); 1 over budget (deny); 2 usage or
-    /// configuration error; 3 cannot determine (an unknown price, or the provider's list failed).
     /// A summary goes to stderr, JSON with schema_version to stdout.
+    #[command(after_long_help = crate::error::ExitStatus::budget_check_help())]
     Check(BudgetCheckArgs),
     /// The cloud's own budget alert on gcp.project (set, show, remove).
     ///

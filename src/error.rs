@@ -1,117 +1,406 @@
-//! The one error type commands return: a kind that decides the exit code, a message, the causes,
+//! The one error model of the commands: a command returns `Result<ExitStatus, CommandError>`.
+//!
+//! `ExitStatus` is the process's exit code, named: its values are the codes `--help` lists.
+//! `CommandError` keeps the error it was made from (its `source()` chain is walked when it is
+//! rendered, so nothing is flattened to strings before then), a kind that decides the exit code,
 //! and hints that say what to do next.
 
+use std::error::Error;
+use std::fmt;
 use std::fmt::Write;
+use std::sync::Arc;
 
 use crate::config::ConfigError;
 use crate::journal::JournalError;
 use crate::tracker::TrackerError;
 
+/// How a command ended, as the process's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum ExitStatus {
+    /// 0: the command did what was asked.
+    Success,
+    /// 1: the operation failed (the message says why and what to do); `budget check`: over budget.
+    Failure,
+    /// 2: bad command line or settings.
+    Usage,
+    /// 3: `budget check` cannot determine the spend (an unknown price, or the provider's list
+    /// failed).
+    BudgetUnknown,
+    /// 101: a bug in cwo (a task crashed inside it); the same code as a Rust panic.
+    Internal,
+    /// The exit code of a command cwo ran for the user (`cwo ssh WORKER -- CMD`).
+    External(u8),
+}
+
+impl ExitStatus {
+    /// The documented statuses, in the order `--help` lists them (`External` is per command).
+    pub const DOCUMENTED: [ExitStatus; 5] = [
+        ExitStatus::Success,
+        ExitStatus::Failure,
+        ExitStatus::Usage,
+        ExitStatus::BudgetUnknown,
+        ExitStatus::Internal,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::BudgetUnknown => 3,
+            ExitStatus::Internal => 101,
+            ExitStatus::External(code) => code,
+        }
+    }
+
+    /// What the status means for any command, as `--help` says it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            ExitStatus::Success => "success",
+            ExitStatus::Failure => "the operation failed (the message says why and what to do)",
+            ExitStatus::Usage => "bad command line or settings",
+            ExitStatus::BudgetUnknown => {
+                "`budget check` cannot determine the spend (an unknown price, or the provider's list failed)"
+            }
+            ExitStatus::Internal => "internal error (a bug in cwo: please report it)",
+            ExitStatus::External(_) => "the exit code of the command run on the worker (`cwo ssh`)",
+        }
+    }
+
+    /// The `Exit codes:` paragraph of a `--help` text: each status with its meaning there.
+    pub fn help(list: &[(ExitStatus, &str)]) -> String {
+        let items: Vec<String> = list
+            .iter()
+            .map(|(status, meaning)| format!("{} {meaning}", status.code()))
+            .collect();
+        format!("Exit codes: {}.", items.join("; "))
+    }
+
+    /// The `Exit codes:` paragraph of `cwo --help`.
+    pub fn top_level_help() -> String {
+        let list: Vec<(ExitStatus, &str)> = ExitStatus::DOCUMENTED
+            .iter()
+            .map(|s| (*s, s.meaning()))
+            .collect();
+        ExitStatus::help(&list)
+    }
+
+    /// The `Exit codes:` paragraph of `cwo budget check --help`.
+    pub fn budget_check_help() -> String {
+        ExitStatus::help(&[
+            (
+                ExitStatus::Success,
+                "within budget (also when past --warn-at)",
+            ),
+            (ExitStatus::Failure, "over budget (deny)"),
+            (ExitStatus::Usage, "usage or configuration error"),
+            (
+                ExitStatus::BudgetUnknown,
+                "cannot determine (an unknown price, or the provider's list failed)",
+            ),
+            (ExitStatus::Internal, "internal error"),
+        ])
+    }
+}
+
+impl From<ExitStatus> for std::process::ExitCode {
+    fn from(status: ExitStatus) -> std::process::ExitCode {
+        std::process::ExitCode::from(status.code())
+    }
+}
+
+/// Who has to act on an error, which also decides the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
     /// Something failed that the user can fix (exit 1).
     User,
     /// Bad command line or settings (exit 2).
     Usage,
+    /// A bug in cwo (exit 101): said as "internal error".
+    Internal,
 }
 
-#[derive(Debug)]
-pub struct CliError {
-    pub kind: Kind,
-    pub message: String,
-    pub causes: Vec<String>,
+/// The error a command returns. `error` is the error itself (with its `source()` chain); the
+/// first line of the rendering is its `Display`, and each source is one "Caused by" line.
+#[derive(Debug, Clone)]
+pub struct CommandError {
+    pub kind: ErrorKind,
+    pub error: Arc<dyn Error + Send + Sync>,
     pub hints: Vec<String>,
 }
 
-impl CliError {
-    pub fn user(message: impl Into<String>) -> CliError {
-        CliError {
-            kind: Kind::User,
-            message: message.into(),
-            causes: vec![],
+/// The name helpers O and P still use for `CommandError` while they move their modules to their
+/// own error types.
+pub type CliError = CommandError;
+
+/// An error that is only a message.
+#[derive(Debug)]
+struct Message(String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for Message {}
+
+/// What was being done when `source` failed.
+#[derive(Debug)]
+struct Context {
+    message: String,
+    source: Arc<dyn Error + Send + Sync>,
+}
+
+impl fmt::Display for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for Context {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// A borrowed error's chain, copied link by link (for `from_error`, which cannot take the error).
+#[derive(Debug)]
+struct Copied {
+    message: String,
+    source: Option<Box<Copied>>,
+}
+
+impl Copied {
+    fn of(err: &(dyn Error + 'static)) -> Copied {
+        Copied {
+            message: err.to_string(),
+            source: err.source().map(|s| Box::new(Copied::of(s))),
+        }
+    }
+}
+
+impl fmt::Display for Copied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for Copied {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|s| s as &(dyn Error + 'static))
+    }
+}
+
+impl CommandError {
+    fn new(kind: ErrorKind, error: Arc<dyn Error + Send + Sync>) -> CommandError {
+        CommandError {
+            kind,
+            error,
             hints: vec![],
         }
     }
-    pub fn usage(message: impl Into<String>) -> CliError {
-        CliError {
-            kind: Kind::Usage,
-            ..CliError::user(message)
-        }
+
+    /// Something failed that the user can fix.
+    pub fn user(message: impl Into<String>) -> CommandError {
+        CommandError::new(ErrorKind::User, Arc::new(Message(message.into())))
     }
-    pub fn hint(mut self, hint: impl Into<String>) -> CliError {
+
+    /// A bad command line or bad settings.
+    pub fn usage(message: impl Into<String>) -> CommandError {
+        CommandError::new(ErrorKind::Usage, Arc::new(Message(message.into())))
+    }
+
+    /// A bug in cwo.
+    pub fn internal(message: impl Into<String>) -> CommandError {
+        CommandError::new(ErrorKind::Internal, Arc::new(Message(message.into())))
+    }
+
+    /// `context` failed because of `err`, which is kept (with its sources) as the cause.
+    pub fn with_source(
+        context: impl Into<String>,
+        err: impl Error + Send + Sync + 'static,
+    ) -> CommandError {
+        CommandError::new(
+            ErrorKind::User,
+            Arc::new(Context {
+                message: context.into(),
+                source: Arc::new(err),
+            }),
+        )
+    }
+
+    /// Like `with_source` for a borrowed error: its chain is copied. Prefer `with_source`.
+    pub fn from_error(context: impl Into<String>, err: &(dyn Error + 'static)) -> CommandError {
+        CommandError::with_source(context, Copied::of(err))
+    }
+
+    /// The same error, of another kind.
+    pub fn kind(mut self, kind: ErrorKind) -> CommandError {
+        self.kind = kind;
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> CommandError {
         self.hints.push(hint.into());
         self
     }
-    /// Wraps any error: its message and its source chain.
-    pub fn from_error(
-        context: impl Into<String>,
-        err: &(dyn std::error::Error + 'static),
-    ) -> CliError {
-        let mut causes = vec![err.to_string()];
-        let mut src = err.source();
-        while let Some(s) = src {
-            causes.push(s.to_string());
-            src = s.source();
-        }
-        CliError {
-            causes,
-            ..CliError::user(context)
-        }
+
+    /// The first line: what failed.
+    pub fn message(&self) -> String {
+        self.error.to_string()
     }
 
-    pub fn exit_code(&self) -> u8 {
+    /// The first error of type `E` in the chain, if any.
+    pub fn find<E: Error + 'static>(&self) -> Option<&E> {
+        let mut next: Option<&(dyn Error + 'static)> = Some(&*self.error);
+        while let Some(e) = next {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            next = e.source();
+        }
+        None
+    }
+
+    pub fn exit_status(&self) -> ExitStatus {
         match self.kind {
-            Kind::User => 1,
-            Kind::Usage => 2,
+            ErrorKind::User => ExitStatus::Failure,
+            ErrorKind::Usage => ExitStatus::Usage,
+            ErrorKind::Internal => ExitStatus::Internal,
         }
     }
 
+    /// What stderr shows: the error, each cause on its own numbered line, then the hints.
     pub fn render(&self) -> String {
-        let mut s = format!("error: {}\n", self.message);
-        for (i, c) in self.causes.iter().enumerate() {
-            if i == 0 {
+        let mut s = match self.kind {
+            ErrorKind::Internal => format!("error: internal error: {}\n", self.error),
+            _ => format!("error: {}\n", self.error),
+        };
+        let mut cause = self.error.source();
+        let mut i = 0;
+        while let Some(c) = cause {
+            i += 1;
+            if i == 1 {
                 s.push_str("Caused by:\n");
             }
-            let _ = writeln!(s, "  {}: {c}", i + 1);
+            let _ = writeln!(s, "  {i}: {c}");
+            cause = c.source();
         }
         for h in &self.hints {
             let _ = writeln!(s, "hint: {h}");
+        }
+        if self.kind == ErrorKind::Internal {
+            s.push_str("hint: this is a bug in cwo; please report it with the output of the same command run with -v\n");
         }
         s
     }
 }
 
-impl From<ConfigError> for CliError {
-    fn from(e: ConfigError) -> CliError {
-        CliError::usage(format!("invalid settings: {}: {}", e.location, e.message)).hint(e.hint)
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
     }
 }
 
-impl From<JournalError> for CliError {
-    fn from(e: JournalError) -> CliError {
+impl From<tokio::task::JoinError> for CommandError {
+    fn from(e: tokio::task::JoinError) -> CommandError {
+        CommandError::with_source("a task crashed inside cwo", e).kind(ErrorKind::Internal)
+    }
+}
+
+impl From<ConfigError> for CommandError {
+    fn from(e: ConfigError) -> CommandError {
+        CommandError::usage(format!("invalid settings: {}: {}", e.location, e.message)).hint(e.hint)
+    }
+}
+
+impl From<JournalError> for CommandError {
+    fn from(e: JournalError) -> CommandError {
         match &e {
-            JournalError::Locked { pid, .. } => CliError::user(e.to_string()).hint(format!(
-                "wait for it to finish, or stop it with `kill -TERM {pid}` (it tears its worker down before exiting)"
-            )),
-            _ => CliError::from_error("the journal could not be used", &e)
+            JournalError::Locked { pid, .. } => {
+                let pid = pid.clone();
+                CommandError::new(ErrorKind::User, Arc::new(e)).hint(format!(
+                    "wait for it to finish, or stop it with `kill -TERM {pid}` (it tears its worker down before exiting)"
+                ))
+            }
+            _ => CommandError::with_source("the journal could not be used", e)
                 .hint("check that the state dir is writable (`cwo config show` prints state_dir)"),
         }
     }
 }
 
-impl From<TrackerError> for CliError {
-    fn from(e: TrackerError) -> CliError {
+impl From<TrackerError> for CommandError {
+    fn from(e: TrackerError) -> CommandError {
         match &e {
-            TrackerError::NotFound(_) => {
-                CliError::user(e.to_string()).hint("`cwo task list` shows the balls")
-            }
-            TrackerError::Ambiguous(..) => {
-                CliError::user(e.to_string()).hint("give more characters of the id")
-            }
-            TrackerError::Invalid(_) => CliError::usage(e.to_string()),
+            TrackerError::NotFound(_) => CommandError::new(ErrorKind::User, Arc::new(e))
+                .hint("`cwo task list` shows the balls"),
+            TrackerError::Ambiguous(..) => CommandError::new(ErrorKind::User, Arc::new(e))
+                .hint("give more characters of the id"),
+            TrackerError::Invalid(_) => CommandError::new(ErrorKind::Usage, Arc::new(e)),
             TrackerError::Io { .. } => {
-                CliError::from_error("the juggle tracker could not be read or written", &e)
+                CommandError::with_source("the juggle tracker could not be read or written", e)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn render_walks_the_kept_source_chain_and_finds_a_cause_by_type() {
+        let err =
+            CommandError::with_source("could not do it", Outer(std::io::Error::other("disk full")))
+                .hint("free some space");
+        assert_eq!(
+            err.render(),
+            "error: could not do it\nCaused by:\n  1: outer\n  2: disk full\nhint: free some space\n"
+        );
+        assert!(
+            err.find::<Outer>().is_some(),
+            "the source is kept, not flattened"
+        );
+        assert_eq!(err.exit_status(), ExitStatus::Failure);
+        // A borrowed error renders the same.
+        let outer = Outer(std::io::Error::other("disk full"));
+        let copied = CommandError::from_error("could not do it", &outer).hint("free some space");
+        assert_eq!(copied.render(), err.render());
+    }
+
+    #[tokio::test]
+    async fn a_crashed_task_is_an_internal_error_with_its_own_exit_code() {
+        let join = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        let err = CommandError::from(join);
+        assert_eq!(err.exit_status(), ExitStatus::Internal);
+        assert_eq!(err.exit_status().code(), 101);
+        let text = err.render();
+        assert!(
+            text.starts_with(
+                "error: internal error: a task crashed inside cwo\nCaused by:\n  1: task "
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_every_documented_one_is_in_the_help() {
+        let codes: Vec<u8> = ExitStatus::DOCUMENTED.iter().map(|s| s.code()).collect();
+        let mut unique = codes.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), codes.len(), "{codes:?}");
+        let help = ExitStatus::top_level_help();
+        for s in ExitStatus::DOCUMENTED {
+            assert!(
+                help.contains(&format!("{} {}", s.code(), s.meaning())),
+                "{help}"
+            );
         }
     }
 }

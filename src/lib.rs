@@ -37,17 +37,17 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return error::ExitStatus::Failure.into();
         }
     };
     let result = runtime.block_on(commands::dispatch(cli));
     // Every command awaits its own teardown; nothing is left to the runtime's shutdown.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(status) => status.into(),
         Err(e) => {
             eprint!("{}", e.render());
-            ExitCode::from(e.exit_code())
+            e.exit_status().into()
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `cwo bootstrap script`: the native bootstrap as cwo would send it, for a host of your own.
 
 use crate::bootstrap::{Target, render};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 
@@ -10,9 +10,9 @@ pub fn script(
     printer: &Printer,
     login_user: &str,
     gce: bool,
-) -> Result<u8, CliError> {
+) -> Result<ExitStatus, CommandError> {
     let s = &project.resolved.settings;
     let script = render(s, &Target { login_user, gce });
     printer.out(&script.text);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

@@ -8,22 +8,18 @@ use crate::cli::{BudgetCheckArgs, Format, OnUnknown, Period};
 use crate::cost::compute;
 use crate::cost::sources;
 use crate::cost::{Catalog, money, money_sum};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::{Project, slug};
 use crate::reaper::Reaper;
-
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_DENY: u8 = 1;
-pub const EXIT_UNKNOWN: u8 = 3;
 
 pub async fn check(
     project: &Project,
     printer: Printer,
     args: &BudgetCheckArgs,
-) -> Result<u8, CliError> {
+) -> Result<ExitStatus, CommandError> {
     if !(0.0..=100.0).contains(&args.warn_at) {
-        return Err(CliError::usage(format!(
+        return Err(CommandError::usage(format!(
             "--warn-at {} must be between 0 and 100",
             args.warn_at
         )));
@@ -45,9 +41,9 @@ pub async fn check(
     };
     let journal = project.journal()?;
     let catalog =
-        Catalog::load().map_err(|e| CliError::usage(format!("the price catalog: {e}")))?;
+        Catalog::load().map_err(|e| CommandError::usage(format!("the price catalog: {e}")))?;
     let ledger = match &args.ledger {
-        Some(path) => sources::read_ledger_file(path).map_err(CliError::usage)?,
+        Some(path) => sources::read_ledger_file(path).map_err(CommandError::usage)?,
         None => journal.ledger()?,
     };
     let provider = project.provider(&journal);
@@ -73,20 +69,21 @@ pub async fn check(
         None => journal.ledger()?,
     };
     let mut lives = sources::ledger_lives(&ledger);
-    let live =
-        match sources::provider_lives(provider.as_ref(), &project_slug, &journal, &catalog).await {
-            Ok(l) => l,
-            Err(e) => {
-                printer.warn(format!(
-                    "cannot determine the spend: listing the live workers failed: {e}"
-                ));
-                printer.json(json!({
-                    "status": "unknown", "exit_code": EXIT_UNKNOWN, "limit_usd": args.limit_usd,
+    let live = match sources::provider_lives(provider.as_ref(), &project_slug, &journal, &catalog)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            printer.warn(format!(
+                "cannot determine the spend: listing the live workers failed: {e}"
+            ));
+            printer.json(json!({
+                    "status": "unknown", "exit_code": ExitStatus::BudgetUnknown.code(), "limit_usd": args.limit_usd,
                     "reason": format!("listing the live workers failed: {e}"),
                 }));
-                return Ok(EXIT_UNKNOWN);
-            }
-        };
+            return Ok(ExitStatus::BudgetUnknown);
+        }
+    };
     let ledger_names: Vec<String> = lives.iter().map(|l| l.worker.clone()).collect();
     lives.extend(
         live.into_iter()
@@ -109,16 +106,16 @@ pub async fn check(
         0.0
     };
     let (status, code) = if !unknown.is_empty() && args.on_unknown == OnUnknown::Fail {
-        ("unknown", EXIT_UNKNOWN)
+        ("unknown", ExitStatus::BudgetUnknown)
     } else if spent > args.limit_usd {
-        ("deny", EXIT_DENY)
+        ("deny", ExitStatus::Failure)
     } else if pct >= args.warn_at {
-        ("warn", EXIT_OK)
+        ("warn", ExitStatus::Success)
     } else {
-        ("ok", EXIT_OK)
+        ("ok", ExitStatus::Success)
     };
     let mut enforced = Vec::new();
-    if code == EXIT_DENY && args.enforce {
+    if code == ExitStatus::Failure && args.enforce {
         let on_retry = |line: String| printer.status(line);
         let reaper = Reaper::new(
             provider.as_ref(),
@@ -133,7 +130,7 @@ pub async fn check(
             ("cwo-project".to_string(), project_slug.clone()),
         ]);
         let targets = provider.list(&selector).await.map_err(|e| {
-            CliError::from_error("over budget, but listing the workers to delete failed", &e)
+            CommandError::from_error("over budget, but listing the workers to delete failed", &e)
         })?;
         for inst in targets {
             // Gone is done: a worker that vanished meanwhile counts as deleted.
@@ -156,7 +153,7 @@ pub async fn check(
     ));
     let doc = json!({
         "status": status,
-        "exit_code": code,
+        "exit_code": code.code(),
         "period": format!("{:?}", args.period).to_lowercase(),
         "since": since,
         "limit_usd": args.limit_usd,

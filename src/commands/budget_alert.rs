@@ -4,13 +4,13 @@
 use serde_json::json;
 
 use crate::cli::{BudgetAlertArgs, BudgetAlertCommand, Format};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 use crate::provider::gcp::{AlertSpec, BudgetApi, budget};
 
-fn api_error(context: String, e: budget::ApiError) -> CliError {
-    let mut err = CliError::from_error(context, &e.kind);
+fn api_error(context: String, e: budget::ApiError) -> CommandError {
+    let mut err = CommandError::from_error(context, &e.kind);
     err.hints = e.hints;
     err
 }
@@ -20,20 +20,22 @@ fn client(
     project: &Project,
     printer: Printer,
     args: &BudgetAlertArgs,
-) -> Result<BudgetApi, CliError> {
+) -> Result<BudgetApi, CommandError> {
     let gcp = &project.settings().gcp;
     if gcp.project.is_empty() {
-        return Err(CliError::usage(
+        return Err(CommandError::usage(
             "the budget alert is put on gcp.project, which is not set",
         )
-        .hint("set [gcp] project = \"my-project\" in cwo.toml (or --config gcp.project=my-project)"));
+        .hint(
+            "set [gcp] project = \"my-project\" in cwo.toml (or --config gcp.project=my-project)",
+        ));
     }
     let account = args
         .billing_account
         .clone()
         .unwrap_or_else(|| gcp.billing_account.clone());
     if budget::account_id(&account).is_empty() {
-        return Err(CliError::usage(format!(
+        return Err(CommandError::usage(format!(
             "no billing account: the budget alert for {} needs the Cloud Billing account it is billed to",
             gcp.project
         ))
@@ -50,7 +52,7 @@ pub async fn alert(
     project: &Project,
     printer: Printer,
     cmd: &BudgetAlertCommand,
-) -> Result<u8, CliError> {
+) -> Result<ExitStatus, CommandError> {
     let gcp_project = project.settings().gcp.project.clone();
     match cmd {
         BudgetAlertCommand::Set(args) => {
@@ -91,7 +93,7 @@ pub async fn alert(
                 Some(&b),
                 Some(outcome.as_str()),
             );
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
         BudgetAlertCommand::Show(args) => {
             let api = client(project, printer, args)?;
@@ -124,7 +126,7 @@ pub async fn alert(
                 found.first(),
                 None,
             );
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
         BudgetAlertCommand::Remove(args) => {
             let api = client(project, printer, args)?;
@@ -153,7 +155,7 @@ pub async fn alert(
             } else if !removed.is_empty() {
                 printer.out(removed.join("\n"));
             }
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
     }
 }

@@ -3,9 +3,9 @@
 use clap::CommandFactory;
 
 use crate::cli::Cli;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 
-pub fn completions(shell: clap_complete::Shell) -> Result<u8, CliError> {
+pub fn completions(shell: clap_complete::Shell) -> Result<ExitStatus, CommandError> {
     clap_complete::generate(shell, &mut Cli::command(), "cwo", &mut std::io::stdout());
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

@@ -3,11 +3,15 @@
 use serde_json::json;
 
 use crate::cli::Format;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 
-pub fn show(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
+pub fn show(
+    project: &Project,
+    printer: Printer,
+    format: Format,
+) -> Result<ExitStatus, CommandError> {
     let entries = project.resolved.entries();
     if format == Format::Json {
         let settings: Vec<serde_json::Value> = entries
@@ -19,7 +23,7 @@ pub fn show(project: &Project, printer: Printer, format: Format) -> Result<u8, C
             "state_dir": project.state_dir,
             "settings": settings,
         }));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let mut out = format!(
         "# project: {}\n# state_dir: {}\n",
@@ -30,5 +34,5 @@ pub fn show(project: &Project, printer: Printer, format: Format) -> Result<u8, C
         out.push_str(&format!("{key} = {value}    # {src}\n"));
     }
     printer.out(out);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

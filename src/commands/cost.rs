@@ -10,18 +10,18 @@ use crate::cli::{CostAction, CostArgs, CostBy, CostFormat};
 use crate::cost::compute::{self, Costed};
 use crate::cost::sources::{self, LedgerFile};
 use crate::cost::{money, money_sum};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::{Printer, SCHEMA_VERSION};
 use crate::project::Project;
 
-pub fn parse_time(s: &str, flag: &str) -> Result<DateTime<Utc>, CliError> {
+pub fn parse_time(s: &str, flag: &str) -> Result<DateTime<Utc>, CommandError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
     if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
     }
-    Err(CliError::usage(format!("{flag} `{s}` is not a time"))
+    Err(CommandError::usage(format!("{flag} `{s}` is not a time"))
         .hint("write 2026-11-01 or 2026-11-01T12:00:00Z"))
 }
 
@@ -44,7 +44,11 @@ fn total(values: impl Iterator<Item = Option<f64>>) -> (f64, bool) {
     (sum, unknown)
 }
 
-pub async fn cost(project: &Project, printer: Printer, args: &CostArgs) -> Result<u8, CliError> {
+pub async fn cost(
+    project: &Project,
+    printer: Printer,
+    args: &CostArgs,
+) -> Result<ExitStatus, CommandError> {
     let journal = project.journal()?;
     if let Some(CostAction::Export { file }) = &args.action {
         let doc = LedgerFile {
@@ -54,22 +58,22 @@ pub async fn cost(project: &Project, printer: Printer, args: &CostArgs) -> Resul
             ledger: journal.ledger()?,
         };
         std::fs::write(file, serde_json::to_vec_pretty(&doc).expect("serializes"))
-            .map_err(|e| CliError::user(format!("cannot write {}: {e}", file.display())))?;
+            .map_err(|e| CommandError::user(format!("cannot write {}: {e}", file.display())))?;
         printer.status(format!(
             "wrote {} ledger row(s) to {}",
             doc.ledger.len(),
             file.display()
         ));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let now = Utc::now();
     let mut lives = match &args.ledger {
         Some(path) => {
-            sources::ledger_lives(&sources::read_ledger_file(path).map_err(CliError::usage)?)
+            sources::ledger_lives(&sources::read_ledger_file(path).map_err(CommandError::usage)?)
         }
         None => {
             let mut l = sources::ledger_lives(&journal.ledger()?);
-            l.extend(sources::running_lives(&journal).map_err(CliError::user)?);
+            l.extend(sources::running_lives(&journal).map_err(CommandError::user)?);
             l
         }
     };
@@ -113,7 +117,7 @@ pub async fn cost(project: &Project, printer: Printer, args: &CostArgs) -> Resul
         }
         CostBy::Task => {
             if args.ledger.is_some() {
-                return Err(CliError::usage(
+                return Err(CommandError::usage(
                     "--by task needs the journal's attempts; it cannot be used with --ledger",
                 ));
             }
@@ -254,7 +258,7 @@ pub async fn cost(project: &Project, printer: Printer, args: &CostArgs) -> Resul
             printer.out(out);
         }
     }
-    Ok(0)
+    Ok(ExitStatus::Success)
 }
 
 fn worker_row(c: &Costed) -> BTreeMap<&'static str, serde_json::Value> {

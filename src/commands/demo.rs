@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cli::{DemoArgs, GlobalArgs};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::orchestrator::{Orchestrator, RunOptions, Shutdown};
 use crate::printer::Printer;
 use crate::project::Project;
@@ -13,7 +13,7 @@ use crate::tracker::juggle::{Juggle, NewBall};
 
 const DEMO_AGENT: &str = include_str!("../../assets/demo-agent.sh");
 
-fn sh_git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
+fn sh_git(dir: &Path, args: &[&str]) -> Result<String, CommandError> {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -23,9 +23,9 @@ fn sh_git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
         .env("GIT_COMMITTER_NAME", "cwo demo")
         .env("GIT_COMMITTER_EMAIL", "demo@localhost")
         .output()
-        .map_err(|e| CliError::user(format!("cannot run git: {e}")).hint("install git"))?;
+        .map_err(|e| CommandError::user(format!("cannot run git: {e}")).hint("install git"))?;
     if !out.status.success() {
-        return Err(CliError::user(format!(
+        return Err(CommandError::user(format!(
             "`git {}` failed in {}: {}",
             args.join(" "),
             dir.display(),
@@ -35,18 +35,18 @@ fn sh_git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn write(path: &Path, text: &str) -> Result<(), CliError> {
+fn write(path: &Path, text: &str) -> Result<(), CommandError> {
     std::fs::write(path, text)
-        .map_err(|e| CliError::user(format!("cannot write {}: {e}", path.display())))
+        .map_err(|e| CommandError::user(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Builds the demo: a bare origin, a clone with a backlog of four balls, and the demo agent.
-fn build(base: &Path) -> Result<PathBuf, CliError> {
+fn build(base: &Path) -> Result<PathBuf, CommandError> {
     let origin = base.join("origin.git");
     let project = base.join("demo");
     let mkdir = |p: &Path| {
         std::fs::create_dir_all(p)
-            .map_err(|e| CliError::user(format!("cannot create {}: {e}", p.display())))
+            .map_err(|e| CommandError::user(format!("cannot create {}: {e}", p.display())))
     };
     mkdir(&origin)?;
     mkdir(&project)?;
@@ -123,7 +123,11 @@ fn build(base: &Path) -> Result<PathBuf, CliError> {
     Ok(project)
 }
 
-pub async fn demo(printer: Printer, args: &DemoArgs, g: &GlobalArgs) -> Result<u8, CliError> {
+pub async fn demo(
+    printer: Printer,
+    args: &DemoArgs,
+    g: &GlobalArgs,
+) -> Result<ExitStatus, CommandError> {
     let base = match &args.dir {
         Some(d) => {
             if d.exists()
@@ -131,10 +135,11 @@ pub async fn demo(printer: Printer, args: &DemoArgs, g: &GlobalArgs) -> Result<u
                     .map(|mut r| r.next().is_some())
                     .unwrap_or(true)
             {
-                return Err(
-                    CliError::usage(format!("{} exists and is not empty", d.display()))
-                        .hint("give a new directory, or leave --dir out to use a temporary one"),
-                );
+                return Err(CommandError::usage(format!(
+                    "{} exists and is not empty",
+                    d.display()
+                ))
+                .hint("give a new directory, or leave --dir out to use a temporary one"));
             }
             d.clone()
         }
@@ -184,15 +189,15 @@ pub async fn demo(printer: Printer, args: &DemoArgs, g: &GlobalArgs) -> Result<u
         root.display()
     ));
     printer.out(out);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }
 
-fn tempfile_dir() -> Result<PathBuf, CliError> {
+fn tempfile_dir() -> Result<PathBuf, CommandError> {
     let dir = std::env::temp_dir().join(format!(
         "cwo-demo-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     ));
     std::fs::create_dir_all(&dir)
-        .map_err(|e| CliError::user(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| CommandError::user(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
 }

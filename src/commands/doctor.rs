@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::Format;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::printer::Printer;
 use crate::project::Project;
@@ -57,7 +57,11 @@ fn run(program: &str, args: &[&str], dir: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
+pub async fn doctor(
+    project: &Project,
+    printer: Printer,
+    format: Format,
+) -> Result<ExitStatus, CommandError> {
     let s = project.settings();
     let root = &project.root;
     let mut checks = Vec::new();
@@ -401,5 +405,9 @@ pub async fn doctor(project: &Project, printer: Printer, format: Format) -> Resu
         }
         printer.out(out);
     }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(if failed == 0 {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
 }

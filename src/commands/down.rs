@@ -1,18 +1,18 @@
 //! `cwo down`: delete every worker the journal knows for this project, confirmed.
 
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::orchestrator::Orchestrator;
 use crate::printer::Printer;
 use crate::project::Project;
 
-pub async fn down(project: &Project, printer: Printer) -> Result<u8, CliError> {
+pub async fn down(project: &Project, printer: Printer) -> Result<ExitStatus, CommandError> {
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     let orch = Orchestrator::new(project, printer)?;
     let live = orch.journal().live_workers()?;
     if live.is_empty() {
         printer.status("no workers to tear down");
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let mut pending = orch.recover(false, "user").await?.pending;
     let mut failed = orch
@@ -31,9 +31,11 @@ pub async fn down(project: &Project, printer: Printer) -> Result<u8, CliError> {
         .collect();
     if !left.is_empty() {
         let names: Vec<String> = left.into_iter().map(|w| w.name).collect();
-        return Err(CliError::user(format!("still live: {}", names.join(", ")))
-            .hint("run `cwo down` again"));
+        return Err(
+            CommandError::user(format!("still live: {}", names.join(", ")))
+                .hint("run `cwo down` again"),
+        );
     }
     printer.status(format!("{} worker(s) torn down", live.len()));
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

@@ -4,11 +4,15 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::cli::LogsArgs;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 
-pub async fn logs(project: &Project, _printer: Printer, args: &LogsArgs) -> Result<u8, CliError> {
+pub async fn logs(
+    project: &Project,
+    _printer: Printer,
+    args: &LogsArgs,
+) -> Result<ExitStatus, CommandError> {
     let journal = project.journal()?;
     let id = match project.tracker().resolve_id(&args.task) {
         Ok(id) => id,
@@ -27,27 +31,28 @@ pub async fn logs(project: &Project, _printer: Printer, args: &LogsArgs) -> Resu
     };
     let Some(attempt) = pick.cloned() else {
         return Err(match args.attempt {
-            Some(n) => CliError::user(format!("{id} has no attempt {n}"))
+            Some(n) => CommandError::user(format!("{id} has no attempt {n}"))
                 .hint(format!("it has {} attempt(s)", attempts.len())),
-            None => CliError::user(format!("{id} has not run yet"))
+            None => CommandError::user(format!("{id} has not run yet"))
                 .hint("`cwo status` shows what is running"),
         });
     };
-    let mut file = std::fs::File::open(&attempt.log_path)
-        .map_err(|e| CliError::user(format!("cannot open the log {}: {e}", attempt.log_path)))?;
+    let mut file = std::fs::File::open(&attempt.log_path).map_err(|e| {
+        CommandError::user(format!("cannot open the log {}: {e}", attempt.log_path))
+    })?;
     let mut stdout = std::io::stdout().lock();
     let mut buf = Vec::new();
-    let mut copy = |file: &mut std::fs::File| -> Result<(), CliError> {
+    let mut copy = |file: &mut std::fs::File| -> Result<(), CommandError> {
         buf.clear();
         file.read_to_end(&mut buf)
-            .map_err(|e| CliError::user(format!("reading {}: {e}", attempt.log_path)))?;
+            .map_err(|e| CommandError::user(format!("reading {}: {e}", attempt.log_path)))?;
         let _ = stdout.write_all(&buf);
         let _ = stdout.flush();
         Ok(())
     };
     copy(&mut file)?;
     if !args.follow {
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     loop {
         let ended = journal
@@ -60,5 +65,5 @@ pub async fn logs(project: &Project, _printer: Printer, args: &LogsArgs) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

@@ -1,4 +1,4 @@
-//! One file per subcommand. Each takes resolved values and returns an exit code or a `CliError`.
+//! One file per subcommand. Each takes resolved values and returns an exit code or a `CommandError`.
 
 mod bootstrap;
 mod budget;
@@ -19,7 +19,7 @@ mod task;
 mod up;
 
 use crate::cli::{BootstrapCommand, Cli, Command, ConfigCommand, TaskCommand};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 
@@ -30,7 +30,7 @@ pub(crate) fn warn_about_settings(project: &Project, printer: &Printer) {
     }
 }
 
-pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
+pub async fn dispatch(cli: Cli) -> Result<ExitStatus, CommandError> {
     let g = &cli.global;
     let printer = Printer::new(g.quiet, g.verbose, g.no_progress);
     // `doctor` lists the settings warnings among its checks instead.
@@ -38,7 +38,7 @@ pub async fn dispatch(cli: Cli) -> Result<u8, CliError> {
     let load = || {
         let project = load_quiet()?;
         warn_about_settings(&project, &printer);
-        Ok::<_, CliError>(project)
+        Ok::<_, CommandError>(project)
     };
     match cli.command {
         Command::Run(args) => run::run(&load()?, printer, &args).await,

@@ -3,12 +3,16 @@
 use serde_json::json;
 
 use crate::cli::{Format, ReapArgs};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::{Project, slug};
 use crate::reaper::Reaper;
 
-pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Result<u8, CliError> {
+pub async fn reap(
+    project: &Project,
+    printer: Printer,
+    args: &ReapArgs,
+) -> Result<ExitStatus, CommandError> {
     let act = args.yes && !args.dry_run;
     let journal = project.journal()?;
     let provider = project.provider(&journal);
@@ -23,7 +27,7 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         &on_retry,
     );
     let decisions = reaper.pass(act).await.map_err(|e| {
-        CliError::from_error("could not list cwo's workers; nothing was deleted", &e)
+        CommandError::from_error("could not list cwo's workers; nothing was deleted", &e)
             .hint("check the credentials and the project (`cwo doctor`), then run `cwo reap` again")
     })?;
     // A reaped worker's open attempts (a crashed controller's) give their balls back; a running
@@ -81,7 +85,7 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         printer.out(out);
     }
     if failed > 0 {
-        let mut err = CliError::user(format!("{failed} worker(s) could not be marked or deleted"))
+        let mut err = CommandError::user(format!("{failed} worker(s) could not be marked or deleted"))
             .hint("run `cwo reap --yes` again; a running VM is also deleted by its TTL (gcp.ttl), but a stopped one only by a reaper or by hand");
         for d in decisions.iter().filter(|d| d.action == "failed") {
             if let Some(cmd) = provider.manual_delete_hint(&d.worker) {
@@ -90,5 +94,5 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
         }
         return Err(err);
     }
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

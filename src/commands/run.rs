@@ -3,13 +3,17 @@
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::RunArgs;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::orchestrator::{Orchestrator, RunOptions, Shutdown};
 use crate::printer::Printer;
 use crate::project::Project;
 
-pub async fn run(project: &Project, printer: Printer, args: &RunArgs) -> Result<u8, CliError> {
+pub async fn run(
+    project: &Project,
+    printer: Printer,
+    args: &RunArgs,
+) -> Result<ExitStatus, CommandError> {
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     let orch = Orchestrator::new(project, printer)?;
     let shutdown = Shutdown::default();
@@ -17,15 +21,15 @@ pub async fn run(project: &Project, printer: Printer, args: &RunArgs) -> Result<
     let started = std::time::Instant::now();
     let summary = orch.run(RunOptions { once: args.once }, shutdown).await?;
     printer.status(summary.render(started.elapsed()));
-    Ok(0)
+    Ok(ExitStatus::Success)
 }
 
 /// First SIGINT/SIGTERM: stop claiming (and abort with --now); the second aborts running attempts.
-fn watch_signals(shutdown: Shutdown, now: bool, printer: Printer) -> Result<(), CliError> {
+fn watch_signals(shutdown: Shutdown, now: bool, printer: Printer) -> Result<(), CommandError> {
     let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| CliError::user(format!("cannot install the SIGINT handler: {e}")))?;
+        .map_err(|e| CommandError::user(format!("cannot install the SIGINT handler: {e}")))?;
     let mut term = signal(SignalKind::terminate())
-        .map_err(|e| CliError::user(format!("cannot install the SIGTERM handler: {e}")))?;
+        .map_err(|e| CommandError::user(format!("cannot install the SIGTERM handler: {e}")))?;
     tokio::spawn(async move {
         let mut seen = 0;
         loop {

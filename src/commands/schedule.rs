@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use crate::cli::ScheduleCommand;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 use crate::util::shell::shell_quote as q;
@@ -22,9 +22,9 @@ pub fn reaper_installed(project: &Project) -> Option<bool> {
         .map(|c| c.lines().any(|l| l.ends_with(&marker)))
 }
 
-fn read_crontab() -> Result<String, CliError> {
+fn read_crontab() -> Result<String, CommandError> {
     let out = Command::new("crontab").arg("-l").output().map_err(|e| {
-        CliError::user(format!("cannot run crontab: {e}"))
+        CommandError::user(format!("cannot run crontab: {e}"))
             .hint("install cron (Debian: apt-get install cron)")
     })?;
     // "no crontab for user" is an empty crontab.
@@ -35,23 +35,23 @@ fn read_crontab() -> Result<String, CliError> {
     })
 }
 
-fn write_crontab(text: &str) -> Result<(), CliError> {
+fn write_crontab(text: &str) -> Result<(), CommandError> {
     let mut child = Command::new("crontab")
         .arg("-")
         .stdin(Stdio::piped())
         .spawn()
-        .map_err(|e| CliError::user(format!("cannot run crontab: {e}")))?;
+        .map_err(|e| CommandError::user(format!("cannot run crontab: {e}")))?;
     child
         .stdin
         .take()
         .expect("piped")
         .write_all(text.as_bytes())
-        .map_err(|e| CliError::user(format!("writing the crontab: {e}")))?;
+        .map_err(|e| CommandError::user(format!("writing the crontab: {e}")))?;
     let st = child
         .wait()
-        .map_err(|e| CliError::user(format!("crontab: {e}")))?;
+        .map_err(|e| CommandError::user(format!("crontab: {e}")))?;
     if !st.success() {
-        return Err(CliError::user(format!("crontab - exited with {st}")));
+        return Err(CommandError::user(format!("crontab - exited with {st}")));
     }
     Ok(())
 }
@@ -60,7 +60,7 @@ pub fn schedule(
     project: &Project,
     printer: Printer,
     cmd: &ScheduleCommand,
-) -> Result<u8, CliError> {
+) -> Result<ExitStatus, CommandError> {
     let marker = marker(project);
     let current = read_crontab()?;
     let others: Vec<&str> = current.lines().filter(|l| !l.ends_with(&marker)).collect();
@@ -71,12 +71,12 @@ pub fn schedule(
                 Some(line) => printer.out(line),
                 None => printer.status("no cwo reap entry for this project in the crontab"),
             }
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
         ScheduleCommand::Remove => {
             if ours.is_none() {
                 printer.status("nothing to remove");
-                return Ok(0);
+                return Ok(ExitStatus::Success);
             }
             let mut text = others.join("\n");
             if !text.is_empty() {
@@ -84,13 +84,13 @@ pub fn schedule(
             }
             write_crontab(&text)?;
             printer.status("removed the cwo reap entry");
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
         ScheduleCommand::Install { every } => {
             let exe = std::env::current_exe()
-                .map_err(|e| CliError::user(format!("cannot find the cwo binary: {e}")))?;
+                .map_err(|e| CommandError::user(format!("cannot find the cwo binary: {e}")))?;
             std::fs::create_dir_all(&project.state_dir)
-                .map_err(|e| CliError::user(format!("{}: {e}", project.state_dir.display())))?;
+                .map_err(|e| CommandError::user(format!("{}: {e}", project.state_dir.display())))?;
             let log = project.state_dir.join("reap.log");
             let line = format!(
                 "*/{every} * * * * cd {} && {} reap --yes --no-progress >> {} 2>&1 {marker}",
@@ -101,7 +101,7 @@ pub fn schedule(
             if ours == Some(line.as_str()) {
                 printer.status("the cwo reap entry is already installed");
                 printer.out(&line);
-                return Ok(0);
+                return Ok(ExitStatus::Success);
             }
             let mut lines: Vec<&str> = others;
             lines.push(&line);
@@ -111,7 +111,7 @@ pub fn schedule(
                 log.display()
             ));
             printer.out(&line);
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
     }
 }

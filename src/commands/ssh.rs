@@ -3,12 +3,16 @@
 use std::io::{IsTerminal, Write};
 
 use crate::cli::SshArgs;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 use crate::transport::{ExecRequest, ExecStatus, Stream};
 
-pub async fn ssh(project: &Project, _printer: Printer, args: &SshArgs) -> Result<u8, CliError> {
+pub async fn ssh(
+    project: &Project,
+    _printer: Printer,
+    args: &SshArgs,
+) -> Result<ExitStatus, CommandError> {
     let journal = project.journal()?;
     let live: Vec<_> = journal
         .live_workers()?
@@ -17,18 +21,18 @@ pub async fn ssh(project: &Project, _printer: Printer, args: &SshArgs) -> Result
         .collect();
     let row = match &args.worker {
         Some(name) => live.iter().find(|w| &w.name == name).ok_or_else(|| {
-            CliError::user(format!("no live worker named {name}"))
+            CommandError::user(format!("no live worker named {name}"))
                 .hint("`cwo status` lists the workers")
         })?,
         None => match live.as_slice() {
             [one] => one,
             [] => {
-                return Err(CliError::user("no worker is up")
+                return Err(CommandError::user("no worker is up")
                     .hint("bring one up with `cwo up`, or let `cwo run` do it"));
             }
             many => {
                 let names: Vec<&str> = many.iter().map(|w| w.name.as_str()).collect();
-                return Err(CliError::usage(format!(
+                return Err(CommandError::usage(format!(
                     "{} workers are up: {}; name one",
                     many.len(),
                     names.join(", ")
@@ -40,16 +44,16 @@ pub async fn ssh(project: &Project, _printer: Printer, args: &SshArgs) -> Result
     let instance = provider
         .get(&row.name)
         .await
-        .map_err(|e| CliError::from_error(format!("cannot look up worker {}", row.name), &e))?
+        .map_err(|e| CommandError::from_error(format!("cannot look up worker {}", row.name), &e))?
         .ok_or_else(|| {
-            CliError::user(format!("worker {} is gone", row.name))
+            CommandError::user(format!("worker {} is gone", row.name))
                 .hint("`cwo down` updates the journal")
         })?;
     let transport = provider
         .connect(&instance)
-        .map_err(|e| CliError::from_error(format!("cannot reach worker {}", row.name), &e))?;
+        .map_err(|e| CommandError::from_error(format!("cannot reach worker {}", row.name), &e))?;
     let failed = |e: crate::transport::TransportError| {
-        CliError::from_error(format!("ssh to worker {} failed", row.name), &e)
+        CommandError::from_error(format!("ssh to worker {} failed", row.name), &e)
     };
     // One command without a terminal: plain streams, exact exit code (scripts and tests).
     if !args.command.is_empty() && !std::io::stdin().is_terminal() {
@@ -65,9 +69,9 @@ pub async fn ssh(project: &Project, _printer: Printer, args: &SshArgs) -> Result
             .map_err(failed)?;
         let _ = std::io::stdout().flush();
         return Ok(match status {
-            ExecStatus::Exited(c) => c.clamp(0, 255) as u8,
-            ExecStatus::Signaled(s) => (128 + s).clamp(0, 255) as u8,
-            ExecStatus::TimedOut | ExecStatus::Cancelled => 1,
+            ExecStatus::Exited(c) => ExitStatus::External(c.clamp(0, 255) as u8),
+            ExecStatus::Signaled(s) => ExitStatus::External((128 + s).clamp(0, 255) as u8),
+            ExecStatus::TimedOut | ExecStatus::Cancelled => ExitStatus::Failure,
         });
     }
     let command = (!args.command.is_empty()).then_some(args.command.as_slice());
@@ -75,5 +79,5 @@ pub async fn ssh(project: &Project, _printer: Printer, args: &SshArgs) -> Result
         .interactive(command, &instance.workspace)
         .await
         .map_err(failed)?;
-    Ok(code.clamp(0, 255) as u8)
+    Ok(ExitStatus::External(code.clamp(0, 255) as u8))
 }

@@ -6,7 +6,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::cli::Format;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::printer::{Printer, fmt_secs};
 use crate::project::{Project, slug};
@@ -20,7 +20,11 @@ const STATES: [&str; 5] = [
     "researched",
 ];
 
-pub async fn status(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
+pub async fn status(
+    project: &Project,
+    printer: Printer,
+    format: Format,
+) -> Result<ExitStatus, CommandError> {
     let journal = project.journal()?;
     let idle_timeout = project.settings().idle_timeout;
     let now = Utc::now();
@@ -109,7 +113,7 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
             "controller_pid": controller, "workers": workers, "provider_list_error": list_error,
             "tasks": { "counts": counts, "ready": ready, "balls": tasks },
         }));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let mut out = String::new();
     match &controller {
@@ -156,5 +160,5 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
         ready.len()
     ));
     printer.out(out);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

@@ -3,13 +3,17 @@
 use serde_json::json;
 
 use crate::cli::{Format, PriorityArg, TaskAddArgs};
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::{Project, slug};
 use crate::tracker::juggle::NewBall;
 use crate::tracker::{Priority, Tracker};
 
-pub fn add(project: &Project, printer: Printer, args: &TaskAddArgs) -> Result<u8, CliError> {
+pub fn add(
+    project: &Project,
+    printer: Printer,
+    args: &TaskAddArgs,
+) -> Result<ExitStatus, CommandError> {
     let priority = match args.priority {
         PriorityArg::Low => Priority::Low,
         PriorityArg::Medium => Priority::Medium,
@@ -30,23 +34,27 @@ pub fn add(project: &Project, printer: Printer, args: &TaskAddArgs) -> Result<u8
     )?;
     printer.status(format!("added {id} to {}", tracker.balls_path().display()));
     printer.out(&id);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }
 
-pub fn list(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
+pub fn list(
+    project: &Project,
+    printer: Printer,
+    format: Format,
+) -> Result<ExitStatus, CommandError> {
     // Lines the tracker skips, and balls that can never be ready, are warnings on stderr.
     let tracker = project.tracker();
     let tasks = tracker.list()?;
     if format == Format::Json {
         printer.json(json!({ "tasks": tasks, "problems": tracker.problems()? }));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     if tasks.is_empty() {
         printer.status(format!(
             "no balls in {}; add one with `cwo task add \"title\" --ac \"criterion\"`",
             tracker.balls_path().display()
         ));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let mut out = format!(
         "{:<24} {:<12} {:<7} {:<5} TITLE\n",
@@ -73,5 +81,5 @@ pub fn list(project: &Project, printer: Printer, format: Format) -> Result<u8, C
         ));
     }
     printer.out(out);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

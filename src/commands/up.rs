@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::cli::{Format, UpArgs};
 use crate::config::ProviderKind;
 use crate::cost::Catalog;
-use crate::error::CliError;
+use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::orchestrator::Orchestrator;
 use crate::printer::Printer;
@@ -13,7 +13,11 @@ use crate::project::{Project, slug};
 use crate::provider::gcp::{GcpProvider, firewall_name, network_tag};
 use crate::provider::{WorkerSpec, worker_labels};
 
-pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8, CliError> {
+pub async fn up(
+    project: &Project,
+    printer: Printer,
+    args: &UpArgs,
+) -> Result<ExitStatus, CommandError> {
     if args.plan {
         return plan(project, printer, args.format).await;
     }
@@ -31,18 +35,22 @@ pub async fn up(project: &Project, printer: Printer, args: &UpArgs) -> Result<u8
     if let Some(w) = recovered.worker {
         printer.status(format!("worker {} is already up", w.instance.name));
         printer.out(&w.instance.name);
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let w = orch
         .bring_up(&tokio_util::sync::CancellationToken::new())
         .await?
-        .ok_or_else(|| CliError::user("stopped before the worker was up"))?;
+        .ok_or_else(|| CommandError::user("stopped before the worker was up"))?;
     printer.out(&w.instance.name);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }
 
 /// The spec `cwo up` would send, without sending it.
-async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8, CliError> {
+async fn plan(
+    project: &Project,
+    printer: Printer,
+    format: Format,
+) -> Result<ExitStatus, CommandError> {
     let s = project.settings();
     let project_slug = slug(&project.name);
     let name = format!("cwo-{project_slug}-<6 hex>");
@@ -108,7 +116,7 @@ async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8,
                 g.ssh_source.clone()
             };
             let hourly = Catalog::load()
-                .map_err(|e| CliError::usage(format!("the price catalog: {e}")))?
+                .map_err(|e| CommandError::usage(format!("the price catalog: {e}")))?
                 .hourly(&g.machine_type, &zone, g.spot, &g.disk_type, g.disk_size_gb);
             json!({
                 "provider": "gcp",
@@ -133,7 +141,7 @@ async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8,
     };
     if format == Format::Json {
         printer.json(json!({ "plan": plan }));
-        return Ok(0);
+        return Ok(ExitStatus::Success);
     }
     let mut out = String::from("cwo up would create (nothing is created by --plan):\n");
     // The startup script is long: people get its size and where to read it.
@@ -167,5 +175,5 @@ async fn plan(project: &Project, printer: Printer, format: Format) -> Result<u8,
         out.push_str("expected cost: unknown (no price for this machine type in this region; see ~/.config/cwo/prices.toml)\n");
     }
     printer.out(out);
-    Ok(0)
+    Ok(ExitStatus::Success)
 }

@@ -398,7 +398,7 @@ impl Orchestrator {
             Err(down) => {
                 let mut problem = problem.hint(format!(
                     "and worker {name} could not be deleted: {}",
-                    down.message
+                    down.message()
                 ));
                 problem.hints.extend(down.hints);
                 problem
@@ -953,7 +953,7 @@ impl Orchestrator {
                 };
                 tokio::select! {
                     Some(done) = running.join_next() => {
-                        let report = done.map_err(|e| CliError::user(format!("a task crashed inside cwo: {e}")))?;
+                        let report = done.map_err(CliError::from)?;
                         in_flight.remove(&report.id);
                         summary.agent_secs += report.agent.as_secs_f64();
                         summary.git_secs += report.git.as_secs_f64();
