@@ -770,12 +770,9 @@ impl Orchestrator {
             .get_or_try_init(|| crate::secrets::resolve(&settings.agent.env, &settings.gcp))
             .await
             .map_err(|e| {
-                let causes = CliError::from_error("", &e).causes;
-                CliError {
-                    causes: causes[1..].to_vec(),
-                    ..CliError::usage(e.to_string())
-                }
-                .hint("secrets are sm://projects/P/secrets/S/versions/V or env:NAME")
+                CliError::with_source("the agent's environment could not be resolved", e)
+                    .kind(crate::error::ErrorKind::Usage)
+                    .hint("secrets are sm://projects/P/secrets/S/versions/V or env:NAME")
             })?;
         let recovered = self.recover(true, "orphaned").await?;
         let mut worker = recovered.worker;
