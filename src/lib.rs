@@ -14,6 +14,7 @@ pub mod printer;
 pub mod project;
 pub mod provider;
 pub mod reaper;
+pub mod report;
 pub mod secrets;
 pub mod terminal;
 pub mod tracker;

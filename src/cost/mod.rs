@@ -1,8 +1,9 @@
 //! Prices: a catalog shipped inside the binary (every price with its source and date),
 //! overridable by `~/.config/cwo/prices.toml`.
 
+pub mod budget;
 pub mod compute;
-pub mod sources;
+pub mod report;
 
 use std::collections::BTreeMap;
 

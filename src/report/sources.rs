@@ -7,8 +7,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::compute::Life;
-use super::{Catalog, PriceSnapshot};
+use crate::cost::compute::Life;
+use crate::cost::{Catalog, PriceSnapshot};
 use crate::journal::{Journal, LedgerRow};
 use crate::provider::{Provider, ProviderError};
 
@@ -111,4 +111,21 @@ pub async fn provider_lives(
             }
         })
         .collect())
+}
+
+/// Writes this project's ledger to `file` (what `cwo cost export` does); returns the rows written.
+pub fn export_ledger(
+    project: &crate::project::Project,
+    file: &Path,
+) -> Result<usize, crate::error::CommandError> {
+    let doc = LedgerFile {
+        schema_version: crate::printer::SCHEMA_VERSION,
+        exported_at: Utc::now(),
+        project: project.name.clone(),
+        ledger: project.journal()?.ledger()?,
+    };
+    std::fs::write(file, serde_json::to_vec_pretty(&doc).expect("serializes")).map_err(|e| {
+        crate::error::CommandError::user(format!("cannot write {}: {e}", file.display()))
+    })?;
+    Ok(doc.ledger.len())
 }
