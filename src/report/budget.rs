@@ -104,10 +104,9 @@ pub async fn collect(
     let now = Utc::now();
     let since = query.period.start(now);
     let journal = project.journal()?;
-    let catalog =
-        Catalog::load().map_err(|e| CommandError::usage(format!("the price catalog: {e}")))?;
+    let catalog = Catalog::load()?;
     let file_ledger = match &query.ledger {
-        Some(path) => Some(sources::read_ledger_file(path).map_err(CommandError::usage)?),
+        Some(path) => Some(sources::read_ledger_file(path)?),
         None => None,
     };
     let provider = project.provider(&journal);
@@ -137,19 +136,21 @@ pub async fn collect(
         }
     };
     let mut lives = sources::ledger_lives(&ledger);
-    let live =
-        match sources::provider_lives(provider.as_ref(), &project_slug, &journal, &catalog).await {
-            Ok(l) => l,
-            Err(e) => {
-                return Ok(BudgetCheck::Undetermined(UnknownSpend {
-                    schema_version: SCHEMA_VERSION,
-                    status: Verdict::Unknown,
-                    exit_code: exit_status(Verdict::Unknown).code(),
-                    limit_usd: query.policy.limit_usd,
-                    reason: format!("listing the live workers failed: {e}"),
-                }));
-            }
-        };
+    let journaled = journal.live_workers()?;
+    let live = match sources::provider_lives(provider.as_ref(), &project_slug, &journaled, &catalog)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(BudgetCheck::Undetermined(UnknownSpend {
+                schema_version: SCHEMA_VERSION,
+                status: Verdict::Unknown,
+                exit_code: exit_status(Verdict::Unknown).code(),
+                limit_usd: query.policy.limit_usd,
+                reason: format!("listing the live workers failed: {e}"),
+            }));
+        }
+    };
     let ledger_names: Vec<String> = lives.iter().map(|l| l.worker.clone()).collect();
     lives.extend(
         live.into_iter()

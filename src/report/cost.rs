@@ -80,12 +80,10 @@ pub fn collect(project: &Project, query: &CostQuery) -> Result<CostReport, Comma
     let now = Utc::now();
     let journal = project.journal()?;
     let mut lives = match &query.ledger {
-        Some(path) => {
-            sources::ledger_lives(&sources::read_ledger_file(path).map_err(CommandError::usage)?)
-        }
+        Some(path) => sources::ledger_lives(&sources::read_ledger_file(path)?),
         None => {
             let mut l = sources::ledger_lives(&journal.ledger()?);
-            l.extend(sources::running_lives(&journal).map_err(CommandError::user)?);
+            l.extend(sources::running_lives(&journal)?);
             l
         }
     };

@@ -2,14 +2,16 @@
 //! still running in the journal, and the provider's live labelled VMs.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cost::compute::Life;
 use crate::cost::{Catalog, PriceSnapshot};
-use crate::journal::{Journal, LedgerRow};
+use crate::error::{CommandError, ErrorKind};
+use crate::journal::{Journal, JournalError, LedgerRow, WorkerRow};
 use crate::provider::{Provider, ProviderError};
 
 /// An exported ledger: what `cwo cost export` writes and `--ledger FILE` reads.
@@ -21,17 +23,57 @@ pub struct LedgerFile {
     pub ledger: Vec<LedgerRow>,
 }
 
-pub fn read_ledger_file(path: &Path) -> Result<Vec<LedgerRow>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: LedgerFile = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a cwo ledger export ({e})", path.display()))?;
+/// An exported ledger cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerFileError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a cwo ledger export", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: schema_version {found} (this cwo reads {expected})", path.display())]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+}
+
+impl From<LedgerFileError> for CommandError {
+    fn from(e: LedgerFileError) -> CommandError {
+        let hint = match &e {
+            LedgerFileError::Version { .. } => {
+                "export the ledger again with this cwo (`cwo cost export FILE`)"
+            }
+            _ => "give a file written by `cwo cost export FILE`",
+        };
+        CommandError::new(ErrorKind::Usage, Arc::new(e)).hint(hint)
+    }
+}
+
+pub fn read_ledger_file(path: &Path) -> Result<Vec<LedgerRow>, LedgerFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LedgerFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: LedgerFile =
+        serde_json::from_str(&text).map_err(|source| LedgerFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if file.schema_version != crate::printer::SCHEMA_VERSION {
-        return Err(format!(
-            "{}: schema_version {} (this cwo reads {})",
-            path.display(),
-            file.schema_version,
-            crate::printer::SCHEMA_VERSION
-        ));
+        return Err(LedgerFileError::Version {
+            path: path.to_path_buf(),
+            found: file.schema_version,
+            expected: crate::printer::SCHEMA_VERSION,
+        });
     }
     Ok(file.ledger)
 }
@@ -50,10 +92,9 @@ pub fn ledger_lives(rows: &[LedgerRow]) -> Vec<Life> {
 }
 
 /// Workers the journal says are running (their cost accrues to now).
-pub fn running_lives(journal: &Journal) -> Result<Vec<Life>, String> {
+pub fn running_lives(journal: &Journal) -> Result<Vec<Life>, JournalError> {
     Ok(journal
-        .live_workers()
-        .map_err(|e| e.to_string())?
+        .live_workers()?
         .into_iter()
         .filter_map(|w| {
             Some(Life {
@@ -69,38 +110,42 @@ pub fn running_lives(journal: &Journal) -> Result<Vec<Life>, String> {
 }
 
 /// The provider's live labelled workers of this project, priced from the journal's launch
-/// snapshot or, for ones the journal never priced, from their labels.
+/// snapshot (`journaled`: the journal's live workers) or, for ones the journal never priced,
+/// from their labels.
 pub async fn provider_lives(
     provider: &dyn Provider,
     project_slug: &str,
-    journal: &Journal,
+    journaled: &[WorkerRow],
     catalog: &Catalog,
 ) -> Result<Vec<Life>, ProviderError> {
     let selector = BTreeMap::from([
         ("cwo-managed".to_string(), "true".to_string()),
         ("cwo-project".to_string(), project_slug.to_string()),
     ]);
-    let known: BTreeMap<String, Option<PriceSnapshot>> = journal
-        .live_workers()
-        .map_err(|e| ProviderError::Transient(e.to_string()))?
-        .into_iter()
-        .map(|w| (w.name, w.price))
+    let known: BTreeMap<&str, Option<&PriceSnapshot>> = journaled
+        .iter()
+        .map(|w| (w.name.as_str(), w.price.as_ref()))
         .collect();
     Ok(provider
         .list(&selector)
         .await?
         .into_iter()
         .map(|inst| {
-            let price = known.get(&inst.name).cloned().flatten().or_else(|| {
-                Some(PriceSnapshot::take(
-                    catalog,
-                    &inst.machine_type_label(),
-                    inst.zone.as_deref().unwrap_or(""),
-                    false,
-                    "pd-standard",
-                    10,
-                ))
-            });
+            let price = known
+                .get(inst.name.as_str())
+                .copied()
+                .flatten()
+                .cloned()
+                .or_else(|| {
+                    Some(PriceSnapshot::take(
+                        catalog,
+                        &inst.machine_type_label(),
+                        inst.zone.as_deref().unwrap_or(""),
+                        false,
+                        "pd-standard",
+                        10,
+                    ))
+                });
             Life {
                 worker: inst.name,
                 provider: provider.kind().to_string(),
@@ -117,15 +162,14 @@ pub async fn provider_lives(
 pub fn export_ledger(
     project: &crate::project::Project,
     file: &Path,
-) -> Result<usize, crate::error::CommandError> {
+) -> Result<usize, CommandError> {
     let doc = LedgerFile {
         schema_version: crate::printer::SCHEMA_VERSION,
         exported_at: Utc::now(),
         project: project.name.clone(),
         ledger: project.journal()?.ledger()?,
     };
-    std::fs::write(file, serde_json::to_vec_pretty(&doc).expect("serializes")).map_err(|e| {
-        crate::error::CommandError::user(format!("cannot write {}: {e}", file.display()))
-    })?;
+    std::fs::write(file, serde_json::to_vec_pretty(&doc).expect("serializes"))
+        .map_err(|e| CommandError::with_source(format!("cannot write {}", file.display()), e))?;
     Ok(doc.ledger.len())
 }
