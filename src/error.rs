@@ -11,6 +11,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use crate::config::ConfigError;
+use crate::cost::CatalogError;
 use crate::journal::JournalError;
 use crate::tracker::TrackerError;
 
@@ -193,7 +194,8 @@ impl Error for Copied {
 }
 
 impl CommandError {
-    fn new(kind: ErrorKind, error: Arc<dyn Error + Send + Sync>) -> CommandError {
+    /// An error of this kind, kept as it is (its `Display` is the first line).
+    pub fn new(kind: ErrorKind, error: Arc<dyn Error + Send + Sync>) -> CommandError {
         CommandError {
             kind,
             error,
@@ -306,6 +308,15 @@ impl fmt::Display for CommandError {
 impl From<tokio::task::JoinError> for CommandError {
     fn from(e: tokio::task::JoinError) -> CommandError {
         CommandError::with_source("a task crashed inside cwo", e).kind(ErrorKind::Internal)
+    }
+}
+
+impl From<CatalogError> for CommandError {
+    fn from(e: CatalogError) -> CommandError {
+        let path = e.path.display().to_string();
+        CommandError::new(ErrorKind::Usage, Arc::new(e)).hint(format!(
+            "fix {path}, or move it away to use the prices built into cwo"
+        ))
     }
 }
 

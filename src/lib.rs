@@ -15,6 +15,7 @@ pub mod printer;
 pub mod project;
 pub mod provider;
 pub mod reaper;
+pub mod report;
 pub mod secrets;
 pub mod tracker;
 pub mod transport;

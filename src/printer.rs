@@ -46,9 +46,13 @@ impl Printer {
         let _ = out.flush();
     }
 
-    /// A JSON document on stdout, with `schema_version` first.
-    pub fn json(&self, mut value: serde_json::Value) {
-        if let serde_json::Value::Object(map) = &mut value {
+    /// A JSON document on stdout, with `schema_version` first (a typed report carries its own;
+    /// any other object gets this cwo's). The one JSON path of every command.
+    pub fn json(&self, doc: impl serde::Serialize) {
+        let mut value = serde_json::to_value(&doc).expect("a report serializes to JSON");
+        if let serde_json::Value::Object(map) = &mut value
+            && !map.contains_key("schema_version")
+        {
             let mut with_version = serde_json::Map::new();
             with_version.insert("schema_version".into(), SCHEMA_VERSION.into());
             with_version.extend(std::mem::take(map));

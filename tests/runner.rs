@@ -10,6 +10,7 @@ mod test_cost;
 mod test_gcp;
 mod test_layers;
 mod test_loop;
+mod test_reports;
 mod test_signals;
 mod test_simulation;
 mod test_ssh;

@@ -1,13 +1,12 @@
 //! `cwo task add|list`: juggle-compatible balls for people without juggle.
 
-use serde_json::json;
-
 use crate::cli::{Format, PriorityArg, TaskAddArgs};
 use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::{Project, slug};
+use crate::report;
+use crate::tracker::Priority;
 use crate::tracker::juggle::NewBall;
-use crate::tracker::{Priority, Tracker};
 
 pub fn add(
     project: &Project,
@@ -44,42 +43,14 @@ pub fn list(
 ) -> Result<ExitStatus, CommandError> {
     // Lines the tracker skips, and balls that can never be ready, are warnings on stderr.
     let tracker = project.tracker();
-    let tasks = tracker.list()?;
-    if format == Format::Json {
-        printer.json(json!({ "tasks": tasks, "problems": tracker.problems()? }));
-        return Ok(ExitStatus::Success);
-    }
-    if tasks.is_empty() {
+    let report = report::tasks::collect(&tracker)?;
+    if report.tasks.is_empty() && format == Format::Table {
         printer.status(format!(
             "no balls in {}; add one with `cwo task add \"title\" --ac \"criterion\"`",
             tracker.balls_path().display()
         ));
         return Ok(ExitStatus::Success);
     }
-    let mut out = format!(
-        "{:<24} {:<12} {:<7} {:<5} TITLE\n",
-        "ID", "STATE", "PRIO", "READY"
-    );
-    for t in &tasks {
-        let mut title = t.title.lines().next().unwrap_or("").to_string();
-        if !t.waiting_on.is_empty() {
-            title.push_str(&format!("  (waits on {})", t.waiting_on.join(", ")));
-        }
-        if !t.blocked_reason.is_empty() {
-            title.push_str(&format!(
-                "  (blocked: {})",
-                t.blocked_reason.lines().next().unwrap_or("")
-            ));
-        }
-        out.push_str(&format!(
-            "{:<24} {:<12} {:<7} {:<5} {}\n",
-            t.id,
-            t.state,
-            t.priority.as_str(),
-            if t.is_ready() { "yes" } else { "no" },
-            title
-        ));
-    }
-    printer.out(out);
+    report::print(&printer, &report, format == Format::Json);
     Ok(ExitStatus::Success)
 }

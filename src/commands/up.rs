@@ -115,9 +115,13 @@ async fn plan(
             } else {
                 g.ssh_source.clone()
             };
-            let hourly = Catalog::load()
-                .map_err(|e| CommandError::usage(format!("the price catalog: {e}")))?
-                .hourly(&g.machine_type, &zone, g.spot, &g.disk_type, g.disk_size_gb);
+            let hourly = Catalog::load()?.hourly(
+                &g.machine_type,
+                &zone,
+                g.spot,
+                &g.disk_type,
+                g.disk_size_gb,
+            );
             json!({
                 "provider": "gcp",
                 "project": g.project,

@@ -1,14 +1,24 @@
 //! Prices: a catalog shipped inside the binary (every price with its source and date),
 //! overridable by `~/.config/cwo/prices.toml`.
 
+pub mod budget;
 pub mod compute;
-pub mod sources;
+pub mod report;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 const EMBEDDED: &str = include_str!("prices.toml");
+
+/// The user's price overrides cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("the price catalog {} cannot be used", path.display())]
+pub struct CatalogError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: toml::de::Error,
+}
 
 /// Hours in the average month, for per-month prices.
 pub const HOURS_PER_MONTH: f64 = 730.0;
@@ -126,8 +136,9 @@ impl Catalog {
         toml::from_str(EMBEDDED).expect("the embedded price catalog parses")
     }
 
-    /// The embedded catalog with the user's overrides on top.
-    pub fn load() -> Result<Catalog, String> {
+    /// The embedded catalog with the user's overrides on top (`prices.toml` in cwo's config
+    /// dir, when there is one).
+    pub fn load() -> Result<Catalog, CatalogError> {
         let mut cat = Catalog::embedded();
         let dir = std::env::var_os("CWO_CONFIG_HOME")
             .map(std::path::PathBuf::from)
@@ -150,7 +161,7 @@ impl Catalog {
                 ip: Option<IpPrice>,
             }
             let o: Overrides =
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|source| CatalogError { path, source })?;
             cat.machine.extend(o.machine);
             cat.disk.extend(o.disk);
             if let Some(ip) = o.ip {

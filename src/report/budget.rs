@@ -1,0 +1,263 @@
+//! `cwo budget check`: the period's spend (the ledger plus the live labelled workers' accrued
+//! cost, asked of the provider) against a limit, and the kill switch (`--enforce`).
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Report, SCHEMA_VERSION, sources};
+use crate::cost::budget::{self, Period, Policy, Verdict};
+use crate::cost::{Catalog, compute};
+use crate::error::{CommandError, ExitStatus};
+use crate::printer::Printer;
+use crate::project::{Project, slug};
+use crate::reaper::Reaper;
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct BudgetQuery {
+    pub policy: Policy,
+    pub period: Period,
+    /// An exported ledger instead of this project's journal.
+    pub ledger: Option<PathBuf>,
+    /// Over budget: delete every managed worker of this project.
+    pub enforce: bool,
+}
+
+/// One worker life in the period.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetWorker {
+    pub worker: String,
+    pub running: bool,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub billed_seconds: f64,
+    pub list_usd: Option<f64>,
+    pub expected_usd: Option<f64>,
+    pub termination_reason: Option<String>,
+}
+
+/// A worker `--enforce` deleted, or could not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Enforced {
+    pub worker: String,
+    pub deleted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetReport {
+    pub schema_version: u32,
+    pub status: Verdict,
+    pub exit_code: u8,
+    pub period: &'static str,
+    pub since: Option<DateTime<Utc>>,
+    pub limit_usd: f64,
+    pub warn_at_pct: f64,
+    pub expected_usd: f64,
+    pub list_usd: f64,
+    /// Of the limit; `null` when the limit is 0 and something was spent.
+    pub percent: Option<f64>,
+    pub unknown_price_workers: Vec<String>,
+    pub workers: Vec<BudgetWorker>,
+    /// Why the free tier does not apply.
+    pub warnings: Vec<String>,
+    pub enforced: Vec<Enforced>,
+    /// `percent`, infinite when the limit is 0 (for the summary line).
+    #[serde(skip)]
+    pub percent_of_limit: f64,
+}
+
+/// The spend could not be determined: the provider's list failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnknownSpend {
+    pub schema_version: u32,
+    pub status: Verdict,
+    pub exit_code: u8,
+    pub limit_usd: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum BudgetCheck {
+    Determined(BudgetReport),
+    Undetermined(UnknownSpend),
+}
+
+/// The gate's verdict as the exit status: a warning still passes.
+pub fn exit_status(verdict: Verdict) -> ExitStatus {
+    match verdict {
+        Verdict::Within | Verdict::Warn => ExitStatus::Success,
+        Verdict::Deny => ExitStatus::Failure,
+        Verdict::Unknown => ExitStatus::BudgetUnknown,
+    }
+}
+
+pub async fn collect(
+    project: &Project,
+    printer: Printer,
+    query: &BudgetQuery,
+) -> Result<BudgetCheck, CommandError> {
+    let now = Utc::now();
+    let since = query.period.start(now);
+    let journal = project.journal()?;
+    let catalog = Catalog::load()?;
+    let file_ledger = match &query.ledger {
+        Some(path) => Some(sources::read_ledger_file(path)?),
+        None => None,
+    };
+    let provider = project.provider(&journal);
+    let project_slug = slug(&project.name);
+    let on_retry = |line: String| printer.status(line);
+    let reaper = |controller_running: bool| {
+        Reaper::new(
+            provider.as_ref(),
+            &journal,
+            &project_slug,
+            project.settings(),
+            controller_running,
+            &on_retry,
+        )
+    };
+    let ledger = match file_ledger {
+        Some(ledger) => ledger,
+        None => {
+            // Stopped workers first: deleted at once (their TTL no longer runs), their life then
+            // in the ledger. A failed list here is reported below by the listing that counts
+            // the spend.
+            let controller = crate::journal::ControllerLock::holder(&project.state_dir).is_some();
+            if let Ok((deleted, failed)) = reaper(controller).sweep_stopped().await {
+                crate::orchestrator::report_stopped(printer, &deleted, &failed);
+            }
+            journal.ledger()?
+        }
+    };
+    let mut lives = sources::ledger_lives(&ledger);
+    let journaled = journal.live_workers()?;
+    let live = match sources::provider_lives(provider.as_ref(), &project_slug, &journaled, &catalog)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(BudgetCheck::Undetermined(UnknownSpend {
+                schema_version: SCHEMA_VERSION,
+                status: Verdict::Unknown,
+                exit_code: exit_status(Verdict::Unknown).code(),
+                limit_usd: query.policy.limit_usd,
+                reason: format!("listing the live workers failed: {e}"),
+            }));
+        }
+    };
+    let ledger_names: Vec<String> = lives.iter().map(|l| l.worker.clone()).collect();
+    lives.extend(
+        live.into_iter()
+            .filter(|l| !ledger_names.contains(&l.worker)),
+    );
+    lives.retain(|l| since.is_none_or(|s| l.ended_at.unwrap_or(now) >= s));
+    let (costed, warnings) = compute::cost(&lives, now);
+    let verdict = budget::evaluate(&costed, &query.policy);
+    let mut enforced = Vec::new();
+    if verdict.status == Verdict::Deny && query.enforce {
+        let selector = std::collections::BTreeMap::from([
+            ("cwo-managed".to_string(), "true".to_string()),
+            ("cwo-project".to_string(), project_slug.clone()),
+        ]);
+        let targets = provider.list(&selector).await.map_err(|e| {
+            CommandError::with_source("over budget, but listing the workers to delete failed", e)
+        })?;
+        let reaper = reaper(false);
+        for inst in targets {
+            // Gone is done: a worker that vanished meanwhile counts as deleted.
+            let error = reaper
+                .delete(&inst, "budget")
+                .await
+                .err()
+                .map(|e| e.to_string());
+            enforced.push(Enforced {
+                worker: inst.name,
+                deleted: error.is_none(),
+                error,
+            });
+        }
+    }
+    Ok(BudgetCheck::Determined(BudgetReport {
+        schema_version: SCHEMA_VERSION,
+        status: verdict.status,
+        exit_code: exit_status(verdict.status).code(),
+        period: query.period.name(),
+        since,
+        limit_usd: query.policy.limit_usd,
+        warn_at_pct: query.policy.warn_at_pct,
+        expected_usd: verdict.expected_usd,
+        list_usd: verdict.list_usd,
+        percent: verdict.percent.is_finite().then_some(verdict.percent),
+        unknown_price_workers: verdict.unknown_price_workers,
+        workers: costed
+            .iter()
+            .map(|c| BudgetWorker {
+                worker: c.life.worker.clone(),
+                running: c.life.ended_at.is_none(),
+                started_at: c.life.started_at,
+                ended_at: c.life.ended_at,
+                billed_seconds: c.billed_seconds,
+                list_usd: c.list_usd,
+                expected_usd: c.expected_usd,
+                termination_reason: c.life.termination_reason.clone(),
+            })
+            .collect(),
+        warnings,
+        enforced,
+        percent_of_limit: verdict.percent,
+    }))
+}
+
+impl BudgetCheck {
+    pub fn status(&self) -> Verdict {
+        match self {
+            BudgetCheck::Determined(r) => r.status,
+            BudgetCheck::Undetermined(u) => u.status,
+        }
+    }
+
+    pub fn exit_status(&self) -> ExitStatus {
+        exit_status(self.status())
+    }
+}
+
+impl BudgetReport {
+    /// The one-line summary for stderr.
+    pub fn summary(&self) -> String {
+        format!(
+            "budget {}: ${:.4} expected bill (list ${:.4}) of ${:.2} for {} ({:.1}%){}{}",
+            self.status.name(),
+            self.expected_usd,
+            self.list_usd,
+            self.limit_usd,
+            self.period,
+            self.percent_of_limit,
+            if self.unknown_price_workers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; unknown price for {}",
+                    self.unknown_price_workers.join(", ")
+                )
+            },
+            if self.enforced.is_empty() {
+                String::new()
+            } else {
+                format!("; --enforce deleted {} worker(s)", self.enforced.len())
+            },
+        )
+    }
+}
+
+impl Report for BudgetCheck {
+    /// The verdict alone (`ok`, `warn`, `deny` or `unknown`).
+    fn text(&self) -> String {
+        format!("{}\n", self.status().name())
+    }
+}

@@ -1,0 +1,38 @@
+//! Typed reports: what `status`, `cost`, `budget check`, `reap`, `task list` and `config show`
+//! print. Each gathers its data here (from the journal, the provider, the tracker, the cost
+//! algorithms) into a `#[derive(Serialize)]` struct that carries `schema_version`; the command
+//! prints it through one of two paths: `Printer::json`, or the text the report renders (its
+//! tables through the one renderer in `table`).
+
+pub mod budget;
+pub mod config;
+pub mod cost;
+pub mod reap;
+pub mod sources;
+pub mod status;
+pub mod table;
+pub mod tasks;
+
+pub use crate::printer::SCHEMA_VERSION;
+
+use crate::printer::Printer;
+
+/// A report with a text form next to its JSON.
+pub trait Report: serde::Serialize {
+    /// What stdout shows without `--format json`.
+    fn text(&self) -> String;
+}
+
+/// Prints a report: JSON (with its `schema_version`) or its text, on stdout.
+pub fn print(printer: &Printer, report: &impl Report, json: bool) {
+    if json {
+        printer.json(report);
+    } else {
+        printer.out(report.text());
+    }
+}
+
+/// A JSON number as the JSON output writes it (`60.0`, not `60`), for text and CSV cells.
+pub(crate) fn number(v: f64) -> String {
+    serde_json::Value::from(v).to_string()
+}

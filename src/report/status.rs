@@ -1,0 +1,235 @@
+//! `cwo status`: the journal's workers reconciled with the provider's list, and the tasks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::table::Table;
+use super::{Report, SCHEMA_VERSION};
+use crate::error::CommandError;
+use crate::journal::{ControllerLock, WorkerRow};
+use crate::printer::{Printer, fmt_secs};
+use crate::project::{Project, slug};
+use crate::provider::Instance;
+use crate::tracker::{Task, Tracker};
+
+/// One worker as the journal and the cloud see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub provider: String,
+    /// The journal's state, or "unjournaled" for a labelled VM the journal does not know.
+    pub state: String,
+    /// What the provider's list says: present, missing (deleted outside cwo?) or unknown.
+    pub cloud: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub uptime_secs: Option<i64>,
+    pub current_task: Option<String>,
+    /// Only while a controller runs to act on it.
+    pub idle_teardown_in_secs: Option<i64>,
+}
+
+/// How many tasks are in each state, in the order they are shown.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskCounts {
+    pub in_progress: usize,
+    pub pending: usize,
+    pub blocked: usize,
+    pub complete: usize,
+    pub researched: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskStatus {
+    pub counts: TaskCounts,
+    pub ready: Vec<String>,
+    pub balls: Vec<Task>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub schema_version: u32,
+    pub project: PathBuf,
+    pub state_dir: PathBuf,
+    pub controller_pid: Option<String>,
+    pub workers: Vec<WorkerStatus>,
+    /// Why the provider's list failed (the workers are then the journal's only).
+    pub provider_list_error: Option<String>,
+    pub tasks: TaskStatus,
+}
+
+/// Gathers the status. A stopped worker is never shown as ready: it is deleted here and now (its
+/// TTL no longer runs, its disk is billed); that is said on stderr.
+pub async fn collect(project: &Project, printer: Printer) -> Result<StatusReport, CommandError> {
+    let journal = project.journal()?;
+    let now = Utc::now();
+    let controller = ControllerLock::holder(&project.state_dir);
+    // The cloud's truth next to the journal's: this project's labelled workers, as the provider
+    // lists them. A failed list is reported, never read as "none".
+    let provider = project.provider(&journal);
+    let project_slug = slug(&project.name);
+    let selector = BTreeMap::from([
+        ("cwo-managed".to_string(), "true".to_string()),
+        ("cwo-project".to_string(), project_slug.clone()),
+    ]);
+    let (mut listed, list_error) = match provider.list(&selector).await {
+        Ok(l) => (Some(l), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    if let Some(l) = &mut listed {
+        let on_retry = |line: String| printer.status(line);
+        let reaper = crate::reaper::Reaper::new(
+            provider.as_ref(),
+            &journal,
+            &project_slug,
+            project.settings(),
+            controller.is_some(),
+            &on_retry,
+        );
+        let (deleted, failed) = reaper.delete_stopped(l).await;
+        crate::orchestrator::report_stopped(printer, &deleted, &failed);
+        l.retain(|i| !deleted.contains(&i.name));
+    }
+    let idle_timeout = project.settings().idle_timeout.as_secs() as i64;
+    let workers = reconcile(
+        &journal.live_workers()?,
+        listed.as_deref(),
+        provider.kind(),
+        controller.is_some(),
+        idle_timeout,
+        now,
+    );
+    let balls = project.tracker().list()?;
+    Ok(StatusReport {
+        schema_version: SCHEMA_VERSION,
+        project: project.root.clone(),
+        state_dir: project.state_dir.clone(),
+        controller_pid: controller,
+        workers,
+        provider_list_error: list_error,
+        tasks: task_status(balls),
+    })
+}
+
+/// The journal's live workers, each with what the provider's list (`None`: it failed) says of
+/// it, then the listed workers the journal does not know.
+pub fn reconcile(
+    journaled: &[WorkerRow],
+    listed: Option<&[Instance]>,
+    provider_kind: &str,
+    controller_running: bool,
+    idle_timeout_secs: i64,
+    now: DateTime<Utc>,
+) -> Vec<WorkerStatus> {
+    let mut workers: Vec<WorkerStatus> = journaled
+        .iter()
+        .map(|w| {
+            let cloud = match listed {
+                None => "unknown",
+                Some(l) if l.iter().any(|i| i.name == w.name) => "present",
+                Some(_) => "missing (deleted outside cwo? `cwo down` records it)",
+            };
+            WorkerStatus {
+                name: w.name.clone(),
+                provider: w.provider.clone(),
+                state: w.state.clone(),
+                cloud: cloud.into(),
+                created_at: w.created_at,
+                uptime_secs: w.created_at.map(|c| (now - c).num_seconds().max(0)),
+                current_task: w.current_task.clone(),
+                // The countdown only runs while a controller is there to act on it.
+                idle_teardown_in_secs: w
+                    .idle_since
+                    .filter(|_| controller_running)
+                    .map(|since| (idle_timeout_secs - (now - since).num_seconds()).max(0)),
+            }
+        })
+        .collect();
+    for inst in listed.unwrap_or_default() {
+        if journaled.iter().any(|w| w.name == inst.name) {
+            continue;
+        }
+        workers.push(WorkerStatus {
+            name: inst.name.clone(),
+            provider: provider_kind.to_string(),
+            state: "unjournaled".into(),
+            cloud: "present (unknown to the journal: `cwo reap` deletes it)".into(),
+            created_at: Some(inst.created_at),
+            uptime_secs: Some((now - inst.created_at).num_seconds().max(0)),
+            current_task: None,
+            idle_teardown_in_secs: None,
+        });
+    }
+    workers
+}
+
+fn task_status(balls: Vec<Task>) -> TaskStatus {
+    let count = |s: &str| balls.iter().filter(|t| t.state == s).count();
+    TaskStatus {
+        counts: TaskCounts {
+            in_progress: count("in_progress"),
+            pending: count("pending"),
+            blocked: count("blocked"),
+            complete: count("complete"),
+            researched: count("researched"),
+        },
+        ready: balls
+            .iter()
+            .filter(|t| t.is_ready())
+            .map(|t| t.id.clone())
+            .collect(),
+        balls,
+    }
+}
+
+fn secs_cell(secs: Option<i64>) -> String {
+    secs.map(|s| fmt_secs(std::time::Duration::from_secs(s as u64)))
+        .unwrap_or_else(|| "-".into())
+}
+
+impl Report for StatusReport {
+    fn text(&self) -> String {
+        let mut out = match &self.controller_pid {
+            Some(pid) => format!("controller: running (pid {pid})\n"),
+            None => "controller: not running\n".to_string(),
+        };
+        if self.workers.is_empty() {
+            out.push_str("workers: none\n");
+        } else {
+            let mut t = Table::new(&[
+                "worker",
+                "provider",
+                "state",
+                "uptime",
+                "task",
+                "idle teardown in",
+                "cloud",
+            ]);
+            for w in &self.workers {
+                t.row(vec![
+                    w.name.clone(),
+                    w.provider.clone(),
+                    w.state.clone(),
+                    secs_cell(w.uptime_secs),
+                    w.current_task.clone().unwrap_or_else(|| "-".into()),
+                    secs_cell(w.idle_teardown_in_secs),
+                    w.cloud.clone(),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
+        let c = &self.tasks.counts;
+        out.push_str(&format!(
+            "tasks: {} in_progress, {} pending, {} blocked, {} complete, {} researched ({} ready)\n",
+            c.in_progress,
+            c.pending,
+            c.blocked,
+            c.complete,
+            c.researched,
+            self.tasks.ready.len()
+        ));
+        out
+    }
+}
