@@ -13,7 +13,6 @@ pub mod orchestrator;
 pub mod printer;
 pub mod project;
 pub mod provider;
-pub mod reaper;
 pub mod secrets;
 pub mod terminal;
 pub mod tracker;

@@ -11,7 +11,7 @@ use crate::cost::{Catalog, money, money_sum};
 use crate::error::CliError;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::reaper::Reaper;
+use crate::orchestrator::reaper::Reaper;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_DENY: u8 = 1;

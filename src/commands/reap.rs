@@ -6,7 +6,7 @@ use crate::cli::{Format, ReapArgs};
 use crate::error::CliError;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::reaper::Reaper;
+use crate::orchestrator::reaper::Reaper;
 
 pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Result<u8, CliError> {
     let act = args.yes && !args.dry_run;
@@ -34,7 +34,7 @@ pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Resul
             .iter()
             .filter(|d| matches!(d.action.as_str(), "deleted" | "gone"))
         {
-            match crate::reaper::release_attempts(&journal, &tracker, &d.worker) {
+            match crate::orchestrator::reaper::release_attempts(&journal, &tracker, &d.worker) {
                 Ok(balls) if !balls.is_empty() => printer.status(format!(
                     "{}: back to pending (worker {} was reaped)",
                     balls.join(", "),

@@ -41,7 +41,7 @@ pub async fn status(project: &Project, printer: Printer, format: Format) -> Resu
     if let Some(l) = &mut listed {
         let slug = slug(&project.name);
         let on_retry = |line: String| printer.status(line);
-        let reaper = crate::reaper::Reaper::new(
+        let reaper = crate::orchestrator::reaper::Reaper::new(
             provider.as_ref(),
             &journal,
             &slug,

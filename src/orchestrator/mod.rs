@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub mod reaper;
 mod task;
 
 use task::{TaskCtx, TaskReport};
@@ -645,7 +646,7 @@ impl Orchestrator {
     async fn delete_stopped(&self) {
         let printer = self.shared.printer;
         let on_retry = |line: String| printer.status(line);
-        let reaper = crate::reaper::Reaper::new(
+        let reaper = crate::orchestrator::reaper::Reaper::new(
             &*self.provider,
             &self.shared.journal,
             &self.project_slug,
