@@ -115,3 +115,24 @@ impl From<TrackerError> for CliError {
         }
     }
 }
+
+impl From<crate::orchestrator::OrchestratorError> for CliError {
+    fn from(e: crate::orchestrator::OrchestratorError) -> CliError {
+        use crate::orchestrator::OrchestratorError as E;
+        match e {
+            E::Journal(e) => e.into(),
+            E::Tracker(e) => e.into(),
+            e => {
+                let mut err = match e.cause() {
+                    Some(cause) => CliError::from_error(e.to_string(), cause),
+                    None => CliError::user(e.to_string()),
+                };
+                if e.is_usage() {
+                    err.kind = Kind::Usage;
+                }
+                err.hints = e.hints();
+                err
+            }
+        }
+    }
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use cwo::config::{GcpSettings, SshSettings};
 use cwo::journal::Journal;
-use cwo::provider::{Provider, WorkerSpec};
 use cwo::orchestrator::reaper::Reaper;
+use cwo::provider::{Provider, WorkerSpec};
 
 use crate::common::Rng;
 use crate::common::fake_gce::FakeGce;

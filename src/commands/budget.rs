@@ -9,9 +9,9 @@ use crate::cost::compute;
 use crate::cost::sources;
 use crate::cost::{Catalog, money, money_sum};
 use crate::error::CliError;
+use crate::orchestrator::reaper::Reaper;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::orchestrator::reaper::Reaper;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_DENY: u8 = 1;

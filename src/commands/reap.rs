@@ -4,9 +4,9 @@ use serde_json::json;
 
 use crate::cli::{Format, ReapArgs};
 use crate::error::CliError;
+use crate::orchestrator::reaper::Reaper;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::orchestrator::reaper::Reaper;
 
 pub async fn reap(project: &Project, printer: Printer, args: &ReapArgs) -> Result<u8, CliError> {
     let act = args.yes && !args.dry_run;
