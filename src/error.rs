@@ -109,6 +109,9 @@ impl From<TrackerError> for CliError {
                 CliError::user(e.to_string()).hint("give more characters of the id")
             }
             TrackerError::Invalid(_) => CliError::usage(e.to_string()),
+            TrackerError::LockTimeout { path, .. } => CliError::user(e.to_string()).hint(format!(
+                "`fuser {path}` shows which process holds it; run the command again once it is done"
+            )),
             TrackerError::Io { .. } => {
                 CliError::from_error("the juggle tracker could not be read or written", &e)
             }
