@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::ports::journaled;
 use super::worker::{TeardownError, delete_journaled};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, WorkerState};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
 use crate::tracker::{Tracker, TrackerError};
 
@@ -142,10 +142,10 @@ impl Reaper<'_> {
         // Only this project's journal can vouch for this project's workers.
         if inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug) {
             let row = journal_rows.get(&inst.name);
-            match row.map(|w| w.state.as_str()) {
+            match row.map(|w| w.state) {
                 // Held by a controller, unless none runs and none has said so for the grace
                 // period: a crashed controller's worker, whose balls go back to pending.
-                Some("ready")
+                Some(WorkerState::Ready)
                     if !self.controller_running
                         && row.and_then(|w| w.last_seen).is_none_or(|seen| {
                             (Utc::now() - seen).num_seconds() >= self.grace.as_secs() as i64
@@ -153,17 +153,17 @@ impl Reaper<'_> {
                 {
                     return Some("abandoned".into());
                 }
-                Some("ready") => {}
+                Some(WorkerState::Ready) => {}
                 // A create (or a bring-up: `starting`) whose controller is gone, or that never
                 // finished.
-                Some("intent" | "starting")
+                Some(WorkerState::Intent | WorkerState::Starting)
                     if !self.controller_running
                         || age_secs(inst) >= self.grace.as_secs() as i64 =>
                 {
                     return Some("unfinished-create".into());
                 }
-                Some("intent" | "starting") => {}
-                Some("deleting") => return Some("unfinished-teardown".into()),
+                Some(WorkerState::Intent | WorkerState::Starting) => {}
+                Some(WorkerState::Deleting) => return Some("unfinished-teardown".into()),
                 _ if age_secs(inst) >= self.grace.as_secs() as i64 => return Some("orphan".into()),
                 _ => {}
             }
@@ -272,7 +272,7 @@ impl Reaper<'_> {
                 if listed_names.contains(&name.as_str()) {
                     continue;
                 }
-                if row.state == "intent" || row.state == "starting" {
+                if row.state.is_coming_up() {
                     let age = (Utc::now() - row.intent_at).num_seconds();
                     if self.controller_running && age < self.grace.as_secs() as i64 {
                         continue;

@@ -15,7 +15,7 @@ use super::ports::{Ports, RunContext, journaled};
 use super::reaper::Reaper;
 use crate::bootstrap::{self, Method};
 use crate::config::Settings;
-use crate::journal::{AttemptRow, Journal, JournalError};
+use crate::journal::{AttemptRow, Journal, JournalError, WorkerState};
 use crate::printer::{Printer, fmt_secs};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError, WorkerSpec};
 use crate::transport::{ExecRequest, Transport};
@@ -527,7 +527,7 @@ impl WorkerLifecycle {
                 // A create that never answered may still be invisible (eventual consistency):
                 // the row stays until the grace period says it never happened; meanwhile the
                 // reaper finds the VM by its labels if it does appear.
-                None if row.state == "intent"
+                None if row.state == WorkerState::Intent
                     && (chrono::Utc::now() - row.intent_at)
                         .to_std()
                         .unwrap_or_default()
@@ -559,7 +559,7 @@ impl WorkerLifecycle {
                 Some(instance)
                     if adopt
                         && adopted.is_none()
-                        && row.state == "ready"
+                        && row.state == WorkerState::Ready
                         && instance.status == crate::provider::InstanceStatus::Running =>
                 {
                     let instance = bootstrap::as_work_user(&self.settings, instance);
