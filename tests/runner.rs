@@ -8,6 +8,7 @@ mod test_commands;
 mod test_contract;
 mod test_cost;
 mod test_gcp;
+mod test_lifecycle;
 mod test_loop;
 mod test_signals;
 mod test_simulation;

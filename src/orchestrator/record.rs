@@ -154,3 +154,70 @@ fn apply(tracker: &dyn Tracker, j: &Journal, t: Transition) -> Result<Option<i64
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::juggle::Juggle;
+
+    fn stores(dir: &std::path::Path) -> (Arc<dyn Tracker>, Journal) {
+        let balls = dir.join(".juggle");
+        std::fs::create_dir_all(&balls).unwrap();
+        std::fs::write(
+            balls.join("balls.jsonl"),
+            "{\"id\":\"p-1\",\"title\":\"one\",\"state\":\"in_progress\"}\n",
+        )
+        .unwrap();
+        let tracker: Arc<dyn Tracker> = Arc::new(Juggle::new(balls, ""));
+        (tracker, Journal::open(&dir.join("state")).unwrap())
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A blocked ball is blocked in the tracker (with a progress line) and in the journal, in one
+    /// transition.
+    #[test]
+    fn a_transition_reaches_the_tracker_and_the_journal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tracker, journal) = stores(tmp.path());
+        let task = tracker.list().unwrap().remove(0);
+        let recorder = Recorder::new(tracker.clone(), journal.clone());
+        let blocked = Transition::Blocked {
+            task,
+            reason: "needs creds".into(),
+        };
+        rt().block_on(recorder.apply(blocked)).unwrap();
+        let t = tracker.list().unwrap().remove(0);
+        assert_eq!(
+            (t.state.as_str(), t.blocked_reason.as_str()),
+            ("blocked", "needs creds")
+        );
+        let row = journal.tasks().unwrap().remove(0);
+        assert_eq!(row.state, "blocked");
+        assert_eq!(row.reason.as_deref(), Some("needs creds"));
+    }
+
+    /// A journal write that fails is returned to the caller (which reports it), never dropped.
+    #[test]
+    fn a_failed_journal_write_is_returned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tracker, journal) = stores(tmp.path());
+        let task = tracker.list().unwrap().remove(0);
+        rusqlite::Connection::open(tmp.path().join("state/journal.sqlite"))
+            .unwrap()
+            .execute_batch("DROP TABLE tasks")
+            .unwrap();
+        let recorder = Recorder::new(tracker.clone(), journal);
+        let aborted = Transition::Aborted { task };
+        let result = rt().block_on(recorder.apply(aborted));
+        assert!(matches!(result, Err(RecordError::Journal(_))), "{result:?}");
+        // The tracker went first: the ball is back to pending.
+        assert_eq!(tracker.list().unwrap()[0].state, "pending");
+    }
+}
