@@ -349,8 +349,40 @@ impl From<TrackerError> for CommandError {
             TrackerError::Ambiguous(..) => CommandError::new(ErrorKind::User, Arc::new(e))
                 .hint("give more characters of the id"),
             TrackerError::Invalid(_) => CommandError::new(ErrorKind::Usage, Arc::new(e)),
+            TrackerError::LockTimeout { path, .. } => {
+                let hint = format!(
+                    "`fuser {path}` shows which process holds it; run the command again once it is done"
+                );
+                CommandError::new(ErrorKind::User, Arc::new(e)).hint(hint)
+            }
             TrackerError::Io { .. } => {
                 CommandError::with_source("the juggle tracker could not be read or written", e)
+            }
+        }
+    }
+}
+
+impl From<crate::orchestrator::OrchestratorError> for CommandError {
+    fn from(e: crate::orchestrator::OrchestratorError) -> CommandError {
+        use crate::orchestrator::OrchestratorError as E;
+        match e {
+            E::Journal(e) => e.into(),
+            E::Tracker(e) => e.into(),
+            e => {
+                let kind = if e.is_usage() {
+                    ErrorKind::Usage
+                } else if e.is_internal() {
+                    ErrorKind::Internal
+                } else {
+                    ErrorKind::User
+                };
+                let mut err = match e.cause() {
+                    Some(cause) => CommandError::from_error(e.to_string(), cause),
+                    None => CommandError::user(e.to_string()),
+                }
+                .kind(kind);
+                err.hints = e.hints();
+                err
             }
         }
     }

@@ -100,13 +100,76 @@ pub struct Journal {
     path: PathBuf,
 }
 
+/// Where a worker is in its journaled life: `intent` (a create is about to be sent), `starting`
+/// (the provider made it; it is being made ready), `ready` (a controller may use and adopt it),
+/// `deleting` (a teardown began), `deleted` (confirmed gone; its ledger row is written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Intent,
+    Starting,
+    Ready,
+    Deleting,
+    Deleted,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Intent => "intent",
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Deleting => "deleting",
+            WorkerState::Deleted => "deleted",
+        }
+    }
+
+    /// A create whose controller has not yet made the worker ready.
+    pub fn is_coming_up(self) -> bool {
+        matches!(self, WorkerState::Intent | WorkerState::Starting)
+    }
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for WorkerState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl rusqlite::types::FromSql for WorkerState {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        match v.as_str()? {
+            "intent" => Ok(WorkerState::Intent),
+            "starting" => Ok(WorkerState::Starting),
+            "ready" => Ok(WorkerState::Ready),
+            "deleting" => Ok(WorkerState::Deleting),
+            "deleted" => Ok(WorkerState::Deleted),
+            other => Err(rusqlite::types::FromSqlError::Other(
+                format!("unknown worker state {other:?}").into(),
+            )),
+        }
+    }
+}
+
+impl rusqlite::types::ToSql for WorkerState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerRow {
     pub name: String,
     pub provider: String,
     pub machine_type: String,
     pub request_id: String,
-    pub state: String,
+    pub state: WorkerState,
     pub intent_at: DateTime<Utc>,
     pub created_at: Option<DateTime<Utc>>,
     pub deleted_at: Option<DateTime<Utc>>,
@@ -696,5 +759,50 @@ impl ControllerLock {
                 Some(pid.trim().to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each state is stored as the word the schema documents, and read back as itself; a word
+    /// the code does not know is an error, not a silent default.
+    #[test]
+    fn worker_states_round_trip_through_sqlite() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute("CREATE TABLE t (s TEXT)", []).unwrap();
+        let all = [
+            WorkerState::Intent,
+            WorkerState::Starting,
+            WorkerState::Ready,
+            WorkerState::Deleting,
+            WorkerState::Deleted,
+        ];
+        for s in all {
+            c.execute("INSERT INTO t VALUES (?1)", [s]).unwrap();
+        }
+        let words: Vec<String> = c
+            .prepare("SELECT s FROM t")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            words,
+            ["intent", "starting", "ready", "deleting", "deleted"]
+        );
+        let back: Vec<WorkerState> = c
+            .prepare("SELECT s FROM t")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(back, all);
+        let unknown: rusqlite::Result<WorkerState> =
+            c.query_row("SELECT 'zombie'", [], |r| r.get(0));
+        assert!(unknown.is_err());
     }
 }

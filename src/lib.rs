@@ -14,7 +14,6 @@ pub mod orchestrator;
 pub mod printer;
 pub mod project;
 pub mod provider;
-pub mod reaper;
 pub mod report;
 pub mod secrets;
 pub mod tracker;

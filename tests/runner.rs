@@ -9,6 +9,7 @@ mod test_contract;
 mod test_cost;
 mod test_gcp;
 mod test_layers;
+mod test_lifecycle;
 mod test_loop;
 mod test_reports;
 mod test_signals;

@@ -142,8 +142,18 @@ fn idle_worker_is_torn_down_and_the_loop_keeps_polling() {
 
 impl TestEnv {
     fn journal_has_deleted_worker(&self) -> bool {
-        self.state.join("journal.sqlite").exists()
-            && self.journal("SELECT count(*) FROM workers WHERE state = 'deleted'") == "1"
+        self.journal_count("SELECT count(*) FROM workers WHERE state = 'deleted'") == Some(1)
+    }
+
+    /// A count from the controller's journal while it runs: `None` until the journal exists
+    /// with its tables (the controller may be between creating the file and its schema).
+    fn journal_count(&self, sql: &str) -> Option<i64> {
+        let path = self.state.join("journal.sqlite");
+        if !path.exists() {
+            return None;
+        }
+        let conn = rusqlite::Connection::open(path).ok()?;
+        conn.query_row(sql, [], |r| r.get(0)).ok()
     }
 }
 
@@ -249,8 +259,8 @@ fn a_polling_controller_survives_a_failed_bring_up() {
     env.add(&["waits for an agent"]);
     let child = env.spawn(&["run"]);
     assert!(wait_for(Duration::from_secs(15), || {
-        env.state.join("journal.sqlite").exists()
-            && env.journal("SELECT count(*) FROM workers WHERE termination_reason = 'error'") != "0"
+        env.journal_count("SELECT count(*) FROM workers WHERE termination_reason = 'error'")
+            .is_some_and(|n| n != 0)
     }));
     std::thread::sleep(Duration::from_millis(300));
     kill(&child, "TERM");

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use cwo::config::{GcpSettings, SshSettings};
 use cwo::journal::Journal;
+use cwo::orchestrator::delete_journaled;
+use cwo::orchestrator::reaper::Reaper;
 use cwo::provider::{Provider, WorkerSpec};
-use cwo::reaper::Reaper;
 
 use crate::common::Rng;
 use crate::common::fake_gce::FakeGce;
@@ -84,10 +85,17 @@ fn every_labelled_vm_ends_journaled_active_or_deleted() {
                         if crash_at == 2 {
                             continue;
                         }
-                        // A clean teardown.
-                        journal.worker_deleting(&name, "idle").unwrap();
-                        p.delete(&name).await.unwrap();
-                        journal.worker_deleted(&name, "idle").unwrap();
+                        // A clean teardown: the lifecycle's own (journaled, confirmed).
+                        delete_journaled(
+                            &p,
+                            Some(&journal),
+                            &name,
+                            "idle",
+                            Duration::from_secs(60),
+                            &mut |_| {},
+                        )
+                        .await
+                        .unwrap();
                     }
                     // Something outside cwo deletes a VM (the TTL, a person).
                     3 => {

@@ -67,6 +67,15 @@ pub fn render_prompt(template: &str, task: &Task, branch: &str) -> String {
     out
 }
 
+/// Why the agent's command line cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgvError {
+    #[error(
+        "the prompt is {len} bytes, too long for one argument; use {{prompt_file}} in agent.command"
+    )]
+    PromptTooLong { len: usize },
+}
+
 /// Substitutes `{prompt_file}`, `{prompt}`, `{task_id}` and `{workdir}` inside each argv element.
 pub fn build_argv(
     command: &[String],
@@ -74,13 +83,10 @@ pub fn build_argv(
     prompt_file: &str,
     task_id: &str,
     workdir: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ArgvError> {
     let uses_inline = command.iter().any(|a| a.contains("{prompt}"));
     if uses_inline && prompt.len() > MAX_ARG_PROMPT {
-        return Err(format!(
-            "the prompt is {} bytes, too long for one argument; use {{prompt_file}} in agent.command",
-            prompt.len()
-        ));
+        return Err(ArgvError::PromptTooLong { len: prompt.len() });
     }
     Ok(command
         .iter()

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::cli::{DemoArgs, GlobalArgs};
 use crate::error::{CommandError, ExitStatus};
-use crate::orchestrator::{Orchestrator, RunOptions, Shutdown};
+use crate::orchestrator::{RunOptions, Shutdown};
 use crate::printer::Printer;
 use crate::project::Project;
 use crate::tracker::Tracker;
@@ -149,7 +149,7 @@ pub async fn demo(
     let root = build(&base)?;
     let project = Project::load(Some(&root), &g.config)?;
     super::warn_about_settings(&project, &printer);
-    let orch = Orchestrator::new(&project, printer)?;
+    let orch = super::run::orchestrator(&project, printer)?;
     printer.status("running `cwo run --once` on the local provider with the scripted demo agent\n");
     let _lock = crate::journal::ControllerLock::acquire(&project.state_dir)?;
     orch.run(RunOptions { once: true }, Shutdown::default())
@@ -178,7 +178,7 @@ pub async fn demo(
     {
         out.push_str(&format!("  {line}\n"));
     }
-    let live = orch.journal().live_workers()?;
+    let live = orch.workers().journal().live_workers()?;
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "cwo".into());

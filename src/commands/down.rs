@@ -2,13 +2,12 @@
 
 use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
-use crate::orchestrator::Orchestrator;
 use crate::printer::Printer;
 use crate::project::Project;
 
 pub async fn down(project: &Project, printer: Printer) -> Result<ExitStatus, CommandError> {
     let _lock = ControllerLock::acquire(&project.state_dir)?;
-    let orch = Orchestrator::new(project, printer)?;
+    let orch = super::run::lifecycle(project, printer)?;
     let live = orch.journal().live_workers()?;
     if live.is_empty() {
         printer.status("no workers to tear down");
@@ -20,7 +19,7 @@ pub async fn down(project: &Project, printer: Printer) -> Result<ExitStatus, Com
         .await;
     orch.warn_unsettled(&pending);
     if let Some(e) = failed.pop() {
-        return Err(e);
+        return Err(e.into());
     }
     // Creates that never appeared stay journaled (warned about) for the next down or the reaper.
     let left: Vec<_> = orch

@@ -7,7 +7,6 @@ use crate::config::ProviderKind;
 use crate::cost::Catalog;
 use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
-use crate::orchestrator::Orchestrator;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
 use crate::provider::gcp::{GcpProvider, firewall_name, network_tag};
@@ -22,7 +21,7 @@ pub async fn up(
         return plan(project, printer, args.format).await;
     }
     let _lock = ControllerLock::acquire(&project.state_dir)?;
-    let orch = Orchestrator::new(project, printer)?;
+    let orch = super::run::lifecycle(project, printer)?;
     let recovered = orch.recover(true, "orphaned").await?;
     let mut pending = recovered.pending;
     let mut failed = orch
@@ -30,7 +29,7 @@ pub async fn up(
         .await;
     orch.warn_unsettled(&pending);
     if let Some(e) = failed.pop() {
-        return Err(e);
+        return Err(e.into());
     }
     if let Some(w) = recovered.worker {
         printer.status(format!("worker {} is already up", w.instance.name));

@@ -10,9 +10,9 @@ use super::{Report, SCHEMA_VERSION, sources};
 use crate::cost::budget::{self, Period, Policy, Verdict};
 use crate::cost::{Catalog, compute};
 use crate::error::{CommandError, ExitStatus};
+use crate::orchestrator::reaper::Reaper;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::reaper::Reaper;
 
 /// What to check.
 #[derive(Debug, Clone)]

@@ -5,9 +5,9 @@ use serde::Serialize;
 use super::table::Table;
 use super::{Report, SCHEMA_VERSION};
 use crate::error::CommandError;
+use crate::orchestrator::reaper::{Decision, Reaper};
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::reaper::{Decision, Reaper};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ReapReport {
@@ -52,7 +52,7 @@ pub async fn collect(
             .iter()
             .filter(|d| matches!(d.action.as_str(), "deleted" | "gone"))
         {
-            match crate::reaper::release_attempts(&journal, &tracker, &d.worker) {
+            match crate::orchestrator::reaper::release_attempts(&journal, &tracker, &d.worker) {
                 Ok(balls) if !balls.is_empty() => printer.status(format!(
                     "{}: back to pending (worker {} was reaped)",
                     balls.join(", "),

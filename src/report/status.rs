@@ -80,7 +80,7 @@ pub async fn collect(project: &Project, printer: Printer) -> Result<StatusReport
     };
     if let Some(l) = &mut listed {
         let on_retry = |line: String| printer.status(line);
-        let reaper = crate::reaper::Reaper::new(
+        let reaper = crate::orchestrator::reaper::Reaper::new(
             provider.as_ref(),
             &journal,
             &project_slug,
@@ -134,7 +134,7 @@ pub fn reconcile(
             WorkerStatus {
                 name: w.name.clone(),
                 provider: w.provider.clone(),
-                state: w.state.clone(),
+                state: w.state.to_string(),
                 cloud: cloud.into(),
                 created_at: w.created_at,
                 uptime_secs: w.created_at.map(|c| (now - c).num_seconds().max(0)),

@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{Local, SecondsFormat};
 use serde_json::{Map, Value};
@@ -41,7 +42,13 @@ pub struct Juggle {
     sink: Option<ProblemSink>,
     /// Problems already given to `sink`.
     reported: Mutex<HashSet<TrackerProblem>>,
+    /// How long a write waits for a lock another process holds.
+    lock_timeout: Duration,
 }
+
+/// How long a write waits for juggle's lock before it gives up with [`TrackerError::LockTimeout`]
+/// (juggle holds it for one rewrite of the file: milliseconds).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One line of the file without its `\n`; a `\r` before the `\n` stays in `raw`.
 struct Line {
@@ -269,7 +276,14 @@ impl Juggle {
             session: session.into(),
             sink: None,
             reported: Mutex::new(HashSet::new()),
+            lock_timeout: LOCK_TIMEOUT,
         }
+    }
+
+    /// Waits at most `timeout` for a lock another process holds (default [`LOCK_TIMEOUT`]).
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Juggle {
+        self.lock_timeout = timeout;
+        self
     }
 
     /// Gives every problem `list()` finds to `sink`, once per problem for the life of this value
@@ -308,15 +322,38 @@ impl Juggle {
     /// Takes juggle's write lock (BSD flock, which is what std's `File::lock` uses on Linux).
     fn lock(&self) -> Result<File, TrackerError> {
         std::fs::create_dir_all(&self.dir).map_err(|e| Self::io_err(&self.dir, e))?;
-        let path = self.dir.join("balls.jsonl.lock");
+        self.lock_file(&self.dir.join("balls.jsonl.lock"))
+    }
+
+    /// Takes the flock on `path`, polling for at most `lock_timeout` while another process
+    /// holds it (a blocking wait would park the caller for as long as that process likes).
+    fn lock_file(&self, path: &Path) -> Result<File, TrackerError> {
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
-            .map_err(|e| Self::io_err(&path, e))?;
-        f.lock().map_err(|e| Self::io_err(&path, e))?;
-        Ok(f)
+            .open(path)
+            .map_err(|e| Self::io_err(path, e))?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(f),
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < self.lock_timeout => {
+                    std::thread::sleep(
+                        pause.min(self.lock_timeout.saturating_sub(started.elapsed())),
+                    );
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(TrackerError::LockTimeout {
+                        path: path.display().to_string(),
+                        waited: started.elapsed(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(Self::io_err(path, e)),
+            }
+        }
     }
 
     /// Re-reads under the lock, applies `change` to ball `id` (its first copy, as juggle does),
@@ -660,14 +697,7 @@ impl Juggle {
         if !dir.join("session.json").is_file() {
             return Ok(());
         }
-        let lock_path = dir.join("progress.txt.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Self::io_err(&lock_path, e))?;
-        lock.lock().map_err(|e| Self::io_err(&lock_path, e))?;
+        let _lock = self.lock_file(&dir.join("progress.txt.lock"))?;
         let path = dir.join("progress.txt");
         let mut f = OpenOptions::new()
             .create(true)
@@ -738,6 +768,32 @@ mod tests {
         std::fs::create_dir_all(&j).unwrap();
         std::fs::write(j.join("balls.jsonl"), content).unwrap();
         (dir, Juggle::new(j, ""))
+    }
+
+    /// A lock another process holds for longer than the timeout is a clear error naming the
+    /// lock file, not a wait without end.
+    #[test]
+    fn a_held_lock_times_out_with_an_error_naming_the_file() {
+        let (dir, j) = setup(r#"{"id":"p-1","title":"a","state":"pending"}"#.to_string() + "\n");
+        let j = j.with_lock_timeout(Duration::from_millis(300));
+        let lock_path = dir.path().join(".juggle/balls.jsonl.lock");
+        let held = File::create(&lock_path).unwrap();
+        held.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let claimer = std::thread::spawn(move || tx.send(j.claim("p-1")).unwrap());
+        let result = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("claim waits without end for a held lock");
+        held.unlock().unwrap();
+        claimer.join().unwrap();
+        let err = result.unwrap_err();
+        assert!(matches!(err, TrackerError::LockTimeout { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&lock_path.display().to_string())
+                && message.starts_with("another juggle process holds"),
+            "{message}"
+        );
     }
 
     #[test]

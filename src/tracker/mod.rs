@@ -130,6 +130,15 @@ pub enum TrackerError {
     Ambiguous(String, String),
     #[error("{0}")]
     Invalid(String),
+    /// Another process (a `juggle` command, another cwo) held the tracker's lock too long.
+    #[error(
+        "another juggle process holds {path} (waited {}s); wait for it to finish, or stop it if it is stuck",
+        waited.as_secs_f64().round()
+    )]
+    LockTimeout {
+        path: String,
+        waited: std::time::Duration,
+    },
 }
 
 /// What the loop needs from a task source.

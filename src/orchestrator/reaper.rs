@@ -9,8 +9,11 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::journal::Journal;
+use super::ports::journaled;
+use super::worker::{TeardownError, delete_journaled};
+use crate::journal::{Journal, JournalError, WorkerState};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
+use crate::tracker::{Tracker, TrackerError};
 
 pub const MARK_LABEL: &str = "cwo-reap-marked";
 pub const KEEP_LABEL: &str = "cwo-keep";
@@ -91,7 +94,7 @@ fn labelled(d: &mut Decision, result: Result<(), ProviderError>, doing: &str) {
 impl Reaper<'_> {
     /// Lists this project's workers and deletes the stopped ones (`delete_stopped`), for the
     /// commands that do not list them for anything else.
-    pub async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), ProviderError> {
+    pub async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), TeardownError> {
         let selector = BTreeMap::from([
             ("cwo-managed".to_string(), "true".to_string()),
             ("cwo-project".to_string(), self.project_slug.to_string()),
@@ -139,10 +142,10 @@ impl Reaper<'_> {
         // Only this project's journal can vouch for this project's workers.
         if inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug) {
             let row = journal_rows.get(&inst.name);
-            match row.map(|w| w.state.as_str()) {
+            match row.map(|w| w.state) {
                 // Held by a controller, unless none runs and none has said so for the grace
                 // period: a crashed controller's worker, whose balls go back to pending.
-                Some("ready")
+                Some(WorkerState::Ready)
                     if !self.controller_running
                         && row.and_then(|w| w.last_seen).is_none_or(|seen| {
                             (Utc::now() - seen).num_seconds() >= self.grace.as_secs() as i64
@@ -150,17 +153,17 @@ impl Reaper<'_> {
                 {
                     return Some("abandoned".into());
                 }
-                Some("ready") => {}
+                Some(WorkerState::Ready) => {}
                 // A create (or a bring-up: `starting`) whose controller is gone, or that never
                 // finished.
-                Some("intent" | "starting")
+                Some(WorkerState::Intent | WorkerState::Starting)
                     if !self.controller_running
                         || age_secs(inst) >= self.grace.as_secs() as i64 =>
                 {
                     return Some("unfinished-create".into());
                 }
-                Some("intent" | "starting") => {}
-                Some("deleting") => return Some("unfinished-teardown".into()),
+                Some(WorkerState::Intent | WorkerState::Starting) => {}
+                Some(WorkerState::Deleting) => return Some("unfinished-teardown".into()),
                 _ if age_secs(inst) >= self.grace.as_secs() as i64 => return Some("orphan".into()),
                 _ => {}
             }
@@ -169,16 +172,15 @@ impl Reaper<'_> {
     }
 
     /// One pass. `act` = false decides and reports but changes nothing.
-    pub async fn pass(&self, act: bool) -> Result<Vec<Decision>, ProviderError> {
+    pub async fn pass(&self, act: bool) -> Result<Vec<Decision>, TeardownError> {
         let selector = BTreeMap::from([("cwo-managed".to_string(), "true".to_string())]);
         let listed = self.provider.list(&selector).await?;
-        let journal_rows: HashMap<String, crate::journal::WorkerRow> = self
-            .journal
-            .live_workers()
-            .map_err(|e| ProviderError::Transient(e.to_string()))?
-            .into_iter()
-            .map(|w| (w.name.clone(), w))
-            .collect();
+        let journal_rows: HashMap<String, crate::journal::WorkerRow> =
+            journaled(self.journal, |j| j.live_workers())
+                .await?
+                .into_iter()
+                .map(|w| (w.name.clone(), w))
+                .collect();
         let now = Utc::now().timestamp();
         let mut out = Vec::new();
         for inst in listed {
@@ -270,15 +272,19 @@ impl Reaper<'_> {
                 if listed_names.contains(&name.as_str()) {
                     continue;
                 }
-                if row.state == "intent" || row.state == "starting" {
+                if row.state.is_coming_up() {
                     let age = (Utc::now() - row.intent_at).num_seconds();
                     if self.controller_running && age < self.grace.as_secs() as i64 {
                         continue;
                     }
                 }
                 if self.provider.get(name).await?.is_none() {
-                    let _ = self.journal.worker_deleting(name, "gone");
-                    let _ = self.journal.worker_deleted(name, "gone");
+                    let n = name.clone();
+                    journaled(self.journal, move |j| {
+                        j.worker_deleting(&n, "gone")?;
+                        j.worker_deleted(&n, "gone")
+                    })
+                    .await?;
                 }
             }
         }
@@ -292,99 +298,108 @@ impl Reaper<'_> {
         &self,
         inst: &Instance,
         reason: &str,
-    ) -> Result<DeleteOutcome, ProviderError> {
+    ) -> Result<DeleteOutcome, TeardownError> {
         let why = match reason {
             "expired" => "ttl",
             "stopped" => "idle",
             "budget" => "budget",
             _ => "reaped",
         };
-        let name = inst.name.as_str();
         let ours = inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug);
         if ours {
-            let j = self.journal;
-            let known = j.worker(name).ok().flatten();
-            let record = || -> Result<(), crate::journal::JournalError> {
-                if known.is_none() {
-                    j.worker_intent(
-                        name,
-                        self.provider.kind(),
-                        &inst.machine_type_label(),
-                        "reaper",
-                        "{}",
-                    )?;
-                }
-                j.worker_created_if_unknown(name, inst.created_at)?;
-                if known.as_ref().is_none_or(|w| w.price.is_none()) {
-                    // Priced from its labels: the machine it was made as, in its zone.
-                    let price = crate::cost::PriceSnapshot::take(
-                        &crate::cost::Catalog::load()
-                            .unwrap_or_else(|_| crate::cost::Catalog::embedded()),
-                        &inst.machine_type_label(),
-                        inst.zone.as_deref().unwrap_or(""),
-                        false,
-                        "pd-standard",
-                        10,
-                    );
-                    j.worker_price(name, &price)?;
-                }
-                j.worker_deleting(name, why)
-            };
-            record().map_err(|e| ProviderError::Transient(e.to_string()))?;
+            let (inst, kind) = (inst.clone(), self.provider.kind());
+            journaled(self.journal, move |j| record_found(j, &inst, kind)).await?;
         }
-        let outcome = crate::provider::delete_confirmed(
+        delete_journaled(
             self.provider,
-            name,
+            ours.then_some(self.journal),
+            &inst.name,
+            why,
             self.teardown_timeout,
             &mut |line| (self.on_retry)(line),
         )
-        .await?;
-        if ours {
-            self.journal
-                .worker_deleted(name, why)
-                .map_err(|e| ProviderError::Transient(e.to_string()))?;
-        }
-        Ok(outcome)
+        .await
     }
+}
+
+/// Journals a worker found by its labels (even one a crashed controller never recorded) up to
+/// `created`, priced from its labels, so its teardown is journaled and the ledger keeps its whole
+/// life.
+fn record_found(j: &Journal, inst: &Instance, kind: &str) -> Result<(), JournalError> {
+    let name = inst.name.as_str();
+    let known = j.worker(name).ok().flatten();
+    if known.is_none() {
+        j.worker_intent(name, kind, &inst.machine_type_label(), "reaper", "{}")?;
+    }
+    j.worker_created_if_unknown(name, inst.created_at)?;
+    if known.as_ref().is_none_or(|w| w.price.is_none()) {
+        // Priced from its labels: the machine it was made as, in its zone.
+        let price = crate::cost::PriceSnapshot::take(
+            &crate::cost::Catalog::load().unwrap_or_else(|_| crate::cost::Catalog::embedded()),
+            &inst.machine_type_label(),
+            inst.zone.as_deref().unwrap_or(""),
+            false,
+            "pd-standard",
+            10,
+        );
+        j.worker_price(name, &price)?;
+    }
+    Ok(())
+}
+
+/// Why a reaped worker's attempts could not be settled.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    #[error("{ball}: {source}")]
+    Release {
+        ball: String,
+        #[source]
+        source: TrackerError,
+    },
 }
 
 /// The attempts a reaped worker still had open (its controller died): closed as aborted, and their
 /// balls go back to pending for the next `cwo run`. Returns the balls released.
 pub fn release_attempts(
     journal: &Journal,
-    tracker: &dyn crate::tracker::Tracker,
+    tracker: &dyn Tracker,
     worker: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ReleaseError> {
     let mut released = Vec::new();
     for a in journal
-        .dangling_attempts()
-        .map_err(|e| e.to_string())?
+        .dangling_attempts()?
         .into_iter()
         .filter(|a| a.worker == worker)
     {
-        journal
-            .attempt_end(
-                a.id,
-                "aborted",
-                "-",
-                a.branch.as_deref(),
-                None,
-                Some("its controller stopped and the reaper deleted the worker"),
-            )
-            .map_err(|e| e.to_string())?;
+        journal.attempt_end(
+            a.id,
+            "aborted",
+            "-",
+            a.branch.as_deref(),
+            None,
+            Some("its controller stopped and the reaper deleted the worker"),
+        )?;
         // Only a ball still in progress goes back: one its controller completed or blocked
         // before dying (the attempt closes after the tracker) keeps its state.
         let in_progress = tracker
-            .list()
-            .map_err(|e| e.to_string())?
+            .list()?
             .iter()
             .any(|t| t.id == a.ball_id && t.state == "in_progress");
         if !in_progress {
             continue;
         }
         match tracker.release(&a.ball_id) {
-            Ok(()) | Err(crate::tracker::TrackerError::NotFound(_)) => {}
-            Err(e) => return Err(format!("{}: {e}", a.ball_id)),
+            Ok(()) | Err(TrackerError::NotFound(_)) => {}
+            Err(source) => {
+                return Err(ReleaseError::Release {
+                    ball: a.ball_id,
+                    source,
+                });
+            }
         }
         released.push(a.ball_id);
     }

@@ -1,0 +1,828 @@
+//! One ball, from claim to complete / blocked / pending: attempts with retries, the detached
+//! agent followed by byte offset (surviving dropped connections), delivery of the branch. Each
+//! step says by its error type what happens next ([`TaskError`]: retry, block, or the worker is
+//! gone); every transition is written by the [`Recorder`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::error::TaskError;
+use super::ports::journaled;
+use super::record::{RecordError, Recorder, Transition};
+use crate::agent::detached::{AgentState, Detached, FollowEnd};
+use crate::agent::{self, Outcome};
+use crate::config::Settings;
+use crate::git::{self, WorkerCheckout};
+use crate::journal::{AttemptRow, Journal};
+use crate::printer::{Printer, fmt_secs};
+use crate::provider::Provider;
+use crate::secrets::Masker;
+use crate::tracker::Task;
+use crate::transport::{ExecStatus, Transport, TransportError};
+
+/// Between SIGTERM and SIGKILL for an agent that overran its timeout or was aborted.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long the controller keeps trying to reach a worker the provider says is alive (one
+/// outage: the clock restarts whenever the worker answers).
+const RECONNECT_LIMIT: Duration = Duration::from_secs(300);
+/// Between the two reads that must both say a worker is gone.
+const GONE_RECHECK: Duration = Duration::from_secs(2);
+
+/// What every task of a run shares.
+pub(crate) struct TaskEnv {
+    /// `agent.env` with secret references resolved, and the masker for their values; set
+    /// once at the start of a run.
+    pub agent_env: tokio::sync::OnceCell<(Vec<(String, String)>, Masker)>,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub settings: Arc<Settings>,
+    pub template: String,
+    pub recorder: Recorder,
+    pub journal: Journal,
+    pub printer: Printer,
+}
+
+/// One task on one worker.
+pub(crate) struct TaskCtx {
+    pub env: Arc<TaskEnv>,
+    pub provider: Arc<dyn Provider>,
+    pub transport: Arc<dyn Transport>,
+    pub worker: String,
+    pub workspace: String,
+    pub abort: CancellationToken,
+}
+
+pub(crate) struct TaskReport {
+    pub id: String,
+    /// The worker the task ran on.
+    pub worker: String,
+    pub outcome: Outcome,
+    pub agent: Duration,
+    pub git: Duration,
+    /// Attempts this controller spent on the ball, across workers.
+    pub tries: u32,
+    /// The worker disappeared under the task (the provider says it is gone): the loop tears it
+    /// down and the ball, when it has tries left, goes back to the queue for a new worker.
+    pub worker_gone: bool,
+}
+
+/// How one attempt ended: its verdict, the agent's exit as recorded, the delivered commit.
+pub(crate) struct AttemptResult {
+    pub outcome: Outcome,
+    pub exit: String,
+    pub commit: Option<String>,
+}
+
+/// An error from a step on the worker that may only mean the connection was lost.
+trait Lost: std::error::Error + Send + Sync + 'static {
+    fn lost(&self) -> bool;
+}
+
+impl Lost for TransportError {
+    fn lost(&self) -> bool {
+        self.is_connection()
+    }
+}
+
+impl Lost for git::GitError {
+    fn lost(&self) -> bool {
+        self.is_connection()
+    }
+}
+
+/// Runs an idempotent step on the worker. A lost connection never means a dead worker: the step
+/// is retried while the provider says the worker lives, and a worker the provider says is gone
+/// ends the attempt as `WorkerGone` (DESIGN invariant 5). Any other failure is a `Retry`.
+async fn on_worker<T, E, Fut>(
+    ctx: &TaskCtx,
+    what: &str,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, TaskError>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Lost,
+{
+    let mut since = None;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.lost() => {
+                if !still_alive(ctx, &e.to_string(), &mut since, &mut backoff).await? {
+                    return Err(TaskError::gone(format!(
+                        "worker {} is gone ({what})",
+                        ctx.worker
+                    )));
+                }
+            }
+            Err(e) => return Err(TaskError::retry(format!("{what} on {}", ctx.worker), e)),
+        }
+    }
+}
+
+/// Runs a ball to its end and records the outcome in the tracker and the journal. `resume` is an
+/// attempt a previous controller left running on this worker; `prior_tries` are attempts this
+/// controller already spent on the ball on workers that went away.
+pub(crate) async fn run_task(
+    ctx: TaskCtx,
+    task: Task,
+    resume: Option<AttemptRow>,
+    prior_tries: u32,
+) -> TaskReport {
+    let env = ctx.env.clone();
+    let mut report = TaskReport {
+        id: task.id.clone(),
+        worker: ctx.worker.clone(),
+        outcome: Outcome::Aborted,
+        agent: Duration::ZERO,
+        git: Duration::ZERO,
+        tries: prior_tries,
+        worker_gone: false,
+    };
+    let outcome = drive_task(&ctx, &task, resume, &mut report)
+        .await
+        .unwrap_or_else(|e| Outcome::Blocked(e.reason()));
+    let max = env.settings.agent.max_attempts;
+    let requeue = report.worker_gone && report.tries < max.get();
+    let transition = match &outcome {
+        Outcome::Failed(reason) if requeue => {
+            env.printer.status(format!(
+                "↻ {} attempt {}/{max} lost its worker ({reason}); back to the queue for a new worker",
+                task.id, report.tries
+            ));
+            Some(Transition::Requeued {
+                task: task.clone(),
+                reason: reason.clone(),
+            })
+        }
+        Outcome::Aborted => {
+            env.printer
+                .status(format!("■ {} aborted; back to pending", task.id));
+            Some(Transition::Aborted { task: task.clone() })
+        }
+        Outcome::Blocked(reason) | Outcome::Failed(reason) => {
+            env.printer
+                .status(format!("✗ {} blocked: {reason}", task.id));
+            Some(Transition::Blocked {
+                task: task.clone(),
+                reason: reason.clone(),
+            })
+        }
+        // Recorded when it was delivered.
+        Outcome::Done { .. } => None,
+    };
+    if let Some(t) = transition {
+        warn_unrecorded(&env, &task.id, env.recorder.apply(t).await);
+    }
+    report.outcome = outcome;
+    report
+}
+
+/// A transition a store refused: the run goes on, and says so.
+fn warn_unrecorded<T>(env: &TaskEnv, id: &str, result: Result<T, RecordError>) {
+    match result {
+        Ok(_) => {}
+        Err(RecordError::Tracker(e)) => env.printer.warn(format!(
+            "could not record the outcome of {id} in the tracker: {e}"
+        )),
+        Err(RecordError::Journal(e)) => env.printer.warn(format!(
+            "could not record the outcome of {id} in the journal: {e}"
+        )),
+    }
+}
+
+/// What one attempt works with.
+struct Attempt {
+    id: i64,
+    seq: u32,
+    this_run: u32,
+    dir: String,
+    log_path: PathBuf,
+    base: String,
+    started_at: chrono::DateTime<Utc>,
+    /// The complete checkout of an attempt a stopped controller left (None: a new attempt).
+    resumed: Option<WorkerCheckout>,
+}
+
+/// What a task's attempts share: its branch and the bundle of the project they start from.
+struct Work<'a> {
+    task: &'a Task,
+    branch: String,
+    bundle: PathBuf,
+    /// The commit the bundle holds, once made.
+    base: Option<String>,
+}
+
+/// Runs attempts until one decides the ball. `Err` = a reason to block the ball at once.
+async fn drive_task(
+    ctx: &TaskCtx,
+    task: &Task,
+    mut resume: Option<AttemptRow>,
+    report: &mut TaskReport,
+) -> Result<Outcome, TaskError> {
+    let env = &ctx.env;
+    let settings = &env.settings;
+    let tmp = env.state_dir.join("tmp");
+    tokio::fs::create_dir_all(&tmp)
+        .await
+        .map_err(|e| TaskError::block(format!("cannot create {}", tmp.display()), e))?;
+    let mut work = Work {
+        task,
+        branch: format!("{}{}", settings.git.branch_prefix, task.id),
+        bundle: tmp.join(format!("{}-input.bundle", task.id)),
+        base: None,
+    };
+    let max = settings.agent.max_attempts.get();
+    while report.tries < max {
+        if ctx.abort.is_cancelled() {
+            return Ok(Outcome::Aborted);
+        }
+        let resumed = match resume.take() {
+            Some(row) => match reattach(ctx, &work, row, report).await? {
+                Reattach::Checkout(found) => Some(*found),
+                Reattach::Fresh => None,
+                Reattach::WorkerGone(reason) => return Ok(Outcome::Failed(reason)),
+            },
+            None => None,
+        };
+        report.tries += 1;
+        let this_run = report.tries;
+        let attempt = match resumed {
+            Some((row, co)) => Attempt {
+                id: row.id,
+                seq: row.attempt as u32,
+                this_run,
+                dir: row.workdir,
+                log_path: PathBuf::from(row.log_path),
+                base: row.base,
+                started_at: row.started_at,
+                resumed: Some(co),
+            },
+            None => start_attempt(ctx, &mut work, this_run, report).await?,
+        };
+        let result = run_attempt(ctx, &work, &attempt, report).await;
+        let ended = env
+            .recorder
+            .apply(Transition::AttemptEnded {
+                id: attempt.id,
+                outcome: result.outcome.label(),
+                exit: result.exit,
+                branch: Some(work.branch.clone()),
+                commit: result.commit,
+                reason: result.outcome.reason().map(str::to_string),
+            })
+            .await;
+        warn_unrecorded(env, &task.id, ended);
+        match result.outcome {
+            // Nothing more can run on a worker that is gone: the loop decides where the ball goes.
+            Outcome::Failed(reason) if report.worker_gone => return Ok(Outcome::Failed(reason)),
+            Outcome::Failed(reason) if this_run < max => {
+                let wait = settings.agent.retry_backoff * 2u32.saturating_pow(this_run - 1);
+                env.printer.status(format!(
+                    "↻ {} attempt {this_run}/{max} failed: {reason}; retrying in {}",
+                    task.id,
+                    fmt_secs(wait)
+                ));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.abort.cancelled() => return Ok(Outcome::Aborted),
+                }
+            }
+            Outcome::Failed(reason) => {
+                return Ok(Outcome::Failed(format!(
+                    "failed {max} attempt(s); last: {reason} (log: {})",
+                    attempt.log_path.display()
+                )));
+            }
+            other => return Ok(other),
+        }
+    }
+    Ok(Outcome::Failed(format!(
+        "no attempts left ({max} spent, the last on a worker that went away)"
+    )))
+}
+
+/// What an attempt a stopped controller left running turned out to be.
+enum Reattach {
+    /// Its checkout is complete: it is followed (its agent may have started).
+    Checkout(Box<(AttemptRow, WorkerCheckout)>),
+    /// It stopped before its agent could start: a fresh attempt replaces it.
+    Fresh,
+    /// Its worker is gone (the attempt is closed as failed).
+    WorkerGone(String),
+}
+
+/// An attempt left by a stopped controller is reattached only when its checkout was complete:
+/// before that, its agent cannot have started, and a fresh attempt replaces it.
+async fn reattach(
+    ctx: &TaskCtx,
+    work: &Work<'_>,
+    row: AttemptRow,
+    report: &mut TaskReport,
+) -> Result<Reattach, TaskError> {
+    let env = &ctx.env;
+    let id = &work.task.id;
+    let looked = on_worker(ctx, "looking at the checkout", || {
+        WorkerCheckout::existing(
+            ctx.transport.as_ref(),
+            row.workdir.clone(),
+            &work.branch,
+            &row.base,
+        )
+    })
+    .await;
+    let end = |outcome, reason: &str| Transition::AttemptEnded {
+        id: row.id,
+        outcome,
+        exit: "-".into(),
+        branch: row.branch.clone(),
+        commit: None,
+        reason: Some(reason.to_string()),
+    };
+    match looked {
+        Ok(Some(co)) => Ok(Reattach::Checkout(Box::new((row, co)))),
+        Ok(None) => {
+            env.printer.status(format!(
+                "{id}: attempt {} stopped while its checkout was being prepared (the agent never started); starting a fresh attempt",
+                row.attempt
+            ));
+            let closed = end("aborted", "controller stopped while preparing the checkout");
+            env.recorder
+                .apply(closed)
+                .await
+                .map_err(|e| TaskError::block("cannot close the stopped attempt", e))?;
+            Ok(Reattach::Fresh)
+        }
+        Err(gone @ TaskError::WorkerGone { .. }) => {
+            let reason = gone.reason();
+            warn_unrecorded(env, id, env.recorder.apply(end("failed", &reason)).await);
+            report.worker_gone = true;
+            Ok(Reattach::WorkerGone(reason))
+        }
+        Err(e) => Err(e
+            .with_context(format!("resuming attempt {}", row.attempt))
+            .blocking()),
+    }
+}
+
+/// A new attempt: the project bundled (once per ball), a number and a log of its own, its start
+/// journaled.
+async fn start_attempt(
+    ctx: &TaskCtx,
+    work: &mut Work<'_>,
+    this_run: u32,
+    report: &mut TaskReport,
+) -> Result<Attempt, TaskError> {
+    let env = &ctx.env;
+    let id = &work.task.id;
+    let base = match &work.base {
+        Some(b) => b.clone(),
+        None => {
+            let started = Instant::now();
+            let b = git::bundle_head(&env.root, &work.bundle)
+                .await
+                .map_err(|e| TaskError::block("cannot bundle the project for the worker", e))?;
+            report.git += started.elapsed();
+            work.base = Some(b.clone());
+            b
+        }
+    };
+    // Numbered per ball across runs, so a restarted controller never reuses a log file or a
+    // worker directory; `this_run` counts tries within this run.
+    let ball = id.clone();
+    let seq = journaled(&env.journal, move |j| j.attempts(Some(&ball)))
+        .await
+        .map_err(|e| TaskError::block("cannot count the ball's attempts in the journal", e))?
+        .len() as u32
+        + 1;
+    let dir = format!("{}/tasks/{id}/attempt-{seq}", ctx.workspace);
+    let log_path = env
+        .state_dir
+        .join("logs")
+        .join(id)
+        .join(format!("attempt-{seq}.log"));
+    let started = env
+        .recorder
+        .apply(Transition::AttemptStarted {
+            ball_id: id.clone(),
+            seq,
+            worker: ctx.worker.clone(),
+            log_path: log_path.clone(),
+            workdir: dir.clone(),
+            base: base.clone(),
+            branch: work.branch.clone(),
+        })
+        .await
+        .map_err(|e| TaskError::block("cannot record the attempt in the journal", e))?;
+    Ok(Attempt {
+        id: started.expect("an attempt's start returns its id"),
+        seq,
+        this_run,
+        dir,
+        log_path,
+        base,
+        started_at: Utc::now(),
+        resumed: None,
+    })
+}
+
+/// One attempt to its verdict: the agent run and judged, and, when it did the work, the branch
+/// delivered and the ball completed.
+async fn run_attempt(
+    ctx: &TaskCtx,
+    work: &Work<'_>,
+    a: &Attempt,
+    report: &mut TaskReport,
+) -> AttemptResult {
+    let failed = |e: TaskError, report: &mut TaskReport| {
+        report.worker_gone |= matches!(e, TaskError::WorkerGone { .. });
+        match e {
+            TaskError::Block { .. } => Outcome::Blocked(e.reason()),
+            e => Outcome::Failed(e.reason()),
+        }
+    };
+    let (outcome, exit, checkout) = match one_attempt(ctx, work, a, report).await {
+        Ok(x) => x,
+        Err(e) => (failed(e, report), "-".to_string(), None),
+    };
+    let mut result = AttemptResult {
+        outcome,
+        exit,
+        commit: None,
+    };
+    let (Outcome::Done { commits }, Some(co)) = (&result.outcome, checkout) else {
+        return result;
+    };
+    let commits = *commits;
+    let started = Instant::now();
+    let delivered = deliver(ctx, work.task, &co, a.seq, commits).await;
+    report.git += started.elapsed();
+    match delivered {
+        Ok((sha, note)) => match complete(ctx, work.task, &co.branch, &sha, &note).await {
+            Ok(()) => result.commit = Some(sha),
+            Err(e) => result.outcome = failed(e, report),
+        },
+        // A failed delivery blocks the ball (the work is kept locally, the error says where);
+        // one whose worker went away is done again elsewhere.
+        Err(e) => result.outcome = failed(e.blocking(), report),
+    }
+    result
+}
+
+/// Prepares the checkout (unless resuming), starts the agent detached (idempotent), follows it
+/// to its end, and judges the result.
+async fn one_attempt(
+    ctx: &TaskCtx,
+    work: &Work<'_>,
+    a: &Attempt,
+    report: &mut TaskReport,
+) -> Result<(Outcome, String, Option<WorkerCheckout>), TaskError> {
+    let env = &ctx.env;
+    let settings = &env.settings;
+    let (task, branch) = (work.task, work.branch.as_str());
+    let t = ctx.transport.as_ref();
+    let author = (
+        settings.git.author_name.as_str(),
+        settings.git.author_email.as_str(),
+    );
+    let prompt_file = format!("{}/prompt.md", a.dir);
+    let checkout = match &a.resumed {
+        Some(co) => co.clone(),
+        None => {
+            let started = Instant::now();
+            let co = on_worker(ctx, "preparing the checkout", || {
+                WorkerCheckout::prepare(t, a.dir.clone(), &work.bundle, &a.base, branch, author)
+            })
+            .await?;
+            report.git += started.elapsed();
+            co
+        }
+    };
+    let det = Detached::new(a.dir.clone());
+    // A resumed attempt whose agent was launched is only followed; one whose controller stopped
+    // between the checkout and the launch gets its prompt now.
+    let launched = match &a.resumed {
+        Some(_) => on_worker(ctx, "looking at the agent", || det.launched(t)).await?,
+        None => false,
+    };
+    let prompt = agent::render_prompt(&env.template, task, branch);
+    if !launched {
+        let local_prompt = env
+            .state_dir
+            .join("tmp")
+            .join(format!("{}-prompt.md", task.id));
+        tokio::fs::write(&local_prompt, &prompt)
+            .await
+            .map_err(|e| TaskError::retry(format!("writing {}", local_prompt.display()), e))?;
+        on_worker(ctx, "uploading the prompt", || {
+            t.upload(&local_prompt, &prompt_file)
+        })
+        .await?;
+    }
+    let argv = agent::build_argv(
+        &settings.agent.command,
+        &prompt,
+        &prompt_file,
+        &task.id,
+        &checkout.repo,
+    )
+    .map_err(|e| TaskError::retry("cannot build the agent's command", e))?;
+    let mut agent_env: Vec<(String, String)> = env
+        .agent_env
+        .get()
+        .map(|(env, _)| env.clone())
+        .unwrap_or_default();
+    agent_env.push(("CWO_TASK_ID".into(), task.id.clone()));
+    agent_env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
+    agent_env.push(("CWO_BRANCH".into(), branch.to_string()));
+    agent_env.push(("CWO_ATTEMPT".into(), a.this_run.to_string()));
+
+    // Starting is idempotent (the launch is claimed once on the worker), so a connection lost
+    // while starting is retried without ever starting a second agent.
+    on_worker(ctx, "starting the agent", || {
+        det.start(t, &checkout.repo, &argv, agent_env.clone())
+    })
+    .await?;
+    if launched {
+        env.printer
+            .status(format!("↪ {} reattached to attempt {}", task.id, a.seq));
+    }
+    let agent_started = Instant::now();
+    let (status, blocked) = watch(ctx, task, &det, a).await?;
+    report.agent += agent_started.elapsed();
+    let commits = match status {
+        ExecStatus::Cancelled => 0,
+        _ => {
+            on_worker(ctx, "counting the agent's commits", || {
+                checkout.new_commits(t)
+            })
+            .await?
+        }
+    };
+    let outcome = agent::judge(status, blocked, commits, settings.agent.timeout);
+    Ok((outcome, status.to_string(), Some(checkout)))
+}
+
+/// Follows the agent's log into the local log and the terminal until it ends, enforcing the
+/// timeout and the abort signal. A failed connection never means a dead worker: the provider is
+/// asked first, and the follow resumes from the byte offset already received.
+async fn watch(
+    ctx: &TaskCtx,
+    task: &Task,
+    det: &Detached,
+    a: &Attempt,
+) -> Result<(ExecStatus, Option<String>), TaskError> {
+    let env = &ctx.env;
+    let t = ctx.transport.as_ref();
+    if let Some(parent) = a.log_path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| TaskError::retry(format!("creating {}", parent.display()), e))?;
+    }
+    // The local log mirrors the worker's byte for byte, so its length is the resume offset.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .truncate(false)
+        .open(&a.log_path)
+        .map_err(|e| TaskError::retry(format!("opening {}", a.log_path.display()), e))?;
+    let mut offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let timeout = env.settings.agent.timeout;
+    let elapsed = (Utc::now() - a.started_at).to_std().unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + timeout.saturating_sub(elapsed);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut blocked: Option<String> = None;
+    let printer = env.printer;
+    let id = task.id.clone();
+    let masker = env
+        .agent_env
+        .get()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
+    let mut on_line = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\n');
+        printer.task_line(&id, text);
+        if blocked.is_none() {
+            blocked = agent::blocked_marker(text);
+        }
+    };
+    let mut unreachable_since: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(250);
+    let gone = || TaskError::gone(format!("worker {} is gone", ctx.worker));
+    let verdict = loop {
+        let offset_before = offset;
+        let stop = CancellationToken::new();
+        let mut sink = |bytes: &[u8]| {
+            // Masked with same-length stars: the local log keeps the worker log's offsets.
+            let bytes = masker.mask(bytes);
+            if let Err(e) = log.write_all(&bytes) {
+                tracing::debug!(error = %e, "local agent log not written");
+            }
+            pending.extend_from_slice(&bytes);
+            if pending.ends_with(b"\n") {
+                on_line(&pending);
+                pending.clear();
+            }
+        };
+        let follow = det.follow(t, &mut offset, &mut sink, stop.clone());
+        let result = tokio::select! {
+            r = follow => Some(r),
+            _ = tokio::time::sleep_until(deadline) => { stop.cancel(); None }
+            _ = ctx.abort.cancelled() => { stop.cancel(); None }
+        };
+        // The worker answered (a follow that ended cleanly or delivered bytes): an outage after
+        // this one is a new outage, with its own time limit.
+        if matches!(result, Some(Ok(_))) || offset > offset_before {
+            unreachable_since = None;
+            backoff = Duration::from_millis(250);
+        }
+        let failed_call = match result {
+            None if ctx.abort.is_cancelled() => break ExecStatus::Cancelled,
+            None => break ExecStatus::TimedOut,
+            Some(Ok(end)) => match (end, det.state(t).await) {
+                (_, Ok(AgentState::Exited(status))) => break status,
+                (FollowEnd::Stopped, Ok(AgentState::Missing)) => {
+                    return Err(TaskError::retry_because(format!(
+                        "the agent is not running on {} and left no exit status",
+                        ctx.worker
+                    )));
+                }
+                (_, Ok(_)) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                (_, Err(e)) => e,
+            },
+            Some(Err(e)) => e,
+        };
+        let error = failed_call.to_string();
+        if !still_alive(ctx, &error, &mut unreachable_since, &mut backoff).await? {
+            return Err(gone());
+        }
+    };
+    if !pending.is_empty() {
+        on_line(&pending);
+    }
+    if matches!(verdict, ExecStatus::TimedOut | ExecStatus::Cancelled) {
+        stop_agent(t, det).await;
+    }
+    if let Err(e) = writeln!(log, "[cwo] agent ended: {verdict}") {
+        tracing::debug!(error = %e, "local agent log not written");
+    }
+    Ok((verdict, blocked))
+}
+
+/// After a failed call: is the worker still there (keep trying) or gone? A worker that stayed
+/// unreachable for `RECONNECT_LIMIT` counts as lost too (`WorkerGone`): the loop replaces it
+/// rather than spending every remaining attempt, and the rest of the queue, on it.
+async fn still_alive(
+    ctx: &TaskCtx,
+    error: &str,
+    since: &mut Option<Instant>,
+    backoff: &mut Duration,
+) -> Result<bool, TaskError> {
+    let first = *since.get_or_insert_with(Instant::now);
+    // Only the provider may declare a worker dead, and only when it says so twice a moment apart
+    // (one empty read is no verdict); a provider error is no verdict either way.
+    match ctx.provider.get(&ctx.worker).await {
+        Ok(None) => {
+            tokio::time::sleep(GONE_RECHECK).await;
+            if let Ok(None) = ctx.provider.get(&ctx.worker).await {
+                return Ok(false);
+            }
+        }
+        // Stopped (outside cwo, or by a watchdog): it can do no work; deleted and replaced.
+        Ok(Some(i)) if i.status.is_stopped() => return Ok(false),
+        _ => {}
+    }
+    if first.elapsed() > RECONNECT_LIMIT {
+        return Err(TaskError::gone(format!(
+            "lost the connection to {} for {}: {error}",
+            ctx.worker,
+            fmt_secs(first.elapsed())
+        )));
+    }
+    ctx.env.printer.status(format!(
+        "connection to {} failed ({error}); the worker is alive, retrying in {}",
+        ctx.worker,
+        fmt_secs(*backoff)
+    ));
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(10));
+    Ok(true)
+}
+
+/// TERM, then KILL after the grace period, to the agent's whole process group. Best effort: an
+/// agent that cannot be signalled is killed with its worker at teardown.
+async fn stop_agent(t: &dyn Transport, det: &Detached) {
+    if let Err(e) = det.signal(t, "TERM").await {
+        tracing::debug!(error = %e, "TERM not delivered to the agent");
+    }
+    let end = Instant::now() + KILL_GRACE;
+    while Instant::now() < end {
+        if !matches!(det.state(t).await, Ok(AgentState::Running)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Err(e) = det.signal(t, "KILL").await {
+        tracing::debug!(error = %e, "KILL not delivered to the agent");
+    }
+}
+
+/// Brings the task branch back and pushes it. Returns the commit and the note that says where
+/// the work is.
+async fn deliver(
+    ctx: &TaskCtx,
+    task: &Task,
+    co: &WorkerCheckout,
+    seq: u32,
+    commits: u64,
+) -> Result<(String, String), TaskError> {
+    let env = &ctx.env;
+    let settings = &env.settings;
+    let local = env
+        .state_dir
+        .join("tmp")
+        .join(format!("{}-output.bundle", task.id));
+    on_worker(ctx, "bringing the branch back", || {
+        co.bring_back(ctx.transport.as_ref(), &local)
+    })
+    .await?;
+    let sha = git::fetch_result(&env.root, &local, &co.branch)
+        .await
+        .map_err(|e| TaskError::block("fetching the result", e))?;
+    let short = &sha[..12.min(sha.len())];
+    let where_ = if settings.git.push {
+        let remote = &settings.git.remote;
+        if !git::has_remote(&env.root, remote).await {
+            return Err(TaskError::Block {
+                context: format!(
+                    "the work is at refs/cwo/{} ({short}) but git remote `{remote}` does not exist; add it or set git.push = false",
+                    task.id
+                ),
+                source: None,
+            });
+        }
+        git::push(&env.root, remote, &sha, &co.branch)
+            .await
+            .map_err(|e| {
+                TaskError::block(
+                    format!(
+                        "pushing {} to {remote} failed (the work is kept at refs/cwo/{})",
+                        co.branch, task.id
+                    ),
+                    e,
+                )
+            })?;
+        format!("pushed to {remote}")
+    } else {
+        format!("kept at refs/cwo/{} (git.push = false)", task.id)
+    };
+    let note = format!(
+        "cwo: branch {} at {short} {where_} ({commits} commit(s), attempt {seq})",
+        co.branch
+    );
+    Ok((sha, note))
+}
+
+/// Completes the delivered ball in both stores. A tracker that refuses blocks the ball (the work
+/// is pushed; the error says so); a journal that refuses is a warning (the tracker has it).
+async fn complete(
+    ctx: &TaskCtx,
+    task: &Task,
+    branch: &str,
+    sha: &str,
+    note: &str,
+) -> Result<(), TaskError> {
+    let env = &ctx.env;
+    let done = env
+        .recorder
+        .apply(Transition::Done {
+            task: task.clone(),
+            branch: branch.to_string(),
+            commit: sha.to_string(),
+            note: note.to_string(),
+        })
+        .await;
+    match done {
+        Err(RecordError::Tracker(e)) => return Err(TaskError::block("recording completion", e)),
+        Err(RecordError::Journal(e)) => env.printer.warn(format!(
+            "{} is complete, but the journal could not record it: {e}",
+            task.id
+        )),
+        Ok(_) => {}
+    }
+    env.printer.status(format!(
+        "✓ {} {}",
+        task.id,
+        note.trim_start_matches("cwo: ")
+    ));
+    Ok(())
+}

@@ -1,0 +1,729 @@
+//! The worker lifecycle: bring up, adopt (recover), check fitness, tear down. The only owner of
+//! the write-ahead journal rows of workers and of their confirmed deletion; the reaper and
+//! `budget check --enforce` delete through [`delete_journaled`] too. The one place that connects
+//! to a worker (`provider.connect`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::error::OrchestratorError;
+use super::ports::{Ports, RunContext, journaled};
+use super::reaper::Reaper;
+use crate::bootstrap::{self, Method};
+use crate::config::Settings;
+use crate::journal::{AttemptRow, Journal, JournalError, WorkerState};
+use crate::printer::{Printer, fmt_secs};
+use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError, WorkerSpec};
+use crate::transport::{ExecRequest, Transport};
+
+/// Checks a worker has git, setsid and the agent's program (printing what is missing), and
+/// makes its workspace.
+const PREREQS: &str = r#"mkdir -p "$2" || exit 1
+missing=""
+for p in git setsid "$1"; do command -v "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+[ -z "$missing" ] && exit 0
+echo "not found on PATH:$missing"; exit 1
+"#;
+
+/// How often the controller touches a bootstrapped worker's heartbeat file.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a command that found pending creates waits for them before it exits: a create in
+/// flight answers, and a new VM shows up in reads, within seconds.
+pub const PENDING_WAIT: Duration = Duration::from_secs(30);
+
+/// A worker that is up, with a way to reach it.
+pub struct ActiveWorker {
+    pub instance: Instance,
+    pub transport: Arc<dyn Transport>,
+    /// Touches the worker's heartbeat file while this controller holds the worker, so the VM's
+    /// idle watchdog leaves it alone; stops when the worker is dropped.
+    heartbeat: Option<tokio::task::AbortHandle>,
+}
+
+impl ActiveWorker {
+    /// `fed`: the worker was bootstrapped, so it has a watchdog to keep fed. The journal's
+    /// heartbeat (what the reaper reads to tell a held worker from an orphan) beats for every
+    /// worker.
+    fn new(
+        instance: Instance,
+        transport: Arc<dyn Transport>,
+        fed: bool,
+        journal: Journal,
+    ) -> ActiveWorker {
+        let t = transport.clone();
+        let name = instance.name.clone();
+        let heartbeat = Some(
+            tokio::spawn(async move {
+                loop {
+                    let n = name.clone();
+                    if let Err(e) = journaled(&journal, move |j| j.worker_heartbeat(&n)).await {
+                        tracing::debug!(worker = %name, error = %e, "journal heartbeat not written");
+                    }
+                    if fed {
+                        let touch = ExecRequest::new([
+                            "sh",
+                            "-c",
+                            "[ ! -d \"${1%/*}\" ] || touch \"$1\"",
+                            "cwo-heartbeat",
+                            bootstrap::HEARTBEAT,
+                        ]);
+                        if let Err(e) = t.capture(touch).await {
+                            tracing::debug!(worker = t.worker(), error = %e, "heartbeat not delivered");
+                        }
+                    }
+                    tokio::time::sleep(HEARTBEAT_EVERY).await;
+                }
+            })
+            .abort_handle(),
+        );
+        ActiveWorker {
+            instance,
+            transport,
+            heartbeat,
+        }
+    }
+}
+
+impl Drop for ActiveWorker {
+    fn drop(&mut self) {
+        if let Some(h) = &self.heartbeat {
+            h.abort();
+        }
+    }
+}
+
+/// What `recover` found: a worker to keep using and attempts still running on it.
+pub struct Recovered {
+    pub worker: Option<ActiveWorker>,
+    pub resume: Vec<AttemptRow>,
+    /// Creates a stopped controller had sent whose VMs are not visible yet.
+    pub pending: Vec<PendingCreate>,
+}
+
+/// A create whose controller stopped before it answered, and whose VM the provider does not
+/// show yet (a create in flight, or eventual consistency): deleted as soon as it appears.
+pub struct PendingCreate {
+    pub name: String,
+    pub intent_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Why a worker takes no new task.
+pub(crate) enum Unfit {
+    /// Stopped or stopping: it can do no work.
+    Stopped(String),
+    /// Too close to its TTL for another attempt.
+    Ttl(String),
+}
+
+/// A teardown or reaper step that failed in the provider or in the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum TeardownError {
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Deletes a worker and confirms it is gone under the one deletion retry policy (`deadline`
+/// overall, each retry reported through `on_retry`). With a journal, the row goes to `deleting`
+/// first (write-ahead) and to `deleted`, with its ledger row, once the provider confirms.
+pub async fn delete_journaled(
+    provider: &dyn Provider,
+    journal: Option<&Journal>,
+    name: &str,
+    reason: &str,
+    deadline: Duration,
+    on_retry: &mut (dyn FnMut(String) + Send),
+) -> Result<DeleteOutcome, TeardownError> {
+    if let Some(j) = journal {
+        let (n, r) = (name.to_string(), reason.to_string());
+        journaled(j, move |j| j.worker_deleting(&n, &r)).await?;
+    }
+    tracing::debug!(%name, %reason, "delete");
+    let outcome = crate::provider::delete_confirmed(provider, name, deadline, on_retry).await?;
+    if let Some(j) = journal {
+        let (n, r) = (name.to_string(), reason.to_string());
+        journaled(j, move |j| j.worker_deleted(&n, &r)).await?;
+    }
+    Ok(outcome)
+}
+
+/// Brings workers up, adopts them, checks them, and tears them down.
+pub struct WorkerLifecycle {
+    provider: Arc<dyn Provider>,
+    journal: Journal,
+    printer: Printer,
+    settings: Arc<Settings>,
+    state_dir: PathBuf,
+    project_slug: String,
+}
+
+impl WorkerLifecycle {
+    pub fn new(ports: &Ports, ctx: &RunContext) -> WorkerLifecycle {
+        WorkerLifecycle {
+            provider: ports.provider.clone(),
+            journal: ports.journal.clone(),
+            printer: ports.printer,
+            settings: ctx.settings.clone(),
+            state_dir: ctx.state_dir.clone(),
+            project_slug: ctx.project_slug.clone(),
+        }
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Runs `f` on the journal off the async threads.
+    async fn j<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<T, OrchestratorError> {
+        Ok(journaled(&self.journal, f).await?)
+    }
+
+    fn labels(&self, name: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("cwo-managed".to_string(), "true".to_string()),
+            ("cwo-project".to_string(), self.project_slug.clone()),
+            ("cwo-worker".to_string(), name.to_string()),
+            (
+                "cwo-machine".to_string(),
+                self.settings.gcp.machine_type.clone(),
+            ),
+        ])
+    }
+
+    /// What this worker costs per hour, at launch: the configured machine type in the worker's
+    /// zone (the first configured zone for providers without one: what the same work would have
+    /// cost on GCE).
+    fn price_snapshot(&self, zone: Option<&str>) -> crate::cost::PriceSnapshot {
+        let g = &self.settings.gcp;
+        let zone = zone
+            .map(str::to_string)
+            .or_else(|| g.zones.first().cloned())
+            .unwrap_or_default();
+        let catalog = crate::cost::Catalog::load().unwrap_or_else(|e| {
+            self.printer
+                .warn(format!("price catalog: {e}; using the built-in prices"));
+            crate::cost::Catalog::embedded()
+        });
+        crate::cost::PriceSnapshot::take(
+            &catalog,
+            &g.machine_type,
+            &zone,
+            g.spot,
+            &g.disk_type,
+            g.disk_size_gb,
+        )
+    }
+
+    /// A connection to the worker as `instance` describes it (the only `provider.connect`).
+    fn connect(&self, instance: &Instance) -> Result<Arc<dyn Transport>, OrchestratorError> {
+        self.provider
+            .connect(instance)
+            .map(Arc::from)
+            .map_err(|e| OrchestratorError::Connect {
+                name: instance.name.clone(),
+                source: e.into(),
+            })
+    }
+
+    fn bootstrapped(&self) -> bool {
+        bootstrap::effective_method(&self.settings) != Method::None
+    }
+
+    /// Creates a worker: journal intent first, then the provider, then a prerequisite check.
+    /// `stop` cancelled (a signal) between the phases tears the new worker down again: a create
+    /// already sent is waited for, never abandoned, so the journal can always account for it.
+    /// `Ok(None)`: stopped (before anything was created, or the new worker is deleted again).
+    pub async fn bring_up(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<Option<ActiveWorker>, OrchestratorError> {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        let short = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        let name = format!("cwo-{}-{short}", self.project_slug);
+        let phase = self.printer.phase(format!(
+            "bringing up worker {name} ({})",
+            self.provider.kind()
+        ));
+        let instance = self.create(&name).await?;
+        if stop.is_cancelled() {
+            return self.stopped(&name).await;
+        }
+        let login_view = instance.clone();
+        let (created_at, record) = (
+            instance.created_at,
+            serde_json::to_string(&instance).expect("instance serializes"),
+        );
+        let price = self.price_snapshot(instance.zone.as_deref());
+        let n = name.clone();
+        self.j(move |j| {
+            j.worker_created(&n, created_at, &record)?;
+            j.worker_price(&n, &price)
+        })
+        .await?;
+        let (instance, transport) = match self.make_ready(&instance).await {
+            Ok(pair) => pair,
+            Err(problem) => return Err(self.abandon(&name, problem).await),
+        };
+        if stop.is_cancelled() {
+            return self.stopped(&name).await;
+        }
+        // Only now may a later controller adopt it (the login's view is what the journal keeps:
+        // adoption derives the work user's view again).
+        let (n, record) = (
+            name.clone(),
+            serde_json::to_string(&login_view).expect("instance serializes"),
+        );
+        self.j(move |j| j.worker_ready(&n, created_at, &record))
+            .await?;
+        phase.finish(format!("worker {name} is up"));
+        Ok(Some(ActiveWorker::new(
+            instance,
+            transport,
+            self.bootstrapped(),
+            self.journal.clone(),
+        )))
+    }
+
+    /// The journal's intent, then the provider's create, waited for until the worker runs. A
+    /// failed create is torn down (whatever part of it exists).
+    async fn create(&self, name: &str) -> Result<Instance, OrchestratorError> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let labels = self.labels(name);
+        let spec = WorkerSpec {
+            name: name.to_string(),
+            labels: labels.clone(),
+            // What the work is priced as: the configured machine type, even on the local
+            // provider (what the same work would have cost).
+            machine_type: self.settings.gcp.machine_type.clone(),
+        };
+        let (n, kind, machine, rid, labels) = (
+            name.to_string(),
+            self.provider.kind(),
+            spec.machine_type.clone(),
+            request_id.clone(),
+            serde_json::to_string(&labels).expect("labels serialize"),
+        );
+        self.j(move |j| j.worker_intent(&n, kind, &machine, &rid, &labels))
+            .await?;
+        tracing::debug!(%name, %request_id, provider = self.provider.kind(), "create");
+        let created = async {
+            self.provider.create(&spec, &request_id).await?;
+            self.provider
+                .wait_running(name, Duration::from_secs(600))
+                .await
+        }
+        .await;
+        match created {
+            Ok(i) => Ok(i),
+            Err(source) => {
+                let problem = OrchestratorError::BringUp {
+                    name: name.to_string(),
+                    source,
+                };
+                Err(self.abandon(name, problem).await)
+            }
+        }
+    }
+
+    /// A signal arrived while the worker came up: it is deleted again.
+    async fn stopped(&self, name: &str) -> Result<Option<ActiveWorker>, OrchestratorError> {
+        self.printer.status(format!(
+            "stopping: tearing down worker {name}, which was coming up"
+        ));
+        self.tear_down(name, "user").await.map(|()| None)
+    }
+
+    /// Bootstraps a created worker and checks it can run the agent; returns the work user's view
+    /// and connection.
+    async fn make_ready(
+        &self,
+        instance: &Instance,
+    ) -> Result<(Instance, Arc<dyn Transport>), OrchestratorError> {
+        let name = &instance.name;
+        let login = self.connect(instance)?;
+        let (instance, transport) = self.bootstrap(instance, login).await?;
+        // Reachability (for SSH: banner, key, pinned host key) and prerequisites in one call.
+        let program = &self.settings.agent.command[0];
+        let check = transport
+            .capture(ExecRequest::new([
+                "sh",
+                "-c",
+                PREREQS,
+                "cwo-prereqs",
+                program.as_str(),
+                instance.workspace.as_str(),
+            ]))
+            .await;
+        match check {
+            Err(source) => Err(OrchestratorError::Unreachable {
+                name: name.clone(),
+                source,
+            }),
+            Ok(out) if !out.status.success() => Err(OrchestratorError::MissingPrereqs {
+                name: name.clone(),
+                missing: out.stdout.trim().to_string(),
+            }),
+            Ok(_) => Ok((instance, transport)),
+        }
+    }
+
+    /// Tears down a worker whose bring-up failed. If that fails too, both errors are returned:
+    /// the bring-up's, and the teardown's with its own hints (the exact delete command).
+    async fn abandon(&self, name: &str, problem: OrchestratorError) -> OrchestratorError {
+        match self.tear_down(name, "error").await {
+            Ok(()) => problem,
+            Err(cleanup) => OrchestratorError::Abandoned {
+                name: name.to_string(),
+                problem: Box::new(problem),
+                cleanup: Box::new(cleanup),
+            },
+        }
+    }
+
+    /// Makes a fresh worker ready (the configured bootstrap method) over the login connection,
+    /// and returns the worker as the agent's work sees it, with a connection as the work user.
+    async fn bootstrap(
+        &self,
+        instance: &Instance,
+        login: Arc<dyn Transport>,
+    ) -> Result<(Instance, Arc<dyn Transport>), OrchestratorError> {
+        let settings = &self.settings;
+        let p = &self.printer;
+        let method = bootstrap::effective_method(settings);
+        let name = &instance.name;
+        let fail = |source| OrchestratorError::Bootstrap {
+            name: name.clone(),
+            source,
+        };
+        if method != Method::None
+            && let crate::provider::Target::Ssh { host, .. } = &instance.target
+            && bootstrap::is_this_machine(host)
+        {
+            return Err(OrchestratorError::BootstrapThisMachine {
+                name: name.clone(),
+                host: host.clone(),
+            });
+        }
+        match method {
+            Method::None => return Ok((instance.clone(), login)),
+            Method::Native => {
+                let login_user = match &instance.target {
+                    crate::provider::Target::Ssh { user, .. } => user.as_str(),
+                    crate::provider::Target::Local { .. } => "",
+                };
+                // A GCE VM booted with this very script (startup-script / user-data): cwo's
+                // run waits for that one and checks it.
+                let gce = matches!(self.provider.kind(), "gcp" | "terraform");
+                let script = bootstrap::render(settings, &bootstrap::Target { login_user, gce });
+                p.status(format!("bootstrapping worker {name} (native)"));
+                let report = bootstrap::run_native(&*login, &script, gce, &mut |step| {
+                    p.status(bootstrap::step_line(step));
+                })
+                .await
+                .map_err(fail)?;
+                if let (Some(printed), crate::provider::Target::Ssh { pin_as, .. }) =
+                    (&report.host_key, &instance.target)
+                {
+                    let pin_as = pin_as.clone();
+                    if let Some(pinned) = self.j(move |j| j.host_key(&pin_as)).await?
+                        && let Err(problem) = bootstrap::check_host_key(printed, &pinned)
+                    {
+                        return Err(OrchestratorError::HostKeyMismatch {
+                            name: name.clone(),
+                            problem,
+                        });
+                    }
+                }
+                p.status(format!(
+                    "bootstrap: {} step(s) changed, {} in {}{}",
+                    report.changed(),
+                    report.steps.len(),
+                    fmt_secs(report.elapsed),
+                    if report.reused { " (done at boot)" } else { "" }
+                ));
+            }
+            Method::Ansible => {
+                // One authenticated round trip pins the host key Ansible is then held to.
+                login.check(ExecRequest::new(["true"])).await.map_err(|e| {
+                    OrchestratorError::Connect {
+                        name: name.clone(),
+                        source: e.into(),
+                    }
+                })?;
+                p.status(format!("bootstrapping worker {name} (ansible)"));
+                bootstrap::ansible::run(
+                    settings,
+                    &self.journal,
+                    &self.state_dir,
+                    instance,
+                    &mut |line| p.status(format!("  {line}")),
+                )
+                .await
+                .map_err(fail)?;
+            }
+            Method::Auto => unreachable!("effective_method resolves auto"),
+        }
+        let work = bootstrap::as_work_user(settings, instance.clone());
+        let transport = self.connect(&work)?;
+        Ok((work, transport))
+    }
+
+    /// Deletes a worker and confirms it is gone under the one deletion retry policy (progress on
+    /// stderr, `teardown_timeout` overall); the journal records each step. Giving up names the
+    /// exact command that deletes the worker by hand.
+    pub async fn tear_down(&self, name: &str, reason: &str) -> Result<(), OrchestratorError> {
+        let deadline = self.settings.teardown_timeout;
+        let printer = self.printer;
+        let result = delete_journaled(
+            &*self.provider,
+            Some(&self.journal),
+            name,
+            reason,
+            deadline,
+            &mut |line| printer.status(line),
+        )
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(TeardownError::Journal(e)) => Err(e.into()),
+            Err(TeardownError::Provider(source)) => Err(OrchestratorError::Delete {
+                name: name.to_string(),
+                deadline,
+                source,
+                manual: self.provider.manual_delete_hint(name),
+            }),
+        }
+    }
+
+    /// Reconciles the journal with the provider after a crash or a `cwo up`: workers the
+    /// provider no longer has are closed; a ready worker is adopted when `adopt`, every other one
+    /// is deleted. Attempts a stopped controller left open are returned for reattaching when
+    /// their worker was adopted, and closed as aborted otherwise.
+    pub async fn recover(&self, adopt: bool, reason: &str) -> Result<Recovered, OrchestratorError> {
+        self.delete_stopped().await;
+        let mut adopted: Option<ActiveWorker> = None;
+        let mut pending = Vec::new();
+        for row in self.j(|j| j.live_workers()).await? {
+            let found =
+                self.provider
+                    .get(&row.name)
+                    .await
+                    .map_err(|source| OrchestratorError::Lookup {
+                        name: row.name.clone(),
+                        source,
+                    })?;
+            match found {
+                // A create that never answered may still be invisible (eventual consistency):
+                // the row stays until the grace period says it never happened; meanwhile the
+                // reaper finds the VM by its labels if it does appear.
+                None if row.state == WorkerState::Intent
+                    && (chrono::Utc::now() - row.intent_at)
+                        .to_std()
+                        .unwrap_or_default()
+                        < self.settings.reap_grace =>
+                {
+                    self.printer.status(format!(
+                        "worker {} was being created when its controller stopped and is not visible yet; deleting it if it appears",
+                        row.name
+                    ));
+                    pending.push(PendingCreate {
+                        name: row.name.clone(),
+                        intent_at: row.intent_at,
+                    });
+                }
+                None => {
+                    let n = row.name.clone();
+                    self.j(move |j| {
+                        j.worker_deleting(&n, "gone")?;
+                        j.worker_deleted(&n, "gone")
+                    })
+                    .await?;
+                    self.printer.status(format!(
+                        "worker {} is already gone; journal updated",
+                        row.name
+                    ));
+                }
+                // Only a running worker is adopted: a stopped one can do no work (and is
+                // deleted below, like every worker not adopted).
+                Some(instance)
+                    if adopt
+                        && adopted.is_none()
+                        && row.state == WorkerState::Ready
+                        && instance.status == crate::provider::InstanceStatus::Running =>
+                {
+                    let instance = bootstrap::as_work_user(&self.settings, instance);
+                    let transport = self.connect(&instance)?;
+                    self.printer.status(format!("adopting worker {}", row.name));
+                    let n = row.name.clone();
+                    self.j(move |j| j.worker_activity(&n, None)).await?;
+                    adopted = Some(ActiveWorker::new(
+                        instance,
+                        transport,
+                        self.bootstrapped(),
+                        self.journal.clone(),
+                    ));
+                }
+                Some(instance) => {
+                    let why = if instance.status.is_stopped() {
+                        "stopped"
+                    } else {
+                        reason
+                    };
+                    self.printer
+                        .status(format!("deleting worker {} ({why})", row.name));
+                    self.tear_down(&row.name, why).await?;
+                }
+            }
+        }
+        let mut resume = Vec::new();
+        for attempt in self.j(|j| j.dangling_attempts()).await? {
+            if adopted
+                .as_ref()
+                .is_some_and(|w| w.instance.name == attempt.worker)
+            {
+                resume.push(attempt);
+            } else {
+                self.printer.warn(format!(
+                    "attempt {} of {} was cut short: its controller stopped and worker {} is gone",
+                    attempt.attempt, attempt.ball_id, attempt.worker
+                ));
+                self.j(move |j| {
+                    j.attempt_end(
+                        attempt.id,
+                        "aborted",
+                        "-",
+                        attempt.branch.as_deref(),
+                        None,
+                        Some("controller stopped; worker gone"),
+                    )
+                })
+                .await?;
+            }
+        }
+        Ok(Recovered {
+            worker: adopted,
+            resume,
+            pending,
+        })
+    }
+
+    /// Deletes this project's stopped workers, journaled or not (the reaper's rule, applied by
+    /// every command that looks at the project's workers). A failed list is only a warning here:
+    /// `cwo reap` and the next command try again.
+    async fn delete_stopped(&self) {
+        let printer = self.printer;
+        let on_retry = |line: String| printer.status(line);
+        let reaper = Reaper::new(
+            &*self.provider,
+            &self.journal,
+            &self.project_slug,
+            &self.settings,
+            true,
+            &on_retry,
+        );
+        match reaper.sweep_stopped().await {
+            Ok((deleted, failed)) => super::report_stopped(printer, &deleted, &failed),
+            Err(e) => printer.warn(format!("could not list the project's workers: {e}")),
+        }
+    }
+
+    /// Why `w` should take no new task, if it should not: the provider says it is stopped, or its
+    /// TTL (`cwo-expires-at`, as the provider shows it, else as it was at creation) leaves less
+    /// than `agent.timeout` + `TTL_MARGIN` for another attempt. A provider that cannot answer, or
+    /// one empty read (a new VM may not be visible everywhere yet), is no verdict on its status.
+    pub(crate) async fn fitness(&self, w: &ActiveWorker) -> Option<Unfit> {
+        let seen = match self.provider.get(&w.instance.name).await {
+            Ok(Some(i)) if i.status.is_stopped() => {
+                return Some(Unfit::Stopped(
+                    format!("it is {:?}", i.status).to_lowercase(),
+                ));
+            }
+            Ok(Some(i)) => Some(i),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(worker = %w.instance.name, error = %e, "worker check: no answer");
+                None
+            }
+        };
+        let expires = seen.as_ref().unwrap_or(&w.instance).expires_at()?;
+        let left = expires - chrono::Utc::now().timestamp();
+        let needed = self.settings.agent.timeout + crate::config::TTL_MARGIN;
+        (left < needed.as_secs() as i64).then(|| {
+            Unfit::Ttl(format!(
+                "its TTL ends in {}, less than an attempt may need (agent.timeout + {})",
+                fmt_secs(Duration::from_secs(left.max(0) as u64)),
+                fmt_secs(crate::config::TTL_MARGIN)
+            ))
+        })
+    }
+
+    /// Says which pending creates are still unaccounted for, and what will deal with them.
+    pub fn warn_unsettled(&self, pending: &[PendingCreate]) {
+        for p in pending {
+            self.printer.warn(format!(
+                "worker {} was being created when its controller stopped and has not appeared; the next `cwo run`, `cwo down` or `cwo reap` deletes it if it does",
+                p.name
+            ));
+        }
+    }
+
+    /// Looks for the VMs of pending creates, for up to `wait` (zero: once): each that appeared is
+    /// deleted; one still invisible past `reap_grace` is left to `cwo reap` with a warning, as is
+    /// every one still invisible when the wait ends (the caller may look again later).
+    pub async fn settle_pending(
+        &self,
+        pending: &mut Vec<PendingCreate>,
+        wait: Duration,
+    ) -> Vec<OrchestratorError> {
+        let end = Instant::now() + wait;
+        let grace = self.settings.reap_grace;
+        let mut failed = Vec::new();
+        loop {
+            let mut still = Vec::new();
+            for p in pending.drain(..) {
+                match self.provider.get(&p.name).await {
+                    Ok(Some(_)) => {
+                        self.printer.status(format!(
+                            "worker {}, which a stopped controller was creating, has appeared; deleting it",
+                            p.name
+                        ));
+                        // A delete that fails is reported; the journal keeps the worker
+                        // (`deleting`) for `cwo down` and `cwo reap`.
+                        if let Err(e) = self.tear_down(&p.name, "orphaned").await {
+                            failed.push(e);
+                        }
+                    }
+                    Ok(None)
+                        if (chrono::Utc::now() - p.intent_at)
+                            .to_std()
+                            .unwrap_or_default()
+                            >= grace =>
+                    {
+                        self.printer.warn(format!(
+                            "worker {} never appeared within reap_grace; `cwo reap` deletes it if it ever does",
+                            p.name
+                        ));
+                    }
+                    // Not visible yet, or the provider could not say: look again.
+                    Ok(None) | Err(_) => still.push(p),
+                }
+            }
+            *pending = still;
+            if pending.is_empty() || Instant::now() >= end {
+                return failed;
+            }
+            tokio::time::sleep(Duration::from_secs(2).min(end - Instant::now())).await;
+        }
+    }
+}

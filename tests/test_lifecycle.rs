@@ -1,0 +1,182 @@
+//! The worker lifecycle driven through its ports with doubles: a provider whose connections and
+//! deletions fail on demand, the real journal and juggle in a temp dir.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cwo::config::Settings;
+use cwo::journal::{Journal, WorkerState};
+use cwo::orchestrator::{OrchestratorError, Ports, RunContext, WorkerLifecycle};
+use cwo::printer::Printer;
+use cwo::provider::{
+    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec,
+};
+use cwo::tracker::juggle::Juggle;
+use cwo::transport::Transport;
+use tokio_util::sync::CancellationToken;
+
+/// Workers in memory that can never be reached (`connect` fails); `delete` fails when told to.
+#[derive(Default)]
+struct FlakyProvider {
+    vms: Mutex<BTreeMap<String, Instance>>,
+    fail_delete: bool,
+}
+
+#[async_trait]
+impl Provider for FlakyProvider {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    async fn create(&self, spec: &WorkerSpec, _key: &str) -> Result<Instance, ProviderError> {
+        let inst = Instance {
+            name: spec.name.clone(),
+            status: InstanceStatus::Running,
+            created_at: chrono::Utc::now(),
+            labels: spec.labels.clone(),
+            target: Target::Local {
+                root: "/nonexistent".into(),
+            },
+            workspace: "/nonexistent/ws".into(),
+            zone: None,
+        };
+        self.vms
+            .lock()
+            .unwrap()
+            .insert(spec.name.clone(), inst.clone());
+        Ok(inst)
+    }
+    async fn wait_running(&self, name: &str, _t: Duration) -> Result<Instance, ProviderError> {
+        self.get(name)
+            .await?
+            .ok_or_else(|| ProviderError::NotFound(name.into()))
+    }
+    async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
+        Ok(self.vms.lock().unwrap().get(name).cloned())
+    }
+    async fn list(&self, _s: &BTreeMap<String, String>) -> Result<Vec<Instance>, ProviderError> {
+        Ok(self.vms.lock().unwrap().values().cloned().collect())
+    }
+    async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
+        if self.fail_delete {
+            return Err(ProviderError::Transient("the delete was refused".into()));
+        }
+        Ok(match self.vms.lock().unwrap().remove(name) {
+            Some(_) => DeleteOutcome::Deleted,
+            None => DeleteOutcome::AlreadyGone,
+        })
+    }
+    async fn confirm_deleted(&self, name: &str, _t: Duration) -> Result<(), ProviderError> {
+        match self.vms.lock().unwrap().contains_key(name) {
+            true => Err(ProviderError::Transient(format!("{name} is still there"))),
+            false => Ok(()),
+        }
+    }
+    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
+        Err(ProviderError::Permission(format!(
+            "no way into {}",
+            instance.name
+        )))
+    }
+    async fn set_labels(
+        &self,
+        _n: &str,
+        _l: &BTreeMap<String, String>,
+    ) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn manual_delete_hint(&self, name: &str) -> Option<String> {
+        Some(format!("flaky-delete {name}"))
+    }
+}
+
+fn lifecycle(dir: &std::path::Path, provider: Arc<FlakyProvider>) -> (WorkerLifecycle, Journal) {
+    let journal = Journal::open(&dir.join("state")).unwrap();
+    let ports = Ports {
+        tracker: Arc::new(Juggle::new(dir.join(".juggle"), "")),
+        journal: journal.clone(),
+        provider,
+        printer: Printer::new(true, false, true),
+    };
+    let ctx = RunContext {
+        root: dir.to_path_buf(),
+        state_dir: dir.join("state"),
+        project_slug: "doubles".into(),
+        settings: Arc::new(Settings {
+            teardown_timeout: Duration::from_secs(1),
+            ..Settings::default()
+        }),
+        template: String::new(),
+    };
+    (WorkerLifecycle::new(&ports, &ctx), journal)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A worker created but never reachable is deleted again, its journal row closed as `error`,
+/// and the error says it could not be reached (no VM is left behind).
+#[test]
+fn a_worker_that_cannot_be_connected_to_is_torn_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let provider = Arc::new(FlakyProvider::default());
+    let (workers, journal) = lifecycle(tmp.path(), provider.clone());
+    let err = match rt().block_on(workers.bring_up(&CancellationToken::new())) {
+        Err(e) => e,
+        Ok(_) => panic!("a worker without a connection came up"),
+    };
+    assert!(
+        matches!(err, OrchestratorError::Connect { .. }),
+        "{}",
+        err.render()
+    );
+    assert!(
+        provider.vms.lock().unwrap().is_empty(),
+        "the VM was left behind"
+    );
+    assert!(journal.live_workers().unwrap().is_empty());
+    let ledger = journal.ledger().unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].termination_reason, "error");
+}
+
+/// When the cleanup of a failed bring-up fails too, both are reported: the bring-up's error,
+/// and the teardown's with the command that deletes the worker by hand. The journal keeps the
+/// worker (`deleting`) for `cwo down` and `cwo reap`.
+#[test]
+fn a_failed_cleanup_after_a_failed_bring_up_is_reported_with_its_delete_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let provider = Arc::new(FlakyProvider {
+        fail_delete: true,
+        ..FlakyProvider::default()
+    });
+    let (workers, journal) = lifecycle(tmp.path(), provider.clone());
+    let err = match rt().block_on(workers.bring_up(&CancellationToken::new())) {
+        Err(e) => e,
+        Ok(_) => panic!("a worker without a connection came up"),
+    };
+    let name = provider.vms.lock().unwrap().keys().next().cloned().unwrap();
+    let rendered = err.render();
+    assert!(
+        rendered.starts_with(&format!("error: cannot reach worker {name}\n")),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(&format!(
+            "hint: and worker {name} could not be deleted: could not delete worker {name}"
+        )),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(&format!("hint: or delete it yourself: flaky-delete {name}")),
+        "{rendered}"
+    );
+    let row = journal.worker(&name).unwrap().unwrap();
+    assert_eq!(row.state, WorkerState::Deleting);
+}
