@@ -45,7 +45,8 @@ pub async fn ssh(project: &Project, _printer: Printer, args: &SshArgs) -> Result
             CliError::user(format!("worker {} is gone", row.name))
                 .hint("`cwo down` updates the journal")
         })?;
-    let transport = provider
+    let transport = project
+        .connector(&journal)
         .connect(&instance)
         .map_err(|e| CliError::from_error(format!("cannot reach worker {}", row.name), &e))?;
     let failed = |e: crate::transport::TransportError| {

@@ -189,6 +189,7 @@ pub(crate) struct Shared {
 pub struct Orchestrator {
     shared: Arc<Shared>,
     provider: Arc<dyn Provider>,
+    connector: crate::connector::Connector,
     project_slug: String,
 }
 
@@ -207,6 +208,7 @@ impl Orchestrator {
         let journal = project.journal()?;
         Ok(Orchestrator {
             provider: project.provider(&journal),
+            connector: project.connector(&journal),
             shared: Arc::new(Shared {
                 agent_env: tokio::sync::OnceCell::new(),
                 root: project.root.clone(),
@@ -333,7 +335,7 @@ impl Orchestrator {
         )?;
         j.worker_price(&name, &self.price_snapshot(instance.zone.as_deref()))?;
         let login: Arc<dyn Transport> = Arc::from(
-            self.provider
+            self.connector
                 .connect(&instance)
                 .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?,
         );
@@ -444,7 +446,7 @@ impl Orchestrator {
                 };
                 // A GCE VM booted with this very script (startup-script / user-data): cwo's
                 // run waits for that one and checks it.
-                let gce = matches!(self.provider.kind(), "gcp" | "terraform");
+                let gce = self.provider.boots_with_startup_script();
                 let script = bootstrap::render(settings, &bootstrap::Target { login_user, gce });
                 p.status(format!("bootstrapping worker {name} (native)"));
                 let report = bootstrap::run_native(&*login, &script, gce, &mut |step| {
@@ -452,10 +454,8 @@ impl Orchestrator {
                 })
                 .await
                 .map_err(|e| fail(&e))?;
-                if let (Some(printed), crate::provider::Target::Ssh { pin_as, .. }) =
-                    (&report.host_key, &instance.target)
-                    && let Some(pinned) = self.shared.journal.host_key(pin_as)?
-                    && let Err(problem) = bootstrap::check_host_key(printed, &pinned)
+                if let Some(printed) = &report.host_key
+                    && let Err(problem) = self.connector.check_host_key(instance, printed)
                 {
                     return Err(CliError::user(format!("worker {name}: {problem}")).hint(
                         "the worker is torn down; check the network path to it before trying again",
@@ -476,9 +476,13 @@ impl Orchestrator {
                     .await
                     .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?;
                 p.status(format!("bootstrapping worker {name} (ansible)"));
+                let host_key = self
+                    .connector
+                    .host_key(instance)
+                    .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?;
                 bootstrap::ansible::run(
                     settings,
-                    &self.shared.journal,
+                    host_key.as_deref(),
                     &self.shared.state_dir,
                     instance,
                     &mut |line| p.status(format!("  {line}")),
@@ -490,7 +494,7 @@ impl Orchestrator {
         }
         let work = bootstrap::as_work_user(settings, instance.clone());
         let transport: Arc<dyn Transport> = Arc::from(
-            self.provider
+            self.connector
                 .connect(&work)
                 .map_err(|e| CliError::from_error(format!("cannot reach worker {name}"), &e))?,
         );
@@ -583,7 +587,7 @@ impl Orchestrator {
                 {
                     let instance = bootstrap::as_work_user(&self.shared.settings, instance);
                     let transport: Arc<dyn Transport> =
-                        Arc::from(self.provider.connect(&instance).map_err(|e| {
+                        Arc::from(self.connector.connect(&instance).map_err(|e| {
                             CliError::from_error(format!("cannot reach worker {}", row.name), &e)
                         })?);
                     self.shared
