@@ -704,6 +704,30 @@ impl Journal {
     }
 }
 
+/// The journal's `host_keys` table is where SSH host keys are pinned.
+impl crate::transport::KnownHosts for Journal {
+    fn pinned(&self, pin_as: &str) -> Result<Option<String>, crate::transport::KnownHostsError> {
+        self.host_key(pin_as)
+            .map_err(|e| crate::transport::KnownHostsError {
+                what: "reading the pinned host key",
+                source: Box::new(e),
+            })
+    }
+
+    fn pin(
+        &self,
+        pin_as: &str,
+        address: &str,
+        key: &str,
+    ) -> Result<(), crate::transport::KnownHostsError> {
+        self.pin_host_key(pin_as, address, key)
+            .map_err(|e| crate::transport::KnownHostsError {
+                what: "pinning the host key",
+                source: Box::new(e),
+            })
+    }
+}
+
 /// Exclusive ownership of a project's state dir by one controller (flock on `controller.lock`,
 /// released by the kernel when the process dies, however it dies).
 pub struct ControllerLock {

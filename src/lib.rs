@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connector;
 pub mod cost;
 pub mod error;
 pub mod git;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{self, ProviderKind, Resolved};
+use crate::connector::Connector;
 use crate::error::CliError;
 use crate::journal::Journal;
 use crate::printer::Printer;
@@ -13,6 +14,36 @@ use crate::provider::{
     terraform::TerraformProvider,
 };
 use crate::tracker::juggle::Juggle;
+use crate::transport::{KnownHosts, KnownHostsError};
+
+/// The journal's pinned host keys, the journal opened on first use.
+struct JournalOnDemand {
+    state_dir: PathBuf,
+    journal: std::sync::OnceLock<Journal>,
+}
+
+impl JournalOnDemand {
+    fn journal(&self) -> Result<&Journal, KnownHostsError> {
+        if let Some(j) = self.journal.get() {
+            return Ok(j);
+        }
+        let j = Journal::open(&self.state_dir).map_err(|e| KnownHostsError {
+            what: "opening the journal",
+            source: Box::new(e),
+        })?;
+        Ok(self.journal.get_or_init(|| j))
+    }
+}
+
+impl KnownHosts for JournalOnDemand {
+    fn pinned(&self, pin_as: &str) -> Result<Option<String>, KnownHostsError> {
+        self.journal()?.pinned(pin_as)
+    }
+
+    fn pin(&self, pin_as: &str, address: &str, key: &str) -> Result<(), KnownHostsError> {
+        self.journal()?.pin(pin_as, address, key)
+    }
+}
 
 pub struct Project {
     pub root: PathBuf,
@@ -37,6 +68,51 @@ pub fn find_root(start: &Path) -> PathBuf {
 }
 
 pub use crate::model::ids::{fnv, slug};
+
+/// The one place a provider is chosen and built from the settings (`provider = …`).
+pub fn build_provider(project: &Project, connector: Connector) -> Arc<dyn Provider> {
+    let s = project.settings();
+    let state = &project.state_dir;
+    match s.provider {
+        ProviderKind::Local => Arc::new(LocalProvider::new(state.join("workers"))),
+        ProviderKind::Ssh => {
+            let mut ssh = s.ssh.clone();
+            if let Some(rest) = ssh.key.strip_prefix("~/")
+                && let Some(home) = std::env::var_os("HOME")
+            {
+                ssh.key = PathBuf::from(home).join(rest).display().to_string();
+            } else if !ssh.key.is_empty() {
+                ssh.key = project.root.join(&ssh.key).display().to_string();
+            }
+            let mut provider = SshHostProvider::new(ssh, state.join("ssh-workers"), connector);
+            if s.bootstrap_method() != crate::bootstrap::Method::None {
+                provider = provider
+                    .with_work_user(s.bootstrap.user.clone(), s.bootstrap.workspace.clone());
+            }
+            Arc::new(provider)
+        }
+        ProviderKind::Gcp => {
+            let mut gcp = GcpProvider::new(
+                s.gcp.clone(),
+                s.ssh.clone(),
+                slug(&project.name),
+                state.join("keys"),
+            );
+            if let Some(script) = project.startup_script() {
+                gcp = gcp.with_startup_script(script);
+            }
+            Arc::new(gcp)
+        }
+        ProviderKind::Terraform => Arc::new(TerraformProvider::new(
+            s.clone(),
+            state.join("terraform"),
+            state.join("keys"),
+            project
+                .startup_script()
+                .unwrap_or_else(|| crate::provider::gcp::HOSTKEY_SCRIPT.to_string()),
+        )),
+    }
+}
 
 impl Project {
     pub fn load(dir: Option<&Path>, flags: &[String]) -> Result<Project, CliError> {
@@ -100,49 +176,24 @@ impl Project {
         )
     }
 
+    /// Reaches workers, pinning host keys in `journal`.
+    pub fn connector(&self, journal: &Journal) -> Connector {
+        Connector::new(&self.settings().ssh, Arc::new(journal.clone()))
+    }
+
+    /// The configured provider, reaching hosts (where it must) through `journal`'s connector.
     pub fn provider(&self, journal: &Journal) -> Arc<dyn Provider> {
-        match self.settings().provider {
-            ProviderKind::Local => Arc::new(LocalProvider::new(self.state_dir.join("workers"))),
-            ProviderKind::Ssh => {
-                let mut ssh = self.settings().ssh.clone();
-                if let Some(rest) = ssh.key.strip_prefix("~/")
-                    && let Some(home) = std::env::var_os("HOME")
-                {
-                    ssh.key = PathBuf::from(home).join(rest).display().to_string();
-                } else if !ssh.key.is_empty() {
-                    ssh.key = self.root.join(&ssh.key).display().to_string();
-                }
-                let mut provider =
-                    SshHostProvider::new(ssh, self.state_dir.join("ssh-workers"), journal.clone());
-                let s = self.settings();
-                if s.bootstrap_method() != crate::bootstrap::Method::None {
-                    provider = provider
-                        .with_work_user(s.bootstrap.user.clone(), s.bootstrap.workspace.clone());
-                }
-                Arc::new(provider)
-            }
-            ProviderKind::Gcp => {
-                let mut gcp = GcpProvider::new(
-                    self.settings().gcp.clone(),
-                    self.settings().ssh.clone(),
-                    slug(&self.name),
-                    self.state_dir.join("keys"),
-                    journal.clone(),
-                );
-                if let Some(script) = self.startup_script() {
-                    gcp = gcp.with_startup_script(script);
-                }
-                Arc::new(gcp)
-            }
-            ProviderKind::Terraform => Arc::new(TerraformProvider::new(
-                self.settings().clone(),
-                self.state_dir.join("terraform"),
-                self.state_dir.join("keys"),
-                journal.clone(),
-                self.startup_script()
-                    .unwrap_or_else(|| crate::provider::gcp::HOSTKEY_SCRIPT.to_string()),
-            )),
-        }
+        build_provider(self, self.connector(journal))
+    }
+
+    /// The configured provider for commands that only look (`up --plan`, `doctor`): the
+    /// journal is opened only if a connection needs a host key, so looking creates no state.
+    pub fn provider_to_inspect(&self) -> Arc<dyn Provider> {
+        let known_hosts = Arc::new(JournalOnDemand {
+            state_dir: self.state_dir.clone(),
+            journal: std::sync::OnceLock::new(),
+        });
+        build_provider(self, Connector::new(&self.settings().ssh, known_hosts))
     }
 
     /// The native bootstrap a cloud VM boots with (startup-script and user-data), when that is

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cwo::config::{GcpSettings, SshSettings};
+use cwo::connector::Connector;
 use cwo::journal::Journal;
 use cwo::provider::{DeleteOutcome, InstanceStatus, Provider, WorkerSpec};
 
@@ -19,7 +20,13 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-async fn contract(p: &dyn Provider, name: &str) {
+/// Reaches the workers as `cwo` does, pinning host keys in a journal under `tmp`.
+fn connector(tmp: &std::path::Path, ssh: &SshSettings) -> Connector {
+    let journal = Journal::open(&tmp.join("state")).unwrap();
+    Connector::new(ssh, std::sync::Arc::new(journal))
+}
+
+async fn contract(p: &dyn Provider, connector: &Connector, name: &str) {
     let selector = BTreeMap::from([("cwo-project".to_string(), "contract".to_string())]);
     let spec = WorkerSpec {
         name: name.to_string(),
@@ -65,7 +72,7 @@ async fn contract(p: &dyn Provider, name: &str) {
         "1",
         "{kind}"
     );
-    assert!(p.connect(&up).is_ok(), "{kind}: connect");
+    assert!(connector.connect(&up).is_ok(), "{kind}: connect");
     assert_eq!(
         p.delete(name).await.unwrap(),
         DeleteOutcome::Deleted,
@@ -97,7 +104,11 @@ async fn contract(p: &dyn Provider, name: &str) {
 fn local_provider_keeps_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let p = cwo::provider::local::LocalProvider::new(tmp.path().join("workers"));
-    rt().block_on(contract(&p, "cwo-contract-local"));
+    rt().block_on(contract(
+        &p,
+        &connector(tmp.path(), &SshSettings::default()),
+        "cwo-contract-local",
+    ));
 }
 
 #[test]
@@ -106,7 +117,6 @@ fn ssh_provider_keeps_the_contract() {
     let Some(sshd) = Sshd::start(&tmp.path().join("sshd")) else {
         return;
     };
-    let journal = Journal::open(&tmp.path().join("state")).unwrap();
     let settings = SshSettings {
         hosts: vec![sshd.host()],
         key: sshd.client_key.display().to_string(),
@@ -114,12 +124,13 @@ fn ssh_provider_keeps_the_contract() {
         connect_timeout: Duration::from_secs(20),
         ..SshSettings::default()
     };
+    let connector = connector(tmp.path(), &settings);
     let p = cwo::provider::ssh_host::SshHostProvider::new(
         settings,
         tmp.path().join("records"),
-        journal,
+        connector.clone(),
     );
-    rt().block_on(contract(&p, "cwo-contract-ssh"));
+    rt().block_on(contract(&p, &connector, "cwo-contract-ssh"));
 }
 
 #[test]
@@ -129,7 +140,6 @@ fn gcp_provider_keeps_the_contract() {
     fake.set_host_key(Some(
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl".into(),
     ));
-    let journal = Journal::open(&tmp.path().join("state")).unwrap();
     let settings = GcpSettings {
         project: "proj-c".into(),
         endpoint: fake.url.clone(),
@@ -142,9 +152,12 @@ fn gcp_provider_keeps_the_contract() {
         SshSettings::default(),
         "contract".into(),
         tmp.path().join("keys"),
-        journal,
     );
-    rt().block_on(contract(&p, "cwo-contract-gcp"));
+    rt().block_on(contract(
+        &p,
+        &connector(tmp.path(), &SshSettings::default()),
+        "cwo-contract-gcp",
+    ));
 }
 
 #[test]
@@ -158,7 +171,6 @@ fn terraform_provider_keeps_the_contract() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let journal = Journal::open(&tmp.path().join("state")).unwrap();
     let mut settings = cwo::config::Settings::default();
     settings.gcp.ssh_source = "127.0.0.1/32".into();
     settings.terraform.module =
@@ -180,10 +192,13 @@ fn terraform_provider_keeps_the_contract() {
         settings,
         tmp.path().join("terraform"),
         tmp.path().join("keys"),
-        journal,
         "#!/bin/sh\n".into(),
     );
-    rt().block_on(contract(&p, "cwo-contract-terraform"));
+    rt().block_on(contract(
+        &p,
+        &connector(tmp.path(), &SshSettings::default()),
+        "cwo-contract-terraform",
+    ));
     let log = std::fs::read_to_string(tmp.path().join("tf.log")).unwrap();
     assert!(log.starts_with("apply cwo-contract-terraform"), "{log}");
     assert!(log.ends_with("destroy cwo-contract-terraform\n"), "{log}");

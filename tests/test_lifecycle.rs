@@ -6,18 +6,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cwo::config::Settings;
+use cwo::config::{Settings, SshSettings};
+use cwo::connector::Connector;
 use cwo::journal::{Journal, WorkerState};
 use cwo::orchestrator::{OrchestratorError, Ports, RunContext, WorkerLifecycle};
 use cwo::printer::Printer;
 use cwo::provider::{
-    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec,
+    DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError, Target,
+    WorkerSpec, local::LocalPlan,
 };
 use cwo::tracker::juggle::Juggle;
-use cwo::transport::Transport;
 use tokio_util::sync::CancellationToken;
 
-/// Workers in memory that can never be reached (`connect` fails); `delete` fails when told to.
+/// Workers in memory that can never be reached (an SSH target without an address, so the
+/// connector refuses it); `delete` fails when told to.
 #[derive(Default)]
 struct FlakyProvider {
     vms: Mutex<BTreeMap<String, Instance>>,
@@ -35,8 +37,13 @@ impl Provider for FlakyProvider {
             status: InstanceStatus::Running,
             created_at: chrono::Utc::now(),
             labels: spec.labels.clone(),
-            target: Target::Local {
-                root: "/nonexistent".into(),
+            target: Target::Ssh {
+                host: String::new(),
+                port: 22,
+                user: "nobody".into(),
+                key_path: "/nonexistent/key".into(),
+                host_key: None,
+                pin_as: spec.name.clone(),
             },
             workspace: "/nonexistent/ws".into(),
             zone: None,
@@ -73,11 +80,14 @@ impl Provider for FlakyProvider {
             false => Ok(()),
         }
     }
-    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        Err(ProviderError::Permission(format!(
-            "no way into {}",
-            instance.name
-        )))
+    fn plan(&self, spec: &WorkerSpec, _ctx: &PlanContext<'_>) -> Plan {
+        Plan::Local(LocalPlan {
+            provider: self.kind(),
+            worker: spec.name.clone(),
+            creates: "nothing (a test double)".into(),
+            labels: spec.labels.clone(),
+            hourly_cost_usd: 0.0,
+        })
     }
     async fn set_labels(
         &self,
@@ -97,6 +107,7 @@ fn lifecycle(dir: &std::path::Path, provider: Arc<FlakyProvider>) -> (WorkerLife
         tracker: Arc::new(Juggle::new(dir.join(".juggle"), "")),
         journal: journal.clone(),
         provider,
+        connector: Connector::new(&SshSettings::default(), Arc::new(journal.clone())),
         printer: Printer::new(true, false, true),
     };
     let ctx = RunContext {

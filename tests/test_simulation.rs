@@ -54,7 +54,6 @@ fn every_labelled_vm_ends_journaled_active_or_deleted() {
             SshSettings::default(),
             "sim".into(),
             tmp.path().join("keys"),
-            journal.clone(),
         );
         let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15));
         let mut trace = Vec::new();

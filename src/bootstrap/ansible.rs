@@ -11,7 +11,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::BootstrapError;
 use crate::config::Settings;
-use crate::journal::Journal;
 use crate::provider::{Instance, Target};
 
 /// The playbook as shipped: (path under `ansible/`, contents).
@@ -68,10 +67,11 @@ pub fn write_playbook(dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir.join("provision.yml"))
 }
 
-/// Runs the playbook against the worker; each output line goes to `on_line`.
+/// Runs the playbook against the worker; each output line goes to `on_line`. `host_key` is the
+/// key connections to the worker are held to (the connector's), which Ansible is held to too.
 pub async fn run(
     settings: &Settings,
-    journal: &Journal,
+    host_key: Option<&str>,
     state_dir: &Path,
     instance: &Instance,
     on_line: &mut (dyn FnMut(&str) + Send),
@@ -81,8 +81,7 @@ pub async fn run(
         port,
         user,
         key_path,
-        host_key,
-        pin_as,
+        ..
     } = &instance.target
     else {
         return Err(BootstrapError::Ansible(format!(
@@ -90,15 +89,7 @@ pub async fn run(
             instance.name
         )));
     };
-    let pinned = match journal.host_key(pin_as) {
-        Ok(k) => k,
-        Err(e) => {
-            return Err(BootstrapError::Ansible(format!(
-                "cannot read the journal: {e}"
-            )));
-        }
-    };
-    let Some(key) = host_key.clone().or(pinned) else {
+    let Some(key) = host_key else {
         return Err(BootstrapError::Ansible(format!(
             "no pinned host key for worker {}: connect once (cwo pins it) before running Ansible",
             instance.name

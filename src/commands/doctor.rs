@@ -3,36 +3,23 @@
 use std::path::Path;
 
 use serde::Serialize;
-use serde_json::json;
 
+use crate::bootstrap::Method;
 use crate::cli::Format;
+use crate::config::Settings;
 use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::printer::Printer;
 use crate::project::Project;
+use crate::provider::{Check, CheckStatus};
 use crate::tracker::Tracker;
 
+/// `cwo doctor --format json`.
 #[derive(Serialize)]
-struct Check {
-    name: &'static str,
-    status: &'static str, // ok | warn | fail
-    detail: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    fix: String,
-}
-
-fn check(
-    name: &'static str,
-    status: &'static str,
-    detail: impl Into<String>,
-    fix: impl Into<String>,
-) -> Check {
-    Check {
-        name,
-        status,
-        detail: detail.into(),
-        fix: fix.into(),
-    }
+struct DoctorReport {
+    schema_version: u32,
+    ok: bool,
+    checks: Vec<Check>,
 }
 
 fn on_path(program: &str) -> Option<std::path::PathBuf> {
@@ -63,256 +50,206 @@ pub async fn doctor(
     format: Format,
 ) -> Result<ExitStatus, CommandError> {
     let s = project.settings();
-    let root = &project.root;
-    let mut checks = Vec::new();
+    let provider = project.provider_to_inspect();
+    let mut checks = tracker_checks(project);
+    checks.extend(repository_checks(project));
+    checks.extend(state_checks(project));
+    checks.extend(settings_checks(project));
+    if provider.creates_machines() {
+        checks.push(reaper_check(project));
+    }
+    checks.extend(provider.doctor().await);
+    checks.push(bootstrap_check(s));
+    checks.extend(agent_checks(s, provider.creates_machines()));
 
+    let failed = checks
+        .iter()
+        .filter(|c| c.status == CheckStatus::Fail)
+        .count();
+    if format == Format::Json {
+        let report = DoctorReport {
+            schema_version: 1,
+            ok: failed == 0,
+            checks,
+        };
+        printer.json(serde_json::to_value(&report).expect("the report serializes"));
+    } else {
+        printer.out(table(&checks));
+    }
+    Ok(if failed == 0 {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
+}
+
+/// One line per check, and its fix under it.
+fn table(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let mark = match c.status {
+            CheckStatus::Ok => "ok  ",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "FAIL",
+        };
+        out.push_str(&format!("{mark} {:<11} {}\n", c.name, c.detail));
+        if !c.fix.is_empty() {
+            out.push_str(&format!("     {:<11} fix: {}\n", "", c.fix));
+        }
+    }
+    out
+}
+
+/// The juggle file: readable, and each problem in it with what cwo does about it.
+fn tracker_checks(project: &Project) -> Vec<Check> {
     let tracker = project.tracker_quiet();
     match tracker.list().and_then(|t| Ok((t, tracker.problems()?))) {
         Ok((t, problems)) if tracker.balls_path().exists() || !problems.is_empty() => {
             let ready = t.iter().filter(|t| t.is_ready()).count();
-            checks.push(check(
-                "tracker",
-                if problems.is_empty() { "ok" } else { "warn" },
-                format!(
-                    "{}: {} ball(s), {ready} ready{}",
-                    tracker.balls_path().display(),
-                    t.len(),
-                    match problems.len() {
-                        0 => String::new(),
-                        n => format!(", {n} problem(s) below"),
-                    }
-                ),
-                "",
-            ));
+            let summary = format!(
+                "{}: {} ball(s), {ready} ready{}",
+                tracker.balls_path().display(),
+                t.len(),
+                match problems.len() {
+                    0 => String::new(),
+                    n => format!(", {n} problem(s) below"),
+                }
+            );
+            let mut checks = vec![if problems.is_empty() {
+                Check::ok("tracker", summary)
+            } else {
+                Check::warn("tracker", summary, "")
+            }];
             // Each problem says what cwo does about it and how to fix it.
-            for p in problems {
-                checks.push(check("tracker", "warn", p.to_string(), ""));
-            }
+            checks.extend(
+                problems
+                    .into_iter()
+                    .map(|p| Check::warn("tracker", p.to_string(), "")),
+            );
+            checks
         }
-        Ok(_) => checks.push(check(
+        Ok(_) => vec![Check::warn(
             "tracker",
-            "warn",
             format!("{} does not exist yet", tracker.balls_path().display()),
             "add work with `cwo task add \"title\" --ac \"criterion\"` or `juggle plan`",
-        )),
-        Err(e) => checks.push(check(
+        )],
+        Err(e) => vec![Check::fail(
             "tracker",
-            "fail",
             e.to_string(),
             "check the file's permissions",
-        )),
+        )],
     }
+}
 
-    match run("git", &["--version"], root) {
-        Some(v) => checks.push(check("git", "ok", v, "")),
-        None => checks.push(check(
-            "git",
-            "fail",
-            "git is not installed",
-            "apt-get install git",
-        )),
-    }
-    match run("git", &["rev-parse", "--verify", "HEAD"], root) {
-        Some(head) => checks.push(check(
+/// git, the repository with a commit, and the remote results are pushed to.
+fn repository_checks(project: &Project) -> Vec<Check> {
+    let root = &project.root;
+    let s = project.settings();
+    let mut checks = vec![match run("git", &["--version"], root) {
+        Some(v) => Check::ok("git", v),
+        None => Check::fail("git", "git is not installed", "apt-get install git"),
+    }];
+    checks.push(match run("git", &["rev-parse", "--verify", "HEAD"], root) {
+        Some(head) => Check::ok(
             "repository",
-            "ok",
             format!("{} at {}", root.display(), &head[..12.min(head.len())]),
-            "",
-        )),
-        None => checks.push(check(
+        ),
+        None => Check::fail(
             "repository",
-            "fail",
             format!("{} is not a git repository with a commit", root.display()),
             "run cwo inside a git repository that has at least one commit",
-        )),
-    }
+        ),
+    });
     if s.git.push {
-        match run("git", &["remote", "get-url", &s.git.remote], root) {
-            Some(url) => checks.push(check(
-                "remote",
-                "ok",
-                format!("{} → {url}", s.git.remote),
-                "",
-            )),
-            None => checks.push(check(
-                "remote",
-                "fail",
-                format!("git remote `{}` does not exist", s.git.remote),
-                format!(
-                    "`git remote add {} <url>`, or set git.remote, or git.push = false",
-                    s.git.remote
+        checks.push(
+            match run("git", &["remote", "get-url", &s.git.remote], root) {
+                Some(url) => Check::ok("remote", format!("{} → {url}", s.git.remote)),
+                None => Check::fail(
+                    "remote",
+                    format!("git remote `{}` does not exist", s.git.remote),
+                    format!(
+                        "`git remote add {} <url>`, or set git.remote, or git.push = false",
+                        s.git.remote
+                    ),
                 ),
-            )),
-        }
+            },
+        );
     }
+    checks
+}
 
+/// The state dir is writable; whether a controller holds it.
+fn state_checks(project: &Project) -> Vec<Check> {
     let probe = project.state_dir.join(".doctor-probe");
-    match std::fs::create_dir_all(&project.state_dir).and_then(|_| std::fs::write(&probe, b"ok")) {
+    let writable = match std::fs::create_dir_all(&project.state_dir)
+        .and_then(|_| std::fs::write(&probe, b"ok"))
+    {
         Ok(()) => {
             let _ = std::fs::remove_file(&probe);
-            checks.push(check(
-                "state dir",
-                "ok",
-                project.state_dir.display().to_string(),
-                "",
-            ));
+            Check::ok("state dir", project.state_dir.display().to_string())
         }
-        Err(e) => checks.push(check(
+        Err(e) => Check::fail(
             "state dir",
-            "fail",
             format!("{}: {e}", project.state_dir.display()),
             "set state_dir to a writable directory",
-        )),
-    }
-    match ControllerLock::holder(&project.state_dir) {
-        Some(pid) => checks.push(check("controller", "ok", format!("running, pid {pid}"), "")),
-        None => checks.push(check("controller", "ok", "not running", "")),
-    }
+        ),
+    };
+    let controller = match ControllerLock::holder(&project.state_dir) {
+        Some(pid) => Check::ok("controller", format!("running, pid {pid}")),
+        None => Check::ok("controller", "not running"),
+    };
+    vec![writable, controller]
+}
+
+/// Each settings value that deserves a warning, with where it was set.
+fn settings_checks(project: &Project) -> Vec<Check> {
     let warnings = project.resolved.warnings();
     if warnings.is_empty() {
-        checks.push(check(
-            "settings",
-            "ok",
-            "no value that deserves a warning",
-            "",
-        ));
+        return vec![Check::ok("settings", "no value that deserves a warning")];
     }
-    for w in warnings {
-        checks.push(check(
-            "settings",
-            "warn",
-            format!("{} = {} ({}): {}", w.key, w.value, w.source, w.problem),
-            w.fix,
-        ));
-    }
+    warnings
+        .into_iter()
+        .map(|w| {
+            Check::warn(
+                "settings",
+                format!("{} = {} ({}): {}", w.key, w.value, w.source, w.problem),
+                w.fix,
+            )
+        })
+        .collect()
+}
 
-    // A cloud worker whose controller died is deleted by its TTL while it runs; a stopped one,
-    // or one with no TTL, only by a reaper.
-    if matches!(
-        s.provider,
-        crate::config::ProviderKind::Gcp | crate::config::ProviderKind::Terraform
-    ) {
-        checks.push(match super::schedule::reaper_installed(project) {
-            Some(true) => check("reaper", "ok", "`cwo reap --yes` runs from cron", ""),
-            Some(false) => check(
-                "reaper",
-                "warn",
-                "no cron reaper for this project: a stopped or abandoned worker (the TTL no longer runs for a stopped VM) is deleted only when a cwo command next looks",
-                "cwo schedule install",
-            ),
-            None => check(
-                "reaper",
-                "warn",
-                "cannot read the crontab: is cron installed?",
-                "install cron, then `cwo schedule install` (or run `cwo reap --yes` from your own scheduler)",
-            ),
-        });
+/// A cloud worker whose controller died is deleted by its TTL while it runs; a stopped one, or
+/// one with no TTL, only by a reaper.
+fn reaper_check(project: &Project) -> Check {
+    match super::schedule::reaper_installed(project) {
+        Some(true) => Check::ok("reaper", "`cwo reap --yes` runs from cron"),
+        Some(false) => Check::warn(
+            "reaper",
+            "no cron reaper for this project: a stopped or abandoned worker (the TTL no longer runs for a stopped VM) is deleted only when a cwo command next looks",
+            "cwo schedule install",
+        ),
+        None => Check::warn(
+            "reaper",
+            "cannot read the crontab: is cron installed?",
+            "install cron, then `cwo schedule install` (or run `cwo reap --yes` from your own scheduler)",
+        ),
     }
-    match s.provider {
-        crate::config::ProviderKind::Local => checks.push(check(
-            "provider",
-            "ok",
-            format!(
-                "local: workers are directories under {}",
-                project.state_dir.join("workers").display()
-            ),
-            "",
-        )),
-        crate::config::ProviderKind::Ssh => {
-            checks.push(if s.ssh.hosts.is_empty() || s.ssh.key.is_empty() {
-                check(
-                    "provider",
-                    "fail",
-                    "ssh: ssh.hosts and ssh.key must both be set",
-                    "set [ssh] hosts = [\"user@host:22\"] and key = \"path/to/key\"",
-                )
-            } else {
-                check(
-                    "provider",
-                    "ok",
-                    format!("ssh: {} host(s)", s.ssh.hosts.len()),
-                    "",
-                )
-            })
-        }
-        crate::config::ProviderKind::Terraform => {
-            let bin = s.terraform.program();
-            let version = tokio::process::Command::new(bin)
-                .arg("version")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await;
-            checks.push(match version {
-                Ok(out) if out.status.success() => check(
-                    "provider",
-                    "ok",
-                    format!(
-                        "terraform: {}",
-                        String::from_utf8_lossy(&out.stdout)
-                            .lines()
-                            .next()
-                            .unwrap_or(bin)
-                    ),
-                    "",
-                ),
-                _ => check(
-                    "provider",
-                    "fail",
-                    format!("terraform: `{bin} version` does not run"),
-                    "install Terraform (or OpenTofu and set terraform.binary = \"tofu\")",
-                ),
-            });
-            if s.gcp.ssh_source.is_empty() {
-                checks.push(check(
-                    "ssh_source",
-                    "fail",
-                    "gcp.ssh_source is empty",
-                    "set gcp.ssh_source to this machine's address as a /32",
-                ));
-            }
-        }
-        crate::config::ProviderKind::Gcp => {
-            let journal = project.journal()?;
-            let gcp = crate::provider::gcp::GcpProvider::new(
-                s.gcp.clone(),
-                s.ssh.clone(),
-                crate::model::ids::slug(&project.name),
-                project.state_dir.join("keys"),
-                journal,
-            );
-            for c in gcp.doctor().await {
-                let status = match c.ok {
-                    Some(true) => "ok",
-                    Some(false) => "fail",
-                    None => "warn",
-                };
-                checks.push(check(c.name, status, c.detail, c.fix));
-            }
-        }
-    }
+}
 
-    let method = s.bootstrap_method();
-    match method {
-        crate::bootstrap::Method::Ansible => {
-            let found = on_path("ansible-playbook");
-            checks.push(match found {
-                Some(path) => check(
-                    "bootstrap",
-                    "ok",
-                    format!("ansible: {}", path.display()),
-                    "",
-                ),
-                None => check(
-                    "bootstrap",
-                    "fail",
-                    "bootstrap.method = \"ansible\" but ansible-playbook is not on PATH",
-                    "pipx install ansible-core (or use bootstrap.method = \"native\")",
-                ),
-            });
-        }
-        crate::bootstrap::Method::Native => checks.push(check(
+/// What the configured bootstrap method needs, or what it will do.
+fn bootstrap_check(s: &Settings) -> Check {
+    match s.bootstrap_method() {
+        Method::Ansible => match on_path("ansible-playbook") {
+            Some(path) => Check::ok("bootstrap", format!("ansible: {}", path.display())),
+            None => Check::fail(
+                "bootstrap",
+                "bootstrap.method = \"ansible\" but ansible-playbook is not on PATH",
+                "pipx install ansible-core (or use bootstrap.method = \"native\")",
+            ),
+        },
+        Method::Native => Check::ok(
             "bootstrap",
-            "ok",
             format!(
                 "native: swap {}, opencode {}, user {} in {}, watchdog after {} idle min ({}); `cwo bootstrap script` shows it",
                 s.bootstrap
@@ -325,89 +262,54 @@ pub async fn doctor(
                 s.watchdog.idle_minutes,
                 s.watchdog.action
             ),
-            "",
-        )),
-        _ => checks.push(check("bootstrap", "ok", "none: workers are used as they are", "")),
+        ),
+        _ => Check::ok("bootstrap", "none: workers are used as they are"),
     }
+}
 
+/// The agent program: installed by the bootstrap on machines cwo creates, else on this PATH
+/// (and ripgrep, which opencode's tools need).
+fn agent_checks(s: &Settings, creates_machines: bool) -> Vec<Check> {
     let program = &s.agent.command[0];
-    let remote = matches!(
-        s.provider,
-        crate::config::ProviderKind::Gcp | crate::config::ProviderKind::Terraform
-    );
-    if remote
-        && method != crate::bootstrap::Method::None
+    if creates_machines
+        && s.bootstrap_method() != Method::None
         && program == "opencode"
         && s.bootstrap.opencode != "none"
     {
-        checks.push(check(
+        return vec![Check::ok(
             "agent",
-            "ok",
             format!(
                 "opencode {} is installed on each worker by the bootstrap",
                 s.bootstrap.opencode
             ),
-            "",
+        )];
+    }
+    let Some(path) = on_path(program) else {
+        let fix = if program == "opencode" {
+            "npm install -g opencode-ai, or set agent.command to your agent's argv (see config/cwo.example.toml)".to_string()
+        } else {
+            format!("install `{program}` or fix agent.command")
+        };
+        return vec![Check::fail(
+            "agent",
+            format!("`{program}` (agent.command) is not on PATH"),
+            fix,
+        )];
+    };
+    let mut checks = vec![Check::ok(
+        "agent",
+        format!("{program} → {}", path.display()),
+    )];
+    if Path::new(program)
+        .file_name()
+        .is_some_and(|n| n == "opencode")
+        && on_path("rg").is_none()
+    {
+        checks.push(Check::warn(
+            "ripgrep",
+            "rg is not on PATH: opencode's grep and glob tools fail offline",
+            "apt-get install ripgrep",
         ));
-    } else {
-        match on_path(program) {
-            Some(path) => {
-                checks.push(check(
-                    "agent",
-                    "ok",
-                    format!("{program} → {}", path.display()),
-                    "",
-                ));
-                if Path::new(program)
-                    .file_name()
-                    .is_some_and(|n| n == "opencode")
-                    && on_path("rg").is_none()
-                {
-                    checks.push(check(
-                        "ripgrep",
-                        "warn",
-                        "rg is not on PATH: opencode's grep and glob tools fail offline",
-                        "apt-get install ripgrep",
-                    ));
-                }
-            }
-            None => {
-                let fix = if program == "opencode" {
-                    "npm install -g opencode-ai, or set agent.command to your agent's argv (see config/cwo.example.toml)".to_string()
-                } else {
-                    format!("install `{program}` or fix agent.command")
-                };
-                checks.push(check(
-                    "agent",
-                    "fail",
-                    format!("`{program}` (agent.command) is not on PATH"),
-                    fix,
-                ));
-            }
-        }
     }
-
-    let failed = checks.iter().filter(|c| c.status == "fail").count();
-    if format == Format::Json {
-        printer.json(json!({ "ok": failed == 0, "checks": checks }));
-    } else {
-        let mut out = String::new();
-        for c in &checks {
-            let mark = match c.status {
-                "ok" => "ok  ",
-                "warn" => "warn",
-                _ => "FAIL",
-            };
-            out.push_str(&format!("{mark} {:<11} {}\n", c.name, c.detail));
-            if !c.fix.is_empty() {
-                out.push_str(&format!("     {:<11} fix: {}\n", "", c.fix));
-            }
-        }
-        printer.out(out);
-    }
-    Ok(if failed == 0 {
-        ExitStatus::Success
-    } else {
-        ExitStatus::Failure
-    })
+    checks
 }

@@ -57,6 +57,7 @@ fn ports(project: &Project, printer: Printer) -> Result<(Ports, RunContext), Com
     let ports = Ports {
         tracker: std::sync::Arc::new(project.tracker()),
         provider: project.provider(&journal),
+        connector: project.connector(&journal),
         journal,
         printer,
     };

@@ -49,7 +49,8 @@ pub async fn ssh(
             CommandError::user(format!("worker {} is gone", row.name))
                 .hint("`cwo down` updates the journal")
         })?;
-    let transport = provider
+    let transport = project
+        .connector(&journal)
         .connect(&instance)
         .map_err(|e| CommandError::from_error(format!("cannot reach worker {}", row.name), &e))?;
     let failed = |e: crate::transport::TransportError| {

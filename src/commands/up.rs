@@ -1,16 +1,15 @@
 //! `cwo up [--plan]`: bring up a worker now (`cwo run` adopts it), or show what would be made.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cli::{Format, UpArgs};
-use crate::config::ProviderKind;
 use crate::cost::Catalog;
 use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::printer::Printer;
 use crate::project::{Project, slug};
-use crate::provider::gcp::{GcpProvider, firewall_name, network_tag};
-use crate::provider::{WorkerSpec, worker_labels};
+use crate::provider::{Plan, PlanContext, WorkerSpec, worker_labels};
 
 pub async fn up(
     project: &Project,
@@ -44,6 +43,13 @@ pub async fn up(
     Ok(ExitStatus::Success)
 }
 
+/// `cwo up --plan --format json`.
+#[derive(Serialize)]
+struct PlanReport<'a> {
+    schema_version: u32,
+    plan: &'a Plan,
+}
+
 /// The spec `cwo up` would send, without sending it.
 async fn plan(
     project: &Project,
@@ -53,102 +59,35 @@ async fn plan(
     let s = project.settings();
     let project_slug = slug(&project.name);
     let name = format!("cwo-{project_slug}-<6 hex>");
-    // The labels `cwo up` gives the worker (the gcp body builder sets them itself, too).
-    let labels = worker_labels(&project_slug, &name, &s.gcp.machine_type);
-    let plan: Value = match s.provider {
-        ProviderKind::Local => json!({
-            "provider": "local",
-            "worker": name,
-            "creates": format!("a directory under {}", project.state_dir.join("workers").display()),
-            "labels": labels,
-            "hourly_cost_usd": 0.0,
-        }),
-        ProviderKind::Terraform => json!({
-            "provider": "terraform",
-            "worker": name,
-            "module": if s.terraform.module.as_os_str().is_empty() { "shipped (terraform/ in cwo)".to_string() } else { s.terraform.module.display().to_string() },
-            "creates": format!("terraform init + apply in {}", project.state_dir.join("terraform").join(&name).display()),
-            "zone": s.gcp.zones.first(),
-            "machine_type": s.gcp.machine_type,
-            "image": s.gcp.image,
-            "ttl": s.gcp.ttl.map(|t| humantime::format_duration(t).to_string()).unwrap_or_else(|| "none".into()),
-            "ssh_source": s.gcp.ssh_source,
-            "labels": labels,
-            "bootstrap": s.bootstrap_method().to_string(),
-        }),
-        ProviderKind::Ssh => json!({
-            "provider": "ssh",
-            "worker": name,
-            "creates": "nothing: the first free host in ssh.hosts is allocated",
-            "hosts": s.ssh.hosts,
-            "workspace": s.ssh.workspace,
-            "hourly_cost_usd": 0.0,
-        }),
-        ProviderKind::Gcp => {
-            let g = &s.gcp;
-            let gcp = GcpProvider::new(
-                g.clone(),
-                s.ssh.clone(),
-                project_slug.clone(),
-                project.state_dir.join("keys"),
-                project.journal()?,
-            );
-            let gcp = match project.startup_script() {
-                Some(script) => gcp.with_startup_script(script),
-                None => gcp,
-            };
-            let zone = g.zones.first().cloned().unwrap_or_default();
-            let spec = WorkerSpec {
-                name: name.clone(),
-                labels,
-                machine_type: g.machine_type.clone(),
-            };
-            let body = gcp.instance_body(
-                &spec,
-                &zone,
-                "ssh-ed25519 <a key generated for this worker>",
-            );
-            let body = serde_json::to_value(&body).expect("the instance body serializes");
-            let source = if g.ssh_source.is_empty() {
-                "this machine's public address /32, detected at creation".to_string()
-            } else {
-                g.ssh_source.clone()
-            };
-            let hourly = Catalog::load()?.hourly(
-                &g.machine_type,
-                &zone,
-                g.spot,
-                &g.disk_type,
-                g.disk_size_gb,
-            );
-            json!({
-                "provider": "gcp",
-                "project": g.project,
-                "zones": g.zones,
-                "ttl": g.ttl.map(|t| humantime::format_duration(t).to_string()).unwrap_or_else(|| "none".into()),
-                "instance": body,
-                "firewall": {
-                    "name": firewall_name(&project_slug),
-                    "network": g.network,
-                    "allow": format!("tcp:{}", g.ssh_port),
-                    "source_ranges": [source],
-                    "target_tags": [network_tag(&project_slug)],
-                },
-                "service_accounts": [],
-                "bootstrap": s.bootstrap_method().to_string(),
-                "hourly_cost_usd": hourly.map(|h| json!({
-                    "machine": h.machine, "disk": h.disk, "external_ip": h.ip, "total": h.total(),
-                })),
-            })
-        }
+    // The spec `cwo up` sends: the labels every worker carries, priced as the machine type.
+    let spec = WorkerSpec {
+        labels: worker_labels(&project_slug, &name, &s.gcp.machine_type),
+        name,
+        machine_type: s.gcp.machine_type.clone(),
     };
+    let catalog = Catalog::load()?;
+    let ctx = PlanContext {
+        catalog: &catalog,
+        bootstrap: s.bootstrap_method().to_string(),
+    };
+    let plan = project.provider_to_inspect().plan(&spec, &ctx);
     if format == Format::Json {
-        printer.json(json!({ "plan": plan }));
+        let report = PlanReport {
+            schema_version: 1,
+            plan: &plan,
+        };
+        printer.json(serde_json::to_value(&report).expect("the plan serializes"));
         return Ok(ExitStatus::Success);
     }
+    printer.out(human(&plan));
+    Ok(ExitStatus::Success)
+}
+
+/// The plan as people read it: its JSON, with the long startup script replaced by its size,
+/// and the expected cost.
+fn human(plan: &Plan) -> String {
     let mut out = String::from("cwo up would create (nothing is created by --plan):\n");
-    // The startup script is long: people get its size and where to read it.
-    let mut shown = plan.clone();
+    let mut shown = serde_json::to_value(plan).expect("the plan serializes");
     if let Some(items) = shown
         .pointer_mut("/instance/metadata/items")
         .and_then(Value::as_array_mut)
@@ -166,17 +105,13 @@ async fn plan(
     }
     out.push_str(&serde_json::to_string_pretty(&shown).expect("serializes"));
     out.push('\n');
-    if let Some(total) = plan
-        .pointer("/hourly_cost_usd/total")
-        .and_then(Value::as_f64)
-    {
-        out.push_str(&format!(
+    match plan.list_price() {
+        Some(Some(total)) => out.push_str(&format!(
             "expected list cost: ${total:.5}/hour (${:.2}/month if left running; an e2-micro in us-west1/us-central1/us-east1 is in the free tier)\n",
             total * crate::cost::HOURS_PER_MONTH
-        ));
-    } else if s.provider == ProviderKind::Gcp {
-        out.push_str("expected cost: unknown (no price for this machine type in this region; see ~/.config/cwo/prices.toml)\n");
+        )),
+        Some(None) => out.push_str("expected cost: unknown (no price for this machine type in this region; see ~/.config/cwo/prices.toml)\n"),
+        None => {}
     }
-    printer.out(out);
-    Ok(ExitStatus::Success)
+    out
 }

@@ -6,4 +6,4 @@ pub mod labels;
 pub mod worker;
 
 pub use labels::{EXPIRES_LABEL, expires_at, project_selector, worker_labels};
-pub use worker::{DeleteOutcome, Instance, InstanceStatus, Target, WorkerSpec};
+pub use worker::{DeleteOutcome, Instance, InstanceStatus, Target, WorkerSpec, workspace_of};

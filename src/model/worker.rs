@@ -97,7 +97,13 @@ impl Instance {
         if let Target::Ssh { user: u, .. } = &mut self.target {
             *u = user.to_string();
         }
-        self.workspace = format!("{}/{}", root.trim_end_matches('/'), self.name);
+        self.workspace = workspace_of(root, &self.name);
         self
     }
+}
+
+/// The worker's own directory under a workspace root shared by workers (`<root>/<worker>`): where
+/// its task directories go on a host or VM.
+pub fn workspace_of(root: &str, worker: &str) -> String {
+    format!("{}/{worker}", root.trim_end_matches('/'))
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Settings;
+use crate::connector::Connector;
 use crate::journal::Journal;
 use crate::printer::Printer;
 use crate::provider::Provider;
@@ -16,6 +17,8 @@ pub struct Ports {
     pub tracker: Arc<dyn Tracker>,
     pub journal: Journal,
     pub provider: Arc<dyn Provider>,
+    /// Builds the transports to the provider's workers and pins their host keys.
+    pub connector: Connector,
     pub printer: Printer,
 }
 

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::error::OrchestratorError;
-use super::ports::{Ports, RunContext, journaled};
+use super::ports::{Ports, RunContext, journaled, off_thread};
 use super::reaper::Reaper;
 use crate::bootstrap::{self, Method};
 use crate::config::Settings;
+use crate::connector::{ConnectError, Connector};
 use crate::journal::{AttemptRow, Journal, JournalError, WorkerState};
 use crate::printer::{Printer, fmt_secs};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError, WorkerSpec};
@@ -156,6 +157,7 @@ pub async fn delete_journaled(
 /// Brings workers up, adopts them, checks them, and tears them down.
 pub struct WorkerLifecycle {
     provider: Arc<dyn Provider>,
+    connector: Connector,
     journal: Journal,
     printer: Printer,
     settings: Arc<Settings>,
@@ -167,6 +169,7 @@ impl WorkerLifecycle {
     pub fn new(ports: &Ports, ctx: &RunContext) -> WorkerLifecycle {
         WorkerLifecycle {
             provider: ports.provider.clone(),
+            connector: ports.connector.clone(),
             journal: ports.journal.clone(),
             printer: ports.printer,
             settings: ctx.settings.clone(),
@@ -223,9 +226,9 @@ impl WorkerLifecycle {
         )
     }
 
-    /// A connection to the worker as `instance` describes it (the only `provider.connect`).
+    /// A connection to the worker as `instance` describes it (the lifecycle's only connect).
     fn connect(&self, instance: &Instance) -> Result<Arc<dyn Transport>, OrchestratorError> {
-        self.provider
+        self.connector
             .connect(instance)
             .map(Arc::from)
             .map_err(|e| OrchestratorError::Connect {
@@ -424,7 +427,7 @@ impl WorkerLifecycle {
                 };
                 // A GCE VM booted with this very script (startup-script / user-data): cwo's
                 // run waits for that one and checks it.
-                let gce = matches!(self.provider.kind(), "gcp" | "terraform");
+                let gce = self.provider.boots_with_startup_script();
                 let script = bootstrap::render(settings, &bootstrap::Target { login_user, gce });
                 p.status(format!("bootstrapping worker {name} (native)"));
                 let report = bootstrap::run_native(&*login, &script, gce, &mut |step| {
@@ -432,17 +435,22 @@ impl WorkerLifecycle {
                 })
                 .await
                 .map_err(fail)?;
-                if let (Some(printed), crate::provider::Target::Ssh { pin_as, .. }) =
-                    (&report.host_key, &instance.target)
-                {
-                    let pin_as = pin_as.clone();
-                    if let Some(pinned) = self.j(move |j| j.host_key(&pin_as)).await?
-                        && let Err(problem) = bootstrap::check_host_key(printed, &pinned)
-                    {
-                        return Err(OrchestratorError::HostKeyMismatch {
-                            name: name.clone(),
-                            problem,
-                        });
+                if let Some(printed) = report.host_key.clone() {
+                    let (connector, inst) = (self.connector.clone(), instance.clone());
+                    match off_thread(move || connector.check_host_key(&inst, &printed)).await {
+                        Ok(()) => {}
+                        Err(e @ ConnectError::HostKeyMismatch { .. }) => {
+                            return Err(OrchestratorError::HostKeyMismatch {
+                                name: name.clone(),
+                                problem: e.to_string(),
+                            });
+                        }
+                        Err(e) => {
+                            return Err(OrchestratorError::Connect {
+                                name: name.clone(),
+                                source: e.into(),
+                            });
+                        }
                     }
                 }
                 p.status(format!(
@@ -462,9 +470,16 @@ impl WorkerLifecycle {
                     }
                 })?;
                 p.status(format!("bootstrapping worker {name} (ansible)"));
+                let (connector, inst) = (self.connector.clone(), instance.clone());
+                let host_key = off_thread(move || connector.host_key(&inst))
+                    .await
+                    .map_err(|e| OrchestratorError::Connect {
+                        name: name.clone(),
+                        source: e.into(),
+                    })?;
                 bootstrap::ansible::run(
                     settings,
-                    &self.journal,
+                    host_key.as_deref(),
                     &self.state_dir,
                     instance,
                     &mut |line| p.status(format!("  {line}")),

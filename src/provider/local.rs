@@ -8,28 +8,38 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 
+use super::record::{Layout, RecordStore};
 use super::{
-    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Record, Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
+    Target, WorkerSpec,
 };
-use crate::transport::{Transport, local::LocalTransport};
 
 pub struct LocalProvider {
-    root: PathBuf,
+    /// `root/<name>/instance.json`.
+    records: RecordStore,
 }
 
 impl LocalProvider {
     /// Workers live in `root/<name>/`.
     pub fn new(root: impl Into<PathBuf>) -> LocalProvider {
-        LocalProvider { root: root.into() }
+        LocalProvider {
+            records: RecordStore::new(root, Layout::InWorkerDir("instance.json"), "local worker"),
+        }
     }
 
     fn dir(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+        self.records.dir().join(name)
     }
+}
 
-    fn read(path: &Path) -> Result<Option<Record>, ProviderError> {
-        super::read_record(path)
-    }
+/// What `cwo up --plan` shows for a local worker.
+#[derive(serde::Serialize)]
+pub struct LocalPlan {
+    pub provider: &'static str,
+    pub worker: String,
+    pub creates: String,
+    pub labels: BTreeMap<String, String>,
+    pub hourly_cost_usd: f64,
 }
 
 /// SIGKILLs the process group of every detached agent under `tasks/<ball>/<attempt>/`.
@@ -74,6 +84,26 @@ impl Provider for LocalProvider {
         "local"
     }
 
+    fn plan(&self, spec: &WorkerSpec, _ctx: &PlanContext<'_>) -> Plan {
+        Plan::Local(LocalPlan {
+            provider: self.kind(),
+            worker: spec.name.clone(),
+            creates: format!("a directory under {}", self.records.dir().display()),
+            labels: self.labels_for(spec),
+            hourly_cost_usd: 0.0,
+        })
+    }
+
+    async fn doctor(&self) -> Vec<Check> {
+        vec![Check::ok(
+            "provider",
+            format!(
+                "local: workers are directories under {}",
+                self.records.dir().display()
+            ),
+        )]
+    }
+
     async fn create(
         &self,
         spec: &WorkerSpec,
@@ -85,20 +115,15 @@ impl Provider for LocalProvider {
                 spec.name
             )));
         }
-        let dir = self.dir(&spec.name);
-        let record_path = dir.join("instance.json");
-        if let Some(existing) = Self::read(&record_path)? {
-            if existing.request_id == idempotency_key {
-                return Ok(existing.instance);
-            }
-            return Err(ProviderError::InvalidSpec(format!(
-                "a worker named {} already exists (created by another request)",
-                spec.name
-            )));
+        if let Some(existing) = self.records.existing(&spec.name, idempotency_key)? {
+            return Ok(existing);
         }
+        let dir = self.dir(&spec.name);
         let workspace = dir.join("workspace");
-        std::fs::create_dir_all(&workspace)
-            .map_err(|e| ProviderError::Transient(format!("{}: {e}", workspace.display())))?;
+        std::fs::create_dir_all(&workspace).map_err(|e| ProviderError::Io {
+            path: workspace.display().to_string(),
+            source: e,
+        })?;
         let instance = Instance {
             name: spec.name.clone(),
             status: InstanceStatus::Running,
@@ -110,11 +135,7 @@ impl Provider for LocalProvider {
             workspace: workspace.display().to_string(),
             zone: None,
         };
-        let record = Record {
-            instance: instance.clone(),
-            request_id: idempotency_key.to_string(),
-        };
-        super::write_record(&record_path, &record)?;
+        self.records.write(&instance, idempotency_key)?;
         Ok(instance)
     }
 
@@ -123,21 +144,18 @@ impl Provider for LocalProvider {
         name: &str,
         _timeout: Duration,
     ) -> Result<Instance, ProviderError> {
-        self.get(name)
-            .await?
-            .ok_or_else(|| ProviderError::NotFound(format!("local worker {name}")))
+        self.records.wait_running(name)
     }
 
     async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
-        Ok(Self::read(&self.dir(name).join("instance.json"))?.map(|r| r.instance))
+        self.records.get(name)
     }
 
     async fn list(
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let records = super::read_records(&self.root, |p| Some(p.join("instance.json")))?;
-        Ok(super::matching(records, selector))
+        self.records.list(selector)
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
@@ -148,19 +166,16 @@ impl Provider for LocalProvider {
         // A VM's deletion ends every process on it; a local worker's ends its agents.
         kill_agents(&dir.join("workspace/tasks"));
         // The record goes first so a half-removed directory never looks like a live worker.
-        let _ = std::fs::remove_file(dir.join("instance.json"));
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| ProviderError::Transient(format!("removing {}: {e}", dir.display())))?;
+        self.records.remove(name)?;
+        std::fs::remove_dir_all(&dir).map_err(|e| ProviderError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })?;
         Ok(DeleteOutcome::Deleted)
     }
 
     async fn confirm_deleted(&self, name: &str, _timeout: Duration) -> Result<(), ProviderError> {
-        match self.get(name).await? {
-            None => Ok(()),
-            Some(_) => Err(ProviderError::Transient(format!(
-                "local worker {name} still exists"
-            ))),
-        }
+        self.records.confirm_deleted(name)
     }
 
     async fn set_labels(
@@ -168,20 +183,6 @@ impl Provider for LocalProvider {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let path = self.dir(name).join("instance.json");
-        let mut record = Self::read(&path)?
-            .ok_or_else(|| ProviderError::NotFound(format!("local worker {name}")))?;
-        record.instance.labels = labels.clone();
-        super::write_record(&path, &record)
-    }
-
-    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        match &instance.target {
-            Target::Local { .. } => Ok(Box::new(LocalTransport::new(instance.name.clone()))),
-            other => Err(ProviderError::InvalidSpec(format!(
-                "worker {} is not local ({other:?})",
-                instance.name
-            ))),
-        }
+        self.records.set_labels(name, labels)
     }
 }

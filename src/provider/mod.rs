@@ -1,7 +1,10 @@
-//! The worker lifecycle, and nothing else: no commands run through a provider (DESIGN §1).
+//! The worker lifecycle, and nothing else: no commands run through a provider (DESIGN §1). A
+//! provider hands out workers with their [`Target`]; `crate::connector` reaches them.
 
+mod check;
 pub mod gcp;
 pub mod local;
+pub(crate) mod record;
 pub mod ssh_host;
 pub mod terraform;
 
@@ -9,109 +12,41 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
-
-use crate::transport::Transport;
 
 pub use crate::model::{
     DeleteOutcome, EXPIRES_LABEL, Instance, InstanceStatus, Target, WorkerSpec, expires_at,
     worker_labels,
 };
+pub use check::{Check, CheckStatus};
 
-/// A transport to `instance`'s SSH target, with the connection timing and the journal the host
-/// key is pinned in.
-pub fn ssh_transport(
-    instance: &Instance,
-    ssh: &crate::config::SshSettings,
-    journal: &crate::journal::Journal,
-) -> Result<crate::transport::ssh::SshTransport, ProviderError> {
-    let Target::Ssh {
-        host,
-        port,
-        user,
-        key_path,
-        host_key,
-        pin_as,
-    } = &instance.target
-    else {
-        return Err(ProviderError::InvalidSpec(format!(
-            "worker {} is not reached over SSH ({:?})",
-            instance.name, instance.target
-        )));
-    };
-    if host.is_empty() {
-        return Err(ProviderError::Transient(format!(
-            "worker {} has no address yet",
-            instance.name
-        )));
-    }
-    Ok(crate::transport::ssh::SshTransport::new(
-        instance.name.clone(),
-        pin_as.clone(),
-        crate::transport::ssh::SshTarget {
-            host: host.clone(),
-            port: *port,
-            user: user.clone(),
-            key_path: key_path.into(),
-            host_key: host_key.clone(),
-            connect_timeout: ssh.connect_timeout,
-            keepalive: ssh.keepalive,
-        },
-        Some(journal.clone()),
-    ))
+/// What a plan needs from outside the provider.
+pub struct PlanContext<'a> {
+    /// The price catalog a cloud worker is priced from.
+    pub catalog: &'a crate::cost::Catalog,
+    /// The bootstrap method that applies (`native`, `ansible`, `none`).
+    pub bootstrap: String,
 }
 
-/// What the local and ssh providers keep per worker (the cloud keeps this for gcp).
-#[derive(Serialize, Deserialize)]
-pub(crate) struct Record {
-    pub instance: Instance,
-    pub request_id: String,
+/// What `cwo up --plan` shows: what creating a worker would make, without making it (each
+/// provider says it in its own terms).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum Plan {
+    Local(local::LocalPlan),
+    Ssh(ssh_host::SshPlan),
+    Gcp(Box<gcp::GcpPlan>),
+    Terraform(terraform::TerraformPlan),
 }
 
-/// Reads a record written by [`write_record`]; `None` when there is none.
-pub(crate) fn read_record(path: &std::path::Path) -> Result<Option<Record>, ProviderError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ProviderError::Transient(format!("{}: {e}", path.display()))),
-    }
-}
-
-/// Every record under `dir`, sorted by worker name: `record_of` maps each entry of `dir` to the
-/// record file it holds, if any. A missing `dir` holds none; any other read error is an error.
-pub(crate) fn read_records(
-    dir: &std::path::Path,
-    record_of: impl Fn(&std::path::Path) -> Option<std::path::PathBuf>,
-) -> Result<Vec<Record>, ProviderError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(ProviderError::Transient(format!("{}: {e}", dir.display()))),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| ProviderError::Transient(format!("{}: {e}", dir.display())))?
-            .path();
-        if let Some(file) = record_of(&path)
-            && let Some(r) = read_record(&file)?
-        {
-            out.push(r);
+impl Plan {
+    /// The list price per hour: `None` when the provider bills nothing itself, `Some(None)`
+    /// when it does but the catalog has no price for the configuration.
+    pub fn list_price(&self) -> Option<Option<f64>> {
+        match self {
+            Plan::Gcp(p) => Some(p.hourly_cost_usd.as_ref().map(|h| h.total)),
+            _ => None,
         }
     }
-    out.sort_by(|a, b| a.instance.name.cmp(&b.instance.name));
-    Ok(out)
-}
-
-/// The instances of `records` that carry every label in `selector`.
-pub(crate) fn matching(records: Vec<Record>, selector: &BTreeMap<String, String>) -> Vec<Instance> {
-    records
-        .into_iter()
-        .map(|r| r.instance)
-        .filter(|i| selector.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
-        .collect()
 }
 
 /// The worker's own ed25519 key at `path`: read when it exists, generated (private, 0600)
@@ -124,24 +59,13 @@ pub(crate) fn worker_key(path: &std::path::Path, worker: &str) -> Result<String,
             .to_openssh()
             .map_err(|e| ProviderError::InvalidSpec(e.to_string()))
     } else {
-        crate::transport::ssh::generate_key(path, &format!("cwo-{worker}"))
-            .map_err(ProviderError::InvalidSpec)
+        crate::transport::ssh::generate_key(path, &format!("cwo-{worker}")).map_err(|source| {
+            ProviderError::Key {
+                worker: worker.to_string(),
+                source: Box::new(source),
+            }
+        })
     }
-}
-
-/// Writes a provider's own JSON record atomically (temp file, then rename), as the local and
-/// ssh providers keep their workers.
-pub(crate) fn write_record(
-    path: &std::path::Path,
-    record: &impl Serialize,
-) -> Result<(), ProviderError> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(record).expect("a record serializes"),
-    )
-    .and_then(|_| std::fs::rename(&tmp, path))
-    .map_err(|e| ProviderError::Transient(format!("{}: {e}", path.display())))
 }
 
 /// How long a delete that answered "gone" may still show the VM in a list or get (Compute's
@@ -233,11 +157,59 @@ pub enum ProviderError {
     Transient(String),
     #[error("invalid worker spec: {0}")]
     InvalidSpec(String),
+    /// A provider's own file (a worker record, a Terraform directory) could not be read or
+    /// written: worth another try, like a transient failure.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host the provider must reach itself (to clean a released worker) cannot be reached.
+    #[error(transparent)]
+    Connect(Box<crate::connector::ConnectError>),
+    /// The worker's own SSH key could not be made: nothing was created.
+    #[error("the key of worker {worker}: {source}")]
+    Key {
+        worker: String,
+        #[source]
+        source: Box<crate::transport::ssh::KeyError>,
+    },
+    /// A provider's own record is not what cwo wrote.
+    #[error("{path} is unreadable: {source}")]
+    Corrupt {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[async_trait]
 pub trait Provider: Send + Sync {
+    /// The provider's name, for messages, the journal and reports (never for decisions: those
+    /// are the capabilities below).
     fn kind(&self) -> &'static str;
+    /// Whether a worker boots with the native bootstrap as its startup script (a cloud VM's
+    /// startup-script / user-data), so cwo's own run of it waits for the boot run.
+    fn boots_with_startup_script(&self) -> bool {
+        false
+    }
+    /// Whether workers are machines cwo creates and pays for, which can outlive a controller
+    /// (a reaper must watch them), rather than this machine or hosts the user owns.
+    fn creates_machines(&self) -> bool {
+        false
+    }
+    /// The labels a worker made from `spec` really carries (a provider may add its own, such
+    /// as the expiry).
+    fn labels_for(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
+        spec.labels.clone()
+    }
+    /// What creating `spec` would make, without making it (`cwo up --plan`).
+    fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan;
+    /// What `cwo doctor` checks for this provider.
+    async fn doctor(&self) -> Vec<Check> {
+        Vec::new()
+    }
     /// Creates the worker; calling it again with the same key returns the same worker.
     async fn create(
         &self,
@@ -255,8 +227,6 @@ pub trait Provider: Send + Sync {
     /// Already gone is success.
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError>;
     async fn confirm_deleted(&self, name: &str, timeout: Duration) -> Result<(), ProviderError>;
-    /// A transport to the worker.
-    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError>;
     /// Replaces the worker's labels (the reaper's marks).
     async fn set_labels(
         &self,

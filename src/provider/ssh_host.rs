@@ -8,11 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 
+use super::record::{Layout, RecordStore};
 use super::{
-    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Record, Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
+    Target, WorkerSpec,
 };
 use crate::config::{HostAddr, SshSettings};
-use crate::journal::Journal;
+use crate::connector::Connector;
 use crate::transport::ssh::SshTransport;
 use crate::transport::{ExecRequest, Transport};
 
@@ -27,39 +29,41 @@ done
 rm -rf "$ws"
 "#;
 
+/// What `cwo up --plan` shows for the ssh provider.
+#[derive(serde::Serialize)]
+pub struct SshPlan {
+    provider: &'static str,
+    worker: String,
+    creates: &'static str,
+    hosts: Vec<String>,
+    workspace: String,
+    hourly_cost_usd: f64,
+}
+
 pub struct SshHostProvider {
     settings: SshSettings,
     /// One JSON record per allocated host: `<records>/<worker>.json`.
-    records: PathBuf,
-    journal: Journal,
+    records: RecordStore,
+    /// Reaches the hosts to clean a released worker's workspace.
+    connector: Connector,
     /// The bootstrap's work user and workspace root, when the hosts are bootstrapped.
     work: Option<(String, String)>,
 }
 
 impl SshHostProvider {
-    pub fn new(settings: SshSettings, records: PathBuf, journal: Journal) -> SshHostProvider {
+    pub fn new(settings: SshSettings, records: PathBuf, connector: Connector) -> SshHostProvider {
         SshHostProvider {
             settings,
-            records,
-            journal,
+            records: RecordStore::new(records, Layout::Flat, "ssh worker"),
+            connector,
             work: None,
         }
     }
 
-    fn read_all(&self) -> Result<Vec<Record>, ProviderError> {
-        super::read_records(&self.records, |p| {
-            p.extension()
-                .is_some_and(|x| x == "json")
-                .then(|| p.to_path_buf())
-        })
-    }
-
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.records.join(format!("{name}.json"))
-    }
-
     fn transport(&self, instance: &Instance) -> Result<SshTransport, ProviderError> {
-        super::ssh_transport(instance, &self.settings, &self.journal)
+        self.connector
+            .ssh(instance)
+            .map_err(|e| ProviderError::Connect(Box::new(e)))
     }
 
     /// On bootstrapped hosts the agents run as the work user in `<root>/<worker>`: deleting the
@@ -116,6 +120,30 @@ impl Provider for SshHostProvider {
         "ssh"
     }
 
+    fn plan(&self, spec: &WorkerSpec, _ctx: &PlanContext<'_>) -> Plan {
+        Plan::Ssh(SshPlan {
+            provider: self.kind(),
+            worker: spec.name.clone(),
+            creates: "nothing: the first free host in ssh.hosts is allocated",
+            hosts: self.settings.hosts.clone(),
+            workspace: self.settings.workspace.clone(),
+            hourly_cost_usd: 0.0,
+        })
+    }
+
+    async fn doctor(&self) -> Vec<Check> {
+        let s = &self.settings;
+        vec![if s.hosts.is_empty() || s.key.is_empty() {
+            Check::fail(
+                "provider",
+                "ssh: ssh.hosts and ssh.key must both be set",
+                "set [ssh] hosts = [\"user@host:22\"] and key = \"path/to/key\"",
+            )
+        } else {
+            Check::ok("provider", format!("ssh: {} host(s)", s.hosts.len()))
+        }]
+    }
+
     async fn create(
         &self,
         spec: &WorkerSpec,
@@ -132,16 +160,10 @@ impl Provider for SshHostProvider {
                     .into(),
             ));
         }
-        let existing = self.read_all()?;
-        if let Some(r) = existing.iter().find(|r| r.instance.name == spec.name) {
-            if r.request_id == idempotency_key {
-                return Ok(r.instance.clone());
-            }
-            return Err(ProviderError::InvalidSpec(format!(
-                "worker {} already exists",
-                spec.name
-            )));
+        if let Some(existing) = self.records.existing(&spec.name, idempotency_key)? {
+            return Ok(existing);
         }
+        let existing = self.records.all()?;
         let in_use: Vec<String> = existing
             .iter()
             .filter_map(|r| match &r.instance.target {
@@ -163,11 +185,7 @@ impl Provider for SshHostProvider {
                     self.settings.hosts.len()
                 ))
             })?;
-        let workspace = format!(
-            "{}/{}",
-            self.settings.workspace.trim_end_matches('/'),
-            spec.name
-        );
+        let workspace = crate::model::workspace_of(&self.settings.workspace, &spec.name);
         let instance = Instance {
             name: spec.name.clone(),
             status: InstanceStatus::Running,
@@ -184,14 +202,7 @@ impl Provider for SshHostProvider {
             workspace,
             zone: None,
         };
-        std::fs::create_dir_all(&self.records)
-            .map_err(|e| ProviderError::Transient(format!("{}: {e}", self.records.display())))?;
-        let path = self.record_path(&spec.name);
-        let record = Record {
-            instance: instance.clone(),
-            request_id: idempotency_key.to_string(),
-        };
-        super::write_record(&path, &record)?;
+        self.records.write(&instance, idempotency_key)?;
         Ok(instance)
     }
 
@@ -200,26 +211,20 @@ impl Provider for SshHostProvider {
         name: &str,
         _timeout: Duration,
     ) -> Result<Instance, ProviderError> {
-        self.get(name)
-            .await?
-            .ok_or_else(|| ProviderError::NotFound(format!("ssh worker {name}")))
+        self.records.wait_running(name)
     }
 
     /// A host the user owns is alive for as long as it is allocated: an unreachable host is a
     /// network problem to wait out, not a dead worker.
     async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
-        Ok(self
-            .read_all()?
-            .into_iter()
-            .find(|r| r.instance.name == name)
-            .map(|r| r.instance))
+        self.records.get(name)
     }
 
     async fn list(
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        Ok(super::matching(self.read_all()?, selector))
+        self.records.list(selector)
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
@@ -237,8 +242,7 @@ impl Provider for SshHostProvider {
                     "worker {name}: could not reach the host to clean {} ({e}); released anyway, the directory may be left there",
                     instance.workspace
                 );
-                std::fs::remove_file(self.record_path(name))
-                    .map_err(|e| ProviderError::Transient(format!("releasing {name}: {e}")))?;
+                self.records.remove(name)?;
                 return Ok(DeleteOutcome::Deleted);
             }
         };
@@ -249,18 +253,12 @@ impl Provider for SshHostProvider {
                 out.stderr.trim()
             )));
         }
-        std::fs::remove_file(self.record_path(name))
-            .map_err(|e| ProviderError::Transient(format!("releasing {name}: {e}")))?;
+        self.records.remove(name)?;
         Ok(DeleteOutcome::Deleted)
     }
 
     async fn confirm_deleted(&self, name: &str, _timeout: Duration) -> Result<(), ProviderError> {
-        match self.get(name).await? {
-            None => Ok(()),
-            Some(_) => Err(ProviderError::Transient(format!(
-                "ssh worker {name} is still allocated"
-            ))),
-        }
+        self.records.confirm_deleted(name)
     }
 
     async fn set_labels(
@@ -268,17 +266,6 @@ impl Provider for SshHostProvider {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let path = self.record_path(name);
-        let mut record = self
-            .read_all()?
-            .into_iter()
-            .find(|r| r.instance.name == name)
-            .ok_or_else(|| ProviderError::NotFound(format!("ssh worker {name}")))?;
-        record.instance.labels = labels.clone();
-        super::write_record(&path, &record)
-    }
-
-    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        Ok(Box::new(self.transport(instance)?))
+        self.records.set_labels(name, labels)
     }
 }

@@ -16,12 +16,12 @@ use async_trait::async_trait;
 use chrono::Utc;
 use serde_json::{Value, json};
 
+use super::record::{Layout, RecordStore};
 use super::{
-    DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Record, Target, WorkerSpec,
-    write_record,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
+    Target, WorkerSpec,
 };
 use crate::config::Settings;
-use crate::transport::Transport;
 
 /// The module shipped inside cwo (`terraform/` in the repository).
 pub const MODULE: &[(&str, &str)] = &[
@@ -34,12 +34,29 @@ pub const MODULE: &[(&str, &str)] = &[
 /// `terraform apply` as cwo runs it: no prompts, no colour codes in the messages it relays.
 const APPLY: &[&str] = &["apply", "-auto-approve", "-input=false", "-no-color"];
 
+/// What `cwo up --plan` shows for the terraform provider.
+#[derive(serde::Serialize)]
+pub struct TerraformPlan {
+    provider: &'static str,
+    worker: String,
+    module: String,
+    creates: String,
+    zone: Option<String>,
+    machine_type: String,
+    image: String,
+    ttl: String,
+    ssh_source: String,
+    labels: BTreeMap<String, String>,
+    bootstrap: String,
+}
+
 pub struct TerraformProvider {
     settings: Settings,
     /// `<state>/terraform`: one directory per worker, plus the shared plugin cache.
     dir: PathBuf,
+    /// `<dir>/<worker>/cwo-instance.json`.
+    records: RecordStore,
     keys_dir: PathBuf,
-    journal: crate::journal::Journal,
     startup_script: String,
 }
 
@@ -48,14 +65,17 @@ impl TerraformProvider {
         settings: Settings,
         dir: PathBuf,
         keys_dir: PathBuf,
-        journal: crate::journal::Journal,
         startup_script: String,
     ) -> TerraformProvider {
         TerraformProvider {
             settings,
+            records: RecordStore::new(
+                &dir,
+                Layout::InWorkerDir("cwo-instance.json"),
+                "terraform worker",
+            ),
             dir,
             keys_dir,
-            journal,
             startup_script,
         }
     }
@@ -66,10 +86,6 @@ impl TerraformProvider {
 
     fn worker_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
-    }
-
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.worker_dir(name).join("cwo-instance.json")
     }
 
     /// Copies the module's `*.tf` files into the worker's directory.
@@ -103,17 +119,6 @@ impl TerraformProvider {
         Ok(())
     }
 
-    /// The worker's labels with its expiry (`cwo-expires-at`, as the gcp provider sets it), so
-    /// the reaper and TTL rotation see a terraform worker's remaining life too.
-    fn labels(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
-        let mut labels = spec.labels.clone();
-        labels.insert(
-            super::EXPIRES_LABEL.into(),
-            super::expires_at(self.settings.gcp.ttl),
-        );
-        labels
-    }
-
     fn variables(&self, spec: &WorkerSpec, public_key: &str) -> Result<Value, ProviderError> {
         let g = &self.settings.gcp;
         let zone = g
@@ -140,7 +145,7 @@ impl TerraformProvider {
             "ssh_user": g.ssh_user,
             "ssh_port": g.ssh_port,
             "ssh_public_key": public_key.trim(),
-            "labels": self.labels(spec),
+            "labels": self.labels_for(spec),
             "startup_script": self.startup_script,
         });
         for (k, v) in &self.settings.terraform.vars {
@@ -218,13 +223,9 @@ impl TerraformProvider {
                 host_key: None,
                 pin_as: spec.name.clone(),
             },
-            workspace: self.settings.ssh.workspace.clone(),
+            workspace: crate::model::workspace_of(&self.settings.ssh.workspace, &spec.name),
             zone: (!zone.is_empty()).then(|| zone.rsplit('/').next().unwrap_or(&zone).to_string()),
         }
-    }
-
-    fn read_record(&self, name: &str) -> Result<Option<Record>, ProviderError> {
-        super::read_record(&self.record_path(name))
     }
 }
 
@@ -234,21 +235,92 @@ impl Provider for TerraformProvider {
         "terraform"
     }
 
+    fn boots_with_startup_script(&self) -> bool {
+        true
+    }
+
+    fn creates_machines(&self) -> bool {
+        true
+    }
+
+    /// The worker's labels with its expiry (`cwo-expires-at`, as the gcp provider sets it), so
+    /// the reaper and TTL rotation see a terraform worker's remaining life too.
+    fn labels_for(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
+        let mut labels = spec.labels.clone();
+        labels.insert(
+            super::EXPIRES_LABEL.into(),
+            super::expires_at(self.settings.gcp.ttl),
+        );
+        labels
+    }
+
+    fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan {
+        let g = &self.settings.gcp;
+        let module = &self.settings.terraform.module;
+        Plan::Terraform(TerraformPlan {
+            provider: self.kind(),
+            worker: spec.name.clone(),
+            module: if module.as_os_str().is_empty() {
+                "shipped (terraform/ in cwo)".to_string()
+            } else {
+                module.display().to_string()
+            },
+            creates: format!(
+                "terraform init + apply in {}",
+                self.worker_dir(&spec.name).display()
+            ),
+            zone: g.zones.first().cloned(),
+            machine_type: g.machine_type.clone(),
+            image: g.image.clone(),
+            ttl: super::gcp::ttl_text(g.ttl),
+            ssh_source: g.ssh_source.clone(),
+            labels: self.labels_for(spec),
+            bootstrap: ctx.bootstrap.clone(),
+        })
+    }
+
+    /// Whether the Terraform binary runs, and the address SSH is opened to is set.
+    async fn doctor(&self) -> Vec<Check> {
+        let bin = self.binary();
+        let version = tokio::process::Command::new(bin)
+            .arg("version")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await;
+        let mut checks = vec![match version {
+            Ok(out) if out.status.success() => Check::ok(
+                "provider",
+                format!(
+                    "terraform: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .next()
+                        .unwrap_or(bin)
+                ),
+            ),
+            _ => Check::fail(
+                "provider",
+                format!("terraform: `{bin} version` does not run"),
+                "install Terraform (or OpenTofu and set terraform.binary = \"tofu\")",
+            ),
+        }];
+        if self.settings.gcp.ssh_source.is_empty() {
+            checks.push(Check::fail(
+                "ssh_source",
+                "gcp.ssh_source is empty",
+                "set gcp.ssh_source to this machine's address as a /32",
+            ));
+        }
+        checks
+    }
+
     async fn create(
         &self,
         spec: &WorkerSpec,
         idempotency_key: &str,
     ) -> Result<Instance, ProviderError> {
-        if let Some(r) = self.read_record(&spec.name)? {
-            // The same request again is the same worker; another request may not take its name.
-            return if r.request_id == idempotency_key {
-                Ok(r.instance)
-            } else {
-                Err(ProviderError::InvalidSpec(format!(
-                    "a worker named {} already exists (request {})",
-                    spec.name, r.request_id
-                )))
-            };
+        if let Some(existing) = self.records.existing(&spec.name, idempotency_key)? {
+            return Ok(existing);
         }
         let wdir = self.worker_dir(&spec.name);
         self.place_module(&wdir)?;
@@ -273,13 +345,7 @@ impl Provider for TerraformProvider {
         if let Ok(labels) = serde_json::from_value(vars["labels"].clone()) {
             instance.labels = labels;
         }
-        write_record(
-            &self.record_path(&spec.name),
-            &Record {
-                instance: instance.clone(),
-                request_id: idempotency_key.to_string(),
-            },
-        )?;
+        self.records.write(&instance, idempotency_key)?;
         Ok(instance)
     }
 
@@ -289,21 +355,18 @@ impl Provider for TerraformProvider {
         _timeout: Duration,
     ) -> Result<Instance, ProviderError> {
         // `apply` returns once the VM runs.
-        self.read_record(name)?
-            .map(|r| r.instance)
-            .ok_or_else(|| ProviderError::NotFound(format!("worker {name} has no Terraform state")))
+        self.records.wait_running(name)
     }
 
     async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
-        Ok(self.read_record(name)?.map(|r| r.instance))
+        self.records.get(name)
     }
 
     async fn list(
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let records = super::read_records(&self.dir, |p| Some(p.join("cwo-instance.json")))?;
-        Ok(super::matching(records, selector))
+        self.records.list(selector)
     }
 
     async fn delete(&self, name: &str) -> Result<DeleteOutcome, ProviderError> {
@@ -334,22 +397,14 @@ impl Provider for TerraformProvider {
         }
     }
 
-    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        Ok(Box::new(super::ssh_transport(
-            instance,
-            &self.settings.ssh,
-            &self.journal,
-        )?))
-    }
-
     async fn set_labels(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let Some(mut record) = self.read_record(name)? else {
-            return Err(ProviderError::NotFound(format!("worker {name}")));
-        };
+        if self.records.get(name)?.is_none() {
+            return Err(ProviderError::NotFound(format!("terraform worker {name}")));
+        }
         let wdir = self.worker_dir(name);
         let vars_path = wdir.join("terraform.tfvars.json");
         let mut vars: Value = std::fs::read_to_string(&vars_path)
@@ -362,8 +417,7 @@ impl Provider for TerraformProvider {
         std::fs::write(&vars_path, vars.to_string())
             .map_err(|e| ProviderError::Transient(format!("{}: {e}", vars_path.display())))?;
         self.tf(&wdir, APPLY).await?;
-        record.instance.labels = labels.clone();
-        write_record(&self.record_path(name), &record)
+        self.records.set_labels(name, labels)
     }
 
     fn manual_delete_hint(&self, name: &str) -> Option<String> {

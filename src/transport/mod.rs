@@ -121,6 +121,25 @@ impl TransportError {
     }
 }
 
+/// Why the pinned host keys could not be read or written (the store's own error, kept).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct KnownHostsError {
+    pub what: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Where host keys are pinned (trust on first use): the first authenticated connection records
+/// the key the host presented under a name (`Target::Ssh::pin_as`), and every later connection
+/// is held to it. The journal implements it; the transport only asks.
+pub trait KnownHosts: Send + Sync {
+    /// The key pinned under `pin_as` (an OpenSSH public key line), if any.
+    fn pinned(&self, pin_as: &str) -> Result<Option<String>, KnownHostsError>;
+    /// Pins `key` under `pin_as` (reached at `address`); an existing pin is never replaced.
+    fn pin(&self, pin_as: &str, address: &str, key: &str) -> Result<(), KnownHostsError>;
+}
+
 /// Output of a command whose lines were collected rather than streamed.
 #[derive(Debug, Clone)]
 pub struct Captured {

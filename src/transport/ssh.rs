@@ -13,8 +13,7 @@ use russh::{ChannelMsg, Disconnect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{ExecRequest, ExecStatus, LineSink, Stream, Transport, TransportError};
-use crate::journal::Journal;
+use super::{ExecRequest, ExecStatus, KnownHosts, LineSink, Stream, Transport, TransportError};
 
 /// Where and how to reach a host.
 #[derive(Debug, Clone)]
@@ -38,16 +37,36 @@ pub fn command_line(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// An environment variable name a shell cannot export.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a valid environment variable name")]
+pub struct BadEnvName(pub String);
+
+/// Why a worker key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("generating a key: {0}")]
+    Generate(#[source] russh::keys::ssh_key::Error),
+    #[error("encoding the key: {0}")]
+    Encode(#[source] russh::keys::ssh_key::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// A script that exports `env` when evaluated: sent on stdin, so values never appear in argv,
 /// in the environment of the SSH session, or on the worker's disk.
-fn env_script(env: &[(String, String)]) -> Result<String, String> {
+fn env_script(env: &[(String, String)]) -> Result<String, BadEnvName> {
     let mut script = String::new();
     for (k, v) in env {
         let valid = !k.is_empty()
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!("`{k}` is not a valid environment variable name"));
+            return Err(BadEnvName(k.clone()));
         }
         script.push_str(&format!("export {k}={}\n", shell_quote(v)));
     }
@@ -56,16 +75,20 @@ fn env_script(env: &[(String, String)]) -> Result<String, String> {
 
 /// Generates a fresh ed25519 key pair for a worker: the private key in OpenSSH format, 0600, at
 /// `path`; returns the public key line.
-pub fn generate_key(path: &Path, comment: &str) -> Result<String, String> {
+pub fn generate_key(path: &Path, comment: &str) -> Result<String, KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
+    let io = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| KeyError::Io { path, source }
+    };
     let mut key = PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-        .map_err(|e| format!("generating a key: {e}"))?;
+        .map_err(KeyError::Generate)?;
     key.set_comment(comment);
     let pem = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-        .map_err(|e| format!("encoding the key: {e}"))?;
+        .map_err(KeyError::Encode)?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -73,12 +96,9 @@ pub fn generate_key(path: &Path, comment: &str) -> Result<String, String> {
         .write(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut f, pem.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    key.public_key()
-        .to_openssh()
-        .map_err(|e| format!("encoding the public key: {e}"))
+        .map_err(io(path))?;
+    std::io::Write::write_all(&mut f, pem.as_bytes()).map_err(io(path))?;
+    key.public_key().to_openssh().map_err(KeyError::Encode)
 }
 
 pub fn fingerprint(key: &PublicKey) -> String {
@@ -124,8 +144,8 @@ pub struct SshTransport {
     /// host the user owns.
     pin_as: String,
     target: SshTarget,
-    /// Where the host key is pinned (table `host_keys`); `None` in tests of the bare transport.
-    journal: Option<Journal>,
+    /// Where the host key is pinned; `None` in tests of the bare transport.
+    known_hosts: Option<Arc<dyn KnownHosts>>,
     conn: tokio::sync::Mutex<Option<Arc<Handle<Client>>>>,
 }
 
@@ -134,13 +154,13 @@ impl SshTransport {
         worker: impl Into<String>,
         pin_as: impl Into<String>,
         target: SshTarget,
-        journal: Option<Journal>,
+        known_hosts: Option<Arc<dyn KnownHosts>>,
     ) -> SshTransport {
         SshTransport {
             worker: worker.into(),
             pin_as: pin_as.into(),
             target,
-            journal,
+            known_hosts,
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -164,9 +184,9 @@ impl SshTransport {
     fn expected_key(&self) -> Result<Option<PublicKey>, TransportError> {
         let line = match &self.target.host_key {
             Some(k) => Some(k.clone()),
-            None => match &self.journal {
-                Some(j) => j
-                    .host_key(&self.pin_as)
+            None => match &self.known_hosts {
+                Some(k) => k
+                    .pinned(&self.pin_as)
                     .map_err(|e| self.err("reading the pinned host key", e))?,
                 None => None,
             },
@@ -298,7 +318,7 @@ impl SshTransport {
         // First authenticated connection: pin what was presented.
         if expected.is_none()
             && let (Some(j), Some(k)) = (
-                &self.journal,
+                &self.known_hosts,
                 seen.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .presented
@@ -308,7 +328,7 @@ impl SshTransport {
             let line = k
                 .to_openssh()
                 .map_err(|e| Attempt::Final(self.err("encoding the host key", e)))?;
-            j.pin_host_key(&self.pin_as, &self.addr(), &line)
+            j.pin(&self.pin_as, &self.addr(), &line)
                 .map_err(|e| Attempt::Final(self.err("pinning the host key", e)))?;
         }
         Ok(Arc::new(handle))

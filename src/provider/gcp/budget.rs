@@ -38,8 +38,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::Check;
 use crate::config::GcpSettings;
+use crate::provider::Check;
 use crate::provider::ProviderError;
 
 /// The role that may create, change and delete budgets on a billing account.
@@ -874,12 +874,7 @@ fn same(old: &Budget, want: &Budget) -> bool {
 /// It never fails the doctor: a budget alert is advice, not a requirement.
 pub async fn doctor_check(settings: &GcpSettings) -> Check {
     let p = &settings.project;
-    let warn = |detail: String, fix: String| Check {
-        name: "budget",
-        ok: None,
-        detail,
-        fix,
-    };
+    let warn = |detail: String, fix: String| Check::warn("budget", detail, fix);
     if settings.billing_account.trim().is_empty() {
         return warn(
             format!(
@@ -909,17 +904,15 @@ pub async fn doctor_check(settings: &GcpSettings) -> Check {
     }
     .await;
     match found {
-        Ok((Some(b), _)) => Check {
-            name: "budget",
-            ok: Some(true),
-            detail: format!(
+        Ok((Some(b), _)) => Check::ok(
+            "budget",
+            format!(
                 "{} \"{}\" covers {p}: {}",
                 b.name,
                 b.display_name,
                 b.describe()
             ),
-            fix: String::new(),
-        },
+        ),
         Ok((None, ours)) => warn(
             if ours {
                 format!(

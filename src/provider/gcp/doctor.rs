@@ -1,13 +1,17 @@
 //! `cwo doctor` for the gcp provider.
 
-use super::{GcpProvider, classify, configure, firewall_name};
+use super::{Clients, GcpProvider, classify, configure, firewall_name};
+use crate::config::GcpSettings;
+use crate::provider::{Check, CheckStatus};
 
-/// One `cwo doctor` finding.
-pub struct Check {
-    pub name: &'static str,
-    pub ok: Option<bool>,
-    pub detail: String,
-    pub fix: String,
+/// A check whose outcome is known (`Some`: passed or failed) or could not be read (`None`).
+fn check(name: &'static str, ok: Option<bool>, detail: String, fix: &str) -> Check {
+    let status = match ok {
+        Some(true) => CheckStatus::Ok,
+        Some(false) => CheckStatus::Fail,
+        None => CheckStatus::Warn,
+    };
+    Check::new(name, status, detail, fix)
 }
 
 fn vcpus(machine: &str) -> f64 {
@@ -23,201 +27,236 @@ fn vcpus(machine: &str) -> f64 {
 
 impl GcpProvider {
     /// What `cwo doctor` checks for gcp: credentials, the project, OS Login, the firewall rule,
-    /// the vCPU quota for the machine type, and the TTL.
-    pub async fn doctor(&self) -> Vec<Check> {
+    /// the budget alert, the vCPU quota for the machine type, and the TTL. Without credentials
+    /// or access to the project, nothing further can be checked.
+    pub(crate) async fn checks(&self) -> Vec<Check> {
         let s = &self.settings;
         let mut out = Vec::new();
-        let check = |name, ok: Option<bool>, detail: String, fix: &str| Check {
-            name,
-            ok,
-            detail,
-            fix: fix.to_string(),
-        };
-        let c = match self.clients().await {
-            Ok(c) => {
-                out.push(check(
+        let (credentials, clients) = self.credentials_check().await;
+        out.push(credentials);
+        let Some(c) = clients else { return out };
+        let project = project_check(c, s).await;
+        let reachable = project.status == CheckStatus::Ok;
+        out.push(project);
+        if !reachable {
+            return out;
+        }
+        out.extend(os_login_check(s).await);
+        out.push(self.firewall_check(c).await);
+        // Whether the cloud itself alerts on the project's spend (a warning, never a failure).
+        out.push(super::budget::doctor_check(s).await);
+        out.extend(quota_check(s).await);
+        out.push(ttl_check(s));
+        out
+    }
+
+    async fn credentials_check(&self) -> (Check, Option<&Clients>) {
+        match self.clients().await {
+            Ok(c) => (
+                check(
                     "credentials",
                     Some(true),
-                    if s.credentials == "anonymous" {
+                    if self.settings.credentials == "anonymous" {
                         "anonymous (emulator/test endpoint)".into()
                     } else {
                         "Application Default Credentials".into()
                     },
                     "",
-                ));
-                c
-            }
-            Err(e) => {
-                out.push(check(
+                ),
+                Some(c),
+            ),
+            Err(e) => (
+                check(
                     "credentials",
                     Some(false),
                     e.to_string(),
                     "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS, and gcp.project",
-                ));
-                return out;
-            }
-        };
-        let listed = c
-            .instances
-            .aggregated_list()
-            .set_project(&s.project)
-            .set_filter("labels.cwo-managed = true")
-            .set_max_results(1u32)
-            .send()
-            .await;
-        match listed {
-            Ok(_) => out.push(check(
-                "project",
-                Some(true),
-                format!("{} answers; instances can be listed", s.project),
-                "",
-            )),
-            Err(e) => {
-                let kind = classify(&e, "listing instances", false);
-                out.push(check(
-                    "project",
-                    Some(false),
-                    kind.to_string(),
-                    "grant roles/compute.instanceAdmin.v1 (create, delete, list, setLabels, getGuestAttributes) and roles/compute.securityAdmin (the SSH firewall rule) on the project",
-                ));
-                return out;
-            }
+                ),
+                None,
+            ),
         }
-        let projects = configure(
-            google_cloud_compute_v1::client::Projects::builder(),
-            &s.endpoint,
-            &s.credentials,
-        )
-        .build()
-        .await;
-        if let Ok(projects) = projects {
-            match projects.get().set_project(&s.project).send().await {
-                Ok(p) => {
-                    let forced = p
-                        .common_instance_metadata
-                        .iter()
-                        .flat_map(|m| m.items.iter())
-                        .any(|i| {
-                            i.key.as_deref() == Some("enable-oslogin")
-                                && i.value
-                                    .as_deref()
-                                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-                        });
-                    out.push(if forced {
-                        check(
-                            "os login",
-                            Some(true),
-                            "enable-oslogin=TRUE at project level; cwo sets FALSE on each VM, which wins unless an org policy enforces OS Login".into(),
-                            "if constraints/compute.requireOsLogin is enforced, cwo's per-worker keys cannot log in: exempt the project",
-                        )
-                    } else {
-                        check("os login", Some(true), "not forced at project level".into(), "")
-                    });
-                }
-                Err(e) => out.push(check(
-                    "os login",
-                    None,
-                    format!("could not read project metadata: {e}"),
-                    "grant compute.projects.get to check this",
-                )),
-            }
-        }
+    }
+
+    async fn firewall_check(&self, c: &Clients) -> Check {
+        let s = &self.settings;
+        let name = firewall_name(&self.project_slug);
         match c
             .firewalls
             .get()
             .set_project(&s.project)
-            .set_firewall(firewall_name(&self.project_slug))
+            .set_firewall(&name)
             .send()
             .await
         {
-            Ok(fw) => out.push(check(
+            Ok(fw) => check(
                 "firewall",
                 Some(true),
                 format!(
-                    "{} allows tcp:{} from {}",
-                    firewall_name(&self.project_slug),
+                    "{name} allows tcp:{} from {}",
                     s.ssh_port,
                     fw.source_ranges.join(", ")
                 ),
                 "",
-            )),
-            Err(e) if e.http_status_code() == Some(404) => out.push(check(
+            ),
+            Err(e) if e.http_status_code() == Some(404) => check(
                 "firewall",
                 Some(true),
                 format!(
-                    "{} does not exist yet; `cwo up` creates it (SSH from this machine's /32 only)",
-                    firewall_name(&self.project_slug)
+                    "{name} does not exist yet; `cwo up` creates it (SSH from this machine's /32 only)"
                 ),
                 "",
-            )),
-            Err(e) => out.push(check(
+            ),
+            Err(e) => check(
                 "firewall",
                 Some(false),
                 classify(&e, "reading the firewall rule", false).to_string(),
                 "grant compute.firewalls.get/create",
-            )),
+            ),
         }
-        // Whether the cloud itself alerts on the project's spend (a warning, never a failure).
-        out.push(super::budget::doctor_check(s).await);
-        if let Some(zone) = s.zones.first() {
-            let region = crate::cost::region_of(zone).to_string();
-            let regions = configure(
-                google_cloud_compute_v1::client::Regions::builder(),
-                &s.endpoint,
-                &s.credentials,
-            )
-            .build()
-            .await;
-            let quota = match regions {
-                Ok(r) => r
-                    .get()
-                    .set_project(&s.project)
-                    .set_region(&region)
-                    .send()
-                    .await
-                    .ok(),
-                Err(_) => None,
-            };
-            let need = vcpus(&s.machine_type);
-            match quota.and_then(|r| {
-                r.quotas
-                    .into_iter()
-                    .find(|q| q.metric.as_ref().and_then(|m| m.name()) == Some("CPUS"))
-            }) {
-                Some(q) => {
-                    let free = q.limit.unwrap_or(0.0) - q.usage.unwrap_or(0.0);
-                    out.push(check(
-                        "quota",
-                        Some(free >= need),
-                        format!("CPUS in {region}: {free} of {} free; {} needs {need}", q.limit.unwrap_or(0.0), s.machine_type),
-                        "request more CPUS quota for the region in the console (IAM & Admin > Quotas), or pick another region in gcp.zones",
-                    ));
-                }
-                None => out.push(check(
-                    "quota",
-                    None,
-                    format!("could not read the CPUS quota of {region}"),
-                    "grant compute.regions.get to check this",
-                )),
+    }
+}
+
+/// Whether the project answers and its instances can be listed.
+async fn project_check(c: &Clients, s: &GcpSettings) -> Check {
+    let listed = c
+        .instances
+        .aggregated_list()
+        .set_project(&s.project)
+        .set_filter("labels.cwo-managed = true")
+        .set_max_results(1u32)
+        .send()
+        .await;
+    match listed {
+        Ok(_) => check(
+            "project",
+            Some(true),
+            format!("{} answers; instances can be listed", s.project),
+            "",
+        ),
+        Err(e) => check(
+            "project",
+            Some(false),
+            classify(&e, "listing instances", false).to_string(),
+            "grant roles/compute.instanceAdmin.v1 (create, delete, list, setLabels, getGuestAttributes) and roles/compute.securityAdmin (the SSH firewall rule) on the project",
+        ),
+    }
+}
+
+/// Whether OS Login is forced at project level (cwo's per-worker keys need it off per VM).
+async fn os_login_check(s: &GcpSettings) -> Option<Check> {
+    let projects = configure(
+        google_cloud_compute_v1::client::Projects::builder(),
+        &s.endpoint,
+        &s.credentials,
+    )
+    .build()
+    .await
+    .ok()?;
+    Some(match projects.get().set_project(&s.project).send().await {
+        Ok(p) => {
+            let forced = p
+                .common_instance_metadata
+                .iter()
+                .flat_map(|m| m.items.iter())
+                .any(|i| {
+                    i.key.as_deref() == Some("enable-oslogin")
+                        && i.value
+                            .as_deref()
+                            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+                });
+            if forced {
+                check(
+                    "os login",
+                    Some(true),
+                    "enable-oslogin=TRUE at project level; cwo sets FALSE on each VM, which wins unless an org policy enforces OS Login".into(),
+                    "if constraints/compute.requireOsLogin is enforced, cwo's per-worker keys cannot log in: exempt the project",
+                )
+            } else {
+                check(
+                    "os login",
+                    Some(true),
+                    "not forced at project level".into(),
+                    "",
+                )
             }
         }
-        out.push(match s.ttl {
-            Some(t) => check(
-                "ttl",
-                Some(true),
-                format!(
-                    "running VMs are deleted by Compute Engine {} after they start (a stopped VM loses that timer: `cwo status`, `cwo run` and `cwo reap` delete stopped workers)",
-                    humantime::format_duration(t)
-                ),
-                "",
-            ),
+        Err(e) => check(
+            "os login",
+            None,
+            format!("could not read project metadata: {e}"),
+            "grant compute.projects.get to check this",
+        ),
+    })
+}
+
+/// Whether the first zone's region has the vCPUs the machine type needs free.
+async fn quota_check(s: &GcpSettings) -> Option<Check> {
+    let zone = s.zones.first()?;
+    let region = crate::cost::region_of(zone).to_string();
+    let regions = configure(
+        google_cloud_compute_v1::client::Regions::builder(),
+        &s.endpoint,
+        &s.credentials,
+    )
+    .build()
+    .await;
+    let quota = match regions {
+        Ok(r) => r
+            .get()
+            .set_project(&s.project)
+            .set_region(&region)
+            .send()
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    let need = vcpus(&s.machine_type);
+    Some(
+        match quota.and_then(|r| {
+            r.quotas
+                .into_iter()
+                .find(|q| q.metric.as_ref().and_then(|m| m.name()) == Some("CPUS"))
+        }) {
+            Some(q) => {
+                let free = q.limit.unwrap_or(0.0) - q.usage.unwrap_or(0.0);
+                check(
+                    "quota",
+                    Some(free >= need),
+                    format!(
+                        "CPUS in {region}: {free} of {} free; {} needs {need}",
+                        q.limit.unwrap_or(0.0),
+                        s.machine_type
+                    ),
+                    "request more CPUS quota for the region in the console (IAM & Admin > Quotas), or pick another region in gcp.zones",
+                )
+            }
             None => check(
-                "ttl",
-                Some(false),
-                "gcp.ttl = \"none\": a VM cwo loses track of runs until `cwo reap` finds it".into(),
-                "set gcp.ttl (e.g. \"90m\"), and `cwo schedule install`",
+                "quota",
+                None,
+                format!("could not read the CPUS quota of {region}"),
+                "grant compute.regions.get to check this",
             ),
-        });
-        out
+        },
+    )
+}
+
+/// Whether Compute Engine deletes a VM cwo loses track of.
+fn ttl_check(s: &GcpSettings) -> Check {
+    match s.ttl {
+        Some(t) => check(
+            "ttl",
+            Some(true),
+            format!(
+                "running VMs are deleted by Compute Engine {} after they start (a stopped VM loses that timer: `cwo status`, `cwo run` and `cwo reap` delete stopped workers)",
+                humantime::format_duration(t)
+            ),
+            "",
+        ),
+        None => check(
+            "ttl",
+            Some(false),
+            "gcp.ttl = \"none\": a VM cwo loses track of runs until `cwo reap` finds it".into(),
+            "set gcp.ttl (e.g. \"90m\"), and `cwo schedule install`",
+        ),
     }
 }

@@ -23,11 +23,12 @@ pub use crate::util::gcp_api::configure;
 pub mod budget;
 mod doctor;
 pub use budget::{AlertSpec, Amount, BudgetApi, Outcome};
-pub use doctor::Check;
 
-use super::{DeleteOutcome, Instance, InstanceStatus, Provider, ProviderError, Target, WorkerSpec};
+use super::{
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
+    Target, WorkerSpec,
+};
 use crate::config::{GcpSettings, SshSettings};
-use crate::transport::Transport;
 
 /// How long an operation may take before cwo stops waiting for it.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -59,8 +60,6 @@ pub struct GcpProvider {
     settings: GcpSettings,
     /// Workspace location and connection timing on the VMs.
     ssh: SshSettings,
-    /// Where host keys are pinned when a VM did not publish one.
-    journal: crate::journal::Journal,
     project_slug: String,
     keys_dir: PathBuf,
     /// The VM's startup script and user-data: the native bootstrap, or only the host-key
@@ -70,6 +69,44 @@ pub struct GcpProvider {
     firewall: OnceCell<()>,
     /// Zone of each VM seen, so lookups do not search every zone.
     zones: Mutex<HashMap<String, String>>,
+}
+
+/// What `cwo up --plan` shows for gcp: the exact instance body, the firewall rule, the price.
+#[derive(serde::Serialize)]
+pub struct GcpPlan {
+    provider: &'static str,
+    project: String,
+    zones: Vec<String>,
+    ttl: String,
+    instance: gce::Instance,
+    firewall: FirewallPlan,
+    service_accounts: Vec<String>,
+    bootstrap: String,
+    /// `None`: no price for this machine type in this region.
+    pub(crate) hourly_cost_usd: Option<HourlyPlan>,
+}
+
+#[derive(serde::Serialize)]
+struct FirewallPlan {
+    name: String,
+    network: String,
+    allow: String,
+    source_ranges: Vec<String>,
+    target_tags: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+pub(crate) struct HourlyPlan {
+    machine: f64,
+    disk: f64,
+    external_ip: f64,
+    pub(crate) total: f64,
+}
+
+/// A TTL as settings and plans write it: `1h 30m`, or `none`.
+pub(crate) fn ttl_text(ttl: Option<Duration>) -> String {
+    ttl.map(|t| humantime::format_duration(t).to_string())
+        .unwrap_or_else(|| "none".into())
 }
 
 /// The network tag the firewall rule targets.
@@ -212,12 +249,10 @@ impl GcpProvider {
         ssh: SshSettings,
         project_slug: String,
         keys_dir: PathBuf,
-        journal: crate::journal::Journal,
     ) -> GcpProvider {
         GcpProvider {
             settings,
             ssh,
-            journal,
             project_slug,
             keys_dir,
             startup_script: HOSTKEY_SCRIPT.to_string(),
@@ -465,18 +500,12 @@ impl GcpProvider {
         // reaper's marks are the VM's (setLabels on the instance does not reach the disk).
         const DISK_LABELS: [&str; 3] = ["cwo-managed", "cwo-project", "cwo-worker"];
         let s = &self.settings;
-        let mut labels: BTreeMap<String, String> = spec.labels.clone();
-        labels.extend(super::worker_labels(
-            &self.project_slug,
-            &spec.name,
-            &s.machine_type,
-        ));
+        let labels = self.labels_for(spec);
         let disk_labels: BTreeMap<String, String> = labels
             .iter()
             .filter(|(k, _)| DISK_LABELS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        labels.insert(super::EXPIRES_LABEL.into(), super::expires_at(s.ttl));
         let mut scheduling = Scheduling::new().set_provisioning_model(if s.spot {
             gce::scheduling::ProvisioningModel::Spot
         } else {
@@ -557,7 +586,7 @@ impl GcpProvider {
                 host_key,
                 pin_as: name.clone(),
             },
-            workspace: format!("{}/{name}", self.ssh.workspace.trim_end_matches('/')),
+            workspace: crate::model::workspace_of(&self.ssh.workspace, &name),
             zone,
             name,
         }
@@ -654,6 +683,70 @@ impl GcpProvider {
 impl Provider for GcpProvider {
     fn kind(&self) -> &'static str {
         "gcp"
+    }
+
+    fn boots_with_startup_script(&self) -> bool {
+        true
+    }
+
+    fn creates_machines(&self) -> bool {
+        true
+    }
+
+    /// The worker's own labels ([`super::worker_labels`]) over `spec`'s, and its expiry.
+    fn labels_for(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
+        let mut labels = spec.labels.clone();
+        labels.extend(super::worker_labels(
+            &self.project_slug,
+            &spec.name,
+            &self.settings.machine_type,
+        ));
+        labels.insert(
+            super::EXPIRES_LABEL.into(),
+            super::expires_at(self.settings.ttl),
+        );
+        labels
+    }
+
+    fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan {
+        let g = &self.settings;
+        let zone = g.zones.first().cloned().unwrap_or_default();
+        let body = self.instance_body(spec, &zone, "ssh-ed25519 <a key generated for this worker>");
+        let source = if g.ssh_source.is_empty() {
+            "this machine's public address /32, detected at creation".to_string()
+        } else {
+            g.ssh_source.clone()
+        };
+        let hourly = ctx
+            .catalog
+            .hourly(&g.machine_type, &zone, g.spot, &g.disk_type, g.disk_size_gb)
+            .map(|h| HourlyPlan {
+                machine: h.machine,
+                disk: h.disk,
+                external_ip: h.ip,
+                total: h.total(),
+            });
+        Plan::Gcp(Box::new(GcpPlan {
+            provider: self.kind(),
+            project: g.project.clone(),
+            zones: g.zones.clone(),
+            ttl: ttl_text(g.ttl),
+            instance: body,
+            firewall: FirewallPlan {
+                name: firewall_name(&self.project_slug),
+                network: g.network.clone(),
+                allow: format!("tcp:{}", g.ssh_port),
+                source_ranges: vec![source],
+                target_tags: vec![network_tag(&self.project_slug)],
+            },
+            service_accounts: vec![],
+            bootstrap: ctx.bootstrap.clone(),
+            hourly_cost_usd: hourly,
+        }))
+    }
+
+    async fn doctor(&self) -> Vec<Check> {
+        self.checks().await
     }
 
     async fn create(
@@ -855,14 +948,6 @@ impl Provider for GcpProvider {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-    }
-
-    fn connect(&self, instance: &Instance) -> Result<Box<dyn Transport>, ProviderError> {
-        Ok(Box::new(super::ssh_transport(
-            instance,
-            &self.ssh,
-            &self.journal,
-        )?))
     }
 
     async fn set_labels(
