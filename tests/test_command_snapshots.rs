@@ -201,3 +201,114 @@ fn usage_errors() {
         insta::assert_snapshot!("usage_bad_setting", shown(&env.cwo(&["status"])));
     });
 }
+
+/// Each JSON report's shape: every key path with the JSON types seen there (array elements
+/// merged under `[]`), so a renamed, added, removed or retyped field is a one-line diff even
+/// where the value snapshots are long. The shapes are those of these runs (a field that is
+/// skipped when empty, or an array that is empty here, shows no more than the run has), which
+/// is why each report gets data: a worker, a ball, a ledger, a budget. `doctor` and `up --plan`
+/// are left to their owner.
+#[test]
+fn json_report_shapes() {
+    let mut shapes = String::new();
+    let mut add = |name: &str, run: Run| {
+        assert_eq!(run.code, 0, "{name}: {}", run.stderr);
+        shapes.push_str(&format!("## {name}\n{}\n", shape(&run.json())));
+    };
+
+    let env = TestEnv::new();
+    env.settings("[agent]\ncommand = [\"sh\"]");
+    env.add(&["First", "--ac", "one"]);
+    env.cwo(&["up"]).ok();
+    let json = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        env.cwo(&a)
+    };
+    add("status", json(&["status"]));
+    add("reap", json(&["reap"]));
+    add("task list", json(&["task", "list"]));
+    add("config show", json(&["config", "show"]));
+    let f = crate::test_reports::ledger(&env);
+    add("cost", json(&["cost", "--ledger", &f]));
+    add(
+        "cost --by day",
+        json(&["cost", "--ledger", &f, "--by", "day"]),
+    );
+    // Per task needs the journal's attempts: one ball run on the local provider.
+    let ran = TestEnv::new();
+    ran.agent("git commit -q --allow-empty -m done", "");
+    ran.add(&["Do it"]);
+    ran.cwo(&["run", "--once"]).ok();
+    add(
+        "cost --by task",
+        ran.cwo(&["cost", "--by", "task", "--format", "json"]),
+    );
+    let check = [
+        "budget",
+        "check",
+        "--ledger",
+        &f,
+        "--period",
+        "all",
+        "--limit-usd",
+        "10",
+        "--on-unknown",
+        "warn",
+    ];
+    add("budget check", json(&check));
+
+    let b = billing(&format!("billing_account = \"{ACCOUNT}\""));
+    let alert = |args: &[&str]| {
+        let mut a = vec!["budget", "alert"];
+        a.extend_from_slice(args);
+        a.extend(["--format", "json"]);
+        b.env.cwo(&a)
+    };
+    add("budget alert set", alert(&["set", "--amount", "5"]));
+    add("budget alert show", alert(&["show"]));
+    add("budget alert remove", alert(&["remove"]));
+    insta::assert_snapshot!("json_report_shapes", shapes);
+}
+
+/// `path: types` lines, sorted by path.
+fn shape(doc: &serde_json::Value) -> String {
+    use std::collections::{BTreeMap, BTreeSet};
+    fn walk(
+        v: &serde_json::Value,
+        path: String,
+        out: &mut BTreeMap<String, BTreeSet<&'static str>>,
+    ) {
+        use serde_json::Value::*;
+        let kind = match v {
+            Null => "null",
+            Bool(_) => "bool",
+            Number(_) => "number",
+            String(_) => "string",
+            Array(items) => {
+                for item in items {
+                    walk(item, format!("{path}[]"), out);
+                }
+                "array"
+            }
+            Object(map) => {
+                for (k, item) in map {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(item, p, out);
+                }
+                "object"
+            }
+        };
+        out.entry(path).or_default().insert(kind);
+    }
+    let mut out = BTreeMap::new();
+    walk(doc, String::new(), &mut out);
+    out.into_iter()
+        .filter(|(p, _)| !p.is_empty())
+        .map(|(p, kinds)| format!("{p}: {}\n", kinds.into_iter().collect::<Vec<_>>().join("|")))
+        .collect()
+}

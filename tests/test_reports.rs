@@ -23,7 +23,7 @@ fn price(machine: &str, zone: &str) -> Value {
 
 /// An exported ledger at fixed times: w1 (an hour of e2-small over midnight), w2 (two minutes of
 /// an e2-micro where the catalog has no price).
-fn ledger(env: &TestEnv) -> String {
+pub(crate) fn ledger(env: &TestEnv) -> String {
     let rows = json!([
         {"worker": "w1", "provider": "gcp", "machine_type": "e2-small",
          "started_at": "2026-01-04T23:30:00Z", "ended_at": "2026-01-05T00:30:00Z",
