@@ -4,6 +4,7 @@ mod common;
 mod test_bootstrap;
 mod test_budget_alert;
 mod test_chaos;
+mod test_command_snapshots;
 mod test_commands;
 mod test_contract;
 mod test_cost;

@@ -6,16 +6,16 @@ use serde_json::{Value, json};
 use crate::common::TestEnv;
 use crate::common::fake_gce::{FakeGce, PROJECT_NUMBER};
 
-const ACCOUNT: &str = "012345-6789AB-CDEF01";
+pub(crate) const ACCOUNT: &str = "012345-6789AB-CDEF01";
 
-struct Billing {
-    env: TestEnv,
-    fake: FakeGce,
+pub(crate) struct Billing {
+    pub(crate) env: TestEnv,
+    pub(crate) fake: FakeGce,
 }
 
 /// A gcp project on the fake (as `test_gcp::gcp` makes one, without the sshd: no VM is reached
 /// here) whose billing account pays in USD; `gcp_extra` goes into `[gcp]`.
-fn billing(gcp_extra: &str) -> Billing {
+pub(crate) fn billing(gcp_extra: &str) -> Billing {
     let env = TestEnv::new();
     let fake = FakeGce::start("proj-test", "127.0.0.1", None);
     fake.add_billing_account(ACCOUNT, "USD");

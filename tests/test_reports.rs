@@ -6,70 +6,7 @@
 use clap::CommandFactory;
 use serde_json::{Value, json};
 
-use crate::common::{Run, TestEnv};
-
-/// Insta settings that hide what changes between runs.
-fn filters(env: &TestEnv) -> insta::Settings {
-    let mut s = insta::Settings::clone_current();
-    let tmp = env.tmp.path();
-    let canonical = tmp.canonicalize().unwrap();
-    for p in [canonical.as_path(), tmp] {
-        s.add_filter(&regex_escape(&p.display().to_string()), "[TMP]");
-    }
-    s.add_filter(
-        r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?",
-        "[TIME]",
-    );
-    s.add_filter(r"\bcwo-proj-[0-9a-f]{6}\b", "cwo-proj-[WORKER]");
-    s.add_filter(r"\bproj-[0-9a-f]{8}\b", "proj-[BALL]");
-    s.add_filter(r"\b\d+\.\d{2}s\b", "[DUR]");
-    s.add_filter(r"pid \d+", "pid [PID]");
-    s.set_prepend_module_to_snapshot(true);
-    s
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let special = "\\.+*?()|[]{}^$#&-~".contains(c);
-            special.then_some('\\').into_iter().chain([c])
-        })
-        .collect()
-}
-
-/// A run as one text: exit code, stdout, stderr. Runs of blanks inside a line become two, so a
-/// filtered value of another width does not move the columns.
-fn shown(run: &Run) -> String {
-    let squeeze = |text: &str| -> String {
-        text.lines()
-            .map(|l| {
-                let indent = l.len() - l.trim_start().len();
-                let mut out = l[..indent].to_string();
-                let mut blanks = 0;
-                for c in l[indent..].chars() {
-                    if c == ' ' {
-                        blanks += 1;
-                        continue;
-                    }
-                    out.push_str(match blanks {
-                        0 => "",
-                        1 => " ",
-                        _ => "  ",
-                    });
-                    blanks = 0;
-                    out.push(c);
-                }
-                out + "\n"
-            })
-            .collect()
-    };
-    format!(
-        "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        run.code,
-        squeeze(&run.stdout),
-        run.stderr
-    )
-}
+use crate::common::{TestEnv, filters, shown};
 
 fn price(machine: &str, zone: &str) -> Value {
     let cat = cwo::cost::Catalog::embedded();
@@ -86,7 +23,7 @@ fn price(machine: &str, zone: &str) -> Value {
 
 /// An exported ledger at fixed times: w1 (an hour of e2-small over midnight), w2 (two minutes of
 /// an e2-micro where the catalog has no price).
-fn ledger(env: &TestEnv) -> String {
+pub(crate) fn ledger(env: &TestEnv) -> String {
     let rows = json!([
         {"worker": "w1", "provider": "gcp", "machine_type": "e2-small",
          "started_at": "2026-01-04T23:30:00Z", "ended_at": "2026-01-05T00:30:00Z",

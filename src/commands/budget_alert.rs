@@ -1,13 +1,13 @@
 //! `cwo budget alert set|show|remove`: the cloud's own budget alert on gcp.project (a Cloud
 //! Billing budget; see provider/gcp/budget.rs for its scope and the API).
 
-use serde_json::json;
-
 use crate::cli::{BudgetAlertArgs, BudgetAlertCommand, Format};
 use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 use crate::provider::gcp::{AlertSpec, BudgetApi, budget};
+use crate::report::budget_alert::{AlertRemovedReport, AlertReport};
+use crate::report::{self, Report};
 
 fn api_error(context: String, e: budget::ApiError) -> CommandError {
     let mut err = CommandError::from_error(context, &e.kind);
@@ -85,14 +85,13 @@ pub async fn alert(
                     b.display_name
                 ));
             }
-            print(
-                printer,
-                args.common.format,
+            let report = AlertReport::new(
                 api.account(),
                 &gcp_project,
                 Some(&b),
                 Some(outcome.as_str()),
             );
+            print(printer, &report, args.common.format);
             Ok(ExitStatus::Success)
         }
         BudgetAlertCommand::Show(args) => {
@@ -118,14 +117,8 @@ pub async fn alert(
                     extra.name
                 ));
             }
-            print(
-                printer,
-                args.format,
-                api.account(),
-                &gcp_project,
-                found.first(),
-                None,
-            );
+            let report = AlertReport::new(api.account(), &gcp_project, found.first(), None);
+            print(printer, &report, args.format);
             Ok(ExitStatus::Success)
         }
         BudgetAlertCommand::Remove(args) => {
@@ -148,42 +141,18 @@ pub async fn alert(
             for name in &removed {
                 printer.status(format!("removed budget {name}"));
             }
-            if args.format == Format::Json {
-                printer.json(json!({
-                    "billing_account": api.account(), "project": gcp_project, "removed": removed,
-                }));
-            } else if !removed.is_empty() {
-                printer.out(removed.join("\n"));
-            }
+            let report = AlertRemovedReport::new(api.account(), &gcp_project, removed);
+            print(printer, &report, args.format);
             Ok(ExitStatus::Success)
         }
     }
 }
 
-fn print(
-    printer: Printer,
-    format: Format,
-    account: &str,
-    gcp_project: &str,
-    b: Option<&budget::Budget>,
-    action: Option<&str>,
-) {
-    if format == Format::Json {
-        let mut doc = json!({
-            "billing_account": account,
-            "project": gcp_project,
-            "budget": b.map(budget::Budget::report),
-        });
-        if let Some(a) = action {
-            doc["action"] = json!(a);
-        }
-        printer.json(doc);
-    } else if let Some(b) = b {
-        printer.out(format!(
-            "budget  {}\nname    {}\nalert   {}\n",
-            b.name,
-            b.display_name,
-            b.describe()
-        ));
+/// The report on stdout: its JSON, or its text unless there is none (no budget, nothing removed:
+/// stderr has said so).
+fn print(printer: Printer, report: &impl Report, format: Format) {
+    let json = format == Format::Json;
+    if json || !report.text().is_empty() {
+        report::print(&printer, report, json);
     }
 }

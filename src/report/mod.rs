@@ -1,10 +1,11 @@
-//! Typed reports: what `status`, `cost`, `budget check`, `reap`, `task list` and `config show`
-//! print. Each gathers its data here (from the journal, the provider, the tracker, the cost
+//! Typed reports: what `status`, `cost`, `budget check`, `budget alert`, `reap`, `task list` and
+//! `config show` print. Each gathers its data here (from the journal, the provider, the tracker, the cost
 //! algorithms) into a `#[derive(Serialize)]` struct that carries `schema_version`; the command
 //! prints it through one of two paths: `Printer::json`, or the text the report renders (its
 //! tables through the one renderer in `table`).
 
 pub mod budget;
+pub mod budget_alert;
 pub mod config;
 pub mod cost;
 pub mod reap;

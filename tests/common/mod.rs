@@ -315,3 +315,68 @@ pub fn git_shim(dir: &Path, prelude: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+// Snapshot filters shared by the snapshot tests (test_reports, test_command_snapshots).
+
+/// Insta settings that hide what changes between runs.
+pub fn filters(env: &TestEnv) -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    let tmp = env.tmp.path();
+    let canonical = tmp.canonicalize().unwrap();
+    for p in [canonical.as_path(), tmp] {
+        s.add_filter(&regex_escape(&p.display().to_string()), "[TMP]");
+    }
+    s.add_filter(
+        r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?",
+        "[TIME]",
+    );
+    s.add_filter(r"\bcwo-proj-[0-9a-f]{6}\b", "cwo-proj-[WORKER]");
+    s.add_filter(r"\bproj-[0-9a-f]{8}\b", "proj-[BALL]");
+    s.add_filter(r"\b\d+\.\d{2}s\b", "[DUR]");
+    s.add_filter(r"pid \d+", "pid [PID]");
+    s.set_prepend_module_to_snapshot(true);
+    s
+}
+
+pub fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$#&-~".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// A run as one text: exit code, stdout, stderr. Runs of blanks inside a line become two, so a
+/// filtered value of another width does not move the columns.
+pub fn shown(run: &Run) -> String {
+    let squeeze = |text: &str| -> String {
+        text.lines()
+            .map(|l| {
+                let indent = l.len() - l.trim_start().len();
+                let mut out = l[..indent].to_string();
+                let mut blanks = 0;
+                for c in l[indent..].chars() {
+                    if c == ' ' {
+                        blanks += 1;
+                        continue;
+                    }
+                    out.push_str(match blanks {
+                        0 => "",
+                        1 => " ",
+                        _ => "  ",
+                    });
+                    blanks = 0;
+                    out.push(c);
+                }
+                out + "\n"
+            })
+            .collect()
+    };
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        run.code,
+        squeeze(&run.stdout),
+        run.stderr
+    )
+}

@@ -145,7 +145,7 @@ fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 impl Money {
-    fn amount(&self) -> Amount {
+    pub(crate) fn amount(&self) -> Amount {
         Amount {
             units: self.units.parse().unwrap_or(0),
             nanos: self.nanos,
@@ -208,11 +208,11 @@ pub struct Budget {
 }
 
 impl Budget {
-    fn filter(&self) -> Filter {
+    pub(crate) fn filter(&self) -> Filter {
         self.budget_filter.clone().unwrap_or_default()
     }
 
-    fn money(&self) -> Option<&Money> {
+    pub(crate) fn money(&self) -> Option<&Money> {
         self.amount.as_ref()?.specified_amount.as_ref()
     }
 
@@ -228,7 +228,7 @@ impl Budget {
     }
 
     /// Thresholds in percent, with their basis ("" = CURRENT_SPEND).
-    fn thresholds(&self) -> Vec<(f64, &str)> {
+    pub(crate) fn thresholds(&self) -> Vec<(f64, &str)> {
         self.threshold_rules
             .iter()
             .map(|r| {
@@ -317,25 +317,6 @@ impl Budget {
                 "no default recipients"
             }
         )
-    }
-
-    /// The JSON cwo prints for it.
-    pub fn report(&self) -> Value {
-        let f = self.filter();
-        json!({
-            "name": self.name,
-            "display_name": self.display_name,
-            "amount": self.money().map(|m| json!({
-                "value": m.amount().to_string(), "units": m.units, "nanos": m.nanos,
-                "currency_code": if m.currency_code.is_empty() { Value::Null } else { json!(m.currency_code) },
-            })),
-            "calendar_period": f.other.get("calendarPeriod").cloned().unwrap_or(json!("MONTH")),
-            "thresholds": self.thresholds().iter().map(|(p, b)| json!({"percent": p, "spend_basis": b})).collect::<Vec<_>>(),
-            "projects": f.projects,
-            "labels": f.labels,
-            "emails_billing_admins": self.emails_admins(),
-            "etag": self.etag,
-        })
     }
 }
 
