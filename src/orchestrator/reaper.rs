@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::ports::journaled;
 use super::worker::{TeardownError, delete_journaled};
-use crate::journal::{Journal, JournalError, WorkerState};
+use crate::journal::{Journal, JournalError, WorkerRow, WorkerState};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
 use crate::tracker::{Tracker, TrackerError};
 
@@ -124,11 +124,7 @@ impl Reaper<'_> {
     }
 
     /// Why a worker should not exist, if it should not.
-    fn reason(
-        &self,
-        inst: &Instance,
-        journal_rows: &HashMap<String, crate::journal::WorkerRow>,
-    ) -> Option<String> {
+    fn reason(&self, inst: &Instance, journal_rows: &HashMap<String, WorkerRow>) -> Option<String> {
         // Stopped first: deleted at once, whatever else is true of it.
         if inst.status.is_stopped() {
             return Some("stopped".into());
@@ -175,120 +171,137 @@ impl Reaper<'_> {
     pub async fn pass(&self, act: bool) -> Result<Vec<Decision>, TeardownError> {
         let selector = BTreeMap::from([("cwo-managed".to_string(), "true".to_string())]);
         let listed = self.provider.list(&selector).await?;
-        let journal_rows: HashMap<String, crate::journal::WorkerRow> =
+        let journal_rows: HashMap<String, WorkerRow> =
             journaled(self.journal, |j| j.live_workers())
                 .await?
                 .into_iter()
                 .map(|w| (w.name.clone(), w))
                 .collect();
-        let now = Utc::now().timestamp();
         let mut out = Vec::new();
         for inst in listed {
-            let mut d = Decision {
-                worker: inst.name.clone(),
-                zone: inst.zone.clone(),
-                project: inst.labels.get("cwo-project").cloned().unwrap_or_default(),
-                reason: String::new(),
-                action: "keep".into(),
-                detail: String::new(),
-            };
-            let marked_at = inst
-                .labels
-                .get(MARK_LABEL)
-                .and_then(|m| m.parse::<i64>().ok());
-            if inst.labels.get(KEEP_LABEL).map(String::as_str) == Some("true") {
-                d.detail = format!("{KEEP_LABEL}=true");
-                out.push(d);
-                continue;
+            out.push(self.decide(&inst, &journal_rows, act).await);
+        }
+        if act {
+            self.close_vanished(&out, &journal_rows).await?;
+        }
+        Ok(out)
+    }
+
+    /// What one listed worker gets (and, with `act`, what was done to it).
+    async fn decide(
+        &self,
+        inst: &Instance,
+        journal_rows: &HashMap<String, WorkerRow>,
+        act: bool,
+    ) -> Decision {
+        let now = Utc::now().timestamp();
+        let mut d = Decision {
+            worker: inst.name.clone(),
+            zone: inst.zone.clone(),
+            project: inst.labels.get("cwo-project").cloned().unwrap_or_default(),
+            reason: String::new(),
+            action: "keep".into(),
+            detail: String::new(),
+        };
+        let marked_at = inst
+            .labels
+            .get(MARK_LABEL)
+            .and_then(|m| m.parse::<i64>().ok());
+        if inst.labels.get(KEEP_LABEL).map(String::as_str) == Some("true") {
+            d.detail = format!("{KEEP_LABEL}=true");
+            return d;
+        }
+        let Some(reason) = self.reason(inst, journal_rows) else {
+            if marked_at.is_some() {
+                d.action = "unmark".into();
+                d.detail = "no longer a candidate".into();
+                if act {
+                    let mut labels = inst.labels.clone();
+                    labels.remove(MARK_LABEL);
+                    let result = self.provider.set_labels(&inst.name, &labels).await;
+                    labelled(&mut d, result, "unmarking");
+                }
             }
-            let Some(reason) = self.reason(&inst, &journal_rows) else {
-                if marked_at.is_some() {
-                    d.action = "unmark".into();
-                    d.detail = "no longer a candidate".into();
-                    if act {
-                        let mut labels = inst.labels.clone();
-                        labels.remove(MARK_LABEL);
-                        let result = self.provider.set_labels(&inst.name, &labels).await;
-                        labelled(&mut d, result, "unmarking");
-                    }
+            return d;
+        };
+        d.reason = reason.clone();
+        // A stopped worker (no longer billed as compute, but its disk is, and its TTL no longer
+        // runs) is no one's: deleted at once. The others (an orphan may be a create another
+        // controller is in the middle of) are marked first.
+        let at_once = reason == "stopped";
+        let marked_at = if at_once { Some(0) } else { marked_at };
+        match marked_at {
+            None => {
+                d.action = "mark".into();
+                d.detail = format!(
+                    "deleted on a pass {} from now",
+                    humantime::format_duration(self.grace)
+                );
+                if act {
+                    let mut labels = inst.labels.clone();
+                    labels.insert(MARK_LABEL.into(), now.to_string());
+                    let result = self.provider.set_labels(&inst.name, &labels).await;
+                    labelled(&mut d, result, "marking");
                 }
-                out.push(d);
-                continue;
-            };
-            d.reason = reason.clone();
-            // A stopped worker (no longer billed as compute, but its disk is, and its TTL no
-            // longer runs) is no one's: deleted at once. The others (an orphan may be a create
-            // another controller is in the middle of) are marked first.
-            let at_once = reason == "stopped";
-            let marked_at = if at_once { Some(0) } else { marked_at };
-            match marked_at {
-                None => {
-                    d.action = "mark".into();
-                    d.detail = format!(
-                        "deleted on a pass {} from now",
-                        humantime::format_duration(self.grace)
-                    );
-                    if act {
-                        let mut labels = inst.labels.clone();
-                        labels.insert(MARK_LABEL.into(), now.to_string());
-                        let result = self.provider.set_labels(&inst.name, &labels).await;
-                        labelled(&mut d, result, "marking");
-                    }
-                }
-                Some(at) if now - at < self.grace.as_secs() as i64 => {
-                    d.action = "wait".into();
-                    d.detail = format!("marked {}s ago", now - at);
-                }
-                Some(_) => {
-                    d.action = "delete".into();
-                    if act {
-                        match self.delete(&inst, &reason).await {
-                            Ok(DeleteOutcome::Deleted) => d.action = "deleted".into(),
-                            Ok(DeleteOutcome::AlreadyGone) => {
-                                d.action = "gone".into();
-                                d.detail = GONE_DETAIL.into();
-                            }
-                            Err(e) => {
-                                d.action = "failed".into();
-                                d.detail = e.to_string();
-                            }
+            }
+            Some(at) if now - at < self.grace.as_secs() as i64 => {
+                d.action = "wait".into();
+                d.detail = format!("marked {}s ago", now - at);
+            }
+            Some(_) => {
+                d.action = "delete".into();
+                if act {
+                    match self.delete(inst, &reason).await {
+                        Ok(DeleteOutcome::Deleted) => d.action = "deleted".into(),
+                        Ok(DeleteOutcome::AlreadyGone) => {
+                            d.action = "gone".into();
+                            d.detail = GONE_DETAIL.into();
+                        }
+                        Err(e) => {
+                            d.action = "failed".into();
+                            d.detail = e.to_string();
                         }
                     }
                 }
             }
-            out.push(d);
         }
-        // Journal rows whose worker the provider no longer has (never listed, or gone since the
-        // list): close them (their ledger row records the whole life). A create still in flight
-        // (its controller alive, within the grace period) is left to the next pass; a VM that
-        // shows up later unjournaled is an orphan then.
-        if act {
-            let listed_names: Vec<&str> = out
-                .iter()
-                .filter(|d| d.action != "gone")
-                .map(|d| d.worker.as_str())
-                .collect();
-            for (name, row) in &journal_rows {
-                if listed_names.contains(&name.as_str()) {
+        d
+    }
+
+    /// Journal rows whose worker the provider no longer has (never listed, or gone since the
+    /// list): closed (their ledger row records the whole life). A create still in flight (its
+    /// controller alive, within the grace period) is left to the next pass; a VM that shows up
+    /// later unjournaled is an orphan then.
+    async fn close_vanished(
+        &self,
+        decided: &[Decision],
+        journal_rows: &HashMap<String, WorkerRow>,
+    ) -> Result<(), TeardownError> {
+        let listed_names: Vec<&str> = decided
+            .iter()
+            .filter(|d| d.action != "gone")
+            .map(|d| d.worker.as_str())
+            .collect();
+        for (name, row) in journal_rows {
+            if listed_names.contains(&name.as_str()) {
+                continue;
+            }
+            if row.state.is_coming_up() {
+                let age = (Utc::now() - row.intent_at).num_seconds();
+                if self.controller_running && age < self.grace.as_secs() as i64 {
                     continue;
                 }
-                if row.state.is_coming_up() {
-                    let age = (Utc::now() - row.intent_at).num_seconds();
-                    if self.controller_running && age < self.grace.as_secs() as i64 {
-                        continue;
-                    }
-                }
-                if self.provider.get(name).await?.is_none() {
-                    let n = name.clone();
-                    journaled(self.journal, move |j| {
-                        j.worker_deleting(&n, "gone")?;
-                        j.worker_deleted(&n, "gone")
-                    })
-                    .await?;
-                }
+            }
+            if self.provider.get(name).await?.is_none() {
+                let n = name.clone();
+                journaled(self.journal, move |j| {
+                    j.worker_deleting(&n, "gone")?;
+                    j.worker_deleted(&n, "gone")
+                })
+                .await?;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Deletes and confirms; this project's workers are journaled first (even ones a crashed

@@ -15,7 +15,7 @@ use super::ports::{Ports, RunContext, journaled};
 use super::reaper::Reaper;
 use crate::bootstrap::{self, Method};
 use crate::config::Settings;
-use crate::journal::{AttemptRow, Journal, JournalError, WorkerState};
+use crate::journal::{AttemptRow, Journal, JournalError, WorkerRow, WorkerState};
 use crate::printer::{Printer, fmt_secs};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError, WorkerSpec};
 use crate::transport::{ExecRequest, Transport};
@@ -512,110 +512,120 @@ impl WorkerLifecycle {
     /// their worker was adopted, and closed as aborted otherwise.
     pub async fn recover(&self, adopt: bool, reason: &str) -> Result<Recovered, OrchestratorError> {
         self.delete_stopped().await;
-        let mut adopted: Option<ActiveWorker> = None;
-        let mut pending = Vec::new();
+        let mut found = Recovered {
+            worker: None,
+            resume: Vec::new(),
+            pending: Vec::new(),
+        };
         for row in self.j(|j| j.live_workers()).await? {
-            let found =
-                self.provider
-                    .get(&row.name)
-                    .await
-                    .map_err(|source| OrchestratorError::Lookup {
-                        name: row.name.clone(),
-                        source,
-                    })?;
-            match found {
-                // A create that never answered may still be invisible (eventual consistency):
-                // the row stays until the grace period says it never happened; meanwhile the
-                // reaper finds the VM by its labels if it does appear.
-                None if row.state == WorkerState::Intent
-                    && (chrono::Utc::now() - row.intent_at)
-                        .to_std()
-                        .unwrap_or_default()
-                        < self.settings.reap_grace =>
-                {
-                    self.printer.status(format!(
-                        "worker {} was being created when its controller stopped and is not visible yet; deleting it if it appears",
-                        row.name
-                    ));
-                    pending.push(PendingCreate {
-                        name: row.name.clone(),
-                        intent_at: row.intent_at,
-                    });
-                }
-                None => {
-                    let n = row.name.clone();
-                    self.j(move |j| {
-                        j.worker_deleting(&n, "gone")?;
-                        j.worker_deleted(&n, "gone")
-                    })
-                    .await?;
-                    self.printer.status(format!(
-                        "worker {} is already gone; journal updated",
-                        row.name
-                    ));
-                }
-                // Only a running worker is adopted: a stopped one can do no work (and is
-                // deleted below, like every worker not adopted).
-                Some(instance)
-                    if adopt
-                        && adopted.is_none()
-                        && row.state == WorkerState::Ready
-                        && instance.status == crate::provider::InstanceStatus::Running =>
-                {
-                    let instance = bootstrap::as_work_user(&self.settings, instance);
-                    let transport = self.connect(&instance)?;
-                    self.printer.status(format!("adopting worker {}", row.name));
-                    let n = row.name.clone();
-                    self.j(move |j| j.worker_activity(&n, None)).await?;
-                    adopted = Some(ActiveWorker::new(
-                        instance,
-                        transport,
-                        self.bootstrapped(),
-                        self.journal.clone(),
-                    ));
-                }
-                Some(instance) => {
-                    let why = if instance.status.is_stopped() {
-                        "stopped"
-                    } else {
-                        reason
-                    };
-                    self.printer
-                        .status(format!("deleting worker {} ({why})", row.name));
-                    self.tear_down(&row.name, why).await?;
-                }
-            }
+            self.reconcile(row, adopt, reason, &mut found).await?;
         }
-        let mut resume = Vec::new();
         for attempt in self.j(|j| j.dangling_attempts()).await? {
-            if adopted
+            if found
+                .worker
                 .as_ref()
                 .is_some_and(|w| w.instance.name == attempt.worker)
             {
-                resume.push(attempt);
-            } else {
-                self.printer.warn(format!(
-                    "attempt {} of {} was cut short: its controller stopped and worker {} is gone",
-                    attempt.attempt, attempt.ball_id, attempt.worker
+                found.resume.push(attempt);
+                continue;
+            }
+            self.printer.warn(format!(
+                "attempt {} of {} was cut short: its controller stopped and worker {} is gone",
+                attempt.attempt, attempt.ball_id, attempt.worker
+            ));
+            self.j(move |j| {
+                j.attempt_end(
+                    attempt.id,
+                    "aborted",
+                    "-",
+                    attempt.branch.as_deref(),
+                    None,
+                    Some("controller stopped; worker gone"),
+                )
+            })
+            .await?;
+        }
+        Ok(found)
+    }
+
+    /// One journaled worker against what the provider shows: pending (a create not visible
+    /// yet), closed (gone), adopted (the first ready, running one, when `adopt`), or deleted.
+    async fn reconcile(
+        &self,
+        row: WorkerRow,
+        adopt: bool,
+        reason: &str,
+        found: &mut Recovered,
+    ) -> Result<(), OrchestratorError> {
+        let seen =
+            self.provider
+                .get(&row.name)
+                .await
+                .map_err(|source| OrchestratorError::Lookup {
+                    name: row.name.clone(),
+                    source,
+                })?;
+        let age = (chrono::Utc::now() - row.intent_at)
+            .to_std()
+            .unwrap_or_default();
+        match seen {
+            // A create that never answered may still be invisible (eventual consistency): the
+            // row stays until the grace period says it never happened; meanwhile the reaper finds
+            // the VM by its labels if it does appear.
+            None if row.state == WorkerState::Intent && age < self.settings.reap_grace => {
+                self.printer.status(format!(
+                    "worker {} was being created when its controller stopped and is not visible yet; deleting it if it appears",
+                    row.name
                 ));
+                found.pending.push(PendingCreate {
+                    name: row.name,
+                    intent_at: row.intent_at,
+                });
+            }
+            None => {
+                let n = row.name.clone();
                 self.j(move |j| {
-                    j.attempt_end(
-                        attempt.id,
-                        "aborted",
-                        "-",
-                        attempt.branch.as_deref(),
-                        None,
-                        Some("controller stopped; worker gone"),
-                    )
+                    j.worker_deleting(&n, "gone")?;
+                    j.worker_deleted(&n, "gone")
                 })
                 .await?;
+                self.printer.status(format!(
+                    "worker {} is already gone; journal updated",
+                    row.name
+                ));
+            }
+            // Only a running worker is adopted: a stopped one can do no work (and is deleted
+            // below, like every worker not adopted).
+            Some(instance)
+                if adopt
+                    && found.worker.is_none()
+                    && row.state == WorkerState::Ready
+                    && instance.status == crate::provider::InstanceStatus::Running =>
+            {
+                let instance = bootstrap::as_work_user(&self.settings, instance);
+                let transport = self.connect(&instance)?;
+                self.printer.status(format!("adopting worker {}", row.name));
+                let n = row.name.clone();
+                self.j(move |j| j.worker_activity(&n, None)).await?;
+                found.worker = Some(ActiveWorker::new(
+                    instance,
+                    transport,
+                    self.bootstrapped(),
+                    self.journal.clone(),
+                ));
+            }
+            Some(instance) => {
+                let why = if instance.status.is_stopped() {
+                    "stopped"
+                } else {
+                    reason
+                };
+                self.printer
+                    .status(format!("deleting worker {} ({why})", row.name));
+                self.tear_down(&row.name, why).await?;
             }
         }
-        Ok(Recovered {
-            worker: adopted,
-            resume,
-            pending,
-        })
+        Ok(())
     }
 
     /// Deletes this project's stopped workers, journaled or not (the reaper's rule, applied by
