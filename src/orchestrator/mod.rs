@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use error::{BoxError, OrchestratorError, TaskError};
+pub use error::OrchestratorError;
 pub use ports::{Ports, RunContext};
 pub use scheduler::Orchestrator;
 pub use worker::{
