@@ -1,5 +1,5 @@
-//! The worker lifecycle driven through its ports with doubles: a provider whose connections and
-//! deletions fail on demand, the real journal and juggle in a temp dir.
+//! The worker lifecycle and the loop driven through their ports with doubles: a provider whose
+//! connections and deletions fail on demand, a tracker in memory, the real journal in a temp dir.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -9,13 +9,16 @@ use async_trait::async_trait;
 use cwo::config::{Settings, SshSettings};
 use cwo::connector::Connector;
 use cwo::journal::{Journal, WorkerState};
-use cwo::orchestrator::{OrchestratorError, Ports, RunContext, WorkerLifecycle};
+use cwo::orchestrator::{
+    Orchestrator, OrchestratorError, Ports, RunContext, RunOptions, Shutdown, WorkerLifecycle,
+};
 use cwo::printer::Printer;
 use cwo::provider::{
     DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError, Target,
     WorkerSpec, local::LocalPlan,
 };
 use cwo::tracker::juggle::Juggle;
+use cwo::tracker::{Priority, Task, Tracker, TrackerError};
 use tokio_util::sync::CancellationToken;
 
 /// Workers in memory that can never be reached (an SSH target without an address, so the
@@ -190,4 +193,110 @@ fn a_failed_cleanup_after_a_failed_bring_up_is_reported_with_its_delete_command(
     );
     let row = journal.worker(&name).unwrap().unwrap();
     assert_eq!(row.state, WorkerState::Deleting);
+}
+
+/// Tasks in memory; records what the loop did to them.
+struct MemoryTracker {
+    tasks: Mutex<Vec<Task>>,
+}
+
+impl MemoryTracker {
+    fn with(ids: &[&str]) -> MemoryTracker {
+        let tasks = ids
+            .iter()
+            .map(|id| Task {
+                id: id.to_string(),
+                title: format!("task {id}"),
+                context: String::new(),
+                acceptance_criteria: vec![],
+                priority: Priority::Medium,
+                state: "pending".into(),
+                blocked_reason: String::new(),
+                depends_on: vec![],
+                tags: vec![],
+                waiting_on: vec![],
+            })
+            .collect();
+        MemoryTracker {
+            tasks: Mutex::new(tasks),
+        }
+    }
+    fn set(&self, id: &str, state: &str) -> Result<(), TrackerError> {
+        let mut tasks = self.tasks.lock().unwrap();
+        let t = tasks
+            .iter_mut()
+            .find(|t| t.id == id)
+            .ok_or_else(|| TrackerError::NotFound(id.into()))?;
+        t.state = state.into();
+        Ok(())
+    }
+}
+
+impl Tracker for MemoryTracker {
+    fn list(&self) -> Result<Vec<Task>, TrackerError> {
+        Ok(self.tasks.lock().unwrap().clone())
+    }
+    fn claim(&self, id: &str) -> Result<(), TrackerError> {
+        self.set(id, "in_progress")
+    }
+    fn complete(&self, id: &str, _note: &str) -> Result<(), TrackerError> {
+        self.set(id, "complete")
+    }
+    fn block(&self, id: &str, _reason: &str) -> Result<(), TrackerError> {
+        self.set(id, "blocked")
+    }
+    fn release(&self, id: &str) -> Result<(), TrackerError> {
+        self.set(id, "pending")
+    }
+    fn progress(&self, _task: &Task, _text: &str) -> Result<(), TrackerError> {
+        Ok(())
+    }
+}
+
+/// The loop driven through its ports with doubles: under `--once`, a worker that cannot be
+/// reached ends the run with that error, after it was torn down; no ball was claimed.
+#[test]
+fn the_loop_runs_on_doubles_and_claims_nothing_without_a_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let provider = Arc::new(FlakyProvider::default());
+    let tracker = Arc::new(MemoryTracker::with(&["d-1", "d-2"]));
+    let journal = Journal::open(&tmp.path().join("state")).unwrap();
+    let ports = Ports {
+        tracker: tracker.clone(),
+        journal: journal.clone(),
+        provider: provider.clone(),
+        connector: Connector::new(&SshSettings::default(), Arc::new(journal.clone())),
+        printer: Printer::new(true, false, true),
+    };
+    let ctx = RunContext {
+        root: tmp.path().to_path_buf(),
+        state_dir: tmp.path().join("state"),
+        project_slug: "doubles".into(),
+        settings: Arc::new(Settings::default()),
+        template: String::new(),
+    };
+    let orch = Orchestrator::new(ports, ctx);
+    let result = rt().block_on(orch.run(RunOptions { once: true }, Shutdown::default()));
+    let err = match result {
+        Err(e) => e,
+        Ok(summary) => panic!("the run succeeded without a worker: {summary:?}"),
+    };
+    assert!(
+        matches!(err, OrchestratorError::Connect { .. }),
+        "{}",
+        err.render()
+    );
+    assert!(
+        provider.vms.lock().unwrap().is_empty(),
+        "the VM was left behind"
+    );
+    let states: Vec<String> = tracker
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(states, ["pending", "pending"]);
+    assert!(journal.tasks().unwrap().is_empty());
+    assert_eq!(journal.ledger().unwrap().len(), 1);
 }

@@ -9,19 +9,18 @@ mod ports;
 pub mod reaper;
 mod record;
 mod scheduler;
+mod teardown;
 mod worker;
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use error::{BoxError, OrchestratorError, TaskError};
+pub use error::OrchestratorError;
 pub use ports::{Ports, RunContext};
 pub use scheduler::Orchestrator;
-pub use worker::{
-    ActiveWorker, PENDING_WAIT, PendingCreate, Recovered, TeardownError, WorkerLifecycle,
-    delete_journaled,
-};
+pub use teardown::{TeardownError, delete_journaled};
+pub use worker::{ActiveWorker, PENDING_WAIT, PendingCreate, Recovered, WorkerLifecycle};
 
 use crate::printer::{Printer, fmt_secs};
 

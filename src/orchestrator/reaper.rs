@@ -10,13 +10,13 @@ use chrono::Utc;
 use serde::Serialize;
 
 use super::ports::journaled;
-use super::worker::{TeardownError, delete_journaled};
-use crate::journal::{Journal, JournalError, WorkerState};
+use super::teardown::{Teardown, TeardownError};
+use crate::journal::{Journal, JournalError, WorkerRow, WorkerState};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
 use crate::tracker::{Tracker, TrackerError};
 
 pub const MARK_LABEL: &str = "cwo-reap-marked";
-pub const KEEP_LABEL: &str = "cwo-keep";
+pub use super::teardown::KEEP_LABEL;
 
 /// What the reaper decided for one worker.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -92,43 +92,29 @@ fn labelled(d: &mut Decision, result: Result<(), ProviderError>, doing: &str) {
 }
 
 impl Reaper<'_> {
-    /// Lists this project's workers and deletes the stopped ones (`delete_stopped`), for the
-    /// commands that do not list them for anything else.
-    pub async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), TeardownError> {
-        let selector = BTreeMap::from([
-            ("cwo-managed".to_string(), "true".to_string()),
-            ("cwo-project".to_string(), self.project_slug.to_string()),
-        ]);
-        let listed = self.provider.list(&selector).await?;
-        Ok(self.delete_stopped(&listed).await)
+    /// The confirmed, journaled teardown this reaper applies, with its deadline and reporting.
+    pub fn teardown(&self) -> Teardown<'_> {
+        Teardown {
+            provider: self.provider,
+            journal: self.journal,
+            project_slug: self.project_slug,
+            teardown_timeout: self.teardown_timeout,
+            on_retry: self.on_retry,
+        }
     }
 
-    /// Deletes this project's stopped workers among `listed` — stopping, stopped or suspended
-    /// VMs, whose termination timer Compute Engine has cleared and whose disks are still billed —
-    /// at once, as every command that lists the project's VMs does (DESIGN invariant 1). Returns
-    /// the names it dealt with (deleted, or already gone) and a message for each it could not.
+    /// Lists this project's workers and deletes the stopped ones (see [`Teardown::sweep_stopped`]).
+    pub async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), TeardownError> {
+        self.teardown().sweep_stopped().await
+    }
+
+    /// Deletes this project's stopped workers among `listed` (see [`Teardown::delete_stopped`]).
     pub async fn delete_stopped(&self, listed: &[Instance]) -> (Vec<String>, Vec<String>) {
-        let mut done = Vec::new();
-        let mut failed = Vec::new();
-        for inst in listed.iter().filter(|i| {
-            i.status.is_stopped()
-                && i.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug)
-                && i.labels.get(KEEP_LABEL).map(String::as_str) != Some("true")
-        }) {
-            match self.delete(inst, "stopped").await {
-                Ok(_) => done.push(inst.name.clone()),
-                Err(e) => failed.push(format!("{}: {e}", inst.name)),
-            }
-        }
-        (done, failed)
+        self.teardown().delete_stopped(listed).await
     }
 
     /// Why a worker should not exist, if it should not.
-    fn reason(
-        &self,
-        inst: &Instance,
-        journal_rows: &HashMap<String, crate::journal::WorkerRow>,
-    ) -> Option<String> {
+    fn reason(&self, inst: &Instance, journal_rows: &HashMap<String, WorkerRow>) -> Option<String> {
         // Stopped first: deleted at once, whatever else is true of it.
         if inst.status.is_stopped() {
             return Some("stopped".into());
@@ -175,176 +161,147 @@ impl Reaper<'_> {
     pub async fn pass(&self, act: bool) -> Result<Vec<Decision>, TeardownError> {
         let selector = BTreeMap::from([("cwo-managed".to_string(), "true".to_string())]);
         let listed = self.provider.list(&selector).await?;
-        let journal_rows: HashMap<String, crate::journal::WorkerRow> =
+        let journal_rows: HashMap<String, WorkerRow> =
             journaled(self.journal, |j| j.live_workers())
                 .await?
                 .into_iter()
                 .map(|w| (w.name.clone(), w))
                 .collect();
-        let now = Utc::now().timestamp();
         let mut out = Vec::new();
         for inst in listed {
-            let mut d = Decision {
-                worker: inst.name.clone(),
-                zone: inst.zone.clone(),
-                project: inst.labels.get("cwo-project").cloned().unwrap_or_default(),
-                reason: String::new(),
-                action: "keep".into(),
-                detail: String::new(),
-            };
-            let marked_at = inst
-                .labels
-                .get(MARK_LABEL)
-                .and_then(|m| m.parse::<i64>().ok());
-            if inst.labels.get(KEEP_LABEL).map(String::as_str) == Some("true") {
-                d.detail = format!("{KEEP_LABEL}=true");
-                out.push(d);
-                continue;
-            }
-            let Some(reason) = self.reason(&inst, &journal_rows) else {
-                if marked_at.is_some() {
-                    d.action = "unmark".into();
-                    d.detail = "no longer a candidate".into();
-                    if act {
-                        let mut labels = inst.labels.clone();
-                        labels.remove(MARK_LABEL);
-                        let result = self.provider.set_labels(&inst.name, &labels).await;
-                        labelled(&mut d, result, "unmarking");
-                    }
-                }
-                out.push(d);
-                continue;
-            };
-            d.reason = reason.clone();
-            // A stopped worker (no longer billed as compute, but its disk is, and its TTL no
-            // longer runs) is no one's: deleted at once. The others (an orphan may be a create
-            // another controller is in the middle of) are marked first.
-            let at_once = reason == "stopped";
-            let marked_at = if at_once { Some(0) } else { marked_at };
-            match marked_at {
-                None => {
-                    d.action = "mark".into();
-                    d.detail = format!(
-                        "deleted on a pass {} from now",
-                        humantime::format_duration(self.grace)
-                    );
-                    if act {
-                        let mut labels = inst.labels.clone();
-                        labels.insert(MARK_LABEL.into(), now.to_string());
-                        let result = self.provider.set_labels(&inst.name, &labels).await;
-                        labelled(&mut d, result, "marking");
-                    }
-                }
-                Some(at) if now - at < self.grace.as_secs() as i64 => {
-                    d.action = "wait".into();
-                    d.detail = format!("marked {}s ago", now - at);
-                }
-                Some(_) => {
-                    d.action = "delete".into();
-                    if act {
-                        match self.delete(&inst, &reason).await {
-                            Ok(DeleteOutcome::Deleted) => d.action = "deleted".into(),
-                            Ok(DeleteOutcome::AlreadyGone) => {
-                                d.action = "gone".into();
-                                d.detail = GONE_DETAIL.into();
-                            }
-                            Err(e) => {
-                                d.action = "failed".into();
-                                d.detail = e.to_string();
-                            }
-                        }
-                    }
-                }
-            }
-            out.push(d);
+            out.push(self.decide(&inst, &journal_rows, act).await);
         }
-        // Journal rows whose worker the provider no longer has (never listed, or gone since the
-        // list): close them (their ledger row records the whole life). A create still in flight
-        // (its controller alive, within the grace period) is left to the next pass; a VM that
-        // shows up later unjournaled is an orphan then.
         if act {
-            let listed_names: Vec<&str> = out
-                .iter()
-                .filter(|d| d.action != "gone")
-                .map(|d| d.worker.as_str())
-                .collect();
-            for (name, row) in &journal_rows {
-                if listed_names.contains(&name.as_str()) {
-                    continue;
-                }
-                if row.state.is_coming_up() {
-                    let age = (Utc::now() - row.intent_at).num_seconds();
-                    if self.controller_running && age < self.grace.as_secs() as i64 {
-                        continue;
-                    }
-                }
-                if self.provider.get(name).await?.is_none() {
-                    let n = name.clone();
-                    journaled(self.journal, move |j| {
-                        j.worker_deleting(&n, "gone")?;
-                        j.worker_deleted(&n, "gone")
-                    })
-                    .await?;
-                }
-            }
+            self.close_vanished(&out, &journal_rows).await?;
         }
         Ok(out)
     }
 
-    /// Deletes and confirms; this project's workers are journaled first (even ones a crashed
-    /// controller never recorded), so the ledger keeps their whole life. A worker that is not
-    /// found any more is `AlreadyGone`: done, not an error.
+    /// What one listed worker gets (and, with `act`, what was done to it).
+    async fn decide(
+        &self,
+        inst: &Instance,
+        journal_rows: &HashMap<String, WorkerRow>,
+        act: bool,
+    ) -> Decision {
+        let now = Utc::now().timestamp();
+        let mut d = Decision {
+            worker: inst.name.clone(),
+            zone: inst.zone.clone(),
+            project: inst.labels.get("cwo-project").cloned().unwrap_or_default(),
+            reason: String::new(),
+            action: "keep".into(),
+            detail: String::new(),
+        };
+        let marked_at = inst
+            .labels
+            .get(MARK_LABEL)
+            .and_then(|m| m.parse::<i64>().ok());
+        if inst.labels.get(KEEP_LABEL).map(String::as_str) == Some("true") {
+            d.detail = format!("{KEEP_LABEL}=true");
+            return d;
+        }
+        let Some(reason) = self.reason(inst, journal_rows) else {
+            if marked_at.is_some() {
+                d.action = "unmark".into();
+                d.detail = "no longer a candidate".into();
+                if act {
+                    let mut labels = inst.labels.clone();
+                    labels.remove(MARK_LABEL);
+                    let result = self.provider.set_labels(&inst.name, &labels).await;
+                    labelled(&mut d, result, "unmarking");
+                }
+            }
+            return d;
+        };
+        d.reason = reason.clone();
+        // A stopped worker (no longer billed as compute, but its disk is, and its TTL no longer
+        // runs) is no one's: deleted at once. The others (an orphan may be a create another
+        // controller is in the middle of) are marked first.
+        let at_once = reason == "stopped";
+        let marked_at = if at_once { Some(0) } else { marked_at };
+        match marked_at {
+            None => {
+                d.action = "mark".into();
+                d.detail = format!(
+                    "deleted on a pass {} from now",
+                    humantime::format_duration(self.grace)
+                );
+                if act {
+                    let mut labels = inst.labels.clone();
+                    labels.insert(MARK_LABEL.into(), now.to_string());
+                    let result = self.provider.set_labels(&inst.name, &labels).await;
+                    labelled(&mut d, result, "marking");
+                }
+            }
+            Some(at) if now - at < self.grace.as_secs() as i64 => {
+                d.action = "wait".into();
+                d.detail = format!("marked {}s ago", now - at);
+            }
+            Some(_) => {
+                d.action = "delete".into();
+                if act {
+                    match self.delete(inst, &reason).await {
+                        Ok(DeleteOutcome::Deleted) => d.action = "deleted".into(),
+                        Ok(DeleteOutcome::AlreadyGone) => {
+                            d.action = "gone".into();
+                            d.detail = GONE_DETAIL.into();
+                        }
+                        Err(e) => {
+                            d.action = "failed".into();
+                            d.detail = e.to_string();
+                        }
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    /// Journal rows whose worker the provider no longer has (never listed, or gone since the
+    /// list): closed (their ledger row records the whole life). A create still in flight (its
+    /// controller alive, within the grace period) is left to the next pass; a VM that shows up
+    /// later unjournaled is an orphan then.
+    async fn close_vanished(
+        &self,
+        decided: &[Decision],
+        journal_rows: &HashMap<String, WorkerRow>,
+    ) -> Result<(), TeardownError> {
+        let listed_names: Vec<&str> = decided
+            .iter()
+            .filter(|d| d.action != "gone")
+            .map(|d| d.worker.as_str())
+            .collect();
+        for (name, row) in journal_rows {
+            if listed_names.contains(&name.as_str()) {
+                continue;
+            }
+            if row.state.is_coming_up() {
+                let age = (Utc::now() - row.intent_at).num_seconds();
+                if self.controller_running && age < self.grace.as_secs() as i64 {
+                    continue;
+                }
+            }
+            if self.provider.get(name).await?.is_none() {
+                let n = name.clone();
+                journaled(self.journal, move |j| {
+                    j.worker_deleting(&n, "gone")?;
+                    j.worker_deleted(&n, "gone")
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a worker the reaper found (see [`Teardown::delete`]).
     pub async fn delete(
         &self,
         inst: &Instance,
         reason: &str,
     ) -> Result<DeleteOutcome, TeardownError> {
-        let why = match reason {
-            "expired" => "ttl",
-            "stopped" => "idle",
-            "budget" => "budget",
-            _ => "reaped",
-        };
-        let ours = inst.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug);
-        if ours {
-            let (inst, kind) = (inst.clone(), self.provider.kind());
-            journaled(self.journal, move |j| record_found(j, &inst, kind)).await?;
-        }
-        delete_journaled(
-            self.provider,
-            ours.then_some(self.journal),
-            &inst.name,
-            why,
-            self.teardown_timeout,
-            &mut |line| (self.on_retry)(line),
-        )
-        .await
+        self.teardown().delete(inst, reason).await
     }
-}
-
-/// Journals a worker found by its labels (even one a crashed controller never recorded) up to
-/// `created`, priced from its labels, so its teardown is journaled and the ledger keeps its whole
-/// life.
-fn record_found(j: &Journal, inst: &Instance, kind: &str) -> Result<(), JournalError> {
-    let name = inst.name.as_str();
-    let known = j.worker(name).ok().flatten();
-    if known.is_none() {
-        j.worker_intent(name, kind, &inst.machine_type_label(), "reaper", "{}")?;
-    }
-    j.worker_created_if_unknown(name, inst.created_at)?;
-    if known.as_ref().is_none_or(|w| w.price.is_none()) {
-        // Priced from its labels: the machine it was made as, in its zone.
-        let price = crate::cost::PriceSnapshot::take(
-            &crate::cost::Catalog::load().unwrap_or_else(|_| crate::cost::Catalog::embedded()),
-            &inst.machine_type_label(),
-            inst.zone.as_deref().unwrap_or(""),
-            false,
-            "pd-standard",
-            10,
-        );
-        j.worker_price(name, &price)?;
-    }
-    Ok(())
 }
 
 /// Why a reaped worker's attempts could not be settled.

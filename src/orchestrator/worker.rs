@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::OrchestratorError;
 use super::ports::{Ports, RunContext, journaled, off_thread};
-use super::reaper::Reaper;
+use super::teardown::{Teardown, TeardownError, delete_journaled};
 use crate::bootstrap::{self, Method};
 use crate::config::Settings;
 use crate::connector::{ConnectError, Connector};
-use crate::journal::{AttemptRow, Journal, JournalError, WorkerState};
+use crate::journal::{AttemptRow, Journal, JournalError, WorkerRow, WorkerState};
 use crate::printer::{Printer, fmt_secs};
-use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError, WorkerSpec};
+use crate::provider::{Instance, Provider, WorkerSpec};
 use crate::transport::{ExecRequest, Transport};
 
 /// Checks a worker has git, setsid and the agent's program (printing what is missing), and
@@ -119,39 +119,6 @@ pub(crate) enum Unfit {
     Stopped(String),
     /// Too close to its TTL for another attempt.
     Ttl(String),
-}
-
-/// A teardown or reaper step that failed in the provider or in the journal.
-#[derive(Debug, thiserror::Error)]
-pub enum TeardownError {
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-}
-
-/// Deletes a worker and confirms it is gone under the one deletion retry policy (`deadline`
-/// overall, each retry reported through `on_retry`). With a journal, the row goes to `deleting`
-/// first (write-ahead) and to `deleted`, with its ledger row, once the provider confirms.
-pub async fn delete_journaled(
-    provider: &dyn Provider,
-    journal: Option<&Journal>,
-    name: &str,
-    reason: &str,
-    deadline: Duration,
-    on_retry: &mut (dyn FnMut(String) + Send),
-) -> Result<DeleteOutcome, TeardownError> {
-    if let Some(j) = journal {
-        let (n, r) = (name.to_string(), reason.to_string());
-        journaled(j, move |j| j.worker_deleting(&n, &r)).await?;
-    }
-    tracing::debug!(%name, %reason, "delete");
-    let outcome = crate::provider::delete_confirmed(provider, name, deadline, on_retry).await?;
-    if let Some(j) = journal {
-        let (n, r) = (name.to_string(), reason.to_string());
-        journaled(j, move |j| j.worker_deleted(&n, &r)).await?;
-    }
-    Ok(outcome)
 }
 
 /// Brings workers up, adopts them, checks them, and tears them down.
@@ -527,110 +494,120 @@ impl WorkerLifecycle {
     /// their worker was adopted, and closed as aborted otherwise.
     pub async fn recover(&self, adopt: bool, reason: &str) -> Result<Recovered, OrchestratorError> {
         self.delete_stopped().await;
-        let mut adopted: Option<ActiveWorker> = None;
-        let mut pending = Vec::new();
+        let mut found = Recovered {
+            worker: None,
+            resume: Vec::new(),
+            pending: Vec::new(),
+        };
         for row in self.j(|j| j.live_workers()).await? {
-            let found =
-                self.provider
-                    .get(&row.name)
-                    .await
-                    .map_err(|source| OrchestratorError::Lookup {
-                        name: row.name.clone(),
-                        source,
-                    })?;
-            match found {
-                // A create that never answered may still be invisible (eventual consistency):
-                // the row stays until the grace period says it never happened; meanwhile the
-                // reaper finds the VM by its labels if it does appear.
-                None if row.state == WorkerState::Intent
-                    && (chrono::Utc::now() - row.intent_at)
-                        .to_std()
-                        .unwrap_or_default()
-                        < self.settings.reap_grace =>
-                {
-                    self.printer.status(format!(
-                        "worker {} was being created when its controller stopped and is not visible yet; deleting it if it appears",
-                        row.name
-                    ));
-                    pending.push(PendingCreate {
-                        name: row.name.clone(),
-                        intent_at: row.intent_at,
-                    });
-                }
-                None => {
-                    let n = row.name.clone();
-                    self.j(move |j| {
-                        j.worker_deleting(&n, "gone")?;
-                        j.worker_deleted(&n, "gone")
-                    })
-                    .await?;
-                    self.printer.status(format!(
-                        "worker {} is already gone; journal updated",
-                        row.name
-                    ));
-                }
-                // Only a running worker is adopted: a stopped one can do no work (and is
-                // deleted below, like every worker not adopted).
-                Some(instance)
-                    if adopt
-                        && adopted.is_none()
-                        && row.state == WorkerState::Ready
-                        && instance.status == crate::provider::InstanceStatus::Running =>
-                {
-                    let instance = bootstrap::as_work_user(&self.settings, instance);
-                    let transport = self.connect(&instance)?;
-                    self.printer.status(format!("adopting worker {}", row.name));
-                    let n = row.name.clone();
-                    self.j(move |j| j.worker_activity(&n, None)).await?;
-                    adopted = Some(ActiveWorker::new(
-                        instance,
-                        transport,
-                        self.bootstrapped(),
-                        self.journal.clone(),
-                    ));
-                }
-                Some(instance) => {
-                    let why = if instance.status.is_stopped() {
-                        "stopped"
-                    } else {
-                        reason
-                    };
-                    self.printer
-                        .status(format!("deleting worker {} ({why})", row.name));
-                    self.tear_down(&row.name, why).await?;
-                }
-            }
+            self.reconcile(row, adopt, reason, &mut found).await?;
         }
-        let mut resume = Vec::new();
         for attempt in self.j(|j| j.dangling_attempts()).await? {
-            if adopted
+            if found
+                .worker
                 .as_ref()
                 .is_some_and(|w| w.instance.name == attempt.worker)
             {
-                resume.push(attempt);
-            } else {
-                self.printer.warn(format!(
-                    "attempt {} of {} was cut short: its controller stopped and worker {} is gone",
-                    attempt.attempt, attempt.ball_id, attempt.worker
+                found.resume.push(attempt);
+                continue;
+            }
+            self.printer.warn(format!(
+                "attempt {} of {} was cut short: its controller stopped and worker {} is gone",
+                attempt.attempt, attempt.ball_id, attempt.worker
+            ));
+            self.j(move |j| {
+                j.attempt_end(
+                    attempt.id,
+                    "aborted",
+                    "-",
+                    attempt.branch.as_deref(),
+                    None,
+                    Some("controller stopped; worker gone"),
+                )
+            })
+            .await?;
+        }
+        Ok(found)
+    }
+
+    /// One journaled worker against what the provider shows: pending (a create not visible
+    /// yet), closed (gone), adopted (the first ready, running one, when `adopt`), or deleted.
+    async fn reconcile(
+        &self,
+        row: WorkerRow,
+        adopt: bool,
+        reason: &str,
+        found: &mut Recovered,
+    ) -> Result<(), OrchestratorError> {
+        let seen =
+            self.provider
+                .get(&row.name)
+                .await
+                .map_err(|source| OrchestratorError::Lookup {
+                    name: row.name.clone(),
+                    source,
+                })?;
+        let age = (chrono::Utc::now() - row.intent_at)
+            .to_std()
+            .unwrap_or_default();
+        match seen {
+            // A create that never answered may still be invisible (eventual consistency): the
+            // row stays until the grace period says it never happened; meanwhile the reaper finds
+            // the VM by its labels if it does appear.
+            None if row.state == WorkerState::Intent && age < self.settings.reap_grace => {
+                self.printer.status(format!(
+                    "worker {} was being created when its controller stopped and is not visible yet; deleting it if it appears",
+                    row.name
                 ));
+                found.pending.push(PendingCreate {
+                    name: row.name,
+                    intent_at: row.intent_at,
+                });
+            }
+            None => {
+                let n = row.name.clone();
                 self.j(move |j| {
-                    j.attempt_end(
-                        attempt.id,
-                        "aborted",
-                        "-",
-                        attempt.branch.as_deref(),
-                        None,
-                        Some("controller stopped; worker gone"),
-                    )
+                    j.worker_deleting(&n, "gone")?;
+                    j.worker_deleted(&n, "gone")
                 })
                 .await?;
+                self.printer.status(format!(
+                    "worker {} is already gone; journal updated",
+                    row.name
+                ));
+            }
+            // Only a running worker is adopted: a stopped one can do no work (and is deleted
+            // below, like every worker not adopted).
+            Some(instance)
+                if adopt
+                    && found.worker.is_none()
+                    && row.state == WorkerState::Ready
+                    && instance.status == crate::provider::InstanceStatus::Running =>
+            {
+                let instance = bootstrap::as_work_user(&self.settings, instance);
+                let transport = self.connect(&instance)?;
+                self.printer.status(format!("adopting worker {}", row.name));
+                let n = row.name.clone();
+                self.j(move |j| j.worker_activity(&n, None)).await?;
+                found.worker = Some(ActiveWorker::new(
+                    instance,
+                    transport,
+                    self.bootstrapped(),
+                    self.journal.clone(),
+                ));
+            }
+            Some(instance) => {
+                let why = if instance.status.is_stopped() {
+                    "stopped"
+                } else {
+                    reason
+                };
+                self.printer
+                    .status(format!("deleting worker {} ({why})", row.name));
+                self.tear_down(&row.name, why).await?;
             }
         }
-        Ok(Recovered {
-            worker: adopted,
-            resume,
-            pending,
-        })
+        Ok(())
     }
 
     /// Deletes this project's stopped workers, journaled or not (the reaper's rule, applied by
@@ -639,15 +616,14 @@ impl WorkerLifecycle {
     async fn delete_stopped(&self) {
         let printer = self.printer;
         let on_retry = |line: String| printer.status(line);
-        let reaper = Reaper::new(
-            &*self.provider,
-            &self.journal,
-            &self.project_slug,
-            &self.settings,
-            true,
-            &on_retry,
-        );
-        match reaper.sweep_stopped().await {
+        let teardown = Teardown {
+            provider: &*self.provider,
+            journal: &self.journal,
+            project_slug: &self.project_slug,
+            teardown_timeout: self.settings.teardown_timeout,
+            on_retry: &on_retry,
+        };
+        match teardown.sweep_stopped().await {
             Ok((deleted, failed)) => super::report_stopped(printer, &deleted, &failed),
             Err(e) => printer.warn(format!("could not list the project's workers: {e}")),
         }

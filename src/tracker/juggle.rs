@@ -87,16 +87,27 @@ const BOM_NOTE: &str = "the line starts with a UTF-8 byte order mark (an editor'
     reads the ball, but juggle 0.4 cannot parse such a line and drops it the next time it \
     rewrites the file; delete the 3 bytes EF BB BF at its start";
 
+/// Why a line of `balls.jsonl` holds no ball cwo can read (a [`TrackerProblem`]'s message).
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error(
+        "skipped: not valid UTF-8 (byte 0x{byte:02x} at column {column}); fix or delete the line"
+    )]
+    NotUtf8 { byte: u8, column: usize },
+    #[error("skipped: not JSON ({what} at column {column}); fix or delete the line")]
+    NotJson { what: String, column: usize },
+    #[error("skipped: a JSON object without a string \"id\"; give it one or delete the line")]
+    NoId,
+    #[error("skipped: JSON but not an object; fix or delete the line")]
+    NotObject,
+}
+
 /// The ball on one line, `None` for a blank line, `Err` for anything else. Like juggle, a line
 /// is trimmed before it is parsed.
-fn parse_line(raw: &[u8]) -> Result<Option<Map<String, Value>>, String> {
-    let text = std::str::from_utf8(raw).map_err(|e| {
-        let at = e.valid_up_to();
-        format!(
-            "skipped: not valid UTF-8 (byte 0x{:02x} at column {}); fix or delete the line",
-            raw[at],
-            at + 1
-        )
+fn parse_line(raw: &[u8]) -> Result<Option<Map<String, Value>>, Unreadable> {
+    let text = std::str::from_utf8(raw).map_err(|e| Unreadable::NotUtf8 {
+        byte: raw[e.valid_up_to()],
+        column: e.valid_up_to() + 1,
     })?;
     let text = text.trim();
     if text.is_empty() {
@@ -110,18 +121,16 @@ fn parse_line(raw: &[u8]) -> Result<Option<Map<String, Value>>, String> {
         Err(e) => {
             // serde's own position is "line 1 column N" of the trimmed text.
             let what = e.to_string();
-            let what = what.split(" at line ").next().unwrap_or(&what);
+            let what = what.split(" at line ").next().unwrap_or(&what).to_string();
             let indent = raw.len() - raw.trim_ascii_start().len();
-            Err(format!(
-                "skipped: not JSON ({what} at column {}); fix or delete the line",
-                e.column() + indent
-            ))
+            Err(Unreadable::NotJson {
+                what,
+                column: e.column() + indent,
+            })
         }
         Ok(Value::Object(ball)) if ball.get("id").is_some_and(Value::is_string) => Ok(Some(ball)),
-        Ok(Value::Object(_)) => Err(
-            "skipped: a JSON object without a string \"id\"; give it one or delete the line".into(),
-        ),
-        Ok(_) => Err("skipped: JSON but not an object; fix or delete the line".into()),
+        Ok(Value::Object(_)) => Err(Unreadable::NoId),
+        Ok(_) => Err(Unreadable::NotObject),
     }
 }
 
@@ -134,7 +143,7 @@ impl Lines {
             .map(|(i, raw)| {
                 let bom = raw.trim_ascii_start().starts_with(BOM);
                 let ball = parse_line(raw).unwrap_or_else(|why| {
-                    unreadable.push((i + 1, why));
+                    unreadable.push((i + 1, why.to_string()));
                     None
                 });
                 if bom && ball.is_some() {

@@ -18,34 +18,46 @@ pub const MAX_TASK_ID_LEN: usize = 128;
 /// an option to a command); no `..`; not ending with `.` or `.lock` (git refuses those ref
 /// components); at most [`MAX_TASK_ID_LEN`] bytes. juggle's `<project>-<hex>`, its legacy
 /// `<project>-<n>` and issue numbers all pass.
-pub fn valid_task_id(id: &str) -> Result<(), String> {
+pub fn valid_task_id(id: &str) -> Result<(), InvalidTaskId> {
     if id.is_empty() {
-        return Err("it is empty".into());
+        return Err(InvalidTaskId::Empty);
     }
     if id.len() > MAX_TASK_ID_LEN {
-        return Err(format!(
-            "it is {} bytes long, more than {MAX_TASK_ID_LEN}",
-            id.len()
-        ));
+        return Err(InvalidTaskId::TooLong(id.len()));
     }
     if let Some(c) = id
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(format!(
-            "it contains {c:?}; ids may only use ASCII letters, digits, `-`, `_` and `.`"
-        ));
+        return Err(InvalidTaskId::Character(c));
     }
     if id.starts_with(['.', '-']) {
-        return Err("it starts with `.` or `-`".into());
+        return Err(InvalidTaskId::Start);
     }
     if id.contains("..") {
-        return Err("it contains `..`".into());
+        return Err(InvalidTaskId::DotDot);
     }
     if id.ends_with('.') || id.ends_with(".lock") {
-        return Err("it ends with `.` or `.lock`, which git refuses in a branch name".into());
+        return Err(InvalidTaskId::End);
     }
     Ok(())
+}
+
+/// Why a task id cannot be used as a path component and a branch name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidTaskId {
+    #[error("it is empty")]
+    Empty,
+    #[error("it is {0} bytes long, more than {MAX_TASK_ID_LEN}")]
+    TooLong(usize),
+    #[error("it contains {0:?}; ids may only use ASCII letters, digits, `-`, `_` and `.`")]
+    Character(char),
+    #[error("it starts with `.` or `-`")]
+    Start,
+    #[error("it contains `..`")]
+    DotDot,
+    #[error("it ends with `.` or `.lock`, which git refuses in a branch name")]
+    End,
 }
 
 /// Something in the tracker's data that cwo skips or treats specially: a line it cannot read, a
@@ -252,7 +264,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            valid_task_id("../x").unwrap_err(),
+            valid_task_id("../x").unwrap_err().to_string(),
             "it contains '/'; ids may only use ASCII letters, digits, `-`, `_` and `.`"
         );
     }
