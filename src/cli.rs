@@ -229,7 +229,7 @@ pub struct BudgetAlertSetArgs {
 
 /// Why a number on the command line was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum NumberArgError {
+pub(crate) enum NumberArgError {
     #[error("`{0}` is not a percentage")]
     NotAPercentage(String),
     #[error("`{0}`: a threshold is a percentage above 0 and at most 1000")]

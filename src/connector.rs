@@ -68,7 +68,7 @@ impl Connector {
     }
 
     /// An SSH transport to `instance` (for a caller that closes it itself).
-    pub fn ssh(&self, instance: &Instance) -> Result<SshTransport, ConnectError> {
+    pub(crate) fn ssh(&self, instance: &Instance) -> Result<SshTransport, ConnectError> {
         let Target::Ssh {
             host,
             port,
@@ -118,7 +118,7 @@ impl Connector {
 
     /// The host key connections to `instance` are held to: the one its provider published,
     /// else the one its first connection pinned. `None` before any connection (or locally).
-    pub fn host_key(&self, instance: &Instance) -> Result<Option<String>, ConnectError> {
+    pub(crate) fn host_key(&self, instance: &Instance) -> Result<Option<String>, ConnectError> {
         match &instance.target {
             Target::Ssh {
                 host_key: Some(k), ..
@@ -130,7 +130,11 @@ impl Connector {
     /// Checks the host key a bootstrap `printed` from inside the host against the key the
     /// connection pinned (only the key type and data count, not the comment). Nothing pinned
     /// (the provider's own key was used, or a local worker) has nothing to compare.
-    pub fn check_host_key(&self, instance: &Instance, printed: &str) -> Result<(), ConnectError> {
+    pub(crate) fn check_host_key(
+        &self,
+        instance: &Instance,
+        printed: &str,
+    ) -> Result<(), ConnectError> {
         match self.pinned(instance)? {
             Some(pinned) => same_key(printed, &pinned),
             None => Ok(()),

@@ -35,7 +35,7 @@ pub enum ExitStatus {
 
 impl ExitStatus {
     /// The documented statuses, in the order `--help` lists them (`External` is per command).
-    pub const DOCUMENTED: [ExitStatus; 5] = [
+    pub(crate) const DOCUMENTED: [ExitStatus; 5] = [
         ExitStatus::Success,
         ExitStatus::Failure,
         ExitStatus::Usage,
@@ -43,7 +43,7 @@ impl ExitStatus {
         ExitStatus::Internal,
     ];
 
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             ExitStatus::Success => 0,
             ExitStatus::Failure => 1,
@@ -55,7 +55,7 @@ impl ExitStatus {
     }
 
     /// What the status means for any command, as `--help` says it.
-    pub fn meaning(self) -> &'static str {
+    pub(crate) fn meaning(self) -> &'static str {
         match self {
             ExitStatus::Success => "success",
             ExitStatus::Failure => "the operation failed (the message says why and what to do)",
@@ -69,7 +69,7 @@ impl ExitStatus {
     }
 
     /// The `Exit codes:` paragraph of a `--help` text: each status with its meaning there.
-    pub fn help(list: &[(ExitStatus, &str)]) -> String {
+    pub(crate) fn help(list: &[(ExitStatus, &str)]) -> String {
         let items: Vec<String> = list
             .iter()
             .map(|(status, meaning)| format!("{} {meaning}", status.code()))
@@ -112,7 +112,7 @@ impl From<ExitStatus> for std::process::ExitCode {
 
 /// Who has to act on an error, which also decides the exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// Something failed that the user can fix (exit 1).
     User,
     /// Bad command line or settings (exit 2).
@@ -124,15 +124,15 @@ pub enum ErrorKind {
 /// The error a command returns. `error` is the error itself (with its `source()` chain); the
 /// first line of the rendering is its `Display`, and each source is one "Caused by" line.
 #[derive(Debug, Clone)]
-pub struct CommandError {
-    pub kind: ErrorKind,
-    pub error: Arc<dyn Error + Send + Sync>,
-    pub hints: Vec<String>,
+pub(crate) struct CommandError {
+    pub(crate) kind: ErrorKind,
+    pub(crate) error: Arc<dyn Error + Send + Sync>,
+    pub(crate) hints: Vec<String>,
 }
 
 /// The name helpers O and P still use for `CommandError` while they move their modules to their
 /// own error types.
-pub type CliError = CommandError;
+pub(crate) type CliError = CommandError;
 
 /// An error that is only a message.
 #[derive(Debug)]
@@ -195,7 +195,7 @@ impl Error for Copied {
 
 impl CommandError {
     /// An error of this kind, kept as it is (its `Display` is the first line).
-    pub fn new(kind: ErrorKind, error: Arc<dyn Error + Send + Sync>) -> CommandError {
+    pub(crate) fn new(kind: ErrorKind, error: Arc<dyn Error + Send + Sync>) -> CommandError {
         CommandError {
             kind,
             error,
@@ -204,22 +204,17 @@ impl CommandError {
     }
 
     /// Something failed that the user can fix.
-    pub fn user(message: impl Into<String>) -> CommandError {
+    pub(crate) fn user(message: impl Into<String>) -> CommandError {
         CommandError::new(ErrorKind::User, Arc::new(Message(message.into())))
     }
 
     /// A bad command line or bad settings.
-    pub fn usage(message: impl Into<String>) -> CommandError {
+    pub(crate) fn usage(message: impl Into<String>) -> CommandError {
         CommandError::new(ErrorKind::Usage, Arc::new(Message(message.into())))
     }
 
-    /// A bug in cwo.
-    pub fn internal(message: impl Into<String>) -> CommandError {
-        CommandError::new(ErrorKind::Internal, Arc::new(Message(message.into())))
-    }
-
     /// `context` failed because of `err`, which is kept (with its sources) as the cause.
-    pub fn with_source(
+    pub(crate) fn with_source(
         context: impl Into<String>,
         err: impl Error + Send + Sync + 'static,
     ) -> CommandError {
@@ -233,28 +228,27 @@ impl CommandError {
     }
 
     /// Like `with_source` for a borrowed error: its chain is copied. Prefer `with_source`.
-    pub fn from_error(context: impl Into<String>, err: &(dyn Error + 'static)) -> CommandError {
+    pub(crate) fn from_error(
+        context: impl Into<String>,
+        err: &(dyn Error + 'static),
+    ) -> CommandError {
         CommandError::with_source(context, Copied::of(err))
     }
 
     /// The same error, of another kind.
-    pub fn kind(mut self, kind: ErrorKind) -> CommandError {
+    pub(crate) fn kind(mut self, kind: ErrorKind) -> CommandError {
         self.kind = kind;
         self
     }
 
-    pub fn hint(mut self, hint: impl Into<String>) -> CommandError {
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> CommandError {
         self.hints.push(hint.into());
         self
     }
 
-    /// The first line: what failed.
-    pub fn message(&self) -> String {
-        self.error.to_string()
-    }
-
     /// The first error of type `E` in the chain, if any.
-    pub fn find<E: Error + 'static>(&self) -> Option<&E> {
+    #[cfg(test)]
+    pub(crate) fn find<E: Error + 'static>(&self) -> Option<&E> {
         let mut next: Option<&(dyn Error + 'static)> = Some(&*self.error);
         while let Some(e) = next {
             if let Some(found) = e.downcast_ref::<E>() {
@@ -265,7 +259,7 @@ impl CommandError {
         None
     }
 
-    pub fn exit_status(&self) -> ExitStatus {
+    pub(crate) fn exit_status(&self) -> ExitStatus {
         match self.kind {
             ErrorKind::User => ExitStatus::Failure,
             ErrorKind::Usage => ExitStatus::Usage,
@@ -274,7 +268,7 @@ impl CommandError {
     }
 
     /// What stderr shows: the error, each cause on its own numbered line, then the hints.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = match self.kind {
             ErrorKind::Internal => format!("error: internal error: {}\n", self.error),
             _ => format!("error: {}\n", self.error),

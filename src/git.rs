@@ -8,7 +8,7 @@ use tokio::process::Command;
 use crate::transport::{ExecRequest, Transport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum GitError {
+pub(crate) enum GitError {
     #[error("`git {args}` in {dir} failed: {stderr}")]
     Failed {
         args: String,
@@ -23,7 +23,7 @@ pub enum GitError {
 
 impl GitError {
     /// The worker could not be reached (the git command's fate is unknown).
-    pub fn is_connection(&self) -> bool {
+    pub(crate) fn is_connection(&self) -> bool {
         matches!(self, GitError::Worker(e) if e.is_connection())
     }
 }
@@ -49,12 +49,12 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
 }
 
 /// The commit the controller's HEAD points at.
-pub async fn head(project: &Path) -> Result<String, GitError> {
+pub(crate) async fn head(project: &Path) -> Result<String, GitError> {
     git(project, &["rev-parse", "--verify", "HEAD^{commit}"]).await
 }
 
 /// A bundle of HEAD for the worker; returns the base commit.
-pub async fn bundle_head(project: &Path, out: &Path) -> Result<String, GitError> {
+pub(crate) async fn bundle_head(project: &Path, out: &Path) -> Result<String, GitError> {
     let base = head(project).await?;
     git(
         project,
@@ -71,7 +71,11 @@ pub async fn bundle_head(project: &Path, out: &Path) -> Result<String, GitError>
 }
 
 /// Fetches a task branch from a bundle the worker produced into `refs/cwo/<branch>`; returns its commit.
-pub async fn fetch_result(project: &Path, bundle: &Path, branch: &str) -> Result<String, GitError> {
+pub(crate) async fn fetch_result(
+    project: &Path,
+    bundle: &Path,
+    branch: &str,
+) -> Result<String, GitError> {
     let local_ref = format!("refs/cwo/{}", branch.trim_start_matches("cwo/"));
     let spec = format!("+refs/heads/{branch}:{local_ref}");
     git(
@@ -92,7 +96,7 @@ pub async fn fetch_result(project: &Path, bundle: &Path, branch: &str) -> Result
 /// history makes this fail, and the caller blocks the ball with the reason. A push that failed
 /// while the remote branch already is `commit` (the same push by a controller that was killed,
 /// still running and holding the ref's lock) is a success: the work is there.
-pub async fn push(
+pub(crate) async fn push(
     project: &Path,
     remote: &str,
     commit: &str,
@@ -108,17 +112,17 @@ pub async fn push(
     }
 }
 
-pub async fn has_remote(project: &Path, remote: &str) -> bool {
+pub(crate) async fn has_remote(project: &Path, remote: &str) -> bool {
     git(project, &["remote", "get-url", remote]).await.is_ok()
 }
 
 /// A task's checkout on the worker: `<dir>/repo`, on branch `branch`, based on `base`.
 #[derive(Debug, Clone)]
-pub struct WorkerCheckout {
-    pub dir: String,
-    pub repo: String,
-    pub branch: String,
-    pub base: String,
+pub(crate) struct WorkerCheckout {
+    pub(crate) dir: String,
+    pub(crate) repo: String,
+    pub(crate) branch: String,
+    pub(crate) base: String,
 }
 
 /// Makes a task's checkout in one round trip, atomically: cloned and configured under
@@ -161,7 +165,7 @@ mv "../output.bundle.$$" ../output.bundle
 
 impl WorkerCheckout {
     /// Uploads the bundle, clones it and creates the task branch.
-    pub async fn prepare(
+    pub(crate) async fn prepare(
         t: &dyn Transport,
         dir: String,
         bundle: &Path,
@@ -197,7 +201,7 @@ impl WorkerCheckout {
 
     /// The checkout an earlier controller prepared (resuming an attempt), or None when it never
     /// finished preparing it (the agent cannot have started there).
-    pub async fn existing(
+    pub(crate) async fn existing(
         t: &dyn Transport,
         dir: String,
         branch: &str,
@@ -219,7 +223,7 @@ impl WorkerCheckout {
     }
 
     /// Commits the agent made on top of the base.
-    pub async fn new_commits(&self, t: &dyn Transport) -> Result<u64, GitError> {
+    pub(crate) async fn new_commits(&self, t: &dyn Transport) -> Result<u64, GitError> {
         let range = format!("{}..HEAD", self.base);
         let out = t
             .check(ExecRequest::new([
@@ -236,7 +240,11 @@ impl WorkerCheckout {
 
     /// Bundles the new commits (whatever branch the agent left checked out) and brings the
     /// bundle to `local`.
-    pub async fn bring_back(&self, t: &dyn Transport, local: &Path) -> Result<PathBuf, GitError> {
+    pub(crate) async fn bring_back(
+        &self,
+        t: &dyn Transport,
+        local: &Path,
+    ) -> Result<PathBuf, GitError> {
         let out = format!("{}/output.bundle", self.dir);
         t.check(ExecRequest::new([
             "sh",

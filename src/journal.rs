@@ -114,7 +114,7 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WorkerState::Intent => "intent",
             WorkerState::Starting => "starting",
@@ -125,7 +125,7 @@ impl WorkerState {
     }
 
     /// A create whose controller has not yet made the worker ready.
-    pub fn is_coming_up(self) -> bool {
+    pub(crate) fn is_coming_up(self) -> bool {
         matches!(self, WorkerState::Intent | WorkerState::Starting)
     }
 }
@@ -184,33 +184,33 @@ pub struct WorkerRow {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AttemptRow {
-    pub id: i64,
-    pub ball_id: String,
-    pub attempt: i64,
-    pub worker: String,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub outcome: Option<String>,
-    pub exit_status: Option<String>,
-    pub log_path: String,
-    pub workdir: String,
-    pub base: String,
-    pub branch: Option<String>,
-    pub commit_sha: Option<String>,
-    pub reason: Option<String>,
+pub(crate) struct AttemptRow {
+    pub(crate) id: i64,
+    pub(crate) ball_id: String,
+    pub(crate) attempt: i64,
+    pub(crate) worker: String,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) exit_status: Option<String>,
+    pub(crate) log_path: String,
+    pub(crate) workdir: String,
+    pub(crate) base: String,
+    pub(crate) branch: Option<String>,
+    pub(crate) commit_sha: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
 /// An attempt about to start.
-pub struct NewAttempt<'a> {
-    pub ball_id: &'a str,
+pub(crate) struct NewAttempt<'a> {
+    pub(crate) ball_id: &'a str,
     /// Numbered per ball across runs.
-    pub seq: u32,
-    pub worker: &'a str,
-    pub log_path: &'a Path,
-    pub workdir: &'a str,
-    pub base: &'a str,
-    pub branch: &'a str,
+    pub(crate) seq: u32,
+    pub(crate) worker: &'a str,
+    pub(crate) log_path: &'a Path,
+    pub(crate) workdir: &'a str,
+    pub(crate) base: &'a str,
+    pub(crate) branch: &'a str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -327,7 +327,7 @@ impl Journal {
     /// The provider created the worker (`starting`: it is being made ready — bootstrap,
     /// prerequisites — and nothing runs on it yet). A worker left `starting` by a stopped
     /// controller is deleted, never adopted: it may be half set up.
-    pub fn worker_created(
+    pub(crate) fn worker_created(
         &self,
         name: &str,
         created_at: DateTime<Utc>,
@@ -362,7 +362,7 @@ impl Journal {
 
     /// Sets the provider's creation time when the journal never learned it (a controller that
     /// died between the create call and its answer).
-    pub fn worker_created_if_unknown(
+    pub(crate) fn worker_created_if_unknown(
         &self,
         name: &str,
         created_at: DateTime<Utc>,
@@ -377,7 +377,7 @@ impl Journal {
     }
 
     /// Stores the price snapshot taken at launch.
-    pub fn worker_price(
+    pub(crate) fn worker_price(
         &self,
         name: &str,
         price: &crate::cost::PriceSnapshot,
@@ -393,7 +393,11 @@ impl Journal {
     }
 
     /// Records what the worker is doing: a task, or idle since now.
-    pub fn worker_activity(&self, name: &str, task: Option<&str>) -> Result<(), JournalError> {
+    pub(crate) fn worker_activity(
+        &self,
+        name: &str,
+        task: Option<&str>,
+    ) -> Result<(), JournalError> {
         self.with(|c| {
             if let Some(task) = task {
                 c.execute(
@@ -410,7 +414,7 @@ impl Journal {
         })
     }
 
-    pub fn worker_deleting(&self, name: &str, reason: &str) -> Result<(), JournalError> {
+    pub(crate) fn worker_deleting(&self, name: &str, reason: &str) -> Result<(), JournalError> {
         self.with(|c| {
             c.execute(
                 "UPDATE workers SET state = 'deleting', termination_reason = ?2 WHERE name = ?1",
@@ -421,7 +425,7 @@ impl Journal {
     }
 
     /// The worker is confirmed gone: its life goes into the ledger.
-    pub fn worker_deleted(&self, name: &str, reason: &str) -> Result<(), JournalError> {
+    pub(crate) fn worker_deleted(&self, name: &str, reason: &str) -> Result<(), JournalError> {
         let now = Utc::now();
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
@@ -479,7 +483,7 @@ impl Journal {
          COALESCE(heartbeat_at, ready_at)";
 
     /// A controller holding the worker is alive (every minute while it holds it).
-    pub fn worker_heartbeat(&self, name: &str) -> Result<(), JournalError> {
+    pub(crate) fn worker_heartbeat(&self, name: &str) -> Result<(), JournalError> {
         self.with(|c| {
             c.execute(
                 "UPDATE workers SET heartbeat_at = ?2 WHERE name = ?1",
@@ -512,7 +516,7 @@ impl Journal {
     }
 
     /// The host key pinned for a worker.
-    pub fn host_key(&self, worker: &str) -> Result<Option<String>, JournalError> {
+    pub(crate) fn host_key(&self, worker: &str) -> Result<Option<String>, JournalError> {
         self.with(|c| {
             c.query_row(
                 "SELECT key FROM host_keys WHERE worker = ?1",
@@ -524,7 +528,12 @@ impl Journal {
     }
 
     /// Pins a worker's host key; an existing pin is never replaced.
-    pub fn pin_host_key(&self, worker: &str, address: &str, key: &str) -> Result<(), JournalError> {
+    pub(crate) fn pin_host_key(
+        &self,
+        worker: &str,
+        address: &str,
+        key: &str,
+    ) -> Result<(), JournalError> {
         self.with(|c| {
             c.execute(
                 "INSERT OR IGNORE INTO host_keys (worker, address, key, pinned_at) VALUES (?1, ?2, ?3, ?4)",
@@ -536,7 +545,7 @@ impl Journal {
 
     // ---- tasks and attempts ----
 
-    pub fn task_state(
+    pub(crate) fn task_state(
         &self,
         ball_id: &str,
         title: &str,
@@ -555,7 +564,7 @@ impl Journal {
         })
     }
 
-    pub fn task_result(
+    pub(crate) fn task_result(
         &self,
         ball_id: &str,
         branch: &str,
@@ -593,7 +602,7 @@ impl Journal {
         })
     }
 
-    pub fn attempt_start(&self, a: &NewAttempt<'_>) -> Result<i64, JournalError> {
+    pub(crate) fn attempt_start(&self, a: &NewAttempt<'_>) -> Result<i64, JournalError> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO attempts (ball_id, attempt, worker, started_at, log_path, workdir, base, branch)
@@ -619,7 +628,7 @@ impl Journal {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn attempt_end(
+    pub(crate) fn attempt_end(
         &self,
         id: i64,
         outcome: &str,
@@ -639,7 +648,7 @@ impl Journal {
     }
 
     /// Attempts left open by a controller that stopped without closing them.
-    pub fn dangling_attempts(&self) -> Result<Vec<AttemptRow>, JournalError> {
+    pub(crate) fn dangling_attempts(&self) -> Result<Vec<AttemptRow>, JournalError> {
         Ok(self
             .attempts(None)?
             .into_iter()
@@ -647,7 +656,7 @@ impl Journal {
             .collect())
     }
 
-    pub fn attempts(&self, ball_id: Option<&str>) -> Result<Vec<AttemptRow>, JournalError> {
+    pub(crate) fn attempts(&self, ball_id: Option<&str>) -> Result<Vec<AttemptRow>, JournalError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, ball_id, attempt, worker, started_at, ended_at, outcome, exit_status, log_path, branch, commit_sha, reason,
@@ -676,7 +685,7 @@ impl Journal {
         })
     }
 
-    pub fn attempt(&self, id: i64) -> Result<Option<AttemptRow>, JournalError> {
+    pub(crate) fn attempt(&self, id: i64) -> Result<Option<AttemptRow>, JournalError> {
         Ok(self.attempts(None)?.into_iter().find(|a| a.id == id))
     }
 
@@ -730,12 +739,12 @@ impl crate::transport::KnownHosts for Journal {
 
 /// Exclusive ownership of a project's state dir by one controller (flock on `controller.lock`,
 /// released by the kernel when the process dies, however it dies).
-pub struct ControllerLock {
+pub(crate) struct ControllerLock {
     _file: File,
 }
 
 impl ControllerLock {
-    pub fn acquire(state_dir: &Path) -> Result<ControllerLock, JournalError> {
+    pub(crate) fn acquire(state_dir: &Path) -> Result<ControllerLock, JournalError> {
         std::fs::create_dir_all(state_dir).map_err(|source| JournalError::Io {
             path: state_dir.display().to_string(),
             source,
@@ -772,7 +781,7 @@ impl ControllerLock {
     }
 
     /// The pid of a running controller, if any.
-    pub fn holder(state_dir: &Path) -> Option<String> {
+    pub(crate) fn holder(state_dir: &Path) -> Option<String> {
         let path = state_dir.join("controller.lock");
         let mut file = OpenOptions::new().read(true).write(true).open(path).ok()?;
         match file.try_lock() {

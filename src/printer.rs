@@ -6,7 +6,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Version of every JSON document cwo prints.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Printer {
@@ -25,19 +25,19 @@ impl Printer {
     }
 
     /// A status line on stderr.
-    pub fn status(&self, msg: impl AsRef<str>) {
+    pub(crate) fn status(&self, msg: impl AsRef<str>) {
         if !self.quiet {
             eprintln!("{}", msg.as_ref());
         }
     }
 
     /// A warning on stderr, shown even with `-q`.
-    pub fn warn(&self, msg: impl AsRef<str>) {
+    pub(crate) fn warn(&self, msg: impl AsRef<str>) {
         eprintln!("warning: {}", msg.as_ref());
     }
 
     /// Data on stdout.
-    pub fn out(&self, text: impl AsRef<str>) {
+    pub(crate) fn out(&self, text: impl AsRef<str>) {
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_ref().as_bytes());
         if !text.as_ref().ends_with('\n') {
@@ -48,7 +48,7 @@ impl Printer {
 
     /// A JSON document on stdout, with `schema_version` first (a typed report carries its own;
     /// any other object gets this cwo's). The one JSON path of every command.
-    pub fn json(&self, doc: impl serde::Serialize) {
+    pub(crate) fn json(&self, doc: impl serde::Serialize) {
         let mut value = serde_json::to_value(&doc).expect("a report serializes to JSON");
         if let serde_json::Value::Object(map) = &mut value
             && !map.contains_key("schema_version")
@@ -62,7 +62,7 @@ impl Printer {
     }
 
     /// A spinner on stderr for one phase (nothing when stderr is not a terminal).
-    pub fn phase(&self, msg: impl Into<String>) -> Phase {
+    pub(crate) fn phase(&self, msg: impl Into<String>) -> Phase {
         let msg = msg.into();
         let bar = if self.progress {
             let bar = ProgressBar::new_spinner();
@@ -84,14 +84,14 @@ impl Printer {
     }
 
     /// An agent output line, prefixed with its task.
-    pub fn task_line(&self, task: &str, line: &str) {
+    pub(crate) fn task_line(&self, task: &str, line: &str) {
         if !self.quiet {
             eprintln!("[{task}] {line}");
         }
     }
 }
 
-pub struct Phase {
+pub(crate) struct Phase {
     bar: Option<ProgressBar>,
     printer: Printer,
     started: std::time::Instant,
@@ -99,7 +99,7 @@ pub struct Phase {
 
 impl Phase {
     /// Ends the phase with a final line; returns how long it took.
-    pub fn finish(self, msg: impl AsRef<str>) -> Duration {
+    pub(crate) fn finish(self, msg: impl AsRef<str>) -> Duration {
         let took = self.started.elapsed();
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -110,7 +110,7 @@ impl Phase {
     }
 }
 
-pub fn fmt_secs(d: Duration) -> String {
+pub(crate) fn fmt_secs(d: Duration) -> String {
     let s = d.as_secs_f64();
     if s < 10.0 {
         format!("{s:.2}s")

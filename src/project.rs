@@ -45,16 +45,16 @@ impl KnownHosts for JournalOnDemand {
     }
 }
 
-pub struct Project {
-    pub root: PathBuf,
+pub(crate) struct Project {
+    pub(crate) root: PathBuf,
     /// The project's name (the root directory's name), used in worker names and ball ids.
-    pub name: String,
-    pub resolved: Resolved,
-    pub state_dir: PathBuf,
+    pub(crate) name: String,
+    pub(crate) resolved: Resolved,
+    pub(crate) state_dir: PathBuf,
 }
 
 /// The nearest ancestor of `start` holding `.juggle`, `cwo.toml` or `.git`.
-pub fn find_root(start: &Path) -> PathBuf {
+pub(crate) fn find_root(start: &Path) -> PathBuf {
     let start = start.canonicalize().unwrap_or_else(|_| start.to_path_buf());
     for dir in start.ancestors() {
         if [".juggle", "cwo.toml", ".git"]
@@ -67,10 +67,10 @@ pub fn find_root(start: &Path) -> PathBuf {
     start
 }
 
-pub use crate::model::ids::{fnv, slug};
+use crate::model::ids::{fnv, slug};
 
 /// The one place a provider is chosen and built from the settings (`provider = …`).
-pub fn build_provider(project: &Project, connector: Connector) -> Arc<dyn Provider> {
+pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn Provider> {
     let s = project.settings();
     let state = &project.state_dir;
     match s.provider {
@@ -115,7 +115,7 @@ pub fn build_provider(project: &Project, connector: Connector) -> Arc<dyn Provid
 }
 
 impl Project {
-    pub fn load(dir: Option<&Path>, flags: &[String]) -> Result<Project, CliError> {
+    pub(crate) fn load(dir: Option<&Path>, flags: &[String]) -> Result<Project, CliError> {
         let cwd = std::env::current_dir()
             .map_err(|e| CliError::user(format!("cannot read the current directory: {e}")))?;
         let start = dir.map(|d| cwd.join(d)).unwrap_or(cwd);
@@ -155,13 +155,13 @@ impl Project {
         })
     }
 
-    pub fn settings(&self) -> &config::Settings {
+    pub(crate) fn settings(&self) -> &config::Settings {
         &self.resolved.settings
     }
 
     /// The tracker; what it skips or cannot make ready is a warning on stderr, once per problem
     /// for the life of the returned value (the run loop keeps one for the whole run).
-    pub fn tracker(&self) -> Juggle {
+    pub(crate) fn tracker(&self) -> Juggle {
         // `warn` prints whatever the printer's settings, so a default one does.
         let printer = Printer::new(false, false, true);
         self.tracker_quiet()
@@ -169,7 +169,7 @@ impl Project {
     }
 
     /// The tracker without those warnings, for a caller that shows `problems()` itself.
-    pub fn tracker_quiet(&self) -> Juggle {
+    pub(crate) fn tracker_quiet(&self) -> Juggle {
         Juggle::new(
             self.root.join(&self.settings().tracker.dir),
             self.settings().tracker.session.clone(),
@@ -177,18 +177,18 @@ impl Project {
     }
 
     /// Reaches workers, pinning host keys in `journal`.
-    pub fn connector(&self, journal: &Journal) -> Connector {
+    pub(crate) fn connector(&self, journal: &Journal) -> Connector {
         Connector::new(&self.settings().ssh, Arc::new(journal.clone()))
     }
 
     /// The configured provider, reaching hosts (where it must) through `journal`'s connector.
-    pub fn provider(&self, journal: &Journal) -> Arc<dyn Provider> {
+    pub(crate) fn provider(&self, journal: &Journal) -> Arc<dyn Provider> {
         build_provider(self, self.connector(journal))
     }
 
     /// The configured provider for commands that only look (`up --plan`, `doctor`): the
     /// journal is opened only if a connection needs a host key, so looking creates no state.
-    pub fn provider_to_inspect(&self) -> Arc<dyn Provider> {
+    pub(crate) fn provider_to_inspect(&self) -> Arc<dyn Provider> {
         let known_hosts = Arc::new(JournalOnDemand {
             state_dir: self.state_dir.clone(),
             journal: std::sync::OnceLock::new(),
@@ -198,7 +198,7 @@ impl Project {
 
     /// The native bootstrap a cloud VM boots with (startup-script and user-data), when that is
     /// the configured method.
-    pub fn startup_script(&self) -> Option<String> {
+    pub(crate) fn startup_script(&self) -> Option<String> {
         let s = self.settings();
         (s.bootstrap_method() == crate::bootstrap::Method::Native).then(|| {
             crate::bootstrap::render(
@@ -212,11 +212,7 @@ impl Project {
         })
     }
 
-    pub fn journal(&self) -> Result<Journal, CliError> {
+    pub(crate) fn journal(&self) -> Result<Journal, CliError> {
         Ok(Journal::open(&self.state_dir)?)
-    }
-
-    pub fn logs_dir(&self) -> PathBuf {
-        self.state_dir.join("logs")
     }
 }

@@ -9,12 +9,12 @@ use crate::config::GcpSettings;
 /// Replaces secret values in output with `*` of the same byte length, so a masked log keeps the
 /// byte offsets of the worker's log (resume offsets stay exact).
 #[derive(Debug, Clone, Default)]
-pub struct Masker {
+pub(crate) struct Masker {
     secrets: Vec<Vec<u8>>,
 }
 
 impl Masker {
-    pub fn new(values: impl IntoIterator<Item = String>) -> Masker {
+    pub(crate) fn new(values: impl IntoIterator<Item = String>) -> Masker {
         let mut secrets: Vec<Vec<u8>> = values
             .into_iter()
             .filter(|v| v.len() >= 4)
@@ -25,7 +25,7 @@ impl Masker {
         Masker { secrets }
     }
 
-    pub fn mask(&self, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn mask(&self, data: &[u8]) -> Vec<u8> {
         let mut out = data.to_vec();
         for s in &self.secrets {
             let mut i = 0;
@@ -41,7 +41,8 @@ impl Masker {
         out
     }
 
-    pub fn mask_str(&self, text: &str) -> String {
+    #[cfg(test)]
+    pub(crate) fn mask_str(&self, text: &str) -> String {
         if self.secrets.is_empty() {
             return text.to_string();
         }
@@ -70,7 +71,7 @@ pub enum SecretError {
 }
 
 /// `agent.env` with every reference resolved, plus the masker for the secret values.
-pub async fn resolve(
+pub(crate) async fn resolve(
     env: &BTreeMap<String, String>,
     gcp: &GcpSettings,
 ) -> Result<(Vec<(String, String)>, Masker), SecretError> {

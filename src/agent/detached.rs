@@ -70,7 +70,7 @@ else echo none; fi
 
 /// The agent as it is on the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AgentState {
+pub(crate) enum AgentState {
     Running,
     Exited(ExecStatus),
     /// Never started, or died without recording a status (e.g. the worker rebooted).
@@ -79,15 +79,15 @@ pub enum AgentState {
 
 /// How a follow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FollowEnd {
+pub(crate) enum FollowEnd {
     /// Every byte up to the agent's exit was delivered.
     Complete,
     /// The follower stopped (cancelled, or it failed on the worker); the offset says how far it got.
     Stopped,
 }
 
-pub struct Detached {
-    pub dir: String,
+pub(crate) struct Detached {
+    pub(crate) dir: String,
 }
 
 fn sh(script: &str, name: &str, args: &[&str]) -> ExecRequest {
@@ -106,12 +106,12 @@ fn status_of(code: i32) -> ExecStatus {
 }
 
 impl Detached {
-    pub fn new(dir: impl Into<String>) -> Detached {
+    pub(crate) fn new(dir: impl Into<String>) -> Detached {
         Detached { dir: dir.into() }
     }
 
     /// Starts the agent in `repo` with `env` for it alone; idempotent.
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         t: &dyn Transport,
         repo: &str,
@@ -126,7 +126,7 @@ impl Detached {
     }
 
     /// Whether a launch was ever claimed here: the agent ran, runs, or died starting.
-    pub async fn launched(&self, t: &dyn Transport) -> Result<bool, TransportError> {
+    pub(crate) async fn launched(&self, t: &dyn Transport) -> Result<bool, TransportError> {
         let out = t
             .capture(sh(LAUNCHED, "cwo-launched", &[&self.dir]))
             .await?;
@@ -135,7 +135,7 @@ impl Detached {
 
     /// Delivers log bytes from `*offset` on, one line (or final fragment) at a time, advancing
     /// the offset by exactly what was delivered.
-    pub async fn follow(
+    pub(crate) async fn follow(
         &self,
         t: &dyn Transport,
         offset: &mut u64,
@@ -160,7 +160,7 @@ impl Detached {
         })
     }
 
-    pub async fn state(&self, t: &dyn Transport) -> Result<AgentState, TransportError> {
+    pub(crate) async fn state(&self, t: &dyn Transport) -> Result<AgentState, TransportError> {
         let out = t.check(sh(STATE, "cwo-state", &[&self.dir])).await?;
         let out = out.trim();
         Ok(match out.strip_prefix("exit ") {
@@ -171,7 +171,11 @@ impl Detached {
     }
 
     /// Sends `signal` (TERM, KILL, ...) to the agent's process group.
-    pub async fn signal(&self, t: &dyn Transport, signal: &str) -> Result<(), TransportError> {
+    pub(crate) async fn signal(
+        &self,
+        t: &dyn Transport,
+        signal: &str,
+    ) -> Result<(), TransportError> {
         t.check(sh(KILL, "cwo-kill", &[&self.dir, signal]))
             .await
             .map(|_| ())

@@ -1,13 +1,13 @@
 //! The agent: its prompt, its argv (placeholders substituted inside elements, never through a
 //! shell: DESIGN invariant 9), and how its run is judged.
 
-pub mod detached;
+pub(crate) mod detached;
 
 use crate::tracker::Task;
 use crate::transport::ExecStatus;
 
 /// The built-in prompt template.
-pub const DEFAULT_TEMPLATE: &str = "\
+pub(crate) const DEFAULT_TEMPLATE: &str = "\
 You are working on task {{id}} in this git repository, on branch {{branch}}.
 
 # {{title}}
@@ -25,9 +25,9 @@ You are working on task {{id}} in this git repository, on branch {{branch}}.
 ";
 
 /// Largest prompt passed as one argv element: Linux refuses single arguments over 128 KiB.
-pub const MAX_ARG_PROMPT: usize = 120 * 1024;
+pub(crate) const MAX_ARG_PROMPT: usize = 120 * 1024;
 
-pub fn render_prompt(template: &str, task: &Task, branch: &str) -> String {
+pub(crate) fn render_prompt(template: &str, task: &Task, branch: &str) -> String {
     let criteria = if task.acceptance_criteria.is_empty() {
         "- (none given: use the title and context)".to_string()
     } else {
@@ -69,7 +69,7 @@ pub fn render_prompt(template: &str, task: &Task, branch: &str) -> String {
 
 /// Why the agent's command line cannot be built.
 #[derive(Debug, thiserror::Error)]
-pub enum ArgvError {
+pub(crate) enum ArgvError {
     #[error(
         "the prompt is {len} bytes, too long for one argument; use {{prompt_file}} in agent.command"
     )]
@@ -77,7 +77,7 @@ pub enum ArgvError {
 }
 
 /// Substitutes `{prompt_file}`, `{prompt}`, `{task_id}` and `{workdir}` inside each argv element.
-pub fn build_argv(
+pub(crate) fn build_argv(
     command: &[String],
     prompt: &str,
     prompt_file: &str,
@@ -101,7 +101,7 @@ pub fn build_argv(
 
 /// Looks for `BLOCKED: <reason>` in one output line: plain text, juggle's
 /// `<promise>BLOCKED: …</promise>`, or inside opencode's `--format json` text events.
-pub fn blocked_marker(line: &str) -> Option<String> {
+pub(crate) fn blocked_marker(line: &str) -> Option<String> {
     let text: String = match serde_json::from_str::<serde_json::Value>(line) {
         Ok(v) if v.get("type").and_then(|t| t.as_str()) == Some("text") => v
             .pointer("/part/text")
@@ -125,7 +125,7 @@ pub fn blocked_marker(line: &str) -> Option<String> {
 
 /// How one attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Exit 0 and at least one commit.
     Done { commits: u64 },
     /// The agent printed a BLOCKED marker.
@@ -138,14 +138,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Why a blocked or failed attempt ended that way.
-    pub fn reason(&self) -> Option<&str> {
+    pub(crate) fn reason(&self) -> Option<&str> {
         match self {
             Outcome::Blocked(r) | Outcome::Failed(r) => Some(r),
             _ => None,
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Outcome::Done { .. } => "done",
             Outcome::Blocked(_) => "blocked",
@@ -155,7 +155,7 @@ impl Outcome {
     }
 }
 
-pub fn judge(
+pub(crate) fn judge(
     status: ExecStatus,
     blocked: Option<String>,
     commits: u64,

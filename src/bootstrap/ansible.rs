@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::provider::{Instance, Target};
 
 /// The playbook as shipped: (path under `ansible/`, contents).
-pub const FILES: &[(&str, &str)] = &[
+pub(crate) const FILES: &[(&str, &str)] = &[
     ("ansible.cfg", include_str!("../../ansible/ansible.cfg")),
     ("provision.yml", include_str!("../../ansible/provision.yml")),
     (
@@ -36,7 +36,7 @@ pub const FILES: &[(&str, &str)] = &[
 ];
 
 /// The playbook's variables, from the same settings the native script is rendered from.
-pub fn extra_vars(settings: &Settings, login_user: &str) -> serde_json::Value {
+pub(crate) fn extra_vars(settings: &Settings, login_user: &str) -> serde_json::Value {
     let b = &settings.bootstrap;
     let agent_env: serde_json::Map<String, serde_json::Value> = b
         .agent_env_defaults()
@@ -58,7 +58,7 @@ pub fn extra_vars(settings: &Settings, login_user: &str) -> serde_json::Value {
 }
 
 /// Writes the shipped playbook under `dir` (refreshed every time, so it matches this binary).
-pub fn write_playbook(dir: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn write_playbook(dir: &Path) -> std::io::Result<PathBuf> {
     for (rel, text) in FILES {
         let path = dir.join(rel);
         std::fs::create_dir_all(path.parent().expect("files live in a directory"))?;
@@ -69,7 +69,7 @@ pub fn write_playbook(dir: &Path) -> std::io::Result<PathBuf> {
 
 /// Runs the playbook against the worker; each output line goes to `on_line`. `host_key` is the
 /// key connections to the worker are held to (the connector's), which Ansible is held to too.
-pub async fn run(
+pub(crate) async fn run(
     settings: &Settings,
     host_key: Option<&str>,
     state_dir: &Path,

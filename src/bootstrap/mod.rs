@@ -5,7 +5,7 @@
 //! VM's startup script / user-data, so boot and setup overlap and cwo only collects the result.
 //! The Ansible path ([`ansible`]) runs the shipped playbook to the same end state.
 
-pub mod ansible;
+pub(crate) mod ansible;
 
 use std::time::Duration;
 
@@ -14,16 +14,15 @@ use crate::model::Instance;
 use crate::transport::{ExecRequest, ExecStatus, Stream, Transport, TransportError};
 use crate::util::shell::shell_quote;
 
-pub use crate::config::bootstrap::{BootstrapSettings, Method, WatchdogSettings};
-pub use crate::util::shell::is_env_name;
+pub(crate) use crate::config::bootstrap::Method;
 
 const BODY: &str = include_str!("bootstrap.sh");
 /// The watchdog the bootstrap installs as `/usr/local/sbin/cwo-watchdog`.
-pub const WATCHDOG: &str = include_str!("../../ansible/roles/worker/files/cwo-watchdog");
+pub(crate) const WATCHDOG: &str = include_str!("../../ansible/roles/worker/files/cwo-watchdog");
 /// Where the bootstrap keeps its marker, log and the controller's heartbeat.
-pub const STATE_DIR: &str = "/var/lib/cwo";
+pub(crate) const STATE_DIR: &str = "/var/lib/cwo";
 /// The file the controller touches while it works; the watchdog reads its age.
-pub const HEARTBEAT: &str = "/var/lib/cwo/heartbeat";
+pub(crate) const HEARTBEAT: &str = "/var/lib/cwo/heartbeat";
 
 /// Always installed: what cloning, fetching over HTTPS, opencode's grep/glob tools and the
 /// watchdog need.
@@ -32,33 +31,30 @@ const BASE_ALPINE: &[&str] = &["git", "ca-certificates", "curl", "ripgrep"];
 
 /// A rendered bootstrap script and the hash that marks its completion on the host.
 #[derive(Debug, Clone)]
-pub struct Script {
-    pub text: String,
-    pub hash: String,
+pub(crate) struct Script {
+    pub(crate) text: String,
+    /// Read by the tests (the same settings give the same hash); the script carries it itself.
+    #[allow(dead_code)]
+    pub(crate) hash: String,
 }
 
 /// What the script needs to know about where it runs.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// The SSH login that runs the script (its authorized keys are given to the work user).
-    pub login_user: &'a str,
+    pub(crate) login_user: &'a str,
     /// Publish the host key through GCE guest attributes too.
-    pub gce: bool,
-}
-
-/// The method that applies for a provider when the setting says `auto`.
-pub fn effective_method(settings: &Settings) -> Method {
-    settings.bootstrap_method()
+    pub(crate) gce: bool,
 }
 
 /// The watchdog's built-in action that stops orphaned agents and leaves the VM to its TTL.
-pub const STOP_AGENTS: &str = "stop-agents";
+pub(crate) const STOP_AGENTS: &str = "stop-agents";
 
 /// What the watchdog does once no controller has been heard from for `watchdog.idle_minutes`.
 /// `auto` never stops a VM whose TTL would delete it — Compute Engine clears the termination
 /// timer of a stopped VM, so a poweroff would leave a disk billed forever — and never powers off
 /// a host you own: it stops orphaned agents (`stop-agents`) and leaves deletion to the TTL. Only
 /// a cloud VM without a TTL (`gcp.ttl = "none"`) is powered off.
-pub fn watchdog_action(settings: &Settings) -> String {
+pub(crate) fn watchdog_action(settings: &Settings) -> String {
     use crate::config::ProviderKind;
     match settings.watchdog.action.as_str() {
         "auto" => match settings.provider {
@@ -73,7 +69,7 @@ pub fn watchdog_action(settings: &Settings) -> String {
 
 /// Whether `host` is the machine cwo runs on (a loopback name or address), which no bootstrap
 /// may change.
-pub fn is_this_machine(host: &str) -> bool {
+pub(crate) fn is_this_machine(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
         || h.parse::<std::net::IpAddr>()
@@ -82,15 +78,15 @@ pub fn is_this_machine(host: &str) -> bool {
 
 /// The worker as the agent's work sees it once bootstrapped: logged in as the unprivileged work
 /// user, in its workspace. Unchanged when no bootstrap applies.
-pub fn as_work_user(settings: &Settings, instance: Instance) -> Instance {
+pub(crate) fn as_work_user(settings: &Settings, instance: Instance) -> Instance {
     if settings.bootstrap_method() == Method::None {
         return instance;
     }
-    instance.as_user(&settings.bootstrap.user, &settings.bootstrap.workspace)
+    instance.logged_in_as(&settings.bootstrap.user, &settings.bootstrap.workspace)
 }
 
 /// Renders the script: the settings as shell assignments (quoted), then the fixed body.
-pub fn render(settings: &Settings, target: &Target<'_>) -> Script {
+pub(crate) fn render(settings: &Settings, target: &Target<'_>) -> Script {
     let b = &settings.bootstrap;
     let w = &settings.watchdog;
     let extra = b.packages.join(" ");
@@ -150,7 +146,7 @@ pub fn render(settings: &Settings, target: &Target<'_>) -> Script {
 /// How one step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum StepStatus {
+pub(crate) enum StepStatus {
     Changed,
     Ok,
     Skipped,
@@ -158,15 +154,15 @@ pub enum StepStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Step {
-    pub name: String,
-    pub status: StepStatus,
-    pub millis: u64,
-    pub detail: String,
+pub(crate) struct Step {
+    pub(crate) name: String,
+    pub(crate) status: StepStatus,
+    pub(crate) millis: u64,
+    pub(crate) detail: String,
 }
 
 /// Reads one `cwo-step` line; anything else is not a step.
-pub fn parse_step(line: &str) -> Option<Step> {
+pub(crate) fn parse_step(line: &str) -> Option<Step> {
     let mut f = line.trim_end_matches(['\n', '\r']).splitn(5, '\t');
     if f.next()? != "cwo-step" {
         return None;
@@ -191,18 +187,18 @@ pub fn parse_step(line: &str) -> Option<Step> {
 
 /// The outcome of one bootstrap.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct Report {
-    pub steps: Vec<Step>,
+pub(crate) struct Report {
+    pub(crate) steps: Vec<Step>,
     /// `true` when the host had already run this script at boot (startup-script / user-data)
     /// and cwo's run only checked it.
-    pub reused: bool,
+    pub(crate) reused: bool,
     /// The host's ed25519 key as the script printed it (`ssh-ed25519 AAAA…`).
-    pub host_key: Option<String>,
-    pub elapsed: Duration,
+    pub(crate) host_key: Option<String>,
+    pub(crate) elapsed: Duration,
 }
 
 impl Report {
-    pub fn changed(&self) -> usize {
+    pub(crate) fn changed(&self) -> usize {
         self.steps
             .iter()
             .filter(|s| s.status == StepStatus::Changed)
@@ -242,7 +238,7 @@ else echo "cwo bootstrap: $(id -un) is not root and has neither sudo nor doas" >
 /// Runs the script on the host over one session, handing each step to `on_step` as it ends.
 /// `reuse`: the host boots with this script; cwo's run waits for the boot run to finish (the
 /// script's lock) and says when it had (`Report::reused`).
-pub async fn run_native(
+pub(crate) async fn run_native(
     t: &dyn Transport,
     script: &Script,
     reuse: bool,
@@ -297,7 +293,7 @@ pub async fn run_native(
 }
 
 /// One line of progress for a step, as `cwo up` prints it.
-pub fn step_line(s: &Step) -> String {
+pub(crate) fn step_line(s: &Step) -> String {
     let status = match s.status {
         StepStatus::Changed => "changed",
         StepStatus::Ok => "ok",
@@ -372,8 +368,8 @@ mod tests {
         assert_eq!(a.hash, render(&s, &t).hash, "same settings, same hash");
         s.bootstrap.swap = Some(4096);
         assert_ne!(a.hash, render(&s, &t).hash);
-        assert_eq!(effective_method(&s), Method::Native);
+        assert_eq!(s.bootstrap_method(), Method::Native);
         s.provider = crate::config::ProviderKind::Ssh;
-        assert_eq!(effective_method(&s), Method::None);
+        assert_eq!(s.bootstrap_method(), Method::None);
     }
 }

@@ -5,7 +5,7 @@ use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 
-pub fn script(
+pub(crate) fn script(
     project: &Project,
     printer: &Printer,
     login_user: &str,

@@ -8,7 +8,7 @@ use crate::printer::Printer;
 use crate::project::Project;
 use crate::report::{self, budget::BudgetCheck, budget::BudgetQuery};
 
-pub async fn check(
+pub(crate) async fn check(
     project: &Project,
     printer: Printer,
     args: &BudgetCheckArgs,

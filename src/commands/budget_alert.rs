@@ -48,7 +48,7 @@ fn client(
         .map_err(|e| api_error("cannot call the Cloud Billing Budget API".into(), e))
 }
 
-pub async fn alert(
+pub(crate) async fn alert(
     project: &Project,
     printer: Printer,
     cmd: &BudgetAlertCommand,

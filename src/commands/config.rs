@@ -6,7 +6,7 @@ use crate::printer::Printer;
 use crate::project::Project;
 use crate::report;
 
-pub fn show(
+pub(crate) fn show(
     project: &Project,
     printer: Printer,
     format: Format,

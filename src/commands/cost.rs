@@ -10,7 +10,7 @@ use crate::project::Project;
 use crate::report::cost::{By, CostQuery};
 use crate::report::{self, sources};
 
-pub fn parse_time(s: &str, flag: &str) -> Result<DateTime<Utc>, CommandError> {
+pub(crate) fn parse_time(s: &str, flag: &str) -> Result<DateTime<Utc>, CommandError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -21,7 +21,7 @@ pub fn parse_time(s: &str, flag: &str) -> Result<DateTime<Utc>, CommandError> {
         .hint("write 2026-11-01 or 2026-11-01T12:00:00Z"))
 }
 
-pub async fn cost(
+pub(crate) async fn cost(
     project: &Project,
     printer: Printer,
     args: &CostArgs,

@@ -123,7 +123,7 @@ fn build(base: &Path) -> Result<PathBuf, CommandError> {
     Ok(project)
 }
 
-pub async fn demo(
+pub(crate) async fn demo(
     printer: Printer,
     args: &DemoArgs,
     g: &GlobalArgs,

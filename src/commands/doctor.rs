@@ -44,7 +44,7 @@ fn run(program: &str, args: &[&str], dir: &Path) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub async fn doctor(
+pub(crate) async fn doctor(
     project: &Project,
     printer: Printer,
     format: Format,

@@ -5,7 +5,7 @@ use crate::journal::ControllerLock;
 use crate::printer::Printer;
 use crate::project::Project;
 
-pub async fn down(project: &Project, printer: Printer) -> Result<ExitStatus, CommandError> {
+pub(crate) async fn down(project: &Project, printer: Printer) -> Result<ExitStatus, CommandError> {
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     let orch = super::run::lifecycle(project, printer)?;
     let live = orch.journal().live_workers()?;

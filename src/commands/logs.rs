@@ -8,7 +8,7 @@ use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
 use crate::project::Project;
 
-pub async fn logs(
+pub(crate) async fn logs(
     project: &Project,
     _printer: Printer,
     args: &LogsArgs,

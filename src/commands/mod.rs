@@ -30,7 +30,7 @@ pub(crate) fn warn_about_settings(project: &Project, printer: &Printer) {
     }
 }
 
-pub async fn dispatch(cli: Cli) -> Result<ExitStatus, CommandError> {
+pub(crate) async fn dispatch(cli: Cli) -> Result<ExitStatus, CommandError> {
     let g = &cli.global;
     let printer = Printer::new(g.quiet, g.verbose, g.no_progress);
     // `doctor` lists the settings warnings among its checks instead.

@@ -6,7 +6,7 @@ use crate::printer::Printer;
 use crate::project::Project;
 use crate::report;
 
-pub async fn reap(
+pub(crate) async fn reap(
     project: &Project,
     printer: Printer,
     args: &ReapArgs,

@@ -5,11 +5,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cli::RunArgs;
 use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
+use crate::model::ids::slug;
 use crate::orchestrator::{Orchestrator, Ports, RunContext, RunOptions, Shutdown, WorkerLifecycle};
 use crate::printer::Printer;
-use crate::project::{Project, slug};
+use crate::project::Project;
 
-pub async fn run(
+pub(crate) async fn run(
     project: &Project,
     printer: Printer,
     args: &RunArgs,

@@ -15,7 +15,7 @@ fn marker(project: &Project) -> String {
 }
 
 /// Whether this project's reaper line is in the user's crontab (None: crontab cannot be read).
-pub fn reaper_installed(project: &Project) -> Option<bool> {
+pub(crate) fn reaper_installed(project: &Project) -> Option<bool> {
     let marker = marker(project);
     read_crontab()
         .ok()
@@ -56,7 +56,7 @@ fn write_crontab(text: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
-pub fn schedule(
+pub(crate) fn schedule(
     project: &Project,
     printer: Printer,
     cmd: &ScheduleCommand,

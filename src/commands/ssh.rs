@@ -8,7 +8,7 @@ use crate::printer::Printer;
 use crate::project::Project;
 use crate::transport::{ExecRequest, ExecStatus, Stream};
 
-pub async fn ssh(
+pub(crate) async fn ssh(
     project: &Project,
     _printer: Printer,
     args: &SshArgs,

@@ -6,7 +6,7 @@ use crate::printer::Printer;
 use crate::project::Project;
 use crate::report;
 
-pub async fn status(
+pub(crate) async fn status(
     project: &Project,
     printer: Printer,
     format: Format,

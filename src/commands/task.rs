@@ -2,13 +2,14 @@
 
 use crate::cli::{Format, PriorityArg, TaskAddArgs};
 use crate::error::{CommandError, ExitStatus};
+use crate::model::ids::slug;
 use crate::printer::Printer;
-use crate::project::{Project, slug};
+use crate::project::Project;
 use crate::report;
 use crate::tracker::Priority;
 use crate::tracker::juggle::NewBall;
 
-pub fn add(
+pub(crate) fn add(
     project: &Project,
     printer: Printer,
     args: &TaskAddArgs,
@@ -36,7 +37,7 @@ pub fn add(
     Ok(ExitStatus::Success)
 }
 
-pub fn list(
+pub(crate) fn list(
     project: &Project,
     printer: Printer,
     format: Format,

@@ -7,11 +7,12 @@ use crate::cli::{Format, UpArgs};
 use crate::cost::Catalog;
 use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
+use crate::model::ids::slug;
 use crate::printer::Printer;
-use crate::project::{Project, slug};
+use crate::project::Project;
 use crate::provider::{Plan, PlanContext, WorkerSpec, worker_labels};
 
-pub async fn up(
+pub(crate) async fn up(
     project: &Project,
     printer: Printer,
     args: &UpArgs,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::util::shell::is_env_name;
 
 /// The smallest swap file cwo makes: opencode alone peaks near an e2-micro's RAM.
-pub const MIN_SWAP_MIB: u32 = 1024;
+pub(crate) const MIN_SWAP_MIB: u32 = 1024;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -111,7 +111,7 @@ impl Default for WatchdogSettings {
 impl BootstrapSettings {
     /// The agent environment defaults that are written out: set, with a name the shell takes.
     /// The native script and the playbook both write exactly these.
-    pub fn agent_env_defaults(&self) -> impl Iterator<Item = (&String, &String)> {
+    pub(crate) fn agent_env_defaults(&self) -> impl Iterator<Item = (&String, &String)> {
         self.agent_env
             .iter()
             .filter(|(k, v)| !v.is_empty() && is_env_name(k))
@@ -130,7 +130,7 @@ pub enum SwapError {
 }
 
 /// Parses "2G", "1536M", "1024" (MiB) or "off".
-pub fn parse_swap(text: &str) -> Result<Option<u32>, SwapError> {
+pub(crate) fn parse_swap(text: &str) -> Result<Option<u32>, SwapError> {
     let t = text.trim();
     if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
         return Ok(None);
@@ -185,14 +185,14 @@ fn proxy_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error>
 mod swap_str {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             None => s.serialize_str("off"),
             Some(m) if m % 1024 == 0 => s.serialize_str(&format!("{}G", m / 1024)),
             Some(m) => s.serialize_str(&format!("{m}M")),
         }
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
         let text = String::deserialize(d)?;
         super::parse_swap(&text).map_err(serde::de::Error::custom)
     }

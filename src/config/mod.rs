@@ -25,12 +25,12 @@ pub use agent::AgentSettings;
 pub use bootstrap::{BootstrapSettings, Method, WatchdogSettings};
 pub use gcp::GcpSettings;
 pub use git::GitSettings;
-pub use ssh::{HostAddr, HostAddrError, SshSettings};
+pub use ssh::{HostAddr, SshSettings};
 pub use terraform::TerraformSettings;
 pub use tracker::TrackerSettings;
 
 /// Environment variables that start with `CWO_` but are not settings.
-pub const NON_SETTING_ENV: &[&str] = &["CWO_LOG", "CWO_NO_PROGRESS", "CWO_CONFIG_HOME"];
+pub(crate) const NON_SETTING_ENV: &[&str] = &["CWO_LOG", "CWO_NO_PROGRESS", "CWO_CONFIG_HOME"];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -90,7 +90,7 @@ impl Settings {
     /// The bootstrap method that applies: `bootstrap.method`, with `auto` resolved for the
     /// provider (native on cloud VMs, none on this machine and on hosts you already have).
     /// Never [`Method::Auto`].
-    pub fn bootstrap_method(&self) -> Method {
+    pub(crate) fn bootstrap_method(&self) -> Method {
         match self.bootstrap.method {
             Method::Auto => match self.provider {
                 ProviderKind::Gcp | ProviderKind::Terraform => Method::Native,
@@ -170,7 +170,7 @@ pub struct Inputs<'a> {
 
 impl Inputs<'_> {
     /// The standard places: `$CWO_CONFIG_HOME` or `$XDG_CONFIG_HOME/cwo` or `~/.config/cwo`.
-    pub fn standard<'a>(project_root: &Path, flags: &'a [String]) -> Inputs<'a> {
+    pub(crate) fn standard<'a>(project_root: &Path, flags: &'a [String]) -> Inputs<'a> {
         let env: Vec<(String, String)> = std::env::vars().collect();
         let user_dir = std::env::var_os("CWO_CONFIG_HOME")
             .map(PathBuf::from)
@@ -185,7 +185,7 @@ impl Inputs<'_> {
     }
 }
 
-pub fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
+pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
     let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
     let mut merged = defaults.clone();
     let mut origins = BTreeMap::new();
@@ -301,7 +301,7 @@ pub fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
 /// What a worker keeps beyond `agent.timeout` before its TTL when it takes a task (the delivery
 /// after the agent: bring-back, push): a worker with less life left takes no new task, and cwo
 /// rotates to a fresh one.
-pub const TTL_MARGIN: Duration = Duration::from_secs(5 * 60);
+pub(crate) const TTL_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 fn parse_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     let located = |e: toml::de::Error| {
@@ -368,7 +368,7 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 }
 
 /// Dotted leaf keys of a table (arrays and maps like `agent.env` are leaves).
-pub fn leaves(table: &toml::Table) -> Vec<(String, toml::Value)> {
+pub(crate) fn leaves(table: &toml::Table) -> Vec<(String, toml::Value)> {
     fn walk(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
         for (k, v) in t {
             let key = if prefix.is_empty() {
@@ -455,7 +455,7 @@ fn whole_internet(cidr: &str) -> bool {
 
 impl Resolved {
     /// The accepted values that deserve a warning, each with where it came from.
-    pub fn warnings(&self) -> Vec<Warning> {
+    pub(crate) fn warnings(&self) -> Vec<Warning> {
         let s = &self.settings;
         let mut out = Vec::new();
         let mut warn = |key: &str, value: String, problem: &str, fix: &str| {
@@ -510,7 +510,7 @@ impl Resolved {
     }
 
     /// `key = value` pairs for `cwo config show`, in schema order.
-    pub fn entries(&self) -> Vec<(String, toml::Value, Source)> {
+    pub(crate) fn entries(&self) -> Vec<(String, toml::Value, Source)> {
         let table = toml::Table::try_from(&self.settings).expect("settings serialize");
         leaves(&table)
             .into_iter()
@@ -526,11 +526,11 @@ mod duration_str {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(text.trim()).map_err(|e| {
             serde::de::Error::custom(format!(
@@ -545,11 +545,11 @@ mod nonzero_duration_str {
     use serde::{Deserializer, Serializer};
     use std::time::Duration;
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         super::duration_str::serialize(d, s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let v = super::duration_str::deserialize(d)?;
         if v.is_zero() {
             return Err(serde::de::Error::custom(

@@ -20,7 +20,7 @@ pub struct TerraformSettings {
 
 impl TerraformSettings {
     /// The program to run: `binary`, or `terraform` on PATH.
-    pub fn program(&self) -> &str {
+    pub(crate) fn program(&self) -> &str {
         match self.binary.as_str() {
             "" => "terraform",
             b => b,

@@ -8,7 +8,7 @@ use super::{money, money_sum};
 
 /// The time a budget covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Period {
+pub(crate) enum Period {
     /// The UTC day so far.
     Day,
     /// The last seven days.
@@ -19,7 +19,7 @@ pub enum Period {
 }
 
 impl Period {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Period::Day => "day",
             Period::Week => "week",
@@ -29,7 +29,7 @@ impl Period {
     }
 
     /// When the period began (`None`: always).
-    pub fn start(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn start(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Period::Day => Some(
                 now.date_naive()
@@ -48,18 +48,18 @@ impl Period {
 
 /// What a budget gate allows.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Policy {
-    pub limit_usd: f64,
+pub(crate) struct Policy {
+    pub(crate) limit_usd: f64,
     /// Warn past this percentage of the limit.
-    pub warn_at_pct: f64,
+    pub(crate) warn_at_pct: f64,
     /// An unknown price makes the verdict `Unknown` (else it counts as $0).
-    pub fail_on_unknown: bool,
+    pub(crate) fail_on_unknown: bool,
 }
 
 /// The gate's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Within budget ("ok").
     #[serde(rename = "ok")]
     Within,
@@ -72,7 +72,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Verdict::Within => "ok",
             Verdict::Warn => "warn",
@@ -84,18 +84,18 @@ impl Verdict {
 
 /// The verdict and the numbers it rests on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BudgetVerdict {
-    pub status: Verdict,
+pub(crate) struct BudgetVerdict {
+    pub(crate) status: Verdict,
     /// The expected bill (free tier applied) of the lives with a known price.
-    pub expected_usd: f64,
-    pub list_usd: f64,
+    pub(crate) expected_usd: f64,
+    pub(crate) list_usd: f64,
     /// Of the limit; infinite when the limit is 0 and something was spent.
-    pub percent: f64,
+    pub(crate) percent: f64,
     /// Workers without a price.
-    pub unknown_price_workers: Vec<String>,
+    pub(crate) unknown_price_workers: Vec<String>,
 }
 
-pub fn evaluate(costed: &[Costed], policy: &Policy) -> BudgetVerdict {
+pub(crate) fn evaluate(costed: &[Costed], policy: &Policy) -> BudgetVerdict {
     let unknown: Vec<String> = costed
         .iter()
         .filter(|c| c.expected_usd.is_none())

@@ -11,37 +11,37 @@ use serde::{Deserialize, Serialize};
 use super::PriceSnapshot;
 
 /// Regions whose standard e2-micro hours and pd-standard GB-months are in the free tier.
-pub const FREE_TIER_REGIONS: [&str; 3] = ["us-west1", "us-central1", "us-east1"];
+pub(crate) const FREE_TIER_REGIONS: [&str; 3] = ["us-west1", "us-central1", "us-east1"];
 /// Free pd-standard per month.
-pub const FREE_DISK_GB_MONTHS: f64 = 30.0;
+pub(crate) const FREE_DISK_GB_MONTHS: f64 = 30.0;
 
 /// One worker's life, finished or running.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Life {
-    pub worker: String,
-    pub provider: String,
-    pub started_at: DateTime<Utc>,
+pub(crate) struct Life {
+    pub(crate) worker: String,
+    pub(crate) provider: String,
+    pub(crate) started_at: DateTime<Utc>,
     /// `None` while the worker still runs (its cost accrues to now).
-    pub ended_at: Option<DateTime<Utc>>,
-    pub termination_reason: Option<String>,
-    pub price: Option<PriceSnapshot>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
+    pub(crate) termination_reason: Option<String>,
+    pub(crate) price: Option<PriceSnapshot>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Costed {
+pub(crate) struct Costed {
     #[serde(flatten)]
-    pub life: Life,
-    pub seconds: f64,
-    pub billed_seconds: f64,
+    pub(crate) life: Life,
+    pub(crate) seconds: f64,
+    pub(crate) billed_seconds: f64,
     /// List price of the billed time; `None` = unknown.
-    pub list_usd: Option<f64>,
+    pub(crate) list_usd: Option<f64>,
     /// After the free tier; `None` = unknown.
-    pub expected_usd: Option<f64>,
-    pub free_tier_usd: f64,
+    pub(crate) expected_usd: Option<f64>,
+    pub(crate) free_tier_usd: f64,
 }
 
 /// The billed duration: at least one minute, then whole seconds.
-pub fn billed_seconds(seconds: f64) -> f64 {
+pub(crate) fn billed_seconds(seconds: f64) -> f64 {
     seconds.ceil().max(60.0)
 }
 
@@ -66,7 +66,7 @@ fn free_tier_eligible(p: &PriceSnapshot) -> bool {
 
 /// Costs every life, applying the free tier month by month (by each life's start month) in
 /// start order; returns the costed lives and warnings about what makes the free tier not apply.
-pub fn cost(lives: &[Life], now: DateTime<Utc>) -> (Vec<Costed>, Vec<String>) {
+pub(crate) fn cost(lives: &[Life], now: DateTime<Utc>) -> (Vec<Costed>, Vec<String>) {
     let mut order: Vec<usize> = (0..lives.len()).collect();
     order.sort_by_key(|i| lives[*i].started_at);
     let mut free_hours_left: BTreeMap<(i32, u32), f64> = BTreeMap::new();
@@ -164,7 +164,7 @@ pub fn cost(lives: &[Life], now: DateTime<Utc>) -> (Vec<Costed>, Vec<String>) {
 }
 
 /// Splits a costed life into UTC days, proportionally to time.
-pub fn by_day(c: &Costed, now: DateTime<Utc>) -> Vec<(String, Option<f64>, Option<f64>)> {
+pub(crate) fn by_day(c: &Costed, now: DateTime<Utc>) -> Vec<(String, Option<f64>, Option<f64>)> {
     let start = c.life.started_at;
     let end = c.life.ended_at.unwrap_or(now).max(start);
     let total = (end - start).num_milliseconds().max(1) as f64;

@@ -1,9 +1,9 @@
 //! Prices: a catalog shipped inside the binary (every price with its source and date),
 //! overridable by `~/.config/cwo/prices.toml`.
 
-pub mod budget;
-pub mod compute;
-pub mod report;
+pub(crate) mod budget;
+pub(crate) mod compute;
+pub(crate) mod report;
 
 use std::collections::BTreeMap;
 
@@ -14,14 +14,14 @@ const EMBEDDED: &str = include_str!("prices.toml");
 /// The user's price overrides cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("the price catalog {} cannot be used", path.display())]
-pub struct CatalogError {
-    pub path: std::path::PathBuf,
+pub(crate) struct CatalogError {
+    pub(crate) path: std::path::PathBuf,
     #[source]
-    pub source: toml::de::Error,
+    pub(crate) source: toml::de::Error,
 }
 
 /// Hours in the average month, for per-month prices.
-pub const HOURS_PER_MONTH: f64 = 730.0;
+pub(crate) const HOURS_PER_MONTH: f64 = 730.0;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -69,7 +69,7 @@ pub struct Hourly {
 }
 
 impl Hourly {
-    pub fn total(&self) -> f64 {
+    pub(crate) fn total(&self) -> f64 {
         self.machine + self.disk + self.ip
     }
 }
@@ -117,17 +117,17 @@ impl PriceSnapshot {
 /// starts from -0.0, so an empty sum (nothing with a known price) is -0.0, and a difference of
 /// equal costs can land a hair below zero; either prints as "-0.0000". A cost is never negative,
 /// so anything in (-1e-9, 0] is 0.
-pub fn money(usd: f64) -> f64 {
+pub(crate) fn money(usd: f64) -> f64 {
     if usd <= 0.0 && usd > -1e-9 { 0.0 } else { usd }
 }
 
 /// The sum of money amounts (0, never -0.0, when there are none).
-pub fn money_sum(amounts: impl IntoIterator<Item = f64>) -> f64 {
+pub(crate) fn money_sum(amounts: impl IntoIterator<Item = f64>) -> f64 {
     money(amounts.into_iter().fold(0.0, |a, b| a + b))
 }
 
 /// The region of a zone: `us-central1-a` → `us-central1`.
-pub fn region_of(zone: &str) -> &str {
+pub(crate) fn region_of(zone: &str) -> &str {
     zone.rsplit_once('-').map(|(r, _)| r).unwrap_or(zone)
 }
 
@@ -138,7 +138,7 @@ impl Catalog {
 
     /// The embedded catalog with the user's overrides on top (`prices.toml` in cwo's config
     /// dir, when there is one).
-    pub fn load() -> Result<Catalog, CatalogError> {
+    pub(crate) fn load() -> Result<Catalog, CatalogError> {
         let mut cat = Catalog::embedded();
         let dir = std::env::var_os("CWO_CONFIG_HOME")
             .map(std::path::PathBuf::from)
@@ -172,7 +172,7 @@ impl Catalog {
     }
 
     /// The hourly list price of a worker, or `None` when any part is unknown.
-    pub fn hourly(
+    pub(crate) fn hourly(
         &self,
         machine: &str,
         zone: &str,

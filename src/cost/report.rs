@@ -14,48 +14,48 @@ use super::money_sum;
 
 /// One worker life.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct WorkerCost {
-    pub billed_seconds: f64,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub expected_usd: Option<f64>,
-    pub list_usd: Option<f64>,
-    pub machine_type: Option<String>,
-    pub provider: String,
-    pub started_at: DateTime<Utc>,
+pub(crate) struct WorkerCost {
+    pub(crate) billed_seconds: f64,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
+    pub(crate) expected_usd: Option<f64>,
+    pub(crate) list_usd: Option<f64>,
+    pub(crate) machine_type: Option<String>,
+    pub(crate) provider: String,
+    pub(crate) started_at: DateTime<Utc>,
     /// "running" while the worker lives.
-    pub termination_reason: String,
-    pub worker: String,
-    pub zone: Option<String>,
+    pub(crate) termination_reason: String,
+    pub(crate) worker: String,
+    pub(crate) zone: Option<String>,
 }
 
 /// One task's share of the lives it ran on (or "(idle)": the time no attempt ran).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct TaskCost {
-    pub expected_usd: Option<f64>,
-    pub list_usd: Option<f64>,
+pub(crate) struct TaskCost {
+    pub(crate) expected_usd: Option<f64>,
+    pub(crate) list_usd: Option<f64>,
     /// Attempt time, to a tenth of a second.
-    pub seconds: f64,
-    pub task: String,
+    pub(crate) seconds: f64,
+    pub(crate) task: String,
 }
 
 /// One UTC day.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DayCost {
-    pub day: String,
-    pub expected_usd: Option<f64>,
-    pub list_usd: Option<f64>,
+pub(crate) struct DayCost {
+    pub(crate) day: String,
+    pub(crate) expected_usd: Option<f64>,
+    pub(crate) list_usd: Option<f64>,
 }
 
 /// One attempt of a task on a worker (from the journal).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AttemptSpan {
-    pub task: String,
-    pub worker: String,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
+pub(crate) struct AttemptSpan {
+    pub(crate) task: String,
+    pub(crate) worker: String,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
 }
 
-pub fn by_worker(costed: &[Costed]) -> Vec<WorkerCost> {
+pub(crate) fn by_worker(costed: &[Costed]) -> Vec<WorkerCost> {
     costed
         .iter()
         .map(|c| {
@@ -81,7 +81,7 @@ pub fn by_worker(costed: &[Costed]) -> Vec<WorkerCost> {
 }
 
 /// Each life's cost split into UTC days, summed per day (unknown when any part is unknown).
-pub fn by_day(costed: &[Costed], now: DateTime<Utc>) -> Vec<DayCost> {
+pub(crate) fn by_day(costed: &[Costed], now: DateTime<Utc>) -> Vec<DayCost> {
     let mut days: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
     for c in costed {
         for (day, list, expected) in compute::by_day(c, now) {
@@ -101,7 +101,11 @@ pub fn by_day(costed: &[Costed], now: DateTime<Utc>) -> Vec<DayCost> {
 
 /// Each life's cost shared among the attempts it ran, by time (never more than the whole life);
 /// what no attempt used is "(idle)".
-pub fn by_task(costed: &[Costed], attempts: &[AttemptSpan], now: DateTime<Utc>) -> Vec<TaskCost> {
+pub(crate) fn by_task(
+    costed: &[Costed],
+    attempts: &[AttemptSpan],
+    now: DateTime<Utc>,
+) -> Vec<TaskCost> {
     let mut tasks: BTreeMap<String, (Option<f64>, Option<f64>, f64)> = BTreeMap::new();
     for c in costed {
         let end = c.life.ended_at.unwrap_or(now);
@@ -144,7 +148,7 @@ pub fn by_task(costed: &[Costed], attempts: &[AttemptSpan], now: DateTime<Utc>) 
 }
 
 /// Sum of the known values, and whether any was unknown.
-pub fn total(values: impl Iterator<Item = Option<f64>>) -> (f64, bool) {
+pub(crate) fn total(values: impl Iterator<Item = Option<f64>>) -> (f64, bool) {
     let mut unknown = false;
     let sum = money_sum(values.filter_map(|v| {
         unknown |= v.is_none();

@@ -3,7 +3,7 @@
 
 /// A project name made safe for labels and paths: lowercase ASCII letters, digits and `-`, at
 /// most 20 characters, never empty.
-pub fn slug(name: &str) -> String {
+pub(crate) fn slug(name: &str) -> String {
     let mut s: String = name
         .chars()
         .map(|c| {
@@ -21,7 +21,7 @@ pub fn slug(name: &str) -> String {
 }
 
 /// FNV-1a: a stable hash of the project path for its default state dir.
-pub fn fnv(text: &str) -> u64 {
+pub(crate) fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf29ce484222325, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })

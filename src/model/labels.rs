@@ -7,10 +7,10 @@ use std::time::Duration;
 use chrono::Utc;
 
 /// The label that carries a worker's expiry: when its TTL ends, in Unix seconds, or "never".
-pub const EXPIRES_LABEL: &str = "cwo-expires-at";
+pub(crate) const EXPIRES_LABEL: &str = "cwo-expires-at";
 
 /// The `cwo-expires-at` value for a worker created now with `ttl`.
-pub fn expires_at(ttl: Option<Duration>) -> String {
+pub(crate) fn expires_at(ttl: Option<Duration>) -> String {
     match ttl {
         Some(ttl) => (Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default())
             .timestamp()
@@ -21,7 +21,7 @@ pub fn expires_at(ttl: Option<Duration>) -> String {
 
 /// The labels every worker carries from its creation on, whatever the provider: how the reaper,
 /// `status` and the billing export find it and attribute its cost. `cwo up --plan` shows these.
-pub fn worker_labels(
+pub(crate) fn worker_labels(
     project_slug: &str,
     name: &str,
     machine_type: &str,
@@ -36,7 +36,7 @@ pub fn worker_labels(
 
 /// The selector that finds every worker of the project `project_slug`: the two labels all of
 /// them carry, whatever the provider.
-pub fn project_selector(project_slug: &str) -> BTreeMap<String, String> {
+pub(crate) fn project_selector(project_slug: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("cwo-managed".to_string(), "true".to_string()),
         ("cwo-project".to_string(), project_slug.to_string()),

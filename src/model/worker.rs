@@ -29,7 +29,7 @@ pub enum InstanceStatus {
 impl InstanceStatus {
     /// Stopping, stopped or suspended: Compute Engine has cleared the VM's termination timer
     /// (its TTL no longer runs) and it can do no work, but its disks are still billed.
-    pub fn is_stopped(self) -> bool {
+    pub(crate) fn is_stopped(self) -> bool {
         matches!(self, InstanceStatus::Stopping | InstanceStatus::Terminated)
     }
 }
@@ -70,12 +70,12 @@ pub struct Instance {
 
 impl Instance {
     /// When the worker's TTL ends (label `cwo-expires-at`, Unix seconds); None without a TTL.
-    pub fn expires_at(&self) -> Option<i64> {
+    pub(crate) fn expires_at(&self) -> Option<i64> {
         self.labels.get(EXPIRES_LABEL)?.parse().ok()
     }
 
     /// The machine type the worker was created as (label `cwo-machine`), or "unknown".
-    pub fn machine_type_label(&self) -> String {
+    pub(crate) fn machine_type_label(&self) -> String {
         self.labels
             .get("cwo-machine")
             .cloned()
@@ -93,7 +93,7 @@ impl Instance {
     /// This worker logged in as `user`, in its own directory under the workspace `root` (one
     /// directory per worker): how the agent's work sees a bootstrapped worker or a host's
     /// work user.
-    pub fn as_user(mut self, user: &str, root: &str) -> Instance {
+    pub(crate) fn logged_in_as(mut self, user: &str, root: &str) -> Instance {
         if let Target::Ssh { user: u, .. } = &mut self.target {
             *u = user.to_string();
         }
@@ -104,6 +104,6 @@ impl Instance {
 
 /// The worker's own directory under a workspace root shared by workers (`<root>/<worker>`): where
 /// its task directories go on a host or VM.
-pub fn workspace_of(root: &str, worker: &str) -> String {
+pub(crate) fn workspace_of(root: &str, worker: &str) -> String {
     format!("{}/{worker}", root.trim_end_matches('/'))
 }

@@ -37,45 +37,45 @@ const GONE_RECHECK: Duration = Duration::from_secs(2);
 pub(crate) struct TaskEnv {
     /// `agent.env` with secret references resolved, and the masker for their values; set
     /// once at the start of a run.
-    pub agent_env: tokio::sync::OnceCell<(Vec<(String, String)>, Masker)>,
-    pub root: PathBuf,
-    pub state_dir: PathBuf,
-    pub settings: Arc<Settings>,
-    pub template: String,
-    pub recorder: Recorder,
-    pub journal: Journal,
-    pub printer: Printer,
+    pub(crate) agent_env: tokio::sync::OnceCell<(Vec<(String, String)>, Masker)>,
+    pub(crate) root: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) template: String,
+    pub(crate) recorder: Recorder,
+    pub(crate) journal: Journal,
+    pub(crate) printer: Printer,
 }
 
 /// One task on one worker.
 pub(crate) struct TaskCtx {
-    pub env: Arc<TaskEnv>,
-    pub provider: Arc<dyn Provider>,
-    pub transport: Arc<dyn Transport>,
-    pub worker: String,
-    pub workspace: String,
-    pub abort: CancellationToken,
+    pub(crate) env: Arc<TaskEnv>,
+    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) worker: String,
+    pub(crate) workspace: String,
+    pub(crate) abort: CancellationToken,
 }
 
 pub(crate) struct TaskReport {
-    pub id: String,
+    pub(crate) id: String,
     /// The worker the task ran on.
-    pub worker: String,
-    pub outcome: Outcome,
-    pub agent: Duration,
-    pub git: Duration,
+    pub(crate) worker: String,
+    pub(crate) outcome: Outcome,
+    pub(crate) agent: Duration,
+    pub(crate) git: Duration,
     /// Attempts this controller spent on the ball, across workers.
-    pub tries: u32,
+    pub(crate) tries: u32,
     /// The worker disappeared under the task (the provider says it is gone): the loop tears it
     /// down and the ball, when it has tries left, goes back to the queue for a new worker.
-    pub worker_gone: bool,
+    pub(crate) worker_gone: bool,
 }
 
 /// How one attempt ended: its verdict, the agent's exit as recorded, the delivered commit.
 pub(crate) struct AttemptResult {
-    pub outcome: Outcome,
-    pub exit: String,
-    pub commit: Option<String>,
+    pub(crate) outcome: Outcome,
+    pub(crate) exit: String,
+    pub(crate) commit: Option<String>,
 }
 
 /// An error from a step on the worker that may only mean the connection was lost.

@@ -12,7 +12,7 @@ use crate::tracker::TrackerError;
 use crate::transport::TransportError;
 
 /// Any error, kept with its source chain.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What stopped a worker's bring-up, adoption or teardown, or the loop.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ pub enum OrchestratorError {
 
 impl OrchestratorError {
     /// A settings problem (exit 2) rather than a failure (exit 1).
-    pub fn is_usage(&self) -> bool {
+    pub(crate) fn is_usage(&self) -> bool {
         match self {
             OrchestratorError::Secrets(_) | OrchestratorError::TtlTooShort { .. } => true,
             OrchestratorError::Abandoned { problem, .. } => problem.is_usage(),
@@ -100,13 +100,13 @@ impl OrchestratorError {
     }
 
     /// A bug in cwo, not something the user can fix.
-    pub fn is_internal(&self) -> bool {
+    pub(crate) fn is_internal(&self) -> bool {
         matches!(self, OrchestratorError::TaskPanicked(_))
     }
 
     /// The error whose source chain explains this one (`Abandoned` explains itself through the
     /// bring-up's problem).
-    pub fn cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    pub(crate) fn cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             OrchestratorError::Abandoned { problem, .. } => problem.cause(),
             e => std::error::Error::source(e),
@@ -114,7 +114,7 @@ impl OrchestratorError {
     }
 
     /// What to do next. Journal and tracker errors get theirs where commands convert them.
-    pub fn hints(&self) -> Vec<String> {
+    pub(crate) fn hints(&self) -> Vec<String> {
         use OrchestratorError as E;
         match self {
             E::Secrets(_) => {
@@ -185,7 +185,7 @@ impl OrchestratorError {
 /// Why a task step stopped, by what happens next. The reason recorded in the tracker and the
 /// journal is the context followed by the source's message.
 #[derive(Debug, thiserror::Error)]
-pub enum TaskError {
+pub(crate) enum TaskError {
     /// The attempt failed; another may succeed (within `agent.max_attempts`).
     #[error("{context}")]
     Retry {
@@ -211,25 +211,25 @@ pub enum TaskError {
 }
 
 impl TaskError {
-    pub fn retry(context: impl Into<String>, source: impl Into<BoxError>) -> TaskError {
+    pub(crate) fn retry(context: impl Into<String>, source: impl Into<BoxError>) -> TaskError {
         TaskError::Retry {
             context: context.into(),
             source: Some(source.into()),
         }
     }
-    pub fn retry_because(context: impl Into<String>) -> TaskError {
+    pub(crate) fn retry_because(context: impl Into<String>) -> TaskError {
         TaskError::Retry {
             context: context.into(),
             source: None,
         }
     }
-    pub fn block(context: impl Into<String>, source: impl Into<BoxError>) -> TaskError {
+    pub(crate) fn block(context: impl Into<String>, source: impl Into<BoxError>) -> TaskError {
         TaskError::Block {
             context: context.into(),
             source: Some(source.into()),
         }
     }
-    pub fn gone(context: impl Into<String>) -> TaskError {
+    pub(crate) fn gone(context: impl Into<String>) -> TaskError {
         TaskError::WorkerGone {
             context: context.into(),
             source: None,
@@ -237,7 +237,7 @@ impl TaskError {
     }
 
     /// Anything that was retryable blocks the ball instead (a step that decides the ball).
-    pub fn blocking(self) -> TaskError {
+    pub(crate) fn blocking(self) -> TaskError {
         match self {
             TaskError::Retry { context, source } => TaskError::Block { context, source },
             e => e,
@@ -245,7 +245,7 @@ impl TaskError {
     }
 
     /// The same error, said as part of a larger step (`prefix: context`).
-    pub fn with_context(self, prefix: impl std::fmt::Display) -> TaskError {
+    pub(crate) fn with_context(self, prefix: impl std::fmt::Display) -> TaskError {
         let add = |context: String| format!("{prefix}: {context}");
         match self {
             TaskError::Retry { context, source } => TaskError::Retry {
@@ -264,7 +264,7 @@ impl TaskError {
     }
 
     /// One line for the tracker and the journal: the context, then the source's message.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         let (TaskError::Retry { context, source }
         | TaskError::Block { context, source }
         | TaskError::WorkerGone { context, source }) = self;

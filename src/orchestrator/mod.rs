@@ -20,7 +20,8 @@ pub use error::OrchestratorError;
 pub use ports::{Ports, RunContext};
 pub use scheduler::Orchestrator;
 pub use teardown::{TeardownError, delete_journaled};
-pub use worker::{ActiveWorker, PENDING_WAIT, PendingCreate, Recovered, WorkerLifecycle};
+pub(crate) use worker::PENDING_WAIT;
+pub use worker::WorkerLifecycle;
 
 use crate::printer::{Printer, fmt_secs};
 
@@ -54,7 +55,7 @@ pub struct RunSummary {
 
 impl RunSummary {
     /// One line: what ran and where the time went.
-    pub fn render(&self, total: Duration) -> String {
+    pub(crate) fn render(&self, total: Duration) -> String {
         let secs = |s: f64| fmt_secs(Duration::from_secs_f64(s));
         format!(
             "ran {} task(s): {} complete, {} blocked, {} aborted · worker up {} · agent {} · git {} · teardown {} · total {}",
@@ -81,7 +82,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// What deleting stopped workers did, on stderr.
-pub fn report_stopped(printer: Printer, deleted: &[String], failed: &[String]) {
+pub(crate) fn report_stopped(printer: Printer, deleted: &[String], failed: &[String]) {
     for name in deleted {
         printer.status(format!(
             "worker {name} was stopped (Compute Engine no longer deletes it at its TTL); deleted"

@@ -15,8 +15,8 @@ use crate::journal::{Journal, JournalError, WorkerRow, WorkerState};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
 use crate::tracker::{Tracker, TrackerError};
 
-pub const MARK_LABEL: &str = "cwo-reap-marked";
-pub use super::teardown::KEEP_LABEL;
+pub(crate) const MARK_LABEL: &str = "cwo-reap-marked";
+pub(crate) use super::teardown::KEEP_LABEL;
 
 /// What the reaper decided for one worker.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -48,7 +48,7 @@ pub struct Reaper<'a> {
 
 impl<'a> Reaper<'a> {
     /// A reaper for this project with the settings' grace period and teardown deadline.
-    pub fn new(
+    pub(crate) fn new(
         provider: &'a dyn Provider,
         journal: &'a Journal,
         project_slug: &'a str,
@@ -93,7 +93,7 @@ fn labelled(d: &mut Decision, result: Result<(), ProviderError>, doing: &str) {
 
 impl Reaper<'_> {
     /// The confirmed, journaled teardown this reaper applies, with its deadline and reporting.
-    pub fn teardown(&self) -> Teardown<'_> {
+    pub(crate) fn teardown(&self) -> Teardown<'_> {
         Teardown {
             provider: self.provider,
             journal: self.journal,
@@ -104,12 +104,12 @@ impl Reaper<'_> {
     }
 
     /// Lists this project's workers and deletes the stopped ones (see [`Teardown::sweep_stopped`]).
-    pub async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), TeardownError> {
+    pub(crate) async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), TeardownError> {
         self.teardown().sweep_stopped().await
     }
 
     /// Deletes this project's stopped workers among `listed` (see [`Teardown::delete_stopped`]).
-    pub async fn delete_stopped(&self, listed: &[Instance]) -> (Vec<String>, Vec<String>) {
+    pub(crate) async fn delete_stopped(&self, listed: &[Instance]) -> (Vec<String>, Vec<String>) {
         self.teardown().delete_stopped(listed).await
     }
 
@@ -295,7 +295,7 @@ impl Reaper<'_> {
     }
 
     /// Deletes a worker the reaper found (see [`Teardown::delete`]).
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         inst: &Instance,
         reason: &str,
@@ -306,7 +306,7 @@ impl Reaper<'_> {
 
 /// Why a reaped worker's attempts could not be settled.
 #[derive(Debug, thiserror::Error)]
-pub enum ReleaseError {
+pub(crate) enum ReleaseError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
@@ -321,7 +321,7 @@ pub enum ReleaseError {
 
 /// The attempts a reaped worker still had open (its controller died): closed as aborted, and their
 /// balls go back to pending for the next `cwo run`. Returns the balls released.
-pub fn release_attempts(
+pub(crate) fn release_attempts(
     journal: &Journal,
     tracker: &dyn Tracker,
     worker: &str,

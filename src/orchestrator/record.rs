@@ -74,12 +74,12 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(tracker: Arc<dyn Tracker>, journal: Journal) -> Recorder {
+    pub(crate) fn new(tracker: Arc<dyn Tracker>, journal: Journal) -> Recorder {
         Recorder { tracker, journal }
     }
 
     /// Applies `t` to both stores. `Ok(Some(id))`: the new attempt's id (`AttemptStarted`).
-    pub async fn apply(&self, t: Transition) -> Result<Option<i64>, RecordError> {
+    pub(crate) async fn apply(&self, t: Transition) -> Result<Option<i64>, RecordError> {
         let (tracker, journal) = (self.tracker.clone(), self.journal.clone());
         off_thread(move || apply(tracker.as_ref(), &journal, t)).await
     }

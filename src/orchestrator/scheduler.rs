@@ -80,7 +80,7 @@ impl Orchestrator {
     }
 
     /// The worker lifecycle the loop brings workers up and down with.
-    pub fn workers(&self) -> &WorkerLifecycle {
+    pub(crate) fn workers(&self) -> &WorkerLifecycle {
         &self.workers
     }
 

@@ -2,7 +2,6 @@
 //! budget kill switch's, and the stopped-worker sweep every command runs (DESIGN invariants 1, 2
 //! and 4). Below both the lifecycle and the reaper, so neither imports the other.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::ports::journaled;
@@ -10,7 +9,7 @@ use crate::journal::{Journal, JournalError};
 use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
 
 /// A worker carrying this label set to "true" is never deleted by the reaper or the sweeps.
-pub const KEEP_LABEL: &str = "cwo-keep";
+pub(crate) const KEEP_LABEL: &str = "cwo-keep";
 
 /// A teardown or reaper step that failed in the provider or in the journal.
 #[derive(Debug, thiserror::Error)]
@@ -46,23 +45,20 @@ pub async fn delete_journaled(
 }
 
 /// The teardown of workers found by their labels, for one project.
-pub struct Teardown<'a> {
-    pub provider: &'a dyn Provider,
-    pub journal: &'a Journal,
-    pub project_slug: &'a str,
+pub(crate) struct Teardown<'a> {
+    pub(crate) provider: &'a dyn Provider,
+    pub(crate) journal: &'a Journal,
+    pub(crate) project_slug: &'a str,
     /// How long one deletion is retried (`teardown_timeout`), and where each retry is reported.
-    pub teardown_timeout: Duration,
-    pub on_retry: &'a (dyn Fn(String) + Send + Sync),
+    pub(crate) teardown_timeout: Duration,
+    pub(crate) on_retry: &'a (dyn Fn(String) + Send + Sync),
 }
 
 impl Teardown<'_> {
     /// Lists this project's workers and deletes the stopped ones (`delete_stopped`), for the
     /// commands that do not list them for anything else.
-    pub async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), TeardownError> {
-        let selector = BTreeMap::from([
-            ("cwo-managed".to_string(), "true".to_string()),
-            ("cwo-project".to_string(), self.project_slug.to_string()),
-        ]);
+    pub(crate) async fn sweep_stopped(&self) -> Result<(Vec<String>, Vec<String>), TeardownError> {
+        let selector = crate::model::project_selector(self.project_slug);
         let listed = self.provider.list(&selector).await?;
         Ok(self.delete_stopped(&listed).await)
     }
@@ -71,7 +67,7 @@ impl Teardown<'_> {
     /// VMs, whose termination timer Compute Engine has cleared and whose disks are still billed —
     /// at once, as every command that lists the project's VMs does (DESIGN invariant 1). Returns
     /// the names it dealt with (deleted, or already gone) and a message for each it could not.
-    pub async fn delete_stopped(&self, listed: &[Instance]) -> (Vec<String>, Vec<String>) {
+    pub(crate) async fn delete_stopped(&self, listed: &[Instance]) -> (Vec<String>, Vec<String>) {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         for inst in listed.iter().filter(|i| {
@@ -90,7 +86,7 @@ impl Teardown<'_> {
     /// Deletes and confirms; this project's workers are journaled first (even ones a crashed
     /// controller never recorded), so the ledger keeps their whole life. A worker that is not
     /// found any more is `AlreadyGone`: done, not an error.
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         inst: &Instance,
         reason: &str,

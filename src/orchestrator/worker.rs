@@ -35,7 +35,7 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a command that found pending creates waits for them before it exits: a create in
 /// flight answers, and a new VM shows up in reads, within seconds.
-pub const PENDING_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const PENDING_WAIT: Duration = Duration::from_secs(30);
 
 /// A worker that is up, with a way to reach it.
 pub struct ActiveWorker {
@@ -99,18 +99,18 @@ impl Drop for ActiveWorker {
 }
 
 /// What `recover` found: a worker to keep using and attempts still running on it.
-pub struct Recovered {
-    pub worker: Option<ActiveWorker>,
-    pub resume: Vec<AttemptRow>,
+pub(crate) struct Recovered {
+    pub(crate) worker: Option<ActiveWorker>,
+    pub(crate) resume: Vec<AttemptRow>,
     /// Creates a stopped controller had sent whose VMs are not visible yet.
-    pub pending: Vec<PendingCreate>,
+    pub(crate) pending: Vec<PendingCreate>,
 }
 
 /// A create whose controller stopped before it answered, and whose VM the provider does not
 /// show yet (a create in flight, or eventual consistency): deleted as soon as it appears.
-pub struct PendingCreate {
-    pub name: String,
-    pub intent_at: chrono::DateTime<chrono::Utc>,
+pub(crate) struct PendingCreate {
+    pub(crate) name: String,
+    pub(crate) intent_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Why a worker takes no new task.
@@ -145,7 +145,7 @@ impl WorkerLifecycle {
         }
     }
 
-    pub fn journal(&self) -> &Journal {
+    pub(crate) fn journal(&self) -> &Journal {
         &self.journal
     }
 
@@ -158,15 +158,7 @@ impl WorkerLifecycle {
     }
 
     fn labels(&self, name: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("cwo-managed".to_string(), "true".to_string()),
-            ("cwo-project".to_string(), self.project_slug.clone()),
-            ("cwo-worker".to_string(), name.to_string()),
-            (
-                "cwo-machine".to_string(),
-                self.settings.gcp.machine_type.clone(),
-            ),
-        ])
+        crate::model::worker_labels(&self.project_slug, name, &self.settings.gcp.machine_type)
     }
 
     /// What this worker costs per hour, at launch: the configured machine type in the worker's
@@ -205,7 +197,7 @@ impl WorkerLifecycle {
     }
 
     fn bootstrapped(&self) -> bool {
-        bootstrap::effective_method(&self.settings) != Method::None
+        self.settings.bootstrap_method() != Method::None
     }
 
     /// Creates a worker: journal intent first, then the provider, then a prerequisite check.
@@ -370,7 +362,7 @@ impl WorkerLifecycle {
     ) -> Result<(Instance, Arc<dyn Transport>), OrchestratorError> {
         let settings = &self.settings;
         let p = &self.printer;
-        let method = bootstrap::effective_method(settings);
+        let method = settings.bootstrap_method();
         let name = &instance.name;
         let fail = |source| OrchestratorError::Bootstrap {
             name: name.clone(),
@@ -454,7 +446,7 @@ impl WorkerLifecycle {
                 .await
                 .map_err(fail)?;
             }
-            Method::Auto => unreachable!("effective_method resolves auto"),
+            Method::Auto => unreachable!("bootstrap_method resolves auto"),
         }
         let work = bootstrap::as_work_user(settings, instance.clone());
         let transport = self.connect(&work)?;
@@ -464,7 +456,11 @@ impl WorkerLifecycle {
     /// Deletes a worker and confirms it is gone under the one deletion retry policy (progress on
     /// stderr, `teardown_timeout` overall); the journal records each step. Giving up names the
     /// exact command that deletes the worker by hand.
-    pub async fn tear_down(&self, name: &str, reason: &str) -> Result<(), OrchestratorError> {
+    pub(crate) async fn tear_down(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> Result<(), OrchestratorError> {
         let deadline = self.settings.teardown_timeout;
         let printer = self.printer;
         let result = delete_journaled(
@@ -492,7 +488,11 @@ impl WorkerLifecycle {
     /// provider no longer has are closed; a ready worker is adopted when `adopt`, every other one
     /// is deleted. Attempts a stopped controller left open are returned for reattaching when
     /// their worker was adopted, and closed as aborted otherwise.
-    pub async fn recover(&self, adopt: bool, reason: &str) -> Result<Recovered, OrchestratorError> {
+    pub(crate) async fn recover(
+        &self,
+        adopt: bool,
+        reason: &str,
+    ) -> Result<Recovered, OrchestratorError> {
         self.delete_stopped().await;
         let mut found = Recovered {
             worker: None,
@@ -660,7 +660,7 @@ impl WorkerLifecycle {
     }
 
     /// Says which pending creates are still unaccounted for, and what will deal with them.
-    pub fn warn_unsettled(&self, pending: &[PendingCreate]) {
+    pub(crate) fn warn_unsettled(&self, pending: &[PendingCreate]) {
         for p in pending {
             self.printer.warn(format!(
                 "worker {} was being created when its controller stopped and has not appeared; the next `cwo run`, `cwo down` or `cwo reap` deletes it if it does",
@@ -672,7 +672,7 @@ impl WorkerLifecycle {
     /// Looks for the VMs of pending creates, for up to `wait` (zero: once): each that appeared is
     /// deleted; one still invisible past `reap_grace` is left to `cwo reap` with a warning, as is
     /// every one still invisible when the wait ends (the caller may look again later).
-    pub async fn settle_pending(
+    pub(crate) async fn settle_pending(
         &self,
         pending: &mut Vec<PendingCreate>,
         wait: Duration,

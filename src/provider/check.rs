@@ -23,19 +23,27 @@ pub struct Check {
 }
 
 impl Check {
-    pub fn ok(name: &'static str, detail: impl Into<String>) -> Check {
+    pub(crate) fn ok(name: &'static str, detail: impl Into<String>) -> Check {
         Check::new(name, CheckStatus::Ok, detail, "")
     }
 
-    pub fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn warn(
+        name: &'static str,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check::new(name, CheckStatus::Warn, detail, fix)
     }
 
-    pub fn fail(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub(crate) fn fail(
+        name: &'static str,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check::new(name, CheckStatus::Fail, detail, fix)
     }
 
-    pub fn new(
+    pub(crate) fn new(
         name: &'static str,
         status: CheckStatus,
         detail: impl Into<String>,

@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use crate::model::{
-    DeleteOutcome, EXPIRES_LABEL, Instance, InstanceStatus, Target, WorkerSpec, expires_at,
-    worker_labels,
-};
-pub use check::{Check, CheckStatus};
+pub use crate::model::{DeleteOutcome, Instance, InstanceStatus, Target, WorkerSpec};
+pub(crate) use crate::model::{EXPIRES_LABEL, expires_at, worker_labels};
+pub(crate) use check::{Check, CheckStatus};
 
 /// What a plan needs from outside the provider.
 pub struct PlanContext<'a> {
@@ -41,7 +39,7 @@ pub enum Plan {
 impl Plan {
     /// The list price per hour: `None` when the provider bills nothing itself, `Some(None)`
     /// when it does but the catalog has no price for the configuration.
-    pub fn list_price(&self) -> Option<Option<f64>> {
+    pub(crate) fn list_price(&self) -> Option<Option<f64>> {
         match self {
             Plan::Gcp(p) => Some(p.hourly_cost_usd.as_ref().map(|h| h.total)),
             _ => None,
@@ -78,7 +76,7 @@ const GONE_SETTLE: Duration = Duration::from_secs(10);
 /// (1 s doubling to 30 s) until `deadline` has passed since the first try, and each retry is
 /// reported through `progress` ("delete of X: …, retry N in 8 s"). Permission and invalid-spec
 /// errors end it at once. The provider's own calls do not retry deletion on their own.
-pub async fn delete_confirmed(
+pub(crate) async fn delete_confirmed(
     provider: &dyn Provider,
     name: &str,
     deadline: Duration,

@@ -12,8 +12,8 @@ use super::{Instance, ProviderError};
 /// One worker's record.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct Record {
-    pub instance: Instance,
-    pub request_id: String,
+    pub(crate) instance: Instance,
+    pub(crate) request_id: String,
 }
 
 /// Where a worker's record lives under the store's directory.
@@ -41,7 +41,7 @@ fn io(path: &Path, e: std::io::Error) -> ProviderError {
 }
 
 impl RecordStore {
-    pub fn new(dir: impl Into<PathBuf>, layout: Layout, noun: &'static str) -> RecordStore {
+    pub(crate) fn new(dir: impl Into<PathBuf>, layout: Layout, noun: &'static str) -> RecordStore {
         RecordStore {
             dir: dir.into(),
             layout,
@@ -49,12 +49,12 @@ impl RecordStore {
         }
     }
 
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// The record file of worker `name`.
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         match self.layout {
             Layout::InWorkerDir(file) => self.dir.join(name).join(file),
             Layout::Flat => self.dir.join(format!("{name}.json")),
@@ -62,12 +62,12 @@ impl RecordStore {
     }
 
     /// The record of `name`; `None` when there is none.
-    pub fn read(&self, name: &str) -> Result<Option<Record>, ProviderError> {
+    pub(crate) fn read(&self, name: &str) -> Result<Option<Record>, ProviderError> {
         read_file(&self.path(name))
     }
 
     /// Every record, sorted by worker name. A missing directory holds none.
-    pub fn all(&self) -> Result<Vec<Record>, ProviderError> {
+    pub(crate) fn all(&self) -> Result<Vec<Record>, ProviderError> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -90,12 +90,12 @@ impl RecordStore {
     }
 
     /// The worker `name` as recorded; `None` = gone.
-    pub fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
+    pub(crate) fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
         Ok(self.read(name)?.map(|r| r.instance))
     }
 
     /// The recorded workers that carry every label in `selector`.
-    pub fn list(
+    pub(crate) fn list(
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
@@ -109,7 +109,7 @@ impl RecordStore {
 
     /// What `create` answers for a name already recorded: the same request again is the same
     /// worker; another request may not take its name. `None`: the name is free.
-    pub fn existing(
+    pub(crate) fn existing(
         &self,
         name: &str,
         request_id: &str,
@@ -125,7 +125,7 @@ impl RecordStore {
     }
 
     /// Records `instance` as created by `request_id`.
-    pub fn write(&self, instance: &Instance, request_id: &str) -> Result<(), ProviderError> {
+    pub(crate) fn write(&self, instance: &Instance, request_id: &str) -> Result<(), ProviderError> {
         self.put(&Record {
             instance: instance.clone(),
             request_id: request_id.to_string(),
@@ -145,13 +145,13 @@ impl RecordStore {
     }
 
     /// The worker once it runs: a recorded worker runs as soon as it is recorded.
-    pub fn wait_running(&self, name: &str) -> Result<Instance, ProviderError> {
+    pub(crate) fn wait_running(&self, name: &str) -> Result<Instance, ProviderError> {
         self.get(name)?
             .ok_or_else(|| ProviderError::NotFound(format!("{} {name}", self.noun)))
     }
 
     /// Replaces the recorded labels of `name`.
-    pub fn set_labels(
+    pub(crate) fn set_labels(
         &self,
         name: &str,
         labels: &BTreeMap<String, String>,
@@ -164,7 +164,7 @@ impl RecordStore {
     }
 
     /// Gone when no record is left.
-    pub fn confirm_deleted(&self, name: &str) -> Result<(), ProviderError> {
+    pub(crate) fn confirm_deleted(&self, name: &str) -> Result<(), ProviderError> {
         match self.read(name)? {
             None => Ok(()),
             Some(_) => Err(ProviderError::Transient(format!(
@@ -175,7 +175,7 @@ impl RecordStore {
     }
 
     /// Removes the record of `name` (the worker is released).
-    pub fn remove(&self, name: &str) -> Result<(), ProviderError> {
+    pub(crate) fn remove(&self, name: &str) -> Result<(), ProviderError> {
         let path = self.path(name);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),

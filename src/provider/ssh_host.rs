@@ -68,7 +68,7 @@ impl SshHostProvider {
 
     /// On bootstrapped hosts the agents run as the work user in `<root>/<worker>`: deleting the
     /// worker stops them and removes that directory too, as that user.
-    pub fn with_work_user(mut self, user: String, root: String) -> SshHostProvider {
+    pub(crate) fn with_work_user(mut self, user: String, root: String) -> SshHostProvider {
         self.work = Some((user, root));
         self
     }
@@ -97,7 +97,7 @@ impl SshHostProvider {
         let Some((user, root)) = &self.work else {
             return;
         };
-        let work = instance.clone().as_user(user, root);
+        let work = instance.clone().logged_in_as(user, root);
         let Ok(t) = self.transport(&work) else { return };
         match Self::clean(t, &work.workspace).await {
             Ok(out) if out.status.success() => {}

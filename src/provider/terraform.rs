@@ -24,7 +24,7 @@ use super::{
 use crate::config::Settings;
 
 /// The module shipped inside cwo (`terraform/` in the repository).
-pub const MODULE: &[(&str, &str)] = &[
+pub(crate) const MODULE: &[(&str, &str)] = &[
     ("main.tf", include_str!("../../terraform/main.tf")),
     ("variables.tf", include_str!("../../terraform/variables.tf")),
     ("outputs.tf", include_str!("../../terraform/outputs.tf")),
@@ -80,7 +80,7 @@ impl TerraformProvider {
         }
     }
 
-    pub fn binary(&self) -> &str {
+    pub(crate) fn binary(&self) -> &str {
         self.settings.terraform.program()
     }
 

@@ -10,85 +10,86 @@ use super::{Report, SCHEMA_VERSION, sources};
 use crate::cost::budget::{self, Period, Policy, Verdict};
 use crate::cost::{Catalog, compute};
 use crate::error::{CommandError, ExitStatus};
+use crate::model::ids::slug;
 use crate::orchestrator::reaper::Reaper;
 use crate::printer::Printer;
-use crate::project::{Project, slug};
+use crate::project::Project;
 
 /// What to check.
 #[derive(Debug, Clone)]
-pub struct BudgetQuery {
-    pub policy: Policy,
-    pub period: Period,
+pub(crate) struct BudgetQuery {
+    pub(crate) policy: Policy,
+    pub(crate) period: Period,
     /// An exported ledger instead of this project's journal.
-    pub ledger: Option<PathBuf>,
+    pub(crate) ledger: Option<PathBuf>,
     /// Over budget: delete every managed worker of this project.
-    pub enforce: bool,
+    pub(crate) enforce: bool,
 }
 
 /// One worker life in the period.
 #[derive(Debug, Clone, Serialize)]
-pub struct BudgetWorker {
-    pub worker: String,
-    pub running: bool,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub billed_seconds: f64,
-    pub list_usd: Option<f64>,
-    pub expected_usd: Option<f64>,
-    pub termination_reason: Option<String>,
+pub(crate) struct BudgetWorker {
+    pub(crate) worker: String,
+    pub(crate) running: bool,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
+    pub(crate) billed_seconds: f64,
+    pub(crate) list_usd: Option<f64>,
+    pub(crate) expected_usd: Option<f64>,
+    pub(crate) termination_reason: Option<String>,
 }
 
 /// A worker `--enforce` deleted, or could not.
 #[derive(Debug, Clone, Serialize)]
-pub struct Enforced {
-    pub worker: String,
-    pub deleted: bool,
+pub(crate) struct Enforced {
+    pub(crate) worker: String,
+    pub(crate) deleted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct BudgetReport {
-    pub schema_version: u32,
-    pub status: Verdict,
-    pub exit_code: u8,
-    pub period: &'static str,
-    pub since: Option<DateTime<Utc>>,
-    pub limit_usd: f64,
-    pub warn_at_pct: f64,
-    pub expected_usd: f64,
-    pub list_usd: f64,
+pub(crate) struct BudgetReport {
+    pub(crate) schema_version: u32,
+    pub(crate) status: Verdict,
+    pub(crate) exit_code: u8,
+    pub(crate) period: &'static str,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) limit_usd: f64,
+    pub(crate) warn_at_pct: f64,
+    pub(crate) expected_usd: f64,
+    pub(crate) list_usd: f64,
     /// Of the limit; `null` when the limit is 0 and something was spent.
-    pub percent: Option<f64>,
-    pub unknown_price_workers: Vec<String>,
-    pub workers: Vec<BudgetWorker>,
+    pub(crate) percent: Option<f64>,
+    pub(crate) unknown_price_workers: Vec<String>,
+    pub(crate) workers: Vec<BudgetWorker>,
     /// Why the free tier does not apply.
-    pub warnings: Vec<String>,
-    pub enforced: Vec<Enforced>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) enforced: Vec<Enforced>,
     /// `percent`, infinite when the limit is 0 (for the summary line).
     #[serde(skip)]
-    pub percent_of_limit: f64,
+    pub(crate) percent_of_limit: f64,
 }
 
 /// The spend could not be determined: the provider's list failed.
 #[derive(Debug, Clone, Serialize)]
-pub struct UnknownSpend {
-    pub schema_version: u32,
-    pub status: Verdict,
-    pub exit_code: u8,
-    pub limit_usd: f64,
-    pub reason: String,
+pub(crate) struct UnknownSpend {
+    pub(crate) schema_version: u32,
+    pub(crate) status: Verdict,
+    pub(crate) exit_code: u8,
+    pub(crate) limit_usd: f64,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum BudgetCheck {
+pub(crate) enum BudgetCheck {
     Determined(BudgetReport),
     Undetermined(UnknownSpend),
 }
 
 /// The gate's verdict as the exit status: a warning still passes.
-pub fn exit_status(verdict: Verdict) -> ExitStatus {
+pub(crate) fn exit_status(verdict: Verdict) -> ExitStatus {
     match verdict {
         Verdict::Within | Verdict::Warn => ExitStatus::Success,
         Verdict::Deny => ExitStatus::Failure,
@@ -96,7 +97,7 @@ pub fn exit_status(verdict: Verdict) -> ExitStatus {
     }
 }
 
-pub async fn collect(
+pub(crate) async fn collect(
     project: &Project,
     printer: Printer,
     query: &BudgetQuery,
@@ -161,10 +162,7 @@ pub async fn collect(
     let verdict = budget::evaluate(&costed, &query.policy);
     let mut enforced = Vec::new();
     if verdict.status == Verdict::Deny && query.enforce {
-        let selector = std::collections::BTreeMap::from([
-            ("cwo-managed".to_string(), "true".to_string()),
-            ("cwo-project".to_string(), project_slug.clone()),
-        ]);
+        let selector = crate::model::project_selector(&project_slug);
         let targets = provider.list(&selector).await.map_err(|e| {
             CommandError::with_source("over budget, but listing the workers to delete failed", e)
         })?;
@@ -215,21 +213,21 @@ pub async fn collect(
 }
 
 impl BudgetCheck {
-    pub fn status(&self) -> Verdict {
+    pub(crate) fn status(&self) -> Verdict {
         match self {
             BudgetCheck::Determined(r) => r.status,
             BudgetCheck::Undetermined(u) => u.status,
         }
     }
 
-    pub fn exit_status(&self) -> ExitStatus {
+    pub(crate) fn exit_status(&self) -> ExitStatus {
         exit_status(self.status())
     }
 }
 
 impl BudgetReport {
     /// The one-line summary for stderr.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "budget {}: ${:.4} expected bill (list ${:.4}) of ${:.2} for {} ({:.1}%){}{}",
             self.status.name(),

@@ -11,51 +11,51 @@ use crate::provider::gcp::budget::Budget;
 
 /// `set` and `show`: the budget found (none when there is none) and, for `set`, what was done.
 #[derive(Debug, Clone, Serialize)]
-pub struct AlertReport {
-    pub schema_version: u32,
-    pub billing_account: String,
+pub(crate) struct AlertReport {
+    pub(crate) schema_version: u32,
+    pub(crate) billing_account: String,
     /// The gcp project the budget is on.
-    pub project: String,
-    pub budget: Option<AlertBudget>,
+    pub(crate) project: String,
+    pub(crate) budget: Option<AlertBudget>,
     /// `created`, `updated` or `unchanged` (`set` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub(crate) action: Option<String>,
 }
 
 /// One budget, as cwo shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct AlertBudget {
-    pub name: String,
-    pub display_name: String,
+pub(crate) struct AlertBudget {
+    pub(crate) name: String,
+    pub(crate) display_name: String,
     /// None: the budget follows last period's spend.
-    pub amount: Option<AlertAmount>,
+    pub(crate) amount: Option<AlertAmount>,
     /// `MONTH` unless the budget says otherwise (as the API returns it).
-    pub calendar_period: Value,
-    pub thresholds: Vec<Threshold>,
-    pub projects: Vec<String>,
-    pub labels: BTreeMap<String, Vec<Value>>,
-    pub emails_billing_admins: bool,
-    pub etag: String,
+    pub(crate) calendar_period: Value,
+    pub(crate) thresholds: Vec<Threshold>,
+    pub(crate) projects: Vec<String>,
+    pub(crate) labels: BTreeMap<String, Vec<Value>>,
+    pub(crate) emails_billing_admins: bool,
+    pub(crate) etag: String,
     /// The one-line description the text form shows.
     #[serde(skip)]
-    pub summary: String,
+    pub(crate) summary: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AlertAmount {
+pub(crate) struct AlertAmount {
     /// The amount as a decimal, e.g. `12.5`.
-    pub value: String,
-    pub units: String,
-    pub nanos: i32,
+    pub(crate) value: String,
+    pub(crate) units: String,
+    pub(crate) nanos: i32,
     /// None: the billing account's currency.
-    pub currency_code: Option<String>,
+    pub(crate) currency_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Threshold {
-    pub percent: f64,
+pub(crate) struct Threshold {
+    pub(crate) percent: f64,
     /// `CURRENT_SPEND` or `FORECASTED_SPEND`.
-    pub spend_basis: String,
+    pub(crate) spend_basis: String,
 }
 
 impl From<&Budget> for AlertBudget {
@@ -93,7 +93,7 @@ impl From<&Budget> for AlertBudget {
 }
 
 impl AlertReport {
-    pub fn new(
+    pub(crate) fn new(
         billing_account: &str,
         project: &str,
         budget: Option<&Budget>,
@@ -124,15 +124,19 @@ impl Report for AlertReport {
 
 /// `remove`: the budgets deleted.
 #[derive(Debug, Clone, Serialize)]
-pub struct AlertRemovedReport {
-    pub schema_version: u32,
-    pub billing_account: String,
-    pub project: String,
-    pub removed: Vec<String>,
+pub(crate) struct AlertRemovedReport {
+    pub(crate) schema_version: u32,
+    pub(crate) billing_account: String,
+    pub(crate) project: String,
+    pub(crate) removed: Vec<String>,
 }
 
 impl AlertRemovedReport {
-    pub fn new(billing_account: &str, project: &str, removed: Vec<String>) -> AlertRemovedReport {
+    pub(crate) fn new(
+        billing_account: &str,
+        project: &str,
+        removed: Vec<String>,
+    ) -> AlertRemovedReport {
         AlertRemovedReport {
             schema_version: SCHEMA_VERSION,
             billing_account: billing_account.to_string(),

@@ -9,23 +9,23 @@ use crate::config::Source;
 use crate::project::Project;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Setting {
-    pub key: String,
-    pub value: toml::Value,
-    pub source: Source,
+pub(crate) struct Setting {
+    pub(crate) key: String,
+    pub(crate) value: toml::Value,
+    pub(crate) source: Source,
     /// `source` as text: `default`, `path:line`, `env VAR` or `flag --config KEY=VALUE`.
-    pub origin: String,
+    pub(crate) origin: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ConfigReport {
-    pub schema_version: u32,
-    pub project: PathBuf,
-    pub state_dir: PathBuf,
-    pub settings: Vec<Setting>,
+pub(crate) struct ConfigReport {
+    pub(crate) schema_version: u32,
+    pub(crate) project: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) settings: Vec<Setting>,
 }
 
-pub fn collect(project: &Project) -> ConfigReport {
+pub(crate) fn collect(project: &Project) -> ConfigReport {
     ConfigReport {
         schema_version: SCHEMA_VERSION,
         project: project.root.clone(),

@@ -15,7 +15,7 @@ use crate::project::Project;
 
 /// How the rows are grouped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum By {
+pub(crate) enum By {
     Worker,
     Task,
     Day,
@@ -33,45 +33,45 @@ impl By {
 
 /// What to report on.
 #[derive(Debug, Clone)]
-pub struct CostQuery {
-    pub by: By,
+pub(crate) struct CostQuery {
+    pub(crate) by: By,
     /// An exported ledger instead of this project's journal.
-    pub ledger: Option<PathBuf>,
+    pub(crate) ledger: Option<PathBuf>,
     /// Lives that started in [since, until).
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
-pub enum Rows {
+pub(crate) enum Rows {
     Worker(Vec<WorkerCost>),
     Task(Vec<TaskCost>),
     Day(Vec<DayCost>),
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CostTotal {
+pub(crate) struct CostTotal {
     /// `None` when any life's price is unknown.
-    pub list_usd: Option<f64>,
-    pub expected_usd: Option<f64>,
+    pub(crate) list_usd: Option<f64>,
+    pub(crate) expected_usd: Option<f64>,
     /// The sums of the known prices.
-    pub known_list_usd: f64,
-    pub known_expected_usd: f64,
-    pub unknown_workers: Vec<String>,
+    pub(crate) known_list_usd: f64,
+    pub(crate) known_expected_usd: f64,
+    pub(crate) unknown_workers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CostReport {
-    pub schema_version: u32,
-    pub by: &'static str,
-    pub rows: Rows,
-    pub total: CostTotal,
+pub(crate) struct CostReport {
+    pub(crate) schema_version: u32,
+    pub(crate) by: &'static str,
+    pub(crate) rows: Rows,
+    pub(crate) total: CostTotal,
     /// Why the free tier does not apply (also said on stderr).
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
-pub fn collect(project: &Project, query: &CostQuery) -> Result<CostReport, CommandError> {
+pub(crate) fn collect(project: &Project, query: &CostQuery) -> Result<CostReport, CommandError> {
     if query.by == By::Task && query.ledger.is_some() {
         return Err(CommandError::usage(
             "--by task needs the journal's attempts; it cannot be used with --ledger",
@@ -209,7 +209,7 @@ impl CostReport {
     }
 
     /// The rows as CSV: the JSON keys as the header, an unknown amount as `unknown`.
-    pub fn csv(&self) -> String {
+    pub(crate) fn csv(&self) -> String {
         let rows = match serde_json::to_value(&self.rows).expect("rows serialize") {
             serde_json::Value::Array(rows) => rows,
             _ => unreachable!("rows are a list"),

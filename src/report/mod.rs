@@ -4,28 +4,28 @@
 //! prints it through one of two paths: `Printer::json`, or the text the report renders (its
 //! tables through the one renderer in `table`).
 
-pub mod budget;
-pub mod budget_alert;
-pub mod config;
-pub mod cost;
-pub mod reap;
-pub mod sources;
-pub mod status;
-pub mod table;
-pub mod tasks;
+pub(crate) mod budget;
+pub(crate) mod budget_alert;
+pub(crate) mod config;
+pub(crate) mod cost;
+pub(crate) mod reap;
+pub(crate) mod sources;
+pub(crate) mod status;
+pub(crate) mod table;
+pub(crate) mod tasks;
 
-pub use crate::printer::SCHEMA_VERSION;
+pub(crate) use crate::printer::SCHEMA_VERSION;
 
 use crate::printer::Printer;
 
 /// A report with a text form next to its JSON.
-pub trait Report: serde::Serialize {
+pub(crate) trait Report: serde::Serialize {
     /// What stdout shows without `--format json`.
     fn text(&self) -> String;
 }
 
 /// Prints a report: JSON (with its `schema_version`) or its text, on stdout.
-pub fn print(printer: &Printer, report: &impl Report, json: bool) {
+pub(crate) fn print(printer: &Printer, report: &impl Report, json: bool) {
     if json {
         printer.json(report);
     } else {

@@ -5,26 +5,27 @@ use serde::Serialize;
 use super::table::Table;
 use super::{Report, SCHEMA_VERSION};
 use crate::error::CommandError;
+use crate::model::ids::slug;
 use crate::orchestrator::reaper::{Decision, Reaper};
 use crate::printer::Printer;
-use crate::project::{Project, slug};
+use crate::project::Project;
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ReapReport {
-    pub schema_version: u32,
+pub(crate) struct ReapReport {
+    pub(crate) schema_version: u32,
     /// Nothing was changed (no `--yes`, or `--dry-run`).
-    pub dry_run: bool,
-    pub workers: Vec<Decision>,
+    pub(crate) dry_run: bool,
+    pub(crate) workers: Vec<Decision>,
     /// How many could not be marked or deleted.
-    pub failed: usize,
+    pub(crate) failed: usize,
     /// For each failed worker, the command that deletes it by hand (when the provider has one).
     #[serde(skip)]
-    pub manual_deletes: Vec<(String, String)>,
+    pub(crate) manual_deletes: Vec<(String, String)>,
 }
 
 /// One reaper pass (acting when `act`). A reaped worker's open attempts (a crashed
 /// controller's) give their balls back; progress and those releases are said on stderr.
-pub async fn collect(
+pub(crate) async fn collect(
     project: &Project,
     printer: Printer,
     act: bool,
@@ -86,13 +87,13 @@ pub async fn collect(
 
 impl ReapReport {
     /// How many workers vanished before the reaper got to them (done, not failed).
-    pub fn gone(&self) -> usize {
+    pub(crate) fn gone(&self) -> usize {
         self.workers.iter().filter(|d| d.action == "gone").count()
     }
 
     /// The error a pass with failures ends with: what to run again, and how to delete each
     /// failed worker by hand.
-    pub fn failure(&self) -> Option<CommandError> {
+    pub(crate) fn failure(&self) -> Option<CommandError> {
         if self.failed == 0 {
             return None;
         }

@@ -16,16 +16,16 @@ use crate::provider::{Provider, ProviderError};
 
 /// An exported ledger: what `cwo cost export` writes and `--ledger FILE` reads.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct LedgerFile {
-    pub schema_version: u32,
-    pub exported_at: DateTime<Utc>,
-    pub project: String,
-    pub ledger: Vec<LedgerRow>,
+pub(crate) struct LedgerFile {
+    pub(crate) schema_version: u32,
+    pub(crate) exported_at: DateTime<Utc>,
+    pub(crate) project: String,
+    pub(crate) ledger: Vec<LedgerRow>,
 }
 
 /// An exported ledger cannot be read.
 #[derive(Debug, thiserror::Error)]
-pub enum LedgerFileError {
+pub(crate) enum LedgerFileError {
     #[error("cannot read {}", path.display())]
     Read {
         path: PathBuf,
@@ -58,7 +58,7 @@ impl From<LedgerFileError> for CommandError {
     }
 }
 
-pub fn read_ledger_file(path: &Path) -> Result<Vec<LedgerRow>, LedgerFileError> {
+pub(crate) fn read_ledger_file(path: &Path) -> Result<Vec<LedgerRow>, LedgerFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| LedgerFileError::Read {
         path: path.to_path_buf(),
         source,
@@ -78,7 +78,7 @@ pub fn read_ledger_file(path: &Path) -> Result<Vec<LedgerRow>, LedgerFileError> 
     Ok(file.ledger)
 }
 
-pub fn ledger_lives(rows: &[LedgerRow]) -> Vec<Life> {
+pub(crate) fn ledger_lives(rows: &[LedgerRow]) -> Vec<Life> {
     rows.iter()
         .map(|r| Life {
             worker: r.worker.clone(),
@@ -92,7 +92,7 @@ pub fn ledger_lives(rows: &[LedgerRow]) -> Vec<Life> {
 }
 
 /// Workers the journal says are running (their cost accrues to now).
-pub fn running_lives(journal: &Journal) -> Result<Vec<Life>, JournalError> {
+pub(crate) fn running_lives(journal: &Journal) -> Result<Vec<Life>, JournalError> {
     Ok(journal
         .live_workers()?
         .into_iter()
@@ -112,16 +112,13 @@ pub fn running_lives(journal: &Journal) -> Result<Vec<Life>, JournalError> {
 /// The provider's live labelled workers of this project, priced from the journal's launch
 /// snapshot (`journaled`: the journal's live workers) or, for ones the journal never priced,
 /// from their labels.
-pub async fn provider_lives(
+pub(crate) async fn provider_lives(
     provider: &dyn Provider,
     project_slug: &str,
     journaled: &[WorkerRow],
     catalog: &Catalog,
 ) -> Result<Vec<Life>, ProviderError> {
-    let selector = BTreeMap::from([
-        ("cwo-managed".to_string(), "true".to_string()),
-        ("cwo-project".to_string(), project_slug.to_string()),
-    ]);
+    let selector = crate::model::project_selector(project_slug);
     let known: BTreeMap<&str, Option<&PriceSnapshot>> = journaled
         .iter()
         .map(|w| (w.name.as_str(), w.price.as_ref()))
@@ -159,7 +156,7 @@ pub async fn provider_lives(
 }
 
 /// Writes this project's ledger to `file` (what `cwo cost export` does); returns the rows written.
-pub fn export_ledger(
+pub(crate) fn export_ledger(
     project: &crate::project::Project,
     file: &Path,
 ) -> Result<usize, CommandError> {

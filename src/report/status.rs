@@ -1,6 +1,5 @@
 //! `cwo status`: the journal's workers reconciled with the provider's list, and the tasks.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -10,59 +9,63 @@ use super::table::Table;
 use super::{Report, SCHEMA_VERSION};
 use crate::error::CommandError;
 use crate::journal::{ControllerLock, WorkerRow};
+use crate::model::ids::slug;
 use crate::printer::{Printer, fmt_secs};
-use crate::project::{Project, slug};
+use crate::project::Project;
 use crate::provider::Instance;
 use crate::tracker::{Task, Tracker};
 
 /// One worker as the journal and the cloud see it.
 #[derive(Debug, Clone, Serialize)]
-pub struct WorkerStatus {
-    pub name: String,
-    pub provider: String,
+pub(crate) struct WorkerStatus {
+    pub(crate) name: String,
+    pub(crate) provider: String,
     /// The journal's state, or "unjournaled" for a labelled VM the journal does not know.
-    pub state: String,
+    pub(crate) state: String,
     /// What the provider's list says: present, missing (deleted outside cwo?) or unknown.
-    pub cloud: String,
-    pub created_at: Option<DateTime<Utc>>,
-    pub uptime_secs: Option<i64>,
-    pub current_task: Option<String>,
+    pub(crate) cloud: String,
+    pub(crate) created_at: Option<DateTime<Utc>>,
+    pub(crate) uptime_secs: Option<i64>,
+    pub(crate) current_task: Option<String>,
     /// Only while a controller runs to act on it.
-    pub idle_teardown_in_secs: Option<i64>,
+    pub(crate) idle_teardown_in_secs: Option<i64>,
 }
 
 /// How many tasks are in each state, in the order they are shown.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct TaskCounts {
-    pub in_progress: usize,
-    pub pending: usize,
-    pub blocked: usize,
-    pub complete: usize,
-    pub researched: usize,
+pub(crate) struct TaskCounts {
+    pub(crate) in_progress: usize,
+    pub(crate) pending: usize,
+    pub(crate) blocked: usize,
+    pub(crate) complete: usize,
+    pub(crate) researched: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct TaskStatus {
-    pub counts: TaskCounts,
-    pub ready: Vec<String>,
-    pub balls: Vec<Task>,
+pub(crate) struct TaskStatus {
+    pub(crate) counts: TaskCounts,
+    pub(crate) ready: Vec<String>,
+    pub(crate) balls: Vec<Task>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StatusReport {
-    pub schema_version: u32,
-    pub project: PathBuf,
-    pub state_dir: PathBuf,
-    pub controller_pid: Option<String>,
-    pub workers: Vec<WorkerStatus>,
+pub(crate) struct StatusReport {
+    pub(crate) schema_version: u32,
+    pub(crate) project: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) controller_pid: Option<String>,
+    pub(crate) workers: Vec<WorkerStatus>,
     /// Why the provider's list failed (the workers are then the journal's only).
-    pub provider_list_error: Option<String>,
-    pub tasks: TaskStatus,
+    pub(crate) provider_list_error: Option<String>,
+    pub(crate) tasks: TaskStatus,
 }
 
 /// Gathers the status. A stopped worker is never shown as ready: it is deleted here and now (its
 /// TTL no longer runs, its disk is billed); that is said on stderr.
-pub async fn collect(project: &Project, printer: Printer) -> Result<StatusReport, CommandError> {
+pub(crate) async fn collect(
+    project: &Project,
+    printer: Printer,
+) -> Result<StatusReport, CommandError> {
     let journal = project.journal()?;
     let now = Utc::now();
     let controller = ControllerLock::holder(&project.state_dir);
@@ -70,10 +73,7 @@ pub async fn collect(project: &Project, printer: Printer) -> Result<StatusReport
     // lists them. A failed list is reported, never read as "none".
     let provider = project.provider(&journal);
     let project_slug = slug(&project.name);
-    let selector = BTreeMap::from([
-        ("cwo-managed".to_string(), "true".to_string()),
-        ("cwo-project".to_string(), project_slug.clone()),
-    ]);
+    let selector = crate::model::project_selector(&project_slug);
     let (mut listed, list_error) = match provider.list(&selector).await {
         Ok(l) => (Some(l), None),
         Err(e) => (None, Some(e.to_string())),
@@ -115,7 +115,7 @@ pub async fn collect(project: &Project, printer: Printer) -> Result<StatusReport
 
 /// The journal's live workers, each with what the provider's list (`None`: it failed) says of
 /// it, then the listed workers the journal does not know.
-pub fn reconcile(
+pub(crate) fn reconcile(
     journaled: &[WorkerRow],
     listed: Option<&[Instance]>,
     provider_kind: &str,

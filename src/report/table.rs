@@ -2,14 +2,14 @@
 //! spaces between columns, no trailing blanks.
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Table {
+pub(crate) struct Table {
     header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// A table with these column names (shown in capitals).
-    pub fn new(columns: &[&str]) -> Table {
+    pub(crate) fn new(columns: &[&str]) -> Table {
         Table {
             header: columns.iter().map(|c| c.to_uppercase()).collect(),
             rows: Vec::new(),
@@ -17,17 +17,17 @@ impl Table {
     }
 
     /// Adds a row: one cell per column.
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.header.len(), "one cell per column");
         self.rows.push(cells);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
 
     /// The header and the rows, one line each; nothing at all when there are no rows.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         if self.rows.is_empty() {
             return String::new();
         }

@@ -8,13 +8,13 @@ use crate::error::CommandError;
 use crate::tracker::{Task, Tracker, TrackerProblem};
 
 #[derive(Debug, Clone, Serialize)]
-pub struct TaskListReport {
-    pub schema_version: u32,
-    pub tasks: Vec<Task>,
-    pub problems: Vec<TrackerProblem>,
+pub(crate) struct TaskListReport {
+    pub(crate) schema_version: u32,
+    pub(crate) tasks: Vec<Task>,
+    pub(crate) problems: Vec<TrackerProblem>,
 }
 
-pub fn collect(tracker: &dyn Tracker) -> Result<TaskListReport, CommandError> {
+pub(crate) fn collect(tracker: &dyn Tracker) -> Result<TaskListReport, CommandError> {
     Ok(TaskListReport {
         schema_version: SCHEMA_VERSION,
         tasks: tracker.list()?,

@@ -23,17 +23,17 @@ use super::{Priority, Task, Tracker, TrackerError, TrackerProblem, valid_task_id
 
 /// A ball to append with `Juggle::add`.
 #[derive(Clone, Copy)]
-pub struct NewBall<'a> {
-    pub title: &'a str,
-    pub context: &'a str,
-    pub criteria: &'a [String],
-    pub priority: Priority,
-    pub depends_on: &'a [String],
-    pub tags: &'a [String],
+pub(crate) struct NewBall<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) context: &'a str,
+    pub(crate) criteria: &'a [String],
+    pub(crate) priority: Priority,
+    pub(crate) depends_on: &'a [String],
+    pub(crate) tags: &'a [String],
 }
 
 /// Receives each problem `list()` finds, once per `Juggle` value.
-pub type ProblemSink = Arc<dyn Fn(&TrackerProblem) + Send + Sync>;
+pub(crate) type ProblemSink = Arc<dyn Fn(&TrackerProblem) + Send + Sync>;
 
 pub struct Juggle {
     dir: PathBuf,
@@ -48,7 +48,7 @@ pub struct Juggle {
 
 /// How long a write waits for juggle's lock before it gives up with [`TrackerError::LockTimeout`]
 /// (juggle holds it for one rewrite of the file: milliseconds).
-pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One line of the file without its `\n`; a `\r` before the `\n` stays in `raw`.
 struct Line {
@@ -274,7 +274,7 @@ struct Loaded {
 }
 
 /// juggle's timestamp shape: RFC 3339 with fractional seconds and the local offset.
-pub fn juggle_now() -> String {
+pub(crate) fn juggle_now() -> String {
     Local::now().to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
@@ -290,19 +290,20 @@ impl Juggle {
     }
 
     /// Waits at most `timeout` for a lock another process holds (default [`LOCK_TIMEOUT`]).
-    pub fn with_lock_timeout(mut self, timeout: Duration) -> Juggle {
+    #[cfg(test)]
+    pub(crate) fn with_lock_timeout(mut self, timeout: Duration) -> Juggle {
         self.lock_timeout = timeout;
         self
     }
 
     /// Gives every problem `list()` finds to `sink`, once per problem for the life of this value
     /// (a loop that polls with one `Juggle` hears of each problem once).
-    pub fn on_problem(mut self, sink: ProblemSink) -> Juggle {
+    pub(crate) fn on_problem(mut self, sink: ProblemSink) -> Juggle {
         self.sink = Some(sink);
         self
     }
 
-    pub fn balls_path(&self) -> PathBuf {
+    pub(crate) fn balls_path(&self) -> PathBuf {
         self.dir.join("balls.jsonl")
     }
 
@@ -593,7 +594,7 @@ impl Juggle {
     }
 
     /// Resolves an id the way juggle does: exact short id, exact id, then prefixes.
-    pub fn resolve_id(&self, query: &str) -> Result<String, TrackerError> {
+    pub(crate) fn resolve_id(&self, query: &str) -> Result<String, TrackerError> {
         let lines = Self::read(&self.balls_path())?;
         let archive = Self::read(&self.dir.join("archive/balls.jsonl"))?;
         let ids: Vec<String> = lines
@@ -625,7 +626,11 @@ impl Juggle {
     }
 
     /// Appends a new pending ball, as `juggle plan` does (O_APPEND under the lock).
-    pub fn add(&self, project_name: &str, new: &NewBall<'_>) -> Result<String, TrackerError> {
+    pub(crate) fn add(
+        &self,
+        project_name: &str,
+        new: &NewBall<'_>,
+    ) -> Result<String, TrackerError> {
         let NewBall {
             title,
             context,

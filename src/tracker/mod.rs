@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// The longest task id cwo accepts (juggle's are `<project>-<8 hex>`; a path component may have
 /// 255 bytes, and cwo adds a suffix such as `-input.bundle`).
-pub const MAX_TASK_ID_LEN: usize = 128;
+pub(crate) const MAX_TASK_ID_LEN: usize = 128;
 
 /// Whether `id` is safe to use as one path component (`<state>/logs/<id>`, `tasks/<id>/…`,
 /// `<id>-input.bundle`) and as one git ref component (`cwo/<id>`). Every tracker checks its ids
@@ -18,7 +18,7 @@ pub const MAX_TASK_ID_LEN: usize = 128;
 /// an option to a command); no `..`; not ending with `.` or `.lock` (git refuses those ref
 /// components); at most [`MAX_TASK_ID_LEN`] bytes. juggle's `<project>-<hex>`, its legacy
 /// `<project>-<n>` and issue numbers all pass.
-pub fn valid_task_id(id: &str) -> Result<(), InvalidTaskId> {
+pub(crate) fn valid_task_id(id: &str) -> Result<(), InvalidTaskId> {
     if id.is_empty() {
         return Err(InvalidTaskId::Empty);
     }
@@ -45,7 +45,7 @@ pub fn valid_task_id(id: &str) -> Result<(), InvalidTaskId> {
 
 /// Why a task id cannot be used as a path component and a branch name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidTaskId {
+pub(crate) enum InvalidTaskId {
     #[error("it is empty")]
     Empty,
     #[error("it is {0} bytes long, more than {MAX_TASK_ID_LEN}")]
@@ -86,7 +86,7 @@ pub enum Priority {
 }
 
 impl Priority {
-    pub fn parse(s: &str) -> Option<Priority> {
+    pub(crate) fn parse(s: &str) -> Option<Priority> {
         match s {
             "low" => Some(Priority::Low),
             "medium" => Some(Priority::Medium),
@@ -95,7 +95,7 @@ impl Priority {
             _ => None,
         }
     }
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Priority::Low => "low",
             Priority::Medium => "medium",
@@ -123,7 +123,7 @@ pub struct Task {
 }
 
 impl Task {
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         (self.state == "pending" || self.state == "in_progress") && self.waiting_on.is_empty()
     }
 }

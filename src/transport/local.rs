@@ -17,12 +17,12 @@ const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long output is still read after the main process exited (children holding the pipes).
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-pub struct LocalTransport {
+pub(crate) struct LocalTransport {
     worker: String,
 }
 
 impl LocalTransport {
-    pub fn new(worker: impl Into<String>) -> LocalTransport {
+    pub(crate) fn new(worker: impl Into<String>) -> LocalTransport {
         LocalTransport {
             worker: worker.into(),
         }
@@ -75,13 +75,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 /// credentials, tokens (`GH_TOKEN`, `AWS_*`, …) and the sources of `env:` secrets stay with the
 /// controller, as they would on a VM; the agent gets `agent.env` on top of these, and a variable
 /// it needs from this environment is passed explicitly (`agent.env.NAME = "env:NAME"`).
-pub const WORKER_ENV: &[&str] = &[
+pub(crate) const WORKER_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
 ];
 
 /// Prefixes of further variables a login has: locale (`LC_*`) and the XDG base directories
 /// (`XDG_*`, where tools such as opencode keep their configuration and sign-in).
-pub const WORKER_ENV_PREFIXES: &[&str] = &["LC_", "XDG_"];
+pub(crate) const WORKER_ENV_PREFIXES: &[&str] = &["LC_", "XDG_"];
 
 fn worker_env() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
     std::env::vars_os().filter(|(k, _)| {

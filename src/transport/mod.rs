@@ -1,6 +1,6 @@
 //! Running commands on a worker. Providers hand out a [`Target`]; a transport runs things there.
 
-pub mod local;
+pub(crate) mod local;
 pub mod ssh;
 
 use std::path::Path;
@@ -38,7 +38,7 @@ impl ExecRequest {
             ..Default::default()
         }
     }
-    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+    pub(crate) fn cwd(mut self, cwd: impl Into<String>) -> Self {
         self.cwd = Some(cwd.into());
         self
     }
@@ -53,7 +53,7 @@ pub enum ExecStatus {
 }
 
 impl ExecStatus {
-    pub fn success(self) -> bool {
+    pub(crate) fn success(self) -> bool {
         self == ExecStatus::Exited(0)
     }
 }
@@ -96,7 +96,7 @@ pub enum TransportError {
 
 /// A command as error messages name it: a script run as `sh -c SCRIPT NAME …` by its name, and
 /// long arguments (a prompt, a path) shortened, so a failure reads as one line, not a script.
-pub fn describe(argv: &[String]) -> String {
+pub(crate) fn describe(argv: &[String]) -> String {
     const ARG: usize = 60;
     if argv.len() >= 4 && argv[0] == "sh" && argv[1] == "-c" {
         return format!("sh -c <{} script>", argv[3]);
@@ -116,7 +116,7 @@ pub fn describe(argv: &[String]) -> String {
 impl TransportError {
     /// The command's fate is unknown because the connection failed (not because it ran and
     /// failed): worth retrying once the worker is reachable again.
-    pub fn is_connection(&self) -> bool {
+    pub(crate) fn is_connection(&self) -> bool {
         matches!(self, TransportError::Io { .. })
     }
 }
@@ -150,7 +150,7 @@ pub struct Captured {
 
 /// Receives output one line at a time, as raw bytes with the line's `\n` when it had one (the
 /// last piece of a stream may have none), so a consumer can count bytes exactly.
-pub type LineSink<'a> = &'a mut (dyn FnMut(Stream, &[u8]) + Send);
+pub(crate) type LineSink<'a> = &'a mut (dyn FnMut(Stream, &[u8]) + Send);
 
 #[async_trait]
 pub trait Transport: Send + Sync {

@@ -28,9 +28,9 @@ pub struct SshTarget {
     pub keepalive: Duration,
 }
 
-pub use crate::util::shell::shell_quote;
+use crate::util::shell::shell_quote;
 
-pub fn command_line(argv: &[String]) -> String {
+pub(crate) fn command_line(argv: &[String]) -> String {
     argv.iter()
         .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
@@ -40,7 +40,7 @@ pub fn command_line(argv: &[String]) -> String {
 /// An environment variable name a shell cannot export.
 #[derive(Debug, thiserror::Error)]
 #[error("`{0}` is not a valid environment variable name")]
-pub struct BadEnvName(pub String);
+pub(crate) struct BadEnvName(pub String);
 
 /// Why a worker key could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ fn env_script(env: &[(String, String)]) -> Result<String, BadEnvName> {
 
 /// Generates a fresh ed25519 key pair for a worker: the private key in OpenSSH format, 0600, at
 /// `path`; returns the public key line.
-pub fn generate_key(path: &Path, comment: &str) -> Result<String, KeyError> {
+pub(crate) fn generate_key(path: &Path, comment: &str) -> Result<String, KeyError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |p: &Path| {
         let path = p.display().to_string();
@@ -101,7 +101,7 @@ pub fn generate_key(path: &Path, comment: &str) -> Result<String, KeyError> {
     key.public_key().to_openssh().map_err(KeyError::Encode)
 }
 
-pub fn fingerprint(key: &PublicKey) -> String {
+pub(crate) fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 

@@ -3,7 +3,7 @@
 
 /// Points a Google API client builder at an endpoint ("" = Google's) with the configured
 /// credentials ("" = Application Default Credentials, "anonymous" for emulators and tests).
-pub fn configure<F, Cr>(
+pub(crate) fn configure<F, Cr>(
     builder: google_cloud_gax::client_builder::ClientBuilder<F, Cr>,
     endpoint: &str,
     credentials: &str,

@@ -1,5 +1,5 @@
 //! Small helpers on the floor, used by several layers above.
 
-pub mod gcp_api;
-pub mod shell;
-pub mod terminal;
+pub(crate) mod gcp_api;
+pub(crate) mod shell;
+pub(crate) mod terminal;

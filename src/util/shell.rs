@@ -3,7 +3,7 @@
 /// Quotes one word for a POSIX shell. SSH carries a command line, not an argv (RFC 4254 §6.5),
 /// so every word is quoted here; single quotes make every byte literal, and a `'` inside becomes
 /// `'\''`. Small enough to keep in view rather than depend on a crate.
-pub fn shell_quote(word: &str) -> String {
+pub(crate) fn shell_quote(word: &str) -> String {
     let safe = !word.is_empty()
         && word
             .bytes()
@@ -16,7 +16,7 @@ pub fn shell_quote(word: &str) -> String {
 }
 
 /// A name the shell accepts as a variable.
-pub fn is_env_name(k: &str) -> bool {
+pub(crate) fn is_env_name(k: &str) -> bool {
     let mut b = k.bytes();
     matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 /// (columns, rows) of the terminal on stdout, or 80x24.
-pub fn size() -> (u32, u32) {
+pub(crate) fn size() -> (u32, u32) {
     // SAFETY: TIOCGWINSZ fills a winsize struct owned by this frame.
     unsafe {
         let mut ws: libc::winsize = std::mem::zeroed();
@@ -15,12 +15,12 @@ pub fn size() -> (u32, u32) {
 }
 
 /// Puts stdin in raw mode while alive (nothing when stdin is not a terminal).
-pub struct RawMode {
+pub(crate) struct RawMode {
     saved: Option<libc::termios>,
 }
 
 impl RawMode {
-    pub fn enable() -> RawMode {
+    pub(crate) fn enable() -> RawMode {
         if !std::io::stdin().is_terminal() {
             return RawMode { saved: None };
         }

@@ -43,11 +43,9 @@ use crate::provider::Check;
 use crate::provider::ProviderError;
 
 /// The role that may create, change and delete budgets on a billing account.
-pub const ROLE: &str = "roles/billing.costsManager";
-/// Default alert thresholds, in percent of the amount.
-pub const DEFAULT_THRESHOLDS: [f64; 3] = [50.0, 90.0, 100.0];
+pub(crate) const ROLE: &str = "roles/billing.costsManager";
 /// The one label the budget is scoped to.
-pub const LABEL: (&str, &str) = ("cwo-managed", "true");
+pub(crate) const LABEL: (&str, &str) = ("cwo-managed", "true");
 /// Compute Engine's service id in the Cloud Billing catalog.
 const COMPUTE_SERVICE: &str = "services/6F81-5844-456A";
 /// Tries of a call that fails with 429 or 5xx.
@@ -58,12 +56,12 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const OWNED: &str = "displayName,budgetFilter,amount,thresholdRules,notificationsRule";
 
 /// The display name cwo's budget carries in a GCP project (60 characters at most).
-pub fn display_name(gcp_project: &str) -> String {
+pub(crate) fn display_name(gcp_project: &str) -> String {
     format!("cwo: {gcp_project}")
 }
 
 /// "billingAccounts/X" or "X" → "X".
-pub fn account_id(account: &str) -> &str {
+pub(crate) fn account_id(account: &str) -> &str {
     account
         .trim()
         .strip_prefix("billingAccounts/")
@@ -73,13 +71,13 @@ pub fn account_id(account: &str) -> &str {
 /// An amount of money as `google.type.Money` keeps it: whole units and billionths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Amount {
-    pub units: i64,
-    pub nanos: i32,
+    pub(crate) units: i64,
+    pub(crate) nanos: i32,
 }
 
 impl Amount {
     /// Parses a positive decimal such as "5" or "12.50" exactly (no binary floating point).
-    pub fn parse(s: &str) -> Result<Amount, String> {
+    pub(crate) fn parse(s: &str) -> Result<Amount, String> {
         let t = s.trim();
         let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
         let digits = |d: &str| d.chars().all(|c| c.is_ascii_digit());
@@ -118,17 +116,17 @@ impl std::fmt::Display for Amount {
 /// `google.type.Money`. `units` is an int64, which JSON carries as a string.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct Money {
+pub(crate) struct Money {
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub currency_code: String,
+    pub(crate) currency_code: String,
     #[serde(
         default,
         deserialize_with = "int64",
         skip_serializing_if = "String::is_empty"
     )]
-    pub units: String,
+    pub(crate) units: String,
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub nanos: i32,
+    pub(crate) nanos: i32,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -155,56 +153,56 @@ impl Money {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct BudgetAmount {
+pub(crate) struct BudgetAmount {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub specified_amount: Option<Money>,
+    pub(crate) specified_amount: Option<Money>,
     /// `lastPeriodAmount`, kept as it is.
     #[serde(flatten)]
-    pub other: Map<String, Value>,
+    pub(crate) other: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct ThresholdRule {
-    pub threshold_percent: f64,
+pub(crate) struct ThresholdRule {
+    pub(crate) threshold_percent: f64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub spend_basis: String,
+    pub(crate) spend_basis: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct Filter {
+pub(crate) struct Filter {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub projects: Vec<String>,
+    pub(crate) projects: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, Vec<Value>>,
+    pub(crate) labels: BTreeMap<String, Vec<Value>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<String>,
+    pub(crate) services: Vec<String>,
     /// calendarPeriod, customPeriod, credit treatment, subaccounts, resource ancestors.
     #[serde(flatten)]
-    pub other: Map<String, Value>,
+    pub(crate) other: Map<String, Value>,
 }
 
 /// A budget as the API returns it; fields cwo does not know are kept for round trips.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct Budget {
+pub(crate) struct Budget {
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub display_name: String,
+    pub(crate) display_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget_filter: Option<Filter>,
+    pub(crate) budget_filter: Option<Filter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amount: Option<BudgetAmount>,
+    pub(crate) amount: Option<BudgetAmount>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub threshold_rules: Vec<ThresholdRule>,
+    pub(crate) threshold_rules: Vec<ThresholdRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notifications_rule: Option<Map<String, Value>>,
+    pub(crate) notifications_rule: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub etag: String,
+    pub(crate) etag: String,
     #[serde(flatten)]
-    pub other: Map<String, Value>,
+    pub(crate) other: Map<String, Value>,
 }
 
 impl Budget {
@@ -218,7 +216,7 @@ impl Budget {
 
     /// Whether the default recipients (the billing account's administrators and users) get the
     /// threshold emails.
-    pub fn emails_admins(&self) -> bool {
+    pub(crate) fn emails_admins(&self) -> bool {
         !self
             .notifications_rule
             .as_ref()
@@ -243,7 +241,7 @@ impl Budget {
 
     /// Whether this budget alerts on this project's Compute Engine spend: it has thresholds and
     /// someone to email, and no filter leaves the project (by its number) or Compute out.
-    pub fn covers(&self, project_number: &str) -> bool {
+    pub(crate) fn covers(&self, project_number: &str) -> bool {
         let f = self.filter();
         let project = format!("projects/{project_number}");
         !self.threshold_rules.is_empty()
@@ -262,7 +260,7 @@ impl Budget {
     }
 
     /// One line: amount, period, thresholds, scope, recipients.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let f = self.filter();
         let amount = match self.money() {
             Some(m) => format!(
@@ -322,11 +320,11 @@ impl Budget {
 
 /// What `cwo budget alert set` asks for.
 #[derive(Debug, Clone)]
-pub struct AlertSpec {
-    pub project: String,
-    pub amount: Amount,
+pub(crate) struct AlertSpec {
+    pub(crate) project: String,
+    pub(crate) amount: Amount,
     /// Percentages, e.g. 50, 90, 100.
-    pub thresholds: Vec<f64>,
+    pub(crate) thresholds: Vec<f64>,
 }
 
 impl AlertSpec {
@@ -400,14 +398,14 @@ impl AlertSpec {
 
 /// What `set` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Created,
     Updated,
     Unchanged,
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Created => "created",
             Outcome::Updated => "updated",
@@ -427,9 +425,9 @@ enum Api {
 /// conflict (someone changed the budget between cwo's read and its update).
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}")]
-pub struct ApiError {
-    pub kind: ProviderError,
-    pub hints: Vec<String>,
+pub(crate) struct ApiError {
+    pub(crate) kind: ProviderError,
+    pub(crate) hints: Vec<String>,
     conflict: bool,
 }
 
@@ -444,7 +442,7 @@ impl ApiError {
 }
 
 /// The budget alert calls for one GCP project and billing account.
-pub struct BudgetApi {
+pub(crate) struct BudgetApi {
     http: reqwest::Client,
     billing: String,
     resourcemanager: String,
@@ -456,7 +454,7 @@ pub struct BudgetApi {
 
 impl BudgetApi {
     /// `on_retry` gets a status line for each retry of a failing call.
-    pub fn new(
+    pub(crate) fn new(
         settings: &GcpSettings,
         account: &str,
         on_retry: Box<dyn Fn(String) + Send + Sync>,
@@ -497,7 +495,7 @@ impl BudgetApi {
         })
     }
 
-    pub fn account(&self) -> &str {
+    pub(crate) fn account(&self) -> &str {
         &self.account
     }
 
@@ -656,7 +654,7 @@ impl BudgetApi {
 
     /// The project's number (`budgetFilter.projects` takes `projects/{number}`), from Cloud
     /// Resource Manager v3 `projects.get`, whose `name` is `projects/{number}`.
-    pub async fn project_number(&self) -> Result<String, ApiError> {
+    pub(crate) async fn project_number(&self) -> Result<String, ApiError> {
         let url = format!("{}/v3/projects/{}", self.resourcemanager, self.project);
         let what = format!("reading the number of project {}", self.project);
         let p = self
@@ -682,7 +680,7 @@ impl BudgetApi {
     }
 
     /// Every budget on the billing account, all pages.
-    pub async fn list(&self) -> Result<Vec<Budget>, ApiError> {
+    pub(crate) async fn list(&self) -> Result<Vec<Budget>, ApiError> {
         let mut out = Vec::new();
         let mut token = String::new();
         let what = format!("listing the budgets of billing account {}", self.account);
@@ -712,7 +710,7 @@ impl BudgetApi {
     }
 
     /// cwo's budgets for the project (one, unless something made more), by display name.
-    pub async fn find(&self) -> Result<Vec<Budget>, ApiError> {
+    pub(crate) async fn find(&self) -> Result<Vec<Budget>, ApiError> {
         let name = display_name(&self.project);
         Ok(self
             .list()
@@ -724,7 +722,10 @@ impl BudgetApi {
 
     /// Creates or updates cwo's budget. Returns it, what was done, and the names of further
     /// budgets with the same display name (left alone; `remove` deletes them all).
-    pub async fn set(&self, spec: &AlertSpec) -> Result<(Budget, Outcome, Vec<String>), ApiError> {
+    pub(crate) async fn set(
+        &self,
+        spec: &AlertSpec,
+    ) -> Result<(Budget, Outcome, Vec<String>), ApiError> {
         let number = self.project_number().await?;
         let mut delay = FIRST_RETRY;
         let mut attempt = 1;
@@ -797,7 +798,7 @@ impl BudgetApi {
 
     /// Deletes cwo's budgets for the project; returns their names. A budget gone meanwhile
     /// counts as deleted.
-    pub async fn remove(&self) -> Result<Vec<String>, ApiError> {
+    pub(crate) async fn remove(&self) -> Result<Vec<String>, ApiError> {
         let mut removed = Vec::new();
         for b in self.find().await? {
             let url = format!("{}/v1/{}", self.billing, b.name);
@@ -853,7 +854,7 @@ fn same(old: &Budget, want: &Budget) -> bool {
 
 /// `cwo doctor`'s check: whether a budget alert covers the project (ok), or what to run (warn).
 /// It never fails the doctor: a budget alert is advice, not a requirement.
-pub async fn doctor_check(settings: &GcpSettings) -> Check {
+pub(crate) async fn doctor_check(settings: &GcpSettings) -> Check {
     let p = &settings.project;
     let warn = |detail: String, fix: String| Check::warn("budget", detail, fix);
     if settings.billing_account.trim().is_empty() {

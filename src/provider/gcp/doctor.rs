@@ -1,8 +1,9 @@
 //! `cwo doctor` for the gcp provider.
 
-use super::{Clients, GcpProvider, classify, configure, firewall_name};
+use super::{Clients, GcpProvider, classify, firewall_name};
 use crate::config::GcpSettings;
 use crate::provider::{Check, CheckStatus};
+use crate::util::gcp_api::configure;
 
 /// A check whose outcome is known (`Some`: passed or failed) or could not be read (`None`).
 fn check(name: &'static str, ok: Option<bool>, detail: String, fix: &str) -> Check {

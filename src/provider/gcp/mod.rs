@@ -18,11 +18,11 @@ use google_cloud_compute_v1::model::{
 };
 use tokio::sync::OnceCell;
 
-pub use crate::util::gcp_api::configure;
+use crate::util::gcp_api::configure;
 
-pub mod budget;
+pub(crate) mod budget;
 mod doctor;
-pub use budget::{AlertSpec, Amount, BudgetApi, Outcome};
+pub(crate) use budget::{AlertSpec, Amount, BudgetApi};
 
 use super::{
     Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
@@ -39,7 +39,7 @@ const TRANSIENT_TRIES: u32 = 5;
 
 /// Publishes the SSH host key through guest attributes (images without Google's guest agent,
 /// such as Alpine, do not) so cwo can pin it from the API rather than trust the network.
-pub const HOSTKEY_SCRIPT: &str = r#"#!/bin/sh
+pub(crate) const HOSTKEY_SCRIPT: &str = r#"#!/bin/sh
 # cwo: publish this VM's SSH host key where cwo can read it through the Compute API.
 k=/etc/ssh/ssh_host_ed25519_key.pub
 i=0
@@ -83,7 +83,7 @@ pub struct GcpPlan {
     service_accounts: Vec<String>,
     bootstrap: String,
     /// `None`: no price for this machine type in this region.
-    pub(crate) hourly_cost_usd: Option<HourlyPlan>,
+    pub hourly_cost_usd: Option<HourlyPlan>,
 }
 
 #[derive(serde::Serialize)]
@@ -96,11 +96,11 @@ struct FirewallPlan {
 }
 
 #[derive(serde::Serialize)]
-pub(crate) struct HourlyPlan {
+pub struct HourlyPlan {
     machine: f64,
     disk: f64,
     external_ip: f64,
-    pub(crate) total: f64,
+    pub total: f64,
 }
 
 /// A TTL as settings and plans write it: `1h 30m`, or `none`.
@@ -110,11 +110,11 @@ pub(crate) fn ttl_text(ttl: Option<Duration>) -> String {
 }
 
 /// The network tag the firewall rule targets.
-pub fn network_tag(project_slug: &str) -> String {
+pub(crate) fn network_tag(project_slug: &str) -> String {
     format!("cwo-ssh-{project_slug}")
 }
 
-pub fn firewall_name(project_slug: &str) -> String {
+pub(crate) fn firewall_name(project_slug: &str) -> String {
     format!("cwo-ssh-{project_slug}")
 }
 
@@ -124,7 +124,11 @@ fn last_segment(s: &str) -> String {
 
 /// Classifies an API error by its HTTP status and the structured `reason` of Google's error
 /// payload (never by message text).
-pub fn classify(err: &google_cloud_compute_v1::Error, what: &str, insert: bool) -> ProviderError {
+pub(crate) fn classify(
+    err: &google_cloud_compute_v1::Error,
+    what: &str,
+    insert: bool,
+) -> ProviderError {
     use google_cloud_gax::error::rpc::{Code, StatusDetails};
     // The structured reasons: ErrorInfo details (Compute's legacy `errors[].reason` arrive as
     // those too), or the raw payload when it was not a status at all.
@@ -263,13 +267,9 @@ impl GcpProvider {
     }
 
     /// Boots the VMs with `script` as startup-script and user-data (so boot and setup overlap).
-    pub fn with_startup_script(mut self, script: String) -> GcpProvider {
+    pub(crate) fn with_startup_script(mut self, script: String) -> GcpProvider {
         self.startup_script = script;
         self
-    }
-
-    pub fn settings(&self) -> &GcpSettings {
-        &self.settings
     }
 
     async fn clients(&self) -> Result<&Clients, ProviderError> {
@@ -425,7 +425,7 @@ impl GcpProvider {
 
     /// The firewall rule letting SSH in from the controller's address only; created or
     /// corrected once per run, idempotently.
-    pub async fn ensure_firewall(&self) -> Result<(), ProviderError> {
+    pub(crate) async fn ensure_firewall(&self) -> Result<(), ProviderError> {
         self.firewall
             .get_or_try_init(|| async {
                 let c = self.clients().await?;
@@ -495,7 +495,12 @@ impl GcpProvider {
     /// place it is built. The worker's own labels ([`super::worker_labels`]) are set here, so no
     /// caller can send or show a body without them; the boot disk carries their identity part,
     /// so the billing export attributes its cost to the worker too.
-    pub fn instance_body(&self, spec: &WorkerSpec, zone: &str, public_key: &str) -> gce::Instance {
+    pub(crate) fn instance_body(
+        &self,
+        spec: &WorkerSpec,
+        zone: &str,
+        public_key: &str,
+    ) -> gce::Instance {
         // The worker's identity, which never changes during its life: `cwo-expires-at` and the
         // reaper's marks are the VM's (setLabels on the instance does not reach the disk).
         const DISK_LABELS: [&str; 3] = ["cwo-managed", "cwo-project", "cwo-worker"];
