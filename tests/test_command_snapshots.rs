@@ -312,3 +312,50 @@ fn shape(doc: &serde_json::Value) -> String {
         .map(|(p, kinds)| format!("{p}: {}\n", kinds.into_iter().collect::<Vec<_>>().join("|")))
         .collect()
 }
+
+/// `cwo doctor` on the local provider, both formats: each check, its fix, and exit 1 for the
+/// missing remote and agent. The git version is the machine's, the commit the test's.
+#[test]
+fn doctor_local() {
+    let env = TestEnv::new();
+    let mut settings = filters(&env);
+    settings.add_filter(r"git version \d+(\.\d+)*\S*", "git version [VERSION]");
+    settings.add_filter(r"\bat [0-9a-f]{12}\b", "at [SHA]");
+    settings.bind(|| {
+        insta::assert_snapshot!("doctor_local", shown(&env.cwo(&["doctor"])));
+        insta::assert_snapshot!(
+            "doctor_local_json",
+            shown(&env.cwo(&["doctor", "--format", "json"]))
+        );
+    });
+}
+
+/// `cwo up --plan` on the local provider and on gcp (against the fake, which it never calls),
+/// both formats: the worker, its labels, what it would cost.
+#[test]
+fn up_plan() {
+    let env = TestEnv::new();
+    filters(&env).bind(|| {
+        insta::assert_snapshot!("up_plan_local", shown(&env.cwo(&["up", "--plan"])));
+        insta::assert_snapshot!(
+            "up_plan_local_json",
+            shown(&env.cwo(&["up", "--plan", "--format", "json"]))
+        );
+    });
+    let Some(g) = crate::test_gcp::gcp("", "true", "") else {
+        return;
+    };
+    // The instance body's label maps come from the Compute client's hash maps: sorted here. The
+    // expiry is the time of the run.
+    let run = g.env.cwo(&["up", "--plan", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    let mut settings = fake_filters(&g.env);
+    settings.set_sort_maps(true);
+    settings.bind(|| {
+        insta::assert_json_snapshot!("up_plan_gcp_json", run.json(), {
+            r#".plan.instance.labels["cwo-expires-at"]"# => "[EXPIRES AT]",
+        });
+    });
+    assert!(g.fake.log().is_empty(), "no API call: {:?}", g.fake.log());
+}
