@@ -355,6 +355,8 @@ fn up_plan() {
     settings.bind(|| {
         insta::assert_json_snapshot!("up_plan_gcp_json", run.json(), {
             r#".plan.instance.labels["cwo-expires-at"]"# => "[EXPIRES AT]",
+            // The test sshd's port (the fake VMs' SSH port).
+            ".plan.firewall.allow" => "tcp:[PORT]",
         });
     });
     assert!(g.fake.log().is_empty(), "no API call: {:?}", g.fake.log());
