@@ -267,6 +267,180 @@ fn and_list(ids: &[&str]) -> String {
     }
 }
 
+/// A problem with line `line` of the file at `path`.
+fn problem(path: &Path, line: usize, message: String) -> TrackerProblem {
+    TrackerProblem {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
+}
+
+/// The first ball of each id, in file order, with its line number; later copies are problems
+/// (juggle reads and updates only the first).
+fn first_copies<'a>(
+    lines: &'a Lines,
+    path: &Path,
+    problems: &mut Vec<TrackerProblem>,
+) -> Vec<(usize, &'a Map<String, Value>)> {
+    let mut first_line: HashMap<&str, usize> = HashMap::new();
+    let mut balls = Vec::new();
+    for (n, ball) in lines.balls() {
+        let id = str_field(ball, "id");
+        if let Some(first) = first_line.get(id) {
+            problems.push(problem(
+                path,
+                n,
+                format!(
+                    "skipped: a second ball with id `{id}` (the first is on line {first}); \
+                     juggle reads and updates only the first, and so does cwo: give this one \
+                     a new id or delete it"
+                ),
+            ));
+            continue;
+        }
+        first_line.insert(id, n);
+        balls.push((n, ball));
+    }
+    balls
+}
+
+/// The balls' dependencies as juggle reads them: by full or short id, archived ones met, a
+/// complete one met.
+struct Dependencies<'a> {
+    /// Index of each ball by its id, and by its short id where that is not taken.
+    by_id: HashMap<&'a str, usize>,
+    /// Ids (full and short) of archived balls: always met.
+    archived: HashSet<&'a str>,
+    /// Each ball's state.
+    states: Vec<&'a str>,
+    /// Edges from each ball that still needs its dependencies to each one it waits on.
+    waits: Vec<Vec<usize>>,
+}
+
+fn is_done(state: &str) -> bool {
+    state == "complete" || state == "researched"
+}
+
+impl<'a> Dependencies<'a> {
+    fn of(balls: &[(usize, &'a Map<String, Value>)], archive: &'a Lines) -> Dependencies<'a> {
+        let mut by_id: HashMap<&str, usize> = HashMap::new();
+        for (i, (_, ball)) in balls.iter().enumerate() {
+            by_id.insert(str_field(ball, "id"), i);
+        }
+        for (i, (_, ball)) in balls.iter().enumerate() {
+            by_id.entry(short_id(str_field(ball, "id"))).or_insert(i);
+        }
+        let archived: HashSet<&str> = archive
+            .balls()
+            .flat_map(|(_, b)| {
+                let id = str_field(b, "id");
+                [id, short_id(id)]
+            })
+            .collect();
+        let states: Vec<&str> = balls.iter().map(|(_, b)| str_field(b, "state")).collect();
+        let waits = balls
+            .iter()
+            .map(|(_, ball)| {
+                if is_done(str_field(ball, "state")) {
+                    return vec![];
+                }
+                str_list(ball, "depends_on")
+                    .iter()
+                    .filter(|d| !archived.contains(d.as_str()))
+                    .filter_map(|d| by_id.get(d.as_str()).copied())
+                    .filter(|&j| states[j] != "complete")
+                    .collect()
+            })
+            .collect();
+        Dependencies {
+            by_id,
+            archived,
+            states,
+            waits,
+        }
+    }
+
+    /// `task` (ball `i`, on line `n`) with what it still waits on; a dependency on itself or on
+    /// an id nobody has is a problem.
+    fn resolve(
+        &self,
+        mut task: Task,
+        i: usize,
+        n: usize,
+        path: &Path,
+        problems: &mut Vec<TrackerProblem>,
+    ) -> Task {
+        let open = !is_done(&task.state);
+        for dep in &task.depends_on {
+            if self.archived.contains(dep.as_str()) {
+                continue;
+            }
+            match self.by_id.get(dep.as_str()) {
+                Some(&j) if self.states[j] != "complete" => {
+                    task.waiting_on.push(dep.clone());
+                    if j == i && open {
+                        problems.push(problem(
+                            path,
+                            n,
+                            format!(
+                                "ball `{}` depends on itself, so it will never be ready: \
+                                 remove `{dep}` from its depends_on",
+                                task.id
+                            ),
+                        ));
+                    }
+                }
+                Some(_) => {}
+                None if open => problems.push(problem(
+                    path,
+                    n,
+                    format!(
+                        "ball `{}` depends on `{dep}`, which is in neither {} nor the \
+                         archive; like juggle, cwo counts a missing dependency as met: fix \
+                         the id if it is a typo, or remove it",
+                        task.id,
+                        path.file_name().unwrap_or_default().to_string_lossy()
+                    ),
+                )),
+                None => {}
+            }
+        }
+        task
+    }
+
+    /// A problem for each dependency cycle among the balls that are `listed`: none of its balls
+    /// will ever be ready.
+    fn cycle_problems(
+        &self,
+        balls: &[(usize, &Map<String, Value>)],
+        listed: &[bool],
+        path: &Path,
+        problems: &mut Vec<TrackerProblem>,
+    ) {
+        for cycle in cycles(&self.waits) {
+            if !cycle.iter().any(|&i| listed[i]) {
+                continue;
+            }
+            let ids: Vec<&str> = cycle.iter().map(|&i| str_field(balls[i].1, "id")).collect();
+            problems.push(problem(
+                path,
+                balls[cycle[0]].0,
+                format!(
+                    "balls {} (lines {}) depend on each other in a cycle, so none of them will \
+                     ever be ready: remove one of those dependencies",
+                    and_list(&ids),
+                    cycle
+                        .iter()
+                        .map(|&i| balls[i].0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+}
+
 /// `list()`'s tasks and everything it skipped or cannot make ready.
 struct Loaded {
     tasks: Vec<Task>,
@@ -415,11 +589,6 @@ impl Juggle {
         let archive_path = self.archive_path();
         let lines = Self::read(&path)?;
         let archive = Self::read(&archive_path)?;
-        let problem = |path: &Path, line: usize, message: String| TrackerProblem {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
         let mut problems: Vec<TrackerProblem> = lines
             .unreadable
             .iter()
@@ -431,63 +600,12 @@ impl Juggle {
                     .map(|(n, why)| problem(&archive_path, *n, why.clone())),
             )
             .collect();
-
-        // The first copy of each id, in file order.
-        let mut first_line: HashMap<&str, usize> = HashMap::new();
-        let mut balls: Vec<(usize, &Map<String, Value>)> = Vec::new();
-        for (n, ball) in lines.balls() {
-            let id = str_field(ball, "id");
-            if let Some(first) = first_line.get(id) {
-                problems.push(problem(
-                    &path,
-                    n,
-                    format!(
-                        "skipped: a second ball with id `{id}` (the first is on line {first}); \
-                         juggle reads and updates only the first, and so does cwo: give this one \
-                         a new id or delete it"
-                    ),
-                ));
-                continue;
-            }
-            first_line.insert(id, n);
-            balls.push((n, ball));
-        }
-        let mut by_id: HashMap<&str, usize> = HashMap::new();
-        for (i, (_, ball)) in balls.iter().enumerate() {
-            by_id.insert(str_field(ball, "id"), i);
-        }
-        for (i, (_, ball)) in balls.iter().enumerate() {
-            by_id.entry(short_id(str_field(ball, "id"))).or_insert(i);
-        }
-        let archived: HashSet<&str> = archive
-            .balls()
-            .flat_map(|(_, b)| {
-                let id = str_field(b, "id");
-                [id, short_id(id)]
-            })
-            .collect();
-        let state = |i: usize| str_field(balls[i].1, "state");
-        let done = |state: &str| state == "complete" || state == "researched";
-        // Edges from each ball that still needs its dependencies to each one it waits on.
-        let waits: Vec<Vec<usize>> = balls
-            .iter()
-            .map(|(_, ball)| {
-                if done(str_field(ball, "state")) {
-                    return vec![];
-                }
-                str_list(ball, "depends_on")
-                    .iter()
-                    .filter(|d| !archived.contains(d.as_str()))
-                    .filter_map(|d| by_id.get(d.as_str()).copied())
-                    .filter(|&j| state(j) != "complete")
-                    .collect()
-            })
-            .collect();
-
+        let balls = first_copies(&lines, &path, &mut problems);
+        let deps = Dependencies::of(&balls, &archive);
         let mut listed = vec![false; balls.len()];
         let mut tasks = Vec::new();
         for (i, &(n, ball)) in balls.iter().enumerate() {
-            let mut task = Self::to_task(ball);
+            let task = Self::to_task(ball);
             if let Err(why) = valid_task_id(&task.id) {
                 problems.push(problem(
                     &path,
@@ -504,63 +622,9 @@ impl Juggle {
                 continue;
             }
             listed[i] = true;
-            let open = !done(&task.state);
-            for dep in &task.depends_on {
-                if archived.contains(dep.as_str()) {
-                    continue;
-                }
-                match by_id.get(dep.as_str()) {
-                    Some(&j) if state(j) != "complete" => {
-                        task.waiting_on.push(dep.clone());
-                        if j == i && open {
-                            problems.push(problem(
-                                &path,
-                                n,
-                                format!(
-                                    "ball `{}` depends on itself, so it will never be ready: \
-                                     remove `{dep}` from its depends_on",
-                                    task.id
-                                ),
-                            ));
-                        }
-                    }
-                    Some(_) => {}
-                    None if open => problems.push(problem(
-                        &path,
-                        n,
-                        format!(
-                            "ball `{}` depends on `{dep}`, which is in neither {} nor the \
-                             archive; like juggle, cwo counts a missing dependency as met: fix \
-                             the id if it is a typo, or remove it",
-                            task.id,
-                            path.file_name().unwrap_or_default().to_string_lossy()
-                        ),
-                    )),
-                    None => {}
-                }
-            }
-            tasks.push(task);
+            tasks.push(deps.resolve(task, i, n, &path, &mut problems));
         }
-        for cycle in cycles(&waits) {
-            if !cycle.iter().any(|&i| listed[i]) {
-                continue;
-            }
-            let ids: Vec<&str> = cycle.iter().map(|&i| str_field(balls[i].1, "id")).collect();
-            problems.push(problem(
-                &path,
-                balls[cycle[0]].0,
-                format!(
-                    "balls {} (lines {}) depend on each other in a cycle, so none of them will \
-                     ever be ready: remove one of those dependencies",
-                    and_list(&ids),
-                    cycle
-                        .iter()
-                        .map(|&i| balls[i].0.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
+        deps.cycle_problems(&balls, &listed, &path, &mut problems);
         problems.sort_by(|a, b| (&a.path, a.line).cmp(&(&b.path, b.line)));
         Ok(Loaded { tasks, problems })
     }
