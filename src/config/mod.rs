@@ -186,20 +186,54 @@ impl Inputs<'_> {
 }
 
 pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
-    let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
-    let mut merged = defaults.clone();
-    let mut origins = BTreeMap::new();
-    for (key, _) in leaves(&defaults) {
-        origins.insert(key, Source::Default);
-    }
-
+    let mut layers = Layers::defaults();
     for path in [&inputs.user_file, &inputs.project_file]
         .into_iter()
         .flatten()
     {
+        layers.add_file(path)?;
+    }
+    for (var, value) in &inputs.env {
+        layers.add_env(var, value)?;
+    }
+    for arg in inputs.flags {
+        layers.add_flag(arg)?;
+    }
+    let Layers { merged, origins } = layers;
+    let settings: Settings =
+        Settings::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError {
+            location: "merged settings".into(),
+            message: e.message().to_string(),
+            hint: "run `cwo config show` to see where each value comes from".into(),
+        })?;
+    check_ttl_leaves_room(&settings, &origins)?;
+    Ok(Resolved { settings, origins })
+}
+
+/// The settings merged so far, layer over layer, with the origin of every leaf key.
+struct Layers {
+    merged: toml::Table,
+    origins: BTreeMap<String, Source>,
+}
+
+impl Layers {
+    fn defaults() -> Layers {
+        let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
+        let origins = leaves(&defaults)
+            .into_iter()
+            .map(|(key, _)| (key, Source::Default))
+            .collect();
+        Layers {
+            merged: defaults,
+            origins,
+        }
+    }
+
+    /// A settings file (the user's, the project's); one that does not exist adds nothing.
+    fn add_file(&mut self, path: &Path) -> Result<(), ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 return Err(ConfigError {
                     location: path.display().to_string(),
@@ -211,23 +245,20 @@ pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
         let table = parse_file(path, &text)?;
         for (key, _) in leaves(&table) {
             let line = line_of_key(&text, &key);
-            origins.insert(
-                key,
-                Source::File {
-                    path: path.clone(),
-                    line,
-                },
-            );
+            let path = path.to_path_buf();
+            self.origins.insert(key, Source::File { path, line });
         }
-        merge(&mut merged, table);
+        merge(&mut self.merged, table);
+        Ok(())
     }
 
-    for (var, value) in &inputs.env {
+    /// `CWO_SECTION__KEY=value`; other `CWO_*` variables that are not settings are skipped.
+    fn add_env(&mut self, var: &str, value: &str) -> Result<(), ConfigError> {
         let Some(rest) = var.strip_prefix("CWO_") else {
-            continue;
+            return Ok(());
         };
-        if NON_SETTING_ENV.contains(&var.as_str()) {
-            continue;
+        if NON_SETTING_ENV.contains(&var) {
+            return Ok(());
         }
         let key = rest.to_ascii_lowercase().replace("__", ".");
         let table = layer_from_pair(&key, value, || {
@@ -236,11 +267,14 @@ pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
                 "settings in the environment are CWO_<KEY>, with __ between a section and its key (CWO_AGENT__TIMEOUT=10m); see config/cwo.example.toml",
             )
         })?;
-        origins.insert(key, Source::Env { var: var.clone() });
-        merge(&mut merged, table);
+        let var = var.to_string();
+        self.origins.insert(key, Source::Env { var });
+        merge(&mut self.merged, table);
+        Ok(())
     }
 
-    for arg in inputs.flags {
+    /// `--config KEY=VALUE`.
+    fn add_flag(&mut self, arg: &str) -> Result<(), ConfigError> {
         let Some((key, value)) = arg.split_once('=') else {
             return Err(ConfigError {
                 location: format!("--config {arg}"),
@@ -255,47 +289,50 @@ pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
                 "keys are dotted paths from config/cwo.example.toml",
             )
         })?;
-        origins.insert(key, Source::Flag { arg: arg.clone() });
-        merge(&mut merged, table);
+        let arg = arg.to_string();
+        self.origins.insert(key, Source::Flag { arg });
+        merge(&mut self.merged, table);
+        Ok(())
     }
+}
 
-    let settings: Settings =
-        Settings::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError {
-            location: "merged settings".into(),
-            message: e.message().to_string(),
-            hint: "run `cwo config show` to see where each value comes from".into(),
-        })?;
-    // A worker takes a task only while its TTL leaves room for the attempt (rotation): a TTL that
-    // never does would bring up workers that can do nothing.
-    if matches!(
+/// A worker takes a task only while its TTL leaves room for the attempt (rotation): a TTL that
+/// never does would bring up workers that can do nothing.
+fn check_ttl_leaves_room(
+    settings: &Settings,
+    origins: &BTreeMap<String, Source>,
+) -> Result<(), ConfigError> {
+    let cloud = matches!(
         settings.provider,
         ProviderKind::Gcp | ProviderKind::Terraform
-    ) && let Some(ttl) = settings.gcp.ttl
-        && ttl < settings.agent.timeout + 2 * TTL_MARGIN
-    {
-        let at = |key: &str| {
-            origins
-                .get(key)
-                .map(ToString::to_string)
-                .unwrap_or_else(|| "the defaults".into())
-        };
-        return Err(ConfigError {
-            location: at("gcp.ttl"),
-            message: format!(
-                "gcp.ttl ({}) leaves a worker no time for a task: a worker takes a task only while it has agent.timeout ({}, from {}) + {} of life left",
-                humantime::format_duration(ttl),
-                humantime::format_duration(settings.agent.timeout),
-                at("agent.timeout"),
-                humantime::format_duration(TTL_MARGIN),
-            ),
-            hint: format!(
-                "set gcp.ttl to at least \"{}\" (agent.timeout + {}), or lower agent.timeout",
-                humantime::format_duration(settings.agent.timeout + 2 * TTL_MARGIN),
-                humantime::format_duration(2 * TTL_MARGIN),
-            ),
-        });
+    );
+    let Some(ttl) = settings.gcp.ttl.filter(|_| cloud) else {
+        return Ok(());
+    };
+    if ttl >= settings.agent.timeout + 2 * TTL_MARGIN {
+        return Ok(());
     }
-    Ok(Resolved { settings, origins })
+    let at = |key: &str| {
+        origins
+            .get(key)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "the defaults".into())
+    };
+    Err(ConfigError {
+        location: at("gcp.ttl"),
+        message: format!(
+            "gcp.ttl ({}) leaves a worker no time for a task: a worker takes a task only while it has agent.timeout ({}, from {}) + {} of life left",
+            humantime::format_duration(ttl),
+            humantime::format_duration(settings.agent.timeout),
+            at("agent.timeout"),
+            humantime::format_duration(TTL_MARGIN),
+        ),
+        hint: format!(
+            "set gcp.ttl to at least \"{}\" (agent.timeout + {}), or lower agent.timeout",
+            humantime::format_duration(settings.agent.timeout + 2 * TTL_MARGIN),
+            humantime::format_duration(2 * TTL_MARGIN),
+        ),
+    })
 }
 
 /// What a worker keeps beyond `agent.timeout` before its TTL when it takes a task (the delivery
