@@ -95,6 +95,33 @@ pub(crate) async fn run(
             instance.name
         )));
     };
+    let files = write_run_files(
+        settings,
+        state_dir,
+        instance,
+        (host, *port, user, key_path),
+        key,
+    )?;
+    run_playbook(&files, &instance.name, on_line).await
+}
+
+/// What one playbook run reads, written under the state dir.
+struct RunFiles {
+    playbook: PathBuf,
+    inventory: PathBuf,
+    vars: PathBuf,
+}
+
+/// Writes the playbook (the shipped one, unless `bootstrap.ansible_playbook` names another), an
+/// inventory that reaches `instance` with its own key and only the pinned host `key`, and the
+/// variables.
+fn write_run_files(
+    settings: &Settings,
+    state_dir: &Path,
+    instance: &Instance,
+    (host, port, user, key_path): (&str, u16, &str, &str),
+    key: &str,
+) -> Result<RunFiles, BootstrapError> {
     let io = |what: &str, e: std::io::Error| BootstrapError::Ansible(format!("{what}: {e}"));
     let dir = state_dir.join("ansible");
     let playbook = if settings.bootstrap.ansible_playbook.as_os_str().is_empty() {
@@ -105,8 +132,8 @@ pub(crate) async fn run(
     let run_dir = dir.join(&instance.name);
     std::fs::create_dir_all(&run_dir).map_err(|e| io("cannot create the inventory dir", e))?;
     let known_hosts = run_dir.join("known_hosts");
-    let host_field = if *port == 22 {
-        host.clone()
+    let host_field = if port == 22 {
+        host.to_string()
     } else {
         format!("[{host}]:{port}")
     };
@@ -137,6 +164,26 @@ pub(crate) async fn run(
     std::fs::write(&vars_path, extra_vars(settings, user).to_string())
         .map_err(|e| io("cannot write the variables", e))?;
 
+    Ok(RunFiles {
+        playbook,
+        inventory: inv_path,
+        vars: vars_path,
+    })
+}
+
+/// Runs `ansible-playbook` on the files, each line of its output to `on_line`; a failure says
+/// the last lines and stderr.
+async fn run_playbook(
+    files: &RunFiles,
+    worker: &str,
+    on_line: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), BootstrapError> {
+    let io = |what: &str, e: std::io::Error| BootstrapError::Ansible(format!("{what}: {e}"));
+    let RunFiles {
+        playbook,
+        inventory: inv_path,
+        vars: vars_path,
+    } = files;
     let program = "ansible-playbook";
     let cfg = playbook
         .parent()
@@ -144,10 +191,10 @@ pub(crate) async fn run(
         .filter(|p| p.exists());
     let mut cmd = tokio::process::Command::new(program);
     cmd.arg("-i")
-        .arg(&inv_path)
+        .arg(inv_path)
         .arg("-e")
         .arg(format!("@{}", vars_path.display()))
-        .arg(&playbook)
+        .arg(playbook)
         .env("ANSIBLE_NOCOLOR", "1")
         .env("ANSIBLE_HOST_KEY_CHECKING", "True")
         .env("PYTHONUNBUFFERED", "1")
@@ -194,8 +241,7 @@ pub(crate) async fn run(
         Ok(())
     } else {
         Err(BootstrapError::Ansible(format!(
-            "`{program}` failed ({status}) on worker {}:\n{}\n{}",
-            instance.name,
+            "`{program}` failed ({status}) on worker {worker}:\n{}\n{}",
             tail.join("\n"),
             stderr.trim()
         )))
