@@ -21,7 +21,7 @@ pub(crate) async fn up(
         return plan(project, printer, args.format).await;
     }
     let _lock = ControllerLock::acquire(&project.state_dir)?;
-    let orch = super::run::lifecycle(project, printer)?;
+    let orch = project.lifecycle(printer)?;
     let recovered = orch.recover(true, "orphaned").await?;
     let mut pending = recovered.pending;
     let mut failed = orch
