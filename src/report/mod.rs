@@ -9,6 +9,7 @@ pub(crate) mod budget_alert;
 pub(crate) mod config;
 pub(crate) mod cost;
 pub(crate) mod doctor;
+pub(crate) mod plan;
 pub(crate) mod reap;
 pub(crate) mod sources;
 pub(crate) mod status;
