@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::config::{self, ProviderKind, Resolved};
 use crate::connector::Connector;
-use crate::error::CliError;
-use crate::journal::Journal;
+use crate::error::{CliError, CommandError};
+use crate::journal::{Journal, JournalError};
+use crate::orchestrator::{Orchestrator, Ports, RunContext, WorkerLifecycle};
 use crate::printer::Printer;
 use crate::provider::{
     Provider, gcp::GcpProvider, local::LocalProvider, ssh_host::SshHostProvider,
@@ -212,7 +213,76 @@ impl Project {
         })
     }
 
-    pub(crate) fn journal(&self) -> Result<Journal, CliError> {
-        Ok(Journal::open(&self.state_dir)?)
+    pub(crate) fn journal(&self) -> Result<Journal, JournalError> {
+        Journal::open(&self.state_dir)
+    }
+
+    /// The loop (`cwo run`, `cwo demo`), with the project's ports.
+    pub(crate) fn orchestrator(&self, printer: Printer) -> Result<Orchestrator, PortsError> {
+        let (ports, ctx) = self.ports(printer)?;
+        Ok(Orchestrator::new(ports, ctx))
+    }
+
+    /// The worker lifecycle alone (`cwo up`, `cwo down`).
+    pub(crate) fn lifecycle(&self, printer: Printer) -> Result<WorkerLifecycle, PortsError> {
+        let (ports, ctx) = self.ports(printer)?;
+        Ok(WorkerLifecycle::new(&ports, &ctx))
+    }
+
+    /// The orchestrator's ports (tracker, journal, provider, connector) and what a run reads
+    /// once (the settings, the prompt template).
+    pub(crate) fn ports(&self, printer: Printer) -> Result<(Ports, RunContext), PortsError> {
+        let settings = self.settings().clone();
+        let template = self.prompt_template()?;
+        let journal = self.journal()?;
+        let ports = Ports {
+            tracker: Arc::new(self.tracker()),
+            provider: self.provider(&journal),
+            connector: self.connector(&journal),
+            journal,
+            printer,
+        };
+        let ctx = RunContext {
+            root: self.root.clone(),
+            state_dir: self.state_dir.clone(),
+            project_slug: slug(&self.name),
+            settings: Arc::new(settings),
+            template,
+        };
+        Ok((ports, ctx))
+    }
+
+    /// agent.prompt_template's text, or the built-in prompt when it is `""`.
+    fn prompt_template(&self) -> Result<String, PortsError> {
+        let file = &self.settings().agent.prompt_template;
+        if file.is_empty() {
+            return Ok(crate::agent::DEFAULT_TEMPLATE.to_string());
+        }
+        let path = self.root.join(file);
+        std::fs::read_to_string(&path).map_err(|cause| PortsError::Template { path, cause })
+    }
+}
+
+/// Why the orchestrator's ports could not be built.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PortsError {
+    /// The cause is part of the message (it is the message users know), not a source.
+    #[error("cannot read agent.prompt_template {}: {cause}", path.display())]
+    Template {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl From<PortsError> for CommandError {
+    fn from(e: PortsError) -> CommandError {
+        match e {
+            PortsError::Template { .. } => CommandError::usage(e.to_string()).hint(
+                "set agent.prompt_template to a file relative to the project root, or \"\" for the built-in prompt",
+            ),
+            PortsError::Journal(e) => e.into(),
+        }
     }
 }

@@ -343,3 +343,27 @@ fn help_lists_every_command_and_exit_codes() {
     let completions = env.cwo(&["completions", "bash"]).ok().stdout;
     assert!(completions.contains("_cwo()"));
 }
+
+#[test]
+fn an_unreadable_prompt_template_is_a_usage_error_with_its_path_and_a_hint() {
+    let env = TestEnv::new();
+    env.settings("[agent]\nprompt_template = \"missing.tmpl\"");
+    let run = env.cwo(&["up"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    let path = env.project.canonicalize().unwrap().join("missing.tmpl");
+    assert!(
+        run.stderr.contains(&format!(
+            "error: cannot read agent.prompt_template {}: No such file or directory",
+            path.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: set agent.prompt_template to a file relative to the project root, or \"\" for the built-in prompt"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("Caused by"), "{}", run.stderr);
+    assert!(!env.state.exists() || env.live_workers() == 0);
+}

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "tracker",
             "cost",
             "secrets",
+            "schedule",
         ],
     ),
     (
@@ -29,7 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("orchestration", &["orchestrator"]),
     (
         "composition and reports",
-        &["error", "project", "report", "reaper"],
+        &["error", "project", "report", "reaper", "demo"],
     ),
     ("command line", &["cli", "commands", "crate"]),
 ];

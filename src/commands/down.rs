@@ -7,7 +7,7 @@ use crate::project::Project;
 
 pub(crate) async fn down(project: &Project, printer: Printer) -> Result<ExitStatus, CommandError> {
     let _lock = ControllerLock::acquire(&project.state_dir)?;
-    let orch = super::run::lifecycle(project, printer)?;
+    let orch = project.lifecycle(printer)?;
     let live = orch.journal().live_workers()?;
     if live.is_empty() {
         printer.status("no workers to tear down");

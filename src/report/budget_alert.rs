@@ -7,7 +7,160 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Report, SCHEMA_VERSION};
-use crate::provider::gcp::budget::Budget;
+use crate::error::CommandError;
+use crate::printer::Printer;
+use crate::project::Project;
+use crate::provider::gcp::budget::{self, Budget};
+use crate::provider::gcp::{AlertSpec, Amount, BudgetApi};
+
+/// `set`: puts cwo's budget of `amount` with alerts at `thresholds` (percent, any order) on
+/// gcp.project; the billing account is `billing_account`, else gcp.billing_account.
+pub(crate) async fn set(
+    project: &Project,
+    printer: Printer,
+    billing_account: Option<&str>,
+    amount: Amount,
+    thresholds: &[f64],
+) -> Result<AlertReport, CommandError> {
+    let api = client(project, printer, billing_account)?;
+    let gcp_project = project.settings().gcp.project.clone();
+    let mut thresholds = thresholds.to_vec();
+    thresholds.sort_by(f64::total_cmp);
+    thresholds.dedup();
+    let spec = AlertSpec {
+        project: gcp_project.clone(),
+        amount,
+        thresholds,
+    };
+    let (b, outcome, extra) = api.set(&spec).await.map_err(|e| {
+        api_error(
+            format!(
+                "cannot set the budget alert for {gcp_project} on billing account {}",
+                api.account()
+            ),
+            e,
+        )
+    })?;
+    printer.status(format!(
+        "{} budget {} for {gcp_project}",
+        outcome.as_str(),
+        b.name
+    ));
+    for name in &extra {
+        printer.warn(format!(
+            "{name} has the same display name \"{}\" and was left alone; `cwo budget alert remove` deletes them all",
+            b.display_name
+        ));
+    }
+    Ok(AlertReport::new(
+        api.account(),
+        &gcp_project,
+        Some(&b),
+        Some(outcome.as_str()),
+    ))
+}
+
+/// `show`: cwo's budget on gcp.project, if there is one.
+pub(crate) async fn show(
+    project: &Project,
+    printer: Printer,
+    billing_account: Option<&str>,
+) -> Result<AlertReport, CommandError> {
+    let api = client(project, printer, billing_account)?;
+    let gcp_project = &project.settings().gcp.project;
+    let found = api.find().await.map_err(|e| {
+        api_error(
+            format!(
+                "cannot read the budgets of billing account {}",
+                api.account()
+            ),
+            e,
+        )
+    })?;
+    if found.is_empty() {
+        printer.status(format!(
+            "no budget alert for {gcp_project} on billing account {}; `cwo budget alert set --amount 5` creates one",
+            api.account()
+        ));
+    }
+    for extra in found.iter().skip(1) {
+        printer.warn(format!(
+            "{} has the same display name too; `cwo budget alert remove` deletes them all",
+            extra.name
+        ));
+    }
+    Ok(AlertReport::new(
+        api.account(),
+        gcp_project,
+        found.first(),
+        None,
+    ))
+}
+
+/// `remove`: deletes cwo's budgets on gcp.project (every one with its display name).
+pub(crate) async fn remove(
+    project: &Project,
+    printer: Printer,
+    billing_account: Option<&str>,
+) -> Result<AlertRemovedReport, CommandError> {
+    let api = client(project, printer, billing_account)?;
+    let gcp_project = &project.settings().gcp.project;
+    let removed = api.remove().await.map_err(|e| {
+        api_error(
+            format!(
+                "cannot remove the budget alert for {gcp_project} from billing account {}",
+                api.account()
+            ),
+            e,
+        )
+    })?;
+    if removed.is_empty() {
+        printer.status(format!(
+            "no budget alert for {gcp_project} on billing account {}: nothing to remove",
+            api.account()
+        ));
+    }
+    for name in &removed {
+        printer.status(format!("removed budget {name}"));
+    }
+    Ok(AlertRemovedReport::new(api.account(), gcp_project, removed))
+}
+
+/// The API client for gcp.project and the billing account (flag, else setting).
+fn client(
+    project: &Project,
+    printer: Printer,
+    billing_account: Option<&str>,
+) -> Result<BudgetApi, CommandError> {
+    let gcp = &project.settings().gcp;
+    if gcp.project.is_empty() {
+        return Err(CommandError::usage(
+            "the budget alert is put on gcp.project, which is not set",
+        )
+        .hint(
+            "set [gcp] project = \"my-project\" in cwo.toml (or --config gcp.project=my-project)",
+        ));
+    }
+    let account = billing_account.unwrap_or(&gcp.billing_account).to_string();
+    if budget::account_id(&account).is_empty() {
+        return Err(CommandError::usage(format!(
+            "no billing account: the budget alert for {} needs the Cloud Billing account it is billed to",
+            gcp.project
+        ))
+        .hint(format!(
+            "`gcloud billing projects describe {} --format='value(billingAccountName)'` shows it; pass it as --billing-account ID or set gcp.billing_account",
+            gcp.project
+        )));
+    }
+    BudgetApi::new(gcp, &account, Box::new(move |line| printer.status(line)))
+        .map_err(|e| api_error("cannot call the Cloud Billing Budget API".into(), e))
+}
+
+fn api_error(context: String, e: budget::ApiError) -> CommandError {
+    let mut err = CommandError::from_error(context, &e.kind);
+    err.hints = e.hints;
+    err
+}
 
 /// `set` and `show`: the budget found (none when there is none) and, for `set`, what was done.
 #[derive(Debug, Clone, Serialize)]

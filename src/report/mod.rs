@@ -1,5 +1,5 @@
-//! Typed reports: what `status`, `cost`, `budget check`, `budget alert`, `reap`, `task list` and
-//! `config show` print. Each gathers its data here (from the journal, the provider, the tracker, the cost
+//! Typed reports: what `status`, `cost`, `budget check`, `budget alert`, `reap`, `doctor`, `task list`
+//! and `config show` print. Each gathers its data here (from the journal, the provider, the tracker, the cost
 //! algorithms) into a `#[derive(Serialize)]` struct that carries `schema_version`; the command
 //! prints it through one of two paths: `Printer::json`, or the text the report renders (its
 //! tables through the one renderer in `table`).
@@ -8,6 +8,8 @@ pub(crate) mod budget;
 pub(crate) mod budget_alert;
 pub(crate) mod config;
 pub(crate) mod cost;
+pub(crate) mod doctor;
+pub(crate) mod plan;
 pub(crate) mod reap;
 pub(crate) mod sources;
 pub(crate) mod status;
