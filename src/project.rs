@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::config::{self, ProviderKind, Resolved};
 use crate::connector::Connector;
-use crate::error::{CliError, CommandError};
+use crate::error::CommandError;
 use crate::journal::{Journal, JournalError};
 use crate::orchestrator::{Orchestrator, Ports, RunContext, WorkerLifecycle};
 use crate::printer::Printer;
@@ -116,12 +116,12 @@ pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn
 }
 
 impl Project {
-    pub(crate) fn load(dir: Option<&Path>, flags: &[String]) -> Result<Project, CliError> {
+    pub(crate) fn load(dir: Option<&Path>, flags: &[String]) -> Result<Project, CommandError> {
         let cwd = std::env::current_dir()
-            .map_err(|e| CliError::user(format!("cannot read the current directory: {e}")))?;
+            .map_err(|e| CommandError::user(format!("cannot read the current directory: {e}")))?;
         let start = dir.map(|d| cwd.join(d)).unwrap_or(cwd);
         if !start.is_dir() {
-            return Err(CliError::usage(format!(
+            return Err(CommandError::usage(format!(
                 "project directory {} does not exist",
                 start.display()
             )));
