@@ -130,10 +130,6 @@ pub(crate) struct CommandError {
     pub(crate) hints: Vec<String>,
 }
 
-/// The name helpers O and P still use for `CommandError` while they move their modules to their
-/// own error types.
-pub(crate) type CliError = CommandError;
-
 /// An error that is only a message.
 #[derive(Debug)]
 struct Message(String);
