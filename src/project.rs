@@ -104,7 +104,9 @@ pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn
             Arc::new(gcp)
         }
         ProviderKind::Terraform => Arc::new(TerraformProvider::new(
-            s.clone(),
+            &s.gcp,
+            &s.ssh,
+            &s.terraform,
             state.join("terraform"),
             state.join("keys"),
             project
