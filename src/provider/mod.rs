@@ -47,6 +47,38 @@ impl Plan {
     }
 }
 
+/// What a worker is priced as in the price catalog: the machine, where it runs, how it is
+/// provisioned and its boot disk.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PriceSpec {
+    pub machine_type: String,
+    pub zone: String,
+    pub spot: bool,
+    pub disk_type: String,
+    pub disk_size_gb: u32,
+}
+
+impl PriceSpec {
+    /// The VM `[gcp]` describes, in the first of `gcp.zones`.
+    pub fn of_gcp(g: &crate::config::GcpSettings) -> PriceSpec {
+        PriceSpec {
+            machine_type: g.machine_type.clone(),
+            zone: g.zones.first().cloned().unwrap_or_default(),
+            spot: g.spot,
+            disk_type: g.disk_type.clone(),
+            disk_size_gb: g.disk_size_gb,
+        }
+    }
+
+    /// The same, in `zone` when the worker has one.
+    pub(crate) fn in_zone(mut self, zone: Option<&str>) -> PriceSpec {
+        if let Some(z) = zone {
+            self.zone = z.to_string();
+        }
+        self
+    }
+}
+
 /// The worker's own ed25519 key at `path`: read when it exists, generated (private, 0600)
 /// otherwise. Returns the public key line.
 pub(crate) fn worker_key(path: &std::path::Path, worker: &str) -> Result<String, ProviderError> {
@@ -201,6 +233,12 @@ pub trait Provider: Send + Sync {
     /// as the expiry).
     fn labels_for(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
         spec.labels.clone()
+    }
+    /// What a worker is priced as, in `zone` when it has one of its own. A provider that bills
+    /// nothing itself prices its workers as the cloud machine it was given (what the same work
+    /// would have cost); one given none has no price.
+    fn price_spec(&self, _zone: Option<&str>) -> PriceSpec {
+        PriceSpec::default()
     }
     /// What creating `spec` would make, without making it (`cwo up --plan`).
     fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan;

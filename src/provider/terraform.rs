@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 
 use super::record::{Layout, RecordStore};
 use super::{
-    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
-    Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider,
+    ProviderError, Target, WorkerSpec,
 };
 use crate::config::{GcpSettings, SshSettings, TerraformSettings};
 
@@ -256,11 +256,12 @@ impl Provider for TerraformProvider {
     /// the reaper and TTL rotation see a terraform worker's remaining life too.
     fn labels_for(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
         let mut labels = spec.labels.clone();
-        labels.insert(
-            super::EXPIRES_LABEL.into(),
-            super::expires_at(self.gcp.ttl),
-        );
+        labels.insert(super::EXPIRES_LABEL.into(), super::expires_at(self.gcp.ttl));
         labels
+    }
+
+    fn price_spec(&self, zone: Option<&str>) -> PriceSpec {
+        PriceSpec::of_gcp(&self.gcp).in_zone(zone)
     }
 
     fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan {

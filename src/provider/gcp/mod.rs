@@ -25,8 +25,8 @@ mod doctor;
 pub(crate) use budget::{AlertSpec, Amount, BudgetApi};
 
 use super::{
-    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
-    Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider,
+    ProviderError, Target, WorkerSpec,
 };
 use crate::config::{GcpSettings, SshSettings};
 
@@ -711,6 +711,10 @@ impl Provider for GcpProvider {
             super::expires_at(self.settings.ttl),
         );
         labels
+    }
+
+    fn price_spec(&self, zone: Option<&str>) -> PriceSpec {
+        PriceSpec::of_gcp(&self.settings).in_zone(zone)
     }
 
     fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan {
