@@ -616,7 +616,10 @@ impl WorkerLifecycle {
         };
         match teardown.sweep_stopped().await {
             Ok((deleted, failed)) => super::report_stopped(printer, &deleted, &failed),
-            Err(e) => printer.warn(format!("could not list the project's workers: {e}")),
+            Err(e) => printer.warn(format!(
+                "could not list the project's workers: {}",
+                crate::provider::one_line(&e)
+            )),
         }
     }
 

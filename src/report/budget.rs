@@ -148,7 +148,7 @@ pub(crate) async fn collect(
                 status: Verdict::Unknown,
                 exit_code: exit_status(Verdict::Unknown).code(),
                 limit_usd: query.policy.limit_usd,
-                reason: format!("listing the live workers failed: {e}"),
+                reason: format!("listing the live workers failed: {}", e.one_line()),
             }));
         }
     };
@@ -173,7 +173,7 @@ pub(crate) async fn collect(
                 .delete(&inst, "budget")
                 .await
                 .err()
-                .map(|e| e.to_string());
+                .map(|e| crate::provider::one_line(&e));
             enforced.push(Enforced {
                 worker: inst.name,
                 deleted: error.is_none(),

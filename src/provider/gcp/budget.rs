@@ -75,28 +75,46 @@ pub struct Amount {
     pub(crate) nanos: i32,
 }
 
+/// Why a budget amount (`--amount`) was refused.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(crate) enum AmountError {
+    #[error("`{0}` is not an amount (write it like 5 or 12.50)")]
+    NotAnAmount(String),
+    #[error("`{0}`: at most 9 decimal places")]
+    TooPrecise(String),
+    #[error("`{input}` is too large an amount")]
+    TooLarge {
+        input: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("`{0}`: the amount must be more than 0")]
+    NotPositive(String),
+}
+
 impl Amount {
     /// Parses a positive decimal such as "5" or "12.50" exactly (no binary floating point).
-    pub(crate) fn parse(s: &str) -> Result<Amount, String> {
+    pub(crate) fn parse(s: &str) -> Result<Amount, AmountError> {
         let t = s.trim();
         let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
         let digits = |d: &str| d.chars().all(|c| c.is_ascii_digit());
         if whole.is_empty() && frac.is_empty() || !digits(whole) || !digits(frac) {
-            return Err(format!("`{s}` is not an amount (write it like 5 or 12.50)"));
+            return Err(AmountError::NotAnAmount(s.to_string()));
         }
         if frac.len() > 9 {
-            return Err(format!("`{s}`: at most 9 decimal places"));
+            return Err(AmountError::TooPrecise(s.to_string()));
         }
         let units: i64 = if whole.is_empty() {
             0
         } else {
-            whole
-                .parse()
-                .map_err(|_| format!("`{s}` is too large an amount"))?
+            whole.parse().map_err(|source| AmountError::TooLarge {
+                input: s.to_string(),
+                source,
+            })?
         };
         let nanos: i32 = format!("{frac:0<9}").parse().expect("nine digits");
         if units == 0 && nanos == 0 {
-            return Err(format!("`{s}`: the amount must be more than 0"));
+            return Err(AmountError::NotPositive(s.to_string()));
         }
         Ok(Amount { units, nanos })
     }
@@ -951,6 +969,23 @@ mod tests {
         ] {
             assert!(Amount::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_refused_amount_is_a_typed_error_that_says_why() {
+        let e = Amount::parse("99999999999999999999").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`99999999999999999999` is too large an amount"
+        );
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the parse error is kept"
+        );
+        assert_eq!(
+            Amount::parse("0"),
+            Err(AmountError::NotPositive("0".into()))
+        );
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl GcpProvider {
             Err(e) => check(
                 "firewall",
                 Some(false),
-                classify(&e, "reading the firewall rule", false).to_string(),
+                classify(e, "reading the firewall rule", false).one_line(),
                 "grant compute.firewalls.get/create",
             ),
         }
@@ -137,7 +137,7 @@ async fn project_check(c: &Clients, s: &GcpSettings) -> Check {
         Err(e) => check(
             "project",
             Some(false),
-            classify(&e, "listing instances", false).to_string(),
+            classify(e, "listing instances", false).one_line(),
             "grant roles/compute.instanceAdmin.v1 (create, delete, list, setLabels, getGuestAttributes) and roles/compute.securityAdmin (the SSH firewall rule) on the project",
         ),
     }
