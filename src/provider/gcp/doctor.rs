@@ -138,7 +138,7 @@ async fn project_check(c: &Clients, s: &GcpSettings) -> Check {
             "project",
             Some(false),
             classify(e, "listing instances", false).one_line(),
-            "grant roles/compute.instanceAdmin.v1 (create, delete, list, setLabels, getGuestAttributes) and roles/compute.securityAdmin (the SSH firewall rule) on the project",
+            &format!("grant {} on the project", super::ROLES),
         ),
     }
 }

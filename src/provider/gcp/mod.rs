@@ -30,6 +30,9 @@ use super::{
 };
 use crate::config::{GcpSettings, SshSettings};
 
+/// The roles the account cwo runs as needs on gcp.project, and what each is for.
+pub(crate) const ROLES: &str = "roles/compute.instanceAdmin.v1 (create, delete, list, setLabels, getGuestAttributes) and roles/compute.securityAdmin (the SSH firewall rule)";
+
 /// How long an operation may take before cwo stops waiting for it.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long a freshly created VM may stay invisible to `get` (eventual consistency).
