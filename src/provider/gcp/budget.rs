@@ -40,7 +40,17 @@ use serde_json::{Map, Value, json};
 
 use crate::config::GcpSettings;
 use crate::provider::Check;
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, ProviderErrorKind};
+
+/// A call that failed before Google answered (no connection, a timeout): worth another try; the
+/// client's error is kept as the source.
+fn transient(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> ProviderError {
+    ProviderError::Api {
+        kind: ProviderErrorKind::Transient,
+        what: what.to_string(),
+        source: Box::new(e),
+    }
+}
 
 /// The role that may create, change and delete budgets on a billing account.
 pub(crate) const ROLE: &str = "roles/billing.costsManager";
@@ -498,7 +508,7 @@ impl BudgetApi {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ApiError::new(ProviderError::Transient(e.to_string())))?;
+            .map_err(|e| ApiError::new(transient("building the HTTP client", e)))?;
         Ok(BudgetApi {
             http,
             billing: settings.billing_endpoint.trim_end_matches('/').to_string(),
@@ -534,12 +544,12 @@ impl BudgetApi {
             match self.call_once(api, method.clone(), url, body, what).await {
                 Err(e)
                     if retry
-                        && matches!(e.kind, ProviderError::Transient(_))
+                        && e.kind.kind() == ProviderErrorKind::Transient
                         && attempt < TRIES =>
                 {
                     (self.on_retry)(format!(
                         "{}; retry {attempt} in {}",
-                        e.kind,
+                        e.kind.one_line(),
                         humantime::format_duration(delay)
                     ));
                     tokio::time::sleep(delay).await;
@@ -566,10 +576,15 @@ impl BudgetApi {
                 Ok(CacheableResource::New { data, .. }) => req = req.headers(data),
                 Ok(CacheableResource::NotModified) => {}
                 Err(e) => {
-                    let mut err = ApiError::new(if e.is_transient() {
-                        ProviderError::Transient(format!("{what}: getting a token: {e}"))
+                    let kind = if e.is_transient() {
+                        ProviderErrorKind::Transient
                     } else {
-                        ProviderError::Permission(format!("{what}: getting a token: {e}"))
+                        ProviderErrorKind::Permission
+                    };
+                    let mut err = ApiError::new(ProviderError::Api {
+                        kind,
+                        what: format!("{what}: getting a token"),
+                        source: Box::new(e),
                     });
                     err.hints
                         .push("run `gcloud auth application-default login`".into());
@@ -585,7 +600,7 @@ impl BudgetApi {
         let resp = req
             .send()
             .await
-            .map_err(|e| ApiError::new(ProviderError::Transient(format!("{what}: {e}"))))?;
+            .map_err(|e| ApiError::new(transient(what, e)))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
@@ -797,12 +812,12 @@ impl BudgetApi {
                     return Ok((budget, outcome, extra));
                 }
                 Err(e)
-                    if (e.conflict || matches!(e.kind, ProviderError::Transient(_)))
+                    if (e.conflict || e.kind.kind() == ProviderErrorKind::Transient)
                         && attempt < TRIES =>
                 {
                     (self.on_retry)(format!(
                         "{}; looking again, retry {attempt} in {}",
-                        e.kind,
+                        e.kind.one_line(),
                         humantime::format_duration(delay)
                     ));
                     tokio::time::sleep(delay).await;
