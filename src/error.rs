@@ -13,6 +13,8 @@ use std::sync::Arc;
 use crate::config::ConfigError;
 use crate::cost::CatalogError;
 use crate::journal::JournalError;
+use crate::orchestrator::{OrchestratorError, TeardownError};
+use crate::provider::{ProviderError, ProviderErrorKind};
 use crate::tracker::TrackerError;
 
 /// How a command ended, as the process's exit code.
@@ -237,6 +239,16 @@ impl CommandError {
         self
     }
 
+    /// The same error, said as part of a larger step: `context` is the first line, and this
+    /// error (with its sources) the first cause; the kind and the hints stay.
+    pub(crate) fn context(mut self, context: impl Into<String>) -> CommandError {
+        self.error = Arc::new(Context {
+            message: context.into(),
+            source: self.error,
+        });
+        self
+    }
+
     pub(crate) fn hint(mut self, hint: impl Into<String>) -> CommandError {
         self.hints.push(hint.into());
         self
@@ -352,9 +364,57 @@ impl From<TrackerError> for CommandError {
     }
 }
 
-impl From<crate::orchestrator::OrchestratorError> for CommandError {
-    fn from(e: crate::orchestrator::OrchestratorError) -> CommandError {
-        use crate::orchestrator::OrchestratorError as E;
+/// What to do about a provider error, by its kind (the message says what and where).
+fn provider_hints(e: &ProviderError) -> Vec<String> {
+    let hint = match e.kind() {
+        ProviderErrorKind::Permission => format!(
+            "the account cwo runs as needs {} on gcp.project; `cwo doctor` checks the access",
+            crate::provider::gcp::ROLES
+        ),
+        ProviderErrorKind::Quota => "ask for more on the console's quotas page (https://console.cloud.google.com/iam-admin/quotas, for gcp.project), or use a smaller gcp.machine_type".into(),
+        ProviderErrorKind::Capacity => "add other zones to gcp.zones (they are tried in order) or try again later; with provider = \"ssh\", add hosts to ssh.hosts".into(),
+        ProviderErrorKind::InvalidSpec => "fix the setting the message names; `cwo config show` prints every setting and where it comes from".into(),
+        ProviderErrorKind::NotFound | ProviderErrorKind::Transient | ProviderErrorKind::Other => {
+            return vec![];
+        }
+    };
+    vec![hint]
+}
+
+impl From<ProviderError> for CommandError {
+    fn from(e: ProviderError) -> CommandError {
+        let hints = provider_hints(&e);
+        CommandError {
+            kind: ErrorKind::User,
+            error: Arc::new(e),
+            hints,
+        }
+    }
+}
+
+impl From<TeardownError> for CommandError {
+    fn from(e: TeardownError) -> CommandError {
+        match e {
+            TeardownError::Provider(e) => e.into(),
+            TeardownError::Journal(e) => e.into(),
+        }
+    }
+}
+
+/// The provider error that explains an orchestrator error, if one does.
+fn provider_cause(e: &OrchestratorError) -> Option<&ProviderError> {
+    match e {
+        OrchestratorError::BringUp { source, .. }
+        | OrchestratorError::Lookup { source, .. }
+        | OrchestratorError::Delete { source, .. } => Some(source),
+        OrchestratorError::Abandoned { problem, .. } => provider_cause(problem),
+        _ => None,
+    }
+}
+
+impl From<OrchestratorError> for CommandError {
+    fn from(e: OrchestratorError) -> CommandError {
+        use OrchestratorError as E;
         match e {
             E::Journal(e) => e.into(),
             E::Tracker(e) => e.into(),
@@ -371,7 +431,9 @@ impl From<crate::orchestrator::OrchestratorError> for CommandError {
                     None => CommandError::user(e.to_string()),
                 }
                 .kind(kind);
-                err.hints = e.hints();
+                // The provider's hint first: it is about the first error said.
+                err.hints = provider_cause(&e).map(provider_hints).unwrap_or_default();
+                err.hints.extend(e.hints());
                 err
             }
         }
@@ -404,6 +466,48 @@ mod tests {
         let outer = Outer(std::io::Error::other("disk full"));
         let copied = CommandError::from_error("could not do it", &outer).hint("free some space");
         assert_eq!(copied.render(), err.render());
+    }
+
+    /// Each kind of provider error gets its hint where it is converted, and a command's context
+    /// keeps both the hint and the provider error as the cause.
+    #[test]
+    fn a_provider_error_is_converted_with_the_hint_of_its_kind() {
+        let hints = |e: ProviderError| CommandError::from(e).hints.join("\n");
+        assert!(
+            hints(ProviderError::Permission("listing cwo's VMs".into()))
+                .contains("roles/compute.instanceAdmin.v1"),
+        );
+        assert!(hints(ProviderError::Quota("CPUS".into())).contains("quotas page"));
+        assert!(hints(ProviderError::Capacity("us-central1-a".into())).contains("gcp.zones"));
+        assert!(hints(ProviderError::InvalidSpec("gcp.zones is empty".into())).contains("setting"));
+        assert_eq!(hints(ProviderError::NotFound("VM w".into())), "");
+        let err = CommandError::from(ProviderError::Quota("CPUS".into()))
+            .context("cannot look up worker w");
+        let text = err.render();
+        assert!(
+            text.starts_with(
+                "error: cannot look up worker w\nCaused by:\n  1: quota exceeded: CPUS\nhint: ask for more"
+            ),
+            "{text}"
+        );
+        assert!(err.find::<ProviderError>().is_some());
+        assert_eq!(err.exit_status(), ExitStatus::Failure);
+        // Through the orchestrator: the provider's hint first, then the lifecycle's.
+        let delete = OrchestratorError::Delete {
+            name: "w".into(),
+            deadline: std::time::Duration::from_secs(3),
+            source: ProviderError::Permission("deleting VM w".into()),
+            manual: Some("gcloud compute instances delete w".into()),
+        };
+        let hints = CommandError::from(delete).hints;
+        assert!(
+            hints[0].contains("roles/compute.instanceAdmin.v1"),
+            "{hints:?}"
+        );
+        assert!(
+            hints.contains(&"or delete it yourself: gcloud compute instances delete w".to_string()),
+            "{hints:?}"
+        );
     }
 
     #[tokio::test]

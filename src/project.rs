@@ -11,7 +11,7 @@ use crate::journal::{Journal, JournalError};
 use crate::orchestrator::{Orchestrator, Ports, RunContext, WorkerLifecycle};
 use crate::printer::Printer;
 use crate::provider::{
-    Provider, gcp::GcpProvider, local::LocalProvider, ssh_host::SshHostProvider,
+    PriceSpec, Provider, gcp::GcpProvider, local::LocalProvider, ssh_host::SshHostProvider,
     terraform::TerraformProvider,
 };
 use crate::tracker::juggle::Juggle;
@@ -75,7 +75,9 @@ pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn
     let s = project.settings();
     let state = &project.state_dir;
     match s.provider {
-        ProviderKind::Local => Arc::new(LocalProvider::new(state.join("workers"))),
+        ProviderKind::Local => {
+            Arc::new(LocalProvider::new(state.join("workers")).priced_as(PriceSpec::of_gcp(&s.gcp)))
+        }
         ProviderKind::Ssh => {
             let mut ssh = s.ssh.clone();
             if let Some(rest) = ssh.key.strip_prefix("~/")
@@ -85,7 +87,8 @@ pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn
             } else if !ssh.key.is_empty() {
                 ssh.key = project.root.join(&ssh.key).display().to_string();
             }
-            let mut provider = SshHostProvider::new(ssh, state.join("ssh-workers"), connector);
+            let mut provider = SshHostProvider::new(ssh, state.join("ssh-workers"), connector)
+                .priced_as(PriceSpec::of_gcp(&s.gcp));
             if s.bootstrap_method() != crate::bootstrap::Method::None {
                 provider = provider
                     .with_work_user(s.bootstrap.user.clone(), s.bootstrap.workspace.clone());
@@ -105,7 +108,9 @@ pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn
             Arc::new(gcp)
         }
         ProviderKind::Terraform => Arc::new(TerraformProvider::new(
-            s.clone(),
+            &s.gcp,
+            &s.ssh,
+            &s.terraform,
             state.join("terraform"),
             state.join("keys"),
             project

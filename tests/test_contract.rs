@@ -189,7 +189,9 @@ fn terraform_provider_keeps_the_contract() {
         .vars
         .insert("fake_ip".into(), "127.0.0.1".into());
     let p = cwo::provider::terraform::TerraformProvider::new(
-        settings,
+        &settings.gcp,
+        &settings.ssh,
+        &settings.terraform,
         tmp.path().join("terraform"),
         tmp.path().join("keys"),
         "#!/bin/sh\n".into(),

@@ -1097,6 +1097,50 @@ fn budget_check_counts_live_vms_and_enforce_deletes_them() {
     assert_eq!(unknown.json()["status"], "unknown");
 }
 
+/// `budget check --enforce` that cannot delete a worker says so on stderr with the command that
+/// deletes it by hand, and does not count it as deleted.
+#[test]
+fn an_enforced_delete_that_fails_prints_the_gcloud_command() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    g.env.top_setting("teardown_timeout = \"3s\"");
+    let two_hours_ago = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    let mut small = labels("proj", "9999999999");
+    small["cwo-machine"] = "e2-small".into();
+    g.fake.add_vm(
+        "us-central1-a",
+        "cwo-proj-left",
+        small,
+        &two_hours_ago,
+        "RUNNING",
+    );
+    g.fake.faults().delete_op_errors = 1000;
+    let deny = g.env.cwo(&[
+        "budget",
+        "check",
+        "--limit-usd",
+        "0.01",
+        "--period",
+        "all",
+        "--enforce",
+    ]);
+    assert_eq!(deny.code, 1, "{deny:?}");
+    assert_eq!(deny.json()["enforced"][0]["deleted"], false);
+    assert!(
+        deny.stderr.contains(
+            "gcloud compute instances delete cwo-proj-left --zone us-central1-a --project proj-test"
+        ),
+        "{}",
+        deny.stderr
+    );
+    assert!(
+        deny.stderr
+            .contains("--enforce deleted 0 worker(s), 1 could not be deleted"),
+        "{}",
+        deny.stderr
+    );
+    assert_eq!(g.fake.vm_names(), vec!["cwo-proj-left".to_string()]);
+}
+
 /// With the native bootstrap (the default for gcp), the VM boots with the rendered script as
 /// startup-script and user-data. The fake's VMs are this machine's loopback sshd, which cwo
 /// refuses to bootstrap: the VM is deleted again and the error says why.

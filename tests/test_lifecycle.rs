@@ -14,8 +14,8 @@ use cwo::orchestrator::{
 };
 use cwo::printer::Printer;
 use cwo::provider::{
-    DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError, Target,
-    WorkerSpec, local::LocalPlan,
+    DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider, ProviderError,
+    Target, WorkerSpec, local::LocalPlan,
 };
 use cwo::tracker::juggle::Juggle;
 use cwo::tracker::{Priority, Task, Tracker, TrackerError};
@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 struct FlakyProvider {
     vms: Mutex<BTreeMap<String, Instance>>,
     fail_delete: bool,
+    /// What its workers are priced as (the default: no price).
+    priced_as: PriceSpec,
+    /// The labels of every worker created.
+    created: Mutex<Vec<BTreeMap<String, String>>>,
 }
 
 #[async_trait]
@@ -34,7 +38,11 @@ impl Provider for FlakyProvider {
     fn kind(&self) -> &'static str {
         "flaky"
     }
+    fn price_spec(&self, _zone: Option<&str>) -> PriceSpec {
+        self.priced_as.clone()
+    }
     async fn create(&self, spec: &WorkerSpec, _key: &str) -> Result<Instance, ProviderError> {
+        self.created.lock().unwrap().push(spec.labels.clone());
         let inst = Instance {
             name: spec.name.clone(),
             status: InstanceStatus::Running,
@@ -158,6 +166,44 @@ fn a_worker_that_cannot_be_connected_to_is_torn_down() {
     let ledger = journal.ledger().unwrap();
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].termination_reason, "error");
+}
+
+/// The lifecycle prices and labels a worker as its provider says (not from `[gcp]`, which
+/// describes only the gcp and terraform providers' VMs): the ledger keeps the provider's machine
+/// and zone, and the worker's `cwo-machine` label is that machine.
+#[test]
+fn a_worker_is_priced_and_labelled_as_its_provider_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let provider = Arc::new(FlakyProvider {
+        priced_as: PriceSpec {
+            machine_type: "n2-standard-4".into(),
+            zone: "europe-west4-a".into(),
+            spot: true,
+            disk_type: "pd-ssd".into(),
+            disk_size_gb: 50,
+        },
+        ..FlakyProvider::default()
+    });
+    let (workers, journal) = lifecycle(tmp.path(), provider.clone());
+    assert!(
+        rt().block_on(workers.bring_up(&CancellationToken::new()))
+            .is_err()
+    );
+    let ledger = journal.ledger().unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].machine_type, "n2-standard-4");
+    let price = ledger[0].price.as_ref().expect("a price snapshot");
+    assert_eq!(
+        (
+            price.zone.as_str(),
+            price.spot,
+            price.disk_type.as_str(),
+            price.disk_gb
+        ),
+        ("europe-west4-a", true, "pd-ssd", 50)
+    );
+    let created = provider.created.lock().unwrap();
+    assert_eq!(created[0]["cwo-machine"], "n2-standard-4");
 }
 
 /// When the cleanup of a failed bring-up fails too, both are reported: the bring-up's error,

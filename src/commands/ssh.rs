@@ -44,7 +44,7 @@ pub(crate) async fn ssh(
     let instance = provider
         .get(&row.name)
         .await
-        .map_err(|e| CommandError::from_error(format!("cannot look up worker {}", row.name), &e))?
+        .map_err(|e| CommandError::from(e).context(format!("cannot look up worker {}", row.name)))?
         .ok_or_else(|| {
             CommandError::user(format!("worker {} is gone", row.name))
                 .hint("`cwo down` updates the journal")

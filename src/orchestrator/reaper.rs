@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::ports::journaled;
 use super::teardown::{Teardown, TeardownError};
 use crate::journal::{Journal, JournalError, WorkerRow, WorkerState};
-use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError};
+use crate::provider::{DeleteOutcome, Instance, Provider, ProviderError, ProviderErrorKind};
 use crate::tracker::{Tracker, TrackerError};
 
 pub(crate) const MARK_LABEL: &str = "cwo-reap-marked";
@@ -80,13 +80,13 @@ const GONE_DETAIL: &str = "already gone (deleted outside cwo or by its TTL)";
 fn labelled(d: &mut Decision, result: Result<(), ProviderError>, doing: &str) {
     match result {
         Ok(()) => {}
-        Err(ProviderError::NotFound(_)) => {
+        Err(e) if e.kind() == ProviderErrorKind::NotFound => {
             d.action = "gone".into();
             d.detail = GONE_DETAIL.into();
         }
         Err(e) => {
             d.action = "failed".into();
-            d.detail = format!("{doing}: {e}");
+            d.detail = format!("{doing}: {}", e.one_line());
         }
     }
 }
@@ -249,7 +249,7 @@ impl Reaper<'_> {
                         }
                         Err(e) => {
                             d.action = "failed".into();
-                            d.detail = e.to_string();
+                            d.detail = crate::provider::one_line(&e);
                         }
                     }
                 }

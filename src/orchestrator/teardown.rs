@@ -77,7 +77,7 @@ impl Teardown<'_> {
         }) {
             match self.delete(inst, "stopped").await {
                 Ok(_) => done.push(inst.name.clone()),
-                Err(e) => failed.push(format!("{}: {e}", inst.name)),
+                Err(e) => failed.push(format!("{}: {}", inst.name, crate::provider::one_line(&e))),
             }
         }
         (done, failed)

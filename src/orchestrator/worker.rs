@@ -3,7 +3,6 @@
 //! `budget check --enforce` delete through [`delete_journaled`] too. The one place that connects
 //! to a worker (`provider.connect`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,19 +156,10 @@ impl WorkerLifecycle {
         Ok(journaled(&self.journal, f).await?)
     }
 
-    fn labels(&self, name: &str) -> BTreeMap<String, String> {
-        crate::model::worker_labels(&self.project_slug, name, &self.settings.gcp.machine_type)
-    }
-
-    /// What this worker costs per hour, at launch: the configured machine type in the worker's
-    /// zone (the first configured zone for providers without one: what the same work would have
-    /// cost on GCE).
+    /// What this worker costs per hour, at launch, as its provider prices it (in the worker's
+    /// zone, when it has one).
     fn price_snapshot(&self, zone: Option<&str>) -> crate::cost::PriceSnapshot {
-        let g = &self.settings.gcp;
-        let zone = zone
-            .map(str::to_string)
-            .or_else(|| g.zones.first().cloned())
-            .unwrap_or_default();
+        let p = self.provider.price_spec(zone);
         let catalog = crate::cost::Catalog::load().unwrap_or_else(|e| {
             self.printer
                 .warn(format!("price catalog: {e}; using the built-in prices"));
@@ -177,11 +167,11 @@ impl WorkerLifecycle {
         });
         crate::cost::PriceSnapshot::take(
             &catalog,
-            &g.machine_type,
-            &zone,
-            g.spot,
-            &g.disk_type,
-            g.disk_size_gb,
+            &p.machine_type,
+            &p.zone,
+            p.spot,
+            &p.disk_type,
+            p.disk_size_gb,
         )
     }
 
@@ -261,13 +251,14 @@ impl WorkerLifecycle {
     /// failed create is torn down (whatever part of it exists).
     async fn create(&self, name: &str) -> Result<Instance, OrchestratorError> {
         let request_id = uuid::Uuid::new_v4().to_string();
-        let labels = self.labels(name);
+        // What the work is priced as, by the provider (on one that bills nothing: what the same
+        // work would have cost).
+        let machine_type = self.provider.price_spec(None).machine_type;
+        let labels = crate::model::worker_labels(&self.project_slug, name, &machine_type);
         let spec = WorkerSpec {
             name: name.to_string(),
             labels: labels.clone(),
-            // What the work is priced as: the configured machine type, even on the local
-            // provider (what the same work would have cost).
-            machine_type: self.settings.gcp.machine_type.clone(),
+            machine_type,
         };
         let (n, kind, machine, rid, labels) = (
             name.to_string(),
@@ -625,7 +616,10 @@ impl WorkerLifecycle {
         };
         match teardown.sweep_stopped().await {
             Ok((deleted, failed)) => super::report_stopped(printer, &deleted, &failed),
-            Err(e) => printer.warn(format!("could not list the project's workers: {e}")),
+            Err(e) => printer.warn(format!(
+                "could not list the project's workers: {}",
+                crate::provider::one_line(&e)
+            )),
         }
     }
 

@@ -10,13 +10,15 @@ use chrono::Utc;
 
 use super::record::{Layout, RecordStore};
 use super::{
-    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
-    Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider,
+    ProviderError, Target, WorkerSpec,
 };
 
 pub struct LocalProvider {
     /// `root/<name>/instance.json`.
     records: RecordStore,
+    /// What a worker is priced as (the cloud machine the same work would have run on).
+    priced_as: PriceSpec,
 }
 
 impl LocalProvider {
@@ -24,7 +26,14 @@ impl LocalProvider {
     pub fn new(root: impl Into<PathBuf>) -> LocalProvider {
         LocalProvider {
             records: RecordStore::new(root, Layout::InWorkerDir("instance.json"), "local worker"),
+            priced_as: PriceSpec::default(),
         }
+    }
+
+    /// Prices the workers as `spec` (what the same work would have cost on that machine).
+    pub(crate) fn priced_as(mut self, spec: PriceSpec) -> LocalProvider {
+        self.priced_as = spec;
+        self
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -82,6 +91,10 @@ fn valid_name(name: &str) -> bool {
 impl Provider for LocalProvider {
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn price_spec(&self, zone: Option<&str>) -> PriceSpec {
+        self.priced_as.clone().in_zone(zone)
     }
 
     fn plan(&self, spec: &WorkerSpec, _ctx: &PlanContext<'_>) -> Plan {

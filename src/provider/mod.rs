@@ -47,6 +47,38 @@ impl Plan {
     }
 }
 
+/// What a worker is priced as in the price catalog: the machine, where it runs, how it is
+/// provisioned and its boot disk.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PriceSpec {
+    pub machine_type: String,
+    pub zone: String,
+    pub spot: bool,
+    pub disk_type: String,
+    pub disk_size_gb: u32,
+}
+
+impl PriceSpec {
+    /// The VM `[gcp]` describes, in the first of `gcp.zones`.
+    pub fn of_gcp(g: &crate::config::GcpSettings) -> PriceSpec {
+        PriceSpec {
+            machine_type: g.machine_type.clone(),
+            zone: g.zones.first().cloned().unwrap_or_default(),
+            spot: g.spot,
+            disk_type: g.disk_type.clone(),
+            disk_size_gb: g.disk_size_gb,
+        }
+    }
+
+    /// The same, in `zone` when the worker has one.
+    pub(crate) fn in_zone(mut self, zone: Option<&str>) -> PriceSpec {
+        if let Some(z) = zone {
+            self.zone = z.to_string();
+        }
+        self
+    }
+}
+
 /// The worker's own ed25519 key at `path`: read when it exists, generated (private, 0600)
 /// otherwise. Returns the public key line.
 pub(crate) fn worker_key(path: &std::path::Path, worker: &str) -> Result<String, ProviderError> {
@@ -109,7 +141,8 @@ pub(crate) async fn delete_confirmed(
         };
         let result = match deleted {
             // Gone (or a 404 that may be spurious): confirm briefly, delete again if still there.
-            Ok(DeleteOutcome::AlreadyGone) | Err(ProviderError::NotFound(_)) => {
+            Ok(DeleteOutcome::AlreadyGone) => confirm(GONE_SETTLE.min(left)).await,
+            Err(e) if e.kind() == ProviderErrorKind::NotFound => {
                 confirm(GONE_SETTLE.min(left)).await
             }
             Ok(DeleteOutcome::Deleted) => {
@@ -120,7 +153,12 @@ pub(crate) async fn delete_confirmed(
         };
         let e = match result {
             Ok(()) => return Ok(outcome),
-            Err(e @ (ProviderError::Permission(_) | ProviderError::InvalidSpec(_))) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ProviderErrorKind::Permission | ProviderErrorKind::InvalidSpec
+                ) =>
+            {
                 return Err(e);
             }
             Err(e) => e,
@@ -132,7 +170,8 @@ pub(crate) async fn delete_confirmed(
         retry += 1;
         let wait = delay.min(left);
         progress(format!(
-            "delete of {name}: {e}; retry {retry} in {}",
+            "delete of {name}: {}; retry {retry} in {}",
+            e.one_line(),
             humantime::format_duration(Duration::from_secs(wait.as_secs().max(1)))
         ));
         tokio::time::sleep(wait).await;
@@ -140,9 +179,49 @@ pub(crate) async fn delete_confirmed(
     }
 }
 
+/// What a provider error means: retry, fallback and the hints decide on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    Capacity,
+    Quota,
+    Permission,
+    NotFound,
+    Transient,
+    InvalidSpec,
+    /// A provider's own file, key or connection (see the variant).
+    Other,
+}
+
+impl ProviderErrorKind {
+    /// How an error of this kind starts.
+    fn prefix(self) -> &'static str {
+        match self {
+            ProviderErrorKind::Capacity => "no capacity",
+            ProviderErrorKind::Quota => "quota exceeded",
+            ProviderErrorKind::Permission => "permission denied",
+            ProviderErrorKind::NotFound => "not found",
+            ProviderErrorKind::Transient => "transient failure",
+            ProviderErrorKind::InvalidSpec => "invalid worker spec",
+            ProviderErrorKind::Other => "failed",
+        }
+    }
+}
+
+/// Any error, kept with its source chain.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Typed provider errors: retry and fallback decide on the kind, never on message text.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
+    /// A cloud API call failed: `kind` is what it means, `what` what was being done, and the
+    /// client's own error is kept as the source.
+    #[error("{}: {what}", kind.prefix())]
+    Api {
+        kind: ProviderErrorKind,
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("no capacity: {0}")]
     Capacity(String),
     #[error("quota exceeded: {0}")]
@@ -182,6 +261,43 @@ pub enum ProviderError {
     },
 }
 
+impl ProviderError {
+    /// What the error means.
+    pub fn kind(&self) -> ProviderErrorKind {
+        match self {
+            ProviderError::Api { kind, .. } => *kind,
+            ProviderError::Capacity(_) => ProviderErrorKind::Capacity,
+            ProviderError::Quota(_) => ProviderErrorKind::Quota,
+            ProviderError::Permission(_) => ProviderErrorKind::Permission,
+            ProviderError::NotFound(_) => ProviderErrorKind::NotFound,
+            ProviderError::Transient(_) => ProviderErrorKind::Transient,
+            ProviderError::InvalidSpec(_) => ProviderErrorKind::InvalidSpec,
+            ProviderError::Io { .. }
+            | ProviderError::Connect(_)
+            | ProviderError::Key { .. }
+            | ProviderError::Corrupt { .. } => ProviderErrorKind::Other,
+        }
+    }
+
+    /// The error and its causes on one line (`error: cause: cause`), for a progress line, a
+    /// check or a report field, where no "Caused by" list follows.
+    pub(crate) fn one_line(&self) -> String {
+        one_line(self)
+    }
+}
+
+/// An error and its causes on one line (`error: cause: cause`).
+pub(crate) fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// The provider's name, for messages, the journal and reports (never for decisions: those
@@ -201,6 +317,12 @@ pub trait Provider: Send + Sync {
     /// as the expiry).
     fn labels_for(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
         spec.labels.clone()
+    }
+    /// What a worker is priced as, in `zone` when it has one of its own. A provider that bills
+    /// nothing itself prices its workers as the cloud machine it was given (what the same work
+    /// would have cost); one given none has no price.
+    fn price_spec(&self, _zone: Option<&str>) -> PriceSpec {
+        PriceSpec::default()
     }
     /// What creating `spec` would make, without making it (`cwo up --plan`).
     fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan;

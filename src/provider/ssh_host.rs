@@ -10,8 +10,8 @@ use chrono::Utc;
 
 use super::record::{Layout, RecordStore};
 use super::{
-    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
-    Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider,
+    ProviderError, Target, WorkerSpec,
 };
 use crate::config::{HostAddr, SshSettings};
 use crate::connector::Connector;
@@ -48,6 +48,8 @@ pub struct SshHostProvider {
     connector: Connector,
     /// The bootstrap's work user and workspace root, when the hosts are bootstrapped.
     work: Option<(String, String)>,
+    /// What a worker is priced as (the cloud machine the same work would have run on).
+    priced_as: PriceSpec,
 }
 
 impl SshHostProvider {
@@ -57,7 +59,14 @@ impl SshHostProvider {
             records: RecordStore::new(records, Layout::Flat, "ssh worker"),
             connector,
             work: None,
+            priced_as: PriceSpec::default(),
         }
+    }
+
+    /// Prices the workers as `spec` (what the same work would have cost on that machine).
+    pub(crate) fn priced_as(mut self, spec: PriceSpec) -> SshHostProvider {
+        self.priced_as = spec;
+        self
     }
 
     fn transport(&self, instance: &Instance) -> Result<SshTransport, ProviderError> {
@@ -118,6 +127,10 @@ impl SshHostProvider {
 impl Provider for SshHostProvider {
     fn kind(&self) -> &'static str {
         "ssh"
+    }
+
+    fn price_spec(&self, zone: Option<&str>) -> PriceSpec {
+        self.priced_as.clone().in_zone(zone)
     }
 
     fn plan(&self, spec: &WorkerSpec, _ctx: &PlanContext<'_>) -> Plan {

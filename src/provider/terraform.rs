@@ -18,10 +18,10 @@ use serde_json::{Value, json};
 
 use super::record::{Layout, RecordStore};
 use super::{
-    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
-    Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider,
+    ProviderError, Target, WorkerSpec,
 };
-use crate::config::Settings;
+use crate::config::{GcpSettings, SshSettings, TerraformSettings};
 
 /// The module shipped inside cwo (`terraform/` in the repository).
 pub(crate) const MODULE: &[(&str, &str)] = &[
@@ -51,7 +51,12 @@ pub struct TerraformPlan {
 }
 
 pub struct TerraformProvider {
-    settings: Settings,
+    /// The VM the module makes.
+    gcp: GcpSettings,
+    /// Where the workspace lives on the VM.
+    ssh: SshSettings,
+    /// The module, the program, the extra variables.
+    terraform: TerraformSettings,
     /// `<state>/terraform`: one directory per worker, plus the shared plugin cache.
     dir: PathBuf,
     /// `<dir>/<worker>/cwo-instance.json`.
@@ -62,13 +67,17 @@ pub struct TerraformProvider {
 
 impl TerraformProvider {
     pub fn new(
-        settings: Settings,
+        gcp: &GcpSettings,
+        ssh: &SshSettings,
+        terraform: &TerraformSettings,
         dir: PathBuf,
         keys_dir: PathBuf,
         startup_script: String,
     ) -> TerraformProvider {
         TerraformProvider {
-            settings,
+            gcp: gcp.clone(),
+            ssh: ssh.clone(),
+            terraform: terraform.clone(),
             records: RecordStore::new(
                 &dir,
                 Layout::InWorkerDir("cwo-instance.json"),
@@ -81,7 +90,7 @@ impl TerraformProvider {
     }
 
     pub(crate) fn binary(&self) -> &str {
-        self.settings.terraform.program()
+        self.terraform.program()
     }
 
     fn worker_dir(&self, name: &str) -> PathBuf {
@@ -92,7 +101,7 @@ impl TerraformProvider {
     fn place_module(&self, wdir: &Path) -> Result<(), ProviderError> {
         let io = |e: std::io::Error| ProviderError::InvalidSpec(format!("{}: {e}", wdir.display()));
         std::fs::create_dir_all(wdir).map_err(io)?;
-        let module = &self.settings.terraform.module;
+        let module = &self.terraform.module;
         if module.as_os_str().is_empty() {
             for (name, text) in MODULE {
                 std::fs::write(wdir.join(name), text).map_err(io)?;
@@ -120,7 +129,7 @@ impl TerraformProvider {
     }
 
     fn variables(&self, spec: &WorkerSpec, public_key: &str) -> Result<Value, ProviderError> {
-        let g = &self.settings.gcp;
+        let g = &self.gcp;
         let zone = g
             .zones
             .first()
@@ -148,7 +157,7 @@ impl TerraformProvider {
             "labels": self.labels_for(spec),
             "startup_script": self.startup_script,
         });
-        for (k, v) in &self.settings.terraform.vars {
+        for (k, v) in &self.terraform.vars {
             vars[k] = json!(v);
         }
         Ok(vars)
@@ -208,7 +217,7 @@ impl TerraformProvider {
         let port = outputs["ssh_port"]["value"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(self.settings.gcp.ssh_port);
+            .unwrap_or(self.gcp.ssh_port);
         let zone = text("zone");
         Instance {
             name: spec.name.clone(),
@@ -218,12 +227,12 @@ impl TerraformProvider {
             target: Target::Ssh {
                 host: text("ip"),
                 port,
-                user: self.settings.gcp.ssh_user.clone(),
+                user: self.gcp.ssh_user.clone(),
                 key_path: key_path.display().to_string(),
                 host_key: None,
                 pin_as: spec.name.clone(),
             },
-            workspace: crate::model::workspace_of(&self.settings.ssh.workspace, &spec.name),
+            workspace: crate::model::workspace_of(&self.ssh.workspace, &spec.name),
             zone: (!zone.is_empty()).then(|| zone.rsplit('/').next().unwrap_or(&zone).to_string()),
         }
     }
@@ -247,16 +256,17 @@ impl Provider for TerraformProvider {
     /// the reaper and TTL rotation see a terraform worker's remaining life too.
     fn labels_for(&self, spec: &WorkerSpec) -> BTreeMap<String, String> {
         let mut labels = spec.labels.clone();
-        labels.insert(
-            super::EXPIRES_LABEL.into(),
-            super::expires_at(self.settings.gcp.ttl),
-        );
+        labels.insert(super::EXPIRES_LABEL.into(), super::expires_at(self.gcp.ttl));
         labels
     }
 
+    fn price_spec(&self, zone: Option<&str>) -> PriceSpec {
+        PriceSpec::of_gcp(&self.gcp).in_zone(zone)
+    }
+
     fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan {
-        let g = &self.settings.gcp;
-        let module = &self.settings.terraform.module;
+        let g = &self.gcp;
+        let module = &self.terraform.module;
         Plan::Terraform(TerraformPlan {
             provider: self.kind(),
             worker: spec.name.clone(),
@@ -304,7 +314,7 @@ impl Provider for TerraformProvider {
                 "install Terraform (or OpenTofu and set terraform.binary = \"tofu\")",
             ),
         }];
-        if self.settings.gcp.ssh_source.is_empty() {
+        if self.gcp.ssh_source.is_empty() {
             checks.push(Check::fail(
                 "ssh_source",
                 "gcp.ssh_source is empty",

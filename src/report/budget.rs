@@ -148,7 +148,7 @@ pub(crate) async fn collect(
                 status: Verdict::Unknown,
                 exit_code: exit_status(Verdict::Unknown).code(),
                 limit_usd: query.policy.limit_usd,
-                reason: format!("listing the live workers failed: {e}"),
+                reason: format!("listing the live workers failed: {}", e.one_line()),
             }));
         }
     };
@@ -164,16 +164,26 @@ pub(crate) async fn collect(
     if verdict.status == Verdict::Deny && query.enforce {
         let selector = crate::model::project_selector(&project_slug);
         let targets = provider.list(&selector).await.map_err(|e| {
-            CommandError::with_source("over budget, but listing the workers to delete failed", e)
+            CommandError::from(e).context("over budget, but listing the workers to delete failed")
         })?;
         let reaper = reaper(false);
         for inst in targets {
-            // Gone is done: a worker that vanished meanwhile counts as deleted.
-            let error = reaper
-                .delete(&inst, "budget")
-                .await
-                .err()
-                .map(|e| e.to_string());
+            // Gone is done: a worker that vanished meanwhile counts as deleted. One that is
+            // left says so, with the command that deletes it by hand.
+            let error = match reaper.delete(&inst, "budget").await {
+                Ok(_) => None,
+                Err(e) => {
+                    let error = crate::provider::one_line(&e);
+                    printer.warn(format!(
+                        "over budget, but worker {} could not be deleted: {error}",
+                        inst.name
+                    ));
+                    if let Some(cmd) = provider.manual_delete_hint(&inst.name) {
+                        printer.warn(format!("delete it yourself: {cmd}"));
+                    }
+                    Some(error)
+                }
+            };
             enforced.push(Enforced {
                 worker: inst.name,
                 deleted: error.is_none(),
@@ -247,7 +257,13 @@ impl BudgetReport {
             if self.enforced.is_empty() {
                 String::new()
             } else {
-                format!("; --enforce deleted {} worker(s)", self.enforced.len())
+                let deleted = self.enforced.iter().filter(|e| e.deleted).count();
+                let left = self.enforced.len() - deleted;
+                let mut s = format!("; --enforce deleted {deleted} worker(s)");
+                if left > 0 {
+                    s.push_str(&format!(", {left} could not be deleted"));
+                }
+                s
             },
         )
     }

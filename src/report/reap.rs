@@ -43,7 +43,8 @@ pub(crate) async fn collect(
         &on_retry,
     );
     let decisions = reaper.pass(act).await.map_err(|e| {
-        CommandError::with_source("could not list cwo's workers; nothing was deleted", e)
+        CommandError::from(e)
+            .context("could not list cwo's workers; nothing was deleted")
             .hint("check the credentials and the project (`cwo doctor`), then run `cwo reap` again")
     })?;
     // A running controller settles its own workers' attempts.

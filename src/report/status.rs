@@ -76,7 +76,7 @@ pub(crate) async fn collect(
     let selector = crate::model::project_selector(&project_slug);
     let (mut listed, list_error) = match provider.list(&selector).await {
         Ok(l) => (Some(l), None),
-        Err(e) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(e.one_line())),
     };
     if let Some(l) = &mut listed {
         let on_retry = |line: String| printer.status(line);

@@ -40,7 +40,17 @@ use serde_json::{Map, Value, json};
 
 use crate::config::GcpSettings;
 use crate::provider::Check;
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, ProviderErrorKind};
+
+/// A call that failed before Google answered (no connection, a timeout): worth another try; the
+/// client's error is kept as the source.
+fn transient(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> ProviderError {
+    ProviderError::Api {
+        kind: ProviderErrorKind::Transient,
+        what: what.to_string(),
+        source: Box::new(e),
+    }
+}
 
 /// The role that may create, change and delete budgets on a billing account.
 pub(crate) const ROLE: &str = "roles/billing.costsManager";
@@ -75,28 +85,46 @@ pub struct Amount {
     pub(crate) nanos: i32,
 }
 
+/// Why a budget amount (`--amount`) was refused.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(crate) enum AmountError {
+    #[error("`{0}` is not an amount (write it like 5 or 12.50)")]
+    NotAnAmount(String),
+    #[error("`{0}`: at most 9 decimal places")]
+    TooPrecise(String),
+    #[error("`{input}` is too large an amount")]
+    TooLarge {
+        input: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error("`{0}`: the amount must be more than 0")]
+    NotPositive(String),
+}
+
 impl Amount {
     /// Parses a positive decimal such as "5" or "12.50" exactly (no binary floating point).
-    pub(crate) fn parse(s: &str) -> Result<Amount, String> {
+    pub(crate) fn parse(s: &str) -> Result<Amount, AmountError> {
         let t = s.trim();
         let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
         let digits = |d: &str| d.chars().all(|c| c.is_ascii_digit());
         if whole.is_empty() && frac.is_empty() || !digits(whole) || !digits(frac) {
-            return Err(format!("`{s}` is not an amount (write it like 5 or 12.50)"));
+            return Err(AmountError::NotAnAmount(s.to_string()));
         }
         if frac.len() > 9 {
-            return Err(format!("`{s}`: at most 9 decimal places"));
+            return Err(AmountError::TooPrecise(s.to_string()));
         }
         let units: i64 = if whole.is_empty() {
             0
         } else {
-            whole
-                .parse()
-                .map_err(|_| format!("`{s}` is too large an amount"))?
+            whole.parse().map_err(|source| AmountError::TooLarge {
+                input: s.to_string(),
+                source,
+            })?
         };
         let nanos: i32 = format!("{frac:0<9}").parse().expect("nine digits");
         if units == 0 && nanos == 0 {
-            return Err(format!("`{s}`: the amount must be more than 0"));
+            return Err(AmountError::NotPositive(s.to_string()));
         }
         Ok(Amount { units, nanos })
     }
@@ -480,7 +508,7 @@ impl BudgetApi {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| ApiError::new(ProviderError::Transient(e.to_string())))?;
+            .map_err(|e| ApiError::new(transient("building the HTTP client", e)))?;
         Ok(BudgetApi {
             http,
             billing: settings.billing_endpoint.trim_end_matches('/').to_string(),
@@ -516,12 +544,12 @@ impl BudgetApi {
             match self.call_once(api, method.clone(), url, body, what).await {
                 Err(e)
                     if retry
-                        && matches!(e.kind, ProviderError::Transient(_))
+                        && e.kind.kind() == ProviderErrorKind::Transient
                         && attempt < TRIES =>
                 {
                     (self.on_retry)(format!(
                         "{}; retry {attempt} in {}",
-                        e.kind,
+                        e.kind.one_line(),
                         humantime::format_duration(delay)
                     ));
                     tokio::time::sleep(delay).await;
@@ -548,10 +576,15 @@ impl BudgetApi {
                 Ok(CacheableResource::New { data, .. }) => req = req.headers(data),
                 Ok(CacheableResource::NotModified) => {}
                 Err(e) => {
-                    let mut err = ApiError::new(if e.is_transient() {
-                        ProviderError::Transient(format!("{what}: getting a token: {e}"))
+                    let kind = if e.is_transient() {
+                        ProviderErrorKind::Transient
                     } else {
-                        ProviderError::Permission(format!("{what}: getting a token: {e}"))
+                        ProviderErrorKind::Permission
+                    };
+                    let mut err = ApiError::new(ProviderError::Api {
+                        kind,
+                        what: format!("{what}: getting a token"),
+                        source: Box::new(e),
                     });
                     err.hints
                         .push("run `gcloud auth application-default login`".into());
@@ -567,7 +600,7 @@ impl BudgetApi {
         let resp = req
             .send()
             .await
-            .map_err(|e| ApiError::new(ProviderError::Transient(format!("{what}: {e}"))))?;
+            .map_err(|e| ApiError::new(transient(what, e)))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         if (200..300).contains(&status) {
@@ -779,12 +812,12 @@ impl BudgetApi {
                     return Ok((budget, outcome, extra));
                 }
                 Err(e)
-                    if (e.conflict || matches!(e.kind, ProviderError::Transient(_)))
+                    if (e.conflict || e.kind.kind() == ProviderErrorKind::Transient)
                         && attempt < TRIES =>
                 {
                     (self.on_retry)(format!(
                         "{}; looking again, retry {attempt} in {}",
-                        e.kind,
+                        e.kind.one_line(),
                         humantime::format_duration(delay)
                     ));
                     tokio::time::sleep(delay).await;
@@ -951,6 +984,23 @@ mod tests {
         ] {
             assert!(Amount::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_refused_amount_is_a_typed_error_that_says_why() {
+        let e = Amount::parse("99999999999999999999").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`99999999999999999999` is too large an amount"
+        );
+        assert!(
+            std::error::Error::source(&e).is_some(),
+            "the parse error is kept"
+        );
+        assert_eq!(
+            Amount::parse("0"),
+            Err(AmountError::NotPositive("0".into()))
+        );
     }
 
     #[test]

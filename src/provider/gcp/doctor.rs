@@ -110,7 +110,7 @@ impl GcpProvider {
             Err(e) => check(
                 "firewall",
                 Some(false),
-                classify(&e, "reading the firewall rule", false).to_string(),
+                classify(e, "reading the firewall rule", false).one_line(),
                 "grant compute.firewalls.get/create",
             ),
         }
@@ -137,8 +137,8 @@ async fn project_check(c: &Clients, s: &GcpSettings) -> Check {
         Err(e) => check(
             "project",
             Some(false),
-            classify(&e, "listing instances", false).to_string(),
-            "grant roles/compute.instanceAdmin.v1 (create, delete, list, setLabels, getGuestAttributes) and roles/compute.securityAdmin (the SSH firewall rule) on the project",
+            classify(e, "listing instances", false).one_line(),
+            &format!("grant {} on the project", super::ROLES),
         ),
     }
 }

@@ -25,10 +25,13 @@ mod doctor;
 pub(crate) use budget::{AlertSpec, Amount, BudgetApi};
 
 use super::{
-    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, Provider, ProviderError,
-    Target, WorkerSpec,
+    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider,
+    ProviderError, ProviderErrorKind, Target, WorkerSpec,
 };
 use crate::config::{GcpSettings, SshSettings};
+
+/// The roles the account cwo runs as needs on gcp.project, and what each is for.
+pub(crate) const ROLES: &str = "roles/compute.instanceAdmin.v1 (create, delete, list, setLabels, getGuestAttributes) and roles/compute.securityAdmin (the SSH firewall rule)";
 
 /// How long an operation may take before cwo stops waiting for it.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -123,12 +126,22 @@ fn last_segment(s: &str) -> String {
 }
 
 /// Classifies an API error by its HTTP status and the structured `reason` of Google's error
-/// payload (never by message text).
+/// payload (never by message text); the client's error is kept as the source.
 pub(crate) fn classify(
-    err: &google_cloud_compute_v1::Error,
+    err: google_cloud_compute_v1::Error,
     what: &str,
     insert: bool,
 ) -> ProviderError {
+    let kind = kind_of(&err, insert);
+    ProviderError::Api {
+        kind,
+        what: what.to_string(),
+        source: Box::new(err),
+    }
+}
+
+fn kind_of(err: &google_cloud_compute_v1::Error, insert: bool) -> ProviderErrorKind {
+    use ProviderErrorKind as K;
     use google_cloud_gax::error::rpc::{Code, StatusDetails};
     // The structured reasons: ErrorInfo details (Compute's legacy `errors[].reason` arrive as
     // those too), or the raw payload when it was not a status at all.
@@ -162,22 +175,21 @@ pub(crate) fn classify(
         .iter()
         .any(|r| r.contains("ratelimit") || r.contains("rate_limit"));
     let quota = quota_failure || reasons.iter().any(|r| r.contains("quota"));
-    let msg = format!("{what}: {err}");
     match (err.http_status_code(), code) {
-        (Some(404), _) | (_, Some(Code::NotFound)) => ProviderError::NotFound(msg),
-        (Some(503), _) if insert => ProviderError::Capacity(msg),
-        (Some(429), _) => ProviderError::Transient(msg),
-        _ if rate_limited => ProviderError::Transient(msg),
-        _ if quota => ProviderError::Quota(msg),
-        (_, Some(Code::ResourceExhausted)) => ProviderError::Quota(msg),
-        (Some(500) | Some(502) | Some(503) | Some(504), _) => ProviderError::Transient(msg),
+        (Some(404), _) | (_, Some(Code::NotFound)) => K::NotFound,
+        (Some(503), _) if insert => K::Capacity,
+        (Some(429), _) => K::Transient,
+        _ if rate_limited => K::Transient,
+        _ if quota => K::Quota,
+        (_, Some(Code::ResourceExhausted)) => K::Quota,
+        (Some(500) | Some(502) | Some(503) | Some(504), _) => K::Transient,
         (Some(401) | Some(403), _) | (_, Some(Code::PermissionDenied | Code::Unauthenticated)) => {
-            ProviderError::Permission(msg)
+            K::Permission
         }
-        (Some(400) | Some(409) | Some(412), _) => ProviderError::InvalidSpec(msg),
-        (Some(_), _) => ProviderError::Transient(msg),
-        (None, _) if err.is_authentication() => ProviderError::Permission(msg),
-        (None, _) => ProviderError::Transient(msg),
+        (Some(400) | Some(409) | Some(412), _) => K::InvalidSpec,
+        (Some(_), _) => K::Transient,
+        (None, _) if err.is_authentication() => K::Permission,
+        (None, _) => K::Transient,
     }
 }
 
@@ -331,8 +343,10 @@ impl GcpProvider {
         let mut tries = 0;
         loop {
             match call().await {
-                Err(ProviderError::Transient(m)) if tries + 1 < TRANSIENT_TRIES => {
-                    tracing::debug!(error = %m, "transient; retrying");
+                Err(e)
+                    if e.kind() == ProviderErrorKind::Transient && tries + 1 < TRANSIENT_TRIES =>
+                {
+                    tracing::debug!(error = %e.one_line(), "transient; retrying");
                     tries += 1;
                     let jitter = Duration::from_millis(
                         rand::random::<u64>() % (delay.as_millis() as u64 / 2 + 1),
@@ -376,7 +390,7 @@ impl GcpProvider {
                         .set_operation(&name)
                         .send()
                         .await
-                        .map_err(|e| classify(&e, what, false))
+                        .map_err(|e| classify(e, what, false))
                 })
                 .await?;
         }
@@ -460,7 +474,7 @@ impl GcpProvider {
                             .set_body(rule)
                             .send()
                             .await
-                            .map_err(|e| classify(&e, "updating the SSH firewall rule", false))?;
+                            .map_err(|e| classify(e, "updating the SSH firewall rule", false))?;
                         op.to_result().map(|_| ()).map_err(|e| {
                             ProviderError::Transient(format!("updating the SSH firewall rule: {e}"))
                         })
@@ -481,10 +495,10 @@ impl GcpProvider {
                             }),
                             // Created meanwhile by another controller.
                             Err(e) if e.http_status_code() == Some(409) => Ok(()),
-                            Err(e) => Err(classify(&e, "creating the SSH firewall rule", false)),
+                            Err(e) => Err(classify(e, "creating the SSH firewall rule", false)),
                         }
                     }
-                    Err(e) => Err(classify(&e, "reading the SSH firewall rule", false)),
+                    Err(e) => Err(classify(e, "reading the SSH firewall rule", false)),
                 }
             })
             .await
@@ -612,7 +626,7 @@ impl GcpProvider {
             {
                 Ok(vm) => Ok(Some(vm)),
                 Err(e) if e.http_status_code() == Some(404) => Ok(None),
-                Err(e) => Err(classify(&e, &format!("reading VM {name}"), false)),
+                Err(e) => Err(classify(e, &format!("reading VM {name}"), false)),
             }
         })
         .await
@@ -677,7 +691,7 @@ impl GcpProvider {
                     .set_body(body.clone())
                     .send()
                     .await
-                    .map_err(|e| classify(&e, &what, true))
+                    .map_err(|e| classify(e, &what, true))
             })
             .await?;
         self.wait_operation(zone, op, &what).await.map(|_| ())
@@ -711,6 +725,10 @@ impl Provider for GcpProvider {
             super::expires_at(self.settings.ttl),
         );
         labels
+    }
+
+    fn price_spec(&self, zone: Option<&str>) -> PriceSpec {
+        PriceSpec::of_gcp(&self.settings).in_zone(zone)
     }
 
     fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan {
@@ -792,7 +810,8 @@ impl Provider for GcpProvider {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
-                Err(ProviderError::Capacity(m)) => {
+                Err(e) if e.kind() == ProviderErrorKind::Capacity => {
+                    let m = e.one_line();
                     tracing::info!("{m}; trying the next zone");
                     capacity_errors.push(m);
                 }
@@ -881,7 +900,7 @@ impl Provider for GcpProvider {
                     }
                     req.send()
                         .await
-                        .map_err(|e| classify(&e, "listing cwo's VMs", false))
+                        .map_err(|e| classify(e, "listing cwo's VMs", false))
                 })
                 .await?;
             if !resp.unreachables.is_empty() {
@@ -926,13 +945,14 @@ impl Provider for GcpProvider {
         {
             Ok(op) => Some(op),
             Err(e) if e.http_status_code() == Some(404) => None,
-            Err(e) => return Err(classify(&e, &what, false)),
+            Err(e) => return Err(classify(e, &what, false)),
         };
         let Some(op) = sent else {
             return Ok(DeleteOutcome::AlreadyGone);
         };
         match self.wait_operation(&zone, op, &what).await {
-            Ok(_) | Err(ProviderError::NotFound(_)) => Ok(DeleteOutcome::Deleted),
+            Ok(_) => Ok(DeleteOutcome::Deleted),
+            Err(e) if e.kind() == ProviderErrorKind::NotFound => Ok(DeleteOutcome::Deleted),
             Err(e) => Err(e),
         }
     }
@@ -978,7 +998,7 @@ impl Provider for GcpProvider {
             )
             .send()
             .await
-            .map_err(|e| classify(&e, &what, false))?;
+            .map_err(|e| classify(e, &what, false))?;
         self.wait_operation(&zone, op, &what).await.map(|_| ())
     }
 
@@ -991,5 +1011,49 @@ impl Provider for GcpProvider {
             "gcloud compute instances delete {name} --zone {zone} --project {} --quiet",
             self.settings.project
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use google_cloud_gax::error::rpc::{Code, Status};
+
+    /// Retry and zone fallback decide by the kind; the client's error is kept as the source (to
+    /// render as a cause, or downcast), and a one-line rendering still carries its message.
+    #[test]
+    fn a_classified_api_error_keeps_the_client_error_as_its_source() {
+        let status = Status::default()
+            .set_code(Code::ResourceExhausted)
+            .set_message("Quota 'CPUS' exceeded");
+        let e = classify(
+            google_cloud_compute_v1::Error::service(status),
+            "creating VM w in us-central1-a",
+            true,
+        );
+        assert_eq!(e.kind(), ProviderErrorKind::Quota);
+        assert_eq!(
+            e.to_string(),
+            "quota exceeded: creating VM w in us-central1-a"
+        );
+        let source = std::error::Error::source(&e).expect("the client's error is kept");
+        assert!(
+            source
+                .downcast_ref::<google_cloud_compute_v1::Error>()
+                .is_some()
+        );
+        assert!(
+            e.one_line().contains("Quota 'CPUS' exceeded"),
+            "{}",
+            e.one_line()
+        );
+        let denied = classify(
+            google_cloud_compute_v1::Error::service(
+                Status::default().set_code(Code::PermissionDenied),
+            ),
+            "listing cwo's VMs",
+            false,
+        );
+        assert_eq!(denied.kind(), ProviderErrorKind::Permission);
     }
 }
