@@ -249,7 +249,7 @@ impl Reaper<'_> {
                         }
                         Err(e) => {
                             d.action = "failed".into();
-                            d.detail = crate::provider::one_line(&e);
+                            d.detail = crate::util::error::one_line(&e);
                         }
                     }
                 }

@@ -77,7 +77,11 @@ impl Teardown<'_> {
         }) {
             match self.delete(inst, "stopped").await {
                 Ok(_) => done.push(inst.name.clone()),
-                Err(e) => failed.push(format!("{}: {}", inst.name, crate::provider::one_line(&e))),
+                Err(e) => failed.push(format!(
+                    "{}: {}",
+                    inst.name,
+                    crate::util::error::one_line(&e)
+                )),
             }
         }
         (done, failed)

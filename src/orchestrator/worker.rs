@@ -618,7 +618,7 @@ impl WorkerLifecycle {
             Ok((deleted, failed)) => super::report_stopped(printer, &deleted, &failed),
             Err(e) => printer.warn(format!(
                 "could not list the project's workers: {}",
-                crate::provider::one_line(&e)
+                crate::util::error::one_line(&e)
             )),
         }
     }

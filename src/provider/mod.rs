@@ -282,20 +282,8 @@ impl ProviderError {
     /// The error and its causes on one line (`error: cause: cause`), for a progress line, a
     /// check or a report field, where no "Caused by" list follows.
     pub(crate) fn one_line(&self) -> String {
-        one_line(self)
+        crate::util::error::one_line(self)
     }
-}
-
-/// An error and its causes on one line (`error: cause: cause`).
-pub(crate) fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 #[async_trait]

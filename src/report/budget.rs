@@ -173,7 +173,7 @@ pub(crate) async fn collect(
             let error = match reaper.delete(&inst, "budget").await {
                 Ok(_) => None,
                 Err(e) => {
-                    let error = crate::provider::one_line(&e);
+                    let error = crate::util::error::one_line(&e);
                     printer.warn(format!(
                         "over budget, but worker {} could not be deleted: {error}",
                         inst.name
