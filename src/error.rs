@@ -7,7 +7,6 @@
 
 use std::error::Error;
 use std::fmt;
-use std::fmt::Write;
 use std::sync::Arc;
 
 use crate::config::ConfigError;
@@ -277,23 +276,11 @@ impl CommandError {
 
     /// What stderr shows: the error, each cause on its own numbered line, then the hints.
     pub(crate) fn render(&self) -> String {
-        let mut s = match self.kind {
-            ErrorKind::Internal => format!("error: internal error: {}\n", self.error),
-            _ => format!("error: {}\n", self.error),
+        let headline = match self.kind {
+            ErrorKind::Internal => format!("internal error: {}", self.error),
+            _ => self.error.to_string(),
         };
-        let mut cause = self.error.source();
-        let mut i = 0;
-        while let Some(c) = cause {
-            i += 1;
-            if i == 1 {
-                s.push_str("Caused by:\n");
-            }
-            let _ = writeln!(s, "  {i}: {c}");
-            cause = c.source();
-        }
-        for h in &self.hints {
-            let _ = writeln!(s, "hint: {h}");
-        }
+        let mut s = crate::util::error::render(&headline, self.error.source(), &self.hints);
         if self.kind == ErrorKind::Internal {
             s.push_str("hint: this is a bug in cwo; please report it with the output of the same command run with -v\n");
         }
@@ -412,6 +399,23 @@ fn provider_cause(e: &OrchestratorError) -> Option<&ProviderError> {
     }
 }
 
+/// An orchestrator error kept whole (so a cause can be found by type), whose causes are the
+/// ones it explains itself by (`OrchestratorError::cause`: an abandoned bring-up by its problem).
+#[derive(Debug)]
+struct Orchestration(OrchestratorError);
+
+impl fmt::Display for Orchestration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Error for Orchestration {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.cause()
+    }
+}
+
 impl From<OrchestratorError> for CommandError {
     fn from(e: OrchestratorError) -> CommandError {
         use OrchestratorError as E;
@@ -426,14 +430,11 @@ impl From<OrchestratorError> for CommandError {
                 } else {
                     ErrorKind::User
                 };
-                let mut err = match e.cause() {
-                    Some(cause) => CommandError::from_error(e.to_string(), cause),
-                    None => CommandError::user(e.to_string()),
-                }
-                .kind(kind);
                 // The provider's hint first: it is about the first error said.
-                err.hints = provider_cause(&e).map(provider_hints).unwrap_or_default();
-                err.hints.extend(e.hints());
+                let mut hints = provider_cause(&e).map(provider_hints).unwrap_or_default();
+                hints.extend(e.hints());
+                let mut err = CommandError::new(kind, Arc::new(Orchestration(e)));
+                err.hints = hints;
                 err
             }
         }

@@ -30,14 +30,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("orchestration", &["orchestrator"]),
     (
         "composition and reports",
-        &["error", "project", "report", "reaper", "demo"],
+        &["error", "project", "report", "demo"],
     ),
     ("command line", &["cli", "commands", "crate"]),
 ];
 
 /// Upward imports still being moved off (from, to), while the layering is under way. Each one
 /// listed here is allowed; every other upward import fails. The list only shrinks.
-const NOT_YET_MOVED: &[(&str, &str)] = &[("transport", "journal"), ("provider", "journal")];
+const NOT_YET_MOVED: &[(&str, &str)] = &[];
 
 type Module = Vec<String>;
 

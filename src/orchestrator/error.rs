@@ -1,7 +1,6 @@
 //! The orchestrator's own errors (it sits below `crate::error`): what failed, with the source kept
 //! and the hints that say what to do next. `crate::error` converts them for the commands.
 
-use std::fmt::Write;
 use std::time::Duration;
 
 use crate::bootstrap::BootstrapError;
@@ -150,7 +149,10 @@ impl OrchestratorError {
                 cleanup,
             } => {
                 let mut h = problem.hints();
-                h.push(format!("and worker {name} could not be deleted: {cleanup}"));
+                h.push(format!(
+                    "and worker {name} could not be deleted: {}",
+                    crate::util::error::one_line(&**cleanup)
+                ));
                 h.extend(cleanup.hints());
                 h
             }
@@ -164,21 +166,7 @@ impl OrchestratorError {
     /// The error as the loop prints a warning about it: the message, its causes, its hints (the
     /// layout of a command's error).
     pub fn render(&self) -> String {
-        let mut s = format!("error: {self}\n");
-        let mut cause = self.cause();
-        let mut i = 0;
-        while let Some(c) = cause {
-            i += 1;
-            if i == 1 {
-                s.push_str("Caused by:\n");
-            }
-            let _ = writeln!(s, "  {i}: {c}");
-            cause = c.source();
-        }
-        for h in self.hints() {
-            let _ = writeln!(s, "hint: {h}");
-        }
-        s
+        crate::util::error::render(&self.to_string(), self.cause(), &self.hints())
     }
 }
 

@@ -284,11 +284,18 @@ impl Reaper<'_> {
             }
             if self.provider.get(name).await?.is_none() {
                 let n = name.clone();
-                journaled(self.journal, move |j| {
+                // The worker is gone whatever the journal says: a row that cannot be closed now
+                // is said on stderr and closed by a later pass, and the pass's decisions stand.
+                if let Err(e) = journaled(self.journal, move |j| {
                     j.worker_deleting(&n, "gone")?;
                     j.worker_deleted(&n, "gone")
                 })
-                .await?;
+                .await
+                {
+                    (self.on_retry)(format!(
+                        "{name} is gone, but the journal could not record it ({e}); the next pass tries again"
+                    ));
+                }
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
-//! The worker lifecycle: bring up, adopt (recover), check fitness, tear down. The only owner of
-//! the write-ahead journal rows of workers and of their confirmed deletion; the reaper and
-//! `budget check --enforce` delete through [`delete_journaled`] too. The one place that connects
-//! to a worker (`provider.connect`).
+//! The worker lifecycle: bring up, adopt (recover), check fitness, tear down. It writes a
+//! worker's journal rows ahead of each provider call as it brings it up and adopts it; every
+//! deletion (its own, the reaper's, `budget check --enforce`'s) goes through `teardown.rs`. The
+//! one place the loop connects to a worker (through the connector).
 
 use std::path::PathBuf;
 use std::sync::Arc;

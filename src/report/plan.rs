@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Report, SCHEMA_VERSION};
+use crate::config::ProviderKind;
 use crate::cost::{Catalog, CatalogError};
 use crate::model::ids::slug;
 use crate::project::Project;
@@ -27,7 +28,12 @@ pub(crate) fn collect(project: &Project) -> Result<PlanReport, CatalogError> {
         name,
         machine_type: s.gcp.machine_type.clone(),
     };
-    let catalog = Catalog::load()?;
+    // Only a gcp plan is priced from the catalog, so only there does a broken price file stop
+    // the plan (as `cwo up` would stop); the others show what they did before it.
+    let catalog = match s.provider {
+        ProviderKind::Gcp => Catalog::load()?,
+        _ => Catalog::load().unwrap_or_else(|_| Catalog::embedded()),
+    };
     let ctx = PlanContext {
         catalog: &catalog,
         bootstrap: s.bootstrap_method().to_string(),

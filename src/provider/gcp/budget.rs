@@ -904,7 +904,7 @@ pub(crate) async fn doctor_check(settings: &GcpSettings) -> Check {
     let set_cmd = format!("cwo budget alert set --amount 5 --billing-account {account}");
     let api = match BudgetApi::new(settings, &account, Box::new(|l| tracing::info!("{l}"))) {
         Ok(a) => a,
-        Err(e) => return warn(e.to_string(), e.hints.join("; ")),
+        Err(e) => return warn(e.kind.one_line(), e.hints.join("; ")),
     };
     let found = async {
         let number = api.project_number().await?;
@@ -939,7 +939,7 @@ pub(crate) async fn doctor_check(settings: &GcpSettings) -> Check {
             format!("run `{set_cmd}`"),
         ),
         Err(e) => warn(
-            format!("cannot read the budgets: {e}"),
+            format!("cannot read the budgets: {}", e.kind.one_line()),
             e.hints
                 .into_iter()
                 .chain([format!("then run `{set_cmd}`")])
