@@ -160,66 +160,94 @@ pub(crate) async fn collect(
     lives.retain(|l| since.is_none_or(|s| l.ended_at.unwrap_or(now) >= s));
     let (costed, warnings) = compute::cost(&lives, now);
     let verdict = budget::evaluate(&costed, &query.policy);
-    let mut enforced = Vec::new();
-    if verdict.status == Verdict::Deny && query.enforce {
+    let enforced = if verdict.status == Verdict::Deny && query.enforce {
         let selector = crate::model::project_selector(&project_slug);
         let targets = provider.list(&selector).await.map_err(|e| {
             CommandError::from(e).context("over budget, but listing the workers to delete failed")
         })?;
-        let reaper = reaper(false);
-        for inst in targets {
-            // Gone is done: a worker that vanished meanwhile counts as deleted. One that is
-            // left says so, with the command that deletes it by hand.
-            let error = match reaper.delete(&inst, "budget").await {
-                Ok(_) => None,
-                Err(e) => {
-                    let error = crate::util::error::one_line(&e);
-                    printer.warn(format!(
-                        "over budget, but worker {} could not be deleted: {error}",
-                        inst.name
-                    ));
-                    if let Some(cmd) = provider.manual_delete_hint(&inst.name) {
-                        printer.warn(format!("delete it yourself: {cmd}"));
-                    }
-                    Some(error)
+        enforce(&reaper(false), provider.as_ref(), targets, printer).await
+    } else {
+        Vec::new()
+    };
+    Ok(BudgetCheck::Determined(BudgetReport::new(
+        query, since, verdict, &costed, warnings, enforced,
+    )))
+}
+
+/// The kill switch: deletes every one of `targets`, confirmed. Gone is done: a worker that
+/// vanished meanwhile counts as deleted. One that is left says so, with the command that
+/// deletes it by hand.
+async fn enforce(
+    reaper: &Reaper<'_>,
+    provider: &dyn crate::provider::Provider,
+    targets: Vec<crate::model::Instance>,
+    printer: Printer,
+) -> Vec<Enforced> {
+    let mut enforced = Vec::new();
+    for inst in targets {
+        let error = match reaper.delete(&inst, "budget").await {
+            Ok(_) => None,
+            Err(e) => {
+                let error = crate::util::error::one_line(&e);
+                printer.warn(format!(
+                    "over budget, but worker {} could not be deleted: {error}",
+                    inst.name
+                ));
+                if let Some(cmd) = provider.manual_delete_hint(&inst.name) {
+                    printer.warn(format!("delete it yourself: {cmd}"));
                 }
-            };
-            enforced.push(Enforced {
-                worker: inst.name,
-                deleted: error.is_none(),
-                error,
-            });
+                Some(error)
+            }
+        };
+        enforced.push(Enforced {
+            worker: inst.name,
+            deleted: error.is_none(),
+            error,
+        });
+    }
+    enforced
+}
+
+impl BudgetReport {
+    /// The report of a period whose spend could be determined.
+    fn new(
+        query: &BudgetQuery,
+        since: Option<DateTime<Utc>>,
+        verdict: budget::BudgetVerdict,
+        costed: &[compute::Costed],
+        warnings: Vec<String>,
+        enforced: Vec<Enforced>,
+    ) -> BudgetReport {
+        BudgetReport {
+            schema_version: SCHEMA_VERSION,
+            status: verdict.status,
+            exit_code: exit_status(verdict.status).code(),
+            period: query.period.name(),
+            since,
+            limit_usd: query.policy.limit_usd,
+            warn_at_pct: query.policy.warn_at_pct,
+            expected_usd: verdict.expected_usd,
+            list_usd: verdict.list_usd,
+            percent: verdict.percent.is_finite().then_some(verdict.percent),
+            unknown_price_workers: verdict.unknown_price_workers,
+            workers: costed
+                .iter()
+                .map(|c| BudgetWorker {
+                    worker: c.life.worker.clone(),
+                    running: c.life.ended_at.is_none(),
+                    started_at: c.life.started_at,
+                    ended_at: c.life.ended_at,
+                    billed_seconds: c.billed_seconds,
+                    list_usd: c.list_usd,
+                    expected_usd: c.expected_usd,
+                    termination_reason: c.life.termination_reason.clone(),
+                })
+                .collect(),
+            warnings,
+            enforced,
+            percent_of_limit: verdict.percent,
         }
     }
-    Ok(BudgetCheck::Determined(BudgetReport {
-        schema_version: SCHEMA_VERSION,
-        status: verdict.status,
-        exit_code: exit_status(verdict.status).code(),
-        period: query.period.name(),
-        since,
-        limit_usd: query.policy.limit_usd,
-        warn_at_pct: query.policy.warn_at_pct,
-        expected_usd: verdict.expected_usd,
-        list_usd: verdict.list_usd,
-        percent: verdict.percent.is_finite().then_some(verdict.percent),
-        unknown_price_workers: verdict.unknown_price_workers,
-        workers: costed
-            .iter()
-            .map(|c| BudgetWorker {
-                worker: c.life.worker.clone(),
-                running: c.life.ended_at.is_none(),
-                started_at: c.life.started_at,
-                ended_at: c.life.ended_at,
-                billed_seconds: c.billed_seconds,
-                list_usd: c.list_usd,
-                expected_usd: c.expected_usd,
-                termination_reason: c.life.termination_reason.clone(),
-            })
-            .collect(),
-        warnings,
-        enforced,
-        percent_of_limit: verdict.percent,
-    }))
 }
 
 impl BudgetCheck {
