@@ -14,47 +14,16 @@ pub(crate) async fn ssh(
     args: &SshArgs,
 ) -> Result<ExitStatus, CommandError> {
     let journal = project.journal()?;
-    let live: Vec<_> = journal
-        .live_workers()?
-        .into_iter()
-        .filter(|w| w.state == "ready")
-        .collect();
-    let row = match &args.worker {
-        Some(name) => live.iter().find(|w| &w.name == name).ok_or_else(|| {
-            CommandError::user(format!("no live worker named {name}"))
-                .hint("`cwo status` lists the workers")
-        })?,
-        None => match live.as_slice() {
-            [one] => one,
-            [] => {
-                return Err(CommandError::user("no worker is up")
-                    .hint("bring one up with `cwo up`, or let `cwo run` do it"));
-            }
-            many => {
-                let names: Vec<&str> = many.iter().map(|w| w.name.as_str()).collect();
-                return Err(CommandError::usage(format!(
-                    "{} workers are up: {}; name one",
-                    many.len(),
-                    names.join(", ")
-                )));
-            }
-        },
-    };
-    let provider = project.provider(&journal);
-    let instance = provider
-        .get(&row.name)
-        .await
-        .map_err(|e| CommandError::from(e).context(format!("cannot look up worker {}", row.name)))?
-        .ok_or_else(|| {
-            CommandError::user(format!("worker {} is gone", row.name))
-                .hint("`cwo down` updates the journal")
-        })?;
-    let transport = project
-        .connector(&journal)
-        .connect(&instance)
-        .map_err(|e| CommandError::from_error(format!("cannot reach worker {}", row.name), &e))?;
+    let (instance, transport) = crate::orchestrator::reach(
+        &journal,
+        project.provider(&journal).as_ref(),
+        &project.connector(&journal),
+        args.worker.as_deref(),
+    )
+    .await?;
+    let worker = &instance.name;
     let failed = |e: crate::transport::TransportError| {
-        CommandError::from_error(format!("ssh to worker {} failed", row.name), &e)
+        CommandError::from_error(format!("ssh to worker {worker} failed"), &e)
     };
     // One command without a terminal: plain streams, exact exit code (scripts and tests).
     if !args.command.is_empty() && !std::io::stdin().is_terminal() {

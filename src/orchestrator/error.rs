@@ -86,13 +86,29 @@ pub enum OrchestratorError {
     TtlTooShort { name: String, why: String },
     #[error("a task crashed inside cwo")]
     TaskPanicked(#[source] tokio::task::JoinError),
+    /// `cwo down` deleted what it could; these workers are still live.
+    #[error("still live: {}", .0.join(", "))]
+    StillLive(Vec<String>),
+    /// `cwo ssh NAME`: no ready worker has that name.
+    #[error("no live worker named {0}")]
+    NoLiveWorker(String),
+    #[error("no worker is up")]
+    NoWorkerUp,
+    /// `cwo ssh` without a name, and more than one worker is up.
+    #[error("{} workers are up: {}; name one", .0.len(), .0.join(", "))]
+    SeveralUp(Vec<String>),
+    /// The journal has the worker, the provider does not.
+    #[error("worker {0} is gone")]
+    Gone(String),
 }
 
 impl OrchestratorError {
     /// A settings problem (exit 2) rather than a failure (exit 1).
     pub(crate) fn is_usage(&self) -> bool {
         match self {
-            OrchestratorError::Secrets(_) | OrchestratorError::TtlTooShort { .. } => true,
+            OrchestratorError::Secrets(_)
+            | OrchestratorError::TtlTooShort { .. }
+            | OrchestratorError::SeveralUp(_) => true,
             OrchestratorError::Abandoned { problem, .. } => problem.is_usage(),
             _ => false,
         }
@@ -159,6 +175,12 @@ impl OrchestratorError {
             E::TtlTooShort { .. } => vec![
                 "raise gcp.ttl (it must cover the bring-up, agent.timeout and 5 minutes), or lower agent.timeout".into(),
             ],
+            E::StillLive(_) => vec!["run `cwo down` again".into()],
+            E::NoLiveWorker(_) => vec!["`cwo status` lists the workers".into()],
+            E::NoWorkerUp => {
+                vec!["bring one up with `cwo up`, or let `cwo run` do it".into()]
+            }
+            E::Gone(_) => vec!["`cwo down` updates the journal".into()],
             _ => vec![],
         }
     }

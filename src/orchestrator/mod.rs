@@ -20,8 +20,8 @@ pub use error::OrchestratorError;
 pub use ports::{Ports, RunContext};
 pub use scheduler::Orchestrator;
 pub use teardown::{TeardownError, delete_journaled};
-pub(crate) use worker::PENDING_WAIT;
 pub use worker::WorkerLifecycle;
+pub(crate) use worker::reach;
 
 use crate::printer::{Printer, fmt_secs};
 

@@ -475,6 +475,33 @@ impl WorkerLifecycle {
         }
     }
 
+    /// `cwo down`: deletes every worker the journal knows, confirmed, and waits a while for
+    /// creates still in flight. Returns how many workers there were. A create that never
+    /// appeared stays journaled (and is warned about) for the next `down` or the reaper.
+    pub(crate) async fn down(&self) -> Result<usize, OrchestratorError> {
+        let live = self.j(|j| j.live_workers()).await?;
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let mut pending = self.recover(false, "user").await?.pending;
+        let mut failed = self.settle_pending(&mut pending, PENDING_WAIT).await;
+        self.warn_unsettled(&pending);
+        if let Some(e) = failed.pop() {
+            return Err(e);
+        }
+        let left: Vec<String> = self
+            .j(|j| j.live_workers())
+            .await?
+            .into_iter()
+            .filter(|w| w.state != WorkerState::Intent)
+            .map(|w| w.name)
+            .collect();
+        if !left.is_empty() {
+            return Err(OrchestratorError::StillLive(left));
+        }
+        Ok(live.len())
+    }
+
     /// Reconciles the journal with the provider after a crash or a `cwo up`: workers the
     /// provider no longer has are closed; a ready worker is adopted when `adopt`, every other one
     /// is deleted. Attempts a stopped controller left open are returned for reattaching when
@@ -711,4 +738,42 @@ impl WorkerLifecycle {
             tokio::time::sleep(Duration::from_secs(2).min(end - Instant::now())).await;
         }
     }
+}
+
+/// A ready worker to run a command on (`cwo ssh`): the one named, or the only one up; with its
+/// current description from the provider and a transport to it.
+pub(crate) async fn reach(
+    journal: &Journal,
+    provider: &dyn Provider,
+    connector: &Connector,
+    name: Option<&str>,
+) -> Result<(Instance, Box<dyn Transport>), OrchestratorError> {
+    let ready: Vec<String> = journaled(journal, |j| j.live_workers())
+        .await?
+        .into_iter()
+        .filter(|w| w.state == WorkerState::Ready)
+        .map(|w| w.name)
+        .collect();
+    let name = match (name, ready.as_slice()) {
+        (Some(n), _) if ready.iter().any(|w| w == n) => n.to_string(),
+        (Some(n), _) => return Err(OrchestratorError::NoLiveWorker(n.to_string())),
+        (None, [one]) => one.clone(),
+        (None, []) => return Err(OrchestratorError::NoWorkerUp),
+        (None, _) => return Err(OrchestratorError::SeveralUp(ready)),
+    };
+    let instance = provider
+        .get(&name)
+        .await
+        .map_err(|source| OrchestratorError::Lookup {
+            name: name.clone(),
+            source,
+        })?
+        .ok_or_else(|| OrchestratorError::Gone(name.clone()))?;
+    let transport = connector
+        .connect(&instance)
+        .map_err(|e| OrchestratorError::Connect {
+            name: name.clone(),
+            source: e.into(),
+        })?;
+    Ok((instance, transport))
 }
