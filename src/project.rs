@@ -8,6 +8,7 @@ use crate::config::{self, ProviderKind, Resolved};
 use crate::connector::Connector;
 use crate::error::CommandError;
 use crate::journal::{Journal, JournalError};
+use crate::model::ids::{fnv, slug};
 use crate::orchestrator::{Orchestrator, Ports, RunContext, WorkerLifecycle};
 use crate::printer::Printer;
 use crate::provider::{
@@ -67,8 +68,6 @@ pub(crate) fn find_root(start: &Path) -> PathBuf {
     }
     start
 }
-
-use crate::model::ids::{fnv, slug};
 
 /// The one place a provider is chosen and built from the settings (`provider = …`).
 pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn Provider> {

@@ -129,15 +129,9 @@ fn record_found(j: &Journal, inst: &Instance, kind: &str) -> Result<(), JournalE
     }
     j.worker_created_if_unknown(name, inst.created_at)?;
     if known.as_ref().is_none_or(|w| w.price.is_none()) {
-        // Priced from its labels: the machine it was made as, in its zone.
-        let price = crate::cost::PriceSnapshot::take(
-            &crate::cost::Catalog::load().unwrap_or_else(|_| crate::cost::Catalog::embedded()),
-            &inst.machine_type_label(),
-            inst.zone.as_deref().unwrap_or(""),
-            false,
-            "pd-standard",
-            10,
-        );
+        let catalog =
+            crate::cost::Catalog::load().unwrap_or_else(|_| crate::cost::Catalog::embedded());
+        let price = crate::provider::PriceSpec::from_labels(inst).snapshot(&catalog);
         j.worker_price(name, &price)?;
     }
     Ok(())

@@ -159,20 +159,12 @@ impl WorkerLifecycle {
     /// What this worker costs per hour, at launch, as its provider prices it (in the worker's
     /// zone, when it has one).
     fn price_snapshot(&self, zone: Option<&str>) -> crate::cost::PriceSnapshot {
-        let p = self.provider.price_spec(zone);
         let catalog = crate::cost::Catalog::load().unwrap_or_else(|e| {
             self.printer
                 .warn(format!("price catalog: {e}; using the built-in prices"));
             crate::cost::Catalog::embedded()
         });
-        crate::cost::PriceSnapshot::take(
-            &catalog,
-            &p.machine_type,
-            &p.zone,
-            p.spot,
-            &p.disk_type,
-            p.disk_size_gb,
-        )
+        self.provider.price_spec(zone).snapshot(&catalog)
     }
 
     /// A connection to the worker as `instance` describes it (the lifecycle's only connect).

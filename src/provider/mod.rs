@@ -77,6 +77,30 @@ impl PriceSpec {
         }
         self
     }
+
+    /// What a worker found by its labels (one no journal priced at launch) is priced as: the
+    /// machine its `cwo-machine` label says, in its zone, on demand, with the default boot disk.
+    pub(crate) fn from_labels(inst: &Instance) -> PriceSpec {
+        PriceSpec {
+            machine_type: inst.machine_type_label(),
+            zone: inst.zone.clone().unwrap_or_default(),
+            spot: false,
+            disk_type: "pd-standard".into(),
+            disk_size_gb: 10,
+        }
+    }
+
+    /// Its price in `catalog`, as the journal keeps it from launch on.
+    pub(crate) fn snapshot(&self, catalog: &crate::cost::Catalog) -> crate::cost::PriceSnapshot {
+        crate::cost::PriceSnapshot::take(
+            catalog,
+            &self.machine_type,
+            &self.zone,
+            self.spot,
+            &self.disk_type,
+            self.disk_size_gb,
+        )
+    }
 }
 
 /// The worker's own ed25519 key at `path`: read when it exists, generated (private, 0600)

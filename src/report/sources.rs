@@ -12,7 +12,7 @@ use crate::cost::compute::Life;
 use crate::cost::{Catalog, PriceSnapshot};
 use crate::error::{CommandError, ErrorKind};
 use crate::journal::{Journal, JournalError, LedgerRow, WorkerRow};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{PriceSpec, Provider, ProviderError};
 
 /// An exported ledger: what `cwo cost export` writes and `--ledger FILE` reads.
 #[derive(Debug, Serialize, Deserialize)]
@@ -133,16 +133,7 @@ pub(crate) async fn provider_lives(
                 .copied()
                 .flatten()
                 .cloned()
-                .or_else(|| {
-                    Some(PriceSnapshot::take(
-                        catalog,
-                        &inst.machine_type_label(),
-                        inst.zone.as_deref().unwrap_or(""),
-                        false,
-                        "pd-standard",
-                        10,
-                    ))
-                });
+                .or_else(|| Some(PriceSpec::from_labels(&inst).snapshot(catalog)));
             Life {
                 worker: inst.name,
                 provider: provider.kind().to_string(),
