@@ -112,26 +112,39 @@ impl Provider for FlakyProvider {
     }
 }
 
-fn lifecycle(dir: &std::path::Path, provider: Arc<FlakyProvider>) -> (WorkerLifecycle, Journal) {
+/// The ports and context of a project in `dir`, with these doubles and settings.
+fn ports(
+    dir: &std::path::Path,
+    provider: Arc<FlakyProvider>,
+    tracker: Arc<dyn Tracker>,
+    settings: Settings,
+) -> (Ports, RunContext) {
     let journal = Journal::open(&dir.join("state")).unwrap();
     let ports = Ports {
-        tracker: Arc::new(Juggle::new(dir.join(".juggle"), "")),
+        tracker,
         journal: journal.clone(),
         provider,
-        connector: Connector::new(&SshSettings::default(), Arc::new(journal.clone())),
+        connector: Connector::new(&SshSettings::default(), Arc::new(journal)),
         printer: Printer::new(true, false, true),
     };
     let ctx = RunContext {
         root: dir.to_path_buf(),
         state_dir: dir.join("state"),
         project_slug: "doubles".into(),
-        settings: Arc::new(Settings {
-            teardown_timeout: Duration::from_secs(1),
-            ..Settings::default()
-        }),
+        settings: Arc::new(settings),
         template: String::new(),
     };
-    (WorkerLifecycle::new(&ports, &ctx), journal)
+    (ports, ctx)
+}
+
+fn lifecycle(dir: &std::path::Path, provider: Arc<FlakyProvider>) -> (WorkerLifecycle, Journal) {
+    let tracker = Arc::new(Juggle::new(dir.join(".juggle"), ""));
+    let settings = Settings {
+        teardown_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    };
+    let (ports, ctx) = ports(dir, provider, tracker, settings);
+    (WorkerLifecycle::new(&ports, &ctx), ports.journal)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -306,21 +319,13 @@ fn the_loop_runs_on_doubles_and_claims_nothing_without_a_worker() {
     let tmp = tempfile::tempdir().unwrap();
     let provider = Arc::new(FlakyProvider::default());
     let tracker = Arc::new(MemoryTracker::with(&["d-1", "d-2"]));
-    let journal = Journal::open(&tmp.path().join("state")).unwrap();
-    let ports = Ports {
-        tracker: tracker.clone(),
-        journal: journal.clone(),
-        provider: provider.clone(),
-        connector: Connector::new(&SshSettings::default(), Arc::new(journal.clone())),
-        printer: Printer::new(true, false, true),
-    };
-    let ctx = RunContext {
-        root: tmp.path().to_path_buf(),
-        state_dir: tmp.path().join("state"),
-        project_slug: "doubles".into(),
-        settings: Arc::new(Settings::default()),
-        template: String::new(),
-    };
+    let (ports, ctx) = ports(
+        tmp.path(),
+        provider.clone(),
+        tracker.clone(),
+        Settings::default(),
+    );
+    let journal = ports.journal.clone();
     let orch = Orchestrator::new(ports, ctx);
     let result = rt().block_on(orch.run(RunOptions { once: true }, Shutdown::default()));
     let err = match result {
