@@ -347,6 +347,10 @@ impl From<TrackerError> for CommandError {
             TrackerError::Io { .. } => {
                 CommandError::with_source("the juggle tracker could not be read or written", e)
             }
+            TrackerError::Taken { .. } => CommandError::new(ErrorKind::User, Arc::new(e)),
+            TrackerError::Remote(_) => {
+                CommandError::with_source("the tracker could not be read or written", e)
+            }
         }
     }
 }

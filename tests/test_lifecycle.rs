@@ -274,6 +274,7 @@ impl MemoryTracker {
                 depends_on: vec![],
                 tags: vec![],
                 waiting_on: vec![],
+                issue: None,
             })
             .collect();
         MemoryTracker {
@@ -295,7 +296,7 @@ impl Tracker for MemoryTracker {
     fn list(&self) -> Result<Vec<Task>, TrackerError> {
         Ok(self.tasks.lock().unwrap().clone())
     }
-    fn claim(&self, id: &str) -> Result<(), TrackerError> {
+    fn claim(&self, id: &str, _worker: &str) -> Result<(), TrackerError> {
         self.set(id, "in_progress")
     }
     fn complete(&self, id: &str, _note: &str) -> Result<(), TrackerError> {

@@ -198,6 +198,7 @@ mod tests {
             blocked_reason: String::new(),
             depends_on: vec![],
             tags: vec![],
+            issue: None,
             waiting_on: vec![],
         }
     }

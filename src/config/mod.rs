@@ -17,6 +17,7 @@ mod agent;
 pub mod bootstrap;
 mod gcp;
 mod git;
+mod github;
 mod ssh;
 mod terraform;
 mod tracker;
@@ -25,9 +26,10 @@ pub use agent::AgentSettings;
 pub use bootstrap::{BootstrapSettings, Method, WatchdogSettings};
 pub use gcp::GcpSettings;
 pub use git::GitSettings;
+pub use github::GithubSettings;
 pub use ssh::{HostAddr, SshSettings};
 pub use terraform::TerraformSettings;
-pub use tracker::TrackerSettings;
+pub use tracker::{TrackerKind, TrackerSettings};
 
 /// Environment variables that start with `CWO_` but are not settings.
 pub(crate) const NON_SETTING_ENV: &[&str] = &["CWO_LOG", "CWO_NO_PROGRESS", "CWO_CONFIG_HOME"];
@@ -59,6 +61,7 @@ pub struct Settings {
     pub tracker: TrackerSettings,
     pub agent: AgentSettings,
     pub git: GitSettings,
+    pub github: GithubSettings,
     pub ssh: SshSettings,
     pub gcp: GcpSettings,
     pub bootstrap: BootstrapSettings,
@@ -114,6 +117,7 @@ impl Default for Settings {
             tracker: TrackerSettings::default(),
             agent: AgentSettings::default(),
             git: GitSettings::default(),
+            github: GithubSettings::default(),
             ssh: SshSettings::default(),
             gcp: GcpSettings::default(),
             bootstrap: BootstrapSettings::default(),

@@ -88,7 +88,7 @@ impl Recorder {
 fn apply(tracker: &dyn Tracker, j: &Journal, t: Transition) -> Result<Option<i64>, RecordError> {
     match t {
         Transition::Claimed { task, worker } => {
-            tracker.claim(&task.id)?;
+            tracker.claim(&task.id, &worker)?;
             j.task_state(&task.id, &task.title, "in_progress", Some(&worker), None)?;
             j.worker_activity(&worker, Some(&task.id))?;
         }

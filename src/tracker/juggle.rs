@@ -654,6 +654,7 @@ impl Juggle {
             depends_on: str_list(ball, "depends_on"),
             tags: str_list(ball, "tags"),
             waiting_on: vec![],
+            issue: None,
         }
     }
 
@@ -799,7 +800,7 @@ impl Tracker for Juggle {
         Ok(self.load()?.problems)
     }
 
-    fn claim(&self, id: &str) -> Result<(), TrackerError> {
+    fn claim(&self, id: &str, _worker: &str) -> Result<(), TrackerError> {
         self.update(id, |b| {
             b.insert("state".into(), "in_progress".into());
             b.remove("blocked_reason");
@@ -858,7 +859,7 @@ mod tests {
         let held = File::create(&lock_path).unwrap();
         held.lock().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let claimer = std::thread::spawn(move || tx.send(j.claim("p-1")).unwrap());
+        let claimer = std::thread::spawn(move || tx.send(j.claim("p-1", "w")).unwrap());
         let result = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("claim waits without end for a held lock");
@@ -884,7 +885,7 @@ mod tests {
         );
         let content = format!("{a}\n{bad}\n\n{c}\n");
         let (_d, j) = setup(&content);
-        j.claim("p-aaaa0001").unwrap();
+        j.claim("p-aaaa0001", "w").unwrap();
         let after = std::fs::read_to_string(j.balls_path()).unwrap();
         let lines: Vec<&str> = after.split('\n').collect();
         assert_eq!(lines.len(), 5);
@@ -1035,7 +1036,7 @@ mod tests {
         );
         for id in bad {
             assert!(
-                matches!(j.claim(id), Err(TrackerError::Invalid(_))),
+                matches!(j.claim(id, "w"), Err(TrackerError::Invalid(_))),
                 "{id:?} was claimable"
             );
         }
@@ -1060,7 +1061,7 @@ mod tests {
                 "3: skipped: not valid UTF-8 (byte 0xe9 at column 32); fix or delete the line",
             ]
         );
-        j.claim("p-3").unwrap();
+        j.claim("p-3", "w").unwrap();
         let after = std::fs::read(j.balls_path()).unwrap();
         let before: Vec<&[u8]> = content.split(|&b| b == b'\n').collect();
         let after: Vec<&[u8]> = after.split(|&b| b == b'\n').collect();
@@ -1123,7 +1124,7 @@ mod tests {
         );
         // The unknown dependency is met, as in juggle; the cycle and the self-dependency are not.
         assert_eq!(ids(j.ready().unwrap()), ["p-1", "p-typo"]);
-        j.claim("p-1").unwrap();
+        j.claim("p-1", "w").unwrap();
         let after = std::fs::read_to_string(j.balls_path()).unwrap();
         let after: Vec<&str> = after.split('\n').collect();
         let before: Vec<&str> = content.split('\n').collect();
@@ -1188,8 +1189,8 @@ mod tests {
             ball("p-3", "")
         );
         let (_d, j) = setup(&content);
-        j.claim("p-1").unwrap();
-        j.claim("p-2").unwrap();
+        j.claim("p-1", "w").unwrap();
+        j.claim("p-2", "w").unwrap();
         let after = std::fs::read_to_string(j.balls_path()).unwrap();
         let lines: Vec<&str> = after.split('\n').collect();
         assert_eq!(lines.len(), 4);

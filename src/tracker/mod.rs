@@ -120,6 +120,9 @@ pub struct Task {
     /// Dependencies on balls that are neither complete nor archived (an id no ball has counts as
     /// met, as in juggle).
     pub waiting_on: Vec<String>,
+    /// The GitHub issue this task is (its pull request says `Closes #N`); None for other trackers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issue: Option<u64>,
 }
 
 impl Task {
@@ -151,6 +154,12 @@ pub enum TrackerError {
         path: String,
         waited: std::time::Duration,
     },
+    /// Another controller claimed the task first (it is skipped, not an error of the run).
+    #[error("{id} was claimed by {by} first")]
+    Taken { id: String, by: String },
+    /// The remote tracker (GitHub) could not be read or written.
+    #[error("{0}")]
+    Remote(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What the loop needs from a task source.
@@ -172,13 +181,20 @@ pub trait Tracker: Send + Sync {
         ready.sort_by_key(|(i, t)| (t.state != "in_progress", std::cmp::Reverse(t.priority), *i));
         Ok(ready.into_iter().map(|(_, t)| t).collect())
     }
-    fn claim(&self, id: &str) -> Result<(), TrackerError>;
+    /// Takes the task for `worker`. `Err(Taken)`: another controller has it (the loop skips it).
+    fn claim(&self, id: &str, worker: &str) -> Result<(), TrackerError>;
     fn complete(&self, id: &str, note: &str) -> Result<(), TrackerError>;
     fn block(&self, id: &str, reason: &str) -> Result<(), TrackerError>;
     /// Back to pending (an aborted attempt).
     fn release(&self, id: &str) -> Result<(), TrackerError>;
     /// A line in the progress log of every session the task belongs to (its tags).
     fn progress(&self, task: &Task, text: &str) -> Result<(), TrackerError>;
+    /// Whether a running task is still wanted (asked at each poll): a GitHub issue closed or
+    /// unlabelled while its task runs is not, and its attempt is aborted. `Ok(true)` when the
+    /// tracker cannot tell.
+    fn wanted(&self, _id: &str) -> Result<bool, TrackerError> {
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
