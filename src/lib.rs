@@ -10,6 +10,7 @@ pub mod cost;
 pub(crate) mod demo;
 pub mod error;
 pub mod git;
+pub mod github;
 pub mod journal;
 pub mod model;
 pub mod orchestrator;

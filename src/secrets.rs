@@ -50,16 +50,18 @@ impl Masker {
     }
 }
 
-/// Why `agent.env` could not be resolved: which key, which reference, and the cause.
+/// Why a secret reference could not be resolved: which setting, which reference, and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("agent.env.{key} = \"env:{var}\" but {var} is not set in cwo's environment")]
+    #[error("{key} = \"env:{var}\" but {var} is not set in cwo's environment")]
     EnvNotSet { key: String, var: String },
-    #[error("agent.env.{key}: `{value}` is not sm://projects/P/secrets/S/versions/V")]
+    #[error("{key}: `{value}` is not sm://projects/P/secrets/S/versions/V")]
     BadReference { key: String, value: String },
+    #[error("{key} must be a secret reference (env:NAME or sm://…), not the secret itself")]
+    NotAReference { key: String },
     #[error("Secret Manager client")]
     Client(#[source] google_cloud_gax::client_builder::Error),
-    #[error("reading secret {value} for agent.env.{key}")]
+    #[error("reading secret {value} for {key}")]
     Access {
         key: String,
         value: String,
@@ -68,6 +70,74 @@ pub enum SecretError {
     },
     #[error("secret {value} is not UTF-8 text")]
     NotUtf8 { value: String },
+}
+
+/// One secret reference resolved by the controller. `key` is the setting it came from (for the
+/// error); a plain value is refused, so a secret never sits in a settings file.
+pub(crate) async fn resolve_one(
+    key: &str,
+    value: &str,
+    gcp: &GcpSettings,
+) -> Result<String, SecretError> {
+    let mut sm = None;
+    resolve_value(key, value, gcp, &mut sm)
+        .await?
+        .ok_or_else(|| SecretError::NotAReference {
+            key: key.to_string(),
+        })
+}
+
+/// `Some(secret)` for a reference, `None` for a plain value. `sm` is the Secret Manager client,
+/// made on first use.
+async fn resolve_value(
+    key: &str,
+    value: &str,
+    gcp: &GcpSettings,
+    sm: &mut Option<google_cloud_secretmanager_v1::client::SecretManagerService>,
+) -> Result<Option<String>, SecretError> {
+    if let Some(var) = value.strip_prefix("env:") {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| SecretError::EnvNotSet {
+                key: key.to_string(),
+                var: var.to_string(),
+            });
+    }
+    let Some(name) = value.strip_prefix("sm://") else {
+        return Ok(None);
+    };
+    if !name.starts_with("projects/") || !name.contains("/secrets/") || !name.contains("/versions/")
+    {
+        return Err(SecretError::BadReference {
+            key: key.to_string(),
+            value: value.to_string(),
+        });
+    }
+    if sm.is_none() {
+        let b = crate::util::gcp_api::configure(
+            google_cloud_secretmanager_v1::client::SecretManagerService::builder(),
+            &gcp.secrets_endpoint,
+            &gcp.credentials,
+        );
+        *sm = Some(b.build().await.map_err(SecretError::Client)?);
+    }
+    let client = sm.as_ref().expect("built above");
+    let resp = client
+        .access_secret_version()
+        .set_name(name)
+        .send()
+        .await
+        .map_err(|source| SecretError::Access {
+            key: key.to_string(),
+            value: value.to_string(),
+            source,
+        })?;
+    let data = resp.payload.map(|p| p.data).unwrap_or_default();
+    String::from_utf8(data.to_vec())
+        .map(Some)
+        .map_err(|_| SecretError::NotUtf8 {
+            value: value.to_string(),
+        })
 }
 
 /// `agent.env` with every reference resolved, plus the masker for the secret values.
@@ -79,50 +149,13 @@ pub(crate) async fn resolve(
     let mut secret_values = Vec::new();
     let mut sm = None;
     for (key, value) in env {
-        if let Some(var) = value.strip_prefix("env:") {
-            let v = std::env::var(var).map_err(|_| SecretError::EnvNotSet {
-                key: key.clone(),
-                var: var.to_string(),
-            })?;
-            secret_values.push(v.clone());
-            out.push((key.clone(), v));
-        } else if let Some(name) = value.strip_prefix("sm://") {
-            if !name.starts_with("projects/")
-                || !name.contains("/secrets/")
-                || !name.contains("/versions/")
-            {
-                return Err(SecretError::BadReference {
-                    key: key.clone(),
-                    value: value.clone(),
-                });
+        let setting = format!("agent.env.{key}");
+        match resolve_value(&setting, value, gcp, &mut sm).await? {
+            Some(v) => {
+                secret_values.push(v.clone());
+                out.push((key.clone(), v));
             }
-            if sm.is_none() {
-                let b = crate::util::gcp_api::configure(
-                    google_cloud_secretmanager_v1::client::SecretManagerService::builder(),
-                    &gcp.secrets_endpoint,
-                    &gcp.credentials,
-                );
-                sm = Some(b.build().await.map_err(SecretError::Client)?);
-            }
-            let client = sm.as_ref().expect("built above");
-            let resp = client
-                .access_secret_version()
-                .set_name(name)
-                .send()
-                .await
-                .map_err(|source| SecretError::Access {
-                    key: key.clone(),
-                    value: value.clone(),
-                    source,
-                })?;
-            let data = resp.payload.map(|p| p.data).unwrap_or_default();
-            let v = String::from_utf8(data.to_vec()).map_err(|_| SecretError::NotUtf8 {
-                value: value.clone(),
-            })?;
-            secret_values.push(v.clone());
-            out.push((key.clone(), v));
-        } else {
-            out.push((key.clone(), value.clone()));
+            None => out.push((key.clone(), value.clone())),
         }
     }
     Ok((out, Masker::new(secret_values)))

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "printer",
             "transport",
             "journal",
+            "github",
             "tracker",
             "cost",
             "secrets",
