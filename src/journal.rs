@@ -92,7 +92,40 @@ CREATE TABLE IF NOT EXISTS ledger (
     termination_reason TEXT NOT NULL,
     price TEXT                      -- the worker's launch price snapshot (JSON)
 );
+CREATE TABLE IF NOT EXISTS pull_requests (
+    ball_id TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    state TEXT NOT NULL,            -- open | merged | closed | blocked (feedback rounds spent)
+    rounds INTEGER NOT NULL DEFAULT 0,   -- follow-up attempts started for feedback
+    seen_review INTEGER NOT NULL DEFAULT 0,      -- highest review id acted on
+    seen_comment INTEGER NOT NULL DEFAULT 0,     -- highest review comment id acted on
+    seen_issue_comment INTEGER NOT NULL DEFAULT 0,
+    failed_sha TEXT NOT NULL DEFAULT '',  -- head commit whose failed checks were acted on
+    review_state TEXT NOT NULL DEFAULT '',  -- last seen: approved | changes_requested | commented | ''
+    check_state TEXT NOT NULL DEFAULT '',   -- last seen: success | failure | pending | ''
+    updated_at TEXT NOT NULL
+);
 ";
+
+/// A pull request cwo opened for a task, and how far its feedback was acted on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullRequestRow {
+    pub ball_id: String,
+    pub number: u64,
+    pub url: String,
+    pub branch: String,
+    pub state: String,
+    pub rounds: u32,
+    pub seen_review: u64,
+    pub seen_comment: u64,
+    pub seen_issue_comment: u64,
+    pub failed_sha: String,
+    pub review_state: String,
+    pub check_state: String,
+    pub updated_at: DateTime<Utc>,
+}
 
 #[derive(Clone)]
 pub struct Journal {
@@ -596,6 +629,82 @@ impl Journal {
                     commit_sha: r.get(6)?,
                     reason: r.get(7)?,
                     updated_at: parse_ts(r.get(8)?).unwrap_or_default(),
+                })
+            })?
+            .collect()
+        })
+    }
+
+    // ---- pull requests ----
+
+    /// Records the pull request a task was delivered as (a new one starts with no feedback
+    /// seen; an existing row keeps its rounds and watermarks and is open again).
+    pub(crate) fn pull_request_opened(
+        &self,
+        ball_id: &str,
+        number: u64,
+        url: &str,
+        branch: &str,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO pull_requests (ball_id, number, url, branch, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'open', ?5)
+                 ON CONFLICT(ball_id) DO UPDATE SET number = ?2, url = ?3, branch = ?4,
+                     state = CASE WHEN state = 'blocked' THEN 'blocked' ELSE 'open' END, updated_at = ?5",
+                params![ball_id, number as i64, url, branch, ts(Utc::now())],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Writes a pull request's row back (state, rounds, watermarks, last seen review/check state).
+    pub(crate) fn pull_request_update(&self, r: &PullRequestRow) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE pull_requests SET state = ?2, rounds = ?3, seen_review = ?4, seen_comment = ?5,
+                     seen_issue_comment = ?6, failed_sha = ?7, review_state = ?8, check_state = ?9,
+                     updated_at = ?10 WHERE ball_id = ?1",
+                params![
+                    r.ball_id,
+                    r.state,
+                    r.rounds,
+                    r.seen_review as i64,
+                    r.seen_comment as i64,
+                    r.seen_issue_comment as i64,
+                    r.failed_sha,
+                    r.review_state,
+                    r.check_state,
+                    ts(Utc::now())
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every pull request cwo opened, newest first; `open_only`: the ones it still watches.
+    pub fn pull_requests(&self, open_only: bool) -> Result<Vec<PullRequestRow>, JournalError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT ball_id, number, url, branch, state, rounds, seen_review, seen_comment,
+                     seen_issue_comment, failed_sha, review_state, check_state, updated_at
+                 FROM pull_requests WHERE (?1 = 0 OR state = 'open') ORDER BY number DESC",
+            )?;
+            st.query_map(params![open_only as i64], |r| {
+                Ok(PullRequestRow {
+                    ball_id: r.get(0)?,
+                    number: r.get::<_, i64>(1)? as u64,
+                    url: r.get(2)?,
+                    branch: r.get(3)?,
+                    state: r.get(4)?,
+                    rounds: r.get(5)?,
+                    seen_review: r.get::<_, i64>(6)? as u64,
+                    seen_comment: r.get::<_, i64>(7)? as u64,
+                    seen_issue_comment: r.get::<_, i64>(8)? as u64,
+                    failed_sha: r.get(9)?,
+                    review_state: r.get(10)?,
+                    check_state: r.get(11)?,
+                    updated_at: parse_ts(r.get(12)?).unwrap_or_default(),
                 })
             })?
             .collect()

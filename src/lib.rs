@@ -9,6 +9,7 @@ pub mod connector;
 pub mod cost;
 pub(crate) mod demo;
 pub mod error;
+pub mod forge;
 pub mod git;
 pub mod github;
 pub mod journal;

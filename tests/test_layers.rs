@@ -26,7 +26,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "workers, hosts and repositories",
-        &["provider", "connector", "bootstrap", "agent", "git"],
+        &[
+            "provider",
+            "connector",
+            "bootstrap",
+            "agent",
+            "git",
+            "forge",
+        ],
     ),
     ("orchestration", &["orchestrator"]),
     (

@@ -35,6 +35,9 @@ pub struct Issue {
     #[serde(default)]
     pub html_url: String,
     pub created_at: DateTime<Utc>,
+    /// Who closed it (GET of one issue only).
+    #[serde(default)]
+    pub closed_by: Option<User>,
     /// Present when the "issue" is a pull request (the issues list returns both).
     #[serde(default)]
     pub pull_request: Option<serde_json::Value>,
