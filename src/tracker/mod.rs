@@ -1,5 +1,6 @@
 //! Task sources. `juggle.rs` reads and writes juggle's `.juggle/balls.jsonl`.
 
+pub mod frontloop;
 pub mod juggle;
 
 use std::path::PathBuf;
