@@ -18,6 +18,7 @@ mod test_simulation;
 mod test_ssh;
 mod test_terraform;
 mod test_tracker;
+mod test_tracker_contract;
 mod test_ttl;
 
 #[test]

@@ -1,5 +1,7 @@
-//! Task sources. `juggle.rs` reads and writes juggle's `.juggle/balls.jsonl`.
+//! Task sources: `juggle.rs` (juggle 0.4's `.juggle/balls.jsonl`), `github.rs` (labelled GitHub
+//! issues), `frontloop.rs` (juggle 1.x's `.frontloop/` task files).
 
+pub mod frontloop;
 pub mod github;
 pub mod juggle;
 

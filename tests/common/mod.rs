@@ -6,6 +6,7 @@
 pub mod fake_gce;
 pub mod sshd;
 pub mod testhost;
+pub mod trackers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
