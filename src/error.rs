@@ -348,9 +348,27 @@ impl From<TrackerError> for CommandError {
                 CommandError::with_source("the juggle tracker could not be read or written", e)
             }
             TrackerError::Taken { .. } => CommandError::new(ErrorKind::User, Arc::new(e)),
-            TrackerError::Remote(_) => {
-                CommandError::with_source("the tracker could not be read or written", e)
+            TrackerError::Remote(inner) => {
+                let hint = inner
+                    .downcast_ref::<crate::github::GithubError>()
+                    .and_then(|g| g.hint());
+                let err = CommandError::with_source("the tracker could not be read or written", e);
+                match hint {
+                    Some(h) => err.hint(h),
+                    None => err,
+                }
             }
+        }
+    }
+}
+
+impl From<crate::github::GithubError> for CommandError {
+    fn from(e: crate::github::GithubError) -> CommandError {
+        let hint = e.hint();
+        let err = CommandError::new(ErrorKind::User, Arc::new(e));
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
         }
     }
 }

@@ -30,9 +30,26 @@ impl GitError {
 
 /// Runs git in the controller's repository.
 async fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
+    git_with(dir, args, None).await
+}
+
+/// The credential helper that answers an HTTPS remote's challenge with the token from the git
+/// process's own environment (`CWO_GIT_TOKEN`): the token is in no argv, URL or file.
+const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; echo username=x-access-token; echo \"password=$CWO_GIT_TOKEN\"; }; f";
+
+/// Runs git; with `token`, a remote asking for credentials gets it through
+/// [`CREDENTIAL_HELPER`] (every other configured helper is switched off for this process, and
+/// git never prompts).
+async fn git_with(dir: &Path, args: &[&str], token: Option<&str>) -> Result<String, GitError> {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C").arg(dir);
+    if let Some(token) = token {
+        cmd.args(["-c", "credential.helper="])
+            .args(["-c", &format!("credential.helper={CREDENTIAL_HELPER}")])
+            .env("CWO_GIT_TOKEN", token)
+            .env("GIT_TERMINAL_PROMPT", "0");
+    }
+    let out = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .output()
@@ -46,6 +63,15 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The commit a revision names in the controller's repository.
+pub(crate) async fn rev_parse(project: &Path, rev: &str) -> Result<String, GitError> {
+    git(
+        project,
+        &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
+    )
+    .await
 }
 
 /// The commit the controller's HEAD points at.
@@ -96,17 +122,19 @@ pub(crate) async fn fetch_result(
 /// history makes this fail, and the caller blocks the ball with the reason. A push that failed
 /// while the remote branch already is `commit` (the same push by a controller that was killed,
 /// still running and holding the ref's lock) is a success: the work is there.
+/// `token`: the forge's token for an HTTPS remote (None: git's own credentials).
 pub(crate) async fn push(
     project: &Path,
     remote: &str,
     commit: &str,
     branch: &str,
+    token: Option<&str>,
 ) -> Result<(), GitError> {
     let spec = format!("{commit}:refs/heads/{branch}");
-    let pushed = git(project, &["push", "--quiet", remote, &spec]).await;
+    let pushed = git_with(project, &["push", "--quiet", remote, &spec], token).await;
     let Err(e) = pushed else { return Ok(()) };
     let refname = format!("refs/heads/{branch}");
-    match git(project, &["ls-remote", remote, &refname]).await {
+    match git_with(project, &["ls-remote", remote, &refname], token).await {
         Ok(out) if out.split_whitespace().next() == Some(commit) => Ok(()),
         _ => Err(e),
     }
@@ -114,6 +142,74 @@ pub(crate) async fn push(
 
 pub(crate) async fn has_remote(project: &Path, remote: &str) -> bool {
     git(project, &["remote", "get-url", remote]).await.is_ok()
+}
+
+/// The URL of a remote, if it exists.
+pub(crate) async fn remote_url(project: &Path, remote: &str) -> Option<String> {
+    git(project, &["remote", "get-url", remote]).await.ok()
+}
+
+/// Fetches a branch of the remote into `refs/cwo/<id>` (a follow-up attempt starts from the pull
+/// request's head, which a human may have moved); returns its commit.
+pub(crate) async fn fetch_branch(
+    project: &Path,
+    remote: &str,
+    branch: &str,
+    local_ref: &str,
+    token: Option<&str>,
+) -> Result<String, GitError> {
+    let spec = format!("+refs/heads/{branch}:{local_ref}");
+    git_with(
+        project,
+        &["fetch", "--quiet", "--no-tags", remote, &spec],
+        token,
+    )
+    .await?;
+    git(project, &["rev-parse", local_ref]).await
+}
+
+/// A bundle of `commit` (and its history) for the worker, as its branch `main` and HEAD. Made in
+/// a scratch repository under `scratch` that borrows the project's objects (git alternates), so
+/// the user's repository gets no ref, not even for a moment.
+pub(crate) async fn bundle_commit(
+    project: &Path,
+    commit: &str,
+    scratch: &Path,
+    out: &Path,
+) -> Result<(), GitError> {
+    let common = git(
+        project,
+        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    )
+    .await?;
+    if !scratch.join("HEAD").exists() {
+        git(
+            project,
+            &["init", "--quiet", "--bare", &scratch.display().to_string()],
+        )
+        .await?;
+    }
+    let alternates = scratch.join("objects/info/alternates");
+    std::fs::write(&alternates, format!("{common}/objects\n")).map_err(|e| GitError::Failed {
+        args: format!("writing {}", alternates.display()),
+        dir: scratch.display().to_string(),
+        stderr: e.to_string(),
+    })?;
+    git(scratch, &["update-ref", "refs/heads/main", commit]).await?;
+    git(scratch, &["symbolic-ref", "HEAD", "refs/heads/main"]).await?;
+    git(
+        scratch,
+        &[
+            "bundle",
+            "create",
+            "--quiet",
+            &out.display().to_string(),
+            "HEAD",
+            "refs/heads/main",
+        ],
+    )
+    .await
+    .map(drop)
 }
 
 /// A task's checkout on the worker: `<dir>/repo`, on branch `branch`, based on `base`.

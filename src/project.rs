@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{self, ProviderKind, Resolved};
+use crate::config::{self, ProviderKind, Resolved, TrackerKind};
 use crate::connector::Connector;
 use crate::error::CommandError;
+use crate::forge::{Forge, github::GithubForge};
+use crate::github::{Credentials, Github, GithubError, RepoRef};
 use crate::journal::{Journal, JournalError};
 use crate::model::ids::{fnv, slug};
 use crate::orchestrator::{Orchestrator, Ports, RunContext, WorkerLifecycle};
@@ -15,6 +17,8 @@ use crate::provider::{
     PriceSpec, Provider, gcp::GcpProvider, local::LocalProvider, ssh_host::SshHostProvider,
     terraform::TerraformProvider,
 };
+use crate::tracker::Tracker;
+use crate::tracker::github::GithubTracker;
 use crate::tracker::juggle::Juggle;
 use crate::transport::{KnownHosts, KnownHostsError};
 
@@ -221,26 +225,150 @@ impl Project {
         Journal::open(&self.state_dir)
     }
 
-    /// The loop (`cwo run`, `cwo demo`), with the project's ports.
-    pub(crate) fn orchestrator(&self, printer: Printer) -> Result<Orchestrator, PortsError> {
-        let (ports, ctx) = self.ports(printer)?;
+    /// The loop (`cwo run`, `cwo demo`), with the project's ports: the configured tracker, and
+    /// the forge when pull requests are on and the remote is on GitHub.
+    pub(crate) async fn orchestrator(&self, printer: Printer) -> Result<Orchestrator, PortsError> {
+        let github = self.github(printer).await?;
+        let tracker = self.task_source(github.as_ref())?;
+        let forge = github
+            .filter(|_| self.settings().github.pull_requests)
+            .map(|gh| Arc::new(GithubForge::new(gh)) as Arc<dyn Forge>);
+        let (ports, ctx) = self.ports(printer, tracker, forge)?;
         Ok(Orchestrator::new(ports, ctx))
     }
 
-    /// The worker lifecycle alone (`cwo up`, `cwo down`).
+    /// The worker lifecycle alone (`cwo up`, `cwo down`). It never reads the tracker or opens
+    /// pull requests, so it needs no GitHub credentials: `cwo down` works whatever they are.
     pub(crate) fn lifecycle(&self, printer: Printer) -> Result<WorkerLifecycle, PortsError> {
-        let (ports, ctx) = self.ports(printer)?;
+        let (ports, ctx) = self.ports(printer, Arc::new(self.tracker()), None)?;
         Ok(WorkerLifecycle::new(&ports, &ctx))
     }
 
-    /// The orchestrator's ports (tracker, journal, provider, connector) and what a run reads
-    /// once (the settings, the prompt template).
-    pub(crate) fn ports(&self, printer: Printer) -> Result<(Ports, RunContext), PortsError> {
+    /// The tracker `tracker.kind` names (`github` needs the client).
+    pub(crate) fn task_source(
+        &self,
+        github: Option<&Github>,
+    ) -> Result<Arc<dyn Tracker>, PortsError> {
+        let s = self.settings();
+        Ok(match s.tracker.kind {
+            TrackerKind::Juggle => Arc::new(self.tracker()),
+            TrackerKind::Github => {
+                let gh = github
+                    .cloned()
+                    .ok_or(PortsError::Github(GithubError::NoRepo(
+                        "tracker.kind = \"github\" but no GitHub repository is configured".into(),
+                    )))?;
+                Arc::new(GithubTracker::new(
+                    gh,
+                    s.github.label.clone(),
+                    s.git.branch_prefix.clone(),
+                    self.controller_id(),
+                ))
+            }
+            TrackerKind::Frontloop => {
+                let printer = Printer::new(false, false, true);
+                Arc::new(
+                    crate::tracker::frontloop::Frontloop::new(
+                        self.root.join(&s.tracker.frontloop_dir),
+                        s.tracker.epic.clone(),
+                    )
+                    .on_problem(Arc::new(move |p| printer.warn(p.to_string()))),
+                )
+            }
+        })
+    }
+
+    /// This controller's id in GitHub claim comments: the same for every run from this state dir
+    /// on this machine (so a restarted controller resumes its own claims), different elsewhere.
+    pub(crate) fn controller_id(&self) -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!(
+            "{:012x}",
+            fnv(&format!("{}|{}", host.trim(), self.state_dir.display())) & 0xffff_ffff_ffff
+        )
+    }
+
+    /// The GitHub repository this project works with, when it does: `tracker.kind = "github"`,
+    /// or pull requests on and `github.repo` set or `git.remote` on GitHub's host. Credentials
+    /// are resolved here, on the controller. Without a token, pull requests for a juggle task
+    /// are skipped with a warning; the GitHub tracker cannot run without one.
+    pub(crate) async fn github(&self, printer: Printer) -> Result<Option<Github>, PortsError> {
+        let s = self.settings();
+        let needed = s.tracker.kind == TrackerKind::Github;
+        if !needed && !(s.github.pull_requests && s.git.push) {
+            return Ok(None);
+        }
+        let repo = match self.github_repo() {
+            Ok(r) => r,
+            Err(e) if needed => return Err(PortsError::Github(e)),
+            Err(_) => return Ok(None),
+        };
+        let creds = match Credentials::resolve(&s.github, &s.gcp).await {
+            Ok(c) => c,
+            Err(e) if needed => return Err(PortsError::Github(e)),
+            Err(e) => {
+                printer.warn(format!(
+                    "no pull requests on {repo}: {e}{}",
+                    e.hint().map(|h| format!(" ({h})")).unwrap_or_default()
+                ));
+                return Ok(None);
+            }
+        };
+        Github::new(&s.github.api_url, repo, creds)
+            .map(Some)
+            .map_err(PortsError::Github)
+    }
+
+    /// `github.repo`, or the repository `git.remote`'s URL names on the API's host.
+    pub(crate) fn github_repo(&self) -> Result<RepoRef, GithubError> {
+        let s = self.settings();
+        if !s.github.repo.is_empty() {
+            return RepoRef::parse(&s.github.repo).ok_or_else(|| {
+                GithubError::NoRepo(format!(
+                    "github.repo = {:?} is not \"owner/name\"",
+                    s.github.repo
+                ))
+            });
+        }
+        let url = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.root)
+            .args(["remote", "get-url", &s.git.remote])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let host = crate::github::host_of(&s.github.api_url);
+        match RepoRef::from_remote_url(&url) {
+            Some((h, repo)) if h == host => Ok(repo),
+            _ => Err(GithubError::NoRepo(format!(
+                "github.repo is empty and git remote `{}` ({}) is not a repository on {host}",
+                s.git.remote,
+                if url.is_empty() {
+                    "missing"
+                } else {
+                    url.as_str()
+                }
+            ))),
+        }
+    }
+
+    /// The orchestrator's ports (tracker, journal, provider, connector, forge) and what a run
+    /// reads once (the settings, the prompt template).
+    pub(crate) fn ports(
+        &self,
+        printer: Printer,
+        tracker: Arc<dyn Tracker>,
+        forge: Option<Arc<dyn Forge>>,
+    ) -> Result<(Ports, RunContext), PortsError> {
         let settings = self.settings().clone();
         let template = self.prompt_template()?;
         let journal = self.journal()?;
         let ports = Ports {
-            tracker: Arc::new(self.tracker()),
+            forge,
+            tracker,
             provider: self.provider(&journal),
             connector: self.connector(&journal),
             journal,
@@ -278,6 +406,8 @@ pub(crate) enum PortsError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Github(GithubError),
 }
 
 impl From<PortsError> for CommandError {
@@ -287,6 +417,7 @@ impl From<PortsError> for CommandError {
                 "set agent.prompt_template to a file relative to the project root, or \"\" for the built-in prompt",
             ),
             PortsError::Journal(e) => e.into(),
+            PortsError::Github(e) => e.into(),
         }
     }
 }

@@ -182,6 +182,37 @@ pub(crate) fn judge(
     }
 }
 
+/// The agent's closing summary: the last text it printed. opencode's `--format json` lines
+/// carry text in `{"type":"text","part":{"text":…}}` events (the last one wins); any other agent's
+/// log gives its last paragraph (the lines after the last blank line, at most 40). cwo's own
+/// `[cwo] …` lines are not the agent's.
+pub(crate) fn closing_summary(log: &str) -> String {
+    let mut last_json_text = None;
+    for line in log.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && v["type"] == "text"
+            && let Some(t) = v["part"]["text"].as_str().or_else(|| v["text"].as_str())
+            && !t.trim().is_empty()
+        {
+            last_json_text = Some(t.trim().to_string());
+        }
+    }
+    if let Some(t) = last_json_text {
+        return t;
+    }
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("[cwo]")).collect();
+    let end = lines
+        .iter()
+        .rposition(|l| !l.trim().is_empty())
+        .map_or(0, |i| i + 1);
+    let start = lines[..end]
+        .iter()
+        .rposition(|l| l.trim().is_empty())
+        .map_or(0, |i| i + 1)
+        .max(end.saturating_sub(40));
+    lines[start..end].join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +300,19 @@ mod tests {
         assert!(
             matches!(judge(ExecStatus::TimedOut, None, 0, t), Outcome::Failed(m) if m.contains("timed out after 1m"))
         );
+    }
+
+    #[test]
+    fn the_closing_summary_is_the_last_text_the_agent_printed() {
+        let plain =
+            "working\n\nstep 1\n\nDone: added the flag.\nTests pass.\n[cwo] agent ended: exit 0\n";
+        assert_eq!(closing_summary(plain), "Done: added the flag.\nTests pass.");
+        let json = concat!(
+            "{\"type\":\"text\",\"part\":{\"text\":\"first\"}}\n",
+            "{\"type\":\"tool_use\",\"part\":{}}\n",
+            "{\"type\":\"text\",\"part\":{\"text\":\"I fixed the parser.\"}}\n",
+        );
+        assert_eq!(closing_summary(json), "I fixed the parser.");
+        assert_eq!(closing_summary(""), "");
     }
 }

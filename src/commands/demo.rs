@@ -18,7 +18,7 @@ pub(crate) async fn demo(
     let root = demo::build(&base)?;
     let project = Project::load(Some(&root), &g.config)?;
     super::warn_about_settings(&project, &printer);
-    let orch = project.orchestrator(printer)?;
+    let orch = project.orchestrator(printer).await?;
     printer.status("running `cwo run --once` on the local provider with the scripted demo agent\n");
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     orch.run(RunOptions { once: true }, Shutdown::default())

@@ -15,7 +15,7 @@ pub(crate) async fn run(
     args: &RunArgs,
 ) -> Result<ExitStatus, CommandError> {
     let _lock = ControllerLock::acquire(&project.state_dir)?;
-    let orch = project.orchestrator(printer)?;
+    let orch = project.orchestrator(printer).await?;
     let shutdown = Shutdown::default();
     watch_signals(shutdown.clone(), args.now, printer)?;
     let started = std::time::Instant::now();

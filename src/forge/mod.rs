@@ -120,3 +120,105 @@ pub trait Forge: Send + Sync {
     /// from its environment through a credential helper).
     async fn push_token(&self) -> Result<String, ForgeError>;
 }
+
+/// What a pull request's description says about the work behind it.
+pub struct Delivery<'a> {
+    pub task: &'a crate::tracker::Task,
+    /// The agent's own closing words (the last text it printed).
+    pub summary: &'a str,
+    pub attempts: u32,
+    pub duration: std::time::Duration,
+    /// The worker time's cost at its launch price (None: unknown).
+    pub cost_usd: Option<f64>,
+    pub feedback_rounds: u32,
+}
+
+/// The pull request's title and description: the task, its acceptance criteria as a checklist,
+/// the agent's summary, attempts, duration and cost, and `Closes #N` for a GitHub issue.
+pub fn describe(d: &Delivery<'_>) -> (String, String) {
+    let t = d.task;
+    let mut body = String::new();
+    if let Some(n) = t.issue {
+        body.push_str(&format!("Closes #{n}\n\n"));
+    }
+    body.push_str(&format!("## Task `{}`: {}\n\n", t.id, t.title));
+    if !t.context.trim().is_empty() && t.issue.is_none() {
+        body.push_str(t.context.trim());
+        body.push_str("\n\n");
+    }
+    if !t.acceptance_criteria.is_empty() {
+        body.push_str("## Acceptance criteria\n\n");
+        for c in &t.acceptance_criteria {
+            body.push_str(&format!("- [ ] {c}\n"));
+        }
+        body.push('\n');
+    }
+    body.push_str("## What the agent says\n\n");
+    if d.summary.trim().is_empty() {
+        body.push_str("(the agent printed no summary)\n\n");
+    } else {
+        for line in d.summary.trim().lines() {
+            body.push_str(&format!("> {line}\n"));
+        }
+        body.push('\n');
+    }
+    let cost = match d.cost_usd {
+        Some(c) => format!("${c:.4} of worker time at its launch price"),
+        None => "unknown (no price for the worker)".into(),
+    };
+    body.push_str(&format!(
+        "---\n🤖 Opened by cwo: {} attempt(s), {} of agent time, cost {cost}{}.\n",
+        d.attempts,
+        humantime::format_duration(std::time::Duration::from_secs(d.duration.as_secs())),
+        if d.feedback_rounds > 0 {
+            format!(", {} feedback round(s)", d.feedback_rounds)
+        } else {
+            String::new()
+        }
+    ));
+    (t.title.clone(), body)
+}
+
+/// The part of a follow-up attempt's prompt that carries the feedback: the reviewers' comments
+/// (file, line, text) and the failed checks (name and output).
+pub fn feedback_prompt(number: u64, notes: &[ReviewNote], failed: &[FailedCheck]) -> String {
+    let mut out = format!(
+        "\n\n## Feedback on pull request #{number}\n\nYour earlier work on this branch is under review. Address the feedback below with new commits on top of the branch (do not rewrite its history).\n"
+    );
+    if !notes.is_empty() {
+        out.push_str("\n### Review comments\n");
+        for n in notes {
+            let place = match (n.path.as_str(), n.line) {
+                ("", _) => String::new(),
+                (p, Some(l)) => format!(" on `{p}` line {l}"),
+                (p, None) => format!(" on `{p}`"),
+            };
+            out.push_str(&format!("\n- **{}**{place}:\n", n.author));
+            for line in n.body.trim().lines() {
+                out.push_str(&format!("  > {line}\n"));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        out.push_str("\n### Failed checks\n");
+        for f in failed {
+            out.push_str(&format!("\n- **{}** ({})", f.name, f.conclusion));
+            if !f.url.is_empty() {
+                out.push_str(&format!(" {}", f.url));
+            }
+            out.push('\n');
+            // The end of a long output is where the error usually is.
+            let text: String = {
+                let t = f.output.trim();
+                let skip = t.chars().count().saturating_sub(4000);
+                t.chars().skip(skip).collect()
+            };
+            if !text.is_empty() {
+                out.push_str("\n```\n");
+                out.push_str(&text);
+                out.push_str("\n```\n");
+            }
+        }
+    }
+    out
+}

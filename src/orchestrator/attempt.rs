@@ -17,8 +17,9 @@ use super::record::{RecordError, Recorder, Transition};
 use crate::agent::detached::{AgentState, Detached, FollowEnd};
 use crate::agent::{self, Outcome};
 use crate::config::Settings;
+use crate::forge::{self, FailedCheck, Forge, ReviewNote};
 use crate::git::{self, WorkerCheckout};
-use crate::journal::{AttemptRow, Journal};
+use crate::journal::{AttemptRow, Journal, PullRequestRow};
 use crate::printer::{Printer, fmt_secs};
 use crate::provider::Provider;
 use crate::secrets::Masker;
@@ -45,6 +46,15 @@ pub(crate) struct TaskEnv {
     pub(crate) recorder: Recorder,
     pub(crate) journal: Journal,
     pub(crate) printer: Printer,
+    /// Where done tasks become pull requests (None: no forge for this project).
+    pub(crate) forge: Option<Arc<dyn Forge>>,
+}
+
+/// A follow-up attempt on a task's pull request: what the reviewers and the checks said.
+pub(crate) struct FollowUp {
+    pub(crate) pr: PullRequestRow,
+    pub(crate) notes: Vec<ReviewNote>,
+    pub(crate) failed: Vec<FailedCheck>,
 }
 
 /// One task on one worker.
@@ -133,6 +143,7 @@ pub(crate) async fn run_task(
     task: Task,
     resume: Option<AttemptRow>,
     prior_tries: u32,
+    follow_up: Option<Arc<FollowUp>>,
 ) -> TaskReport {
     let env = ctx.env.clone();
     let mut report = TaskReport {
@@ -144,7 +155,7 @@ pub(crate) async fn run_task(
         tries: prior_tries,
         worker_gone: false,
     };
-    let outcome = drive_task(&ctx, &task, resume, &mut report)
+    let outcome = drive_task(&ctx, &task, resume, &mut report, follow_up)
         .await
         .unwrap_or_else(|e| Outcome::Blocked(e.reason()));
     let max = env.settings.agent.max_attempts;
@@ -216,6 +227,9 @@ struct Work<'a> {
     bundle: PathBuf,
     /// The commit the bundle holds, once made.
     base: Option<String>,
+    /// Feedback on the task's pull request: the attempt starts from the branch's head and
+    /// addresses it.
+    follow_up: Option<Arc<FollowUp>>,
 }
 
 /// Runs attempts until one decides the ball. `Err` = a reason to block the ball at once.
@@ -224,6 +238,7 @@ async fn drive_task(
     task: &Task,
     mut resume: Option<AttemptRow>,
     report: &mut TaskReport,
+    follow_up: Option<Arc<FollowUp>>,
 ) -> Result<Outcome, TaskError> {
     let env = &ctx.env;
     let settings = &env.settings;
@@ -236,6 +251,7 @@ async fn drive_task(
         branch: format!("{}{}", settings.git.branch_prefix, task.id),
         bundle: tmp.join(format!("{}-input.bundle", task.id)),
         base: None,
+        follow_up,
     };
     let max = settings.agent.max_attempts.get();
     while report.tries < max {
@@ -384,9 +400,12 @@ async fn start_attempt(
         Some(b) => b.clone(),
         None => {
             let started = Instant::now();
-            let b = git::bundle_head(&env.root, &work.bundle)
-                .await
-                .map_err(|e| TaskError::block("cannot bundle the project for the worker", e))?;
+            let b = match &work.follow_up {
+                None => git::bundle_head(&env.root, &work.bundle)
+                    .await
+                    .map_err(|e| TaskError::block("cannot bundle the project for the worker", e))?,
+                Some(_) => follow_up_base(ctx, work).await?,
+            };
             report.git += started.elapsed();
             work.base = Some(b.clone());
             b
@@ -460,7 +479,7 @@ async fn run_attempt(
     };
     let commits = *commits;
     let started = Instant::now();
-    let delivered = deliver(ctx, work.task, &co, a.seq, commits).await;
+    let delivered = deliver(ctx, work, &co, a, commits, report).await;
     report.git += started.elapsed();
     match delivered {
         Ok((sha, note)) => match complete(ctx, work.task, &co.branch, &sha, &note).await {
@@ -510,7 +529,10 @@ async fn one_attempt(
         Some(_) => on_worker(ctx, "looking at the agent", || det.launched(t)).await?,
         None => false,
     };
-    let prompt = agent::render_prompt(&env.template, task, branch);
+    let mut prompt = agent::render_prompt(&env.template, task, branch);
+    if let Some(f) = &work.follow_up {
+        prompt.push_str(&forge::feedback_prompt(f.pr.number, &f.notes, &f.failed));
+    }
     if !launched {
         let local_prompt = env
             .state_dir
@@ -736,17 +758,70 @@ async fn stop_agent(t: &dyn Transport, det: &Detached) {
     }
 }
 
-/// Brings the task branch back and pushes it. Returns the commit and the note that says where
-/// the work is.
+/// A follow-up starts from the pull request's head on the remote (a human may have pushed to
+/// it), fetched with the forge's token, bundled for the worker. Returns that commit.
+async fn follow_up_base(ctx: &TaskCtx, work: &Work<'_>) -> Result<String, TaskError> {
+    let env = &ctx.env;
+    let settings = &env.settings;
+    let id = &work.task.id;
+    let local_ref = format!("refs/cwo/{id}");
+    let head = if settings.git.push {
+        let token = push_token(env).await?;
+        git::fetch_branch(
+            &env.root,
+            &settings.git.remote,
+            &work.branch,
+            &local_ref,
+            token.as_deref(),
+        )
+        .await
+        .map_err(|e| TaskError::retry(format!("fetching {} for the follow-up", work.branch), e))?
+    } else {
+        git::rev_parse(&env.root, &local_ref)
+            .await
+            .map_err(|e| TaskError::block(format!("the follow-up needs {local_ref}"), e))?
+    };
+    let scratch = env.state_dir.join("tmp").join(format!("{id}-base.git"));
+    git::bundle_commit(&env.root, &head, &scratch, &work.bundle)
+        .await
+        .map_err(|e| TaskError::block("cannot bundle the pull request's head for the worker", e))?;
+    Ok(head)
+}
+
+/// The forge's token for pushing to an HTTP(S) remote (None: no forge, or a remote git reaches
+/// with the user's own credentials, such as SSH or a path).
+async fn push_token(env: &TaskEnv) -> Result<Option<String>, TaskError> {
+    let Some(forge) = &env.forge else {
+        return Ok(None);
+    };
+    let url = git::remote_url(&env.root, &env.settings.git.remote)
+        .await
+        .unwrap_or_default();
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Ok(None);
+    }
+    forge
+        .push_token()
+        .await
+        .map(Some)
+        .map_err(|e| TaskError::retry("getting the token to push with", e))
+}
+
+/// Brings the task branch back, pushes it (fast-forward only) and, with a forge, opens or
+/// updates its pull request and answers the review comments a follow-up addressed. Returns the
+/// commit and the note that says where the work is.
 async fn deliver(
     ctx: &TaskCtx,
-    task: &Task,
+    work: &Work<'_>,
     co: &WorkerCheckout,
-    seq: u32,
+    a: &Attempt,
     commits: u64,
+    report: &TaskReport,
 ) -> Result<(String, String), TaskError> {
     let env = &ctx.env;
     let settings = &env.settings;
+    let task = work.task;
+    let seq = a.seq;
     let local = env
         .state_dir
         .join("tmp")
@@ -770,7 +845,8 @@ async fn deliver(
                 source: None,
             });
         }
-        git::push(&env.root, remote, &sha, &co.branch)
+        let token = push_token(env).await?;
+        git::push(&env.root, remote, &sha, &co.branch, token.as_deref())
             .await
             .map_err(|e| {
                 TaskError::block(
@@ -785,11 +861,127 @@ async fn deliver(
     } else {
         format!("kept at refs/cwo/{} (git.push = false)", task.id)
     };
-    let note = format!(
+    let mut note = format!(
         "cwo: branch {} at {short} {where_} ({commits} commit(s), attempt {seq})",
         co.branch
     );
+    if let (Some(forge), true) = (&env.forge, settings.git.push) {
+        let pr = open_pull_request(ctx, forge.as_ref(), work, a, report).await?;
+        note.push_str(&format!("; pull request #{} {}", pr.number, pr.url));
+        if let Some(f) = &work.follow_up {
+            answer_feedback(env, forge.as_ref(), f, short).await;
+        }
+    }
     Ok((sha, note))
+}
+
+/// Opens (or updates) the task's pull request with a description of the work, and journals it.
+async fn open_pull_request(
+    ctx: &TaskCtx,
+    forge: &dyn Forge,
+    work: &Work<'_>,
+    a: &Attempt,
+    report: &TaskReport,
+) -> Result<forge::OpenedPullRequest, TaskError> {
+    let env = &ctx.env;
+    let task = work.task;
+    let log = tokio::fs::read_to_string(&a.log_path)
+        .await
+        .unwrap_or_default();
+    let summary = agent::closing_summary(&log);
+    let ball = task.id.clone();
+    let cost_usd = journaled(&env.journal, move |j| task_cost(j, &ball)).await;
+    let (title, body) = forge::describe(&forge::Delivery {
+        task,
+        summary: &summary,
+        attempts: a.seq,
+        duration: report.agent,
+        cost_usd,
+        feedback_rounds: work.follow_up.as_ref().map_or(0, |f| f.pr.rounds),
+    });
+    let draft = forge::PullRequestDraft {
+        branch: work.branch.clone(),
+        title,
+        body,
+        draft: env.settings.github.draft,
+    };
+    let pr = forge.open_or_update(&draft).await.map_err(|e| {
+        let context = format!(
+            "the branch {} is pushed, but the pull request on {} could not be opened",
+            work.branch,
+            forge.describe()
+        );
+        if e.is_transient() {
+            TaskError::retry(context, e)
+        } else {
+            TaskError::block(context, e)
+        }
+    })?;
+    let (ball, url, branch, number) = (
+        task.id.clone(),
+        pr.url.clone(),
+        work.branch.clone(),
+        pr.number,
+    );
+    if let Err(e) = journaled(&env.journal, move |j| {
+        j.pull_request_opened(&ball, number, &url, &branch)
+    })
+    .await
+    {
+        env.printer.warn(format!(
+            "pull request #{number} for {} is open, but the journal could not record it: {e}",
+            task.id
+        ));
+    }
+    Ok(pr)
+}
+
+/// After a follow-up's push: a reply on every review thread it addressed, and a comment for
+/// the failed checks. A reply that fails is a warning (the commits are pushed).
+async fn answer_feedback(env: &TaskEnv, forge: &dyn Forge, f: &FollowUp, short: &str) {
+    let mut threads: Vec<u64> = f.notes.iter().filter_map(|n| n.reply_to).collect();
+    threads.dedup();
+    for id in threads {
+        let text = format!("🤖 cwo: addressed in {short}.");
+        if let Err(e) = forge.reply(f.pr.number, id, &text).await {
+            env.printer.warn(format!(
+                "could not reply to review comment {id} on #{}: {e}",
+                f.pr.number
+            ));
+        }
+    }
+    let general = f.notes.iter().any(|n| n.reply_to.is_none());
+    if !f.failed.is_empty() || general {
+        let mut text = format!("🤖 cwo: pushed {short} to address");
+        let mut parts = Vec::new();
+        if general {
+            parts.push("the review".to_string());
+        }
+        if !f.failed.is_empty() {
+            let names: Vec<&str> = f.failed.iter().map(|c| c.name.as_str()).collect();
+            parts.push(format!("the failed check(s) {}", names.join(", ")));
+        }
+        text.push_str(&format!(" {}.", parts.join(" and ")));
+        if let Err(e) = forge.comment(f.pr.number, &text).await {
+            env.printer
+                .warn(format!("could not comment on #{}: {e}", f.pr.number));
+        }
+    }
+}
+
+/// What the task's attempts cost: each attempt's time on its worker at the worker's launch
+/// price (list price; `cwo cost --by task` apportions shared workers exactly). None: a worker
+/// with no known price.
+fn task_cost(j: &Journal, ball: &str) -> Option<f64> {
+    let attempts = j.attempts(Some(ball)).ok()?;
+    let mut total = 0.0;
+    for a in attempts {
+        let hourly = j.worker(&a.worker).ok()??.price?.hourly?.total();
+        let end = a.ended_at.unwrap_or_else(Utc::now);
+        let secs = (end - a.started_at).num_milliseconds().max(0) as f64 / 1000.0;
+        total += hourly * secs / 3600.0;
+    }
+    Some(crate::cost::money(total))
 }
 
 /// Completes the delivered ball in both stores. A tracker that refuses blocks the ball (the work

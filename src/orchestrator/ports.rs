@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::connector::Connector;
+use crate::forge::Forge;
 use crate::journal::Journal;
 use crate::printer::Printer;
 use crate::provider::Provider;
@@ -20,6 +21,9 @@ pub struct Ports {
     /// Builds the transports to the provider's workers and pins their host keys.
     pub connector: Connector,
     pub printer: Printer,
+    /// Where done tasks become pull requests (None: pull requests are off or the remote is on
+    /// no forge).
+    pub forge: Option<Arc<dyn Forge>>,
 }
 
 /// The project the loop works for, resolved by the composition root.

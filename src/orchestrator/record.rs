@@ -47,6 +47,11 @@ pub(crate) enum Transition {
         task: Task,
         reason: String,
     },
+    /// Its pull request was merged: the task is complete for good.
+    Merged {
+        task: Task,
+        note: String,
+    },
     /// Its worker went away; back to pending for a new one.
     Requeued {
         task: Task,
@@ -142,6 +147,10 @@ fn apply(tracker: &dyn Tracker, j: &Journal, t: Transition) -> Result<Option<i64
             tracker.block(&task.id, &reason)?;
             tracker.progress(&task, &format!("cwo: {} blocked: {reason}", task.id))?;
             j.task_state(&task.id, &task.title, "blocked", None, Some(&reason))?;
+        }
+        Transition::Merged { task, note } => {
+            tracker.complete(&task.id, &note)?;
+            j.task_state(&task.id, &task.title, "complete", None, None)?;
         }
         Transition::Requeued { task, reason } => {
             tracker.release(&task.id)?;

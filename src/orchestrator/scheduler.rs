@@ -2,20 +2,22 @@
 //! (up to `concurrency`), settles finished tasks, tears the worker down when idle, and always
 //! before it returns.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use super::attempt::{self, TaskCtx, TaskEnv, TaskReport};
+use super::attempt::{self, FollowUp, TaskCtx, TaskEnv, TaskReport};
 use super::error::OrchestratorError;
 use super::ports::{Ports, RunContext, journaled, tracked};
 use super::record::{RecordError, Recorder, Transition};
 use super::worker::{ActiveWorker, PENDING_WAIT, PendingCreate, Unfit, WorkerLifecycle};
 use super::{RunOptions, RunSummary, Shutdown, one_line};
 use crate::agent::Outcome;
-use crate::journal::AttemptRow;
+use crate::forge::{Forge, PullRequestLife, Seen};
+use crate::journal::{AttemptRow, PullRequestRow};
 use crate::printer::fmt_secs;
 use crate::provider::Provider;
 use crate::tracker::{Task, Tracker, TrackerError};
@@ -28,6 +30,7 @@ pub struct Orchestrator {
     env: Arc<TaskEnv>,
     tracker: Arc<dyn Tracker>,
     provider: Arc<dyn Provider>,
+    forge: Option<Arc<dyn Forge>>,
 }
 
 /// What the loop holds during a run.
@@ -44,6 +47,13 @@ struct RunState {
     deferred: Vec<OrchestratorError>,
     running: JoinSet<TaskReport>,
     in_flight: HashSet<String>,
+    /// Each running task's own abort (a child of the run's): cancelled when its task is no
+    /// longer wanted (a GitHub issue closed or unlabelled while it runs).
+    aborts: HashMap<String, CancellationToken>,
+    /// Follow-up attempts the pull requests' feedback asked for, waiting for room.
+    follow_ups: VecDeque<(Task, Arc<FollowUp>)>,
+    /// When the running tasks and the pull requests were last looked at.
+    watched: Option<Instant>,
     /// Attempts spent on balls whose worker went away, so a requeued ball keeps its count.
     tries: HashMap<String, u32>,
     idle_since: Instant,
@@ -73,9 +83,11 @@ impl Orchestrator {
                 recorder,
                 journal: ports.journal,
                 printer: ports.printer,
+                forge: ports.forge.clone(),
             }),
             tracker: ports.tracker,
             provider: ports.provider,
+            forge: ports.forge,
         }
     }
 
@@ -109,6 +121,9 @@ impl Orchestrator {
             deferred: Vec::new(),
             running: JoinSet::new(),
             in_flight: HashSet::new(),
+            aborts: HashMap::new(),
+            follow_ups: VecDeque::new(),
+            watched: None,
             tries: HashMap::new(),
             idle_since: Instant::now(),
             up_failures: 0,
@@ -121,14 +136,26 @@ impl Orchestrator {
         self.finish(st, result).await
     }
 
-    fn task_ctx(&self, w: &ActiveWorker, st: &RunState) -> TaskCtx {
+    /// A task's context on the current worker, with an abort of its own.
+    fn task_ctx(&self, st: &mut RunState, id: &str) -> TaskCtx {
+        let w = st
+            .worker
+            .as_ref()
+            .expect("tasks start on a worker that is up");
+        let (transport, worker, workspace) = (
+            w.transport.clone(),
+            w.instance.name.clone(),
+            w.instance.workspace.clone(),
+        );
+        let abort = st.shutdown.abort.child_token();
+        st.aborts.insert(id.to_string(), abort.clone());
         TaskCtx {
             env: self.env.clone(),
             provider: self.provider.clone(),
-            transport: w.transport.clone(),
-            worker: w.instance.name.clone(),
-            workspace: w.instance.workspace.clone(),
-            abort: st.shutdown.abort.clone(),
+            transport,
+            worker,
+            workspace,
+            abort,
         }
     }
 
@@ -139,7 +166,7 @@ impl Orchestrator {
         st: &mut RunState,
         attempts: Vec<AttemptRow>,
     ) -> Result<(), OrchestratorError> {
-        let Some(w) = &st.worker else {
+        let Some(worker) = st.worker.as_ref().map(|w| w.instance.name.clone()) else {
             return Ok(());
         };
         let tasks = tracked(&self.tracker, |t| t.list()).await?;
@@ -160,11 +187,11 @@ impl Orchestrator {
                 continue;
             };
             st.in_flight.insert(task.id.clone());
-            let (n, id) = (w.instance.name.clone(), task.id.clone());
+            let (n, id) = (worker.clone(), task.id.clone());
             journaled(&self.env.journal, move |j| j.worker_activity(&n, Some(&id))).await?;
-            let ctx = self.task_ctx(w, st);
+            let ctx = self.task_ctx(st, &task.id);
             st.running
-                .spawn(attempt::run_task(ctx, task, Some(attempt), 0));
+                .spawn(attempt::run_task(ctx, task, Some(attempt), 0, None));
         }
         Ok(())
     }
@@ -184,15 +211,32 @@ impl Orchestrator {
             }
             let stopping = st.shutdown.stop_claiming.is_cancelled();
             let mut ready_left = false;
+            if !stopping
+                && st
+                    .watched
+                    .is_none_or(|t| t.elapsed() >= settings.poll_interval)
+            {
+                st.watched = Some(Instant::now());
+                self.watch(st).await?;
+            }
             if !stopping {
-                let ready: Vec<Task> = tracked(&self.tracker, |t| t.ready())
-                    .await?
-                    .into_iter()
-                    .filter(|t| !st.in_flight.contains(&t.id))
-                    .collect();
-                ready_left = !ready.is_empty();
+                let ready: Vec<Task> = match tracked(&self.tracker, |t| t.ready()).await {
+                    Ok(r) => r,
+                    // GitHub rate-limited or out: say so, and look again at the next poll.
+                    Err(TrackerError::Remote(e)) if remote_transient(e.as_ref()) => {
+                        self.env.printer.warn(format!(
+                            "the tracker could not be read: {e}; trying again at the next poll"
+                        ));
+                        vec![]
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                .into_iter()
+                .filter(|t| !st.in_flight.contains(&t.id))
+                .collect();
+                ready_left = !ready.is_empty() || !st.follow_ups.is_empty();
                 let free = concurrency.saturating_sub(st.in_flight.len());
-                if !ready.is_empty()
+                if ready_left
                     && free > 0
                     && let Next::Poll = self.take_work(st, ready, free).await?
                 {
@@ -300,10 +344,29 @@ impl Orchestrator {
         ready: Vec<Task>,
         free: usize,
     ) -> Result<(), OrchestratorError> {
-        let w = st
+        let worker = st
             .worker
             .as_ref()
-            .expect("claims go to a worker that is up");
+            .expect("claims go to a worker that is up")
+            .instance
+            .name
+            .clone();
+        let mut free = free;
+        while free > 0
+            && !st.shutdown.stop_claiming.is_cancelled()
+            && let Some((task, follow_up)) = st.follow_ups.pop_front()
+        {
+            free -= 1;
+            st.in_flight.insert(task.id.clone());
+            self.env.printer.status(format!(
+                "▶ {} follow-up {} on pull request #{}",
+                task.id, follow_up.pr.rounds, follow_up.pr.number
+            ));
+            st.fresh = false;
+            let ctx = self.task_ctx(st, &task.id);
+            st.running
+                .spawn(attempt::run_task(ctx, task, None, 0, Some(follow_up)));
+        }
         for task in ready.into_iter().take(free) {
             // A signal during the bring-up (or an earlier claim): nothing new.
             if st.shutdown.stop_claiming.is_cancelled() {
@@ -314,7 +377,7 @@ impl Orchestrator {
                 .recorder
                 .apply(Transition::Claimed {
                     task: task.clone(),
-                    worker: w.instance.name.clone(),
+                    worker: worker.clone(),
                 })
                 .await;
             // A ball removed or rewritten between the read and the claim is skipped, not
@@ -325,6 +388,13 @@ impl Orchestrator {
                     .warn(format!("{} vanished before it could be claimed", task.id));
                 continue;
             }
+            // Another controller was first: it has the task, this one backs off.
+            if let Err(RecordError::Tracker(TrackerError::Taken { id, by })) = &claimed {
+                self.env.printer.status(format!(
+                    "{id} was claimed by {by} first; leaving it to them"
+                ));
+                continue;
+            }
             claimed.map_err(into_run_error)?;
             st.in_flight.insert(task.id.clone());
             self.env
@@ -332,10 +402,201 @@ impl Orchestrator {
                 .status(format!("▶ {} {}", task.id, one_line(&task.title)));
             st.fresh = false;
             let prior = st.tries.get(&task.id).copied().unwrap_or(0);
-            let ctx = self.task_ctx(w, st);
-            st.running.spawn(attempt::run_task(ctx, task, None, prior));
+            let ctx = self.task_ctx(st, &task.id);
+            st.running
+                .spawn(attempt::run_task(ctx, task, None, prior, None));
         }
         Ok(())
+    }
+
+    /// At each poll: running tasks the tracker no longer wants are aborted, and cwo's open pull
+    /// requests are read (merged → complete, closed → blocked, new feedback → a follow-up).
+    async fn watch(&self, st: &mut RunState) -> Result<(), OrchestratorError> {
+        let running: Vec<String> = st.aborts.keys().cloned().collect();
+        for id in running {
+            let asked = id.clone();
+            match tracked(&self.tracker, move |t| t.wanted(&asked)).await {
+                Ok(false) => {
+                    if let Some(abort) = st.aborts.get(&id) {
+                        self.env.printer.status(format!(
+                            "■ {id} is no longer wanted (closed or unlabelled); aborting its attempt"
+                        ));
+                        abort.cancel();
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => self.env.printer.warn(format!(
+                    "could not ask the tracker whether {id} is still wanted: {e}"
+                )),
+            }
+        }
+        let Some(forge) = &self.forge else {
+            return Ok(());
+        };
+        let rows = journaled(&self.env.journal, |j| j.pull_requests(true)).await?;
+        for row in rows {
+            if st.in_flight.contains(&row.ball_id)
+                || st.follow_ups.iter().any(|(t, _)| t.id == row.ball_id)
+            {
+                continue;
+            }
+            let seen = Seen {
+                review: row.seen_review,
+                comment: row.seen_comment,
+                issue_comment: row.seen_issue_comment,
+                failed_sha: row.failed_sha.clone(),
+            };
+            let report = match forge.report(row.number, &seen).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.env.printer.warn(format!(
+                        "could not read pull request #{} ({}): {e}",
+                        row.number, row.ball_id
+                    ));
+                    if e.is_transient() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            self.pull_request_moved(st, row, report).await?;
+        }
+        Ok(())
+    }
+
+    /// Acts on what one pull request's report says.
+    async fn pull_request_moved(
+        &self,
+        st: &mut RunState,
+        mut row: PullRequestRow,
+        report: crate::forge::PullRequestReport,
+    ) -> Result<(), OrchestratorError> {
+        let printer = self.env.printer;
+        let max = self.env.settings.github.max_feedback_rounds;
+        row.review_state = report.review_state.clone();
+        row.check_state = report.check_state.clone();
+        let task = self.task_for(&row).await?;
+        match &report.life {
+            PullRequestLife::Merged { by } => {
+                row.state = "merged".into();
+                printer.status(format!(
+                    "✓ {} pull request #{} merged by {by}",
+                    row.ball_id, row.number
+                ));
+                let note = format!(
+                    "cwo: pull request #{} {} merged by {by}",
+                    row.number, row.url
+                );
+                let done = self
+                    .env
+                    .recorder
+                    .apply(Transition::Merged { task, note })
+                    .await;
+                if let Err(e) = done {
+                    printer.warn(format!(
+                        "could not record the merge of {}: {e}",
+                        row.ball_id
+                    ));
+                }
+            }
+            PullRequestLife::Closed { by } => {
+                row.state = "closed".into();
+                let reason = format!(
+                    "pull request #{} closed without merging by {by}",
+                    row.number
+                );
+                printer.status(format!("✗ {} blocked: {reason}", row.ball_id));
+                let blocked = self
+                    .env
+                    .recorder
+                    .apply(Transition::Blocked { task, reason })
+                    .await;
+                if let Err(e) = blocked {
+                    printer.warn(format!(
+                        "could not record that {} is blocked: {e}",
+                        row.ball_id
+                    ));
+                }
+            }
+            PullRequestLife::Open { .. } if report.has_feedback() && row.rounds >= max => {
+                row.state = "blocked".into();
+                let reason = format!(
+                    "pull request #{} still has review comments or failed checks after {max} feedback round(s); it stays open for a human",
+                    row.number
+                );
+                printer.status(format!("✗ {} blocked: {reason}", row.ball_id));
+                let blocked = self
+                    .env
+                    .recorder
+                    .apply(Transition::Blocked { task, reason })
+                    .await;
+                if let Err(e) = blocked {
+                    printer.warn(format!(
+                        "could not record that {} is blocked: {e}",
+                        row.ball_id
+                    ));
+                }
+            }
+            PullRequestLife::Open { .. } if report.has_feedback() => {
+                row.rounds += 1;
+                let what = match (report.notes.len(), report.failed.len()) {
+                    (n, 0) => format!("{n} review comment(s)"),
+                    (0, f) => format!("{f} failed check(s)"),
+                    (n, f) => format!("{n} review comment(s) and {f} failed check(s)"),
+                };
+                printer.status(format!(
+                    "↺ {} pull request #{}: {what}; follow-up {}/{max}",
+                    row.ball_id, row.number, row.rounds
+                ));
+                st.follow_ups.push_back((
+                    task,
+                    Arc::new(FollowUp {
+                        pr: row.clone(),
+                        notes: report.notes.clone(),
+                        failed: report.failed.clone(),
+                    }),
+                ));
+            }
+            PullRequestLife::Open { .. } => {}
+        }
+        row.seen_review = report.seen.review;
+        row.seen_comment = report.seen.comment;
+        row.seen_issue_comment = report.seen.issue_comment;
+        row.failed_sha = report.seen.failed_sha;
+        journaled(&self.env.journal, move |j| j.pull_request_update(&row)).await?;
+        Ok(())
+    }
+
+    /// The task a pull request belongs to, as the tracker has it now (or, once it left the
+    /// tracker, as the journal remembers it).
+    async fn task_for(&self, row: &PullRequestRow) -> Result<Task, OrchestratorError> {
+        let id = row.ball_id.clone();
+        let listed = tracked(&self.tracker, |t| t.list()).await;
+        if let Ok(tasks) = listed
+            && let Some(t) = tasks.into_iter().find(|t| t.id == id)
+        {
+            return Ok(t);
+        }
+        let ball = id.clone();
+        let title = journaled(&self.env.journal, move |j| j.tasks())
+            .await?
+            .into_iter()
+            .find(|t| t.ball_id == ball)
+            .map(|t| t.title)
+            .unwrap_or_default();
+        Ok(Task {
+            id,
+            title,
+            context: String::new(),
+            acceptance_criteria: vec![],
+            priority: crate::tracker::Priority::Medium,
+            state: "complete".into(),
+            blocked_reason: String::new(),
+            depends_on: vec![],
+            tags: vec![],
+            waiting_on: vec![],
+            issue: None,
+        })
     }
 
     /// With nothing running for `idle_timeout`, the worker goes.
@@ -396,6 +657,7 @@ impl Orchestrator {
     ) -> Result<(), OrchestratorError> {
         let printer = self.env.printer;
         st.in_flight.remove(&report.id);
+        st.aborts.remove(&report.id);
         st.summary.agent_secs += report.agent.as_secs_f64();
         st.summary.git_secs += report.git.as_secs_f64();
         let requeued =
@@ -506,6 +768,12 @@ impl Orchestrator {
             None => Ok(st.summary),
         }
     }
+}
+
+/// A remote tracker's error that a later poll may not meet (rate limit, outage).
+fn remote_transient(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    e.downcast_ref::<crate::github::GithubError>()
+        .is_some_and(|g| g.is_transient())
 }
 
 /// A store that refused one of the loop's own transitions stops the loop.
