@@ -1284,7 +1284,7 @@ impl FakeGithub {
     /// A submitted review ("APPROVED", "CHANGES_REQUESTED", "COMMENTED") on the PR's head; its id.
     pub fn add_review(&self, pr: u64, user: &str, state: &str, body: &str) -> u64 {
         self.with_repo(|r, _| {
-            let head = r.head_sha(r.issues[&pr].pr.as_ref().expect("not a pull request"));
+            let head = r.head_sha(pull_of(r, pr));
             let id = next_id();
             r.reviews.push(Review {
                 id,
@@ -1378,7 +1378,13 @@ impl FakeGithub {
     }
 
     pub fn issue(&self, n: u64) -> Value {
-        self.with_repo(|r, u| r.issue_json(u, &r.issues[&n]))
+        self.with_repo(|r, u| {
+            let issue = r
+                .issues
+                .get(&n)
+                .unwrap_or_else(|| panic!("fake GitHub: no issue #{n} in {}", r.full()));
+            r.issue_json(u, issue)
+        })
     }
 
     pub fn comments(&self, n: u64) -> Value {
@@ -1407,7 +1413,10 @@ impl FakeGithub {
     }
 
     pub fn pull(&self, n: u64) -> Value {
-        self.with_repo(|r, u| r.pr_json(u, &r.issues[&n], true))
+        self.with_repo(|r, u| {
+            pull_of(r, n);
+            r.pr_json(u, &r.issues[&n], true)
+        })
     }
 
     pub fn reviews(&self, pr: u64) -> Value {
@@ -1465,6 +1474,14 @@ impl Drop for FakeGithub {
     }
 }
 
+/// Pull request `n`, or a panic naming what is missing (for the test-side helpers).
+fn pull_of(r: &Repo, n: u64) -> &Pr {
+    r.issues
+        .get(&n)
+        .and_then(|i| i.pr.as_ref())
+        .unwrap_or_else(|| panic!("fake GitHub: #{n} is not a pull request in {}", r.full()))
+}
+
 fn add_review_comment(
     r: &mut Repo,
     pr: u64,
@@ -1474,12 +1491,7 @@ fn add_review_comment(
     body: &str,
     in_reply_to: Option<u64>,
 ) -> u64 {
-    let head = r.head_sha(
-        r.issues
-            .get(&pr)
-            .and_then(|i| i.pr.as_ref())
-            .expect("not a pull request"),
-    );
+    let head = r.head_sha(pull_of(r, pr));
     let t = now();
     let review = next_id();
     r.reviews.push(Review {
