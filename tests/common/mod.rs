@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_gce;
+pub mod fake_github;
 pub mod sshd;
 pub mod testhost;
 pub mod trackers;
