@@ -253,11 +253,13 @@ impl Project {
         Ok(match s.tracker.kind {
             TrackerKind::Juggle => Arc::new(self.tracker()),
             TrackerKind::Github => {
-                let gh = github
-                    .cloned()
-                    .ok_or(PortsError::Github(GithubError::NoRepo(
-                        "tracker.kind = \"github\" but no GitHub repository is configured".into(),
-                    )))?;
+                let gh =
+                    github
+                        .cloned()
+                        .ok_or(PortsError::Github(Box::new(GithubError::NoRepo(
+                            "tracker.kind = \"github\" but no GitHub repository is configured"
+                                .into(),
+                        ))))?;
                 Arc::new(GithubTracker::new(
                     gh,
                     s.github.label.clone(),
@@ -295,17 +297,17 @@ impl Project {
     pub(crate) async fn github(&self, printer: Printer) -> Result<Option<Github>, PortsError> {
         let s = self.settings();
         let needed = s.tracker.kind == TrackerKind::Github;
-        if !needed && !(s.github.pull_requests && s.git.push) {
+        if !needed && (!s.github.pull_requests || !s.git.push) {
             return Ok(None);
         }
         let repo = match self.github_repo() {
             Ok(r) => r,
-            Err(e) if needed => return Err(PortsError::Github(e)),
+            Err(e) if needed => return Err(PortsError::Github(Box::new(e))),
             Err(_) => return Ok(None),
         };
         let creds = match Credentials::resolve(&s.github, &s.gcp).await {
             Ok(c) => c,
-            Err(e) if needed => return Err(PortsError::Github(e)),
+            Err(e) if needed => return Err(PortsError::Github(Box::new(e))),
             Err(e) => {
                 printer.warn(format!(
                     "no pull requests on {repo}: {e}{}",
@@ -316,7 +318,7 @@ impl Project {
         };
         Github::new(&s.github.api_url, repo, creds)
             .map(Some)
-            .map_err(PortsError::Github)
+            .map_err(|e| PortsError::Github(Box::new(e)))
     }
 
     /// `github.repo`, or the repository `git.remote`'s URL names on the API's host.
@@ -407,7 +409,7 @@ pub(crate) enum PortsError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error(transparent)]
-    Github(GithubError),
+    Github(Box<GithubError>),
 }
 
 impl From<PortsError> for CommandError {
@@ -417,7 +419,7 @@ impl From<PortsError> for CommandError {
                 "set agent.prompt_template to a file relative to the project root, or \"\" for the built-in prompt",
             ),
             PortsError::Journal(e) => e.into(),
-            PortsError::Github(e) => e.into(),
+            PortsError::Github(e) => (*e).into(),
         }
     }
 }

@@ -10,6 +10,7 @@ mod test_contract;
 mod test_cost;
 mod test_fake_github;
 mod test_gcp;
+mod test_github;
 mod test_layers;
 mod test_lifecycle;
 mod test_loop;

@@ -126,6 +126,7 @@ fn ports(
         provider,
         connector: Connector::new(&SshSettings::default(), Arc::new(journal)),
         printer: Printer::new(true, false, true),
+        forge: None,
     };
     let ctx = RunContext {
         root: dir.to_path_buf(),

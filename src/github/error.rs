@@ -57,7 +57,7 @@ pub enum GithubError {
         path: String,
         api: String,
         #[source]
-        source: octocrab::Error,
+        source: Box<octocrab::Error>,
     },
     /// An answer cwo could not read.
     #[error("{path}: unexpected answer from GitHub")]
@@ -83,7 +83,7 @@ pub enum GithubError {
     Client {
         api: String,
         #[source]
-        source: octocrab::Error,
+        source: Box<octocrab::Error>,
     },
 }
 

@@ -107,6 +107,9 @@ impl fmt::Display for TokenSource {
     }
 }
 
+/// An installation token, when it expires, and the installation it is for.
+type Minted = (String, DateTime<Utc>, u64);
+
 /// How cwo authenticates: a token, or a GitHub App whose installation tokens it mints.
 #[derive(Clone)]
 enum Auth {
@@ -115,7 +118,7 @@ enum Auth {
         app_id: u64,
         /// The App-authenticated client (JWT bearer) that mints installation tokens.
         app: octocrab::Octocrab,
-        minted: Arc<Mutex<Option<(String, DateTime<Utc>, u64)>>>,
+        minted: Arc<Mutex<Option<Minted>>>,
     },
 }
 
@@ -155,7 +158,7 @@ impl Credentials {
                 .build()
                 .map_err(|source| GithubError::Client {
                     api: gh.api_url.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             return Ok(Credentials {
                 auth: Auth::App {
@@ -243,7 +246,7 @@ fn builder(
         })
         .map_err(|source| GithubError::Client {
             api: api_url.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -333,7 +336,7 @@ impl Github {
                 .build()
                 .map_err(|source| GithubError::Client {
                     api: api_url.clone(),
-                    source,
+                    source: Box::new(source),
                 })?
         };
         Ok(Github {
@@ -489,7 +492,7 @@ impl Github {
                 method: method.to_string(),
                 path: path.to_string(),
                 api: self.inner.api_url.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let status = res.status().as_u16();
         let body = app.body_to_string(res).await.unwrap_or_default();
@@ -687,7 +690,7 @@ impl Github {
             method: call.method.to_string(),
             path: call.path.clone(),
             api: self.inner.api_url.clone(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -24,21 +24,6 @@ pub(crate) const IN_PROGRESS: &str = "cwo:in-progress";
 pub(crate) const BLOCKED: &str = "cwo:blocked";
 pub(crate) const DONE: &str = "cwo:done";
 
-/// Every label cwo uses, with its colour and description (`cwo github init` creates them).
-pub(crate) const STATE_LABELS: &[(&str, &str, &str)] = &[
-    (IN_PROGRESS, "fbca04", "cwo: a worker is on it"),
-    (
-        BLOCKED,
-        "d93f0b",
-        "cwo: needs a human (the reason is in cwo's comment)",
-    ),
-    (DONE, "0e8a16", "cwo: delivered as a pull request"),
-    ("priority:urgent", "b60205", "cwo runs these first"),
-    ("priority:high", "d93f0b", ""),
-    ("priority:medium", "fbca04", ""),
-    ("priority:low", "c2e0c6", ""),
-];
-
 /// The hidden marker that makes a comment cwo's status comment for one controller.
 const MARKER: &str = "<!-- cwo:status";
 
@@ -219,8 +204,7 @@ pub(crate) fn dependencies(body: &str) -> Vec<u64> {
             continue;
         };
         let rest = &line[at..];
-        let mut chars = rest.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
+        for (i, c) in rest.char_indices() {
             if c != '#' {
                 continue;
             }
