@@ -144,7 +144,7 @@ fn an_issue_becomes_a_pull_request_that_follows_review_and_checks_until_merged()
         "Say hello to visitors.\n\n## Acceptance criteria\n- greeting.txt exists\n- it says hello\n",
         &["cwo", "priority:high"],
     );
-    let child = gh.spawn(&["run"]);
+    let mut child = gh.spawn(&["run"]);
     let branch = format!("cwo/{n}");
     let mut argv_leaks = Vec::new();
     let mut sample = || {
@@ -204,8 +204,18 @@ fn an_issue_becomes_a_pull_request_that_follows_review_and_checks_until_merged()
                 .iter()
                 .any(|r| r["in_reply_to_id"] == c && r["user"]["login"] == "cwo-bot")
         }),
-        "no reply: {:#}",
-        gh.fake.review_comments(number)
+        "no reply: {:#}\n{}",
+        gh.fake.review_comments(number),
+        {
+            kill(&child, "KILL");
+            std::thread::sleep(Duration::from_millis(300));
+            let mut e = String::new();
+            use std::io::Read;
+            if let Some(mut s) = child.stderr.take() {
+                let _ = s.read_to_string(&mut e);
+            }
+            e
+        }
     );
     let second_head = gh.fake.branch_sha(&branch).unwrap();
     assert_ne!(second_head, first_head);

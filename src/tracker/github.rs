@@ -159,8 +159,9 @@ impl GithubTracker {
             self.controller.clone(),
         );
         self.run(async move {
-            Self::set_state_label(&gh, n, label).await?;
+            // The comment first: once the label says so, the comment says why.
             Self::write_status(&gh, &comments, &controller, n, state, "-", &text).await?;
+            Self::set_state_label(&gh, n, label).await?;
             Ok(())
         })
     }
