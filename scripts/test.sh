@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v git >/dev/null 2>&1 || need+=(git)
+# The fake GitHub serves pushes through git http-backend (in git); its own tests drive it with curl.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v find >/dev/null 2>&1 || need+=(findutils)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v setsid >/dev/null 2>&1 || need+=(util-linux)
