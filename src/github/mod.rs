@@ -371,18 +371,21 @@ impl Github {
         &self.inner.credentials.source
     }
 
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.inner
+            .rt
+            .0
+            .as_ref()
+            .expect("the runtime lives as long as the client")
+    }
+
     /// Runs `f` on the client's runtime and waits for it from synchronous code (the tracker's
     /// calls, on the blocking pool or any other thread).
     pub fn block_on<T: Send + 'static>(
         &self,
         f: impl std::future::Future<Output = T> + Send + 'static,
     ) -> T {
-        let rt = self
-            .inner
-            .rt
-            .0
-            .as_ref()
-            .expect("the runtime lives as long as the client");
+        let rt = self.runtime();
         let handle = rt.handle().clone();
         // A thread of its own: `block_on` may not run on a thread that drives async code.
         std::thread::scope(|s| {
@@ -397,12 +400,7 @@ impl Github {
         &self,
         f: impl std::future::Future<Output = T> + Send + 'static,
     ) -> T {
-        let rt = self
-            .inner
-            .rt
-            .0
-            .as_ref()
-            .expect("the runtime lives as long as the client");
+        let rt = self.runtime();
         match rt.spawn(f).await {
             Ok(v) => v,
             Err(e) => match e.try_into_panic() {
@@ -412,8 +410,9 @@ impl Github {
         }
     }
 
-    /// The token for one git push (an App's installation token, minted or renewed when fewer
-    /// than ten minutes of its hour are left). Handed to git through its environment only.
+    /// The token for an API request or one git push (an App's installation token, minted or
+    /// renewed when fewer than ten minutes of its hour are left). Git gets it through its
+    /// environment only.
     pub async fn git_token(&self) -> Result<String, GithubError> {
         match &self.inner.credentials.auth {
             Auth::Token(t) => Ok(t.clone()),
@@ -573,7 +572,7 @@ impl Github {
                         .map(|c| c.etag.clone())
                 })
                 .flatten();
-            let token = self.bearer().await?;
+            let token = self.git_token().await?;
             let mut builder = http::Request::builder()
                 .method(call.method.clone())
                 .uri(path.as_str())
@@ -676,13 +675,6 @@ impl Github {
             return p.strip_prefix(prefix).unwrap_or(p).to_string();
         }
         path.to_string()
-    }
-
-    async fn bearer(&self) -> Result<String, GithubError> {
-        match &self.inner.credentials.auth {
-            Auth::Token(t) => Ok(t.clone()),
-            Auth::App { .. } => self.app_token().await,
-        }
     }
 
     fn transport(&self, call: &Call<'_>, source: octocrab::Error) -> GithubError {

@@ -434,6 +434,12 @@ impl Orchestrator {
             return Ok(());
         };
         let rows = journaled(&self.env.journal, |j| j.pull_requests(true)).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // One read of the tracker for every pull request of this poll (None: it could not be
+        // read; the journal's titles stand in).
+        let tasks = tracked(&self.tracker, |t| t.list()).await.ok();
         for row in rows {
             if st.in_flight.contains(&row.ball_id)
                 || st.follow_ups.iter().any(|(t, _)| t.id == row.ball_id)
@@ -459,7 +465,8 @@ impl Orchestrator {
                     continue;
                 }
             };
-            self.pull_request_moved(st, row, report).await?;
+            self.pull_request_moved(st, row, report, tasks.as_deref())
+                .await?;
         }
         Ok(())
     }
@@ -470,12 +477,13 @@ impl Orchestrator {
         st: &mut RunState,
         mut row: PullRequestRow,
         report: crate::forge::PullRequestReport,
+        tasks: Option<&[Task]>,
     ) -> Result<(), OrchestratorError> {
         let printer = self.env.printer;
         let max = self.env.settings.github.max_feedback_rounds;
         row.review_state = report.review_state.clone();
         row.check_state = report.check_state.clone();
-        let task = self.task_for(&row).await?;
+        let task = self.task_for(&row, tasks).await?;
         match &report.life {
             PullRequestLife::Merged { by } => {
                 row.state = "merged".into();
@@ -505,18 +513,7 @@ impl Orchestrator {
                     "pull request #{} closed without merging by {by}",
                     row.number
                 );
-                printer.status(format!("✗ {} blocked: {reason}", row.ball_id));
-                let blocked = self
-                    .env
-                    .recorder
-                    .apply(Transition::Blocked { task, reason })
-                    .await;
-                if let Err(e) = blocked {
-                    printer.warn(format!(
-                        "could not record that {} is blocked: {e}",
-                        row.ball_id
-                    ));
-                }
+                self.block_for_pull_request(&row, task, reason).await;
             }
             PullRequestLife::Open { .. } if report.has_feedback() && row.rounds >= max => {
                 row.state = "blocked".into();
@@ -524,18 +521,7 @@ impl Orchestrator {
                     "pull request #{} still has review comments or failed checks after {max} feedback round(s); it stays open for a human",
                     row.number
                 );
-                printer.status(format!("✗ {} blocked: {reason}", row.ball_id));
-                let blocked = self
-                    .env
-                    .recorder
-                    .apply(Transition::Blocked { task, reason })
-                    .await;
-                if let Err(e) = blocked {
-                    printer.warn(format!(
-                        "could not record that {} is blocked: {e}",
-                        row.ball_id
-                    ));
-                }
+                self.block_for_pull_request(&row, task, reason).await;
             }
             PullRequestLife::Open { .. } if report.has_feedback() => {
                 row.rounds += 1;
@@ -567,15 +553,34 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// Blocks a task because of its pull request; a store that refuses is a warning (the pull
+    /// request row still records why).
+    async fn block_for_pull_request(&self, row: &PullRequestRow, task: Task, reason: String) {
+        let printer = self.env.printer;
+        printer.status(format!("✗ {} blocked: {reason}", row.ball_id));
+        let blocked = self
+            .env
+            .recorder
+            .apply(Transition::Blocked { task, reason })
+            .await;
+        if let Err(e) = blocked {
+            printer.warn(format!(
+                "could not record that {} is blocked: {e}",
+                row.ball_id
+            ));
+        }
+    }
+
     /// The task a pull request belongs to, as the tracker has it now (or, once it left the
     /// tracker, as the journal remembers it).
-    async fn task_for(&self, row: &PullRequestRow) -> Result<Task, OrchestratorError> {
+    async fn task_for(
+        &self,
+        row: &PullRequestRow,
+        tasks: Option<&[Task]>,
+    ) -> Result<Task, OrchestratorError> {
         let id = row.ball_id.clone();
-        let listed = tracked(&self.tracker, |t| t.list()).await;
-        if let Ok(tasks) = listed
-            && let Some(t) = tasks.into_iter().find(|t| t.id == id)
-        {
-            return Ok(t);
+        if let Some(t) = tasks.into_iter().flatten().find(|t| t.id == id) {
+            return Ok(t.clone());
         }
         let ball = id.clone();
         let title = journaled(&self.env.journal, move |j| j.tasks())
