@@ -450,3 +450,84 @@ fn a_bad_token_says_where_it_came_from() {
     );
     assert!(!run.stderr.contains("ghp_wrong"), "{}", run.stderr);
 }
+
+#[test]
+fn status_lists_open_pull_requests_with_their_review_and_check_state() {
+    let gh = setup("", "[tracker]\nkind = \"github\"\n");
+    let n = gh.fake.add_issue("Greet", "", &["cwo"]);
+    let waiting = gh.fake.add_issue("Later", "depends on #1", &["cwo"]);
+    assert_eq!(waiting, n + 1);
+    let branch = format!("cwo/{n}");
+    let child = gh.spawn(&["run"]);
+    assert!(wait_for(Duration::from_secs(60), || gh
+        .pull_for(&branch)
+        .is_some()));
+    let pr = gh.pull_for(&branch).unwrap();
+    let number = pr["number"].as_u64().unwrap();
+    let head = pr["head"]["sha"].as_str().unwrap().to_string();
+    gh.fake.add_review(number, "alice", "APPROVED", "");
+    gh.fake
+        .add_check_run(&head, "tests", Some("success"), "all green");
+    assert!(
+        wait_for(Duration::from_secs(60), || gh
+            .env
+            .journal("SELECT review_state, check_state FROM pull_requests")
+            == "approved|success"),
+        "{}",
+        gh.env
+            .journal("SELECT review_state, check_state FROM pull_requests")
+    );
+    kill(&child, "INT");
+    child.wait_with_output().unwrap();
+
+    let json = gh.run(&["status", "--format", "json"]).ok().json();
+    let prs = json["pull_requests"].as_array().unwrap();
+    assert_eq!(prs.len(), 1, "{json:#}");
+    assert_eq!(prs[0]["number"], number);
+    assert_eq!(prs[0]["task"], n.to_string());
+    assert_eq!(prs[0]["state"], "open");
+    assert_eq!(prs[0]["review"], "approved");
+    assert_eq!(prs[0]["checks"], "success");
+    assert_eq!(prs[0]["url"], pr["html_url"]);
+    // The tasks are the repository's issues: the one that waits on the first is not ready.
+    assert_eq!(json["tracker_error"], Value::Null);
+    let ids: Vec<&str> = json["tasks"]["balls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&waiting.to_string().as_str()), "{json:#}");
+    assert!(
+        json["tasks"]["ready"].as_array().unwrap().is_empty(),
+        "{json:#}"
+    );
+    let table = gh.run(&["status"]).ok().stdout;
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("#{number} ")))
+        .unwrap_or_else(|| panic!("no pull request line:\n{table}"));
+    for word in [&n.to_string(), "open", "approved", "success", "0/3"] {
+        assert!(line.contains(word), "{line}");
+    }
+
+    // GitHub out of reach: the workers and pull requests are still shown, the tracker's
+    // failure is said on stderr.
+    let down = gh
+        .env
+        .cmd(&["status", "--format", "json"])
+        .env("TEST_GH_TOKEN", "ghp_wrong")
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&down.stdout).unwrap();
+    assert!(down.status.success());
+    assert!(
+        doc["tracker_error"]
+            .as_str()
+            .unwrap()
+            .contains("github.token"),
+        "{doc:#}"
+    );
+    assert_eq!(doc["pull_requests"].as_array().unwrap().len(), 1);
+    assert!(String::from_utf8_lossy(&down.stderr).contains("the tracker could not be read"));
+}

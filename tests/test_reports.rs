@@ -42,8 +42,19 @@ pub(crate) fn ledger(env: &TestEnv) -> String {
 fn status_report() {
     let env = TestEnv::new();
     env.settings("[agent]\ncommand = [\"sh\"]");
-    env.add(&["First", "--ac", "one"]);
+    let id = env.add(&["First", "--ac", "one"]);
     env.cwo(&["up"]).ok();
+    // Two pull requests as the loop recorded them: one open with feedback in hand (shown), one
+    // merged (not shown).
+    let conn = rusqlite::Connection::open(env.state.join("journal.sqlite")).unwrap();
+    conn.execute_batch(&format!(
+        "INSERT INTO pull_requests (ball_id, number, url, branch, state, rounds, review_state, check_state, updated_at)
+         VALUES ('{id}', 7, 'https://github.com/acme/widgets/pull/7', 'cwo/{id}', 'open', 1,
+                 'changes_requested', 'failure', '2026-01-05T10:00:00Z'),
+                ('old', 3, 'https://github.com/acme/widgets/pull/3', 'cwo/old', 'merged', 0,
+                 'approved', 'success', '2026-01-04T10:00:00Z');"
+    ))
+    .unwrap();
     filters(&env).bind(|| {
         let json = env.cwo(&["status", "--format", "json"]).ok().json();
         insta::assert_json_snapshot!("status_json", json, {

@@ -17,6 +17,11 @@ pub(crate) async fn status(
             "the provider could not list workers ({e}); showing the journal only"
         ));
     }
+    if let Some(e) = &report.tracker_error {
+        printer.warn(format!(
+            "the tracker could not be read ({e}); no tasks are shown"
+        ));
+    }
     report::print(&printer, &report, format == Format::Json);
     Ok(ExitStatus::Success)
 }

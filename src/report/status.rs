@@ -8,12 +8,12 @@ use serde::Serialize;
 use super::table::Table;
 use super::{Report, SCHEMA_VERSION};
 use crate::error::CommandError;
-use crate::journal::{ControllerLock, WorkerRow};
+use crate::journal::{ControllerLock, PullRequestRow, WorkerRow};
 use crate::model::ids::slug;
 use crate::printer::{Printer, fmt_secs};
 use crate::project::Project;
 use crate::provider::Instance;
-use crate::tracker::{Task, Tracker};
+use crate::tracker::Task;
 
 /// One worker as the journal and the cloud see it.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +48,24 @@ pub(crate) struct TaskStatus {
     pub(crate) balls: Vec<Task>,
 }
 
+/// A pull request cwo opened that is still open on the forge, as the loop last saw it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PullRequestStatus {
+    pub(crate) task: String,
+    pub(crate) number: u64,
+    pub(crate) url: String,
+    /// "open" (watched) or "blocked" (feedback rounds spent: left for a human).
+    pub(crate) state: String,
+    /// The last review from someone else: approved | changes_requested | commented | "".
+    pub(crate) review: String,
+    /// The head commit's checks and statuses: success | failure | pending | "" (none).
+    pub(crate) checks: String,
+    pub(crate) feedback_rounds: u32,
+    pub(crate) max_feedback_rounds: u32,
+    /// When the loop last read it (review and checks are as of then).
+    pub(crate) seen_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct StatusReport {
     pub(crate) schema_version: u32,
@@ -57,7 +75,10 @@ pub(crate) struct StatusReport {
     pub(crate) workers: Vec<WorkerStatus>,
     /// Why the provider's list failed (the workers are then the journal's only).
     pub(crate) provider_list_error: Option<String>,
+    /// Why the tracker could not be read (the tasks are then empty).
+    pub(crate) tracker_error: Option<String>,
     pub(crate) tasks: TaskStatus,
+    pub(crate) pull_requests: Vec<PullRequestStatus>,
 }
 
 /// Gathers the status. A stopped worker is never shown as ready: it is deleted here and now (its
@@ -101,7 +122,17 @@ pub(crate) async fn collect(
         idle_timeout,
         now,
     );
-    let balls = project.tracker().list()?;
+    let (balls, tracker_error) = match tasks(project, printer).await {
+        Ok(b) => (b, None),
+        Err(e) => (vec![], Some(e)),
+    };
+    let max = project.settings().github.max_feedback_rounds;
+    let pull_requests = journal
+        .pull_requests(false)?
+        .into_iter()
+        .filter(|r| r.state == "open" || r.state == "blocked")
+        .map(|r| pull_request_status(r, max))
+        .collect();
     Ok(StatusReport {
         schema_version: SCHEMA_VERSION,
         project: project.root.clone(),
@@ -109,8 +140,37 @@ pub(crate) async fn collect(
         controller_pid: controller,
         workers,
         provider_list_error: list_error,
+        tracker_error,
         tasks: task_status(balls),
+        pull_requests,
     })
+}
+
+/// The configured tracker's tasks (`github` reads the repository's issues: an unreachable
+/// GitHub is reported, not fatal, so `status` still shows the workers).
+async fn tasks(project: &Project, printer: Printer) -> Result<Vec<Task>, String> {
+    let github = project.github(printer).await.map_err(|e| e.to_string())?;
+    let tracker = project
+        .task_source(github.as_ref())
+        .map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || tracker.list())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+fn pull_request_status(r: PullRequestRow, max_feedback_rounds: u32) -> PullRequestStatus {
+    PullRequestStatus {
+        task: r.ball_id,
+        number: r.number,
+        url: r.url,
+        state: r.state,
+        review: r.review_state,
+        checks: r.check_state,
+        feedback_rounds: r.rounds,
+        max_feedback_rounds,
+        seen_at: r.updated_at,
+    }
 }
 
 /// The journal's live workers, each with what the provider's list (`None`: it failed) says of
@@ -230,6 +290,36 @@ impl Report for StatusReport {
             c.researched,
             self.tasks.ready.len()
         ));
+        if !self.pull_requests.is_empty() {
+            let mut t = Table::new(&[
+                "pull request",
+                "task",
+                "state",
+                "review",
+                "checks",
+                "rounds",
+                "url",
+            ]);
+            let dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.replace('_', " ")
+                }
+            };
+            for p in &self.pull_requests {
+                t.row(vec![
+                    format!("#{}", p.number),
+                    p.task.clone(),
+                    p.state.clone(),
+                    dash(&p.review),
+                    dash(&p.checks),
+                    format!("{}/{}", p.feedback_rounds, p.max_feedback_rounds),
+                    p.url.clone(),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
         out
     }
 }
