@@ -84,6 +84,9 @@ pub enum Command {
     /// Budget gates for CI, and the cloud's own budget alert.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// GitHub: the labels the GitHub tracker uses (`cwo github init`).
+    #[command(subcommand)]
+    Github(GithubCommand),
     /// The worker bootstrap (swap, packages, opencode, work user, sshd hardening, watchdog).
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
@@ -172,6 +175,24 @@ pub enum Period {
 pub enum OnUnknown {
     Fail,
     Warn,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GithubCommand {
+    /// Create the labels cwo uses on the repository (github.repo, else the remote's): the
+    /// queue label (github.label), cwo:in-progress, cwo:blocked, cwo:done and
+    /// priority:urgent|high|medium|low. Labels that exist are left as they are.
+    Init(GithubInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GithubInitArgs {
+    /// Say which labels would be created, and create none.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format; json carries a schema_version.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
 }
 
 #[derive(Debug, Subcommand)]

@@ -300,25 +300,32 @@ impl Project {
         if !needed && (!s.github.pull_requests || !s.git.push) {
             return Ok(None);
         }
-        let repo = match self.github_repo() {
-            Ok(r) => r,
-            Err(e) if needed => return Err(PortsError::Github(Box::new(e))),
-            Err(_) => return Ok(None),
-        };
-        let creds = match Credentials::resolve(&s.github, &s.gcp).await {
-            Ok(c) => c,
-            Err(e) if needed => return Err(PortsError::Github(Box::new(e))),
+        match self.github_client().await {
+            Ok(gh) => Ok(Some(gh)),
+            Err(e) if needed => Err(PortsError::Github(Box::new(e))),
+            // No GitHub repository: nothing to say. No token for one: say why no pull requests.
+            Err(GithubError::NoRepo(_)) => Ok(None),
             Err(e) => {
+                let on = self
+                    .github_repo()
+                    .map(|r| format!(" on {r}"))
+                    .unwrap_or_default();
                 printer.warn(format!(
-                    "no pull requests on {repo}: {e}{}",
+                    "no pull requests{on}: {e}{}",
                     e.hint().map(|h| format!(" ({h})")).unwrap_or_default()
                 ));
-                return Ok(None);
+                Ok(None)
             }
-        };
+        }
+    }
+
+    /// The client for [`Self::github_repo`] with the resolved credentials, whatever the tracker
+    /// (`cwo github init`, `cwo doctor`).
+    pub(crate) async fn github_client(&self) -> Result<Github, GithubError> {
+        let s = self.settings();
+        let repo = self.github_repo()?;
+        let creds = Credentials::resolve(&s.github, &s.gcp).await?;
         Github::new(&s.github.api_url, repo, creds)
-            .map(Some)
-            .map_err(|e| PortsError::Github(Box::new(e)))
     }
 
     /// `github.repo`, or the repository `git.remote`'s URL names on the API's host.

@@ -531,3 +531,154 @@ fn status_lists_open_pull_requests_with_their_review_and_check_state() {
     assert_eq!(doc["pull_requests"].as_array().unwrap().len(), 1);
     assert!(String::from_utf8_lossy(&down.stderr).contains("the tracker could not be read"));
 }
+
+/// The doctor's check named `name` (the first, for the lists).
+fn check(doc: &Value, name: &str) -> Value {
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} check: {doc:#}"))
+}
+
+#[test]
+fn github_init_creates_the_labels_the_tracker_uses_and_doctor_checks_them() {
+    let gh = setup("", "[tracker]\nkind = \"github\"\n");
+    // Before: the queue label is missing, which the doctor calls a failure with its fix.
+    let before = gh.run(&["doctor", "--format", "json"]);
+    assert_eq!(before.code, 1, "{}", before.stdout);
+    let doc = before.json();
+    assert_eq!(check(&doc, "github")["status"], "ok", "{doc:#}");
+    assert!(
+        check(&doc, "github")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cwo-bot on http"),
+        "{doc:#}"
+    );
+    assert_eq!(check(&doc, "github repo")["status"], "ok", "{doc:#}");
+    let labels = check(&doc, "labels");
+    assert_eq!(labels["status"], "fail", "{doc:#}");
+    assert_eq!(labels["fix"], "cwo github init");
+
+    // A dry run creates nothing.
+    let dry = gh
+        .run(&["github", "init", "--dry-run", "--format", "json"])
+        .ok()
+        .json();
+    let actions: Vec<&str> = dry["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec!["would_create"; 8], "{dry:#}");
+    assert!(!gh.fake.requests().iter().any(|r| r.method == "POST"));
+
+    // init creates the eight, with their colours; a second init finds them all.
+    let made = gh.run(&["github", "init"]).ok();
+    assert!(
+        made.stderr.contains("8 label(s) created on acme/widgets"),
+        "{}",
+        made.stderr
+    );
+    for name in [
+        "cwo",
+        "cwo:in-progress",
+        "cwo:blocked",
+        "cwo:done",
+        "priority:urgent",
+        "priority:low",
+    ] {
+        assert!(made.stdout.contains(name), "{}", made.stdout);
+    }
+    let again = gh.run(&["github", "init", "--format", "json"]).ok().json();
+    assert!(
+        again["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["action"] == "exists"),
+        "{again:#}"
+    );
+    gh.fake.add_issue("Greet", "", &["cwo"]);
+    let after = gh.run(&["doctor", "--format", "json"]).json();
+    let labels = check(&after, "labels");
+    assert_eq!(labels["status"], "ok", "{after:#}");
+    assert!(
+        labels["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 open issue(s) labelled `cwo`"),
+        "{after:#}"
+    );
+}
+
+#[test]
+fn doctor_says_what_the_token_cannot_do() {
+    let gh = setup("", "[tracker]\nkind = \"github\"\n");
+    let doctor = |token: &str| -> Value {
+        let out = gh
+            .env
+            .cmd(&["doctor", "--format", "json"])
+            .env("TEST_GH_TOKEN", token)
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(token));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // A token GitHub refuses: where it came from, not what it is.
+    let bad = check(&doctor("ghp_wrong"), "github");
+    assert_eq!(bad["status"], "fail");
+    assert!(
+        bad["detail"]
+            .as_str()
+            .unwrap()
+            .contains("github.token (env:TEST_GH_TOKEN)"),
+        "{bad:#}"
+    );
+    // A token that may read but not push.
+    gh.fake.add_token("ghp_readonly", "reader", false);
+    let repo = check(&doctor("ghp_readonly"), "github repo");
+    assert_eq!(repo["status"], "fail", "{repo:#}");
+    assert!(
+        repo["detail"]
+            .as_str()
+            .unwrap()
+            .contains("reader can read acme/widgets but not push"),
+        "{repo:#}"
+    );
+    // A classic token without the repo scope.
+    gh.fake.set_scopes("read:org, gist");
+    let scoped = check(&doctor(TOKEN), "github repo");
+    assert_eq!(scoped["status"], "fail", "{scoped:#}");
+    assert!(
+        scoped["detail"]
+            .as_str()
+            .unwrap()
+            .contains("(read:org, gist)"),
+        "{scoped:#}"
+    );
+    // A repository the token cannot see.
+    let other = gh
+        .env
+        .cmd(&[
+            "doctor",
+            "--format",
+            "json",
+            "--config",
+            "github.repo=\"acme/secret\"",
+        ])
+        .env("TEST_GH_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&other.stdout).unwrap();
+    let missing = check(&doc, "github");
+    assert_eq!(missing["status"], "fail", "{doc:#}");
+    assert!(
+        missing["detail"].as_str().unwrap().contains("acme/secret"),
+        "{missing:#}"
+    );
+}

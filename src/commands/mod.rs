@@ -9,6 +9,7 @@ mod cost;
 mod demo;
 mod doctor;
 mod down;
+mod github;
 mod logs;
 mod reap;
 mod run;
@@ -62,6 +63,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<ExitStatus, CommandError> {
         Command::Budget(crate::cli::BudgetCommand::Alert(cmd)) => {
             budget_alert::alert(&load()?, printer, &cmd).await
         }
+        Command::Github(cmd) => github::github(&load()?, printer, &cmd).await,
         Command::Doctor(args) => doctor::doctor(&load_quiet()?, printer, args.format).await,
         Command::Demo(args) => demo::demo(printer, &args, g).await,
         Command::Completions { shell } => completions::completions(shell),

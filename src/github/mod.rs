@@ -288,6 +288,8 @@ struct Inner {
     stats: Stats,
     login: tokio::sync::OnceCell<String>,
     installation: tokio::sync::OnceCell<u64>,
+    /// The last `x-oauth-scopes` header seen (classic tokens only).
+    scopes: Mutex<Option<String>>,
 }
 
 /// A runtime of the client's own, shut down in the background when the client goes (a runtime
@@ -351,6 +353,7 @@ impl Github {
                 stats: Stats::default(),
                 login: tokio::sync::OnceCell::new(),
                 installation: tokio::sync::OnceCell::new(),
+                scopes: Mutex::default(),
             }),
         })
     }
@@ -369,6 +372,19 @@ impl Github {
 
     pub fn token_source(&self) -> &TokenSource {
         &self.inner.credentials.source
+    }
+
+    /// A classic token's OAuth scopes, as GitHub's last answer listed them (`None`: not a
+    /// classic token, or nothing asked yet; fine-grained and App tokens have permissions
+    /// instead, seen in the repository's `permissions`).
+    pub fn token_scopes(&self) -> Option<Vec<String>> {
+        let s = self.inner.scopes.lock().unwrap().clone()?;
+        Some(
+            s.split(',')
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        )
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
@@ -608,6 +624,9 @@ impl Github {
             let headers = res.headers().clone();
             self.note_rate_limit(status, &headers);
             let next = next_link(&headers);
+            if let Some(scopes) = headers.get("x-oauth-scopes").and_then(|v| v.to_str().ok()) {
+                *inner.scopes.lock().unwrap() = Some(scopes.to_string());
+            }
             let etag = headers.get(http::header::ETAG).cloned();
             let body = http_body_util::BodyExt::collect(res.into_body())
                 .await

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::{Report, SCHEMA_VERSION};
 use crate::bootstrap::Method;
-use crate::config::Settings;
+use crate::config::{Settings, TrackerKind};
+use crate::github::{Credentials, Github, GithubError};
 use crate::journal::ControllerLock;
 use crate::project::Project;
 use crate::provider::{Check, CheckStatus};
@@ -30,6 +31,7 @@ pub(crate) async fn collect(project: &Project) -> DoctorReport {
     let provider = project.provider_to_inspect();
     let mut checks = tracker_checks(project);
     checks.extend(repository_checks(project));
+    checks.extend(github_checks(project).await);
     checks.extend(state_checks(project));
     checks.extend(settings_checks(project));
     if provider.creates_machines() {
@@ -69,8 +71,49 @@ fn git(args: &[&str], dir: &Path) -> Option<String> {
     Program::new("git").args(args).dir(dir).probe()
 }
 
-/// The juggle file: readable, and each problem in it with what cwo does about it.
+/// The configured tracker's data, readable, and each problem in it with what cwo does about it
+/// (GitHub's are among `github_checks`).
 fn tracker_checks(project: &Project) -> Vec<Check> {
+    let s = project.settings();
+    match s.tracker.kind {
+        TrackerKind::Juggle => juggle_checks(project),
+        TrackerKind::Github => vec![],
+        TrackerKind::Frontloop => {
+            let dir = project.root.join(&s.tracker.frontloop_dir);
+            let tracker =
+                crate::tracker::frontloop::Frontloop::new(dir.clone(), s.tracker.epic.clone());
+            match tracker.list().and_then(|t| Ok((t, tracker.problems()?))) {
+                Ok((t, problems)) => {
+                    let ready = t.iter().filter(|t| t.is_ready()).count();
+                    let summary = format!("{}: {} task(s), {ready} ready", dir.display(), t.len());
+                    let mut checks = vec![if t.is_empty() && problems.is_empty() {
+                        Check::warn(
+                            "tracker",
+                            summary,
+                            "add task files with `fl` (juggle 1.x) under ready/",
+                        )
+                    } else {
+                        Check::ok("tracker", summary)
+                    }];
+                    checks.extend(
+                        problems
+                            .into_iter()
+                            .map(|p| Check::warn("tracker", p.to_string(), "")),
+                    );
+                    checks
+                }
+                Err(e) => vec![Check::fail(
+                    "tracker",
+                    e.to_string(),
+                    "check tracker.frontloop_dir and the directory's permissions",
+                )],
+            }
+        }
+    }
+}
+
+/// The juggle file: readable, and each problem in it with what cwo does about it.
+fn juggle_checks(project: &Project) -> Vec<Check> {
     let tracker = project.tracker_quiet();
     match tracker.list().and_then(|t| Ok((t, tracker.problems()?))) {
         Ok((t, problems)) if tracker.balls_path().exists() || !problems.is_empty() => {
@@ -140,6 +183,159 @@ fn repository_checks(project: &Project) -> Vec<Check> {
                     s.git.remote
                 ),
             ),
+        });
+    }
+    checks
+}
+
+/// What GitHub answers for the configured repository, when cwo works with one: the token and
+/// where it came from, the account, its permissions on the repository, and (for the GitHub
+/// tracker) the labels and the queue.
+async fn github_checks(project: &Project) -> Vec<Check> {
+    let s = project.settings();
+    let needed = s.tracker.kind == TrackerKind::Github;
+    if !needed && (!s.github.pull_requests || !s.git.push) {
+        return vec![];
+    }
+    // Without the GitHub tracker a missing GitHub only means no pull requests: a warning.
+    let fail_or_warn = |detail: String, fix: String| {
+        if needed {
+            Check::fail("github", detail, fix)
+        } else {
+            Check::warn("github", format!("{detail}: no pull requests"), fix)
+        }
+    };
+    let hint = |e: &GithubError| e.hint().unwrap_or_default();
+    let repo = match project.github_repo() {
+        Ok(r) => r,
+        Err(e) if needed => {
+            return vec![Check::fail(
+                "github",
+                e.to_string(),
+                "set github.repo = \"owner/name\"",
+            )];
+        }
+        Err(_) => {
+            return vec![Check::ok(
+                "github",
+                format!(
+                    "pull requests off: git remote `{}` is not on {}",
+                    s.git.remote,
+                    crate::github::host_of(&s.github.api_url)
+                ),
+            )];
+        }
+    };
+    let creds = match Credentials::resolve(&s.github, &s.gcp).await {
+        Ok(c) => c,
+        Err(e) => return vec![fail_or_warn(format!("no token for {repo}: {e}"), hint(&e))],
+    };
+    let gh = match Github::new(&s.github.api_url, repo.clone(), creds) {
+        Ok(gh) => gh,
+        Err(e) => return vec![fail_or_warn(e.to_string(), hint(&e))],
+    };
+    let (label, tracker) = (s.github.label.clone(), needed);
+    let client = gh.clone();
+    let answers = gh
+        .run(async move {
+            let login = client.own_login().await?;
+            let repository = client.repository().await?;
+            let labels = if tracker {
+                Some((
+                    client.labels().await?,
+                    client.labelled_issues(&label).await?.len(),
+                ))
+            } else {
+                None
+            };
+            Ok::<_, GithubError>((login, repository, labels))
+        })
+        .await;
+    let (login, repository, labels) = match answers {
+        Ok(a) => a,
+        Err(e) => return vec![fail_or_warn(e.to_string(), hint(&e))],
+    };
+    let mut checks = vec![Check::ok(
+        "github",
+        format!("{login} on {} (token: {})", gh.api_url(), gh.token_source()),
+    )];
+    let write_fix = "give the token write access to the repository (fine-grained: Contents, Issues and Pull requests read & write; classic: the repo scope; an App: install it on the repository with those permissions)";
+    let scopes = gh.token_scopes();
+    let lacks_scope = scopes
+        .as_ref()
+        .is_some_and(|s| !s.iter().any(|p| p == "repo" || p == "public_repo"));
+    checks.push(match &repository.permissions {
+        _ if lacks_scope => Check::fail(
+            "github repo",
+            format!(
+                "the classic token's scopes ({}) do not include repo: cwo cannot push or open pull requests on {repo}",
+                scopes.unwrap_or_default().join(", ")
+            ),
+            write_fix,
+        ),
+        Some(p) if !p.push => Check::fail(
+            "github repo",
+            format!(
+                "{login} can read {repo} but not push to it: cwo pushes task branches and opens pull requests"
+            ),
+            write_fix,
+        ),
+        Some(_) => Check::ok(
+            "github repo",
+            format!(
+                "{} (default branch {}): push allowed{}",
+                repository.full_name,
+                repository.default_branch,
+                scopes
+                    .map(|s| format!(", scopes {}", s.join(", ")))
+                    .unwrap_or_default()
+            ),
+        ),
+        None => Check::warn(
+            "github repo",
+            format!(
+                "{} (default branch {}): GitHub did not say what the token may do",
+                repository.full_name, repository.default_branch
+            ),
+            "make sure the token may push and open pull requests",
+        ),
+    });
+    if let Some((present, queued)) = labels {
+        let has = |name: &str| present.iter().any(|l| l.name.eq_ignore_ascii_case(name));
+        let specs = crate::tracker::github::labels(&s.github.label);
+        let missing: Vec<&str> = specs
+            .iter()
+            .skip(1)
+            .filter(|l| !has(&l.name))
+            .map(|l| l.name.as_str())
+            .collect();
+        checks.push(if !has(&s.github.label) {
+            Check::fail(
+                "labels",
+                format!(
+                    "label `{}` (github.label) does not exist on {repo}: no issue can be queued",
+                    s.github.label
+                ),
+                "cwo github init",
+            )
+        } else if !missing.is_empty() {
+            Check::warn(
+                "labels",
+                format!(
+                    "{queued} open issue(s) labelled `{}`; missing: {} (GitHub creates them grey on first use)",
+                    s.github.label,
+                    missing.join(", ")
+                ),
+                "cwo github init",
+            )
+        } else {
+            Check::ok(
+                "labels",
+                format!(
+                    "{queued} open issue(s) labelled `{}`; the state and priority labels exist",
+                    s.github.label
+                ),
+            )
         });
     }
     checks

@@ -1,4 +1,4 @@
-//! Typed reports: what `status`, `cost`, `budget check`, `budget alert`, `reap`, `doctor`, `task list`
+//! Typed reports: what `status`, `cost`, `budget check`, `budget alert`, `reap`, `doctor`, `github init`, `task list`
 //! and `config show` print. Each gathers its data here (from the journal, the provider, the tracker, the cost
 //! algorithms) into a `#[derive(Serialize)]` struct that carries `schema_version`; the command
 //! prints it through one of two paths: `Printer::json`, or the text the report renders (its
@@ -9,6 +9,7 @@ pub(crate) mod budget_alert;
 pub(crate) mod config;
 pub(crate) mod cost;
 pub(crate) mod doctor;
+pub(crate) mod github;
 pub(crate) mod plan;
 pub(crate) mod reap;
 pub(crate) mod sources;

@@ -24,6 +24,86 @@ pub(crate) const IN_PROGRESS: &str = "cwo:in-progress";
 pub(crate) const BLOCKED: &str = "cwo:blocked";
 pub(crate) const DONE: &str = "cwo:done";
 
+/// A label the GitHub tracker reads or writes, as `cwo github init` creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LabelSpec {
+    pub(crate) name: String,
+    /// Six hex digits, no `#` (as the API takes it).
+    pub(crate) color: &'static str,
+    pub(crate) description: &'static str,
+}
+
+/// Every label cwo uses with `queue` as `github.label`: the queue, the three states, the four
+/// priorities.
+pub(crate) fn labels(queue: &str) -> Vec<LabelSpec> {
+    let spec = |name: &str, color, description| LabelSpec {
+        name: name.to_string(),
+        color,
+        description,
+    };
+    vec![
+        spec(
+            queue,
+            "1d76db",
+            "Work for cwo: open issues with this label are its queue",
+        ),
+        spec(IN_PROGRESS, "fbca04", "cwo: a worker is on it"),
+        spec(
+            BLOCKED,
+            "d93f0b",
+            "cwo: blocked, the reason is in cwo's comment",
+        ),
+        spec(DONE, "0e8a16", "cwo: delivered as a pull request"),
+        spec("priority:urgent", "b60205", "cwo takes these first"),
+        spec("priority:high", "e99695", "cwo takes these before medium"),
+        spec("priority:medium", "fef2c0", "cwo's default priority"),
+        spec("priority:low", "c2e0c6", "cwo takes these last"),
+    ]
+}
+
+/// What `cwo github init` did with one label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LabelAction {
+    Created,
+    Exists,
+    /// `--dry-run`: it would be created.
+    WouldCreate,
+}
+
+/// Creates the labels of [`labels`] that `gh`'s repository lacks (an existing label is left as
+/// it is, whatever its colour); `dry_run` only says which.
+pub(crate) async fn ensure_labels(
+    gh: &Github,
+    queue: &str,
+    dry_run: bool,
+) -> Result<Vec<(LabelSpec, LabelAction)>, GithubError> {
+    let existing: HashSet<String> = gh
+        .labels()
+        .await?
+        .into_iter()
+        .map(|l| l.name.to_lowercase())
+        .collect();
+    let mut out = Vec::new();
+    for spec in labels(queue) {
+        // GitHub's label names are case-insensitive.
+        let action = if existing.contains(&spec.name.to_lowercase()) {
+            LabelAction::Exists
+        } else if dry_run {
+            LabelAction::WouldCreate
+        } else if gh
+            .create_label(&spec.name, spec.color, spec.description)
+            .await?
+        {
+            LabelAction::Created
+        } else {
+            LabelAction::Exists
+        };
+        out.push((spec, action));
+    }
+    Ok(out)
+}
+
 /// The hidden marker that makes a comment cwo's status comment for one controller.
 const MARKER: &str = "<!-- cwo:status";
 
