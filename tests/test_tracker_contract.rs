@@ -7,13 +7,25 @@ use std::sync::{Arc, Mutex};
 use cwo::tracker::frontloop::Frontloop;
 use cwo::tracker::{Priority, Task, Tracker, TrackerError};
 
-use crate::common::trackers::{FrontloopFixture, JuggleFixture, TaskSpec, TrackerFixture, fl_task};
+use crate::common::trackers::{
+    Deviation, FrontloopFixture, GithubFixture, JuggleFixture, TaskSpec, TrackerFixture, fl_task,
+};
 
 fn fixtures() -> Vec<Box<dyn TrackerFixture>> {
     vec![
         Box::new(JuggleFixture::new()),
         Box::new(FrontloopFixture::new()),
+        Box::new(GithubFixture::new()),
     ]
+}
+
+/// The failure message of an assertion on a known deviation.
+fn known(f: &dyn TrackerFixture, d: Deviation) -> String {
+    format!(
+        "{}: known deviation {d:?}; if the tracker keeps the contract now, drop it from the \
+         fixture's deviations()",
+        f.name()
+    )
 }
 
 fn ids(tasks: &[Task]) -> Vec<String> {
@@ -114,12 +126,17 @@ fn block_takes_the_task_out_of_ready_and_records_the_reason() {
         t.block(&a, "needs the staging credentials").unwrap();
         assert_eq!(ids(&t.ready().unwrap()), [b.as_str()], "{}", f.name());
         let blocked = task(t.as_ref(), &a);
-        assert_eq!(
-            blocked.blocked_reason,
-            "needs the staging credentials",
-            "{}",
-            f.name()
-        );
+        if f.deviates(Deviation::NoBlockedReason) {
+            let msg = known(f.as_ref(), Deviation::NoBlockedReason);
+            assert_eq!(blocked.blocked_reason, "", "{msg}");
+        } else {
+            assert_eq!(
+                blocked.blocked_reason,
+                "needs the staging credentials",
+                "{}",
+                f.name()
+            );
+        }
         assert!(
             !matches!(blocked.state.as_str(), "pending" | "in_progress"),
             "{}: {}",
@@ -167,7 +184,15 @@ fn a_second_controller_cannot_take_a_claimed_task_from_its_worker() {
             match again {
                 Err(TrackerError::Taken { id, by }) => {
                     assert_eq!(id, a, "{}", f.name());
-                    assert_eq!(by, "worker-1", "{}", f.name());
+                    if f.deviates(Deviation::TakenByNamesTheController) {
+                        assert!(
+                            by.starts_with("worker worker-1 of controller "),
+                            "{}: {by}",
+                            known(f.as_ref(), Deviation::TakenByNamesTheController)
+                        );
+                    } else {
+                        assert_eq!(by, "worker-1", "{}", f.name());
+                    }
                 }
                 other => panic!("{}: the second claim gave {other:?}", f.name()),
             }
@@ -194,7 +219,12 @@ fn a_second_controller_cannot_take_a_claimed_task_from_its_worker() {
 fn an_unreadable_entry_is_a_problem_with_its_place_not_a_failure() {
     for f in fixtures() {
         let a = f.add(&TaskSpec::new("Task a", Priority::Medium));
-        let file = f.add_unreadable();
+        let Some(file) = f.add_unreadable() else {
+            // Skipped: the store has no entry the tracker could fail to read (GitHub: issues are
+            // JSON the API writes, and every field the tracker reads has a fallback; its
+            // problems() is checked empty in the first test).
+            continue;
+        };
         let b = f.add(&TaskSpec::new("Task b", Priority::Medium));
         let t = f.tracker();
         assert_eq!(
@@ -226,11 +256,34 @@ fn unknown_and_unusable_ids_are_errors_that_change_nothing() {
             "{}",
             f.name()
         );
-        assert!(
-            matches!(t.complete("../escape", "x"), Err(TrackerError::Invalid(_))),
-            "{}",
-            f.name()
-        );
+        let missing = t.claim(&f.missing_id(), "w");
+        if f.deviates(Deviation::MissingIdIsARemoteError) {
+            assert!(
+                matches!(missing, Err(TrackerError::Remote(_))),
+                "{}: {missing:?}",
+                known(f.as_ref(), Deviation::MissingIdIsARemoteError)
+            );
+        } else {
+            assert!(
+                matches!(missing, Err(TrackerError::NotFound(_))),
+                "{}: {missing:?}",
+                f.name()
+            );
+        }
+        let escape = t.complete("../escape", "x");
+        if f.deviates(Deviation::UnusableIdIsNotFound) {
+            assert!(
+                matches!(escape, Err(TrackerError::NotFound(_))),
+                "{}: {escape:?}",
+                known(f.as_ref(), Deviation::UnusableIdIsNotFound)
+            );
+        } else {
+            assert!(
+                matches!(escape, Err(TrackerError::Invalid(_))),
+                "{}: {escape:?}",
+                f.name()
+            );
+        }
         assert_eq!(f.record(&a), before, "{}", f.name());
     }
 }

@@ -107,7 +107,7 @@ pub(crate) async fn ensure_labels(
 /// The hidden marker that makes a comment cwo's status comment for one controller.
 const MARKER: &str = "<!-- cwo:status";
 
-pub(crate) struct GithubTracker {
+pub struct GithubTracker {
     gh: Github,
     label: String,
     /// Task branches are `<branch_prefix><issue number>`: an open pull request from one means
@@ -155,7 +155,7 @@ fn status_body(controller: &str, state: &str, worker: &str, text: &str) -> Strin
 }
 
 impl GithubTracker {
-    pub(crate) fn new(
+    pub fn new(
         gh: Github,
         label: String,
         branch_prefix: String,

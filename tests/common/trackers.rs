@@ -6,9 +6,13 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cwo::github::{Credentials, Github, RepoRef, TokenSource};
 use cwo::tracker::frontloop::Frontloop;
+use cwo::tracker::github::GithubTracker;
 use cwo::tracker::juggle::Juggle;
 use cwo::tracker::{Priority, Tracker};
+
+use super::fake_github::FakeGithub;
 
 /// A task to put into a store.
 pub struct TaskSpec {
@@ -29,20 +33,50 @@ impl TaskSpec {
     }
 }
 
+/// A way a tracker's behaviour differs from the contract, known and not yet settled (in the
+/// tracker or in the contract). The suite asserts what the tracker does instead, exactly, so the
+/// deviation stays visible: fixing the tracker fails that assertion, and the entry goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deviation {
+    /// `list()` leaves `blocked_reason` empty after `block`; the reason is only in the record
+    /// (GitHub: in the status comment).
+    NoBlockedReason,
+    /// `Taken { by }` is "worker W of controller C", not the bare worker id W.
+    TakenByNamesTheController,
+    /// An id no task of the tracker could have (`../escape`) is `NotFound`, not `Invalid`
+    /// (GitHub: anything that is not an issue number is "not found").
+    UnusableIdIsNotFound,
+    /// Claiming [`TrackerFixture::missing_id`] is `Remote` (the API's 404), not `NotFound`.
+    MissingIdIsARemoteError,
+}
+
 pub trait TrackerFixture {
     fn name(&self) -> &str;
     /// A new tracker on the store, as another controller would open it.
     fn tracker(&self) -> Arc<dyn Tracker>;
     /// Adds a ready task after every task added before; returns its id.
     fn add(&self, spec: &TaskSpec) -> String;
-    /// Adds an entry the tracker cannot read; returns the file name its problem names.
-    fn add_unreadable(&self) -> String;
+    /// Adds an entry the tracker cannot read; returns the file name its problem names. `None`:
+    /// the tracker's store has no entry it could fail to read (GitHub: an issue is JSON the API
+    /// made, and every part of it the tracker reads has a fallback).
+    fn add_unreadable(&self) -> Option<String>;
     /// Task `id`'s stored text (the ball's line, the task's file), where notes are recorded.
     fn record(&self, id: &str) -> String;
     /// Whether a claim of a task another worker holds fails with `Taken` (frontloop, GitHub)
     /// rather than being taken as a re-claim (juggle, where one controller per project is
     /// guaranteed by the journal's controller lock).
     fn exclusive_claims(&self) -> bool;
+    /// An id of the tracker's own form that no task has.
+    fn missing_id(&self) -> String {
+        "no-such-task".into()
+    }
+    /// Where this tracker differs from the contract (see [`Deviation`]).
+    fn deviations(&self) -> &'static [Deviation] {
+        &[]
+    }
+    fn deviates(&self, d: Deviation) -> bool {
+        self.deviations().contains(&d)
+    }
 }
 
 pub fn juggle_priority(p: Priority) -> &'static str {
@@ -113,9 +147,9 @@ impl TrackerFixture for JuggleFixture {
         id
     }
 
-    fn add_unreadable(&self) -> String {
+    fn add_unreadable(&self) -> Option<String> {
         self.append(r#"{"id": "proj-broken", "title": not json"#);
-        "balls.jsonl".into()
+        Some("balls.jsonl".into())
     }
 
     fn record(&self, id: &str) -> String {
@@ -226,13 +260,13 @@ impl TrackerFixture for FrontloopFixture {
         id
     }
 
-    fn add_unreadable(&self) -> String {
+    fn add_unreadable(&self) -> Option<String> {
         std::fs::write(
             self.root().join("default/ready/5999-broken.md"),
             "# No front matter\n\nJust notes.\n",
         )
         .unwrap();
-        "5999-broken.md".into()
+        Some("5999-broken.md".into())
     }
 
     fn record(&self, id: &str) -> String {
@@ -243,5 +277,139 @@ impl TrackerFixture for FrontloopFixture {
 
     fn exclusive_claims(&self) -> bool {
         true
+    }
+}
+
+/// GitHub issues with the queue label on a fake GitHub (`tests/common/fake_github.rs`), opened
+/// by a person as the GitHub tracker's docs ask: a priority label, the context, and the
+/// acceptance criteria as a task list under their heading. Each [`TrackerFixture::tracker`] is
+/// another controller (its own client and controller id) on the same repository.
+pub struct GithubFixture {
+    /// The seed repository's directory (the fake's repository needs a first commit).
+    pub tmp: tempfile::TempDir,
+    pub fake: FakeGithub,
+    controllers: Cell<u32>,
+}
+
+pub const GITHUB_TOKEN: &str = "ghp_cwoContractTokenDoNotLeak012345";
+pub const GITHUB_QUEUE: &str = "cwo";
+
+/// An issue's body with `spec`'s context and acceptance criteria.
+pub fn gh_issue_body(spec: &TaskSpec) -> String {
+    let criteria: String = spec
+        .criteria
+        .iter()
+        .map(|c| format!("- [ ] {c}\n"))
+        .collect();
+    format!("{}\n\n## Acceptance criteria\n\n{criteria}", spec.context)
+}
+
+impl GithubFixture {
+    pub fn new() -> GithubFixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let seed = tmp.path().join("seed");
+        std::fs::create_dir_all(&seed).unwrap();
+        super::git(&seed, &["init", "-q", "-b", "main"]);
+        std::fs::write(seed.join("README.md"), "hello\n").unwrap();
+        super::git(&seed, &["add", "."]);
+        super::git(&seed, &["commit", "-q", "-m", "init"]);
+        let fake = FakeGithub::start(GITHUB_TOKEN, "cwo-bot");
+        fake.create_repo("acme", "widgets", &seed);
+        GithubFixture {
+            tmp,
+            fake,
+            controllers: Cell::new(0),
+        }
+    }
+
+    fn number(id: &str) -> u64 {
+        id.parse()
+            .unwrap_or_else(|_| panic!("GitHub task ids are issue numbers, not {id:?}"))
+    }
+}
+
+impl TrackerFixture for GithubFixture {
+    fn name(&self) -> &str {
+        "github"
+    }
+
+    fn tracker(&self) -> Arc<dyn Tracker> {
+        let n = self.controllers.get() + 1;
+        self.controllers.set(n);
+        let gh = Github::new(
+            &self.fake.api_url(),
+            RepoRef::parse("acme/widgets").unwrap(),
+            Credentials::token(GITHUB_TOKEN.into(), TokenSource::Env("GH_TOKEN")),
+        )
+        .unwrap();
+        Arc::new(GithubTracker::new(
+            gh,
+            GITHUB_QUEUE.into(),
+            "cwo/".into(),
+            format!("controller-{n}"),
+        ))
+    }
+
+    fn add(&self, spec: &TaskSpec) -> String {
+        let priority = format!("priority:{}", juggle_priority(spec.priority));
+        self.fake
+            .add_issue(
+                &spec.title,
+                &gh_issue_body(spec),
+                &[GITHUB_QUEUE, priority.as_str()],
+            )
+            .to_string()
+    }
+
+    /// GitHub has no entry the tracker cannot read: an issue without a body has an empty
+    /// context, one without a priority label is medium, one without criteria has none.
+    fn add_unreadable(&self) -> Option<String> {
+        None
+    }
+
+    /// The issue's state, labels and body, then every comment's body (cwo's status comment is
+    /// where its notes go).
+    fn record(&self, id: &str) -> String {
+        let n = Self::number(id);
+        let issue = self.fake.issue(n);
+        let labels: Vec<&str> = issue["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        let mut out = format!(
+            "#{n} {} ({})\nlabels: {}\n\n{}\n",
+            issue["title"].as_str().unwrap_or_default(),
+            issue["state"].as_str().unwrap_or_default(),
+            labels.join(", "),
+            issue["body"].as_str().unwrap_or_default()
+        );
+        for c in self.fake.comments(n).as_array().unwrap() {
+            out.push_str(&format!(
+                "\n--- comment {} by {}\n{}\n",
+                c["id"],
+                c["user"]["login"].as_str().unwrap_or_default(),
+                c["body"].as_str().unwrap_or_default()
+            ));
+        }
+        out
+    }
+
+    fn exclusive_claims(&self) -> bool {
+        true
+    }
+
+    fn missing_id(&self) -> String {
+        "9999".into()
+    }
+
+    fn deviations(&self) -> &'static [Deviation] {
+        &[
+            Deviation::NoBlockedReason,
+            Deviation::TakenByNamesTheController,
+            Deviation::UnusableIdIsNotFound,
+            Deviation::MissingIdIsARemoteError,
+        ]
     }
 }
