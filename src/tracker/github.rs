@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use super::{Priority, Task, Tracker, TrackerError};
+use super::{Priority, Task, Tracker, TrackerError, valid_task_id};
 use crate::github::{Comment, Github, GithubError, Issue};
 
 pub(crate) const IN_PROGRESS: &str = "cwo:in-progress";
@@ -170,7 +170,12 @@ impl GithubTracker {
         }
     }
 
+    /// The issue number of task `id`: an id no task could have is `Invalid`, one that is not an
+    /// issue number `NotFound`.
     fn number(id: &str) -> Result<u64, TrackerError> {
+        valid_task_id(id).map_err(|why| {
+            TrackerError::Invalid(format!("task id {id:?} cannot be used: {why}"))
+        })?;
         id.parse().map_err(|_| {
             TrackerError::NotFound(format!("{id} (GitHub task ids are issue numbers)"))
         })
@@ -268,8 +273,28 @@ fn claims(comments: &[Comment]) -> Vec<(u64, Status)> {
     out
 }
 
+/// A missing issue is a task that does not exist; every other failure is GitHub's.
 fn remote(e: GithubError) -> TrackerError {
-    TrackerError::Remote(Box::new(e))
+    match e {
+        GithubError::NotFound { .. } => TrackerError::NotFound(e.to_string()),
+        e => TrackerError::Remote(Box::new(e)),
+    }
+}
+
+/// The reason in the newest blocked status comment (quoted in it by `block`).
+fn blocked_reason(comments: &[Comment]) -> String {
+    comments
+        .iter()
+        .filter_map(|c| Some((c.id, Status::parse(c.body.as_deref()?)?, c.body.as_deref()?)))
+        .filter(|(_, s, _)| s.state == "blocked")
+        .max_by_key(|(id, _, _)| *id)
+        .map(|(_, _, body)| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("> ").or_else(|| (l == ">").then_some("")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
 
 /// `#N` references after "depends on" / "blocked by" in the body, in order, without repeats.
@@ -411,9 +436,12 @@ impl Tracker for GithubTracker {
                         waiting_on.push(d.to_string());
                     }
                 }
+                let mut reason = String::new();
                 let state = if issue.has_label(DONE) || delivered.contains(&issue.number) {
                     "complete".to_string()
                 } else if issue.has_label(BLOCKED) {
+                    // One more conditional GET per blocked issue: free while nothing changes.
+                    reason = blocked_reason(&gh.comments(issue.number).await?);
                     "blocked".to_string()
                 } else if issue.has_label(IN_PROGRESS) {
                     // Ours (a restarted controller resumes it) or another controller's.
@@ -434,7 +462,7 @@ impl Tracker for GithubTracker {
                     context: body,
                     priority: priority(&issue),
                     state,
-                    blocked_reason: String::new(),
+                    blocked_reason: reason,
                     depends_on: deps.iter().map(u64::to_string).collect(),
                     tags: issue.labels.iter().map(|l| l.name.clone()).collect(),
                     waiting_on,

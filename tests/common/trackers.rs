@@ -33,23 +33,6 @@ impl TaskSpec {
     }
 }
 
-/// A way a tracker's behaviour differs from the contract, known and not yet settled (in the
-/// tracker or in the contract). The suite asserts what the tracker does instead, exactly, so the
-/// deviation stays visible: fixing the tracker fails that assertion, and the entry goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deviation {
-    /// `list()` leaves `blocked_reason` empty after `block`; the reason is only in the record
-    /// (GitHub: in the status comment).
-    NoBlockedReason,
-    /// `Taken { by }` is "worker W of controller C", not the bare worker id W.
-    TakenByNamesTheController,
-    /// An id no task of the tracker could have (`../escape`) is `NotFound`, not `Invalid`
-    /// (GitHub: anything that is not an issue number is "not found").
-    UnusableIdIsNotFound,
-    /// Claiming [`TrackerFixture::missing_id`] is `Remote` (the API's 404), not `NotFound`.
-    MissingIdIsARemoteError,
-}
-
 pub trait TrackerFixture {
     fn name(&self) -> &str;
     /// A new tracker on the store, as another controller would open it.
@@ -69,13 +52,6 @@ pub trait TrackerFixture {
     /// An id of the tracker's own form that no task has.
     fn missing_id(&self) -> String {
         "no-such-task".into()
-    }
-    /// Where this tracker differs from the contract (see [`Deviation`]).
-    fn deviations(&self) -> &'static [Deviation] {
-        &[]
-    }
-    fn deviates(&self, d: Deviation) -> bool {
-        self.deviations().contains(&d)
     }
 }
 
@@ -402,14 +378,5 @@ impl TrackerFixture for GithubFixture {
 
     fn missing_id(&self) -> String {
         "9999".into()
-    }
-
-    fn deviations(&self) -> &'static [Deviation] {
-        &[
-            Deviation::NoBlockedReason,
-            Deviation::TakenByNamesTheController,
-            Deviation::UnusableIdIsNotFound,
-            Deviation::MissingIdIsARemoteError,
-        ]
     }
 }
