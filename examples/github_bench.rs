@@ -5,7 +5,8 @@
 //! 1. The pull-request step's per-task overhead: TASKS juggle tasks delivered with
 //!    `github.pull_requests = false`, then TASKS more with it on, both pushing to the fake's own
 //!    bare repository through a file remote, so the difference is the pull-request step alone
-//!    (API calls, description, journal); then the same with the push over smart HTTP.
+//!    (API calls, description, journal); then the same with the push over smart HTTP. The poll
+//!    interval is an hour there, so the watch of open pull requests stays out of the figure.
 //! 2. The idle poll: `cwo run` on the GitHub tracker against 100 open labelled issues that all
 //!    wait on an open one, plus one delivered pull request it watches; every request of
 //!    IDLE_SECS of polls (poll_interval = 1 s) is counted, with how many were answered 304 and
@@ -48,14 +49,14 @@ fn main() {
     let proj = project(&work.join("deliver"), &seed, &file_remote);
     let settings = |prs: bool| {
         format!(
-            "poll_interval = \"100ms\"\nstate_dir = {:?}\n[agent]\ncommand = [\"sh\", {:?}]\n[github]\nrepo = \"acme/bench\"\napi_url = {:?}\ntoken = \"env:BENCH_GH_TOKEN\"\npull_requests = {prs}\n",
+            "poll_interval = \"1h\"\nstate_dir = {:?}\n[agent]\ncommand = [\"sh\", {:?}]\n[github]\nrepo = \"acme/bench\"\napi_url = {:?}\ntoken = \"env:BENCH_GH_TOKEN\"\npull_requests = {prs}\n",
             work.join("deliver.state").display().to_string(),
             work.join("agent.sh").display().to_string(),
             fake.api_url()
         )
     };
     std::fs::write(work.join("agent.sh"), AGENT).unwrap();
-    let deliver = |prs: bool| -> (Duration, usize) {
+    let deliver = |prs: bool| -> (Duration, Vec<fake_github::Req>, u64) {
         std::fs::write(proj.join("cwo.toml"), settings(prs)).unwrap();
         for i in 0..tasks {
             run(cwo_cmd(&cwo, &proj).args(["-q", "task", "add", &format!("bench task {i}")]));
@@ -63,10 +64,11 @@ fn main() {
         fake.reset_requests();
         let t0 = Instant::now();
         run(cwo_cmd(&cwo, &proj).args(["run", "--once"]));
-        (t0.elapsed(), fake.requests().len())
+        (t0.elapsed(), fake.requests(), fake.rate_points_used())
     };
-    let (push_only, _) = deliver(false);
-    let (with_prs, pr_requests) = deliver(true);
+    let (push_only, _, _) = deliver(false);
+    let (with_prs, pr_requests, pr_points) = deliver(true);
+    let writes = pr_requests.iter().filter(|r| r.method != "GET").count();
     let pulls = fake.pulls().as_array().map(Vec::len).unwrap_or(0);
     assert_eq!(
         pulls, tasks,
@@ -98,8 +100,10 @@ fn main() {
         per(with_prs)
     );
     println!(
-        "github: pull-request step per task:           {overhead:.0} ms, {:.1} API requests (x your latency to GitHub)",
-        pr_requests as f64 / tasks as f64
+        "github: pull-request step per task:           {overhead:.0} ms; {:.1} API requests ({:.1} writes, {:.1} rate points; x your latency to GitHub)",
+        pr_requests.len() as f64 / tasks as f64,
+        writes as f64 / tasks as f64,
+        pr_points as f64 / tasks as f64
     );
     println!(
         "github: {tasks} tasks over smart HTTP + PRs:     {} ms ({:.0} ms/task)",

@@ -9,6 +9,9 @@
 #  4. cwo's own time in `cwo up` with provider = "gcp" against the fake Compute API (zero
 #     latency) and the loopback sshd, and `cwo status` / `cwo reap --dry-run` over 1,000 managed
 #     instances in the fake.
+#  6. GitHub against the fake GitHub (examples/github_bench.rs): the pull-request step's per-task
+#     overhead and requests, and an idle `cwo run`'s requests and rate-limit points per hour
+#     against 100 open labelled issues (goal: 0 points, every idle poll answered 304).
 #  5. the native bootstrap against the Ansible playbook on fresh isolated test hosts, then again
 #     on the same hosts with nothing to change (needs root, debootstrap, tinyproxy and the
 #     ansible-core venv that scripts/test.sh makes).
@@ -17,10 +20,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20}"
 cargo build --locked --release --quiet
-cargo build --locked --release --quiet --example ssh_bench --example fake_gce
+cargo build --locked --release --quiet --example ssh_bench --example fake_gce --example github_bench
 CWO="$PWD/target/release/cwo"
 SSH_BENCH="$PWD/target/release/examples/ssh_bench"
 FAKE_GCE="$PWD/target/release/examples/fake_gce"
+GITHUB_BENCH="$PWD/target/release/examples/github_bench"
 WORK="$(mktemp -d)"
 SSHD_PID=""; FAKE_PIDS=""
 trap '[ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null; for p in $FAKE_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$WORK"' EXIT
@@ -173,6 +177,9 @@ reap_ms=$(ms "$CWO" -C "$WORK/gcp-many" reap --dry-run)
 listed=$("$CWO" -C "$WORK/gcp-many" status --format json 2>/dev/null | grep -c '"unjournaled"' || true)
 echo "gcp: cwo status over 1,000 VMs:          ${status_ms} ms   (goal <= 2000 ms: $(awk "BEGIN {print ($status_ms <= 2000) ? \"met\" : \"NOT met\"}"); ${listed} listed)"
 echo "gcp: cwo reap --dry-run over 1,000 VMs:  ${reap_ms} ms   (goal <= 2000 ms: $(awk "BEGIN {print ($reap_ms <= 2000) ? \"met\" : \"NOT met\"}"))"
+
+# 6. GitHub: the pull-request step and the idle poll, against the fake GitHub.
+"$GITHUB_BENCH" "$CWO" "$WORK/github" 10 20
 
 # 5. Native bootstrap vs the Ansible playbook on fresh isolated test hosts.
 "$(dirname "$0")/bench-bootstrap.sh"
