@@ -682,3 +682,60 @@ fn doctor_says_what_the_token_cannot_do() {
         "{missing:#}"
     );
 }
+
+#[test]
+fn a_github_app_delivers_with_installation_tokens_it_renews() {
+    let gh = setup(
+        "",
+        "app_id = 4242\napp_key = \"env:TEST_APP_KEY\"\n[tracker]\nkind = \"github\"\n",
+    );
+    // Installation tokens that live five minutes: under the ten-minute margin, so cwo mints a
+    // fresh one whenever it needs one instead of using one about to expire.
+    gh.fake
+        .enable_app("4242", 77, "cwo-app", Duration::from_secs(300));
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("app.pem");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let n = gh.fake.add_issue("Greet", "Say hello.", &["cwo"]);
+    let run: crate::common::Run = gh
+        .env
+        .cmd(&["run", "--once"])
+        .env_remove("TEST_GH_TOKEN")
+        .env("TEST_APP_KEY", &pem)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let pr = gh.pull_for(&format!("cwo/{n}")).expect("a pull request");
+    assert_eq!(pr["user"]["login"], "cwo-app[bot]", "{pr:#}");
+    assert!(gh.labels(n).contains(&"cwo:done".to_string()));
+    let status = gh.fake.comments(n);
+    assert!(
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["user"]["login"] == "cwo-app[bot]"),
+        "{status:#}"
+    );
+    let minted = gh
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path_and_query.ends_with("/access_tokens"))
+        .count();
+    assert!(
+        minted > 1,
+        "one installation token for the whole run: {minted}"
+    );
+    // The key is in no file cwo wrote, and in no output.
+    let line = pem.lines().nth(3).unwrap();
+    assert!(files_containing(gh.env.tmp.path(), line).is_empty());
+    assert!(!run.stderr.contains(line) && !run.stdout.contains(line));
+}
