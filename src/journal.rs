@@ -682,6 +682,36 @@ impl Journal {
         })
     }
 
+    /// Moves a pull request's feedback watermarks to what a follow-up acted on (written when the
+    /// follow-up ends, so feedback whose follow-up never finished is read again).
+    pub(crate) fn pull_request_seen(
+        &self,
+        ball_id: &str,
+        review: u64,
+        comment: u64,
+        issue_comment: u64,
+        failed_sha: &str,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE pull_requests SET seen_review = MAX(seen_review, ?2),
+                     seen_comment = MAX(seen_comment, ?3),
+                     seen_issue_comment = MAX(seen_issue_comment, ?4),
+                     failed_sha = CASE WHEN ?5 = '' THEN failed_sha ELSE ?5 END, updated_at = ?6
+                 WHERE ball_id = ?1",
+                params![
+                    ball_id,
+                    review as i64,
+                    comment as i64,
+                    issue_comment as i64,
+                    failed_sha,
+                    ts(Utc::now())
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Every pull request cwo opened, newest first; `open_only`: the ones it still watches.
     pub fn pull_requests(&self, open_only: bool) -> Result<Vec<PullRequestRow>, JournalError> {
         self.with(|c| {

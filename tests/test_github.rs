@@ -739,3 +739,71 @@ fn a_github_app_delivers_with_installation_tokens_it_renews() {
     assert!(files_containing(gh.env.tmp.path(), line).is_empty());
     assert!(!run.stderr.contains(line) && !run.stdout.contains(line));
 }
+
+#[test]
+fn a_follow_up_stopped_midway_is_taken_up_again_by_the_next_run() {
+    let gh = setup("", "[tracker]\nkind = \"github\"\n");
+    // While the gate file exists, a follow-up waits (to be stopped midway).
+    let gate = gh.env.tmp.path().join("hold-follow-ups");
+    gh.env.agent_with(
+        &format!(
+            "idle_timeout = \"1h\"\n[github]\napi_url = {:?}\ntoken = \"env:TEST_GH_TOKEN\"\n[tracker]\nkind = \"github\"\n",
+            gh.fake.api_url()
+        ),
+        &format!(
+            "if grep -q \"Feedback on pull request\" \"$1\" && [ -e {gate:?} ]; then sleep 30; fi\n{AGENT}"
+        ),
+        "",
+    );
+    let n = gh.fake.add_issue("Greet", "", &["cwo"]);
+    let branch = format!("cwo/{n}");
+    let child = gh.spawn(&["run"]);
+    assert!(wait_for(Duration::from_secs(60), || gh
+        .pull_for(&branch)
+        .is_some()));
+    let number = gh.pull_for(&branch).unwrap()["number"].as_u64().unwrap();
+    let first_head = gh.fake.branch_sha(&branch).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let c = gh
+        .fake
+        .add_review_comment(number, "alice", "greeting.txt", 1, "Louder, please.");
+    assert!(wait_for(Duration::from_secs(60), || gh
+        .env
+        .journal("SELECT count(*) FROM attempts")
+        == "2"));
+    // Stop it: the first signal stops claiming, the second aborts the running follow-up.
+    kill(&child, "INT");
+    std::thread::sleep(Duration::from_millis(300));
+    kill(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("its feedback is taken up again"),
+        "{stderr}"
+    );
+    assert_eq!(gh.fake.branch_sha(&branch).unwrap(), first_head);
+    assert!(
+        gh.labels(n).contains(&"cwo:done".to_string()),
+        "a stopped follow-up leaves the delivered issue as it was: {:?}",
+        gh.labels(n)
+    );
+
+    // The next run reads the same comment again and answers it.
+    std::fs::remove_file(&gate).unwrap();
+    let child = gh.spawn(&["run"]);
+    assert!(
+        wait_for(Duration::from_secs(60), || gh
+            .fake
+            .review_comments(number)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |r| r["in_reply_to_id"] == c && r["user"]["login"] == "cwo-bot"
+            )),
+        "the stopped follow-up's comment was never answered"
+    );
+    assert_ne!(gh.fake.branch_sha(&branch).unwrap(), first_head);
+    kill(&child, "INT");
+    child.wait_with_output().unwrap();
+}

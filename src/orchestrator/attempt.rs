@@ -55,6 +55,9 @@ pub(crate) struct FollowUp {
     pub(crate) pr: PullRequestRow,
     pub(crate) notes: Vec<ReviewNote>,
     pub(crate) failed: Vec<FailedCheck>,
+    /// The watermarks once this feedback is acted on: journaled when the follow-up ends, so a
+    /// follow-up that is stopped, loses its worker or dies with the controller is read again.
+    pub(crate) seen: crate::forge::Seen,
 }
 
 /// One task on one worker.
@@ -155,11 +158,40 @@ pub(crate) async fn run_task(
         tries: prior_tries,
         worker_gone: false,
     };
-    let outcome = drive_task(&ctx, &task, resume, &mut report, follow_up)
+    let outcome = drive_task(&ctx, &task, resume, &mut report, follow_up.clone())
         .await
         .unwrap_or_else(|e| Outcome::Blocked(e.reason()));
     let max = env.settings.agent.max_attempts;
     let requeue = report.worker_gone && report.tries < max.get();
+    if let Some(f) = follow_up {
+        if matches!(outcome, Outcome::Aborted) || requeue {
+            // The task stays as it was (delivered, its pull request open): the feedback is
+            // read again at the next poll, of this run or the next.
+            env.printer.status(format!(
+                "■ {} follow-up on pull request #{} stopped; its feedback is taken up again at the next poll",
+                task.id, f.pr.number
+            ));
+            report.outcome = outcome;
+            return report;
+        }
+        let (ball, seen) = (task.id.clone(), f.seen.clone());
+        let moved = journaled(&env.journal, move |j| {
+            j.pull_request_seen(
+                &ball,
+                seen.review,
+                seen.comment,
+                seen.issue_comment,
+                &seen.failed_sha,
+            )
+        })
+        .await;
+        if let Err(e) = moved {
+            env.printer.warn(format!(
+                "could not record that {}'s feedback was acted on ({e}); it may be acted on again",
+                task.id
+            ));
+        }
+    }
     let transition = match &outcome {
         Outcome::Failed(reason) if requeue => {
             env.printer.status(format!(

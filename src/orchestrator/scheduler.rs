@@ -483,6 +483,8 @@ impl Orchestrator {
         let max = self.env.settings.github.max_feedback_rounds;
         row.review_state = report.review_state.clone();
         row.check_state = report.check_state.clone();
+        // Feedback handed to a follow-up is marked seen when the follow-up ends.
+        let mut acted_on = true;
         let task = self.task_for(&row, tasks).await?;
         match &report.life {
             PullRequestLife::Merged { by } => {
@@ -540,15 +542,19 @@ impl Orchestrator {
                         pr: row.clone(),
                         notes: report.notes.clone(),
                         failed: report.failed.clone(),
+                        seen: report.seen.clone(),
                     }),
                 ));
+                acted_on = false;
             }
             PullRequestLife::Open { .. } => {}
         }
-        row.seen_review = report.seen.review;
-        row.seen_comment = report.seen.comment;
-        row.seen_issue_comment = report.seen.issue_comment;
-        row.failed_sha = report.seen.failed_sha;
+        if acted_on {
+            row.seen_review = report.seen.review;
+            row.seen_comment = report.seen.comment;
+            row.seen_issue_comment = report.seen.issue_comment;
+            row.failed_sha = report.seen.failed_sha;
+        }
         journaled(&self.env.journal, move |j| j.pull_request_update(&row)).await?;
         Ok(())
     }
