@@ -952,15 +952,7 @@ fn doctor_checks_credentials_project_oslogin_firewall_quota_and_ttl() {
     let Some(g) = gcp("", COMMIT, "") else { return };
     let run = g.env.cwo(&["doctor", "--format", "json"]);
     let json = run.json();
-    let by_name = |doc: &Value, name: &str| -> Value {
-        doc["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} in {doc}"))
-    };
+    let by_name = crate::common::doctor_check;
     for name in [
         "credentials",
         "project",

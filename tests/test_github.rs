@@ -532,16 +532,7 @@ fn status_lists_open_pull_requests_with_their_review_and_check_state() {
     assert!(String::from_utf8_lossy(&down.stderr).contains("the tracker could not be read"));
 }
 
-/// The doctor's check named `name` (the first, for the lists).
-fn check(doc: &Value, name: &str) -> Value {
-    doc["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {name} check: {doc:#}"))
-}
+use crate::common::doctor_check as check;
 
 #[test]
 fn github_init_creates_the_labels_the_tracker_uses_and_doctor_checks_them() {

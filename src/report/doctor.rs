@@ -86,7 +86,7 @@ fn tracker_checks(project: &Project) -> Vec<Check> {
                 Ok((t, problems)) => {
                     let ready = t.iter().filter(|t| t.is_ready()).count();
                     let summary = format!("{}: {} task(s), {ready} ready", dir.display(), t.len());
-                    let mut checks = vec![if t.is_empty() && problems.is_empty() {
+                    let first = if t.is_empty() && problems.is_empty() {
                         Check::warn(
                             "tracker",
                             summary,
@@ -94,13 +94,8 @@ fn tracker_checks(project: &Project) -> Vec<Check> {
                         )
                     } else {
                         Check::ok("tracker", summary)
-                    }];
-                    checks.extend(
-                        problems
-                            .into_iter()
-                            .map(|p| Check::warn("tracker", p.to_string(), "")),
-                    );
-                    checks
+                    };
+                    with_problems(first, problems)
                 }
                 Err(e) => vec![Check::fail(
                     "tracker",
@@ -110,6 +105,18 @@ fn tracker_checks(project: &Project) -> Vec<Check> {
             }
         }
     }
+}
+
+/// A tracker's summary check, then one warning per problem (each says what cwo does about it
+/// and how to fix it).
+fn with_problems(first: Check, problems: Vec<crate::tracker::TrackerProblem>) -> Vec<Check> {
+    let mut checks = vec![first];
+    checks.extend(
+        problems
+            .into_iter()
+            .map(|p| Check::warn("tracker", p.to_string(), "")),
+    );
+    checks
 }
 
 /// The juggle file: readable, and each problem in it with what cwo does about it.
@@ -127,18 +134,12 @@ fn juggle_checks(project: &Project) -> Vec<Check> {
                     n => format!(", {n} problem(s) below"),
                 }
             );
-            let mut checks = vec![if problems.is_empty() {
+            let first = if problems.is_empty() {
                 Check::ok("tracker", summary)
             } else {
                 Check::warn("tracker", summary, "")
-            }];
-            // Each problem says what cwo does about it and how to fix it.
-            checks.extend(
-                problems
-                    .into_iter()
-                    .map(|p| Check::warn("tracker", p.to_string(), "")),
-            );
-            checks
+            };
+            with_problems(first, problems)
         }
         Ok(_) => vec![Check::warn(
             "tracker",

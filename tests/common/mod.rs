@@ -257,6 +257,17 @@ impl TestEnv {
 }
 
 /// Polls `f` until it returns true or `limit` passes.
+/// The check named `name` in a `cwo doctor --format json` document (the first of that name).
+pub fn doctor_check(doc: &serde_json::Value, name: &str) -> serde_json::Value {
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} check: {doc:#}"))
+}
+
 pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
