@@ -295,13 +295,8 @@ fn unknown_front_matter_and_the_body_survive_every_move_byte_for_byte() {
     let listed = task(&t, id);
     assert_eq!(listed.title, "Keep \"me\"");
     assert_eq!(listed.acceptance_criteria, ["it works"]);
-    let steps: [(&str, &dyn Fn(), &str); 5] = [
+    let steps: [(&str, &dyn Fn(), &str); 4] = [
         ("claim", &|| t.claim(id, "w-1").unwrap(), "in_progress"),
-        (
-            "progress",
-            &|| t.progress(&listed, "cwo: attempt 1 started").unwrap(),
-            "in_progress",
-        ),
         ("release", &|| t.release(id).unwrap(), "ready"),
         ("block", &|| t.block(id, "two\nlines").unwrap(), "clarify"),
         ("complete", &|| t.complete(id, "merged").unwrap(), "done"),
@@ -332,7 +327,6 @@ fn unknown_front_matter_and_the_body_survive_every_move_byte_for_byte() {
         text.contains("\r\n\r\n> cwo: claimed by w-1 at 20"),
         "{text}"
     );
-    assert!(text.contains("\r\n> cwo: attempt 1 started\r\n"), "{text}");
     assert!(text.contains("\r\n> cwo: blocked at 20") && text.contains(": two\r\n> lines\r\n"));
     assert!(text.ends_with(": merged\r\n"), "{text}");
     assert!(t.problems().unwrap().is_empty());
@@ -564,4 +558,25 @@ fn files_that_are_not_tasks_are_problems_with_their_line_reported_once() {
     assert!(heard[2].starts_with("5000-latin1.md:2: skipped: not valid UTF-8 (byte 0xe9)"));
     assert!(heard[3].starts_with("5000-no-criteria.md:5: no `## Acceptance Criteria` section"));
     assert_eq!(t.problems().unwrap().len(), 4);
+}
+
+#[test]
+fn cwo_run_works_a_frontloop_queue_and_notes_each_outcome_once() {
+    let env = crate::common::TestEnv::new();
+    env.agent_with(
+        "[tracker]\nkind = \"frontloop\"",
+        "echo hello > greeting.txt\ngit add greeting.txt\ngit commit -q -m greet",
+        "",
+    );
+    let root = env.project.join(".frontloop");
+    write(
+        &root.join("web/ready/10-greet.md"),
+        fl_task(&TaskSpec::new("Greet", Priority::High)).as_bytes(),
+    );
+    let run = env.cwo(&["run", "--once"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let done = std::fs::read_to_string(root.join("web/done/10-greet.md")).unwrap();
+    assert_eq!(done.matches("branch cwo/web.greet").count(), 1, "{done}");
+    assert!(done.starts_with(&fl_task(&TaskSpec::new("Greet", Priority::High))));
+    assert!(!root.join("web/ready/10-greet.md").exists());
 }

@@ -380,11 +380,10 @@ impl Tracker for Frontloop {
         self.transition(id, Stage::Ready, &format!("released at {}", now()))
     }
 
-    /// Appends `> cwo: <text>` to the task's file, where it is now.
-    fn progress(&self, task: &Task, text: &str) -> Result<(), TrackerError> {
-        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = self.find(&task.id)?;
-        append_note(&entry.path, text.strip_prefix("cwo: ").unwrap_or(text))
+    /// frontloop has no progress log apart from the task: each move's note (done, blocked,
+    /// released) already carries the text, so nothing more is written (the done note once).
+    fn progress(&self, _task: &Task, _text: &str) -> Result<(), TrackerError> {
+        Ok(())
     }
 
     /// A running task is wanted while its file is in `in_progress/`; a human who moves it

@@ -190,7 +190,8 @@ pub trait Tracker: Send + Sync {
     fn block(&self, id: &str, reason: &str) -> Result<(), TrackerError>;
     /// Back to pending (an aborted attempt).
     fn release(&self, id: &str) -> Result<(), TrackerError>;
-    /// A line in the progress log of every session the task belongs to (its tags).
+    /// A line in the progress log of every session the task belongs to (its tags), for trackers
+    /// that keep one apart from the task (juggle); the others record the text with the move.
     fn progress(&self, task: &Task, text: &str) -> Result<(), TrackerError>;
     /// Whether a running task is still wanted (asked at each poll): a GitHub issue closed or
     /// unlabelled while its task runs is not, and its attempt is aborted. `Ok(true)` when the
