@@ -239,9 +239,13 @@ fn juggle_file_survives_the_loop() {
 }
 
 #[test]
-fn concurrency_runs_tasks_side_by_side_on_one_worker() {
+fn tasks_per_worker_runs_tasks_side_by_side_on_one_worker() {
     let env = TestEnv::new();
-    env.agent_with("concurrency = 3", &format!("sleep 1\n{COMMITTING}"), "");
+    env.agent_with(
+        "[workers]\ntasks_per_worker = 3",
+        &format!("sleep 1\n{COMMITTING}"),
+        "",
+    );
     for t in ["a", "b", "c"] {
         env.add(&[t]);
     }

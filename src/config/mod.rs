@@ -21,6 +21,7 @@ mod github;
 mod ssh;
 mod terraform;
 mod tracker;
+mod workers;
 
 pub use agent::AgentSettings;
 pub use bootstrap::{BootstrapSettings, Method, WatchdogSettings};
@@ -30,6 +31,7 @@ pub use github::GithubSettings;
 pub use ssh::{HostAddr, SshSettings};
 pub use terraform::TerraformSettings;
 pub use tracker::{TrackerKind, TrackerSettings};
+pub use workers::WorkersSettings;
 
 /// Environment variables that start with `CWO_` but are not settings.
 pub(crate) const NON_SETTING_ENV: &[&str] = &["CWO_LOG", "CWO_NO_PROGRESS", "CWO_CONFIG_HOME"];
@@ -45,8 +47,9 @@ pub struct Settings {
     /// Tear the worker down after this long with nothing ready.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
-    /// Tasks run at once on the worker.
-    pub concurrency: NonZeroUsize,
+    /// Deprecated alias of `workers.tasks_per_worker` (read, with a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<NonZeroUsize>,
     /// `cwo reap` deletes a worker it marked on an earlier pass once the mark is this old, and
     /// treats workers the journal does not know as orphans once they are this old.
     #[serde(with = "duration_str")]
@@ -58,6 +61,7 @@ pub struct Settings {
     /// Where the journal, logs and workers live (default: per project under the XDG state dir).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    pub workers: WorkersSettings,
     pub tracker: TrackerSettings,
     pub agent: AgentSettings,
     pub git: GitSettings,
@@ -110,10 +114,11 @@ impl Default for Settings {
             provider: ProviderKind::Local,
             poll_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
-            concurrency: NonZeroUsize::MIN,
+            concurrency: None,
             reap_grace: Duration::from_secs(15 * 60),
             teardown_timeout: Duration::from_secs(5 * 60),
             state_dir: None,
+            workers: WorkersSettings::default(),
             tracker: TrackerSettings::default(),
             agent: AgentSettings::default(),
             git: GitSettings::default(),
@@ -203,15 +208,49 @@ pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
     for arg in inputs.flags {
         layers.add_flag(arg)?;
     }
-    let Layers { merged, origins } = layers;
-    let settings: Settings =
+    let Layers {
+        merged,
+        mut origins,
+    } = layers;
+    let mut settings: Settings =
         Settings::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError {
             location: "merged settings".into(),
             message: e.message().to_string(),
             hint: "run `cwo config show` to see where each value comes from".into(),
         })?;
     check_ttl_leaves_room(&settings, &origins)?;
+    apply_aliases(&mut settings, &mut origins)?;
     Ok(Resolved { settings, origins })
+}
+
+/// Deprecated names still read: `concurrency` is `workers.tasks_per_worker` (both set to
+/// different values is an error naming both places).
+fn apply_aliases(
+    settings: &mut Settings,
+    origins: &mut BTreeMap<String, Source>,
+) -> Result<(), ConfigError> {
+    let Some(old) = settings.concurrency else {
+        return Ok(());
+    };
+    let key = "workers.tasks_per_worker";
+    let new_source = origins.get(key).cloned().unwrap_or(Source::Default);
+    let old_source = origins
+        .get("concurrency")
+        .cloned()
+        .unwrap_or(Source::Default);
+    if new_source != Source::Default && settings.workers.tasks_per_worker != old {
+        return Err(ConfigError {
+            location: old_source.to_string(),
+            message: format!(
+                "concurrency = {old} (deprecated) disagrees with workers.tasks_per_worker = {} from {new_source}",
+                settings.workers.tasks_per_worker
+            ),
+            hint: "remove `concurrency`; `[workers] tasks_per_worker` replaces it".into(),
+        });
+    }
+    settings.workers.tasks_per_worker = old;
+    origins.insert(key.to_string(), old_source);
+    Ok(())
 }
 
 /// The settings merged so far, layer over layer, with the origin of every leaf key.
@@ -539,6 +578,14 @@ impl Resolved {
                 "leave it at \"auto\" (stop orphaned agents, let the TTL delete the VM), or schedule the reaper (`cwo schedule install`)",
             );
         }
+        if let Some(c) = s.concurrency {
+            warn(
+                "concurrency",
+                c.to_string(),
+                "deprecated: it is read as workers.tasks_per_worker",
+                &format!("replace it with `[workers] tasks_per_worker = {c}`"),
+            );
+        }
         if s.idle_timeout.is_zero() {
             warn(
                 "idle_timeout",
@@ -669,7 +716,39 @@ mod tests {
                 arg: "agent.timeout=20m".into()
             }
         );
-        assert_eq!(r.origins["concurrency"], Source::Default);
+        assert_eq!(r.origins["workers.tasks_per_worker"], Source::Default);
+    }
+
+    #[test]
+    fn concurrency_is_a_deprecated_alias_of_tasks_per_worker() {
+        let flags = vec!["concurrency=3".to_string()];
+        let r = resolve(&inputs_for(None, &[], &flags)).unwrap();
+        assert_eq!(r.settings.workers.tasks_per_worker.get(), 3);
+        assert_eq!(
+            r.origins["workers.tasks_per_worker"],
+            Source::Flag {
+                arg: "concurrency=3".into()
+            }
+        );
+        let w = r.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].key, "concurrency");
+        assert!(w[0].fix.contains("tasks_per_worker = 3"), "{}", w[0].fix);
+        // The same value twice is fine; two different ones name both places.
+        let same = vec!["concurrency=2".into(), "workers.tasks_per_worker=2".into()];
+        assert_eq!(
+            resolve(&inputs_for(None, &[], &same))
+                .unwrap()
+                .settings
+                .workers
+                .tasks_per_worker
+                .get(),
+            2
+        );
+        let both = vec!["concurrency=2".into(), "workers.tasks_per_worker=4".into()];
+        let e = resolve(&inputs_for(None, &[], &both)).unwrap_err();
+        assert!(e.message.contains("workers.tasks_per_worker = 4"), "{e:?}");
+        assert!(e.location.contains("concurrency=2"), "{e:?}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The loop: polls the tracker, keeps one worker fit for the queue, claims ready balls onto it
-//! (up to `concurrency`), settles finished tasks, tears the worker down when idle, and always
+//! (up to `workers.tasks_per_worker`), settles finished tasks, tears the worker down when idle, and always
 //! before it returns.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -200,7 +200,7 @@ impl Orchestrator {
     /// tasks ended.
     async fn poll(&self, st: &mut RunState) -> Result<(), OrchestratorError> {
         let settings = &self.env.settings;
-        let concurrency = settings.concurrency.get();
+        let tasks_per_worker = settings.workers.tasks_per_worker.get();
         loop {
             if !st.pending.is_empty() {
                 let failed = self
@@ -235,7 +235,7 @@ impl Orchestrator {
                 .filter(|t| !st.in_flight.contains(&t.id))
                 .collect();
                 ready_left = !ready.is_empty() || !st.follow_ups.is_empty();
-                let free = concurrency.saturating_sub(st.in_flight.len());
+                let free = tasks_per_worker.saturating_sub(st.in_flight.len());
                 if ready_left
                     && free > 0
                     && let Next::Poll = self.take_work(st, ready, free).await?
