@@ -8,6 +8,7 @@ mod test_command_snapshots;
 mod test_commands;
 mod test_contract;
 mod test_cost;
+mod test_fake_gce;
 mod test_fake_github;
 mod test_gcp;
 mod test_github;

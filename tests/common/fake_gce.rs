@@ -58,7 +58,8 @@ struct Op {
     done_at: Instant,
     /// What happens when the operation completes.
     effect: Effect,
-    error: Option<(String, String)>,
+    /// `error.errors[]` (code, message) it finishes with; empty when it succeeds.
+    errors: Vec<(String, String)>,
 }
 
 enum Effect {
@@ -72,8 +73,16 @@ pub struct Faults {
     pub latency: Duration,
     /// The next requests whose "METHOD path-fragment" contains the key answer with the status.
     pub http: VecDeque<(String, u16)>,
-    /// Inserts into these zones finish with ZONE_RESOURCE_POOL_EXHAUSTED.
+    /// Inserts into these zones finish with ZONE_RESOURCE_POOL_EXHAUSTED (room for none: a bulk
+    /// insert places nothing there).
     pub capacity_zones: HashSet<String>,
+    /// "Zone X has room for K more VMs": each VM created there (by `instances.insert` or
+    /// `regionInstances.bulkInsert`) uses one; at 0 an insert there finishes with
+    /// ZONE_RESOURCE_POOL_EXHAUSTED and a bulk insert places no more there. Deletes give none
+    /// back (set it again for that). Zones absent have room without limit.
+    pub zone_room: HashMap<String, usize>,
+    /// The same for the whole region (every zone the fake serves counts against it).
+    pub region_room: Option<usize>,
     /// Inserts answer 403 with this reason ("quotaExceeded", "forbidden").
     pub insert_403: Option<String>,
     /// New VMs stay invisible to get and list for this long.
@@ -131,14 +140,77 @@ struct State {
     billing: BTreeMap<String, BillingAccount>,
     /// Cloud Resource Manager: project ID → project number.
     project_numbers: HashMap<String, String>,
+    /// Every VM that came and went, in order (see `FakeGce::history`).
+    history: Vec<VmEvent>,
+    /// The most VMs that existed at once.
+    max_live: usize,
+    /// Each `regionInstances.bulkInsert` body received, in order.
+    bulk_calls: Vec<Value>,
+    /// Zones of a region, for `regionInstances.bulkInsert` (see `FakeGce::set_region_zones`).
+    region_zones: HashMap<String, Vec<String>>,
+}
+
+/// A VM coming into existence or leaving it, on the real clock (`at`) when the fake applied it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmEvent {
+    pub at: Instant,
+    pub name: String,
+    pub zone: String,
+    pub created: bool,
 }
 
 impl State {
     /// Deletes the VMs whose termination time has come, as Compute Engine does.
     fn expire(&mut self) {
         let now = Instant::now() + self.ahead;
-        self.vms
-            .retain(|_, vm| vm.terminate_at.is_none_or(|at| at > now));
+        let due: Vec<String> = self
+            .vms
+            .iter()
+            .filter(|(_, vm)| vm.terminate_at.is_some_and(|at| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            self.remove_vm(&name);
+        }
+    }
+
+    /// Every VM enters through here, so `history` and `max_live` see it.
+    fn insert_vm(&mut self, name: String, vm: Vm) {
+        self.history.push(VmEvent {
+            at: Instant::now(),
+            name: name.clone(),
+            zone: vm.zone.clone(),
+            created: true,
+        });
+        self.vms.insert(name, vm);
+        self.max_live = self.max_live.max(self.vms.len());
+    }
+
+    /// Every VM leaves through here (delete operation, TTL, someone else), so `history` sees it.
+    fn remove_vm(&mut self, name: &str) -> Option<Vm> {
+        let vm = self.vms.remove(name)?;
+        self.history.push(VmEvent {
+            at: Instant::now(),
+            name: name.to_string(),
+            zone: vm.zone.clone(),
+            created: false,
+        });
+        Some(vm)
+    }
+
+    /// Applies the operations whose time has come (deletes land), so that what exists does not
+    /// depend on whether someone polled the operation.
+    fn finish_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .ops
+            .iter()
+            .filter(|(_, op)| !op.done && op.done_at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            finish_op(self, &name);
+        }
     }
 }
 
@@ -254,6 +326,36 @@ impl FakeGce {
         self.state.lock().unwrap().created.clone()
     }
 
+    /// The most VMs that existed at the same time over the fake's life, however they came
+    /// (`instances.insert`, `regionInstances.bulkInsert`, `add_vm`) and went (delete operations
+    /// as they complete, TTLs, `delete_externally`). A fleet test asserts its cap with it.
+    pub fn max_live(&self) -> usize {
+        self.state.lock().unwrap().max_live
+    }
+
+    /// Every VM that came into existence or left it, in order, with the real time (`Instant`)
+    /// the fake applied it: a create when its insert is accepted, a delete when its operation
+    /// completes (or the TTL or someone else removes it).
+    pub fn history(&self) -> Vec<VmEvent> {
+        self.state.lock().unwrap().history.clone()
+    }
+
+    /// Each `regionInstances.bulkInsert` body received, in order, as JSON: refused ones and
+    /// retries answered from their `requestId` included (the query string is in `log()`).
+    pub fn bulk_calls(&self) -> Vec<Value> {
+        self.state.lock().unwrap().bulk_calls.clone()
+    }
+
+    /// The zones `regionInstances.bulkInsert` may place VMs in for `region`, in the order a
+    /// placement tries them. Without it: us-central1-a, -b, -c, -f for us-central1 (its real
+    /// zones), `{region}-a`, `-b`, `-c` for any other region.
+    pub fn set_region_zones(&self, region: &str, zones: &[&str]) {
+        self.state.lock().unwrap().region_zones.insert(
+            region.to_string(),
+            zones.iter().map(|z| z.to_string()).collect(),
+        );
+    }
+
     /// Requests being handled right now (e.g. an insert that outlives its killed client).
     pub fn busy(&self) -> usize {
         self.busy.load(Ordering::SeqCst)
@@ -290,7 +392,7 @@ impl FakeGce {
 
     /// Deleted by someone else (the console, the TTL).
     pub fn delete_externally(&self, name: &str) {
-        self.state.lock().unwrap().vms.remove(name);
+        self.state.lock().unwrap().remove_vm(name);
     }
 
     /// Stopped (e.g. a watchdog powered it off): status TERMINATED, and its termination timer
@@ -373,6 +475,7 @@ impl FakeGce {
     /// Adds a VM directly (for reaper and scale tests).
     pub fn add_vm(&self, zone: &str, name: &str, labels: Value, created: &str, status: &str) {
         let mut st = self.state.lock().unwrap();
+        st.finish_due();
         st.next += 1;
         let id = st.next;
         let body = json!({
@@ -383,7 +486,7 @@ impl FakeGce {
             "labelFingerprint": base64::engine::general_purpose::URL_SAFE.encode(id.to_be_bytes()),
             "networkInterfaces": [{"networkIP": "10.0.0.2", "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT", "natIP": self.config.nat_ip}]}],
         });
-        st.vms.insert(
+        st.insert_vm(
             name.to_string(),
             Vm {
                 zone: zone.to_string(),
@@ -453,7 +556,7 @@ fn new_op(
         body: body.clone(),
         done_at: Instant::now() + delay,
         effect,
-        error,
+        errors: error.into_iter().collect(),
     };
     st.ops.insert(name.clone(), op);
     if delay.is_zero() {
@@ -475,15 +578,472 @@ fn finish_op(st: &mut State, name: &str) {
     op.body["status"] = json!("DONE");
     op.body["endTime"] = json!(now_rfc3339());
     op.body["progress"] = json!(100);
-    if let Some((code, message)) = op.error.clone() {
-        op.body["error"] = json!({"errors": [{"code": code, "message": message}]});
+    if !op.errors.is_empty() {
+        let errors: Vec<Value> = op
+            .errors
+            .iter()
+            .map(|(code, message)| json!({"code": code, "message": message}))
+            .collect();
+        op.body["error"] = json!({ "errors": errors });
         op.body["httpErrorStatusCode"] = json!(400);
         op.body["httpErrorMessage"] = json!("BAD REQUEST");
     }
+    if let Some(per_zone) = op
+        .body
+        .pointer_mut("/instancesBulkInsertOperationMetadata/perLocationStatus")
+        .and_then(Value::as_object_mut)
+    {
+        for status in per_zone.values_mut() {
+            status["status"] = json!("DONE");
+        }
+    }
     let effect = std::mem::replace(&mut op.effect, Effect::None);
     if let Effect::Remove(vm) = effect {
-        st.vms.remove(&vm);
+        st.remove_vm(&vm);
     }
+}
+
+/// Brings a VM into existence from its insert body, as `instances.insert` and
+/// `regionInstances.bulkInsert` both do: server-side fields, the NAT IP, the "guest agent"
+/// installing ssh-keys, the TTL (`scheduling.maxRunDuration` + `instanceTerminationAction:
+/// DELETE`) and the disks made from `initializeParams`. Uses one unit of the zone's (and the
+/// region's) room, if the test set one.
+fn create_vm(
+    st: &mut State,
+    f: &mut Faults,
+    config: &Config,
+    zone: &str,
+    name: &str,
+    mut vm: Value,
+    now: Instant,
+) {
+    let target =
+        format!("https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}");
+    st.next += 1;
+    let id = st.next;
+    vm["id"] = json!(id.to_string());
+    vm["kind"] = json!("compute#instance");
+    vm["status"] = json!("RUNNING");
+    vm["creationTimestamp"] = json!(now_rfc3339());
+    vm["zone"] = json!(format!(
+        "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"
+    ));
+    vm["labelFingerprint"] =
+        json!(base64::engine::general_purpose::URL_SAFE.encode(id.to_be_bytes()));
+    if let Some(ac) = vm.pointer_mut("/networkInterfaces/0/accessConfigs/0") {
+        ac["natIP"] = json!(config.nat_ip);
+    }
+    if let (Some(path), Some(items)) = (
+        &config.authorized_keys,
+        vm.pointer("/metadata/items").and_then(|i| i.as_array()),
+    ) {
+        for item in items {
+            if item["key"] == "ssh-keys" {
+                let line = item["value"].as_str().unwrap_or("");
+                let key = line.split_once(':').map(|(_, k)| k).unwrap_or(line);
+                let mut existing = std::fs::read_to_string(path).unwrap_or_default();
+                existing.push_str(key);
+                existing.push('\n');
+                std::fs::write(path, existing).unwrap();
+            }
+        }
+    }
+    let terminate_at = vm["scheduling"]["maxRunDuration"]["seconds"]
+        .as_str()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|_| vm["scheduling"]["instanceTerminationAction"] == "DELETE")
+        .map(|secs| now + st.ahead + Duration::from_secs(secs));
+    for (i, disk) in vm["disks"].as_array().into_iter().flatten().enumerate() {
+        let Some(init) = disk.get("initializeParams") else {
+            continue;
+        };
+        // Compute names a boot disk after its VM unless initializeParams says otherwise.
+        let disk_name = init["diskName"].as_str().map_or_else(
+            || {
+                if i == 0 {
+                    name.to_string()
+                } else {
+                    format!("{name}-{i}")
+                }
+            },
+            str::to_string,
+        );
+        let mut body = json!({
+            "kind": "compute#disk", "name": disk_name,
+            "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"),
+            "sizeGb": init["diskSizeGb"], "type": init["diskType"],
+            "sourceImage": init["sourceImage"], "status": "READY", "users": [target],
+        });
+        // Like the API, no `labels` field on a disk created without any.
+        if let Some(labels) = init.get("labels") {
+            body["labels"] = labels.clone();
+        }
+        st.disks.insert(
+            disk_name,
+            Disk {
+                body,
+                user: name.to_string(),
+                auto_delete: disk["autoDelete"].as_bool().unwrap_or(false),
+            },
+        );
+    }
+    st.insert_vm(
+        name.to_string(),
+        Vm {
+            zone: zone.to_string(),
+            body: vm,
+            visible_from: now + f.hide_new,
+            running_from: now + f.op_delay + f.provisioning,
+            fingerprint: id,
+            terminate_at,
+        },
+    );
+    st.created.push(name.to_string());
+    if let Some(room) = f.zone_room.get_mut(zone) {
+        *room = room.saturating_sub(1);
+    }
+    if let Some(room) = f.region_room.as_mut() {
+        *room = room.saturating_sub(1);
+    }
+}
+
+/// The zones of a region (see `FakeGce::set_region_zones`).
+fn zones_of(st: &State, region: &str) -> Vec<String> {
+    if let Some(zones) = st.region_zones.get(region) {
+        return zones.clone();
+    }
+    let letters: &[&str] = if region == "us-central1" {
+        &["a", "b", "c", "f"]
+    } else {
+        &["a", "b", "c"]
+    };
+    letters.iter().map(|l| format!("{region}-{l}")).collect()
+}
+
+/// An int64 field, which the JSON mapping sends as a string ("3") but clients may send as 3.
+fn int64(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => s.parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+/// RFC 1035, as Compute requires of instance names: `[a-z]([-a-z0-9]{0,61}[a-z0-9])?`.
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+}
+
+/// What a bulk insert will do: its names in the order they are used, and how many VMs go to
+/// which zone (empty when fewer than `min_count` fit).
+struct BulkPlan {
+    names: Vec<(String, Option<Value>)>,
+    placed: Vec<(String, usize)>,
+    min_count: usize,
+}
+
+fn invalid(message: String) -> (u16, Value) {
+    (400, error(400, "invalid", &message))
+}
+
+/// Validates a BulkInsertInstanceResource and places it, as `regionInstances.bulkInsert` does
+/// (https://cloud.google.com/compute/docs/reference/rest/v1/regionInstances/bulkInsert,
+/// https://cloud.google.com/compute/docs/instances/multiple/create-in-bulk):
+/// - `count` is the most VMs to create, `minCount` (default `count`) the fewest; "if minCount
+///   instances cannot be created, then no instances will be created".
+/// - Names come from `perInstanceProperties` keys first, then from `namePattern`, whose one run
+///   of up to 18 `#` is replaced by a zero-padded sequence that "start[s] after the biggest
+///   existing number" among existing VMs matching the pattern. A `perInstanceProperties` name
+///   that exists already refuses the whole request (409 alreadyExists).
+/// - `instanceProperties.machineType` (and a disk's `diskType`) must be a bare name
+///   ("e2-micro"): the resource is not in a zone yet, so a `zones/…/machineTypes/…` form or a URL
+///   is refused with 400 (/work/shared/reference/gcp.md §1.3: "bulkInsert, which needs bare
+///   resource names, not URLs").
+/// - `locationPolicy.locations` keys are "zones/{zone}" of the region; DENY excludes a zone,
+///   zones not listed stay allowed; `constraints.maxCount` caps a zone. `targetShape`
+///   ANY_SINGLE_ZONE (the default) puts every VM in one zone (the one with the most room),
+///   ANY fills zones in order, BALANCED spreads them round robin over zones with room.
+/// - A zone's room is the fake's capacity faults (`capacity_zones`, `zone_room`, `region_room`).
+fn bulk_plan(
+    st: &State,
+    f: &Faults,
+    zones: &[String],
+    req: &Value,
+) -> Result<BulkPlan, (u16, Value)> {
+    if req.get("sourceInstanceTemplate").is_some() {
+        return Err(invalid(
+            "the fake does not model sourceInstanceTemplate; send instanceProperties".into(),
+        ));
+    }
+    let props = &req["instanceProperties"];
+    let Some(machine_type) = props["machineType"].as_str() else {
+        return Err(invalid(
+            "Invalid value for field 'resource.instanceProperties.machineType': ''. Machine type is required.".into(),
+        ));
+    };
+    if machine_type.contains('/') {
+        return Err(invalid(format!(
+            "Invalid value for field 'resource.instanceProperties.machineType': '{machine_type}'. Must be a machine type name, not a URL."
+        )));
+    }
+    for (i, disk) in props["disks"].as_array().into_iter().flatten().enumerate() {
+        if let Some(t) = disk["initializeParams"]["diskType"].as_str()
+            && t.contains('/')
+        {
+            return Err(invalid(format!(
+                "Invalid value for field 'resource.instanceProperties.disks[{i}].initializeParams.diskType': '{t}'. Must be a disk type name, not a URL."
+            )));
+        }
+    }
+    let per_instance: Vec<(String, Value)> = req["perInstanceProperties"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    let pattern = req["namePattern"].as_str().filter(|p| !p.is_empty());
+    if per_instance.is_empty() && pattern.is_none() {
+        return Err(invalid(
+            "Either namePattern or perInstanceProperties must be set.".into(),
+        ));
+    }
+    let count = match req.get("count") {
+        Some(c) => int64(c).ok_or_else(|| invalid(format!("Invalid value for count: {c}")))?,
+        None if !per_instance.is_empty() => per_instance.len() as i64,
+        None => return Err(invalid("count must be set.".into())),
+    };
+    let min_count = match req.get("minCount") {
+        Some(c) => int64(c).ok_or_else(|| invalid(format!("Invalid value for minCount: {c}")))?,
+        None => count,
+    };
+    if count < 1 || min_count < 0 || min_count > count {
+        return Err(invalid(format!(
+            "Invalid count {count} / minCount {min_count}: 1 <= count and minCount <= count."
+        )));
+    }
+    let (count, min_count) = (count as usize, min_count as usize);
+    if per_instance.len() > count {
+        return Err(invalid(format!(
+            "perInstanceProperties names {} instances, more than count {count}.",
+            per_instance.len()
+        )));
+    }
+    if per_instance.len() < count && pattern.is_none() {
+        return Err(invalid(format!(
+            "count {count} needs a namePattern beyond the {} perInstanceProperties names.",
+            per_instance.len()
+        )));
+    }
+    let mut names: Vec<(String, Option<Value>)> = Vec::new();
+    for (name, p) in &per_instance {
+        if !valid_name(name) {
+            return Err(invalid(format!(
+                "Invalid value for field 'resource.perInstanceProperties': '{name}'. Must be a match of regex '[a-z](?:[-a-z0-9]{{0,61}}[a-z0-9])?'"
+            )));
+        }
+        if st.vms.contains_key(name) {
+            return Err((
+                409,
+                error(
+                    409,
+                    "alreadyExists",
+                    &format!("The resource '{name}' already exists"),
+                ),
+            ));
+        }
+        names.push((name.clone(), p.get("hostname").cloned()));
+    }
+    if names.len() < count {
+        let pattern = pattern.unwrap_or_default();
+        let runs: Vec<(usize, usize)> = {
+            let b = pattern.as_bytes();
+            let mut runs = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'#' {
+                    let start = i;
+                    while i < b.len() && b[i] == b'#' {
+                        i += 1;
+                    }
+                    runs.push((start, i - start));
+                } else {
+                    i += 1;
+                }
+            }
+            runs
+        };
+        let [(at, width)] = runs[..] else {
+            return Err(invalid(format!(
+                "Invalid value for field 'resource.namePattern': '{pattern}'. It must contain one continuous sequence of '#'."
+            )));
+        };
+        if width > 18 {
+            return Err(invalid(format!(
+                "Invalid value for field 'resource.namePattern': '{pattern}'. At most 18 '#'."
+            )));
+        }
+        let (prefix, suffix) = (&pattern[..at], &pattern[at + width..]);
+        let biggest = st
+            .vms
+            .keys()
+            .filter_map(|n| n.strip_prefix(prefix)?.strip_suffix(suffix))
+            .filter(|digits| digits.len() == width && digits.bytes().all(|c| c.is_ascii_digit()))
+            .filter_map(|digits| digits.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let mut n = biggest;
+        while names.len() < count {
+            n += 1;
+            let name = format!("{prefix}{n:0width$}{suffix}");
+            if name.len() != pattern.len() {
+                return Err(invalid(format!(
+                    "namePattern '{pattern}' has no numbers left after {biggest}."
+                )));
+            }
+            if !valid_name(&name) {
+                return Err(invalid(format!(
+                    "Invalid value for field 'resource.namePattern': '{pattern}' makes '{name}', not a valid instance name."
+                )));
+            }
+            if names.iter().any(|(k, _)| *k == name) || st.vms.contains_key(&name) {
+                continue;
+            }
+            names.push((name, None));
+        }
+    }
+    let policy = &req["locationPolicy"];
+    let mut caps: Vec<(String, usize)> = zones.iter().map(|z| (z.clone(), room(f, z))).collect();
+    if let Some(locations) = policy["locations"].as_object() {
+        for (key, loc) in locations {
+            let zone = key.strip_prefix("zones/").unwrap_or("");
+            let Some(cap) = caps.iter_mut().find(|(z, _)| z == zone) else {
+                return Err(invalid(format!(
+                    "Invalid value for field 'resource.locationPolicy.locations': '{key}'. Must be zones/ZONE of a zone in the region."
+                )));
+            };
+            match loc["preference"].as_str().unwrap_or("ALLOW") {
+                "ALLOW" | "PREFERENCE_UNSPECIFIED" => {}
+                "DENY" => cap.1 = 0,
+                other => {
+                    return Err(invalid(format!(
+                        "Invalid value for field 'resource.locationPolicy.locations[{key}].preference': '{other}'."
+                    )));
+                }
+            }
+            if let Some(max) = loc["constraints"]["maxCount"].as_u64() {
+                cap.1 = cap.1.min(max as usize);
+            }
+        }
+    }
+    let mut left = count.min(f.region_room.unwrap_or(usize::MAX));
+    let mut placed: Vec<(String, usize)> = Vec::new();
+    match policy["targetShape"].as_str().unwrap_or("ANY_SINGLE_ZONE") {
+        "ANY_SINGLE_ZONE" => {
+            // The zone with the most room; the first of them on a tie.
+            let best = caps
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, (_, cap))| (*cap, std::cmp::Reverse(*i)))
+                .map(|(_, zc)| zc.clone());
+            if let Some((zone, cap)) = best {
+                placed.push((zone, cap.min(left)));
+            }
+        }
+        "ANY" => {
+            for (zone, cap) in &caps {
+                let n = (*cap).min(left);
+                left -= n;
+                placed.push((zone.clone(), n));
+            }
+        }
+        "BALANCED" => {
+            let mut counts = vec![0usize; caps.len()];
+            while left > 0 {
+                let mut progressed = false;
+                for (i, (_, cap)) in caps.iter().enumerate() {
+                    if left > 0 && counts[i] < *cap {
+                        counts[i] += 1;
+                        left -= 1;
+                        progressed = true;
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            placed = caps
+                .iter()
+                .zip(counts)
+                .map(|((zone, _), n)| (zone.clone(), n))
+                .collect();
+        }
+        other => {
+            return Err(invalid(format!(
+                "Invalid value for field 'resource.locationPolicy.targetShape': '{other}'."
+            )));
+        }
+    }
+    placed.retain(|(_, n)| *n > 0);
+    if placed.iter().map(|(_, n)| n).sum::<usize>() < min_count {
+        placed.clear();
+    }
+    Ok(BulkPlan {
+        names,
+        placed,
+        min_count,
+    })
+}
+
+/// A region operation (`regionOperations`), e.g. a bulk insert's: like `new_op`, but scoped to
+/// a region, with `errors` and, for a bulk insert, its `instancesBulkInsertOperationMetadata`.
+fn new_region_op(
+    st: &mut State,
+    project: &str,
+    region: &str,
+    kind: &str,
+    delay: Duration,
+    errors: Vec<(String, String)>,
+    metadata: Option<Value>,
+) -> Value {
+    st.next += 1;
+    let name = format!("operation-{}", st.next);
+    let region_url =
+        format!("https://www.googleapis.com/compute/v1/projects/{project}/regions/{region}");
+    let mut body = json!({
+        "kind": "compute#operation", "name": name, "id": st.next.to_string(), "operationType": kind,
+        "status": "RUNNING", "targetLink": region_url, "region": region_url,
+        "selfLink": format!("{region_url}/operations/{name}"),
+        "insertTime": now_rfc3339(), "startTime": now_rfc3339(), "progress": 0,
+    });
+    if let Some(m) = metadata {
+        body["instancesBulkInsertOperationMetadata"] = m;
+    }
+    st.ops.insert(
+        name.clone(),
+        Op {
+            zone: region.to_string(),
+            done: false,
+            body,
+            done_at: Instant::now() + delay,
+            effect: Effect::None,
+            errors,
+        },
+    );
+    finish_op(st, &name);
+    st.ops[&name].body.clone()
+}
+
+/// How many more VMs the zone has room for (`usize::MAX`: no limit set).
+fn room(f: &Faults, zone: &str) -> usize {
+    if f.capacity_zones.contains(zone) {
+        return 0;
+    }
+    let zone_room = f.zone_room.get(zone).copied().unwrap_or(usize::MAX);
+    zone_room.min(f.region_room.unwrap_or(usize::MAX))
 }
 
 fn query(url: &str) -> HashMap<String, String> {
@@ -557,7 +1117,7 @@ fn handle(
         {
             let (_, vm) = f.vanish_on.remove(pos);
             drop(f);
-            state.lock().unwrap().vms.remove(&vm);
+            state.lock().unwrap().remove_vm(&vm);
         }
     }
     // Injected HTTP failures.
@@ -901,7 +1461,8 @@ fn route(
 ) -> (u16, Value) {
     let mut st = state.lock().unwrap();
     st.expire();
-    let f = faults.lock().unwrap();
+    st.finish_due();
+    let mut f = faults.lock().unwrap();
     let now = Instant::now();
     if let Some(answer) = billing_route(method, parts, q, body, &mut st, &f) {
         return answer;
@@ -933,12 +1494,12 @@ fn route(
                 finish_op(&mut st, &op);
                 return (200, st.ops[&op].body.clone());
             }
-            let mut vm: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            let vm: Value = serde_json::from_str(body).unwrap_or(json!({}));
             let name = vm["name"].as_str().unwrap_or("").to_string();
             let target = format!(
                 "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}"
             );
-            if f.capacity_zones.contains(*zone) {
+            if room(&f, zone) == 0 {
                 let op = new_op(
                     &mut st,
                     zone,
@@ -967,86 +1528,7 @@ fn route(
                     ),
                 );
             }
-            st.next += 1;
-            let id = st.next;
-            vm["id"] = json!(id.to_string());
-            vm["kind"] = json!("compute#instance");
-            vm["status"] = json!("RUNNING");
-            vm["creationTimestamp"] = json!(now_rfc3339());
-            vm["zone"] = json!(format!(
-                "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"
-            ));
-            vm["labelFingerprint"] =
-                json!(base64::engine::general_purpose::URL_SAFE.encode(id.to_be_bytes()));
-            if let Some(ac) = vm.pointer_mut("/networkInterfaces/0/accessConfigs/0") {
-                ac["natIP"] = json!(config.nat_ip);
-            }
-            if let (Some(path), Some(items)) = (
-                &config.authorized_keys,
-                vm.pointer("/metadata/items").and_then(|i| i.as_array()),
-            ) {
-                for item in items {
-                    if item["key"] == "ssh-keys" {
-                        let line = item["value"].as_str().unwrap_or("");
-                        let key = line.split_once(':').map(|(_, k)| k).unwrap_or(line);
-                        let mut existing = std::fs::read_to_string(path).unwrap_or_default();
-                        existing.push_str(key);
-                        existing.push('\n');
-                        std::fs::write(path, existing).unwrap();
-                    }
-                }
-            }
-            let terminate_at = vm["scheduling"]["maxRunDuration"]["seconds"]
-                .as_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .filter(|_| vm["scheduling"]["instanceTerminationAction"] == "DELETE")
-                .map(|secs| now + st.ahead + Duration::from_secs(secs));
-            for (i, disk) in vm["disks"].as_array().into_iter().flatten().enumerate() {
-                let Some(init) = disk.get("initializeParams") else {
-                    continue;
-                };
-                // Compute names a boot disk after its VM unless initializeParams says otherwise.
-                let disk_name = init["diskName"].as_str().map_or_else(
-                    || {
-                        if i == 0 {
-                            name.clone()
-                        } else {
-                            format!("{name}-{i}")
-                        }
-                    },
-                    str::to_string,
-                );
-                let mut body = json!({
-                    "kind": "compute#disk", "name": disk_name,
-                    "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"),
-                    "sizeGb": init["diskSizeGb"], "type": init["diskType"],
-                    "sourceImage": init["sourceImage"], "status": "READY", "users": [target],
-                });
-                // Like the API, no `labels` field on a disk created without any.
-                if let Some(labels) = init.get("labels") {
-                    body["labels"] = labels.clone();
-                }
-                st.disks.insert(
-                    disk_name,
-                    Disk {
-                        body,
-                        user: name.clone(),
-                        auto_delete: disk["autoDelete"].as_bool().unwrap_or(false),
-                    },
-                );
-            }
-            st.vms.insert(
-                name.clone(),
-                Vm {
-                    zone: zone.to_string(),
-                    body: vm,
-                    visible_from: now + f.hide_new,
-                    running_from: now + f.op_delay + f.provisioning,
-                    fingerprint: id,
-                    terminate_at,
-                },
-            );
-            st.created.push(name.clone());
+            create_vm(&mut st, &mut f, config, zone, &name, vm, now);
             let op = new_op(
                 &mut st,
                 zone,
@@ -1061,6 +1543,182 @@ fn route(
                     .insert(rid.clone(), op["name"].as_str().unwrap().to_string());
             }
             (200, op)
+        }
+        // regionInstances.bulkInsert
+        // (https://cloud.google.com/compute/docs/reference/rest/v1/regionInstances/bulkInsert):
+        // validated and placed by `bulk_plan`; answers a region operation. The VMs exist when
+        // the call answers (as the fake's single insert does); the operation completes after
+        // `op_delay`. Fewer than minCount fit: nothing is created and the operation finishes
+        // with ZONE_RESOURCE_POOL_EXHAUSTED and VM_MIN_COUNT_NOT_REACHED in `error.errors[]`
+        // (the codes /work/shared/reference/gcp.md §1.3 reads there). The same `requestId`
+        // again answers the first operation and creates nothing.
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "regions",
+                region,
+                "instances",
+                "bulkInsert",
+            ],
+        ) => {
+            let req: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            st.bulk_calls.push(req.clone());
+            if let Some(reason) = &f.insert_403 {
+                return (403, error(403, reason, &format!("injected 403 ({reason})")));
+            }
+            if let Some(rid) = q.get("requestId")
+                && let Some(op) = st.request_ids.get(rid).cloned()
+            {
+                finish_op(&mut st, &op);
+                return (200, st.ops[&op].body.clone());
+            }
+            let zones = zones_of(&st, region);
+            let plan = match bulk_plan(&st, &f, &zones, &req) {
+                Ok(plan) => plan,
+                Err(answer) => return answer,
+            };
+            let op = if plan.placed.is_empty() {
+                let errors = vec![
+                    (
+                        "ZONE_RESOURCE_POOL_EXHAUSTED".to_string(),
+                        format!(
+                            "The zones allowed in region '{region}' do not have enough resources available to fulfill the request."
+                        ),
+                    ),
+                    (
+                        "VM_MIN_COUNT_NOT_REACHED".to_string(),
+                        format!(
+                            "Requested minimum count of {} VMs could not be created.",
+                            plan.min_count
+                        ),
+                    ),
+                ];
+                new_region_op(
+                    &mut st,
+                    project,
+                    region,
+                    "bulkInsert",
+                    f.op_delay,
+                    errors,
+                    None,
+                )
+            } else {
+                let props = &req["instanceProperties"];
+                let machine_type = props["machineType"].as_str().unwrap_or_default();
+                let mut names = plan.names.into_iter();
+                let mut per_zone = serde_json::Map::new();
+                for (zone, n) in &plan.placed {
+                    for (name, hostname) in names.by_ref().take(*n) {
+                        let mut vm = props.clone();
+                        vm["name"] = json!(name);
+                        vm["machineType"] =
+                            json!(format!("zones/{zone}/machineTypes/{machine_type}"));
+                        if let Some(h) = hostname {
+                            vm["hostname"] = h;
+                        }
+                        for disk in vm["disks"].as_array_mut().into_iter().flatten() {
+                            if let Some(t) = disk["initializeParams"]["diskType"].as_str() {
+                                disk["initializeParams"]["diskType"] =
+                                    json!(format!("zones/{zone}/diskTypes/{t}"));
+                            }
+                        }
+                        create_vm(&mut st, &mut f, config, zone, &name, vm, now);
+                    }
+                    per_zone.insert(
+                        format!("zones/{zone}"),
+                        json!({"targetVmCount": n, "createdVmCount": n, "failedToCreateVmCount": 0,
+                               "deletedVmCount": 0, "status": "CREATING"}),
+                    );
+                }
+                new_region_op(
+                    &mut st,
+                    project,
+                    region,
+                    "bulkInsert",
+                    f.op_delay,
+                    Vec::new(),
+                    Some(json!({ "perLocationStatus": per_zone })),
+                )
+            };
+            if let Some(rid) = q.get("requestId") {
+                st.request_ids
+                    .insert(rid.clone(), op["name"].as_str().unwrap().to_string());
+            }
+            (200, op)
+        }
+        // regionOperations.get
+        // (https://cloud.google.com/compute/docs/reference/rest/v1/regionOperations/get).
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _,
+                "regions",
+                region,
+                "operations",
+                op,
+            ],
+        ) => {
+            finish_op(&mut st, op);
+            match st.ops.get(*op) {
+                Some(o) if o.zone == *region && o.body.get("region").is_some() => {
+                    (200, o.body.clone())
+                }
+                _ => (
+                    404,
+                    error(
+                        404,
+                        "notFound",
+                        &format!("The resource '{op}' was not found"),
+                    ),
+                ),
+            }
+        }
+        // regionOperations.wait
+        // (https://cloud.google.com/compute/docs/reference/rest/v1/regionOperations/wait):
+        // returns when the operation is DONE or after at most 2 minutes, whichever comes first.
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _,
+                "regions",
+                region,
+                "operations",
+                op,
+                "wait",
+            ],
+        ) => {
+            let done_at = match st.ops.get(*op) {
+                Some(o) if o.zone == *region && o.body.get("region").is_some() => o.done_at,
+                _ => {
+                    return (
+                        404,
+                        error(
+                            404,
+                            "notFound",
+                            &format!("The resource '{op}' was not found"),
+                        ),
+                    );
+                }
+            };
+            let wait = done_at
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(120));
+            drop(st);
+            drop(f);
+            std::thread::sleep(wait);
+            let mut st = state.lock().unwrap();
+            finish_op(&mut st, op);
+            (200, st.ops[*op].body.clone())
         }
         ("GET", ["compute", "v1", "projects", _, "zones", _, "operations", op]) => {
             finish_op(&mut st, op);
