@@ -1461,3 +1461,31 @@ fn a_delete_whose_operation_never_finishes_gives_up_at_the_deadline() {
         down.stderr
     );
 }
+
+#[test]
+fn status_shows_each_workers_zone_and_price_and_the_fleets_hourly_burn() {
+    let Some(g) = gcp("", COMMIT, "") else { return };
+    let name = g.env.cwo(&["up"]).ok().stdout.trim().to_string();
+    let json = g.env.cwo(&["status", "--format", "json"]).ok().json();
+    let w = &json["workers"][0];
+    assert_eq!(w["name"], name.as_str());
+    let zone = g.fake.vm(&name).unwrap()["zone"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(w["zone"], zone.as_str(), "{json:#}");
+    let hourly = w["hourly_usd"].as_f64().expect("a catalog price");
+    assert!(hourly > 0.0, "{json:#}");
+    assert_eq!(json["fleet_hourly_usd"].as_f64().unwrap(), hourly);
+    assert_eq!(json["unpriced_workers"], 0);
+    let text = g.env.cwo(&["status"]).ok().stdout;
+    assert!(
+        text.contains(&format!("fleet: 1 worker(s), ${hourly:.4}/h list price")),
+        "{text}"
+    );
+    assert!(text.contains(&format!(" {zone} ")), "{text}");
+    g.env.cwo(&["down"]).ok();
+}

@@ -24,9 +24,14 @@ pub(crate) struct WorkerStatus {
     pub(crate) state: String,
     /// What the provider's list says: present, missing (deleted outside cwo?) or unknown.
     pub(crate) cloud: String,
+    /// The cloud zone, where there is one.
+    pub(crate) zone: Option<String>,
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) uptime_secs: Option<i64>,
     pub(crate) current_task: Option<String>,
+    /// The list price per hour (machine, disk, address) taken at launch, as `cwo cost` prices
+    /// the worker (local and ssh workers as the gcp settings would cost); None when unknown.
+    pub(crate) hourly_usd: Option<f64>,
     /// Only while a controller runs to act on it.
     pub(crate) idle_teardown_in_secs: Option<i64>,
 }
@@ -73,6 +78,10 @@ pub(crate) struct StatusReport {
     pub(crate) state_dir: PathBuf,
     pub(crate) controller_pid: Option<String>,
     pub(crate) workers: Vec<WorkerStatus>,
+    /// The summed list price per hour of the workers with a known price.
+    pub(crate) fleet_hourly_usd: f64,
+    /// Workers whose price is unknown (not in the catalog), left out of the sum.
+    pub(crate) unpriced_workers: usize,
     /// Why the provider's list failed (the workers are then the journal's only).
     pub(crate) provider_list_error: Option<String>,
     /// Why the tracker could not be read (the tasks are then empty).
@@ -133,12 +142,20 @@ pub(crate) async fn collect(
         .filter(|r| r.state == "open" || r.state == "blocked")
         .map(|r| pull_request_status(r, max))
         .collect();
+    let fleet_hourly_usd = workers.iter().filter_map(|w| w.hourly_usd).sum();
+    let unpriced_workers = journal
+        .live_workers()?
+        .iter()
+        .filter(|w| w.price.as_ref().is_some_and(|p| p.hourly.is_none()))
+        .count();
     Ok(StatusReport {
         schema_version: SCHEMA_VERSION,
         project: project.root.clone(),
         state_dir: project.state_dir.clone(),
         controller_pid: controller,
         workers,
+        fleet_hourly_usd,
+        unpriced_workers,
         provider_list_error: list_error,
         tracker_error,
         tasks: task_status(balls),
@@ -186,6 +203,11 @@ pub(crate) fn reconcile(
     let mut workers: Vec<WorkerStatus> = journaled
         .iter()
         .map(|w| {
+            // The provider's own word only: local and ssh workers are priced as the gcp
+            // settings would be, but they have no zone.
+            let zone = listed
+                .and_then(|l| l.iter().find(|i| i.name == w.name))
+                .and_then(|i| i.zone.clone());
             let cloud = match listed {
                 None => "unknown",
                 Some(l) if l.iter().any(|i| i.name == w.name) => "present",
@@ -196,9 +218,15 @@ pub(crate) fn reconcile(
                 provider: w.provider.clone(),
                 state: w.state.to_string(),
                 cloud: cloud.into(),
+                zone,
                 created_at: w.created_at,
                 uptime_secs: w.created_at.map(|c| (now - c).num_seconds().max(0)),
                 current_task: w.current_task.clone(),
+                hourly_usd: w
+                    .price
+                    .as_ref()
+                    .and_then(|p| p.hourly.as_ref())
+                    .map(|h| h.total()),
                 // The countdown only runs while a controller is there to act on it.
                 idle_teardown_in_secs: w
                     .idle_since
@@ -216,9 +244,11 @@ pub(crate) fn reconcile(
             provider: provider_kind.to_string(),
             state: "unjournaled".into(),
             cloud: "present (unknown to the journal: `cwo reap` deletes it)".into(),
+            zone: inst.zone.clone(),
             created_at: Some(inst.created_at),
             uptime_secs: Some((now - inst.created_at).num_seconds().max(0)),
             current_task: None,
+            hourly_usd: None,
             idle_teardown_in_secs: None,
         });
     }
@@ -261,24 +291,41 @@ impl Report for StatusReport {
             let mut t = Table::new(&[
                 "worker",
                 "provider",
+                "zone",
                 "state",
                 "uptime",
                 "task",
                 "idle teardown in",
+                "$/h",
                 "cloud",
             ]);
             for w in &self.workers {
                 t.row(vec![
                     w.name.clone(),
                     w.provider.clone(),
+                    w.zone.clone().unwrap_or_else(|| "-".into()),
                     w.state.clone(),
                     secs_cell(w.uptime_secs),
                     w.current_task.clone().unwrap_or_else(|| "-".into()),
                     secs_cell(w.idle_teardown_in_secs),
+                    w.hourly_usd
+                        .map(|h| format!("{h:.4}"))
+                        .unwrap_or_else(|| "-".into()),
                     w.cloud.clone(),
                 ]);
             }
             out.push_str(&t.render());
+            if self.fleet_hourly_usd > 0.0 || self.unpriced_workers > 0 {
+                out.push_str(&format!(
+                    "fleet: {} worker(s), ${:.4}/h list price{}\n",
+                    self.workers.len(),
+                    self.fleet_hourly_usd,
+                    match self.unpriced_workers {
+                        0 => String::new(),
+                        n => format!(" ({n} with no catalog price, not counted)"),
+                    }
+                ));
+            }
         }
         let c = &self.tasks.counts;
         out.push_str(&format!(
