@@ -423,3 +423,44 @@ git commit -q --allow-empty -m "$CWO_TASK_ID""#,
         assert!(call.ends_with(":: none none none"), "{call}");
     }
 }
+
+#[test]
+fn logs_follow_every_running_attempt_at_once_each_line_prefixed() {
+    let env = TestEnv::new();
+    let nothing = env.cwo(&["logs", "-f"]);
+    assert_eq!(nothing.code, 1, "{}", nothing.stderr);
+    assert!(
+        nothing.stderr.contains("nothing is running"),
+        "{}",
+        nothing.stderr
+    );
+    env.agent_with(
+        "[workers]\ntasks_per_worker = 2",
+        &format!("echo \"hello from $CWO_TASK_ID\"\nsleep 2\n{COMMITTING}"),
+        "",
+    );
+    let a = env.add(&["First"]);
+    let b = env.add(&["Second"]);
+    let mut run = env
+        .cmd(&["run", "--once"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(crate::common::wait_for(
+        std::time::Duration::from_secs(30),
+        || env.journal("SELECT count(*) FROM attempts") != "0"
+    ));
+    let follow = env.cwo(&["logs", "-f"]);
+    assert!(run.wait().unwrap().success());
+    assert_eq!(follow.code, 0, "{}", follow.stderr);
+    for id in [&a, &b] {
+        for line in [format!("hello from {id}"), "committed".to_string()] {
+            assert!(
+                follow.stdout.contains(&format!("[{id}] {line}\n")),
+                "no `[{id}] {line}` in:\n{}",
+                follow.stdout
+            );
+        }
+    }
+}

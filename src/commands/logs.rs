@@ -1,4 +1,5 @@
-//! `cwo logs <task> [-f]`: an attempt's agent log, optionally followed while it runs.
+//! `cwo logs <task> [-f]`: an attempt's agent log, optionally followed while it runs;
+//! `cwo logs -f`: every running attempt's log at once (orchestrator/logs.rs).
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -14,14 +15,17 @@ pub(crate) async fn logs(
     args: &LogsArgs,
 ) -> Result<ExitStatus, CommandError> {
     let journal = project.journal()?;
-    let id = match project.tracker().resolve_id(&args.task) {
+    let Some(task) = &args.task else {
+        return follow_all(project, &journal).await;
+    };
+    let id = match project.tracker().resolve_id(task) {
         Ok(id) => id,
         // A ball removed from the tracker still has its logs in the journal.
         Err(e) => {
-            if journal.attempts(Some(&args.task))?.is_empty() {
+            if journal.attempts(Some(task))?.is_empty() {
                 return Err(e.into());
             }
-            args.task.clone()
+            task.clone()
         }
     };
     let attempts = journal.attempts(Some(&id))?;
@@ -66,4 +70,33 @@ pub(crate) async fn logs(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(ExitStatus::Success)
+}
+
+/// Every running attempt's log, each line prefixed with its task, while a controller runs or an
+/// attempt does.
+async fn follow_all(
+    project: &Project,
+    journal: &crate::journal::Journal,
+) -> Result<ExitStatus, CommandError> {
+    let mut follower = crate::orchestrator::logs::Follower::default();
+    let controller = || crate::journal::ControllerLock::holder(&project.state_dir).is_some();
+    let mut first = true;
+    loop {
+        let lines = follower.poll(journal)?;
+        if first && follower.following() == 0 && !controller() {
+            return Err(CommandError::user("nothing is running")
+                .hint("`cwo run` starts the loop; `cwo logs TASK` shows a finished attempt"));
+        }
+        first = false;
+        let mut stdout = std::io::stdout().lock();
+        for (task, line) in lines {
+            let _ = writeln!(stdout, "[{task}] {line}");
+        }
+        let _ = stdout.flush();
+        drop(stdout);
+        if follower.following() == 0 && !controller() {
+            return Ok(ExitStatus::Success);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

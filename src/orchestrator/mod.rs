@@ -5,6 +5,7 @@
 
 mod attempt;
 mod error;
+pub mod logs;
 mod ports;
 pub mod reaper;
 mod record;
