@@ -372,8 +372,7 @@ pub struct SshArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// The ball id (a unique prefix of its short id is enough). Without it, `-f` follows every
-    /// running attempt at once, each line prefixed with its task, for as long as a controller
-    /// runs or an attempt does.
+    /// running attempt at once, each line prefixed with its task, while a controller runs.
     #[arg(required_unless_present = "follow")]
     pub task: Option<String>,
     /// Keep following the log while the attempt runs.

@@ -682,8 +682,9 @@ impl Journal {
         })
     }
 
-    /// Moves a pull request's feedback watermarks to what a follow-up acted on (written when the
-    /// follow-up ends, so feedback whose follow-up never finished is read again).
+    /// Counts a follow-up round and moves the pull request's feedback watermarks to what it
+    /// acted on (written when the follow-up ends, so feedback whose follow-up never finished is
+    /// read again, and costs no round).
     pub(crate) fn pull_request_seen(
         &self,
         ball_id: &str,
@@ -694,7 +695,7 @@ impl Journal {
     ) -> Result<(), JournalError> {
         self.with(|c| {
             c.execute(
-                "UPDATE pull_requests SET seen_review = MAX(seen_review, ?2),
+                "UPDATE pull_requests SET rounds = rounds + 1, seen_review = MAX(seen_review, ?2),
                      seen_comment = MAX(seen_comment, ?3),
                      seen_issue_comment = MAX(seen_issue_comment, ?4),
                      failed_sha = CASE WHEN ?5 = '' THEN failed_sha ELSE ?5 END, updated_at = ?6

@@ -778,6 +778,11 @@ fn a_follow_up_stopped_midway_is_taken_up_again_by_the_next_run() {
         "a stopped follow-up leaves the delivered issue as it was: {:?}",
         gh.labels(n)
     );
+    assert_eq!(
+        gh.env.journal("SELECT rounds FROM pull_requests"),
+        "0",
+        "a stopped follow-up costs no round"
+    );
 
     // The next run reads the same comment again and answers it.
     std::fs::remove_file(&gate).unwrap();
@@ -797,4 +802,5 @@ fn a_follow_up_stopped_midway_is_taken_up_again_by_the_next_run() {
     assert_ne!(gh.fake.branch_sha(&branch).unwrap(), first_head);
     kill(&child, "INT");
     child.wait_with_output().unwrap();
+    assert_eq!(gh.env.journal("SELECT rounds FROM pull_requests"), "1");
 }

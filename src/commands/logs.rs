@@ -72,31 +72,38 @@ pub(crate) async fn logs(
     Ok(ExitStatus::Success)
 }
 
-/// Every running attempt's log, each line prefixed with its task, while a controller runs or an
-/// attempt does.
+/// Every running attempt's log, each line prefixed with its task, while a controller runs.
 async fn follow_all(
     project: &Project,
     journal: &crate::journal::Journal,
 ) -> Result<ExitStatus, CommandError> {
     let mut follower = crate::orchestrator::logs::Follower::default();
     let controller = || crate::journal::ControllerLock::holder(&project.state_dir).is_some();
-    let mut first = true;
+    // Attempts open in the journal without a controller are a crashed run's leftovers, not
+    // running: nothing to follow.
+    if !controller() {
+        return Err(CommandError::user("nothing is running")
+            .hint("`cwo run` starts the loop; `cwo logs TASK` shows an attempt's log"));
+    }
+    let mut tick = 0u32;
+    let mut running = true;
     loop {
         let lines = follower.poll(journal)?;
-        if first && follower.following() == 0 && !controller() {
-            return Err(CommandError::user("nothing is running")
-                .hint("`cwo run` starts the loop; `cwo logs TASK` shows a finished attempt"));
-        }
-        first = false;
         let mut stdout = std::io::stdout().lock();
         for (task, line) in lines {
             let _ = writeln!(stdout, "[{task}] {line}");
         }
         let _ = stdout.flush();
         drop(stdout);
-        if follower.following() == 0 && !controller() {
+        if !running {
             return Ok(ExitStatus::Success);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // The controller lock is probed once a second (a probe takes it for an instant).
+        tick += 1;
+        if tick.is_multiple_of(5) {
+            // One more read after the controller is gone: the last lines it wrote.
+            running = controller();
+        }
     }
 }

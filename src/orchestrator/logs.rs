@@ -80,9 +80,4 @@ impl Follower {
         }
         Ok(out)
     }
-
-    /// How many logs are being followed.
-    pub(crate) fn following(&self) -> usize {
-        self.tails.len()
-    }
 }

@@ -170,7 +170,28 @@ impl Orchestrator {
             return Ok(());
         };
         let tasks = tracked(&self.tracker, |t| t.list()).await?;
+        let open_pulls = journaled(&self.env.journal, |j| j.pull_requests(true)).await?;
         for attempt in attempts {
+            // A follow-up on a pull request is not resumed as a plain task: it is closed, and
+            // its feedback (not marked seen) is read again at the next poll.
+            if let Some(pr) = open_pulls.iter().find(|p| p.ball_id == attempt.ball_id) {
+                self.env
+                    .recorder
+                    .apply(Transition::AttemptEnded {
+                        id: attempt.id,
+                        outcome: "aborted",
+                        exit: "-".into(),
+                        branch: None,
+                        commit: None,
+                        reason: Some(format!(
+                            "a follow-up on pull request #{} its controller left; the feedback is read again",
+                            pr.number
+                        )),
+                    })
+                    .await
+                    .map_err(into_run_error)?;
+                continue;
+            }
             let Some(task) = tasks.iter().find(|t| t.id == attempt.ball_id).cloned() else {
                 self.env
                     .recorder
@@ -364,6 +385,10 @@ impl Orchestrator {
             ));
             st.fresh = false;
             let ctx = self.task_ctx(st, &task.id);
+            // A delivered task is not "wanted" by its tracker any more (done label, done/
+            // directory): the pull request's own life ends a follow-up, not `wanted()`.
+            // Its abort still follows the run's (`--now`).
+            st.aborts.remove(&task.id);
             st.running
                 .spawn(attempt::run_task(ctx, task, None, 0, Some(follow_up)));
         }
@@ -526,7 +551,10 @@ impl Orchestrator {
                 self.block_for_pull_request(&row, task, reason).await;
             }
             PullRequestLife::Open { .. } if report.has_feedback() => {
-                row.rounds += 1;
+                // The round is journaled when the follow-up ends (with the watermarks): a
+                // follow-up that is stopped costs no round.
+                let mut next = row.clone();
+                next.rounds += 1;
                 let what = match (report.notes.len(), report.failed.len()) {
                     (n, 0) => format!("{n} review comment(s)"),
                     (0, f) => format!("{f} failed check(s)"),
@@ -534,12 +562,12 @@ impl Orchestrator {
                 };
                 printer.status(format!(
                     "↺ {} pull request #{}: {what}; follow-up {}/{max}",
-                    row.ball_id, row.number, row.rounds
+                    row.ball_id, row.number, next.rounds
                 ));
                 st.follow_ups.push_back((
                     task,
                     Arc::new(FollowUp {
-                        pr: row.clone(),
+                        pr: next,
                         notes: report.notes.clone(),
                         failed: report.failed.clone(),
                         seen: report.seen.clone(),

@@ -266,7 +266,7 @@ async fn github_checks(project: &Project) -> Vec<Check> {
         .as_ref()
         .is_some_and(|s| !s.iter().any(|p| p == "repo" || p == "public_repo"));
     checks.push(match &repository.permissions {
-        _ if lacks_scope => Check::fail(
+        _ if lacks_scope => (if needed { Check::fail } else { Check::warn })(
             "github repo",
             format!(
                 "the classic token's scopes ({}) do not include repo: cwo cannot push or open pull requests on {repo}",
@@ -274,7 +274,7 @@ async fn github_checks(project: &Project) -> Vec<Check> {
             ),
             write_fix,
         ),
-        Some(p) if !p.push => Check::fail(
+        Some(p) if !p.push => (if needed { Check::fail } else { Check::warn })(
             "github repo",
             format!(
                 "{login} can read {repo} but not push to it: cwo pushes task branches and opens pull requests"

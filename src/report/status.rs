@@ -166,7 +166,12 @@ pub(crate) async fn collect(
 /// The configured tracker's tasks (`github` reads the repository's issues: an unreachable
 /// GitHub is reported, not fatal, so `status` still shows the workers).
 async fn tasks(project: &Project, printer: Printer) -> Result<Vec<Task>, String> {
-    let github = project.github(printer).await.map_err(|e| e.to_string())?;
+    // Only the GitHub tracker needs the client: a local tracker is read without credentials.
+    let github = if project.settings().tracker.kind == crate::config::TrackerKind::Github {
+        project.github(printer).await.map_err(|e| e.to_string())?
+    } else {
+        None
+    };
     let tracker = project
         .task_source(github.as_ref())
         .map_err(|e| e.to_string())?;
