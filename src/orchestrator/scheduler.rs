@@ -175,36 +175,16 @@ impl Orchestrator {
             // A follow-up on a pull request is not resumed as a plain task: it is closed, and
             // its feedback (not marked seen) is read again at the next poll.
             if let Some(pr) = open_pulls.iter().find(|p| p.ball_id == attempt.ball_id) {
-                self.env
-                    .recorder
-                    .apply(Transition::AttemptEnded {
-                        id: attempt.id,
-                        outcome: "aborted",
-                        exit: "-".into(),
-                        branch: None,
-                        commit: None,
-                        reason: Some(format!(
-                            "a follow-up on pull request #{} its controller left; the feedback is read again",
-                            pr.number
-                        )),
-                    })
-                    .await
-                    .map_err(into_run_error)?;
+                let why = format!(
+                    "a follow-up on pull request #{} its controller left; the feedback is read again",
+                    pr.number
+                );
+                self.close_attempt(attempt.id, why).await?;
                 continue;
             }
             let Some(task) = tasks.iter().find(|t| t.id == attempt.ball_id).cloned() else {
-                self.env
-                    .recorder
-                    .apply(Transition::AttemptEnded {
-                        id: attempt.id,
-                        outcome: "aborted",
-                        exit: "-".into(),
-                        branch: None,
-                        commit: None,
-                        reason: Some("the ball left the tracker".into()),
-                    })
-                    .await
-                    .map_err(into_run_error)?;
+                self.close_attempt(attempt.id, "the ball left the tracker".into())
+                    .await?;
                 continue;
             };
             st.in_flight.insert(task.id.clone());
@@ -432,6 +412,23 @@ impl Orchestrator {
                 .spawn(attempt::run_task(ctx, task, None, prior, None));
         }
         Ok(())
+    }
+
+    /// Closes an attempt a stopped controller left open, as aborted, with why.
+    async fn close_attempt(&self, id: i64, why: String) -> Result<(), OrchestratorError> {
+        self.env
+            .recorder
+            .apply(Transition::AttemptEnded {
+                id,
+                outcome: "aborted",
+                exit: "-".into(),
+                branch: None,
+                commit: None,
+                reason: Some(why),
+            })
+            .await
+            .map_err(into_run_error)
+            .map(|_| ())
     }
 
     /// At each poll: running tasks the tracker no longer wants are aborted, and cwo's open pull
