@@ -348,6 +348,17 @@ pub trait Provider: Send + Sync {
         spec: &WorkerSpec,
         idempotency_key: &str,
     ) -> Result<Instance, ProviderError>;
+    /// Creates several workers at once (a fleet scaling up), each spec with its own idempotency
+    /// key. One result per spec, in order: the worker, or why it was not created (a worker that
+    /// was not created leaves nothing behind). The default sends the single creates concurrently;
+    /// a provider with a batch call of its own (Compute Engine's `regionInstances.bulkInsert`)
+    /// overrides it.
+    async fn create_many(
+        &self,
+        specs: &[(WorkerSpec, String)],
+    ) -> Vec<Result<Instance, ProviderError>> {
+        futures::future::join_all(specs.iter().map(|(spec, key)| self.create(spec, key))).await
+    }
     async fn wait_running(&self, name: &str, timeout: Duration) -> Result<Instance, ProviderError>;
     /// `None` = the worker is gone.
     async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError>;
