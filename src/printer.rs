@@ -3,7 +3,23 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+/// Every spinner of the process, one line each (a fleet brings several workers up at once), with
+/// status lines printed above them instead of through them.
+fn spinners() -> &'static MultiProgress {
+    static MULTI: std::sync::OnceLock<MultiProgress> = std::sync::OnceLock::new();
+    MULTI.get_or_init(MultiProgress::new)
+}
+
+/// A line on stderr that does not tear through the spinners drawn there.
+fn stderr_line(progress: bool, msg: &str) {
+    if progress {
+        spinners().suspend(|| eprintln!("{msg}"));
+    } else {
+        eprintln!("{msg}");
+    }
+}
 
 /// Version of every JSON document cwo prints.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
@@ -27,13 +43,13 @@ impl Printer {
     /// A status line on stderr.
     pub(crate) fn status(&self, msg: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", msg.as_ref());
+            stderr_line(self.progress, msg.as_ref());
         }
     }
 
     /// A warning on stderr, shown even with `-q`.
     pub(crate) fn warn(&self, msg: impl AsRef<str>) {
-        eprintln!("warning: {}", msg.as_ref());
+        stderr_line(self.progress, &format!("warning: {}", msg.as_ref()));
     }
 
     /// Data on stdout.
@@ -61,11 +77,12 @@ impl Printer {
         self.out(serde_json::to_string_pretty(&value).expect("JSON serializes"));
     }
 
-    /// A spinner on stderr for one phase (nothing when stderr is not a terminal).
+    /// A spinner on stderr for one phase (nothing when stderr is not a terminal); phases that
+    /// overlap (workers coming up together) each keep a line of their own.
     pub(crate) fn phase(&self, msg: impl Into<String>) -> Phase {
         let msg = msg.into();
         let bar = if self.progress {
-            let bar = ProgressBar::new_spinner();
+            let bar = spinners().add(ProgressBar::new_spinner());
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
             );
@@ -86,7 +103,7 @@ impl Printer {
     /// An agent output line, prefixed with its task.
     pub(crate) fn task_line(&self, task: &str, line: &str) {
         if !self.quiet {
-            eprintln!("[{task}] {line}");
+            stderr_line(self.progress, &format!("[{task}] {line}"));
         }
     }
 }
@@ -103,6 +120,7 @@ impl Phase {
         let took = self.started.elapsed();
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+            spinners().remove(bar);
         }
         self.printer
             .status(format!("{} ({})", msg.as_ref(), fmt_secs(took)));

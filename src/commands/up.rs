@@ -28,7 +28,7 @@ pub(crate) async fn up(
     if let Some(e) = failed.pop() {
         return Err(e.into());
     }
-    if let Some(w) = recovered.worker {
+    if let Some(w) = recovered.workers.first() {
         printer.status(format!("worker {} is already up", w.instance.name));
         printer.out(&w.instance.name);
         return Ok(ExitStatus::Success);

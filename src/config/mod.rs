@@ -220,6 +220,7 @@ pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
         })?;
     check_ttl_leaves_room(&settings, &origins)?;
     apply_aliases(&mut settings, &mut origins)?;
+    check_fresh_per_task(&settings, &origins)?;
     Ok(Resolved { settings, origins })
 }
 
@@ -251,6 +252,34 @@ fn apply_aliases(
     settings.workers.tasks_per_worker = old;
     origins.insert(key.to_string(), old_source);
     Ok(())
+}
+
+/// A worker deleted after its task takes one task at a time: `fresh_per_task` with
+/// `tasks_per_worker` above 1 asks for two things at once.
+fn check_fresh_per_task(
+    settings: &Settings,
+    origins: &BTreeMap<String, Source>,
+) -> Result<(), ConfigError> {
+    let w = &settings.workers;
+    if !w.fresh_per_task || w.tasks_per_worker.get() == 1 {
+        return Ok(());
+    }
+    let at = |key: &str| {
+        origins
+            .get(key)
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "the defaults".into())
+    };
+    Err(ConfigError {
+        location: at("workers.tasks_per_worker"),
+        message: format!(
+            "workers.tasks_per_worker = {} contradicts workers.fresh_per_task = true (from {}): a fresh worker takes exactly one task and is deleted after it",
+            w.tasks_per_worker,
+            at("workers.fresh_per_task"),
+        ),
+        hint: "set tasks_per_worker = 1, or fresh_per_task = false to share workers between tasks"
+            .into(),
+    })
 }
 
 /// The settings merged so far, layer over layer, with the origin of every leaf key.
@@ -752,6 +781,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_is_set_in_workers_and_fresh_workers_take_one_task_each() {
+        let r = resolve(&inputs_for(None, &[], &[])).unwrap();
+        let w = &r.settings.workers;
+        assert_eq!((w.max.get(), w.fresh_per_task), (1, false));
+        assert_eq!(w.max_hourly_usd.0, None);
+        let flags = vec![
+            "workers.max=8".to_string(),
+            "workers.max_hourly_usd=\"0.05\"".into(),
+        ];
+        let w = resolve(&inputs_for(None, &[], &flags))
+            .unwrap()
+            .settings
+            .workers;
+        assert_eq!((w.max.get(), w.max_hourly_usd.0), (8, Some(0.05)));
+        let number = vec!["workers.max_hourly_usd=2".to_string()];
+        let w = resolve(&inputs_for(None, &[], &number))
+            .unwrap()
+            .settings
+            .workers;
+        assert_eq!(w.max_hourly_usd.0, Some(2.0));
+        let clash = vec![
+            "workers.fresh_per_task=true".to_string(),
+            "workers.tasks_per_worker=2".into(),
+        ];
+        let e = resolve(&inputs_for(None, &[], &clash)).unwrap_err();
+        assert!(e.message.contains("fresh_per_task = true"), "{e:?}");
+        assert!(e.location.contains("workers.tasks_per_worker=2"), "{e:?}");
+    }
+
+    #[test]
     fn unknown_key_names_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("cwo.toml");
@@ -790,6 +849,17 @@ mod tests {
             ("poll_interval = \"0s\"\n", 1, "more than 0"),
             ("[agent]\ntimeout = \"0s\"\n", 2, "more than 0"),
             ("[ssh]\nconnect_timeout = \"0ms\"\n", 2, "more than 0"),
+            ("[workers]\nmax = 0\n", 2, "nonzero"),
+            (
+                "[workers]\nmax_hourly_usd = \"cheap\"\n",
+                2,
+                "\"cheap\" is not a number",
+            ),
+            (
+                "[workers]\nmax_hourly_usd = -1\n",
+                2,
+                "not a positive price",
+            ),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();

@@ -100,6 +100,31 @@ pub enum OrchestratorError {
     /// The journal has the worker, the provider does not.
     #[error("worker {0} is gone")]
     Gone(String),
+    /// The provider's quota could not be read (the fleet scales as if it had none).
+    #[error("could not read the provider's quota")]
+    Quota {
+        #[source]
+        source: ProviderError,
+    },
+    /// `workers.max_hourly_usd` is set and a worker has no catalog price: the ceiling cannot be
+    /// kept, so no worker is brought up.
+    #[error(
+        "workers.max_hourly_usd = {ceiling} is set, but the price catalog has no price for a {machine} worker in {zone}, so the fleet's hourly cost cannot be kept under it"
+    )]
+    Unpriced {
+        ceiling: f64,
+        machine: String,
+        zone: String,
+    },
+    /// `workers.max_hourly_usd` is below the price of one worker.
+    #[error(
+        "workers.max_hourly_usd = {ceiling} is below the list price of one worker ({machine}: ${price:.4}/h)"
+    )]
+    CeilingTooLow {
+        ceiling: f64,
+        machine: String,
+        price: f64,
+    },
 }
 
 impl OrchestratorError {
@@ -108,7 +133,9 @@ impl OrchestratorError {
         match self {
             OrchestratorError::Secrets(_)
             | OrchestratorError::TtlTooShort { .. }
-            | OrchestratorError::SeveralUp(_) => true,
+            | OrchestratorError::SeveralUp(_)
+            | OrchestratorError::Unpriced { .. }
+            | OrchestratorError::CeilingTooLow { .. } => true,
             OrchestratorError::Abandoned { problem, .. } => problem.is_usage(),
             _ => false,
         }
@@ -181,6 +208,13 @@ impl OrchestratorError {
                 vec!["bring one up with `cwo up`, or let `cwo run` do it".into()]
             }
             E::Gone(_) => vec!["`cwo down` updates the journal".into()],
+            E::Unpriced { .. } => vec![
+                "remove workers.max_hourly_usd, or pick a machine type and zone the catalog prices (`cwo up --plan` shows the price)".into(),
+            ],
+            E::CeilingTooLow { price, .. } => vec![format!(
+                "raise workers.max_hourly_usd to at least {price:.4}, or pick a cheaper gcp.machine_type"
+            )],
+            E::Quota { .. } => vec!["grant compute.regions.get to let cwo read it".into()],
             _ => vec![],
         }
     }

@@ -1,8 +1,11 @@
-//! The loop: polls the tracker, keeps one worker fit for the queue, claims ready balls onto it
-//! (up to `workers.tasks_per_worker`), settles finished tasks, tears the worker down when idle, and always
-//! before it returns.
+//! The loop: polls the tracker, scales a fleet of workers 0..`workers.max` by the ready tasks
+//! (capped by `workers.max_hourly_usd` and the provider's quota), claims ready balls onto workers
+//! with room (up to `workers.tasks_per_worker` each), settles finished tasks, tears each worker
+//! down on its own when idle (or after its one task, with `workers.fresh_per_task`), and tears
+//! every worker down before it returns. Bring-ups and teardowns run beside the loop, so tasks on
+//! the other workers keep being settled and claimed meanwhile.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +16,7 @@ use super::attempt::{self, FollowUp, TaskCtx, TaskEnv, TaskReport};
 use super::error::OrchestratorError;
 use super::ports::{Ports, RunContext, journaled, tracked};
 use super::record::{RecordError, Recorder, Transition};
-use super::worker::{ActiveWorker, PENDING_WAIT, PendingCreate, Unfit, WorkerLifecycle};
+use super::worker::{ActiveWorker, Batch, PENDING_WAIT, PendingCreate, Unfit, WorkerLifecycle};
 use super::{RunOptions, RunSummary, Shutdown, one_line};
 use crate::agent::Outcome;
 use crate::forge::{Forge, PullRequestLife, Seen};
@@ -22,31 +25,76 @@ use crate::printer::fmt_secs;
 use crate::provider::Provider;
 use crate::tracker::{Task, Tracker, TrackerError};
 
-/// Consecutive failed bring-ups a polling controller sits out before it gives up.
+/// Consecutive failed bring-ups a polling controller with no worker up sits out before it gives
+/// up.
 const MAX_UP_FAILURES: u32 = 5;
 
 pub struct Orchestrator {
-    workers: WorkerLifecycle,
+    workers: Arc<WorkerLifecycle>,
     env: Arc<TaskEnv>,
     tracker: Arc<dyn Tracker>,
     provider: Arc<dyn Provider>,
     forge: Option<Arc<dyn Forge>>,
 }
 
+/// One worker of the fleet, as the loop holds it.
+struct Slot {
+    worker: ActiveWorker,
+    /// The tasks running on it.
+    tasks: HashSet<String>,
+    /// Since when it has run nothing (its own `idle_timeout` counts from here).
+    idle_since: Instant,
+    /// It has taken no task yet (a TTL too short for even one is a settings error, not a reason
+    /// to rotate forever).
+    fresh: bool,
+    /// It takes no new task: unfit (stopped, or too close to its TTL) with tasks still running,
+    /// or a `fresh_per_task` worker that has had its task. It goes when its tasks end.
+    closed: Option<&'static str>,
+}
+
+/// What a bring-up running beside the loop reports.
+enum UpEvent {
+    /// A batch's creates answered, one result per worker (`Err`: the journal refused the
+    /// intents, and nothing was created).
+    Created(Result<Batch, OrchestratorError>),
+    /// A created worker is ready (`None`: a signal arrived, and it was deleted again).
+    Ready {
+        name: String,
+        result: Result<Option<ActiveWorker>, OrchestratorError>,
+        secs: f64,
+    },
+}
+
+/// A teardown running beside the loop: the worker, how long it took, and how it went.
+type Down = (String, f64, Result<(), OrchestratorError>);
+
 /// What the loop holds during a run.
 struct RunState {
     opts: RunOptions,
     shutdown: Shutdown,
-    worker: Option<ActiveWorker>,
-    /// The current worker has taken no task yet (a TTL too short for even one is a settings
-    /// error, not a reason to rotate forever).
-    fresh: bool,
+    /// The fleet, by worker name.
+    workers: BTreeMap<String, Slot>,
+    /// Bring-ups running beside the loop, and how many workers they will add.
+    ups: JoinSet<UpEvent>,
+    coming: usize,
+    /// Stops the bring-ups (a signal, or the run ending while one is under way).
+    up_stop: CancellationToken,
+    /// Teardowns running beside the loop (their workers still count against `workers.max`
+    /// until they are confirmed gone).
+    downs: JoinSet<Down>,
+    /// How many workers the fleet may have: `workers.max`, the hourly ceiling, and (once asked)
+    /// the provider's quota.
+    cap: usize,
+    quota_asked: bool,
+    /// The last reason the fleet could not grow, said once.
+    capped: Option<String>,
     pending: Vec<PendingCreate>,
     /// Failures that do not stop the queue but make the run exit 1 at its end (a worker that
     /// could not be deleted: the error carries the exact delete command).
     deferred: Vec<OrchestratorError>,
     running: JoinSet<TaskReport>,
-    in_flight: HashSet<String>,
+    /// Every running task, and the worker it runs on.
+    placed: HashMap<String, String>,
     /// Each running task's own abort (a child of the run's): cancelled when its task is no
     /// longer wanted (a GitHub issue closed or unlabelled while it runs).
     aborts: HashMap<String, CancellationToken>,
@@ -56,24 +104,24 @@ struct RunState {
     watched: Option<Instant>,
     /// Attempts spent on balls whose worker went away, so a requeued ball keeps its count.
     tries: HashMap<String, u32>,
-    idle_since: Instant,
     up_failures: u32,
+    /// No new bring-up before this (backing off after failures).
+    up_after: Option<Instant>,
     summary: RunSummary,
 }
 
-/// What the loop does after a step.
-enum Next {
-    /// Look at the queue again at once.
-    Poll,
-    /// Wait for a task to end, the poll interval, or a signal.
-    Wait,
+impl RunState {
+    /// Workers that count against the cap: up, coming up, and being deleted.
+    fn live(&self) -> usize {
+        self.workers.len() + self.coming + self.downs.len()
+    }
 }
 
 impl Orchestrator {
     pub fn new(ports: Ports, ctx: RunContext) -> Orchestrator {
         let recorder = Recorder::new(ports.tracker.clone(), ports.journal.clone());
         Orchestrator {
-            workers: WorkerLifecycle::new(&ports, &ctx),
+            workers: Arc::new(WorkerLifecycle::new(&ports, &ctx)),
             env: Arc::new(TaskEnv {
                 agent_env: tokio::sync::OnceCell::new(),
                 root: ctx.root,
@@ -96,8 +144,8 @@ impl Orchestrator {
         &self.workers
     }
 
-    /// The loop. Returns after `--once` drained the queue or after a shutdown signal; the worker
-    /// is always torn down before it returns. Every failure is shown on stderr; the last one is
+    /// The loop. Returns after `--once` drained the queue or after a shutdown signal; every
+    /// worker is torn down before it returns. Every failure is shown on stderr; the last one is
     /// the run's error.
     pub async fn run(
         &self,
@@ -111,22 +159,46 @@ impl Orchestrator {
             .get_or_try_init(|| crate::secrets::resolve(&settings.agent.env, &settings.gcp))
             .await
             .map_err(OrchestratorError::Secrets)?;
+        // So is a ceiling that cannot be kept.
+        let cap = self.price_cap()?;
         let recovered = self.workers.recover(true, "orphaned").await?;
+        let now = Instant::now();
+        let workers = recovered
+            .workers
+            .into_iter()
+            .map(|w| {
+                let slot = Slot {
+                    worker: w,
+                    tasks: HashSet::new(),
+                    idle_since: now,
+                    fresh: false,
+                    closed: None,
+                };
+                (slot.worker.instance.name.clone(), slot)
+            })
+            .collect();
+        let up_stop = shutdown.stop_claiming.child_token();
         let mut st = RunState {
             opts,
             shutdown,
-            worker: recovered.worker,
-            fresh: false,
+            workers,
+            ups: JoinSet::new(),
+            coming: 0,
+            up_stop,
+            downs: JoinSet::new(),
+            cap,
+            quota_asked: false,
+            capped: None,
             pending: recovered.pending,
             deferred: Vec::new(),
             running: JoinSet::new(),
-            in_flight: HashSet::new(),
+            placed: HashMap::new(),
             aborts: HashMap::new(),
             follow_ups: VecDeque::new(),
             watched: None,
             tries: HashMap::new(),
-            idle_since: Instant::now(),
             up_failures: 0,
+            up_after: None,
             summary: RunSummary::default(),
         };
         let result = match self.resume(&mut st, recovered.resume).await {
@@ -136,17 +208,58 @@ impl Orchestrator {
         self.finish(st, result).await
     }
 
-    /// A task's context on the current worker, with an abort of its own.
-    fn task_ctx(&self, st: &mut RunState, id: &str) -> TaskCtx {
-        let w = st
-            .worker
-            .as_ref()
+    /// How many workers the fleet may have by `workers.max` and `workers.max_hourly_usd` (the
+    /// ceiling over one worker's list price). A ceiling with no price to hold it against, or one
+    /// below a single worker, is a settings error: the run refuses to scale at all.
+    fn price_cap(&self) -> Result<usize, OrchestratorError> {
+        let w = &self.env.settings.workers;
+        let Some(ceiling) = w.max_hourly_usd.0 else {
+            return Ok(w.max.get());
+        };
+        let spec = self.provider.price_spec(None);
+        let Some(price) = self.workers.hourly_price() else {
+            return Err(OrchestratorError::Unpriced {
+                ceiling,
+                machine: spec.machine_type,
+                zone: spec.zone,
+            });
+        };
+        // A hair of slack: 0.3 / 0.1 is 2.9999999999999996 in floating point.
+        let fits = ((ceiling / price) + 1e-9).floor() as usize;
+        if fits == 0 {
+            return Err(OrchestratorError::CeilingTooLow {
+                ceiling,
+                machine: spec.machine_type,
+                price,
+            });
+        }
+        if fits < w.max.get() {
+            self.env.printer.status(format!(
+                "workers.max_hourly_usd = {ceiling} caps the fleet at {fits} worker(s) (${price:.4}/h each; workers.max = {})",
+                w.max
+            ));
+        }
+        Ok(fits.min(w.max.get()))
+    }
+
+    /// A task's context on worker `on`, with an abort of its own.
+    fn task_ctx(&self, st: &mut RunState, id: &str, on: &str) -> TaskCtx {
+        let slot = st
+            .workers
+            .get_mut(on)
             .expect("tasks start on a worker that is up");
+        slot.tasks.insert(id.to_string());
+        slot.fresh = false;
+        if self.env.settings.workers.fresh_per_task {
+            slot.closed = Some("fresh_per_task");
+        }
+        let w = &slot.worker;
         let (transport, worker, workspace) = (
             w.transport.clone(),
             w.instance.name.clone(),
             w.instance.workspace.clone(),
         );
+        st.placed.insert(id.to_string(), on.to_string());
         let abort = st.shutdown.abort.child_token();
         st.aborts.insert(id.to_string(), abort.clone());
         TaskCtx {
@@ -159,16 +272,16 @@ impl Orchestrator {
         }
     }
 
-    /// Reattaches the attempts a stopped controller left running on the adopted worker; one
+    /// Reattaches the attempts a stopped controller left running on the adopted workers; one
     /// whose ball left the tracker is closed.
     async fn resume(
         &self,
         st: &mut RunState,
         attempts: Vec<AttemptRow>,
     ) -> Result<(), OrchestratorError> {
-        let Some(worker) = st.worker.as_ref().map(|w| w.instance.name.clone()) else {
+        if attempts.is_empty() {
             return Ok(());
-        };
+        }
         let tasks = tracked(&self.tracker, |t| t.list()).await?;
         let open_pulls = journaled(&self.env.journal, |j| j.pull_requests(true)).await?;
         for attempt in attempts {
@@ -187,10 +300,13 @@ impl Orchestrator {
                     .await?;
                 continue;
             };
-            st.in_flight.insert(task.id.clone());
+            let worker = attempt.worker.clone();
+            if !st.workers.contains_key(&worker) || st.placed.contains_key(&task.id) {
+                continue;
+            }
             let (n, id) = (worker.clone(), task.id.clone());
             journaled(&self.env.journal, move |j| j.worker_activity(&n, Some(&id))).await?;
-            let ctx = self.task_ctx(st, &task.id);
+            let ctx = self.task_ctx(st, &task.id, &worker);
             st.running
                 .spawn(attempt::run_task(ctx, task, Some(attempt), 0, None));
         }
@@ -201,7 +317,6 @@ impl Orchestrator {
     /// tasks ended.
     async fn poll(&self, st: &mut RunState) -> Result<(), OrchestratorError> {
         let settings = &self.env.settings;
-        let tasks_per_worker = settings.workers.tasks_per_worker.get();
         loop {
             if !st.pending.is_empty() {
                 let failed = self
@@ -233,150 +348,264 @@ impl Orchestrator {
                     Err(e) => return Err(e.into()),
                 }
                 .into_iter()
-                .filter(|t| !st.in_flight.contains(&t.id))
+                .filter(|t| !st.placed.contains_key(&t.id))
                 .collect();
                 ready_left = !ready.is_empty() || !st.follow_ups.is_empty();
-                let free = tasks_per_worker.saturating_sub(st.in_flight.len());
-                if ready_left
-                    && free > 0
-                    && let Next::Poll = self.take_work(st, ready, free).await?
-                {
-                    continue;
+                if ready_left {
+                    self.take_work(st, ready).await?;
                 }
             }
-            if st.in_flight.is_empty() {
-                if stopping || (st.opts.once && !ready_left) {
-                    return Ok(());
-                }
-                self.tear_down_if_idle(st).await?;
+            if st.placed.is_empty() && (stopping || (st.opts.once && !ready_left)) {
+                return Ok(());
             }
+            self.tear_down_idle(st);
             self.wait(st, stopping).await?;
         }
     }
 
-    /// Ready balls and room for them: a worker (brought up, or rotated when it is no longer
-    /// fit), then claims.
+    /// Ready balls: the workers with room take them (each checked fit first: it may have been
+    /// stopped outside cwo, or be too close to its TTL for another attempt), and the fleet grows
+    /// for the rest.
     async fn take_work(
         &self,
         st: &mut RunState,
         ready: Vec<Task>,
-        free: usize,
-    ) -> Result<Next, OrchestratorError> {
-        if st.worker.is_none()
-            && let Next::Poll = self.bring_up(st).await?
-        {
-            return Ok(Next::Poll);
-        }
-        // Before new work: is the worker still fit for it? (It may have been stopped outside
-        // cwo, or be too close to its TTL for another attempt.)
-        let w = st.worker.as_ref().expect("a worker is up after bring_up");
-        match self.workers.fitness(w).await {
-            Some(Unfit::Ttl(why)) if st.fresh => Err(OrchestratorError::TtlTooShort {
-                name: w.instance.name.clone(),
-                why,
-            }),
-            Some(Unfit::Stopped(why) | Unfit::Ttl(why)) => {
-                if !st.in_flight.is_empty() {
-                    // Its running tasks finish first; nothing new goes there.
-                    return Ok(Next::Wait);
-                }
-                let w = st.worker.take().expect("checked above");
-                self.env.printer.status(format!(
-                    "rotating worker {}: {why}; a fresh worker takes the rest of the queue",
-                    w.instance.name
-                ));
-                let started = Instant::now();
-                if let Err(e) = self.workers.tear_down(&w.instance.name, "rotated").await {
-                    st.deferred.push(e);
-                }
-                st.summary.teardown_secs += started.elapsed().as_secs_f64();
-                Ok(Next::Poll)
-            }
-            None => {
-                self.claim(st, ready, free).await?;
-                Ok(Next::Poll)
-            }
-        }
-    }
-
-    /// Brings a worker up for the queue. `--once` reports a failure; a polling controller keeps
-    /// going (capacity and networks come back), waiting longer each time. `Poll`: look at the
-    /// queue again (a signal arrived, or the bring-up is retried).
-    async fn bring_up(&self, st: &mut RunState) -> Result<Next, OrchestratorError> {
-        let started = Instant::now();
-        let stop = &st.shutdown.stop_claiming;
-        match self.workers.bring_up(stop).await {
-            // A signal arrived before or during the bring-up: nothing is claimed, and the
-            // worker (if one was made) is deleted again.
-            Ok(None) => Ok(Next::Poll),
-            Ok(Some(w)) => {
-                st.worker = Some(w);
-                st.fresh = true;
-                st.summary.workers_created += 1;
-                st.summary.up_secs += started.elapsed().as_secs_f64();
-                st.up_failures = 0;
-                Ok(Next::Wait)
-            }
-            Err(e) if stop.is_cancelled() => Err(e),
-            Err(e) if !st.opts.once && st.up_failures < MAX_UP_FAILURES => {
-                st.up_failures += 1;
-                let failures = st.up_failures;
-                let wait = self.env.settings.poll_interval * 2u32.pow(failures.min(6));
-                self.env.printer.warn(format!(
-                    "{}retrying in {} (failure {failures} of {MAX_UP_FAILURES})",
-                    e.render()
-                        .replace("error: ", "could not bring up a worker: "),
-                    fmt_secs(wait)
-                ));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.cancelled() => {}
-                }
-                Ok(Next::Poll)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Claims up to `free` ready balls onto the worker and starts them.
-    async fn claim(
-        &self,
-        st: &mut RunState,
-        ready: Vec<Task>,
-        free: usize,
     ) -> Result<(), OrchestratorError> {
-        let worker = st
-            .worker
-            .as_ref()
-            .expect("claims go to a worker that is up")
-            .instance
-            .name
-            .clone();
-        let mut free = free;
-        while free > 0
-            && !st.shutdown.stop_claiming.is_cancelled()
-            && let Some((task, follow_up)) = st.follow_ups.pop_front()
-        {
-            free -= 1;
-            st.in_flight.insert(task.id.clone());
-            self.env.printer.status(format!(
-                "▶ {} follow-up {} on pull request #{}",
-                task.id, follow_up.pr.rounds, follow_up.pr.number
-            ));
-            st.fresh = false;
-            let ctx = self.task_ctx(st, &task.id);
-            // A delivered task is not "wanted" by its tracker any more (done label, done/
-            // directory): the pull request's own life ends a follow-up, not `wanted()`.
-            // Its abort still follows the run's (`--now`).
-            st.aborts.remove(&task.id);
-            st.running
-                .spawn(attempt::run_task(ctx, task, None, 0, Some(follow_up)));
-        }
-        for task in ready.into_iter().take(free) {
-            // A signal during the bring-up (or an earlier claim): nothing new.
-            if st.shutdown.stop_claiming.is_cancelled() {
-                break;
+        let tasks_per_worker = self.env.settings.workers.tasks_per_worker.get();
+        let with_room: Vec<String> = st
+            .workers
+            .iter()
+            .filter(|(_, s)| s.closed.is_none() && s.tasks.len() < tasks_per_worker)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in with_room {
+            let slot = &st.workers[&name];
+            match self.workers.fitness(&slot.worker).await {
+                None => {}
+                Some(Unfit::Ttl(why)) if slot.fresh => {
+                    return Err(OrchestratorError::TtlTooShort { name, why });
+                }
+                Some(Unfit::Stopped(why) | Unfit::Ttl(why)) if slot.tasks.is_empty() => {
+                    self.env.printer.status(format!(
+                        "rotating worker {name}: {why}; a fresh worker takes its place"
+                    ));
+                    self.retire(st, &name, "rotated");
+                }
+                Some(Unfit::Stopped(why) | Unfit::Ttl(why)) => {
+                    let slot = st.workers.get_mut(&name).expect("listed above");
+                    self.env.printer.status(format!(
+                        "worker {name} takes no new task ({why}); it goes when its {} running task(s) end",
+                        slot.tasks.len()
+                    ));
+                    slot.closed = Some("rotated");
+                }
             }
+        }
+        let left = self.claim(st, ready).await?;
+        if left > 0 {
+            self.ask_quota(st).await;
+        }
+        self.grow(st, left);
+        Ok(())
+    }
+
+    /// Brings up as many workers as the tasks no worker has room for need, within the fleet's
+    /// cap (`workers.max`, the hourly ceiling, the provider's quota), as one batch beside the
+    /// loop.
+    fn grow(&self, st: &mut RunState, waiting: usize) {
+        let tasks_per_worker = self.env.settings.workers.tasks_per_worker.get();
+        let stopped = st.up_stop.is_cancelled();
+        let backing_off = st.up_after.is_some_and(|t| Instant::now() < t);
+        if waiting == 0 || stopped || backing_off {
+            return;
+        }
+        let needed = waiting.div_ceil(tasks_per_worker).saturating_sub(st.coming);
+        if needed == 0 {
+            return;
+        }
+        let room = st.cap.saturating_sub(st.live());
+        let count = needed.min(room);
+        if count < needed {
+            let why = format!(
+                "{waiting} task(s) wait for room: the fleet is at its cap of {} worker(s) ({})",
+                st.cap,
+                self.cap_reason(st)
+            );
+            if st.capped.as_ref() != Some(&why) && count == 0 {
+                self.env.printer.status(&why);
+                st.capped = Some(why);
+            }
+        }
+        if count == 0 {
+            return;
+        }
+        st.capped = None;
+        st.coming += count;
+        if count > 1 {
+            self.env.printer.status(format!(
+                "bringing up {count} workers for {waiting} ready task(s)"
+            ));
+        }
+        let lifecycle = self.workers.clone();
+        st.ups
+            .spawn(async move { UpEvent::Created(lifecycle.create_fleet(count).await) });
+    }
+
+    /// Why the fleet's cap is what it is, for the line that says it was reached.
+    fn cap_reason(&self, st: &RunState) -> String {
+        let w = &self.env.settings.workers;
+        if st.cap == w.max.get() {
+            "workers.max".into()
+        } else if w.max_hourly_usd.0.is_some() && !st.quota_asked {
+            "workers.max_hourly_usd".into()
+        } else {
+            "workers.max_hourly_usd or the region's CPU quota".into()
+        }
+    }
+
+    /// Asks the provider's quota once per run, before the fleet first grows beyond one worker;
+    /// the cap shrinks to what it leaves room for. A quota that cannot be read is a warning: the
+    /// fleet scales as if it had none, and the workers already up are untouched.
+    async fn ask_quota(&self, st: &mut RunState) {
+        if st.quota_asked || st.cap <= 1 {
+            return;
+        }
+        st.quota_asked = true;
+        match self.workers.room().await {
+            Ok(Some(room)) => {
+                let fits = st.live() + room;
+                if fits < st.cap {
+                    self.env.printer.status(format!(
+                        "the provider's CPU quota leaves room for {room} more worker(s): the fleet is capped at {fits}"
+                    ));
+                    st.cap = fits.max(st.live()).max(1);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.env.printer.warn(format!(
+                "{}the fleet scales to workers.max without it",
+                e.render().replace("error: ", "could not read the quota: ")
+            )),
+        }
+    }
+
+    /// A batch's creates answered: each created worker goes on to be made ready beside the
+    /// loop; each that was not created is a failed bring-up.
+    fn created(&self, st: &mut RunState, created: Batch) -> Result<(), OrchestratorError> {
+        for (name, result) in created {
+            match result {
+                Ok(instance) => {
+                    let (lifecycle, stop) = (self.workers.clone(), st.up_stop.clone());
+                    st.ups.spawn(async move {
+                        let started = Instant::now();
+                        let result = lifecycle.finish_up(instance, &stop).await;
+                        UpEvent::Ready {
+                            name,
+                            result,
+                            secs: started.elapsed().as_secs_f64(),
+                        }
+                    });
+                }
+                Err(e) => {
+                    st.coming -= 1;
+                    self.up_failed(st, e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a bring-up running beside the loop reported.
+    fn up_event(&self, st: &mut RunState, event: UpEvent) -> Result<(), OrchestratorError> {
+        match event {
+            UpEvent::Created(Ok(created)) => self.created(st, created),
+            UpEvent::Created(Err(e)) => Err(e),
+            UpEvent::Ready { name, result, secs } => {
+                st.coming -= 1;
+                match result {
+                    Ok(Some(w)) => {
+                        st.summary.workers_created += 1;
+                        st.summary.up_secs += secs;
+                        st.up_failures = 0;
+                        st.up_after = None;
+                        let slot = Slot {
+                            worker: w,
+                            tasks: HashSet::new(),
+                            idle_since: Instant::now(),
+                            fresh: true,
+                            closed: None,
+                        };
+                        st.workers.insert(name, slot);
+                        Ok(())
+                    }
+                    // A signal arrived: it was deleted again.
+                    Ok(None) => Ok(()),
+                    Err(e) => self.up_failed(st, e),
+                }
+            }
+        }
+    }
+
+    /// A worker that could not be brought up costs only itself: with other workers up or coming
+    /// the queue goes on, and a polling controller tries again later (capacity and networks come
+    /// back), waiting longer each time. It ends the run only when nothing else can take the
+    /// work: `--once` with no worker, or `MAX_UP_FAILURES` failures in a row with none.
+    fn up_failed(&self, st: &mut RunState, e: OrchestratorError) -> Result<(), OrchestratorError> {
+        if st.up_stop.is_cancelled() {
+            st.deferred.push(e);
+            return Ok(());
+        }
+        st.up_failures += 1;
+        let alone = st.workers.is_empty() && st.coming == 0;
+        if alone && (st.opts.once || st.up_failures > MAX_UP_FAILURES) {
+            return Err(e);
+        }
+        let failures = st.up_failures;
+        let wait = self.env.settings.poll_interval * 2u32.pow(failures.min(6));
+        st.up_after = Some(Instant::now() + wait);
+        let tally = if alone {
+            format!(" (failure {failures} of {MAX_UP_FAILURES})")
+        } else {
+            format!("; {} worker(s) keep working", st.workers.len())
+        };
+        self.env.printer.warn(format!(
+            "{}retrying in {}{tally}",
+            e.render()
+                .replace("error: ", "could not bring up a worker: "),
+            fmt_secs(wait)
+        ));
+        Ok(())
+    }
+
+    /// Claims ready balls (follow-ups first) onto the workers with room, each onto the least
+    /// busy one, and starts them. Returns how many found no room.
+    async fn claim(&self, st: &mut RunState, ready: Vec<Task>) -> Result<usize, OrchestratorError> {
+        let mut ready: VecDeque<Task> = ready.into();
+        let total = ready.len() + st.follow_ups.len();
+        let mut placed = 0;
+        while !st.shutdown.stop_claiming.is_cancelled() {
+            let Some(worker) = self.roomiest(st) else {
+                break;
+            };
+            if let Some((task, follow_up)) = st.follow_ups.pop_front() {
+                placed += 1;
+                self.env.printer.status(format!(
+                    "▶ {} follow-up {} on pull request #{} (worker {worker})",
+                    task.id, follow_up.pr.rounds, follow_up.pr.number
+                ));
+                let ctx = self.task_ctx(st, &task.id, &worker);
+                // A delivered task is not "wanted" by its tracker any more (done label, done/
+                // directory): the pull request's own life ends a follow-up, not `wanted()`.
+                // Its abort still follows the run's (`--now`).
+                st.aborts.remove(&task.id);
+                st.running
+                    .spawn(attempt::run_task(ctx, task, None, 0, Some(follow_up)));
+                continue;
+            }
+            let Some(task) = ready.pop_front() else {
+                break;
+            };
+            placed += 1;
             let claimed = self
                 .env
                 .recorder
@@ -401,17 +630,45 @@ impl Orchestrator {
                 continue;
             }
             claimed.map_err(into_run_error)?;
-            st.in_flight.insert(task.id.clone());
+            let on = if st.workers.len() > 1 {
+                format!(" (worker {worker})")
+            } else {
+                String::new()
+            };
             self.env
                 .printer
-                .status(format!("▶ {} {}", task.id, one_line(&task.title)));
-            st.fresh = false;
+                .status(format!("▶ {} {}{on}", task.id, one_line(&task.title)));
             let prior = st.tries.get(&task.id).copied().unwrap_or(0);
-            let ctx = self.task_ctx(st, &task.id);
+            let ctx = self.task_ctx(st, &task.id, &worker);
             st.running
                 .spawn(attempt::run_task(ctx, task, None, prior, None));
         }
-        Ok(())
+        Ok(total - placed)
+    }
+
+    /// The open worker with the most room (the least busy), if any has room.
+    fn roomiest(&self, st: &RunState) -> Option<String> {
+        let tasks_per_worker = self.env.settings.workers.tasks_per_worker.get();
+        st.workers
+            .iter()
+            .filter(|(_, s)| s.closed.is_none() && s.tasks.len() < tasks_per_worker)
+            .min_by_key(|(_, s)| s.tasks.len())
+            .map(|(n, _)| n.clone())
+    }
+
+    /// Takes a worker out of the fleet and deletes it beside the loop (confirmed, journaled).
+    fn retire(&self, st: &mut RunState, name: &str, reason: &'static str) {
+        let Some(slot) = st.workers.remove(name) else {
+            return;
+        };
+        // The heartbeat stops with the worker's handle.
+        drop(slot);
+        let (lifecycle, name) = (self.workers.clone(), name.to_string());
+        st.downs.spawn(async move {
+            let started = Instant::now();
+            let result = lifecycle.tear_down(&name, reason).await;
+            (name, started.elapsed().as_secs_f64(), result)
+        });
     }
 
     /// Closes an attempt a stopped controller left open, as aborted, with why.
@@ -463,7 +720,7 @@ impl Orchestrator {
         // read; the journal's titles stand in).
         let tasks = tracked(&self.tracker, |t| t.list()).await.ok();
         for row in rows {
-            if st.in_flight.contains(&row.ball_id)
+            if st.placed.contains_key(&row.ball_id)
                 || st.follow_ups.iter().any(|(t, _)| t.id == row.ball_id)
             {
                 continue;
@@ -635,48 +892,60 @@ impl Orchestrator {
         })
     }
 
-    /// With nothing running for `idle_timeout`, the worker goes.
-    async fn tear_down_if_idle(&self, st: &mut RunState) -> Result<(), OrchestratorError> {
+    /// Each worker that has run nothing for `idle_timeout` goes, on its own: the others keep
+    /// working.
+    fn tear_down_idle(&self, st: &mut RunState) {
         let idle_timeout = self.env.settings.idle_timeout;
-        if let Some(w) = &st.worker
-            && st.idle_since.elapsed() >= idle_timeout
-        {
+        let idle: Vec<String> = st
+            .workers
+            .iter()
+            .filter(|(_, s)| s.tasks.is_empty() && s.idle_since.elapsed() >= idle_timeout)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in idle {
             self.env.printer.status(format!(
-                "idle for {}; tearing down worker {}",
-                fmt_secs(idle_timeout),
-                w.instance.name
+                "idle for {}; tearing down worker {name}",
+                fmt_secs(idle_timeout)
             ));
-            let started = Instant::now();
-            self.workers.tear_down(&w.instance.name, "idle").await?;
-            st.summary.teardown_secs += started.elapsed().as_secs_f64();
-            st.worker = None;
+            self.retire(st, &name, "idle");
         }
-        Ok(())
     }
 
-    /// Waits for a task to end (and settles it), the next poll, or a signal.
+    /// Waits for a task to end (and settles it), a bring-up or teardown to report, the next
+    /// poll, or a signal.
     async fn wait(&self, st: &mut RunState, stopping: bool) -> Result<(), OrchestratorError> {
         let settings = &self.env.settings;
-        let wait = if st.worker.is_some() && st.in_flight.is_empty() {
-            settings.poll_interval.min(
-                settings
-                    .idle_timeout
-                    .saturating_sub(st.idle_since.elapsed()),
+        // The first idle worker's timeout ends the wait too.
+        let wait = st
+            .workers
+            .values()
+            .filter(|s| s.tasks.is_empty())
+            .map(|s| settings.idle_timeout.saturating_sub(s.idle_since.elapsed()))
+            .chain(
+                st.up_after
+                    .map(|t| t.saturating_duration_since(Instant::now())),
             )
-        } else {
-            settings.poll_interval
-        };
+            .fold(settings.poll_interval, Duration::min);
         tokio::select! {
             Some(done) = st.running.join_next() => {
                 let report = done.map_err(OrchestratorError::TaskPanicked)?;
                 self.task_ended(st, report).await?;
             }
+            Some(up) = st.ups.join_next() => {
+                let event = up.map_err(OrchestratorError::TaskPanicked)?;
+                self.up_event(st, event)?;
+            }
+            Some(down) = st.downs.join_next() => {
+                let down = down.map_err(OrchestratorError::TaskPanicked)?;
+                self.down_ended(st, down);
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = st.shutdown.stop_claiming.cancelled(), if !stopping => {
-                if !st.in_flight.is_empty() {
+                if !st.placed.is_empty() {
                     self.env.printer.status(format!(
-                        "stopping: no new tasks; waiting for {} running task(s) (signal again to abort them)",
-                        st.in_flight.len()
+                        "stopping: no new tasks; waiting for {} running task(s) on {} worker(s) (signal again to abort them)",
+                        st.placed.len(),
+                        st.workers.len()
                     ));
                 }
             }
@@ -684,15 +953,28 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// A teardown beside the loop ended: its time goes into the summary; a failure is shown and
+    /// makes the run exit 1 (the journal keeps the worker for `cwo down` / `cwo reap`).
+    fn down_ended(&self, st: &mut RunState, (name, secs, result): Down) {
+        st.summary.teardown_secs += secs;
+        if let Err(e) = result {
+            self.env.printer.warn(format!(
+                "could not delete worker {name}; going on, and the run will exit 1"
+            ));
+            st.deferred.push(e);
+        }
+    }
+
     /// A task ended: its time and outcome go into the summary; a worker it found gone is torn
-    /// down (the next ball, this one included when it has tries left, gets a new worker).
+    /// down (the next ball, this one included when it has tries left, gets another worker); a
+    /// worker that takes no new task goes once its last task ended.
     async fn task_ended(
         &self,
         st: &mut RunState,
         report: TaskReport,
     ) -> Result<(), OrchestratorError> {
         let printer = self.env.printer;
-        st.in_flight.remove(&report.id);
+        st.placed.remove(&report.id);
         st.aborts.remove(&report.id);
         st.summary.agent_secs += report.agent.as_secs_f64();
         st.summary.git_secs += report.git.as_secs_f64();
@@ -700,49 +982,47 @@ impl Orchestrator {
             report.worker_gone && report.tries < self.env.settings.agent.max_attempts.get();
         if report.worker_gone {
             st.tries.insert(report.id.clone(), report.tries);
-            let lost = st
-                .worker
-                .as_ref()
-                .is_some_and(|w| w.instance.name == report.worker);
-            if let Some(w) = st.worker.take_if(|_| lost) {
-                printer.warn(format!(
-                    "worker {} is lost ({}); tearing it down and bringing up a new one for the rest of the queue",
-                    w.instance.name,
-                    report.outcome.reason().unwrap_or("gone")
-                ));
-                let started = Instant::now();
-                // A teardown that fails here (an unreachable host) keeps its journal row for
-                // `cwo down` / `cwo reap`; the queue goes on.
-                if let Err(e) = self.workers.tear_down(&w.instance.name, "lost").await {
-                    printer.warn(format!(
-                        "could not delete lost worker {}; going on, and the run will exit 1",
-                        w.instance.name
-                    ));
-                    st.deferred.push(e);
-                }
-                st.summary.teardown_secs += started.elapsed().as_secs_f64();
-            }
         }
         let s = &mut st.summary;
         match report.outcome {
-            Outcome::Done { .. } => s.complete.push(report.id),
-            Outcome::Failed(_) if requeued => s.requeued.push(report.id),
-            Outcome::Blocked(_) | Outcome::Failed(_) => s.blocked.push(report.id),
-            Outcome::Aborted => s.aborted.push(report.id),
+            Outcome::Done { .. } => s.complete.push(report.id.clone()),
+            Outcome::Failed(_) if requeued => s.requeued.push(report.id.clone()),
+            Outcome::Blocked(_) | Outcome::Failed(_) => s.blocked.push(report.id.clone()),
+            Outcome::Aborted => s.aborted.push(report.id.clone()),
         }
-        if st.in_flight.is_empty() {
-            st.idle_since = Instant::now();
-            if let Some(w) = &st.worker {
-                let n = w.instance.name.clone();
-                journaled(&self.env.journal, move |j| j.worker_activity(&n, None)).await?;
+        let name = report.worker.clone();
+        let Some(slot) = st.workers.get_mut(&name) else {
+            return Ok(());
+        };
+        slot.tasks.remove(&report.id);
+        if report.worker_gone {
+            printer.warn(format!(
+                "worker {name} is lost ({}); tearing it down, and another worker takes its tasks",
+                report.outcome.reason().unwrap_or("gone")
+            ));
+            // Its other tasks find it gone too, and end.
+            slot.closed = Some("lost");
+        }
+        if !slot.tasks.is_empty() {
+            return Ok(());
+        }
+        slot.idle_since = Instant::now();
+        if let Some(reason) = slot.closed {
+            if reason == "fresh_per_task" {
+                printer.status(format!("worker {name} had its task; deleting it"));
             }
+            self.retire(st, &name, reason);
+            return Ok(());
         }
+        let n = name.clone();
+        journaled(&self.env.journal, move |j| j.worker_activity(&n, None)).await?;
         Ok(())
     }
 
-    /// Whatever happened, tasks are stopped and the worker goes away before returning; pending
-    /// creates get their time to show up and go. Every failure is shown; the last one is the
-    /// run's error (exit 1).
+    /// Whatever happened, tasks are stopped and every worker goes away before returning (in
+    /// parallel, each confirmed); bring-ups under way are stopped and what they made deleted;
+    /// pending creates get their time to show up and go. Every failure is shown; the last one
+    /// is the run's error (exit 1).
     async fn finish(
         &self,
         mut st: RunState,
@@ -751,6 +1031,8 @@ impl Orchestrator {
         if result.is_err() && !st.running.is_empty() {
             st.shutdown.abort.cancel();
         }
+        // No bring-up goes on: what they made is deleted by them, or below.
+        st.up_stop.cancel();
         while let Some(done) = st.running.join_next().await {
             if let Ok(report) = done
                 && report.outcome == Outcome::Aborted
@@ -758,29 +1040,67 @@ impl Orchestrator {
                 st.summary.aborted.push(report.id);
             }
         }
-        if let Some(w) = st.worker.take() {
-            let reason = if st.shutdown.stop_claiming.is_cancelled() {
-                "user"
-            } else if result.is_err() {
-                "error"
-            } else {
-                "idle"
-            };
+        let reason = if st.shutdown.stop_claiming.is_cancelled() {
+            "user"
+        } else if result.is_err() {
+            "error"
+        } else {
+            "idle"
+        };
+        let mut late = Vec::new();
+        while let Some(up) = st.ups.join_next().await {
+            match up {
+                Ok(UpEvent::Created(Ok(created))) => {
+                    for (name, made) in created {
+                        match made {
+                            Ok(_) => late.push(name),
+                            Err(e) => st.deferred.push(e),
+                        }
+                    }
+                }
+                Ok(UpEvent::Ready {
+                    name,
+                    result: Ok(Some(w)),
+                    ..
+                }) => {
+                    drop(w);
+                    late.push(name);
+                }
+                Ok(UpEvent::Ready { result: Err(e), .. } | UpEvent::Created(Err(e))) => {
+                    st.deferred.push(e)
+                }
+                Ok(UpEvent::Ready {
+                    result: Ok(None), ..
+                })
+                | Err(_) => {}
+            }
+        }
+        let names: Vec<String> = std::mem::take(&mut st.workers)
+            .into_keys()
+            .chain(late)
+            .collect();
+        let downs = names.iter().map(|name| async move {
             let phase = self
                 .env
                 .printer
-                .phase(format!("tearing down worker {}", w.instance.name));
+                .phase(format!("tearing down worker {name}"));
             let started = Instant::now();
-            let down = self.workers.tear_down(&w.instance.name, reason).await;
-            st.summary.teardown_secs += started.elapsed().as_secs_f64();
-            match down {
-                Ok(()) => {
-                    phase.finish(format!("worker {} deleted", w.instance.name));
-                }
-                Err(e) => {
-                    phase.finish("teardown failed");
-                    st.deferred.push(e);
-                }
+            let down = self.workers.tear_down(name, reason).await;
+            match &down {
+                Ok(()) => phase.finish(format!("worker {name} deleted")),
+                Err(_) => phase.finish(format!("teardown of {name} failed")),
+            };
+            (started.elapsed().as_secs_f64(), down)
+        });
+        for (secs, down) in futures::future::join_all(downs).await {
+            st.summary.teardown_secs += secs;
+            if let Err(e) = down {
+                st.deferred.push(e);
+            }
+        }
+        while let Some(down) = st.downs.join_next().await {
+            if let Ok(down) = down {
+                self.down_ended(&mut st, down);
             }
         }
         // A create a stopped controller had in flight: give it the time to show up and go.

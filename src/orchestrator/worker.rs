@@ -97,9 +97,9 @@ impl Drop for ActiveWorker {
     }
 }
 
-/// What `recover` found: a worker to keep using and attempts still running on it.
+/// What `recover` found: workers to keep using and attempts still running on them.
 pub(crate) struct Recovered {
-    pub(crate) worker: Option<ActiveWorker>,
+    pub(crate) workers: Vec<ActiveWorker>,
     pub(crate) resume: Vec<AttemptRow>,
     /// Creates a stopped controller had sent whose VMs are not visible yet.
     pub(crate) pending: Vec<PendingCreate>,
@@ -111,6 +111,9 @@ pub(crate) struct PendingCreate {
     pub(crate) name: String,
     pub(crate) intent_at: chrono::DateTime<chrono::Utc>,
 }
+
+/// What a batch of creates made: each worker's name, and the worker or why it was not created.
+pub(crate) type Batch = Vec<(String, Result<Instance, OrchestratorError>)>;
 
 /// Why a worker takes no new task.
 pub(crate) enum Unfit {
@@ -193,14 +196,122 @@ impl WorkerLifecycle {
         if stop.is_cancelled() {
             return Ok(None);
         }
-        let short = &uuid::Uuid::new_v4().simple().to_string()[..6];
-        let name = format!("cwo-{}-{short}", self.project_slug);
+        let (_, created) = self
+            .create_fleet(1)
+            .await?
+            .pop()
+            .expect("one result per worker");
+        self.finish_up(created?, stop).await
+    }
+
+    /// `count` names no other worker of this project has had (the journal keys workers by
+    /// name, and a fleet makes many).
+    async fn new_names(&self, count: usize) -> Result<Vec<String>, OrchestratorError> {
+        let slug = self.project_slug.clone();
+        self.j(move |j| {
+            let mut names: Vec<String> = Vec::with_capacity(count);
+            while names.len() < count {
+                let short = &uuid::Uuid::new_v4().simple().to_string()[..6];
+                let name = format!("cwo-{slug}-{short}");
+                if !names.contains(&name) && j.worker(&name)?.is_none() {
+                    names.push(name);
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    /// Creates `count` workers together (a fleet scaling up): every worker's intent (name,
+    /// request id, labels) is journaled before the provider is asked, then one `create_many`
+    /// (on Compute Engine one `bulkInsert` that places them in zones with capacity). One result
+    /// per worker; a worker that was not created is torn down (whatever part of it exists) and
+    /// closed in the journal. `Err`: the journal refused the intents, and nothing was asked.
+    pub(crate) async fn create_fleet(&self, count: usize) -> Result<Batch, OrchestratorError> {
+        // What the work is priced as, by the provider (on one that bills nothing: what the same
+        // work would have cost).
+        let machine_type = self.provider.price_spec(None).machine_type;
+        let specs: Vec<(WorkerSpec, String)> = self
+            .new_names(count)
+            .await?
+            .into_iter()
+            .map(|name| {
+                let labels = crate::model::worker_labels(&self.project_slug, &name, &machine_type);
+                let spec = WorkerSpec {
+                    name,
+                    labels,
+                    machine_type: machine_type.clone(),
+                };
+                (spec, uuid::Uuid::new_v4().to_string())
+            })
+            .collect();
+        let intents: Vec<(String, String, String)> = specs
+            .iter()
+            .map(|(s, rid)| {
+                let labels = serde_json::to_string(&s.labels).expect("labels serialize");
+                (s.name.clone(), rid.clone(), labels)
+            })
+            .collect();
+        let (kind, machine) = (self.provider.kind(), machine_type.clone());
+        self.j(move |j| {
+            for (name, rid, labels) in &intents {
+                j.worker_intent(name, kind, &machine, rid, labels)?;
+            }
+            Ok(())
+        })
+        .await?;
+        for (s, rid) in &specs {
+            tracing::debug!(name = %s.name, request_id = %rid, provider = self.provider.kind(), "create");
+        }
+        let created = self.provider.create_many(&specs).await;
+        let mut out = Vec::with_capacity(count);
+        for ((spec, _), result) in specs.into_iter().zip(created) {
+            let result = match result {
+                Ok(i) => Ok(i),
+                Err(source) => {
+                    let problem = OrchestratorError::BringUp {
+                        name: spec.name.clone(),
+                        source,
+                    };
+                    Err(self.abandon(&spec.name, problem).await)
+                }
+            };
+            out.push((spec.name, result));
+        }
+        Ok(out)
+    }
+
+    /// Takes a created worker the rest of the way: running, journaled as created (with its
+    /// price at launch), bootstrapped, checked, and journaled ready (only now may a later
+    /// controller adopt it). A failure tears it down; `stop` cancelled deletes it again
+    /// (`Ok(None)`).
+    pub(crate) async fn finish_up(
+        &self,
+        created: Instance,
+        stop: &CancellationToken,
+    ) -> Result<Option<ActiveWorker>, OrchestratorError> {
+        let name = created.name.clone();
         let phase = self.printer.phase(format!(
             "bringing up worker {name} ({})",
             self.provider.kind()
         ));
-        let instance = self.create(&name).await?;
+        let instance = match self
+            .provider
+            .wait_running(&name, Duration::from_secs(600))
+            .await
+        {
+            Ok(i) => i,
+            Err(source) => {
+                let problem = OrchestratorError::BringUp {
+                    name: name.clone(),
+                    source,
+                };
+                phase.finish(format!("worker {name} did not come up"));
+                return Err(self.abandon(&name, problem).await);
+            }
+        };
         if stop.is_cancelled() {
+            phase.finish(format!("worker {name} stopped"));
             return self.stopped(&name).await;
         }
         let login_view = instance.clone();
@@ -217,9 +328,13 @@ impl WorkerLifecycle {
         .await?;
         let (instance, transport) = match self.make_ready(&instance).await {
             Ok(pair) => pair,
-            Err(problem) => return Err(self.abandon(&name, problem).await),
+            Err(problem) => {
+                phase.finish(format!("worker {name} could not be made ready"));
+                return Err(self.abandon(&name, problem).await);
+            }
         };
         if stop.is_cancelled() {
+            phase.finish(format!("worker {name} stopped"));
             return self.stopped(&name).await;
         }
         // Only now may a later controller adopt it (the login's view is what the journal keeps:
@@ -239,46 +354,18 @@ impl WorkerLifecycle {
         )))
     }
 
-    /// The journal's intent, then the provider's create, waited for until the worker runs. A
-    /// failed create is torn down (whatever part of it exists).
-    async fn create(&self, name: &str) -> Result<Instance, OrchestratorError> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        // What the work is priced as, by the provider (on one that bills nothing: what the same
-        // work would have cost).
-        let machine_type = self.provider.price_spec(None).machine_type;
-        let labels = crate::model::worker_labels(&self.project_slug, name, &machine_type);
-        let spec = WorkerSpec {
-            name: name.to_string(),
-            labels: labels.clone(),
-            machine_type,
-        };
-        let (n, kind, machine, rid, labels) = (
-            name.to_string(),
-            self.provider.kind(),
-            spec.machine_type.clone(),
-            request_id.clone(),
-            serde_json::to_string(&labels).expect("labels serialize"),
-        );
-        self.j(move |j| j.worker_intent(&n, kind, &machine, &rid, &labels))
-            .await?;
-        tracing::debug!(%name, %request_id, provider = self.provider.kind(), "create");
-        let created = async {
-            self.provider.create(&spec, &request_id).await?;
-            self.provider
-                .wait_running(name, Duration::from_secs(600))
-                .await
-        }
-        .await;
-        match created {
-            Ok(i) => Ok(i),
-            Err(source) => {
-                let problem = OrchestratorError::BringUp {
-                    name: name.to_string(),
-                    source,
-                };
-                Err(self.abandon(name, problem).await)
-            }
-        }
+    /// What one more worker costs per hour at list price, as the fleet's ceiling counts it (in
+    /// the provider's first zone). `None`: the catalog has no price for it.
+    pub(crate) fn hourly_price(&self) -> Option<f64> {
+        self.price_snapshot(None).hourly.map(|h| h.total())
+    }
+
+    /// How many more workers the provider's quota leaves room for (`None`: no limit known).
+    pub(crate) async fn room(&self) -> Result<Option<usize>, OrchestratorError> {
+        self.provider
+            .fleet_room()
+            .await
+            .map_err(|source| OrchestratorError::Quota { source })
     }
 
     /// A signal arrived while the worker came up: it is deleted again.
@@ -495,8 +582,8 @@ impl WorkerLifecycle {
     }
 
     /// Reconciles the journal with the provider after a crash or a `cwo up`: workers the
-    /// provider no longer has are closed; a ready worker is adopted when `adopt`, every other one
-    /// is deleted. Attempts a stopped controller left open are returned for reattaching when
+    /// provider no longer has are closed; ready, running workers are adopted when `adopt` (up to
+    /// `workers.max`), every other one is deleted. Attempts a stopped controller left open are returned for reattaching when
     /// their worker was adopted, and closed as aborted otherwise.
     pub(crate) async fn recover(
         &self,
@@ -505,7 +592,7 @@ impl WorkerLifecycle {
     ) -> Result<Recovered, OrchestratorError> {
         self.delete_stopped().await;
         let mut found = Recovered {
-            worker: None,
+            workers: Vec::new(),
             resume: Vec::new(),
             pending: Vec::new(),
         };
@@ -514,9 +601,9 @@ impl WorkerLifecycle {
         }
         for attempt in self.j(|j| j.dangling_attempts()).await? {
             if found
-                .worker
-                .as_ref()
-                .is_some_and(|w| w.instance.name == attempt.worker)
+                .workers
+                .iter()
+                .any(|w| w.instance.name == attempt.worker)
             {
                 found.resume.push(attempt);
                 continue;
@@ -541,7 +628,8 @@ impl WorkerLifecycle {
     }
 
     /// One journaled worker against what the provider shows: pending (a create not visible
-    /// yet), closed (gone), adopted (the first ready, running one, when `adopt`), or deleted.
+    /// yet), closed (gone), adopted (a ready, running one, when `adopt` and the fleet has room),
+    /// or deleted.
     async fn reconcile(
         &self,
         row: WorkerRow,
@@ -590,7 +678,7 @@ impl WorkerLifecycle {
             // below, like every worker not adopted).
             Some(instance)
                 if adopt
-                    && found.worker.is_none()
+                    && found.workers.len() < self.settings.workers.max.get()
                     && row.state == WorkerState::Ready
                     && instance.status == crate::provider::InstanceStatus::Running =>
             {
@@ -599,7 +687,7 @@ impl WorkerLifecycle {
                 self.printer.status(format!("adopting worker {}", row.name));
                 let n = row.name.clone();
                 self.j(move |j| j.worker_activity(&n, None)).await?;
-                found.worker = Some(ActiveWorker::new(
+                found.workers.push(ActiveWorker::new(
                     instance,
                     transport,
                     self.bootstrapped(),

@@ -376,6 +376,11 @@ pub trait Provider: Send + Sync {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError>;
+    /// How many more workers the account's quota has room for (Compute Engine: the region's
+    /// CPUS quota over the machine type's vCPUs). `Ok(None)`: no limit known.
+    async fn fleet_room(&self) -> Result<Option<usize>, ProviderError> {
+        Ok(None)
+    }
     /// What a person can run to delete the worker when cwo gives up.
     fn manual_delete_hint(&self, _name: &str) -> Option<String> {
         None

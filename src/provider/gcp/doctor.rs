@@ -190,55 +190,74 @@ async fn os_login_check(s: &GcpSettings) -> Option<Check> {
     })
 }
 
-/// Whether the first zone's region has the vCPUs the machine type needs free.
-async fn quota_check(s: &GcpSettings) -> Option<Check> {
-    let zone = s.zones.first()?;
+/// The CPUS quota of the first zone's region: (region, limit, usage). `Ok(None)`: the region
+/// lists no CPUS quota.
+pub(super) async fn cpus_quota(
+    s: &GcpSettings,
+) -> Result<Option<(String, f64, f64)>, crate::provider::ProviderError> {
+    let Some(zone) = s.zones.first() else {
+        return Ok(None);
+    };
     let region = crate::cost::region_of(zone).to_string();
+    let what = format!("reading the CPUS quota of {region}");
     let regions = configure(
         google_cloud_compute_v1::client::Regions::builder(),
         &s.endpoint,
         &s.credentials,
     )
     .build()
-    .await;
-    let quota = match regions {
-        Ok(r) => r
-            .get()
-            .set_project(&s.project)
-            .set_region(&region)
-            .send()
-            .await
-            .ok(),
-        Err(_) => None,
-    };
+    .await
+    .map_err(|e| crate::provider::ProviderError::Transient(format!("{what}: {e}")))?;
+    let found = regions
+        .get()
+        .set_project(&s.project)
+        .set_region(&region)
+        .send()
+        .await
+        .map_err(|e| classify(e, &what, false))?;
+    Ok(found
+        .quotas
+        .into_iter()
+        .find(|q| q.metric.as_ref().and_then(|m| m.name()) == Some("CPUS"))
+        .map(|q| (region, q.limit.unwrap_or(0.0), q.usage.unwrap_or(0.0))))
+}
+
+/// How many more workers of the configured machine type the region's CPUS quota has room for
+/// (`None`: the region lists no CPUS quota).
+pub(super) async fn fleet_room(
+    s: &GcpSettings,
+) -> Result<Option<usize>, crate::provider::ProviderError> {
     let need = vcpus(&s.machine_type);
-    Some(
-        match quota.and_then(|r| {
-            r.quotas
-                .into_iter()
-                .find(|q| q.metric.as_ref().and_then(|m| m.name()) == Some("CPUS"))
-        }) {
-            Some(q) => {
-                let free = q.limit.unwrap_or(0.0) - q.usage.unwrap_or(0.0);
-                check(
-                    "quota",
-                    Some(free >= need),
-                    format!(
-                        "CPUS in {region}: {free} of {} free; {} needs {need}",
-                        q.limit.unwrap_or(0.0),
-                        s.machine_type
-                    ),
-                    "request more CPUS quota for the region in the console (IAM & Admin > Quotas), or pick another region in gcp.zones",
-                )
-            }
-            None => check(
+    Ok(cpus_quota(s)
+        .await?
+        .map(|(_, limit, usage)| ((limit - usage).max(0.0) / need).floor() as usize))
+}
+
+/// Whether the first zone's region has the vCPUs the machine type needs free.
+async fn quota_check(s: &GcpSettings) -> Option<Check> {
+    let zone = s.zones.first()?;
+    let region = crate::cost::region_of(zone).to_string();
+    let need = vcpus(&s.machine_type);
+    Some(match cpus_quota(s).await.ok().flatten() {
+        Some((region, limit, usage)) => {
+            let free = limit - usage;
+            check(
                 "quota",
-                None,
-                format!("could not read the CPUS quota of {region}"),
-                "grant compute.regions.get to check this",
-            ),
-        },
-    )
+                Some(free >= need),
+                format!(
+                    "CPUS in {region}: {free} of {limit} free; {} needs {need}",
+                    s.machine_type
+                ),
+                "request more CPUS quota for the region in the console (IAM & Admin > Quotas), or pick another region in gcp.zones",
+            )
+        }
+        None => check(
+            "quota",
+            None,
+            format!("could not read the CPUS quota of {region}"),
+            "grant compute.regions.get to check this",
+        ),
+    })
 }
 
 /// Whether Compute Engine deletes a VM cwo loses track of.

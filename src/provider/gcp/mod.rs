@@ -1002,6 +1002,10 @@ impl Provider for GcpProvider {
         self.wait_operation(&zone, op, &what).await.map(|_| ())
     }
 
+    async fn fleet_room(&self) -> Result<Option<usize>, ProviderError> {
+        doctor::fleet_room(&self.settings).await
+    }
+
     fn manual_delete_hint(&self, name: &str) -> Option<String> {
         let zone = self
             .known_zone(name)
