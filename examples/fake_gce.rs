@@ -1,7 +1,8 @@
 //! The test suite's fake Compute API as a program, for scripts/bench.sh and for trying cwo's
 //! gcp provider without an account:
 //! `fake_gce PROJECT NAT_IP [AUTHORIZED_KEYS|-] [HOST_KEY_PUB|-] [PRELOAD_N PRELOAD_PROJECT]`.
-//! Prints its URL, then serves until killed.
+//! `FAKE_GCE_PROVISIONING_MS`: how long a new VM stays PROVISIONING/STAGING after its insert
+//! is done (the fleet benchmark's boot time). Prints its URL, then serves until killed.
 
 #[path = "../tests/common/fake_gce.rs"]
 mod fake_gce;
@@ -42,6 +43,12 @@ fn main() {
                 "RUNNING",
             );
         }
+    }
+    if let Some(ms) = std::env::var("FAKE_GCE_PROVISIONING_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        fake.faults().provisioning = std::time::Duration::from_millis(ms);
     }
     println!("{}", fake.url);
     std::io::stdout().flush().unwrap();

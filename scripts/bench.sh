@@ -178,6 +178,121 @@ listed=$("$CWO" -C "$WORK/gcp-many" status --format json 2>/dev/null | grep -c '
 echo "gcp: cwo status over 1,000 VMs:          ${status_ms} ms   (goal <= 2000 ms: $(awk "BEGIN {print ($status_ms <= 2000) ? \"met\" : \"NOT met\"}"); ${listed} listed)"
 echo "gcp: cwo reap --dry-run over 1,000 VMs:  ${reap_ms} ms   (goal <= 2000 ms: $(awk "BEGIN {print ($reap_ms <= 2000) ? \"met\" : \"NOT met\"}"))"
 
+# 7. Fleets: the same queue on 1, 4 and 8 workers, locally and on the fake Compute API.
+cat > "$WORK/sleep-agent.sh" <<'AGENT'
+sleep 2
+git commit -q --allow-empty -m "work"
+AGENT
+# What the journal says of a finished run: attempt-seconds, billed worker-seconds (each worker
+# from its provider's creation time to its confirmed deletion), and the peak of live workers.
+fleet_figures() { # args: journal
+  python3 - "$1" <<'PY'
+import sqlite3, sys
+from datetime import datetime
+t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+db = sqlite3.connect(sys.argv[1])
+busy = sum(t(e) - t(s) for s, e in db.execute(
+    "SELECT started_at, ended_at FROM attempts WHERE ended_at IS NOT NULL"))
+rows = [(t(c), t(d)) for c, d in db.execute(
+    "SELECT created_at, deleted_at FROM workers WHERE created_at IS NOT NULL AND deleted_at IS NOT NULL")]
+billed = sum(d - c for c, d in rows)
+edges = sorted([(c, 1) for c, _ in rows] + [(d, -1) for _, d in rows])
+live = peak = 0
+for _, step in edges:
+    live += step
+    peak = max(peak, live)
+print(f"{busy:.1f} {billed:.1f} {peak} {len(rows)}")
+PY
+}
+fleet_project() { # args: dir provider max [fake url]
+  mkdir -p "$1"; git -C "$1" init -q -b main; git -C "$1" commit -q --allow-empty -m init
+  git init -q --bare "$1.origin.git"; git -C "$1" remote add origin "$1.origin.git"
+  {
+    echo "provider = \"$2\""
+    echo "poll_interval = \"100ms\""
+    echo "state_dir = \"$1.state\""
+    echo "[workers]"
+    echo "max = $3"
+    echo "[agent]"
+    echo "command = [\"sh\", \"$WORK/sleep-agent.sh\"]"
+    if [ "$2" = gcp ]; then
+      cat <<TOML
+[gcp]
+project = "bench"
+endpoint = "$4"
+credentials = "anonymous"
+ssh_source = "127.0.0.1/32"
+ssh_user = "$ME"
+ssh_port = $PORT
+[ssh]
+workspace = "$1.ws"
+[bootstrap]
+method = "none"
+TOML
+    fi
+  } > "$1/cwo.toml"
+  for i in $(seq 1 "$N"); do "$CWO" -C "$1" -q task add "task $i" >/dev/null; done
+}
+fleet_run() { # args: provider max; prints "wall_ms busy billed peak workers rss_kb"
+  local dir="$WORK/fleet-$1-$2" url=""
+  if [ "$1" = gcp ]; then
+    FAKE_GCE_PROVISIONING_MS=300 start_fake bench 127.0.0.1 "$S/authorized_keys" "$S/host_key.pub"
+    url="$FAKE_URL"
+  fi
+  fleet_project "$dir" "$1" "$2" "$url"
+  local t0 t1 pid hwm peak_kb=0
+  t0=$(date +%s%N)
+  "$CWO" -C "$dir" run --once 2>"$dir.log" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    [ -n "$hwm" ] && [ "$hwm" -gt "$peak_kb" ] && peak_kb=$hwm
+    sleep 0.05
+  done
+  wait "$pid" || { echo "fleet run ($1, max $2) failed:" >&2; tail -n 20 "$dir.log" >&2; exit 1; }
+  t1=$(date +%s%N)
+  local pushed
+  pushed=$(git -C "$dir.origin.git" for-each-ref refs/heads/cwo | wc -l)
+  [ "$pushed" -eq "$N" ] || { echo "fleet run ($1, max $2): only $pushed of $N pushed" >&2; tail -n 20 "$dir.log" >&2; exit 1; }
+  echo "$(( (t1 - t0) / 1000000 )) $(fleet_figures "$dir.state/journal.sqlite") $peak_kb"
+}
+for provider in local gcp; do
+  base_ms=""
+  for max in 1 4 8; do
+    read -r wall busy billed peak made rss <<<"$(fleet_run "$provider" "$max")"
+    [ -z "$base_ms" ] && base_ms=$wall
+    speedup=$(ratio "$base_ms" "$wall")
+    util=$(awk "BEGIN {printf \"%.2f\", $busy / ($billed > 0 ? $billed : 1)}")
+    goal=""
+    [ "$max" = 4 ] && goal=" (goal >= 3.5x: $(awk "BEGIN {print ($speedup >= 3.5) ? \"met\" : \"NOT met\"}"))"
+    [ "$max" = 8 ] && goal=" (goal >= 6x: $(awk "BEGIN {print ($speedup >= 6) ? \"met\" : \"NOT met\"}"))"
+    printf 'fleet %-5s max %s: %6s ms, %5sx%s · busy/billed %s s/%s s = %s (goal >= 0.9: %s) · peak %s live of %s created · RSS %s MB\n' \
+      "$provider" "$max" "$wall" "$speedup" "$goal" "$busy" "$billed" "$util" \
+      "$(awk "BEGIN {print ($util >= 0.9) ? \"met\" : \"NOT met\"}")" "$peak" "$made" \
+      "$(awk "BEGIN {printf \"%.1f\", $rss / 1024}")"
+    [ "$max" = 8 ] && echo "  controller peak RSS with 8 workers: goal <= 40 MB: $(awk "BEGIN {print ($rss <= 40960) ? \"met\" : \"NOT met\"}")"
+  done
+done
+# `cwo status` with 8 live workers: a fleet brought up and held by a run that waits on one task.
+status_dir="$WORK/fleet-status"
+FAKE_GCE_PROVISIONING_MS=0 start_fake bench 127.0.0.1 "$S/authorized_keys" "$S/host_key.pub"
+N_SAVED=$N; N=8
+fleet_project "$status_dir" gcp 8 "$FAKE_URL"
+N=$N_SAVED
+sed -i 's/^sleep 2$/sleep 30/' "$WORK/sleep-agent.sh"
+"$CWO" -C "$status_dir" run 2>"$status_dir.log" &
+run_pid=$!
+for _ in $(seq 1 300); do
+  [ "$("$CWO" -C "$status_dir" status --format json 2>/dev/null | grep -c '"state": "ready"' || true)" -ge 8 ] && break
+  sleep 0.1
+done
+status8_ms=$(ms "$CWO" -C "$status_dir" status)
+status8_json_ms=$(ms "$CWO" -C "$status_dir" status --format json)
+live8=$("$CWO" -C "$status_dir" status --format json 2>/dev/null | grep -c '"state": "ready"' || true)
+kill -INT "$run_pid"; kill -INT "$run_pid" 2>/dev/null || true; wait "$run_pid" || true
+sed -i 's/^sleep 30$/sleep 2/' "$WORK/sleep-agent.sh"
+echo "fleet: cwo status with $live8 live workers: ${status8_ms} ms (table), ${status8_json_ms} ms (json)"
+
 # 6. GitHub: the pull-request step and the idle poll, against the fake GitHub.
 "$GITHUB_BENCH" "$CWO" "$WORK/github" 10 20
 

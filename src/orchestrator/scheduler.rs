@@ -358,7 +358,9 @@ impl Orchestrator {
             if st.placed.is_empty() && (stopping || (st.opts.once && !ready_left)) {
                 return Ok(());
             }
-            self.tear_down_idle(st);
+            // `--once` drains the queue: with nothing left to claim, an idle worker has no more
+            // work coming and is not billed while the others finish.
+            self.tear_down_idle(st, st.opts.once && !ready_left);
             self.wait(st, stopping).await?;
         }
     }
@@ -426,12 +428,13 @@ impl Orchestrator {
         let room = st.cap.saturating_sub(st.live());
         let count = needed.min(room);
         if count < needed {
+            // Said once each time the fleet reaches its cap, not at every poll.
             let why = format!(
-                "{waiting} task(s) wait for room: the fleet is at its cap of {} worker(s) ({})",
+                "the fleet is at its cap of {} worker(s) ({}); {waiting} task(s) wait for room",
                 st.cap,
                 self.cap_reason(st)
             );
-            if st.capped.as_ref() != Some(&why) && count == 0 {
+            if st.capped.is_none() {
                 self.env.printer.status(&why);
                 st.capped = Some(why);
             }
@@ -439,7 +442,6 @@ impl Orchestrator {
         if count == 0 {
             return;
         }
-        st.capped = None;
         st.coming += count;
         if count > 1 {
             self.env.printer.status(format!(
@@ -661,6 +663,7 @@ impl Orchestrator {
         let Some(slot) = st.workers.remove(name) else {
             return;
         };
+        st.capped = None;
         // The heartbeat stops with the worker's handle.
         drop(slot);
         let (lifecycle, name) = (self.workers.clone(), name.to_string());
@@ -893,20 +896,28 @@ impl Orchestrator {
     }
 
     /// Each worker that has run nothing for `idle_timeout` goes, on its own: the others keep
-    /// working.
-    fn tear_down_idle(&self, st: &mut RunState) {
+    /// working. `drained`: the queue of a `--once` run is empty, so an idle worker goes now.
+    fn tear_down_idle(&self, st: &mut RunState, drained: bool) {
         let idle_timeout = self.env.settings.idle_timeout;
         let idle: Vec<String> = st
             .workers
             .iter()
-            .filter(|(_, s)| s.tasks.is_empty() && s.idle_since.elapsed() >= idle_timeout)
+            .filter(|(_, s)| {
+                s.tasks.is_empty() && (drained || s.idle_since.elapsed() >= idle_timeout)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in idle {
-            self.env.printer.status(format!(
-                "idle for {}; tearing down worker {name}",
-                fmt_secs(idle_timeout)
-            ));
+            if drained {
+                self.env.printer.status(format!(
+                    "the queue is drained; tearing down idle worker {name}"
+                ));
+            } else {
+                self.env.printer.status(format!(
+                    "idle for {}; tearing down worker {name}",
+                    fmt_secs(idle_timeout)
+                ));
+            }
             self.retire(st, &name, "idle");
         }
     }
