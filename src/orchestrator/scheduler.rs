@@ -85,6 +85,8 @@ struct RunState {
     /// How many workers the fleet may have: `workers.max`, the hourly ceiling, and (once asked)
     /// the provider's quota.
     cap: usize,
+    /// What sets the cap, for the line that says the fleet reached it.
+    cap_why: String,
     quota_asked: bool,
     /// The last reason the fleet could not grow, said once.
     capped: Option<String>,
@@ -160,7 +162,7 @@ impl Orchestrator {
             .await
             .map_err(OrchestratorError::Secrets)?;
         // So is a ceiling that cannot be kept.
-        let cap = self.price_cap()?;
+        let (cap, cap_why) = self.price_cap()?;
         let recovered = self.workers.recover(true, "orphaned").await?;
         let now = Instant::now();
         let workers = recovered
@@ -187,6 +189,7 @@ impl Orchestrator {
             up_stop,
             downs: JoinSet::new(),
             cap,
+            cap_why,
             quota_asked: false,
             capped: None,
             pending: recovered.pending,
@@ -211,10 +214,11 @@ impl Orchestrator {
     /// How many workers the fleet may have by `workers.max` and `workers.max_hourly_usd` (the
     /// ceiling over one worker's list price). A ceiling with no price to hold it against, or one
     /// below a single worker, is a settings error: the run refuses to scale at all.
-    fn price_cap(&self) -> Result<usize, OrchestratorError> {
+    fn price_cap(&self) -> Result<(usize, String), OrchestratorError> {
         let w = &self.env.settings.workers;
+        let max = (w.max.get(), "workers.max".to_string());
         let Some(ceiling) = w.max_hourly_usd.0 else {
-            return Ok(w.max.get());
+            return Ok(max);
         };
         let spec = self.provider.price_spec(None);
         let Some(price) = self.workers.hourly_price() else {
@@ -233,13 +237,15 @@ impl Orchestrator {
                 price,
             });
         }
-        if fits < w.max.get() {
-            self.env.printer.status(format!(
-                "workers.max_hourly_usd = {ceiling} caps the fleet at {fits} worker(s) (${price:.4}/h each; workers.max = {})",
-                w.max
-            ));
+        if fits >= w.max.get() {
+            return Ok(max);
         }
-        Ok(fits.min(w.max.get()))
+        let why = format!("workers.max_hourly_usd = {ceiling} at ${price:.4}/h a worker");
+        self.env.printer.status(format!(
+            "{why} caps the fleet at {fits} worker(s) (workers.max = {})",
+            w.max
+        ));
+        Ok((fits, why))
     }
 
     /// A task's context on worker `on`, with an abort of its own.
@@ -431,8 +437,7 @@ impl Orchestrator {
             // Said once each time the fleet reaches its cap, not at every poll.
             let why = format!(
                 "the fleet is at its cap of {} worker(s) ({}); {waiting} task(s) wait for room",
-                st.cap,
-                self.cap_reason(st)
+                st.cap, st.cap_why
             );
             if st.capped.is_none() {
                 self.env.printer.status(&why);
@@ -453,18 +458,6 @@ impl Orchestrator {
             .spawn(async move { UpEvent::Created(lifecycle.create_fleet(count).await) });
     }
 
-    /// Why the fleet's cap is what it is, for the line that says it was reached.
-    fn cap_reason(&self, st: &RunState) -> String {
-        let w = &self.env.settings.workers;
-        if st.cap == w.max.get() {
-            "workers.max".into()
-        } else if w.max_hourly_usd.0.is_some() && !st.quota_asked {
-            "workers.max_hourly_usd".into()
-        } else {
-            "workers.max_hourly_usd or the region's CPU quota".into()
-        }
-    }
-
     /// Asks the provider's quota once per run, before the fleet first grows beyond one worker;
     /// the cap shrinks to what it leaves room for. A quota that cannot be read is a warning: the
     /// fleet scales as if it had none, and the workers already up are untouched.
@@ -475,12 +468,14 @@ impl Orchestrator {
         st.quota_asked = true;
         match self.workers.room().await {
             Ok(Some(room)) => {
-                let fits = st.live() + room;
+                let fits = st.live() + room.workers;
                 if fits < st.cap {
                     self.env.printer.status(format!(
-                        "the provider's CPU quota leaves room for {room} more worker(s): the fleet is capped at {fits}"
+                        "{} leaves room for {} more worker(s): the fleet is capped at {fits}",
+                        room.why, room.workers
                     ));
                     st.cap = fits.max(st.live()).max(1);
+                    st.cap_why = room.why;
                 }
             }
             Ok(None) => {}

@@ -361,7 +361,7 @@ impl WorkerLifecycle {
     }
 
     /// How many more workers the provider's quota leaves room for (`None`: no limit known).
-    pub(crate) async fn room(&self) -> Result<Option<usize>, OrchestratorError> {
+    pub(crate) async fn room(&self) -> Result<Option<crate::provider::Room>, OrchestratorError> {
         self.provider
             .fleet_room()
             .await

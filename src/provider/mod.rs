@@ -17,6 +17,13 @@ pub use crate::model::{DeleteOutcome, Instance, InstanceStatus, Target, WorkerSp
 pub(crate) use crate::model::{EXPIRES_LABEL, expires_at, worker_labels};
 pub(crate) use check::{Check, CheckStatus};
 
+/// How many more workers a provider has room for, and what limits it (said to the user).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Room {
+    pub workers: usize,
+    pub why: String,
+}
+
 /// What a plan needs from outside the provider.
 pub struct PlanContext<'a> {
     /// The price catalog a cloud worker is priced from.
@@ -376,9 +383,10 @@ pub trait Provider: Send + Sync {
         name: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError>;
-    /// How many more workers the account's quota has room for (Compute Engine: the region's
-    /// CPUS quota over the machine type's vCPUs). `Ok(None)`: no limit known.
-    async fn fleet_room(&self) -> Result<Option<usize>, ProviderError> {
+    /// How many more workers the provider has room for (Compute Engine: the region's CPUS quota
+    /// over the machine type's vCPUs; SSH: the hosts no worker holds). `Ok(None)`: no limit
+    /// known.
+    async fn fleet_room(&self) -> Result<Option<Room>, ProviderError> {
         Ok(None)
     }
     /// What a person can run to delete the worker when cwo gives up.

@@ -226,11 +226,18 @@ pub(super) async fn cpus_quota(
 /// (`None`: the region lists no CPUS quota).
 pub(super) async fn fleet_room(
     s: &GcpSettings,
-) -> Result<Option<usize>, crate::provider::ProviderError> {
+) -> Result<Option<crate::provider::Room>, crate::provider::ProviderError> {
     let need = vcpus(&s.machine_type);
     Ok(cpus_quota(s)
         .await?
-        .map(|(_, limit, usage)| ((limit - usage).max(0.0) / need).floor() as usize))
+        .map(|(region, limit, usage)| crate::provider::Room {
+            workers: ((limit - usage).max(0.0) / need).floor() as usize,
+            why: format!(
+                "the CPUS quota of {region}: {} of {limit} free, {need} per {}",
+                limit - usage,
+                s.machine_type
+            ),
+        }))
 }
 
 /// Whether the first zone's region has the vCPUs the machine type needs free.

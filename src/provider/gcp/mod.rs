@@ -1002,7 +1002,7 @@ impl Provider for GcpProvider {
         self.wait_operation(&zone, op, &what).await.map(|_| ())
     }
 
-    async fn fleet_room(&self) -> Result<Option<usize>, ProviderError> {
+    async fn fleet_room(&self) -> Result<Option<crate::provider::Room>, ProviderError> {
         doctor::fleet_room(&self.settings).await
     }
 
