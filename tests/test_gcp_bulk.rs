@@ -83,7 +83,7 @@ fn calls(fake: &FakeGce, what: &str) -> Vec<(String, Value)> {
 
 /// The public key (OpenSSH line) of the private key cwo keeps for a worker.
 fn public_key(keys: &Path, name: &str) -> String {
-    russh::keys::PrivateKey::read_openssh_file(&keys.join(name))
+    russh::keys::PrivateKey::read_openssh_file(keys.join(name))
         .unwrap()
         .public_key()
         .to_openssh()

@@ -438,7 +438,7 @@ impl GcpProvider {
                         return Ok(Sent::Nothing);
                     };
                     match call.await {
-                        Ok(op) => Ok(Sent::Applying(op)),
+                        Ok(op) => Ok(Sent::Applying(Box::new(op))),
                         Err(e) if e.http_status_code() == Some(412) => Ok(Sent::Stale),
                         Err(e) => Err(classify(e, &what, false)),
                     }
@@ -447,7 +447,7 @@ impl GcpProvider {
             match sent {
                 Sent::Nothing => return Ok(()),
                 Sent::Applying(op) => {
-                    return self.wait_operation(zone, op, &what).await.map(|_| ());
+                    return self.wait_operation(zone, *op, &what).await.map(|_| ());
                 }
                 Sent::Stale => {
                     vm = self.get_in(zone, name).await?.ok_or_else(|| {
@@ -467,7 +467,7 @@ enum Sent {
     /// The VM already is as wanted.
     Nothing,
     /// Accepted: its operation.
-    Applying(Operation),
+    Applying(Box<Operation>),
     /// Refused: the fingerprint sent was stale.
     Stale,
 }
