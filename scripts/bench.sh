@@ -9,6 +9,10 @@
 #  4. cwo's own time in `cwo up` with provider = "gcp" against the fake Compute API (zero
 #     latency) and the loopback sshd, and `cwo status` / `cwo reap --dry-run` over 1,000 managed
 #     instances in the fake.
+#  8. a fleet's VMs on GCP (examples/fleet_create_bench.rs): k = 1, 4, 8 VMs through one
+#     regionInstances.bulkInsert + a setMetadata per VM vs k concurrent single inserts, until
+#     every VM is RUNNING, on the fake Compute API with 300 ms operations: wall time and API
+#     requests, also with room for only 2 VMs in the first zone.
 #  6. GitHub against the fake GitHub (examples/github_bench.rs): the pull-request step's per-task
 #     overhead and requests, and an idle `cwo run`'s requests and rate-limit points per hour
 #     against 100 open labelled issues (goal: 0 points, every idle poll answered 304).
@@ -20,11 +24,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20}"
 cargo build --locked --release --quiet
-cargo build --locked --release --quiet --example ssh_bench --example fake_gce --example github_bench
+cargo build --locked --release --quiet --example ssh_bench --example fake_gce --example github_bench --example fleet_create_bench
 CWO="$PWD/target/release/cwo"
 SSH_BENCH="$PWD/target/release/examples/ssh_bench"
 FAKE_GCE="$PWD/target/release/examples/fake_gce"
 GITHUB_BENCH="$PWD/target/release/examples/github_bench"
+FLEET_BENCH="$PWD/target/release/examples/fleet_create_bench"
 WORK="$(mktemp -d)"
 SSHD_PID=""; FAKE_PIDS=""
 trap '[ -n "$SSHD_PID" ] && kill "$SSHD_PID" 2>/dev/null; for p in $FAKE_PIDS; do kill "$p" 2>/dev/null; done; rm -rf "$WORK"' EXIT
@@ -292,6 +297,9 @@ live8=$("$CWO" -C "$status_dir" status --format json 2>/dev/null | grep -c '"sta
 kill -INT "$run_pid"; kill -INT "$run_pid" 2>/dev/null || true; wait "$run_pid" || true
 sed -i 's/^sleep 30$/sleep 2/' "$WORK/sleep-agent.sh"
 echo "fleet: cwo status with $live8 live workers: ${status8_ms} ms (table), ${status8_json_ms} ms (json)"
+
+# 8. Creating a fleet's VMs on GCP: one bulk insert + setMetadata per VM vs k single inserts.
+"$FLEET_BENCH" 1 4 8
 
 # 6. GitHub: the pull-request step and the idle poll, against the fake GitHub.
 "$GITHUB_BENCH" "$CWO" "$WORK/github" 10 20

@@ -11,6 +11,7 @@ mod test_cost;
 mod test_fake_gce;
 mod test_fake_github;
 mod test_gcp;
+mod test_gcp_bulk;
 mod test_github;
 mod test_layers;
 mod test_lifecycle;

@@ -562,3 +562,151 @@ fn max_live_is_the_most_vms_at_once_across_creates_and_deletes() {
     }
     assert_eq!(most, fake.max_live(), "max_live agrees with the history");
 }
+
+/// `instances.setMetadata` on VM `name`, with `metadata` as its body.
+fn set_metadata(fake: &FakeGce, name: &str, metadata: &Value) -> (u16, Value) {
+    let zone = zone_of(&fake.vm(name).unwrap());
+    call(
+        "POST",
+        &format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/{zone}/instances/{name}/setMetadata",
+            fake.url
+        ),
+        Some(metadata),
+    )
+}
+
+/// What `instances.get` shows of VM `name`'s metadata.
+fn metadata_of(fake: &FakeGce, name: &str) -> Value {
+    let zone = zone_of(&fake.vm(name).unwrap());
+    let (status, vm) = call(
+        "GET",
+        &format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/{zone}/instances/{name}",
+            fake.url
+        ),
+        None,
+    );
+    assert_eq!(status, 200, "{vm}");
+    vm["metadata"].clone()
+}
+
+#[test]
+fn set_metadata_needs_the_current_fingerprint_and_replaces_the_metadata_whole() {
+    let fake = start();
+    let mut r = resource(json!({"count": "1"}));
+    r["instanceProperties"]["metadata"] =
+        json!({"items": [{"key": "startup-script", "value": "echo hi"}]});
+    bulk(&fake, &r, None);
+    let current = metadata_of(&fake, "cwo-w-0001");
+    let fp = current["fingerprint"]
+        .as_str()
+        .expect("a fingerprint")
+        .to_string();
+    assert_eq!(current["items"][0]["key"], "startup-script");
+
+    // Without a fingerprint, or with another one: refused, nothing changes.
+    let items = json!([{"key": "ssh-keys", "value": "u:ssh-ed25519 AAAA one"}]);
+    for body in [
+        json!({"items": items}),
+        json!({"fingerprint": "AAAAAAAAAAA=", "items": items}),
+    ] {
+        let (status, reply) = set_metadata(&fake, "cwo-w-0001", &body);
+        assert_eq!(status, 412, "{reply}");
+        assert_eq!(reply["error"]["errors"][0]["reason"], "conditionNotMet");
+    }
+    assert_eq!(metadata_of(&fake, "cwo-w-0001"), current);
+
+    // With it: a zone operation, and the metadata is the body's items only.
+    let (status, op) = set_metadata(
+        &fake,
+        "cwo-w-0001",
+        &json!({"fingerprint": fp, "items": items}),
+    );
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["operationType"], "setMetadata");
+    assert!(op["zone"].is_string(), "a zone operation: {op}");
+    let now = metadata_of(&fake, "cwo-w-0001");
+    assert_eq!(
+        now["items"], items,
+        "replaced whole: startup-script is gone"
+    );
+    assert_ne!(now["fingerprint"], json!(fp), "a new fingerprint");
+
+    // The old fingerprint is stale now.
+    let (status, _) = set_metadata(
+        &fake,
+        "cwo-w-0001",
+        &json!({"fingerprint": fp, "items": []}),
+    );
+    assert_eq!(status, 412);
+
+    // An unknown VM is 404, as for any instance method.
+    let (status, _) = call(
+        "POST",
+        &format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/us-central1-a/instances/nope/setMetadata",
+            fake.url
+        ),
+        Some(&json!({"fingerprint": fp, "items": []})),
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn the_guest_agent_installs_set_metadata_keys_once_the_operation_lands_and_each_key_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("authorized_keys");
+    let fake = FakeGce::start(PROJECT, "127.0.0.1", Some(keys.clone()));
+    let read = || std::fs::read_to_string(&keys).unwrap_or_default();
+    // One body for three VMs, with a key in it: installed once, not once per VM.
+    let mut r = resource(json!({}));
+    r["instanceProperties"]["metadata"] =
+        json!({"items": [{"key": "ssh-keys", "value": "u:ssh-ed25519 AAAA shared"}]});
+    bulk(&fake, &r, None);
+    assert_eq!(read(), "ssh-ed25519 AAAA shared\n");
+
+    fake.faults().op_delay = Duration::from_millis(300);
+    let fp = metadata_of(&fake, "cwo-w-0002")["fingerprint"].clone();
+    let (status, op) = set_metadata(
+        &fake,
+        "cwo-w-0002",
+        &json!({"fingerprint": fp, "items": [{"key": "ssh-keys",
+            "value": "u:ssh-ed25519 AAAA two\nu:ssh-ed25519 AAAA shared"}]}),
+    );
+    assert_eq!((status, op["status"].as_str()), (200, Some("RUNNING")));
+    assert_eq!(read(), "ssh-ed25519 AAAA shared\n", "not before it lands");
+    let op_url = format!(
+        "{}/compute/v1/projects/{PROJECT}/zones/{}/operations/{}",
+        fake.url,
+        zone_of(&fake.vm("cwo-w-0002").unwrap()),
+        op["name"].as_str().unwrap()
+    );
+    // Polled until done (the fake completes it after op_delay).
+    while call("GET", &op_url, None).1["status"] != "DONE" {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(read(), "ssh-ed25519 AAAA shared\nssh-ed25519 AAAA two\n");
+}
+
+#[test]
+fn regions_get_lists_the_region_zones() {
+    let fake = start();
+    fake.set_region_zones("europe-west4", &["europe-west4-a", "europe-west4-b"]);
+    let (status, region) = call(
+        "GET",
+        &format!(
+            "{}/compute/v1/projects/{PROJECT}/regions/europe-west4",
+            fake.url
+        ),
+        None,
+    );
+    assert_eq!(status, 200);
+    let zones: Vec<&str> = region["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| z.as_str().unwrap().rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(zones, ["europe-west4-a", "europe-west4-b"]);
+}

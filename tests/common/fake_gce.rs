@@ -3,8 +3,9 @@
 //! `cwo budget alert`, with fault injection. It speaks the JSON shapes of the real API on 127.0.0.1 and
 //! records every request so tests can assert on request bodies.
 //!
-//! "Guest agent" behaviour: on insert, the `ssh-keys` metadata is appended to a test sshd's
-//! authorized_keys file, and the VM's external IP leads to that sshd.
+//! "Guest agent" behaviour: on insert (and once a `setMetadata` has landed), the keys of the
+//! `ssh-keys` metadata are added to a test sshd's authorized_keys file, and the VM's external
+//! IP leads to that sshd.
 
 #![allow(dead_code)]
 
@@ -65,6 +66,11 @@ struct Op {
 enum Effect {
     None,
     Remove(String),
+    /// The "guest agent" installs an `ssh-keys` value once the metadata change has landed.
+    InstallKeys {
+        authorized_keys: Option<PathBuf>,
+        ssh_keys: String,
+    },
 }
 
 #[derive(Default)]
@@ -597,10 +603,53 @@ fn finish_op(st: &mut State, name: &str) {
             status["status"] = json!("DONE");
         }
     }
-    let effect = std::mem::replace(&mut op.effect, Effect::None);
-    if let Effect::Remove(vm) = effect {
-        st.remove_vm(&vm);
+    match std::mem::replace(&mut op.effect, Effect::None) {
+        Effect::None => {}
+        Effect::Remove(vm) => {
+            st.remove_vm(&vm);
+        }
+        Effect::InstallKeys {
+            authorized_keys,
+            ssh_keys,
+        } => install_ssh_keys(authorized_keys.as_deref(), &ssh_keys),
     }
+}
+
+/// The "guest agent": installs each `USERNAME:KEY` line of an `ssh-keys` metadata value
+/// (https://cloud.google.com/compute/docs/connect/add-ssh-keys#metadata) into the test sshd's
+/// authorized_keys. A key already there is not added again: every fake VM leads to the same
+/// sshd, so a batch's VMs (or one VM's key set again) would otherwise repeat it. Keys are never
+/// removed (the real agent removes the ones it added when they leave the metadata; here they
+/// may be another VM's).
+fn install_ssh_keys(authorized_keys: Option<&std::path::Path>, ssh_keys: &str) {
+    let Some(path) = authorized_keys else {
+        return;
+    };
+    let mut existing = std::fs::read_to_string(path).unwrap_or_default();
+    for line in ssh_keys.lines().filter(|l| !l.trim().is_empty()) {
+        let key = line.split_once(':').map(|(_, k)| k).unwrap_or(line).trim();
+        if !existing.lines().any(|l| l.trim() == key) {
+            existing.push_str(key);
+            existing.push('\n');
+        }
+    }
+    std::fs::write(path, existing).unwrap();
+}
+
+/// A fingerprint as the API shows it (base64 of 8 bytes).
+fn fingerprint(n: u64) -> Value {
+    json!(base64::engine::general_purpose::URL_SAFE.encode(n.to_be_bytes()))
+}
+
+/// Whether two fingerprints are the same bytes (a client may re-encode the base64 it read).
+fn same_fingerprint(a: &Value, b: &Value) -> bool {
+    let bytes = |v: &Value| {
+        let s = v.as_str()?;
+        let e = &base64::engine::general_purpose::STANDARD;
+        let u = &base64::engine::general_purpose::URL_SAFE;
+        e.decode(s).or_else(|_| u.decode(s)).ok()
+    };
+    bytes(a).is_some() && bytes(a) == bytes(b)
 }
 
 /// Brings a VM into existence from its insert body, as `instances.insert` and
@@ -633,21 +682,25 @@ fn create_vm(
     if let Some(ac) = vm.pointer_mut("/networkInterfaces/0/accessConfigs/0") {
         ac["natIP"] = json!(config.nat_ip);
     }
-    if let (Some(path), Some(items)) = (
-        &config.authorized_keys,
-        vm.pointer("/metadata/items").and_then(|i| i.as_array()),
-    ) {
-        for item in items {
-            if item["key"] == "ssh-keys" {
-                let line = item["value"].as_str().unwrap_or("");
-                let key = line.split_once(':').map(|(_, k)| k).unwrap_or(line);
-                let mut existing = std::fs::read_to_string(path).unwrap_or_default();
-                existing.push_str(key);
-                existing.push('\n');
-                std::fs::write(path, existing).unwrap();
-            }
+    for item in vm
+        .pointer("/metadata/items")
+        .and_then(|i| i.as_array())
+        .into_iter()
+        .flatten()
+    {
+        if item["key"] == "ssh-keys" {
+            install_ssh_keys(
+                config.authorized_keys.as_deref(),
+                item["value"].as_str().unwrap_or(""),
+            );
         }
     }
+    // Compute gives the metadata a fingerprint, which `setMetadata` must send back.
+    if !vm["metadata"].is_object() {
+        vm["metadata"] = json!({});
+    }
+    vm["metadata"]["kind"] = json!("compute#metadata");
+    vm["metadata"]["fingerprint"] = fingerprint(id);
     let terminate_at = vm["scheduling"]["maxRunDuration"]["seconds"]
         .as_str()
         .and_then(|s| s.parse::<u64>().ok())
@@ -1906,6 +1959,86 @@ fn route(
                 ),
             )
         }
+        // instances.setMetadata
+        // (https://cloud.google.com/compute/docs/reference/rest/v1/instances/setMetadata): the
+        // body is the whole new Metadata, which replaces the VM's. Its `fingerprint` must be the
+        // VM's current one ("An up-to-date fingerprint must be provided in order to modify
+        // metadata"; a stale or missing one answers 412 `conditionNotMet`, see
+        // https://cloud.google.com/compute/docs/metadata/setting-custom-metadata#update_metadata);
+        // the change gets a new fingerprint and answers a zone operation, which completes after
+        // `op_delay`. Then the "guest agent" installs the new `ssh-keys`.
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "instances",
+                name,
+                "setMetadata",
+            ],
+        ) => {
+            let req: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            st.next += 1;
+            let next = st.next;
+            let Some(vm) = st.vms.get_mut(*name).filter(|vm| vm.zone == *zone) else {
+                return (
+                    404,
+                    error(
+                        404,
+                        "notFound",
+                        &format!(
+                            "The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"
+                        ),
+                    ),
+                );
+            };
+            if !same_fingerprint(&req["fingerprint"], &vm.body["metadata"]["fingerprint"]) {
+                return (
+                    412,
+                    error(
+                        412,
+                        "conditionNotMet",
+                        "Supplied fingerprint does not match current metadata fingerprint.",
+                    ),
+                );
+            }
+            let items = req["items"].clone();
+            vm.body["metadata"] =
+                json!({"kind": "compute#metadata", "fingerprint": fingerprint(next)});
+            if items.is_array() {
+                vm.body["metadata"]["items"] = items.clone();
+            }
+            let ssh_keys = items
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["key"] == "ssh-keys")
+                .filter_map(|i| i["value"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let target = format!(
+                "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}"
+            );
+            (
+                200,
+                new_op(
+                    &mut st,
+                    zone,
+                    "setMetadata",
+                    &target,
+                    f.op_delay,
+                    Effect::InstallKeys {
+                        authorized_keys: config.authorized_keys.clone(),
+                        ssh_keys,
+                    },
+                    None,
+                ),
+            )
+        }
         ("GET", ["compute", "v1", "projects", _, "aggregated", "instances"]) => {
             let pending: Vec<String> = st.ops.keys().cloned().collect();
             for o in pending {
@@ -1954,11 +2087,15 @@ fn route(
                 json!({"kind": "compute#project", "name": p, "commonInstanceMetadata": {"items": items}}),
             )
         }
-        ("GET", ["compute", "v1", "projects", _, "regions", region]) => {
+        // regions.get (https://cloud.google.com/compute/docs/reference/rest/v1/regions/get): its
+        // CPU quota and its zones, as URLs.
+        ("GET", ["compute", "v1", "projects", project, "regions", region]) => {
             let (limit, usage) = f.cpus_quota.unwrap_or((24.0, 0.0));
             (
                 200,
-                json!({"kind": "compute#region", "name": region, "quotas": [{"metric": "CPUS", "limit": limit, "usage": usage}]}),
+                json!({"kind": "compute#region", "name": region,
+                    "quotas": [{"metric": "CPUS", "limit": limit, "usage": usage}],
+                    "zones": zones_of(&st, region).iter().map(|z| format!("https://www.googleapis.com/compute/v1/projects/{project}/zones/{z}")).collect::<Vec<_>>()}),
             )
         }
         ("GET", ["compute", "v1", "projects", _, "global", "firewalls", name]) => {

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use google_cloud_compute_v1::client::{Firewalls, Instances, ZoneOperations};
+use google_cloud_compute_v1::client::{
+    Firewalls, Instances, RegionInstances, Regions, ZoneOperations,
+};
 use google_cloud_compute_v1::model::{
     self as gce, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Firewall, Metadata,
     NetworkInterface, Operation, Scheduling, Tags,
@@ -21,6 +23,7 @@ use tokio::sync::OnceCell;
 use crate::util::gcp_api::configure;
 
 pub(crate) mod budget;
+mod bulk;
 mod doctor;
 pub(crate) use budget::{AlertSpec, Amount, BudgetApi};
 
@@ -57,6 +60,10 @@ struct Clients {
     instances: Instances,
     operations: ZoneOperations,
     firewalls: Firewalls,
+    /// `regionInstances.bulkInsert` and its region operations.
+    region_instances: RegionInstances,
+    /// A region's zones (for a bulk insert's location policy).
+    regions: Regions,
 }
 
 pub struct GcpProvider {
@@ -72,6 +79,8 @@ pub struct GcpProvider {
     firewall: OnceCell<()>,
     /// Zone of each VM seen, so lookups do not search every zone.
     zones: Mutex<HashMap<String, String>>,
+    /// The zones of gcp.zones' region, asked once (a bulk insert denies the others).
+    region_zones: OnceCell<Vec<String>>,
 }
 
 /// What `cwo up --plan` shows for gcp: the exact instance body, the firewall rule, the price.
@@ -275,6 +284,7 @@ impl GcpProvider {
             clients: OnceCell::new(),
             firewall: OnceCell::new(),
             zones: Mutex::new(HashMap::new()),
+            region_zones: OnceCell::new(),
         }
     }
 
@@ -309,6 +319,8 @@ impl GcpProvider {
                     instances: build!(Instances),
                     operations: build!(ZoneOperations),
                     firewalls: build!(Firewalls),
+                    region_instances: build!(RegionInstances),
+                    regions: build!(Regions),
                 })
             })
             .await
@@ -367,6 +379,30 @@ impl GcpProvider {
         what: &str,
     ) -> Result<Operation, ProviderError> {
         let c = self.clients().await?;
+        self.wait_done(op, what, |name| async move {
+            c.operations
+                .get()
+                .set_project(&self.settings.project)
+                .set_zone(zone)
+                .set_operation(name)
+                .send()
+                .await
+        })
+        .await
+    }
+
+    /// Polls an operation (zone or region: `get` reads it again by name) until DONE, retrying
+    /// transient read failures; returns it with its error (if any) classified.
+    async fn wait_done<F, Fut>(
+        &self,
+        op: Operation,
+        what: &str,
+        get: F,
+    ) -> Result<Operation, ProviderError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Operation, google_cloud_compute_v1::Error>>,
+    {
         let mut op = op;
         let deadline = tokio::time::Instant::now() + OPERATION_TIMEOUT;
         let mut delay = Duration::from_millis(50);
@@ -383,12 +419,7 @@ impl GcpProvider {
             let name = op.name.clone().unwrap_or_default();
             op = self
                 .retry(|| async {
-                    c.operations
-                        .get()
-                        .set_project(&self.settings.project)
-                        .set_zone(zone)
-                        .set_operation(&name)
-                        .send()
+                    get(name.clone())
                         .await
                         .map_err(|e| classify(e, what, false))
                 })
@@ -647,6 +678,59 @@ impl GcpProvider {
         Ok(None)
     }
 
+    /// The VMs carrying every label in `selector`, as the API shows them (one aggregated list,
+    /// paged). Any unreachable zone is an error: a partial list must never read as "nothing
+    /// there".
+    async fn list_vms(
+        &self,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<Vec<gce::Instance>, ProviderError> {
+        let c = self.clients().await?;
+        let filter = selector
+            .iter()
+            .map(|(k, v)| format!("(labels.{k} = \"{v}\")"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let mut out = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let token = page.clone();
+            let resp = self
+                .retry(|| async {
+                    let mut req = c
+                        .instances
+                        .aggregated_list()
+                        .set_project(&self.settings.project)
+                        .set_filter(&filter)
+                        .set_max_results(500u32);
+                    if let Some(t) = &token {
+                        req = req.set_page_token(t);
+                    }
+                    req.send()
+                        .await
+                        .map_err(|e| classify(e, "listing cwo's VMs", false))
+                })
+                .await?;
+            if !resp.unreachables.is_empty() {
+                // A partial list must never read as "nothing there".
+                return Err(ProviderError::Transient(format!(
+                    "listing cwo's VMs: unreachable: {}",
+                    resp.unreachables.join(", ")
+                )));
+            }
+            for scoped in resp.items.values() {
+                for vm in &scoped.instances {
+                    out.push(vm.clone());
+                }
+            }
+            match resp.next_page_token {
+                Some(t) if !t.is_empty() => page = Some(t),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// The SSH host key the VM published through guest attributes, if it did.
     async fn host_key(&self, zone: &str, name: &str) -> Option<String> {
         let c = self.clients().await.ok()?;
@@ -824,6 +908,15 @@ impl Provider for GcpProvider {
         )))
     }
 
+    /// One `regionInstances.bulkInsert` for the whole batch, each worker's own key added after
+    /// it (see `bulk.rs`); the single creates when the batch cannot share one body.
+    async fn create_many(
+        &self,
+        specs: &[(WorkerSpec, String)],
+    ) -> Vec<Result<Instance, ProviderError>> {
+        self.create_batch(specs).await
+    }
+
     async fn wait_running(&self, name: &str, timeout: Duration) -> Result<Instance, ProviderError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -877,49 +970,12 @@ impl Provider for GcpProvider {
         &self,
         selector: &BTreeMap<String, String>,
     ) -> Result<Vec<Instance>, ProviderError> {
-        let c = self.clients().await?;
-        let filter = selector
+        let mut out: Vec<Instance> = self
+            .list_vms(selector)
+            .await?
             .iter()
-            .map(|(k, v)| format!("(labels.{k} = \"{v}\")"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let mut out = Vec::new();
-        let mut page: Option<String> = None;
-        loop {
-            let token = page.clone();
-            let resp = self
-                .retry(|| async {
-                    let mut req = c
-                        .instances
-                        .aggregated_list()
-                        .set_project(&self.settings.project)
-                        .set_filter(&filter)
-                        .set_max_results(500u32);
-                    if let Some(t) = &token {
-                        req = req.set_page_token(t);
-                    }
-                    req.send()
-                        .await
-                        .map_err(|e| classify(e, "listing cwo's VMs", false))
-                })
-                .await?;
-            if !resp.unreachables.is_empty() {
-                // A partial list must never read as "nothing there".
-                return Err(ProviderError::Transient(format!(
-                    "listing cwo's VMs: unreachable: {}",
-                    resp.unreachables.join(", ")
-                )));
-            }
-            for scoped in resp.items.values() {
-                for vm in &scoped.instances {
-                    out.push(self.to_instance(vm, None));
-                }
-            }
-            match resp.next_page_token {
-                Some(t) if !t.is_empty() => page = Some(t),
-                _ => break,
-            }
-        }
+            .map(|vm| self.to_instance(vm, None))
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
