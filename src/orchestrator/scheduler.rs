@@ -86,7 +86,7 @@ struct RunState {
     /// the provider's quota.
     cap: usize,
     quota_asked: bool,
-    /// The last reason the fleet could not grow, said once.
+    /// The cap the fleet last could not grow past, said once.
     capped: Option<String>,
     pending: Vec<PendingCreate>,
     /// Failures that do not stop the queue but make the run exit 1 at its end (a worker that
@@ -425,15 +425,16 @@ impl Orchestrator {
         }
         let room = st.cap.saturating_sub(st.live());
         let count = needed.min(room);
-        if count < needed {
-            let why = format!(
-                "{waiting} task(s) wait for room: the fleet is at its cap of {} worker(s) ({})",
-                st.cap,
-                self.cap_reason(st)
-            );
-            if st.capped.as_ref() != Some(&why) && count == 0 {
-                self.env.printer.status(&why);
-                st.capped = Some(why);
+        if count == 0 {
+            // Said once until the fleet grows or its cap changes (the number of waiting tasks
+            // changes at every claim), counting only the tasks no worker up or coming will take.
+            let cap = format!("{} worker(s) ({})", st.cap, self.cap_reason(st));
+            if st.capped.as_ref() != Some(&cap) {
+                let beyond = waiting.saturating_sub(st.coming * tasks_per_worker);
+                self.env.printer.status(format!(
+                    "{beyond} task(s) wait for room: the fleet is at its cap of {cap}"
+                ));
+                st.capped = Some(cap);
             }
         }
         if count == 0 {
