@@ -10,6 +10,7 @@ mod test_contract;
 mod test_cost;
 mod test_fake_gce;
 mod test_fake_github;
+mod test_fleet;
 mod test_gcp;
 mod test_gcp_bulk;
 mod test_github;

@@ -88,7 +88,7 @@ struct RunState {
     /// What sets the cap, for the line that says the fleet reached it.
     cap_why: String,
     quota_asked: bool,
-    /// The last reason the fleet could not grow, said once.
+    /// The cap the fleet last could not grow past, said once.
     capped: Option<String>,
     pending: Vec<PendingCreate>,
     /// Failures that do not stop the queue but make the run exit 1 at its end (a worker that
@@ -433,18 +433,18 @@ impl Orchestrator {
         }
         let room = st.cap.saturating_sub(st.live());
         let count = needed.min(room);
-        if count < needed {
-            // Said once each time the fleet reaches its cap, not at every poll.
-            let why = format!(
-                "the fleet is at its cap of {} worker(s) ({}); {waiting} task(s) wait for room",
-                st.cap, st.cap_why
-            );
+        if count == 0 {
+            // Said once until the fleet shrinks (the number of waiting tasks changes at every
+            // claim), counting only the tasks no worker up or coming will take.
             if st.capped.is_none() {
+                let beyond = waiting.saturating_sub(st.coming * tasks_per_worker);
+                let why = format!(
+                    "{beyond} task(s) wait for room: the fleet is at its cap of {} worker(s) ({})",
+                    st.cap, st.cap_why
+                );
                 self.env.printer.status(&why);
                 st.capped = Some(why);
             }
-        }
-        if count == 0 {
             return;
         }
         st.coming += count;

@@ -227,6 +227,16 @@ impl Provider for SshHostProvider {
         self.records.wait_running(name)
     }
 
+    /// One worker per host: the hosts in ssh.hosts no worker holds.
+    async fn fleet_room(&self) -> Result<Option<crate::provider::Room>, ProviderError> {
+        let held = self.records.all()?.len();
+        let hosts = self.settings.hosts.len();
+        Ok(Some(crate::provider::Room {
+            workers: hosts.saturating_sub(held),
+            why: format!("ssh.hosts ({hosts} host(s), one worker each)"),
+        }))
+    }
+
     /// A host the user owns is alive for as long as it is allocated: an unreachable host is a
     /// network problem to wait out, not a dead worker.
     async fn get(&self, name: &str) -> Result<Option<Instance>, ProviderError> {
