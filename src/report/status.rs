@@ -29,6 +29,8 @@ pub(crate) struct WorkerStatus {
     pub(crate) created_at: Option<DateTime<Utc>>,
     pub(crate) uptime_secs: Option<i64>,
     pub(crate) current_task: Option<String>,
+    /// Every task with an attempt running on it (a worker takes `workers.tasks_per_worker`).
+    pub(crate) tasks: Vec<String>,
     /// The list price per hour (machine, disk, address) taken at launch, as `cwo cost` prices
     /// the worker (local and ssh workers as the gcp settings would cost); None when unknown.
     pub(crate) hourly_usd: Option<f64>,
@@ -123,7 +125,7 @@ pub(crate) async fn collect(
         l.retain(|i| !deleted.contains(&i.name));
     }
     let idle_timeout = project.settings().idle_timeout.as_secs() as i64;
-    let workers = reconcile(
+    let mut workers = reconcile(
         &journal.live_workers()?,
         listed.as_deref(),
         provider.kind(),
@@ -131,6 +133,11 @@ pub(crate) async fn collect(
         idle_timeout,
         now,
     );
+    for attempt in journal.dangling_attempts()? {
+        if let Some(w) = workers.iter_mut().find(|w| w.name == attempt.worker) {
+            w.tasks.push(attempt.ball_id);
+        }
+    }
     let (balls, tracker_error) = match tasks(project, printer).await {
         Ok(b) => (b, None),
         Err(e) => (vec![], Some(e)),
@@ -227,6 +234,7 @@ pub(crate) fn reconcile(
                 created_at: w.created_at,
                 uptime_secs: w.created_at.map(|c| (now - c).num_seconds().max(0)),
                 current_task: w.current_task.clone(),
+                tasks: vec![],
                 hourly_usd: w
                     .price
                     .as_ref()
@@ -253,6 +261,7 @@ pub(crate) fn reconcile(
             created_at: Some(inst.created_at),
             uptime_secs: Some((now - inst.created_at).num_seconds().max(0)),
             current_task: None,
+            tasks: vec![],
             hourly_usd: None,
             idle_teardown_in_secs: None,
         });
@@ -311,7 +320,11 @@ impl Report for StatusReport {
                     w.zone.clone().unwrap_or_else(|| "-".into()),
                     w.state.clone(),
                     secs_cell(w.uptime_secs),
-                    w.current_task.clone().unwrap_or_else(|| "-".into()),
+                    match (w.tasks.as_slice(), &w.current_task) {
+                        ([], Some(t)) => t.clone(),
+                        ([], None) => "-".into(),
+                        (tasks, _) => tasks.join(","),
+                    },
                     secs_cell(w.idle_teardown_in_secs),
                     w.hourly_usd
                         .map(|h| format!("{h:.4}"))
