@@ -19,7 +19,9 @@ pub(crate) async fn up(
     }
     let _lock = ControllerLock::acquire(&project.state_dir)?;
     let orch = project.lifecycle(printer)?;
-    let recovered = orch.recover(true, "orphaned").await?;
+    // The workers a stopped `cwo run` left are kept, up to `workers.max`, for the next run.
+    let max = project.settings().workers.max.get();
+    let recovered = orch.recover(max, "orphaned").await?;
     let mut pending = recovered.pending;
     let mut failed = orch
         .settle_pending(&mut pending, std::time::Duration::ZERO)

@@ -44,21 +44,31 @@ struct Slot {
     tasks: HashSet<String>,
     /// Since when it has run nothing (its own `idle_timeout` counts from here).
     idle_since: Instant,
-    /// It has taken no task yet (a TTL too short for even one is a settings error, not a reason
-    /// to rotate forever).
-    fresh: bool,
     /// It takes no new task: unfit (stopped, or too close to its TTL) with tasks still running,
     /// or a `fresh_per_task` worker that has had its task. It goes when its tasks end.
     closed: Option<&'static str>,
+}
+
+impl Slot {
+    /// A worker that has just come up.
+    fn new(worker: ActiveWorker) -> Slot {
+        Slot {
+            worker,
+            tasks: HashSet::new(),
+            idle_since: Instant::now(),
+            closed: None,
+        }
+    }
 }
 
 /// What a bring-up running beside the loop reports.
 enum UpEvent {
     /// A batch's creates answered, one result per worker (`Err`: the journal refused the
     /// intents, and nothing was created).
-    Created(Result<Batch, OrchestratorError>),
+    Created(u64, Result<Batch, OrchestratorError>),
     /// A created worker is ready (`None`: a signal arrived, and it was deleted again).
     Ready {
+        batch: u64,
         name: String,
         result: Result<Option<ActiveWorker>, OrchestratorError>,
         secs: f64,
@@ -106,16 +116,24 @@ struct RunState {
     watched: Option<Instant>,
     /// Attempts spent on balls whose worker went away, so a requeued ball keeps its count.
     tries: HashMap<String, u32>,
+    /// Batches that failed in a row (one failure per batch, however many of its workers failed).
     up_failures: u32,
+    /// Batches started so far, and the last one a failure was counted for.
+    batches: u64,
+    failed_batch: Option<u64>,
     /// No new bring-up before this (backing off after failures).
     up_after: Option<Instant>,
+    /// Workers whose deletion failed: they may still be alive, so they count against the cap
+    /// (the journal keeps them for `cwo down` and `cwo reap`).
+    undeleted: usize,
     summary: RunSummary,
 }
 
 impl RunState {
-    /// Workers that count against the cap: up, coming up, and being deleted.
+    /// Workers that count against the cap: up, coming up, being deleted, and those whose
+    /// deletion failed.
     fn live(&self) -> usize {
-        self.workers.len() + self.coming + self.downs.len()
+        self.workers.len() + self.coming + self.downs.len() + self.undeleted
     }
 }
 
@@ -163,7 +181,7 @@ impl Orchestrator {
             .map_err(OrchestratorError::Secrets)?;
         // So is a ceiling that cannot be kept.
         let (cap, cap_why) = self.price_cap()?;
-        let recovered = self.workers.recover(true, "orphaned").await?;
+        let recovered = self.workers.recover(cap, "orphaned").await?;
         let now = Instant::now();
         let workers = recovered
             .workers
@@ -173,7 +191,6 @@ impl Orchestrator {
                     worker: w,
                     tasks: HashSet::new(),
                     idle_since: now,
-                    fresh: false,
                     closed: None,
                 };
                 (slot.worker.instance.name.clone(), slot)
@@ -201,11 +218,29 @@ impl Orchestrator {
             watched: None,
             tries: HashMap::new(),
             up_failures: 0,
+            batches: 0,
+            failed_batch: None,
             up_after: None,
+            undeleted: 0,
             summary: RunSummary::default(),
         };
         let result = match self.resume(&mut st, recovered.resume).await {
-            Ok(()) => self.poll(&mut st).await,
+            Ok(()) => {
+                // A worker per task: an adopted worker with no attempt to finish may have had
+                // its task already, so it takes no other.
+                if settings.workers.fresh_per_task {
+                    let idle: Vec<String> = st
+                        .workers
+                        .iter()
+                        .filter(|(_, s)| s.tasks.is_empty())
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    for name in idle {
+                        self.retire(&mut st, &name, "fresh_per_task");
+                    }
+                }
+                self.poll(&mut st).await
+            }
             Err(e) => Err(e),
         };
         self.finish(st, result).await
@@ -255,7 +290,6 @@ impl Orchestrator {
             .get_mut(on)
             .expect("tasks start on a worker that is up");
         slot.tasks.insert(id.to_string());
-        slot.fresh = false;
         if self.env.settings.workers.fresh_per_task {
             slot.closed = Some("fresh_per_task");
         }
@@ -366,7 +400,7 @@ impl Orchestrator {
             }
             // `--once` drains the queue: with nothing left to claim, an idle worker has no more
             // work coming and is not billed while the others finish.
-            self.tear_down_idle(st, st.opts.once && !ready_left);
+            self.tear_down_idle(st, stopping || (st.opts.once && !ready_left));
             self.wait(st, stopping).await?;
         }
     }
@@ -390,9 +424,6 @@ impl Orchestrator {
             let slot = &st.workers[&name];
             match self.workers.fitness(&slot.worker).await {
                 None => {}
-                Some(Unfit::Ttl(why)) if slot.fresh => {
-                    return Err(OrchestratorError::TtlTooShort { name, why });
-                }
                 Some(Unfit::Stopped(why) | Unfit::Ttl(why)) if slot.tasks.is_empty() => {
                     self.env.printer.status(format!(
                         "rotating worker {name}: {why}; a fresh worker takes its place"
@@ -453,9 +484,10 @@ impl Orchestrator {
                 "bringing up {count} workers for {waiting} ready task(s)"
             ));
         }
-        let lifecycle = self.workers.clone();
+        st.batches += 1;
+        let (lifecycle, batch) = (self.workers.clone(), st.batches);
         st.ups
-            .spawn(async move { UpEvent::Created(lifecycle.create_fleet(count).await) });
+            .spawn(async move { UpEvent::Created(batch, lifecycle.create_fleet(count).await) });
     }
 
     /// Asks the provider's quota once per run, before the fleet first grows beyond one worker;
@@ -488,7 +520,12 @@ impl Orchestrator {
 
     /// A batch's creates answered: each created worker goes on to be made ready beside the
     /// loop; each that was not created is a failed bring-up.
-    fn created(&self, st: &mut RunState, created: Batch) -> Result<(), OrchestratorError> {
+    fn created(
+        &self,
+        st: &mut RunState,
+        batch: u64,
+        created: Batch,
+    ) -> Result<(), OrchestratorError> {
         for (name, result) in created {
             match result {
                 Ok(instance) => {
@@ -497,6 +534,7 @@ impl Orchestrator {
                         let started = Instant::now();
                         let result = lifecycle.finish_up(instance, &stop).await;
                         UpEvent::Ready {
+                            batch,
                             name,
                             result,
                             secs: started.elapsed().as_secs_f64(),
@@ -505,7 +543,7 @@ impl Orchestrator {
                 }
                 Err(e) => {
                     st.coming -= 1;
-                    self.up_failed(st, e)?;
+                    self.up_failed(st, batch, e)?;
                 }
             }
         }
@@ -513,11 +551,16 @@ impl Orchestrator {
     }
 
     /// What a bring-up running beside the loop reported.
-    fn up_event(&self, st: &mut RunState, event: UpEvent) -> Result<(), OrchestratorError> {
+    async fn up_event(&self, st: &mut RunState, event: UpEvent) -> Result<(), OrchestratorError> {
         match event {
-            UpEvent::Created(Ok(created)) => self.created(st, created),
-            UpEvent::Created(Err(e)) => Err(e),
-            UpEvent::Ready { name, result, secs } => {
+            UpEvent::Created(batch, Ok(created)) => self.created(st, batch, created),
+            UpEvent::Created(_, Err(e)) => Err(e),
+            UpEvent::Ready {
+                batch,
+                name,
+                result,
+                secs,
+            } => {
                 st.coming -= 1;
                 match result {
                     Ok(Some(w)) => {
@@ -525,19 +568,19 @@ impl Orchestrator {
                         st.summary.up_secs += secs;
                         st.up_failures = 0;
                         st.up_after = None;
-                        let slot = Slot {
-                            worker: w,
-                            tasks: HashSet::new(),
-                            idle_since: Instant::now(),
-                            fresh: true,
-                            closed: None,
-                        };
-                        st.workers.insert(name, slot);
+                        // A worker that comes up already too close to its TTL for one task is a
+                        // settings error (rotating would bring up another just like it); one
+                        // that gets there later, idle or busy, is rotated.
+                        let unfit = self.workers.fitness(&w).await;
+                        st.workers.insert(name.clone(), Slot::new(w));
+                        if let Some(Unfit::Ttl(why)) = unfit {
+                            return Err(OrchestratorError::TtlTooShort { name, why });
+                        }
                         Ok(())
                     }
                     // A signal arrived: it was deleted again.
                     Ok(None) => Ok(()),
-                    Err(e) => self.up_failed(st, e),
+                    Err(e) => self.up_failed(st, batch, e),
                 }
             }
         }
@@ -547,13 +590,31 @@ impl Orchestrator {
     /// the queue goes on, and a polling controller tries again later (capacity and networks come
     /// back), waiting longer each time. It ends the run only when nothing else can take the
     /// work: `--once` with no worker, or `MAX_UP_FAILURES` failures in a row with none.
-    fn up_failed(&self, st: &mut RunState, e: OrchestratorError) -> Result<(), OrchestratorError> {
+    fn up_failed(
+        &self,
+        st: &mut RunState,
+        batch: u64,
+        e: OrchestratorError,
+    ) -> Result<(), OrchestratorError> {
         if st.up_stop.is_cancelled() {
             st.deferred.push(e);
             return Ok(());
         }
-        st.up_failures += 1;
         let alone = st.workers.is_empty() && st.coming == 0;
+        // The other workers of a batch that already failed (one stockout fails them all): a
+        // line each, and no further count or wait.
+        if st.failed_batch == Some(batch) {
+            if alone && (st.opts.once || st.up_failures > MAX_UP_FAILURES) {
+                return Err(e);
+            }
+            self.env.printer.warn(format!(
+                "could not bring up a worker: {}",
+                crate::util::error::one_line(&e)
+            ));
+            return Ok(());
+        }
+        st.failed_batch = Some(batch);
+        st.up_failures += 1;
         if alone && (st.opts.once || st.up_failures > MAX_UP_FAILURES) {
             return Err(e);
         }
@@ -927,8 +988,10 @@ impl Orchestrator {
             .values()
             .filter(|s| s.tasks.is_empty())
             .map(|s| settings.idle_timeout.saturating_sub(s.idle_since.elapsed()))
+            // The end of a back-off, while it is ahead (one that has passed is no deadline).
             .chain(
                 st.up_after
+                    .filter(|t| *t > Instant::now())
                     .map(|t| t.saturating_duration_since(Instant::now())),
             )
             .fold(settings.poll_interval, Duration::min);
@@ -939,7 +1002,7 @@ impl Orchestrator {
             }
             Some(up) = st.ups.join_next() => {
                 let event = up.map_err(OrchestratorError::TaskPanicked)?;
-                self.up_event(st, event)?;
+                self.up_event(st, event).await?;
             }
             Some(down) = st.downs.join_next() => {
                 let down = down.map_err(OrchestratorError::TaskPanicked)?;
@@ -965,8 +1028,9 @@ impl Orchestrator {
         st.summary.teardown_secs += secs;
         if let Err(e) = result {
             self.env.printer.warn(format!(
-                "could not delete worker {name}; going on, and the run will exit 1"
+                "could not delete worker {name}; going on (it still counts against the fleet's cap), and the run will exit 1"
             ));
+            st.undeleted += 1;
             st.deferred.push(e);
         }
     }
@@ -1056,7 +1120,7 @@ impl Orchestrator {
         let mut late = Vec::new();
         while let Some(up) = st.ups.join_next().await {
             match up {
-                Ok(UpEvent::Created(Ok(created))) => {
+                Ok(UpEvent::Created(_, Ok(created))) => {
                     for (name, made) in created {
                         match made {
                             Ok(_) => late.push(name),
@@ -1072,13 +1136,15 @@ impl Orchestrator {
                     drop(w);
                     late.push(name);
                 }
-                Ok(UpEvent::Ready { result: Err(e), .. } | UpEvent::Created(Err(e))) => {
+                Ok(UpEvent::Ready { result: Err(e), .. } | UpEvent::Created(_, Err(e))) => {
                     st.deferred.push(e)
                 }
                 Ok(UpEvent::Ready {
                     result: Ok(None), ..
-                })
-                | Err(_) => {}
+                }) => {}
+                // A bring-up that crashed may have left a worker: the journal has it (written
+                // ahead) for `cwo down` and `cwo reap`, and the run says so.
+                Err(e) => st.deferred.push(OrchestratorError::TaskPanicked(e)),
             }
         }
         let names: Vec<String> = std::mem::take(&mut st.workers)
@@ -1105,8 +1171,9 @@ impl Orchestrator {
             }
         }
         while let Some(down) = st.downs.join_next().await {
-            if let Ok(down) = down {
-                self.down_ended(&mut st, down);
+            match down {
+                Ok(down) => self.down_ended(&mut st, down),
+                Err(e) => st.deferred.push(OrchestratorError::TaskPanicked(e)),
             }
         }
         // A create a stopped controller had in flight: give it the time to show up and go.

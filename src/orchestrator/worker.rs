@@ -263,9 +263,18 @@ impl WorkerLifecycle {
         for (s, rid) in &specs {
             tracing::debug!(name = %s.name, request_id = %rid, provider = self.provider.kind(), "create");
         }
-        let created = self.provider.create_many(&specs).await;
+        let mut created = self.provider.create_many(&specs).await.into_iter();
         let mut out = Vec::with_capacity(count);
-        for ((spec, _), result) in specs.into_iter().zip(created) {
+        for (spec, _) in specs {
+            // A provider that answers for fewer workers than asked: the rest were not created
+            // as far as cwo can tell, and are torn down (and closed) like any failed create.
+            let result = created.next().unwrap_or_else(|| {
+                Err(crate::provider::ProviderError::Transient(format!(
+                    "the {} provider gave no result for {}",
+                    self.provider.kind(),
+                    spec.name
+                )))
+            });
             let result = match result {
                 Ok(i) => Ok(i),
                 Err(source) => {
@@ -321,11 +330,16 @@ impl WorkerLifecycle {
         );
         let price = self.price_snapshot(instance.zone.as_deref());
         let n = name.clone();
-        self.j(move |j| {
-            j.worker_created(&n, created_at, &record)?;
-            j.worker_price(&n, &price)
-        })
-        .await?;
+        let journaled = self
+            .j(move |j| {
+                j.worker_created(&n, created_at, &record)?;
+                j.worker_price(&n, &price)
+            })
+            .await;
+        if let Err(problem) = journaled {
+            phase.finish(format!("worker {name} could not be journaled"));
+            return Err(self.abandon(&name, problem).await);
+        }
         let (instance, transport) = match self.make_ready(&instance).await {
             Ok(pair) => pair,
             Err(problem) => {
@@ -343,8 +357,13 @@ impl WorkerLifecycle {
             name.clone(),
             serde_json::to_string(&login_view).expect("instance serializes"),
         );
-        self.j(move |j| j.worker_ready(&n, created_at, &record))
-            .await?;
+        if let Err(problem) = self
+            .j(move |j| j.worker_ready(&n, created_at, &record))
+            .await
+        {
+            phase.finish(format!("worker {name} could not be journaled"));
+            return Err(self.abandon(&name, problem).await);
+        }
         phase.finish(format!("worker {name} is up"));
         Ok(Some(ActiveWorker::new(
             instance,
@@ -562,7 +581,7 @@ impl WorkerLifecycle {
         if live.is_empty() {
             return Ok(0);
         }
-        let mut pending = self.recover(false, "user").await?.pending;
+        let mut pending = self.recover(0, "user").await?.pending;
         let mut failed = self.settle_pending(&mut pending, PENDING_WAIT).await;
         self.warn_unsettled(&pending);
         if let Some(e) = failed.pop() {
@@ -582,12 +601,12 @@ impl WorkerLifecycle {
     }
 
     /// Reconciles the journal with the provider after a crash or a `cwo up`: workers the
-    /// provider no longer has are closed; ready, running workers are adopted when `adopt` (up to
-    /// `workers.max`), every other one is deleted. Attempts a stopped controller left open are returned for reattaching when
-    /// their worker was adopted, and closed as aborted otherwise.
+    /// provider no longer has are closed; up to `adopt` ready, running workers are adopted (the
+    /// fleet's cap), every other one is deleted. Attempts a stopped controller left open are
+    /// returned for reattaching when their worker was adopted, and closed as aborted otherwise.
     pub(crate) async fn recover(
         &self,
-        adopt: bool,
+        adopt: usize,
         reason: &str,
     ) -> Result<Recovered, OrchestratorError> {
         self.delete_stopped().await;
@@ -628,12 +647,12 @@ impl WorkerLifecycle {
     }
 
     /// One journaled worker against what the provider shows: pending (a create not visible
-    /// yet), closed (gone), adopted (a ready, running one, when `adopt` and the fleet has room),
+    /// yet), closed (gone), adopted (a ready, running one, while fewer than `adopt` are),
     /// or deleted.
     async fn reconcile(
         &self,
         row: WorkerRow,
-        adopt: bool,
+        adopt: usize,
         reason: &str,
         found: &mut Recovered,
     ) -> Result<(), OrchestratorError> {
@@ -677,8 +696,7 @@ impl WorkerLifecycle {
             // Only a running worker is adopted: a stopped one can do no work (and is deleted
             // below, like every worker not adopted).
             Some(instance)
-                if adopt
-                    && found.workers.len() < self.settings.workers.max.get()
+                if found.workers.len() < adopt
                     && row.state == WorkerState::Ready
                     && instance.status == crate::provider::InstanceStatus::Running =>
             {
