@@ -1,7 +1,9 @@
 //! Tests of the fake Compute API itself (tests/common/fake_gce.rs), driven with plain HTTP
 //! (curl), so the `regionInstances.bulkInsert` behaviour cwo's fleets are tested against is
 //! pinned down: bare machine types, name patterns, per-instance names, minCount against the
-//! capacity faults, location policies, request ids, region operations and `max_live`.
+//! capacity faults, location policies, request ids, region operations and `max_live`; and the
+//! conditional updates cwo makes on each VM of a batch (`instances.setMetadata`, the boot
+//! disk's `disks.get` and `disks.setLabels`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -709,4 +711,151 @@ fn regions_get_lists_the_region_zones() {
         .map(|z| z.as_str().unwrap().rsplit('/').next().unwrap())
         .collect();
     assert_eq!(zones, ["europe-west4-a", "europe-west4-b"]);
+}
+
+/// `disks.get` of disk `name` in `zone`.
+fn get_disk(fake: &FakeGce, zone: &str, name: &str) -> (u16, Value) {
+    call(
+        "GET",
+        &format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/{zone}/disks/{name}",
+            fake.url
+        ),
+        None,
+    )
+}
+
+/// `disks.setLabels` on disk `name` in `zone`, with `body` (a ZoneSetLabelsRequest).
+fn set_disk_labels(fake: &FakeGce, zone: &str, name: &str, body: &Value) -> (u16, Value) {
+    call(
+        "POST",
+        &format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/{zone}/disks/{name}/setLabels",
+            fake.url
+        ),
+        Some(body),
+    )
+}
+
+#[test]
+fn disk_set_labels_needs_the_current_fingerprint_and_replaces_the_labels_whole() {
+    let fake = start();
+    let mut r = resource(json!({"count": "1"}));
+    r["instanceProperties"]["disks"][0]["initializeParams"]["labels"] =
+        json!({"cwo-managed": "true", "cwo-project": "p1"});
+    bulk(&fake, &r, None);
+    let vm = fake.vm("cwo-w-0001").unwrap();
+    let zone = zone_of(&vm);
+    // The VM names its boot disk by URL, as instances.get does.
+    let source = vm["disks"][0]["source"].as_str().expect("disks[].source");
+    assert!(
+        source.ends_with(&format!("/zones/{zone}/disks/cwo-w-0001")),
+        "{source}"
+    );
+
+    let (status, disk) = get_disk(&fake, &zone, "cwo-w-0001");
+    assert_eq!(status, 200, "{disk}");
+    assert_eq!(
+        disk["labels"],
+        json!({"cwo-managed": "true", "cwo-project": "p1"})
+    );
+    assert_eq!(disk["selfLink"], source);
+    let fp = disk["labelFingerprint"]
+        .as_str()
+        .expect("a fingerprint")
+        .to_string();
+
+    // Without a fingerprint, or with another one: refused, nothing changes.
+    let labels = json!({"cwo-worker": "cwo-w-0001"});
+    for body in [
+        json!({"labels": labels}),
+        json!({"labelFingerprint": "AAAAAAAAAAA=", "labels": labels}),
+    ] {
+        let (status, reply) = set_disk_labels(&fake, &zone, "cwo-w-0001", &body);
+        assert_eq!(status, 412, "{reply}");
+        assert_eq!(reply["error"]["errors"][0]["reason"], "conditionNotMet");
+    }
+    assert_eq!(get_disk(&fake, &zone, "cwo-w-0001").1, disk);
+
+    // With it: a zone operation, and the labels are the body's only.
+    fake.faults().op_delay = Duration::from_millis(200);
+    let (status, op) = set_disk_labels(
+        &fake,
+        &zone,
+        "cwo-w-0001",
+        &json!({"labelFingerprint": fp, "labels": labels}),
+    );
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["operationType"], "setLabels");
+    assert_eq!(op["targetLink"], source);
+    assert_eq!(op["zone"], zone.as_str(), "a zone operation: {op}");
+    let op_url = format!(
+        "{}/compute/v1/projects/{PROJECT}/zones/{zone}/operations/{}",
+        fake.url,
+        op["name"].as_str().unwrap()
+    );
+    while call("GET", &op_url, None).1["status"] != "DONE" {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, now) = get_disk(&fake, &zone, "cwo-w-0001");
+    assert_eq!(now["labels"], labels, "replaced whole");
+    assert_ne!(now["labelFingerprint"], json!(fp), "a new fingerprint");
+
+    // The old fingerprint is stale now.
+    let (status, _) = set_disk_labels(
+        &fake,
+        &zone,
+        "cwo-w-0001",
+        &json!({"labelFingerprint": fp, "labels": {}}),
+    );
+    assert_eq!(status, 412);
+
+    // Someone else's change between a get and a set makes the set's fingerprint stale.
+    fake.faults().disk_label_races.push("cwo-w-0001".into());
+    let current = now["labelFingerprint"].clone();
+    let (status, _) = set_disk_labels(
+        &fake,
+        &zone,
+        "cwo-w-0001",
+        &json!({"labelFingerprint": current, "labels": labels}),
+    );
+    assert_eq!(status, 412);
+    let (_, raced) = get_disk(&fake, &zone, "cwo-w-0001");
+    assert_eq!(
+        raced["labels"],
+        json!({"cwo-worker": "cwo-w-0001", "changed-by": "someone"})
+    );
+    let (status, _) = set_disk_labels(
+        &fake,
+        &zone,
+        "cwo-w-0001",
+        &json!({"labelFingerprint": raced["labelFingerprint"], "labels": {}}),
+    );
+    assert_eq!(
+        status, 200,
+        "once is all: the fingerprint read again is current"
+    );
+    assert!(
+        get_disk(&fake, &zone, "cwo-w-0001")
+            .1
+            .get("labels")
+            .is_none(),
+        "cleared"
+    );
+
+    // An unknown disk, the wrong zone, or a disk gone with its VM: 404.
+    let other_zone = if zone == "us-central1-a" {
+        "us-central1-b"
+    } else {
+        "us-central1-a"
+    };
+    assert_eq!(get_disk(&fake, other_zone, "cwo-w-0001").0, 404);
+    assert_eq!(get_disk(&fake, &zone, "nope").0, 404);
+    let body = json!({"labelFingerprint": fp, "labels": {}});
+    assert_eq!(set_disk_labels(&fake, &zone, "nope", &body).0, 404);
+    fake.delete_externally("cwo-w-0001");
+    let (status, reply) = get_disk(&fake, &zone, "cwo-w-0001");
+    assert_eq!(status, 404, "autoDelete: {reply}");
+    assert_eq!(reply["error"]["errors"][0]["reason"], "notFound");
+    assert_eq!(set_disk_labels(&fake, &zone, "cwo-w-0001", &body).0, 404);
 }

@@ -1,6 +1,7 @@
 //! The gcp provider's `create_many` (one `regionInstances.bulkInsert`, then each worker's own
-//! key by `setMetadata` and its `cwo-worker` label by `setLabels`) against the fake Compute API,
-//! at the provider level: the orchestrator does not call it yet.
+//! key by `setMetadata` and its `cwo-worker` label by `setLabels`, on the VM and on its boot
+//! disk) against the fake Compute API, at the provider level: the orchestrator does not call it
+//! yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -90,6 +91,19 @@ fn public_key(keys: &Path, name: &str) -> String {
         .unwrap()
 }
 
+/// The boot disk of VM `name` as the fake keeps it (Compute names it after the VM).
+fn boot_disk(fake: &FakeGce, name: &str) -> Value {
+    fake.disks()
+        .into_iter()
+        .find(|d| d["name"] == name)
+        .unwrap_or_else(|| panic!("no boot disk for {name}: {:?}", fake.disks()))
+}
+
+/// The labels a worker's VM and its boot disk carry (DESIGN invariant 3).
+fn identity(name: &str) -> Value {
+    serde_json::json!({"cwo-managed": "true", "cwo-project": "bulk", "cwo-worker": name})
+}
+
 /// The ssh-keys item of a Metadata body.
 fn ssh_keys(metadata: &Value) -> Option<String> {
     metadata["items"]
@@ -157,6 +171,11 @@ fn three_workers_come_from_one_bulk_insert_each_with_its_own_key() {
         "no key in the shared body"
     );
     assert!(props["labels"].get("cwo-worker").is_none(), "{props}");
+    assert_eq!(
+        props["disks"][0]["initializeParams"]["labels"],
+        serde_json::json!({"cwo-managed": "true", "cwo-project": "bulk"}),
+        "the shared disk labels, no worker's"
+    );
     assert_eq!(props["labels"]["cwo-project"], "bulk");
     let policy = &b["locationPolicy"];
     assert_eq!(policy["targetShape"], "ANY");
@@ -197,6 +216,13 @@ fn three_workers_come_from_one_bulk_insert_each_with_its_own_key() {
         let vm = fake.vm(&inst.name).unwrap();
         assert_eq!(vm["labels"]["cwo-worker"], inst.name.as_str());
         assert_eq!(inst.labels["cwo-worker"], inst.name);
+        // Its boot disk bills apart from it: the same identity labels, its own worker's.
+        assert_eq!(
+            boot_disk(&fake, &inst.name)["labels"],
+            identity(&inst.name),
+            "{}",
+            inst.name
+        );
         assert!(
             inst.zone
                 .as_deref()
@@ -299,6 +325,99 @@ fn the_same_batch_again_creates_nothing_new() {
         calls(&fake, "/setMetadata").len(),
         3,
         "the keys are there already"
+    );
+    assert_eq!(
+        calls(&fake, "/disks/").len(),
+        3 * 2 + 3,
+        "a get and a set per disk, then a get only: the labels are there already"
+    );
+}
+
+#[test]
+fn a_stale_disk_label_fingerprint_is_read_again_and_the_label_set_keeping_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeGce::start(PROJECT, "127.0.0.1", None);
+    let specs = specs(&KEYS[..2]);
+    let raced = specs[0].0.name.clone();
+    // Someone labels the first disk between cwo's disks.get and its disks.setLabels: Compute
+    // answers the stale fingerprint with 412 conditionNotMet.
+    fake.faults().disk_label_races.push(raced.clone());
+    let p = provider(&fake, tmp.path(), &["us-central1-a"], None);
+    let results = rt().block_on(p.create_many(&specs));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let sets = calls(&fake, "/setLabels");
+    let on_raced: Vec<&Value> = sets
+        .iter()
+        .filter(|(path, _)| path.contains(&format!("/disks/{raced}/setLabels")))
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(on_raced.len(), 2, "one sent again: {sets:?}");
+    assert_ne!(
+        on_raced[0]["labelFingerprint"], on_raced[1]["labelFingerprint"],
+        "sent again with the fingerprint read again"
+    );
+    let mut expected = identity(&raced);
+    expected["changed-by"] = "someone".into();
+    assert_eq!(
+        boot_disk(&fake, &raced)["labels"],
+        expected,
+        "the other label kept"
+    );
+    let other = &specs[1].0.name;
+    assert_eq!(boot_disk(&fake, other)["labels"], identity(other));
+}
+
+#[test]
+fn a_vm_whose_disk_label_cannot_be_set_is_deleted_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeGce::start(PROJECT, "127.0.0.1", None);
+    let specs = specs(&KEYS[..2]);
+    let refused = specs[1].0.name.clone();
+    // Not a transient failure: cwo does not send it again.
+    fake.faults().http.push_back((
+        format!(
+            "POST /compute/v1/projects/{PROJECT}/zones/us-central1-a/disks/{refused}/setLabels"
+        ),
+        403,
+    ));
+    let p = provider(&fake, tmp.path(), &["us-central1-a"], None);
+    let results = rt().block_on(p.create_many(&specs));
+    let kept = &specs[0].0.name;
+    assert_eq!(
+        results[0].as_ref().map(|i| &i.name).ok(),
+        Some(kept),
+        "{results:?}"
+    );
+    let e = results[1]
+        .as_ref()
+        .expect_err("no worker without its disk label");
+    assert_eq!(e.kind(), ProviderErrorKind::Permission, "{e}");
+    // The error and its causes, as cwo prints them.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    assert!(
+        text.contains(&format!(
+            "VM {refused} came up without its own key or labels; it was deleted"
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("boot disk {refused}")), "{text}");
+    assert_eq!(
+        fake.vm_names(),
+        [kept.as_str()],
+        "the unlabelled VM is gone"
+    );
+    assert_eq!(
+        fake.disks()
+            .iter()
+            .map(|d| d["name"].clone())
+            .collect::<Vec<_>>(),
+        [Value::from(kept.as_str())],
+        "and its disk with it"
     );
 }
 

@@ -117,11 +117,17 @@ pub struct Faults {
     pub provisioning: Duration,
     /// Budgets listed per page at most (the real API takes `pageSize` up to 100).
     pub budget_page_size: Option<usize>,
+    /// Disks whose labels someone else changes (adds `changed-by=someone`, which gives them a
+    /// new fingerprint) just before the next `disks.setLabels` on them is served, as if the
+    /// console labelled the disk between the caller's `disks.get` and its set: the fingerprint
+    /// that call carries is stale. Each name is used once.
+    pub disk_label_races: Vec<String>,
 }
 
 /// A persistent disk made from an insert's `disks[].initializeParams`, as Compute keeps it:
 /// its own resource with the labels given there, deleted with its VM when `autoDelete`.
 struct Disk {
+    zone: String,
     body: Value,
     /// The VM it is attached to.
     user: String,
@@ -387,7 +393,7 @@ impl FakeGce {
         let st = self.state.lock().unwrap();
         st.disks
             .values()
-            .filter(|d| !d.auto_delete || st.vms.contains_key(&d.user))
+            .filter(|d| disk_exists(&st, d))
             .map(|d| d.body.clone())
             .collect()
     }
@@ -706,6 +712,7 @@ fn create_vm(
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|_| vm["scheduling"]["instanceTerminationAction"] == "DELETE")
         .map(|secs| now + st.ahead + Duration::from_secs(secs));
+    let mut sources = Vec::new();
     for (i, disk) in vm["disks"].as_array().into_iter().flatten().enumerate() {
         let Some(init) = disk.get("initializeParams") else {
             continue;
@@ -721,11 +728,17 @@ fn create_vm(
             },
             str::to_string,
         );
+        st.next += 1;
+        let self_link = disk_url(zone, &disk_name);
+        // Like the API, a `labelFingerprint` on every disk (labelled or not), which
+        // `disks.setLabels` must send back.
         let mut body = json!({
-            "kind": "compute#disk", "name": disk_name,
+            "kind": "compute#disk", "id": st.next.to_string(), "name": disk_name,
+            "selfLink": self_link,
             "zone": format!("https://www.googleapis.com/compute/v1/projects/p/zones/{zone}"),
             "sizeGb": init["diskSizeGb"], "type": init["diskType"],
             "sourceImage": init["sourceImage"], "status": "READY", "users": [target],
+            "labelFingerprint": fingerprint(st.next),
         });
         // Like the API, no `labels` field on a disk created without any.
         if let Some(labels) = init.get("labels") {
@@ -734,11 +747,17 @@ fn create_vm(
         st.disks.insert(
             disk_name,
             Disk {
+                zone: zone.to_string(),
                 body,
                 user: name.to_string(),
                 auto_delete: disk["autoDelete"].as_bool().unwrap_or(false),
             },
         );
+        sources.push((i, self_link));
+    }
+    // The VM shows each attached disk's URL as `disks[].source`, as `instances.get` does.
+    for (i, source) in sources {
+        vm["disks"][i]["source"] = json!(source);
     }
     st.insert_vm(
         name.to_string(),
@@ -758,6 +777,17 @@ fn create_vm(
     if let Some(room) = f.region_room.as_mut() {
         *room = room.saturating_sub(1);
     }
+}
+
+/// A disk's URL, as `selfLink` and an instance's `disks[].source` show it.
+fn disk_url(zone: &str, name: &str) -> String {
+    format!("https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/disks/{name}")
+}
+
+/// Whether a disk still exists: one with `autoDelete` goes with its VM, however the VM went
+/// (cwo's delete, the TTL, the console).
+fn disk_exists(st: &State, d: &Disk) -> bool {
+    !d.auto_delete || st.vms.contains_key(&d.user)
 }
 
 /// The zones of a region (see `FakeGce::set_region_zones`).
@@ -2035,6 +2065,125 @@ fn route(
                         authorized_keys: config.authorized_keys.clone(),
                         ssh_keys,
                     },
+                    None,
+                ),
+            )
+        }
+        // disks.get (https://cloud.google.com/compute/docs/reference/rest/v1/disks/get): the
+        // disk as Compute keeps it, with its `labels` and `labelFingerprint`.
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "disks",
+                disk,
+            ],
+        ) => match st.disks.get(*disk) {
+            Some(d) if d.zone == *zone && disk_exists(&st, d) => (200, d.body.clone()),
+            _ => (
+                404,
+                error(
+                    404,
+                    "notFound",
+                    &format!(
+                        "The resource 'projects/{project}/zones/{zone}/disks/{disk}' was not found"
+                    ),
+                ),
+            ),
+        },
+        // disks.setLabels
+        // (https://cloud.google.com/compute/docs/reference/rest/v1/disks/setLabels): the body is
+        // a ZoneSetLabelsRequest whose `labels` replace the disk's whole. Its `labelFingerprint`
+        // must be the disk's current one ("You must always provide an up-to-date fingerprint
+        // hash in order to update or change labels. Make a get() request to the resource to get
+        // the latest fingerprint"); a missing or stale one answers 412 `conditionNotMet`, as
+        // for an instance's labels (https://cloud.google.com/compute/docs/labeling-resources).
+        // The change gets a new fingerprint and answers a zone operation, which completes after
+        // `op_delay`.
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "disks",
+                disk,
+                "setLabels",
+            ],
+        ) => {
+            let req: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            if !st
+                .disks
+                .get(*disk)
+                .is_some_and(|d| d.zone == *zone && disk_exists(&st, d))
+            {
+                return (
+                    404,
+                    error(
+                        404,
+                        "notFound",
+                        &format!(
+                            "The resource 'projects/{project}/zones/{zone}/disks/{disk}' was not found"
+                        ),
+                    ),
+                );
+            }
+            let raced = match f.disk_label_races.iter().position(|n| n == disk) {
+                Some(i) => {
+                    f.disk_label_races.remove(i);
+                    true
+                }
+                None => false,
+            };
+            st.next += 2;
+            let (raced_fingerprint, new_fingerprint) =
+                (fingerprint(st.next - 1), fingerprint(st.next));
+            let d = st.disks.get_mut(*disk).expect("found above");
+            if raced {
+                if !d.body["labels"].is_object() {
+                    d.body["labels"] = json!({});
+                }
+                d.body["labels"]["changed-by"] = json!("someone");
+                d.body["labelFingerprint"] = raced_fingerprint;
+            }
+            if !same_fingerprint(&req["labelFingerprint"], &d.body["labelFingerprint"]) {
+                return (
+                    412,
+                    error(
+                        412,
+                        "conditionNotMet",
+                        "Labels fingerprint either invalid or resource labels have changed",
+                    ),
+                );
+            }
+            match req["labels"].as_object() {
+                Some(labels) if !labels.is_empty() => d.body["labels"] = req["labels"].clone(),
+                // Cleared: like a disk created without labels, no `labels` field.
+                _ => {
+                    if let Some(body) = d.body.as_object_mut() {
+                        body.remove("labels");
+                    }
+                }
+            }
+            d.body["labelFingerprint"] = new_fingerprint;
+            let target = disk_url(zone, disk);
+            (
+                200,
+                new_op(
+                    &mut st,
+                    zone,
+                    "setLabels",
+                    &target,
+                    f.op_delay,
+                    Effect::None,
                     None,
                 ),
             )

@@ -5,20 +5,26 @@
 //!
 //! Every instance of one call shares one body (v1's `perInstanceProperties` carries only `name`
 //! and `hostname`), so what is a worker's own is set on each VM right after the batch, before
-//! anything connects to it:
+//! anything connects to it, the three calls of one VM side by side:
 //! - its SSH key, with `instances.setMetadata`
 //!   (https://cloud.google.com/compute/docs/reference/rest/v1/instances/setMetadata): a private
 //!   key is never shared between workers, and the shared body carries no `ssh-keys` at all (with
 //!   project keys blocked, nobody can log in until the worker's own key is there);
-//! - its `cwo-worker` label, with `instances.setLabels`. Nothing in cwo reads that label (the
-//!   reaper, status and the journal go by the VM's name), but the billing export does: it is
-//!   how a VM's cost rows are attributed to a worker (DESIGN invariant 3), and the VM's name is
-//!   not in the standard export. The boot disk keeps the shared `cwo-managed` and `cwo-project`
-//!   labels only: Compute names a boot disk after its VM, which the detailed export shows as
-//!   the disk's `resource.name`, and the disk dies with the VM (`autoDelete`), so a
-//!   `disks.setLabels` per worker (a get and a set more) buys nothing a person cannot read.
+//! - its `cwo-worker` label, with `instances.setLabels`;
+//! - the same label on its boot disk, with `disks.setLabels`
+//!   (https://cloud.google.com/compute/docs/reference/rest/v1/disks/setLabels): the disk bills
+//!   apart from the VM, and DESIGN invariant 3 puts `cwo-managed`, `cwo-project` and
+//!   `cwo-worker` on the VM and its boot disk alike, as a single insert's body does. The disk is
+//!   the VM's `disks[].source`; its labels come from the shared body's `initializeParams`, so
+//!   they are read (`disks.get`, for the label fingerprint the call needs) and sent back with
+//!   the worker's added.
 //!
-//! A VM that comes up without its key (or its label) is deleted and reported as an error; one
+//! Nothing in cwo reads `cwo-worker` (the reaper, status and the journal go by the VM's name),
+//! but the billing export does: it is how a resource's cost rows are attributed to a worker.
+//! Each update is conditional on a fingerprint; a stale one (someone else changed the VM or the
+//! disk meanwhile) is read again and sent anew.
+//!
+//! A VM that comes up without its key (or a label) is deleted and reported as an error; one
 //! that cannot be deleted then carries the shared `cwo-managed`/`cwo-project` labels the reaper
 //! finds it by.
 
@@ -354,8 +360,8 @@ impl GcpProvider {
         }
     }
 
-    /// Makes a VM of the batch the worker's own (its key, its label) and returns the worker; a
-    /// VM that cannot be made so is deleted.
+    /// Makes a VM of the batch the worker's own (its key, its label and its boot disk's) and
+    /// returns the worker; a VM that cannot be made so is deleted.
     async fn finish_worker(
         &self,
         vm: gce::Instance,
@@ -366,7 +372,13 @@ impl GcpProvider {
         self.remember_zone(&name, &zone);
         let line = format!("{}:{}", self.settings.ssh_user, public_key.trim());
         let c = self.clients().await?;
-        let keyed = self.update(&zone, &name, vm.clone(), "adding its SSH key to", |vm| {
+        let read_vm = || async {
+            self.get_in(&zone, &name).await?.ok_or_else(|| {
+                ProviderError::NotFound(format!("VM {name} is gone (deleted by someone else?)"))
+            })
+        };
+        let keyed_what = format!("adding its SSH key to VM {name}");
+        let keyed = self.update(&zone, &keyed_what, vm.clone(), read_vm, |vm| {
             let current = vm.metadata.clone().unwrap_or_default();
             let has = |i: &gce::metadata::Items| i.key.as_deref() == Some("ssh-keys");
             if current
@@ -399,7 +411,8 @@ impl GcpProvider {
                     .await
             })
         });
-        let labelled = self.update(&zone, &name, vm.clone(), "labelling", |vm| {
+        let labelled_what = format!("labelling VM {name}");
+        let labelled = self.update(&zone, &labelled_what, vm.clone(), read_vm, |vm| {
             if vm.labels.get(WORKER_LABEL) == vm.name.as_ref() {
                 return None;
             }
@@ -420,8 +433,9 @@ impl GcpProvider {
                     .await
             })
         });
-        let (keyed, labelled) = futures::join!(keyed, labelled);
-        match keyed.and(labelled) {
+        let disk_labelled = self.label_boot_disk(&vm, &zone, &name);
+        let (keyed, labelled, disk_labelled) = futures::join!(keyed, labelled, disk_labelled);
+        match keyed.and(labelled).and(disk_labelled) {
             Ok(()) => {
                 let mut vm = vm;
                 vm.labels.insert(WORKER_LABEL.into(), name.clone());
@@ -437,63 +451,132 @@ impl GcpProvider {
                 };
                 Err(for_each_spec(
                     &e,
-                    &format!("VM {name} came up without its own key or label; {gone}"),
+                    &format!("VM {name} came up without its own key or labels; {gone}"),
                 ))
             }
         }
     }
 
-    /// A conditional update of one VM (`setMetadata`, `setLabels`): `send` builds it from the
-    /// VM as last read (`None`: nothing to change) with that read's fingerprint. A stale
-    /// fingerprint (412 `conditionNotMet`: the VM changed meanwhile) reads the VM again and
-    /// sends anew; transient failures are retried; the operation is waited for.
-    async fn update<F, Fut>(
+    /// The `cwo-worker` label on a VM's boot disk, with the shared labels it was created with
+    /// (and any added since) kept: `disks.get` for its labels and their fingerprint, then
+    /// `disks.setLabels`, which replaces the labels whole.
+    async fn label_boot_disk(
+        &self,
+        vm: &gce::Instance,
+        vm_zone: &str,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        let (zone, disk) = boot_disk(vm, vm_zone, name);
+        let what = format!("labelling boot disk {disk} of VM {name}");
+        let c = self.clients().await?;
+        let read = || async {
+            self.retry(|| async {
+                c.disks
+                    .get()
+                    .set_project(&self.settings.project)
+                    .set_zone(&zone)
+                    .set_disk(&disk)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        classify(e, &format!("reading boot disk {disk} of VM {name}"), false)
+                    })
+            })
+            .await
+        };
+        let current = read().await?;
+        self.update(&zone, &what, current, read, |d| {
+            if d.labels.get(WORKER_LABEL).map(String::as_str) == Some(name) {
+                return None;
+            }
+            let mut labels = d.labels.clone();
+            labels.insert(WORKER_LABEL.into(), name.to_string());
+            let body = gce::ZoneSetLabelsRequest::new()
+                .set_labels(labels)
+                .set_or_clear_label_fingerprint(d.label_fingerprint.clone());
+            let (zone, disk) = (zone.clone(), disk.clone());
+            Some(async move {
+                c.disks
+                    .set_labels()
+                    .set_project(&self.settings.project)
+                    .set_zone(zone)
+                    .set_resource(disk)
+                    .set_body(body)
+                    .send()
+                    .await
+            })
+        })
+        .await
+    }
+
+    /// A conditional update of one resource in `zone` (a VM's `setMetadata` and `setLabels`, a
+    /// disk's `setLabels`): `send` builds it from the resource as last read (`None`: nothing
+    /// to change) with that read's fingerprint. A stale fingerprint (412 `conditionNotMet`:
+    /// the resource changed meanwhile) reads it again with `read` and sends anew; transient
+    /// failures are retried; the zone operation is waited for.
+    async fn update<R, F, Fut, G, GFut>(
         &self,
         zone: &str,
-        name: &str,
-        mut vm: gce::Instance,
-        doing: &str,
+        what: &str,
+        mut current: R,
+        read: G,
         send: F,
     ) -> Result<(), ProviderError>
     where
-        F: Fn(&gce::Instance) -> Option<Fut>,
+        F: Fn(&R) -> Option<Fut>,
         Fut: std::future::Future<Output = Result<Operation, google_cloud_compute_v1::Error>>,
+        G: Fn() -> GFut,
+        GFut: std::future::Future<Output = Result<R, ProviderError>>,
     {
-        let what = format!("{doing} VM {name}");
         for _ in 0..FINGERPRINT_TRIES {
             let sent = self
                 .retry(|| async {
-                    let Some(call) = send(&vm) else {
+                    let Some(call) = send(&current) else {
                         return Ok(Sent::Nothing);
                     };
                     match call.await {
                         Ok(op) => Ok(Sent::Applying(Box::new(op))),
                         Err(e) if e.http_status_code() == Some(412) => Ok(Sent::Stale),
-                        Err(e) => Err(classify(e, &what, false)),
+                        Err(e) => Err(classify(e, what, false)),
                     }
                 })
                 .await?;
             match sent {
                 Sent::Nothing => return Ok(()),
                 Sent::Applying(op) => {
-                    return self.wait_operation(zone, *op, &what).await.map(|_| ());
+                    return self.wait_operation(zone, *op, what).await.map(|_| ());
                 }
-                Sent::Stale => {
-                    vm = self.get_in(zone, name).await?.ok_or_else(|| {
-                        ProviderError::NotFound(format!("{what}: the VM is gone"))
-                    })?;
-                }
+                Sent::Stale => current = read().await?,
             }
         }
         Err(ProviderError::Transient(format!(
-            "{what}: the VM kept changing under cwo ({FINGERPRINT_TRIES} stale fingerprints)"
+            "{what}: it kept changing under cwo ({FINGERPRINT_TRIES} stale fingerprints)"
         )))
     }
 }
 
+/// The boot disk of `vm` as (zone, name): its `disks[].source`
+/// (`…/projects/P/zones/Z/disks/D`), which Compute fills in for every attached disk; without
+/// one, the disk Compute names after the VM in the VM's zone (the shared body names none).
+fn boot_disk(vm: &gce::Instance, vm_zone: &str, name: &str) -> (String, String) {
+    let source = vm
+        .disks
+        .iter()
+        .find(|d| d.boot == Some(true))
+        .or(vm.disks.first())
+        .and_then(|d| d.source.as_deref());
+    let parsed = source.and_then(|s| {
+        let (before, disk) = s.rsplit_once("/disks/")?;
+        let (_, zone) = before.rsplit_once("zones/")?;
+        (!zone.is_empty() && !disk.is_empty() && !zone.contains('/'))
+            .then(|| (zone.to_string(), disk.to_string()))
+    });
+    parsed.unwrap_or_else(|| (vm_zone.to_string(), name.to_string()))
+}
+
 /// What a conditional update's call came to.
 enum Sent {
-    /// The VM already is as wanted.
+    /// The resource already is as wanted.
     Nothing,
     /// Accepted: its operation.
     Applying(Box<Operation>),
@@ -546,6 +629,53 @@ mod tests {
         );
         assert_eq!(one_region(&z(&["us-central1-a", "us-east1-b"])), None);
         assert_eq!(one_region(&[]), None);
+    }
+
+    #[test]
+    fn the_boot_disk_is_the_vms_disk_source_or_named_after_it() {
+        let vm = |disks: Vec<gce::AttachedDisk>| gce::Instance::new().set_disks(disks);
+        let attached =
+            |boot: bool, source: &str| gce::AttachedDisk::new().set_boot(boot).set_source(source);
+        assert_eq!(
+            boot_disk(
+                &vm(vec![
+                    attached(
+                        false,
+                        "https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/disks/data"
+                    ),
+                    attached(
+                        true,
+                        "https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-b/disks/w-boot"
+                    ),
+                ]),
+                "us-central1-f",
+                "w"
+            ),
+            ("us-central1-b".to_string(), "w-boot".to_string())
+        );
+        assert_eq!(
+            boot_disk(
+                &vm(vec![attached(
+                    true,
+                    "projects/p/zones/europe-west4-a/disks/w"
+                )]),
+                "x",
+                "w"
+            ),
+            ("europe-west4-a".to_string(), "w".to_string())
+        );
+        assert_eq!(
+            boot_disk(
+                &vm(vec![gce::AttachedDisk::new().set_boot(true)]),
+                "us-central1-a",
+                "w"
+            ),
+            ("us-central1-a".to_string(), "w".to_string())
+        );
+        assert_eq!(
+            boot_disk(&vm(vec![]), "us-central1-a", "w"),
+            ("us-central1-a".to_string(), "w".to_string())
+        );
     }
 
     #[test]

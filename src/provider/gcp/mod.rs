@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use google_cloud_compute_v1::client::{
-    Firewalls, Instances, RegionInstances, Regions, ZoneOperations,
+    Disks, Firewalls, Instances, RegionInstances, Regions, ZoneOperations,
 };
 use google_cloud_compute_v1::model::{
     self as gce, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Firewall, Metadata,
@@ -64,6 +64,8 @@ struct Clients {
     region_instances: RegionInstances,
     /// A region's zones (for a bulk insert's location policy).
     regions: Regions,
+    /// The boot disks of a bulk insert's VMs, labelled with their worker afterwards.
+    disks: Disks,
 }
 
 pub struct GcpProvider {
@@ -321,6 +323,7 @@ impl GcpProvider {
                     firewalls: build!(Firewalls),
                     region_instances: build!(RegionInstances),
                     regions: build!(Regions),
+                    disks: build!(Disks),
                 })
             })
             .await
