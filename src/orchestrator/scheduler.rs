@@ -513,7 +513,7 @@ impl Orchestrator {
             Ok(None) => {}
             Err(e) => self.env.printer.warn(format!(
                 "{}the fleet scales to workers.max without it",
-                e.render().replace("error: ", "could not read the quota: ")
+                e.render().replace("error: ", "")
             )),
         }
     }
@@ -621,10 +621,10 @@ impl Orchestrator {
         let failures = st.up_failures;
         let wait = self.env.settings.poll_interval * 2u32.pow(failures.min(6));
         st.up_after = Some(Instant::now() + wait);
-        let tally = if alone {
-            format!(" (failure {failures} of {MAX_UP_FAILURES})")
-        } else {
-            format!("; {} worker(s) keep working", st.workers.len())
+        let tally = match (st.workers.len(), st.coming) {
+            (0, 0) => format!(" (failure {failures} of {MAX_UP_FAILURES})"),
+            (0, coming) => format!("; {coming} more worker(s) of the batch are still coming up"),
+            (up, _) => format!("; {up} worker(s) keep working"),
         };
         self.env.printer.warn(format!(
             "{}retrying in {}{tally}",

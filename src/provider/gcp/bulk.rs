@@ -142,6 +142,19 @@ impl GcpProvider {
             );
             return singles().await;
         }
+        // The policy names the region's zones (a zone it does not name stays allowed), so it
+        // needs compute.regions.get: without it, the single inserts into gcp.zones still work.
+        let policy = match self.location_policy(&region).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(
+                    "could not read the zones of {region} for a bulk insert ({}); creating the {} workers with single inserts",
+                    e.one_line(),
+                    specs.len()
+                );
+                return singles().await;
+            }
+        };
         let what = format!("creating {} VMs in {region}", specs.len());
         if let Err(e) = self.ensure_firewall().await {
             return specs
@@ -161,7 +174,7 @@ impl GcpProvider {
         }
         if !batch.is_empty() {
             let sent: Vec<&(WorkerSpec, String)> = batch.iter().map(|(i, _)| &specs[*i]).collect();
-            match self.bulk_insert(&region, &sent).await {
+            match self.bulk_insert(&region, &sent, policy).await {
                 Err(e) => {
                     for (i, _) in &batch {
                         results[*i] = Some(Err(for_each_spec(&e, &what)));
@@ -290,6 +303,7 @@ impl GcpProvider {
         &self,
         region: &str,
         sent: &[&(WorkerSpec, String)],
+        policy: LocationPolicy,
     ) -> Result<usize, ProviderError> {
         let c = self.clients().await?;
         let body = BulkInsertInstanceResource::new()
@@ -302,7 +316,7 @@ impl GcpProvider {
                     BulkInsertInstanceResourcePerInstanceProperties::new().set_name(&spec.name),
                 )
             }))
-            .set_location_policy(self.location_policy(region).await?);
+            .set_location_policy(policy);
         let keys: Vec<&str> = sent.iter().map(|(_, key)| key.as_str()).collect();
         let request_id = batch_request_id(&keys);
         let what = format!("creating {} VMs in {region}", sent.len());
