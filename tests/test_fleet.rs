@@ -465,3 +465,415 @@ impl TestEnv {
         .ok()
     }
 }
+
+/// An agent that notes its start in `starts` and its pid in `pids`, then waits for `gate` (30 s
+/// at most, so a test that fails leaves no agent behind for long) and commits; without the
+/// gate it fails. With `retry_free`, a task's second run commits at once (its first one waited).
+fn gated_agent(starts: &Path, pids: &Path, gate: &Path, retry_free: bool) -> String {
+    let first_only = if retry_free {
+        format!("[ \"$(grep -cx \"$CWO_TASK_ID\" {starts:?})\" -eq 1 ] || gated=0\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"echo "$CWO_TASK_ID" >> {starts:?}
+echo "$$" >> {pids:?}
+gated=1
+{first_only}if [ "$gated" -eq 1 ]; then
+  i=0; while [ ! -e {gate:?} ] && [ "$i" -lt 300 ]; do i=$((i + 1)); sleep 0.1; done
+  [ -e {gate:?} ] || exit 1
+fi
+git commit -q --allow-empty -m "$CWO_TASK_ID"
+echo "done $CWO_TASK_ID""#
+    )
+}
+
+/// A controller running in the background whose stderr is read as it comes, so a test can wait
+/// for a line before it acts.
+struct Watched {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Watched {
+    fn spawn(env: &TestEnv, args: &[&str]) -> Watched {
+        let mut child = env.spawn(args);
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Watched {
+            child,
+            stderr,
+            reader,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr has `line`; panics with what it has if it never comes.
+    #[track_caller]
+    fn wait_line(&self, line: &str) {
+        assert!(
+            wait_for(Duration::from_secs(60), || self.stderr().contains(line)),
+            "never said {line:?}:\n{}",
+            self.stderr()
+        );
+    }
+
+    /// Waits for the exit; its code and the whole stderr.
+    fn finish(self) -> (i32, String) {
+        let out = self.child.wait_with_output().unwrap();
+        self.reader.join().unwrap();
+        let stderr = self.stderr.lock().unwrap().clone();
+        (out.status.code().unwrap_or(-1), stderr)
+    }
+}
+
+/// Whether a process runs (a zombie has ended: only its exit status is left to collect).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// A fleet of four on the fake, each worker's agent waiting on a gate, and two more tasks
+/// waiting for room: the controller (a polling `cwo run`, which only a signal ends) with the
+/// four agents started.
+struct GatedFleet {
+    g: Gcp,
+    ids: Vec<String>,
+    starts: std::path::PathBuf,
+    pids: std::path::PathBuf,
+    gate: std::path::PathBuf,
+}
+
+fn gated_fleet_of_four() -> Option<(GatedFleet, Watched)> {
+    let (g, starts) = gcp_fleet("max = 4", "", "0")?;
+    let pids = g.env.tmp.path().join("pids");
+    let gate = g.env.tmp.path().join("gate");
+    rewrite_agent(&g.env, &gated_agent(&starts, &pids, &gate, false));
+    let ids = tasks(&g.env, 6);
+    let run = Watched::spawn(&g.env, &["run"]);
+    assert!(
+        wait_for(Duration::from_secs(60), || starts_of(&starts).len() == 4),
+        "four agents never started: {:?}\n{}",
+        starts_of(&starts),
+        run.stderr()
+    );
+    let fleet = GatedFleet {
+        g,
+        ids,
+        starts,
+        pids,
+        gate,
+    };
+    Some((fleet, run))
+}
+
+impl GatedFleet {
+    /// Every VM the fleet had is gone, by the fake (four created, four deleted, none left) and
+    /// by the journal (each of the four rows deleted, for the user's signal).
+    #[track_caller]
+    fn all_four_deleted(&self, stderr: &str) {
+        assert!(
+            self.g.fake.vm_names().is_empty(),
+            "{:?}\n{stderr}",
+            self.g.fake.vm_names()
+        );
+        assert_eq!(fake_peak(&self.g.fake), (4, 4, 4), "{stderr}");
+        assert_eq!(
+            self.g
+                .env
+                .journal("SELECT state, termination_reason, count(*) FROM workers GROUP BY 1, 2"),
+            "deleted|user|4",
+            "{stderr}"
+        );
+    }
+}
+
+/// Issue 14 item 4: one SIGTERM drains a fleet. The four running tasks finish, the two waiting
+/// for room are not claimed (every worker would have room for one once its task ended), every
+/// worker is deleted, and the run exits 0.
+#[test]
+fn a_signal_drains_the_fleet_and_deletes_every_worker() {
+    let Some((f, run)) = gated_fleet_of_four() else {
+        return;
+    };
+    kill(&run.child, "TERM");
+    // The claiming stops as the handler says so; only then may the running tasks end.
+    run.wait_line("signal received: finishing running attempts");
+    std::fs::write(&f.gate, "").unwrap();
+    let (code, stderr) = run.finish();
+    assert_eq!(code, 0, "{stderr}");
+    let started = starts_of(&f.starts);
+    assert_eq!(started.len(), 4, "{stderr}");
+    assert!(started.values().all(|&n| n == 1), "{started:?}");
+    for id in &f.ids {
+        let state = if started.contains_key(id) {
+            "complete"
+        } else {
+            "pending"
+        };
+        assert_eq!(f.g.env.ball(id)["state"], state, "{id}\n{stderr}");
+    }
+    assert_eq!(
+        f.g.env
+            .journal("SELECT outcome, count(*) FROM attempts GROUP BY 1"),
+        "done|4",
+        "no attempt for the two that waited: {stderr}"
+    );
+    f.all_four_deleted(&stderr);
+}
+
+/// Issue 14 item 4: a second SIGTERM aborts every attempt of the fleet (the agents, still
+/// waiting on their gate, are stopped), puts every task back to pending, and deletes all four
+/// workers, each deletion confirmed; the run exits 0, as a stop the user asked for.
+#[test]
+fn a_second_signal_aborts_every_attempt_and_deletes_every_worker() {
+    let Some((f, run)) = gated_fleet_of_four() else {
+        return;
+    };
+    kill(&run.child, "TERM");
+    run.wait_line("signal received: finishing running attempts");
+    kill(&run.child, "TERM");
+    let (code, stderr) = run.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("signal received: aborting running attempts"),
+        "{stderr}"
+    );
+    assert_eq!(
+        f.g.env
+            .journal("SELECT outcome, count(*) FROM attempts GROUP BY 1"),
+        "aborted|4",
+        "{stderr}"
+    );
+    for id in &f.ids {
+        assert_eq!(f.g.env.ball(id)["state"], "pending", "{id}\n{stderr}");
+    }
+    // The gate never opened: the agents were stopped, not left to run on.
+    assert!(!f.gate.exists());
+    let pids = std::fs::read_to_string(&f.pids).unwrap();
+    assert_eq!(pids.lines().count(), 4, "{pids}");
+    for pid in pids.lines() {
+        assert!(!running(pid), "agent {pid} still runs\n{stderr}");
+    }
+    assert_eq!(starts_of(&f.starts).len(), 4, "{stderr}");
+    f.all_four_deleted(&stderr);
+}
+
+/// Issue 14 item 1: the region's CPUS quota caps the fleet. 24 vCPUs with 20 in use leave room
+/// for two e2-micro workers (2 vCPUs each): with max = 4 the fleet never asks for a third
+/// (the fake would have created it: it does not enforce the quota), the queue drains on two,
+/// and stderr says what capped it. The quota is read once per run.
+#[test]
+fn the_regions_cpu_quota_caps_the_fleet() {
+    let Some((g, starts)) = gcp_fleet("max = 4", "", "0.2") else {
+        return;
+    };
+    g.fake.faults().cpus_quota = Some((24.0, 20.0));
+    let ids = tasks(&g.env, 4);
+    let run = g.env.cwo(&["run", "--once"]).ok();
+    all_done_once(&g.env, &ids, &starts, &run.stderr);
+    assert_eq!(fake_peak(&g.fake), (2, 2, 2), "{}", run.stderr);
+    assert!(g.fake.vm_names().is_empty());
+    assert!(
+        run.stderr.contains(
+            "the CPUS quota of us-central1: 4 of 24 free, 2 per e2-micro leaves room for 2 more worker(s): the fleet is capped at 2"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("at its cap of 2 worker(s) (the CPUS quota of us-central1"),
+        "{}",
+        run.stderr
+    );
+    // No create was refused: cwo asked for no more than the quota leaves room for.
+    assert!(
+        !run.stderr.contains("could not bring up a worker"),
+        "{}",
+        run.stderr
+    );
+    // The quota once, and the region's zones once for the batch's location policy: not at
+    // every poll.
+    assert!(regions_gets(&g.fake) <= 2, "{}", run.stderr);
+}
+
+/// A quota read that fails (a 503 backendError, which Compute documents as transient) is a
+/// warning that says so; the quota is not asked again, and the fleet scales to workers.max
+/// without it. The failure is the first regions.get of the run: the quota is read before the
+/// first batch is created, and only the batch's location policy reads the region after it.
+#[test]
+fn a_quota_read_that_fails_warns_and_the_fleet_scales_to_max() {
+    let Some((g, starts)) = gcp_fleet("max = 4", "", "0.3") else {
+        return;
+    };
+    g.fake.faults().http.push_back((
+        "GET /compute/v1/projects/proj-test/regions/us-central1".into(),
+        503,
+    ));
+    let ids = tasks(&g.env, 4);
+    let run = g.env.cwo(&["run", "--once"]).ok();
+    all_done_once(&g.env, &ids, &starts, &run.stderr);
+    // The first poll sees four ready tasks and brings up four at once.
+    assert_eq!(fake_peak(&g.fake), (4, 4, 4), "{}", run.stderr);
+    assert!(g.fake.vm_names().is_empty());
+    for said in [
+        "could not read the quota",
+        "reading the CPUS quota of us-central1",
+        "the fleet scales to workers.max without it",
+    ] {
+        assert!(run.stderr.contains(said), "{said}\n{}", run.stderr);
+    }
+    assert!(regions_gets(&g.fake) <= 2, "{}", run.stderr);
+}
+
+/// The same without the permission (compute.regions.get denied, a 403 at every read of the
+/// region): the quota is unknown, and the fleet should still scale to workers.max.
+#[test]
+#[ignore = "bug: the bulk create's location policy needs regions.get too (src/provider/gcp/bulk.rs location_policy), so without compute.regions.get no worker of a fleet comes up"]
+fn a_quota_denied_by_permission_warns_and_the_fleet_scales_to_max() {
+    let Some((g, starts)) = gcp_fleet("max = 4", "", "0.3") else {
+        return;
+    };
+    g.fake.faults().regions_get_403 = true;
+    let ids = tasks(&g.env, 4);
+    let run = g.env.cwo(&["run", "--once"]).ok();
+    all_done_once(&g.env, &ids, &starts, &run.stderr);
+    assert_eq!(fake_peak(&g.fake), (4, 4, 4), "{}", run.stderr);
+    assert!(g.fake.vm_names().is_empty());
+    for said in [
+        "could not read the quota",
+        "compute.regions.get",
+        "the fleet scales to workers.max without it",
+    ] {
+        assert!(run.stderr.contains(said), "{said}\n{}", run.stderr);
+    }
+}
+
+/// How many times the run read the region (regions.get: its quota, and its zones for a bulk
+/// insert's location policy).
+fn regions_gets(fake: &FakeGce) -> usize {
+    fake.log()
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path
+                    .split('?')
+                    .next()
+                    .is_some_and(|p| p.ends_with("/regions/us-central1"))
+        })
+        .count()
+}
+
+/// Issue 14 item 4: a worker deleted outside cwo (and its connections cut) under a running task,
+/// in a fleet of two, costs only its task: that task is retried on a new worker within
+/// agent.max_attempts and completes while the other worker's task, untouched, runs on to its
+/// own end. A lost worker is no failure of the run: it exits 0, and no VM is left.
+#[test]
+fn a_worker_lost_mid_task_costs_only_its_task() {
+    let Some((g, starts)) = gcp_fleet("max = 2", "", "0") else {
+        return;
+    };
+    let pids = g.env.tmp.path().join("pids");
+    let gate = g.env.tmp.path().join("gate");
+    rewrite_agent(&g.env, &gated_agent(&starts, &pids, &gate, true));
+    let toml = std::fs::read_to_string(g.env.project.join("cwo.toml")).unwrap();
+    std::fs::write(
+        g.env.project.join("cwo.toml"),
+        toml.replace("[agent]\n", "[agent]\nmax_attempts = 2\n"),
+    )
+    .unwrap();
+    let ids = tasks(&g.env, 2);
+    let run = Watched::spawn(&g.env, &["run", "--once"]);
+    assert!(
+        wait_for(Duration::from_secs(60), || starts_of(&starts).len() == 2),
+        "two agents never started: {}",
+        run.stderr()
+    );
+    let worker_of = |id: &str| {
+        g.env.journal(&format!(
+            "SELECT worker FROM attempts WHERE ball_id = '{id}' ORDER BY attempt"
+        ))
+    };
+    let (victim, other) = (worker_of(&ids[0]), worker_of(&ids[1]));
+    assert_ne!(victim, other);
+    g.fake.delete_externally(&victim);
+    g.sshd.cut_connections();
+    // The lost task runs again elsewhere and completes while the other one still waits.
+    assert!(
+        wait_for(Duration::from_secs(60), || g.env.ball(&ids[0])["state"]
+            == "complete"),
+        "{} was never completed: {}",
+        ids[0],
+        run.stderr()
+    );
+    assert_eq!(g.env.ball(&ids[1])["state"], "in_progress");
+    std::fs::write(&gate, "").unwrap();
+    let (code, stderr) = run.finish();
+    assert_eq!(code, 0, "{stderr}");
+    for id in &ids {
+        assert_eq!(g.env.ball(id)["state"], "complete", "{id}\n{stderr}");
+    }
+    assert!(
+        stderr.contains(&format!("worker {victim} is lost")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{} attempt 1/2 lost its worker", ids[0])),
+        "{stderr}"
+    );
+    // The lost task: its first attempt on the lost worker, its second on a new one, done.
+    let lost = g.env.journal(&format!(
+        "SELECT attempt, worker, outcome FROM attempts WHERE ball_id = '{}' ORDER BY attempt",
+        ids[0]
+    ));
+    let rows: Vec<Vec<&str>> = lost.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), 2, "{lost}\n{stderr}");
+    assert_eq!(rows[0][1], victim, "{lost}");
+    assert_ne!(rows[1][1], victim, "{lost}");
+    assert_ne!(rows[1][1], other, "{lost}");
+    assert_eq!(rows[1][2], "done", "{lost}");
+    // The other task: one attempt, on its own worker, done; its agent ran once.
+    assert_eq!(
+        g.env.journal(&format!(
+            "SELECT attempt, worker, outcome FROM attempts WHERE ball_id = '{}'",
+            ids[1]
+        )),
+        format!("1|{other}|done"),
+        "{stderr}"
+    );
+    let started = starts_of(&starts);
+    assert_eq!(started[&ids[0]], 2, "{started:?}");
+    assert_eq!(started[&ids[1]], 1, "{started:?}");
+    assert!(g.fake.vm_names().is_empty(), "{:?}", g.fake.vm_names());
+    let (peak, created, deleted) = fake_peak(&g.fake);
+    assert_eq!((peak, created, deleted), (2, 3, 3), "{stderr}");
+    assert_eq!(
+        g.env
+            .journal("SELECT count(*) FROM workers WHERE state != 'deleted'"),
+        "0",
+        "{stderr}"
+    );
+}

@@ -105,6 +105,11 @@ pub struct Faults {
     pub insert_delay: Duration,
     /// Regional CPUS quota: (limit, usage); (24, 0) when unset.
     pub cpus_quota: Option<(f64, f64)>,
+    /// regions.get answers 403 `forbidden`, as Compute does for a caller without the
+    /// `compute.regions.get` permission the method requires
+    /// (https://cloud.google.com/compute/docs/reference/rest/v1/regions/get): the quota cannot
+    /// be read, while everything else works.
+    pub regions_get_403: bool,
     /// Project metadata has enable-oslogin=TRUE.
     pub oslogin_forced: bool,
     /// (call, VM): when the next request whose "METHOD path" contains `call` arrives, the VM is
@@ -2239,6 +2244,12 @@ fn route(
         // regions.get (https://cloud.google.com/compute/docs/reference/rest/v1/regions/get): its
         // CPU quota and its zones, as URLs.
         ("GET", ["compute", "v1", "projects", project, "regions", region]) => {
+            if f.regions_get_403 {
+                let message = format!(
+                    "Required 'compute.regions.get' permission for 'projects/{project}/regions/{region}'"
+                );
+                return (403, error(403, "forbidden", &message));
+            }
             let (limit, usage) = f.cpus_quota.unwrap_or((24.0, 0.0));
             (
                 200,
