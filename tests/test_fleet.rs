@@ -752,7 +752,6 @@ fn a_quota_read_that_fails_warns_and_the_fleet_scales_to_max() {
 /// The same without the permission (compute.regions.get denied, a 403 at every read of the
 /// region): the quota is unknown, and the fleet should still scale to workers.max.
 #[test]
-#[ignore = "bug: the bulk create's location policy needs regions.get too (src/provider/gcp/bulk.rs location_policy), so without compute.regions.get no worker of a fleet comes up"]
 fn a_quota_denied_by_permission_warns_and_the_fleet_scales_to_max() {
     let Some((g, starts)) = gcp_fleet("max = 4", "", "0.3") else {
         return;
