@@ -101,7 +101,7 @@ pub enum OrchestratorError {
     #[error("worker {0} is gone")]
     Gone(String),
     /// The provider's quota could not be read (the fleet scales as if it had none).
-    #[error("could not read the provider's quota")]
+    #[error("could not read the quota")]
     Quota {
         #[source]
         source: ProviderError,

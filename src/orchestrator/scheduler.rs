@@ -400,7 +400,12 @@ impl Orchestrator {
             }
             // `--once` drains the queue: with nothing left to claim, an idle worker has no more
             // work coming and is not billed while the others finish.
-            self.tear_down_idle(st, stopping || (st.opts.once && !ready_left));
+            let drained = if stopping {
+                Some("user")
+            } else {
+                (st.opts.once && !ready_left).then_some("idle")
+            };
+            self.tear_down_idle(st, drained);
             self.wait(st, stopping).await?;
         }
     }
@@ -952,29 +957,41 @@ impl Orchestrator {
     }
 
     /// Each worker that has run nothing for `idle_timeout` goes, on its own: the others keep
-    /// working. `drained`: the queue of a `--once` run is empty, so an idle worker goes now.
-    fn tear_down_idle(&self, st: &mut RunState, drained: bool) {
+    /// working. `drained` (with the reason journaled): no more work will come (a signal, or the
+    /// empty queue of a `--once` run), so an idle worker goes now.
+    fn tear_down_idle(&self, st: &mut RunState, drained: Option<&'static str>) {
         let idle_timeout = self.env.settings.idle_timeout;
         let idle: Vec<String> = st
             .workers
             .iter()
             .filter(|(_, s)| {
-                s.tasks.is_empty() && (drained || s.idle_since.elapsed() >= idle_timeout)
+                s.tasks.is_empty() && (drained.is_some() || s.idle_since.elapsed() >= idle_timeout)
             })
             .map(|(n, _)| n.clone())
             .collect();
         for name in idle {
-            if drained {
-                self.env.printer.status(format!(
-                    "the queue is drained; tearing down idle worker {name}"
-                ));
-            } else {
-                self.env.printer.status(format!(
-                    "idle for {}; tearing down worker {name}",
-                    fmt_secs(idle_timeout)
-                ));
-            }
-            self.retire(st, &name, "idle");
+            let reason = match drained {
+                Some("user") => {
+                    self.env.printer.status(format!(
+                        "stopping: tearing down idle worker {name} while the others finish"
+                    ));
+                    "user"
+                }
+                Some(reason) => {
+                    self.env.printer.status(format!(
+                        "the queue is drained; tearing down idle worker {name}"
+                    ));
+                    reason
+                }
+                None => {
+                    self.env.printer.status(format!(
+                        "idle for {}; tearing down worker {name}",
+                        fmt_secs(idle_timeout)
+                    ));
+                    "idle"
+                }
+            };
+            self.retire(st, &name, reason);
         }
     }
 
