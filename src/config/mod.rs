@@ -254,6 +254,14 @@ fn apply_aliases(
     Ok(())
 }
 
+/// Where `key`'s value comes from, for an error that names it.
+fn origin_of(origins: &BTreeMap<String, Source>, key: &str) -> String {
+    origins
+        .get(key)
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "the defaults".into())
+}
+
 /// A worker deleted after its task takes one task at a time: `fresh_per_task` with
 /// `tasks_per_worker` above 1 asks for two things at once.
 fn check_fresh_per_task(
@@ -264,12 +272,7 @@ fn check_fresh_per_task(
     if !w.fresh_per_task || w.tasks_per_worker.get() == 1 {
         return Ok(());
     }
-    let at = |key: &str| {
-        origins
-            .get(key)
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "the defaults".into())
-    };
+    let at = |key: &str| origin_of(origins, key);
     Err(ConfigError {
         location: at("workers.tasks_per_worker"),
         message: format!(
@@ -384,12 +387,7 @@ fn check_ttl_leaves_room(
     if ttl >= settings.agent.timeout + 2 * TTL_MARGIN {
         return Ok(());
     }
-    let at = |key: &str| {
-        origins
-            .get(key)
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "the defaults".into())
-    };
+    let at = |key: &str| origin_of(origins, key);
     Err(ConfigError {
         location: at("gcp.ttl"),
         message: format!(
