@@ -239,10 +239,11 @@ TOML
   for i in $(seq 1 "$N"); do "$CWO" -C "$1" -q task add "task $i" >/dev/null; done
 }
 fleet_run() { # args: provider max; prints "wall_ms busy billed peak workers rss_kb"
-  local dir="$WORK/fleet-$1-$2" url=""
+  # Called in a subshell ($(...)): its fake is stopped here, not by the EXIT trap.
+  local dir="$WORK/fleet-$1-$2" url="" fake_pid=""
   if [ "$1" = gcp ]; then
     FAKE_GCE_PROVISIONING_MS=300 start_fake bench 127.0.0.1 "$S/authorized_keys" "$S/host_key.pub"
-    url="$FAKE_URL"
+    url="$FAKE_URL"; fake_pid="${FAKE_PIDS##* }"
   fi
   fleet_project "$dir" "$1" "$2" "$url"
   local t0 t1 pid hwm peak_kb=0
@@ -260,6 +261,7 @@ fleet_run() { # args: provider max; prints "wall_ms busy billed peak workers rss
   pushed=$(git -C "$dir.origin.git" for-each-ref refs/heads/cwo | wc -l)
   [ "$pushed" -eq "$N" ] || { echo "fleet run ($1, max $2): only $pushed of $N pushed" >&2; tail -n 20 "$dir.log" >&2; exit 1; }
   echo "$(( (t1 - t0) / 1000000 )) $(fleet_figures "$dir.state/journal.sqlite") $peak_kb"
+  [ -z "$fake_pid" ] || kill "$fake_pid" 2>/dev/null || true
 }
 for provider in local gcp; do
   base_ms=""
