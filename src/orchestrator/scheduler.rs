@@ -50,6 +50,11 @@ struct Slot {
 }
 
 impl Slot {
+    /// It takes new tasks and has room for one more.
+    fn has_room(&self, tasks_per_worker: usize) -> bool {
+        self.closed.is_none() && self.tasks.len() < tasks_per_worker
+    }
+
     /// A worker that has just come up.
     fn new(worker: ActiveWorker) -> Slot {
         Slot {
@@ -422,7 +427,7 @@ impl Orchestrator {
         let with_room: Vec<String> = st
             .workers
             .iter()
-            .filter(|(_, s)| s.closed.is_none() && s.tasks.len() < tasks_per_worker)
+            .filter(|(_, s)| s.has_room(tasks_per_worker))
             .map(|(n, _)| n.clone())
             .collect();
         for name in with_room {
@@ -714,7 +719,7 @@ impl Orchestrator {
         let tasks_per_worker = self.env.settings.workers.tasks_per_worker.get();
         st.workers
             .iter()
-            .filter(|(_, s)| s.closed.is_none() && s.tasks.len() < tasks_per_worker)
+            .filter(|(_, s)| s.has_room(tasks_per_worker))
             .min_by_key(|(_, s)| s.tasks.len())
             .map(|(n, _)| n.clone())
     }
