@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{duration_str, non_empty_argv, nonzero_duration_str};
+use super::{UsdLimit, duration_str, non_empty_argv, nonzero_duration_str, opt_duration_str};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSettings {
@@ -17,6 +18,20 @@ pub struct AgentSettings {
     /// Kill the agent's whole process group after this long.
     #[serde(with = "nonzero_duration_str")]
     pub timeout: Duration,
+    /// An agent that prints nothing for this long is stalled: its process group is killed and
+    /// the attempt fails as stalled (retried). Distinct from `timeout`.
+    #[serde(with = "nonzero_duration_str")]
+    pub stall_timeout: Duration,
+    /// When an attempt has run this long, a warning goes to its log and to `cwo status`, and its
+    /// deadline is extended once, to `timeout` ("" = none; below `timeout`).
+    #[serde(with = "opt_duration_str")]
+    pub soft_timeout: Option<Duration>,
+    /// The model the agent uses ("" = the agent's own default): opencode gets `--model`, every
+    /// agent `{model}` in its command and `CWO_MODEL` in its environment.
+    pub model: String,
+    /// What one task may spend on the LLM across its attempts, in USD ("" = no limit): the agent
+    /// is stopped when its reported cost crosses it, and the task is blocked.
+    pub max_cost_usd: UsdLimit,
     /// Attempts per task before the ball is blocked.
     pub max_attempts: NonZeroU32,
     /// Wait before the second attempt; doubles for each further attempt.
@@ -26,6 +41,9 @@ pub struct AgentSettings {
     pub prompt_template: String,
     /// Extra environment for the agent process only.
     pub env: BTreeMap<String, String>,
+    /// Model ids for a juggle ball's `model_size` (`small`, `medium`, `large`) and
+    /// `model_override` (`opus`, `sonnet`, `haiku`, or any name) fields.
+    pub models: BTreeMap<String, String>,
 }
 
 impl Default for AgentSettings {
@@ -47,10 +65,15 @@ impl Default for AgentSettings {
             .map(String::from)
             .to_vec(),
             timeout: Duration::from_secs(30 * 60),
+            stall_timeout: Duration::from_secs(10 * 60),
+            soft_timeout: None,
+            model: String::new(),
+            max_cost_usd: UsdLimit(None),
             max_attempts: NonZeroU32::new(3).unwrap(),
             retry_backoff: Duration::from_secs(2),
             prompt_template: String::new(),
             env,
+            models: BTreeMap::new(),
         }
     }
 }

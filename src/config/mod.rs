@@ -21,6 +21,7 @@ mod github;
 mod ssh;
 mod terraform;
 mod tracker;
+mod usd;
 mod workers;
 
 pub use agent::AgentSettings;
@@ -31,6 +32,7 @@ pub use github::GithubSettings;
 pub use ssh::{HostAddr, SshSettings};
 pub use terraform::TerraformSettings;
 pub use tracker::{TrackerKind, TrackerSettings};
+pub use usd::UsdLimit;
 pub use workers::WorkersSettings;
 
 /// Environment variables that start with `CWO_` but are not settings.
@@ -221,6 +223,7 @@ pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
     check_ttl_leaves_room(&settings, &origins)?;
     apply_aliases(&mut settings, &mut origins)?;
     check_fresh_per_task(&settings, &origins)?;
+    check_soft_timeout(&settings, &origins)?;
     Ok(Resolved { settings, origins })
 }
 
@@ -283,6 +286,27 @@ fn check_fresh_per_task(
         hint: "set tasks_per_worker = 1, or fresh_per_task = false to share workers between tasks"
             .into(),
     })
+}
+
+/// A soft timeout extends the deadline to the hard one: it must come first.
+fn check_soft_timeout(
+    settings: &Settings,
+    origins: &BTreeMap<String, Source>,
+) -> Result<(), ConfigError> {
+    let a = &settings.agent;
+    match a.soft_timeout {
+        Some(soft) if soft >= a.timeout => Err(ConfigError {
+            location: origin_of(origins, "agent.soft_timeout"),
+            message: format!(
+                "agent.soft_timeout ({}) is not below agent.timeout ({}, from {}): the soft timeout warns and extends the deadline to the hard one",
+                humantime::format_duration(soft),
+                humantime::format_duration(a.timeout),
+                origin_of(origins, "agent.timeout"),
+            ),
+            hint: "set agent.soft_timeout below agent.timeout, or to \"\" for none".into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The settings merged so far, layer over layer, with the origin of every leaf key.
@@ -655,6 +679,39 @@ mod duration_str {
     }
 }
 
+/// An optional duration: `""` (or `"none"`) is none.
+mod opt_duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_str::serialize(d, s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if matches!(text.trim(), "" | "none") {
+            return Ok(None);
+        }
+        let v = humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write it like \"20m\", or \"\" for none"
+            ))
+        })?;
+        if v.is_zero() {
+            return Err(serde::de::Error::custom(
+                "must be more than 0, or \"\" for none",
+            ));
+        }
+        Ok(Some(v))
+    }
+}
+
 /// A duration that must be more than zero.
 mod nonzero_duration_str {
     use serde::{Deserializer, Serializer};
@@ -856,8 +913,11 @@ mod tests {
             (
                 "[workers]\nmax_hourly_usd = -1\n",
                 2,
-                "not a positive price",
+                "not a positive amount",
             ),
+            ("[agent]\nmax_cost_usd = 0\n", 2, "not a positive amount"),
+            ("[agent]\nstall_timeout = \"0s\"\n", 2, "more than 0"),
+            ("[agent]\nsoft_timeout = \"later\"\n", 2, "not a duration"),
         ] {
             std::fs::write(&f, text).unwrap();
             let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();
@@ -869,6 +929,27 @@ mod tests {
             );
             assert!(err.message.contains(needle), "{text}: {}", err.message);
         }
+    }
+
+    #[test]
+    fn a_soft_timeout_comes_before_the_hard_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cwo.toml");
+        std::fs::write(&f, "[agent]\ntimeout = \"20m\"\nsoft_timeout = \"20m\"\n").unwrap();
+        let err = resolve(&inputs_for(Some(f.clone()), &[], &[])).unwrap_err();
+        assert_eq!(err.location, format!("{}:3", f.display()));
+        assert!(
+            err.message.contains("not below agent.timeout (20m"),
+            "{}",
+            err.message
+        );
+        let flags = vec!["agent.soft_timeout=15m".to_string()];
+        let r = resolve(&inputs_for(Some(f), &[], &flags)).unwrap();
+        assert_eq!(
+            r.settings.agent.soft_timeout,
+            Some(Duration::from_secs(900))
+        );
+        assert_eq!(r.settings.agent.stall_timeout, Duration::from_secs(600));
     }
 
     #[test]
