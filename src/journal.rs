@@ -2,6 +2,7 @@
 //! the provider is called (DESIGN invariant 2), tasks and attempts as they happen, and one ledger
 //! row per worker life. One controller per project holds `controller.lock`.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
+
+use crate::model::Usage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -74,6 +77,20 @@ CREATE TABLE IF NOT EXISTS attempts (
     branch TEXT,
     commit_sha TEXT,
     reason TEXT
+);
+CREATE TABLE IF NOT EXISTS attempt_usage (
+    attempt_id INTEGER PRIMARY KEY, -- attempts.id
+    ball_id TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_known_usd REAL NOT NULL DEFAULT 0,  -- the steps' reported costs, summed
+    steps INTEGER NOT NULL DEFAULT 0,        -- usage reports read (0: unknown, never $0)
+    steps_without_cost INTEGER NOT NULL DEFAULT 0,
+    warning TEXT,                   -- e.g. the soft timeout passed
+    updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS host_keys (
     worker TEXT PRIMARY KEY,        -- what the key is pinned under: a worker name or a host address
@@ -820,6 +837,84 @@ impl Journal {
                     workdir: r.get(12)?,
                     base: r.get(13)?,
                 })
+            })?
+            .collect()
+        })
+    }
+
+    /// What an attempt's agent reported using so far. A write carrying fewer steps than the row
+    /// has is dropped, so writes that overtake each other never move the count back.
+    pub(crate) fn attempt_usage(
+        &self,
+        attempt_id: i64,
+        ball_id: &str,
+        u: &Usage,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO attempt_usage (attempt_id, ball_id, input_tokens, output_tokens, reasoning_tokens,
+                     cache_read_tokens, cache_write_tokens, cost_known_usd, steps, steps_without_cost, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT(attempt_id) DO UPDATE SET input_tokens = ?3, output_tokens = ?4,
+                     reasoning_tokens = ?5, cache_read_tokens = ?6, cache_write_tokens = ?7,
+                     cost_known_usd = ?8, steps = ?9, steps_without_cost = ?10, updated_at = ?11
+                 WHERE excluded.steps >= attempt_usage.steps",
+                params![
+                    attempt_id,
+                    ball_id,
+                    u.input_tokens as i64,
+                    u.output_tokens as i64,
+                    u.reasoning_tokens as i64,
+                    u.cache_read_tokens as i64,
+                    u.cache_write_tokens as i64,
+                    u.cost_known_usd,
+                    u.steps,
+                    u.steps_without_cost,
+                    ts(Utc::now())
+                ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// A warning about a running attempt (`cwo status` shows it).
+    pub(crate) fn attempt_warning(
+        &self,
+        attempt_id: i64,
+        ball_id: &str,
+        warning: &str,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO attempt_usage (attempt_id, ball_id, warning, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(attempt_id) DO UPDATE SET warning = ?3, updated_at = ?4",
+                params![attempt_id, ball_id, warning, ts(Utc::now())],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Every attempt's reported usage and warning, by attempt id. An attempt with no row
+    /// reported nothing (its cost is unknown).
+    pub(crate) fn usages(&self) -> Result<BTreeMap<i64, (Usage, Option<String>)>, JournalError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT attempt_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens,
+                        cache_write_tokens, cost_known_usd, steps, steps_without_cost, warning
+                 FROM attempt_usage",
+            )?;
+            st.query_map([], |r| {
+                let u = Usage {
+                    input_tokens: r.get::<_, i64>(1)? as u64,
+                    output_tokens: r.get::<_, i64>(2)? as u64,
+                    reasoning_tokens: r.get::<_, i64>(3)? as u64,
+                    cache_read_tokens: r.get::<_, i64>(4)? as u64,
+                    cache_write_tokens: r.get::<_, i64>(5)? as u64,
+                    cost_known_usd: r.get(6)?,
+                    steps: r.get(7)?,
+                    steps_without_cost: r.get(8)?,
+                };
+                Ok((r.get(0)?, (u, r.get(9)?)))
             })?
             .collect()
         })

@@ -389,6 +389,7 @@ impl Project {
             project_slug: slug(&self.name),
             settings: Arc::new(settings),
             template,
+            origins: Arc::new(self.resolved.origins.clone()),
         };
         Ok((ports, ctx))
     }

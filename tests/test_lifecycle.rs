@@ -134,6 +134,7 @@ fn ports(
         project_slug: "doubles".into(),
         settings: Arc::new(settings),
         template: String::new(),
+        origins: Default::default(),
     };
     (ports, ctx)
 }
@@ -276,6 +277,8 @@ impl MemoryTracker {
                 tags: vec![],
                 waiting_on: vec![],
                 issue: None,
+                model_override: String::new(),
+                model_size: String::new(),
             })
             .collect();
         MemoryTracker {

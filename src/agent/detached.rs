@@ -62,6 +62,10 @@ const KILL: &str = r#"pid=$(cat "$1/agent.pid" 2>/dev/null) || exit 0
 kill -"$2" "-$pid" 2>/dev/null || true
 "#;
 
+/// Appends one line to the agent's log (the agent appends to it too: both use O_APPEND).
+const NOTE: &str = r#"printf '%s\n' "$2" >> "$1/agent.log"
+"#;
+
 /// Exit status if the agent ended, nothing while it runs: `exit N`, or `running`, or `none`.
 const STATE: &str = r#"if [ -e "$1/agent.exit" ]; then echo "exit $(cat "$1/agent.exit")"
 elif [ -e "$1/agent.pid" ] && kill -0 "-$(cat "$1/agent.pid")" 2>/dev/null; then echo running
@@ -168,6 +172,13 @@ impl Detached {
             None if out == "running" => AgentState::Running,
             None => AgentState::Missing,
         })
+    }
+
+    /// Adds a line of cwo's own to the agent's log, where every reader of the log sees it.
+    pub(crate) async fn note(&self, t: &dyn Transport, line: &str) -> Result<(), TransportError> {
+        t.check(sh(NOTE, "cwo-note", &[&self.dir, line]))
+            .await
+            .map(|_| ())
     }
 
     /// Sends `signal` (TERM, KILL, ...) to the agent's process group.

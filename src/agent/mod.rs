@@ -2,6 +2,7 @@
 //! shell: DESIGN invariant 9), and how its run is judged.
 
 pub(crate) mod detached;
+pub(crate) mod limits;
 
 use crate::tracker::Task;
 use crate::transport::ExecStatus;
@@ -76,27 +77,47 @@ pub(crate) enum ArgvError {
     PromptTooLong { len: usize },
 }
 
-/// Substitutes `{prompt_file}`, `{prompt}`, `{task_id}` and `{workdir}` inside each argv element.
+/// What the agent's command line is built from.
+pub(crate) struct ArgvInputs<'a> {
+    pub(crate) prompt: &'a str,
+    pub(crate) prompt_file: &'a str,
+    pub(crate) task_id: &'a str,
+    pub(crate) workdir: &'a str,
+    /// The model ("" = the agent's default).
+    pub(crate) model: &'a str,
+}
+
+/// Substitutes `{prompt_file}`, `{prompt}`, `{task_id}`, `{workdir}` and `{model}` inside each
+/// argv element; opencode also gets the model as `--model` ([`limits::with_model`]).
 pub(crate) fn build_argv(
     command: &[String],
-    prompt: &str,
-    prompt_file: &str,
-    task_id: &str,
-    workdir: &str,
+    inputs: &ArgvInputs<'_>,
 ) -> Result<Vec<String>, ArgvError> {
+    let ArgvInputs {
+        prompt,
+        prompt_file,
+        task_id,
+        workdir,
+        model,
+    } = *inputs;
     let uses_inline = command.iter().any(|a| a.contains("{prompt}"));
     if uses_inline && prompt.len() > MAX_ARG_PROMPT {
         return Err(ArgvError::PromptTooLong { len: prompt.len() });
     }
-    Ok(command
+    let argv = command
         .iter()
         .map(|a| {
             a.replace("{prompt_file}", prompt_file)
                 .replace("{task_id}", task_id)
                 .replace("{workdir}", workdir)
+                .replace("{model}", model)
                 .replace("{prompt}", prompt)
         })
-        .collect())
+        .collect();
+    Ok(limits::with_model(
+        argv,
+        Some(model).filter(|m| !m.is_empty()),
+    ))
 }
 
 /// Looks for `BLOCKED: <reason>` in one output line: plain text, juggle's
@@ -230,6 +251,8 @@ mod tests {
             depends_on: vec![],
             tags: vec![],
             issue: None,
+            model_override: String::new(),
+            model_size: String::new(),
             waiting_on: vec![],
         }
     }
@@ -249,10 +272,30 @@ mod tests {
         let cmd: Vec<String> = ["agent", "--file={prompt_file}", "{prompt}"]
             .map(String::from)
             .to_vec();
-        let argv =
-            build_argv(&cmd, "$(touch x) `y` \"q\"\nz", "/w/p.md", "p-1", "/w/repo").unwrap();
-        assert_eq!(argv, ["agent", "--file=/w/p.md", "$(touch x) `y` \"q\"\nz"]);
-        assert!(build_argv(&cmd, &"x".repeat(MAX_ARG_PROMPT + 1), "f", "i", "w").is_err());
+        let inputs = |prompt| ArgvInputs {
+            prompt,
+            prompt_file: "/w/p.md",
+            task_id: "p-1",
+            workdir: "/w/repo",
+            model: "",
+        };
+        let argv = build_argv(&cmd, &inputs("$(touch x) `y` \"q\"\nz {model}")).unwrap();
+        assert_eq!(
+            argv,
+            ["agent", "--file=/w/p.md", "$(touch x) `y` \"q\"\nz {model}"]
+        );
+        let big = "x".repeat(MAX_ARG_PROMPT + 1);
+        assert!(build_argv(&cmd, &inputs(&big)).is_err());
+        let with_model: Vec<String> = ["a", "--model={model}"].map(String::from).to_vec();
+        let argv = build_argv(
+            &with_model,
+            &ArgvInputs {
+                model: "p/m",
+                ..inputs("hi")
+            },
+        )
+        .unwrap();
+        assert_eq!(argv, ["a", "--model=p/m"]);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! step says by its error type what happens next ([`TaskError`]: retry, block, or the worker is
 //! gone); every transition is written by the [`Recorder`].
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,11 +17,13 @@ use super::error::TaskError;
 use super::ports::journaled;
 use super::record::{RecordError, Recorder, Transition};
 use crate::agent::detached::{AgentState, Detached, FollowEnd};
+use crate::agent::limits::Limits;
 use crate::agent::{self, Outcome};
-use crate::config::Settings;
+use crate::config::{Settings, Source};
 use crate::forge::{self, FailedCheck, Forge, ReviewNote};
 use crate::git::{self, WorkerCheckout};
 use crate::journal::{AttemptRow, Journal, PullRequestRow};
+use crate::model::Usage;
 use crate::printer::{Printer, fmt_secs};
 use crate::provider::Provider;
 use crate::secrets::Masker;
@@ -42,6 +46,8 @@ pub(crate) struct TaskEnv {
     pub(crate) root: PathBuf,
     pub(crate) state_dir: PathBuf,
     pub(crate) settings: Arc<Settings>,
+    /// Where each setting came from: the repository's workflow fills in only the defaults.
+    pub(crate) origins: Arc<BTreeMap<String, Source>>,
     pub(crate) template: String,
     pub(crate) recorder: Recorder,
     pub(crate) journal: Journal,
@@ -262,6 +268,8 @@ struct Work<'a> {
     /// Feedback on the task's pull request: the attempt starts from the branch's head and
     /// addresses it.
     follow_up: Option<Arc<FollowUp>>,
+    /// The agent's limits and model for this task.
+    limits: Limits,
 }
 
 /// Runs attempts until one decides the ball. `Err` = a reason to block the ball at once.
@@ -284,6 +292,7 @@ async fn drive_task(
         bundle: tmp.join(format!("{}-input.bundle", task.id)),
         base: None,
         follow_up,
+        limits: agent::limits::resolve(&settings.agent, &env.origins, None, task),
     };
     let max = settings.agent.max_attempts.get();
     while report.tries < max {
@@ -578,12 +587,16 @@ async fn one_attempt(
         })
         .await?;
     }
+    let model = work.limits.model.clone().unwrap_or_default();
     let argv = agent::build_argv(
         &settings.agent.command,
-        &prompt,
-        &prompt_file,
-        &task.id,
-        &checkout.repo,
+        &agent::ArgvInputs {
+            prompt: &prompt,
+            prompt_file: &prompt_file,
+            task_id: &task.id,
+            workdir: &checkout.repo,
+            model: &model,
+        },
     )
     .map_err(|e| TaskError::retry("cannot build the agent's command", e))?;
     let mut agent_env: Vec<(String, String)> = env
@@ -595,6 +608,20 @@ async fn one_attempt(
     agent_env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
     agent_env.push(("CWO_BRANCH".into(), branch.to_string()));
     agent_env.push(("CWO_ATTEMPT".into(), a.this_run.to_string()));
+    if !model.is_empty() {
+        agent_env.push(("CWO_MODEL".into(), model.clone()));
+    }
+    // The task's LLM spend before this attempt: a task already at its cap starts no agent.
+    let spent_before = spent_by_other_attempts(env, &task.id, a.id).await;
+    if let Some(cap) = work.limits.max_cost_usd.filter(|cap| spent_before >= *cap)
+        && !launched
+    {
+        return Ok((
+            Outcome::Blocked(budget_reached(spent_before, cap, a.seq - 1)),
+            "-".into(),
+            None,
+        ));
+    }
 
     // Starting is idempotent (the launch is claimed once on the worker), so a connection lost
     // while starting is retried without ever starting a second agent.
@@ -607,8 +634,23 @@ async fn one_attempt(
             .status(format!("↪ {} reattached to attempt {}", task.id, a.seq));
     }
     let agent_started = Instant::now();
-    let (status, blocked) = watch(ctx, task, &det, a).await?;
+    let Watched {
+        status,
+        blocked,
+        stopped,
+    } = watch(ctx, work, &det, a, spent_before).await?;
     report.agent += agent_started.elapsed();
+    match stopped {
+        Some(Stopped::Stalled(after)) => {
+            let reason = format!("stalled after {} of silence", span(after));
+            return Ok((Outcome::Failed(reason), status.to_string(), Some(checkout)));
+        }
+        Some(Stopped::Budget(spent, cap)) => {
+            let reason = budget_reached(spent, cap, a.seq);
+            return Ok((Outcome::Blocked(reason), status.to_string(), Some(checkout)));
+        }
+        None => {}
+    }
     let commits = match status {
         ExecStatus::Cancelled => 0,
         _ => {
@@ -618,26 +660,114 @@ async fn one_attempt(
             .await?
         }
     };
-    let outcome = agent::judge(status, blocked, commits, settings.agent.timeout);
+    let outcome = agent::judge(status, blocked, commits, work.limits.timeout);
     Ok((outcome, status.to_string(), Some(checkout)))
 }
 
+/// "LLM budget of $X reached after N attempts".
+fn budget_reached(spent: f64, cap: f64, attempts: u32) -> String {
+    format!(
+        "LLM budget of ${cap} reached after {attempts} attempt(s) (${:.4} spent; agent.max_cost_usd)",
+        crate::cost::money(spent)
+    )
+}
+
+/// What the task's other attempts reported spending on the LLM (known costs only).
+async fn spent_by_other_attempts(env: &TaskEnv, ball: &str, this: i64) -> f64 {
+    let ball = ball.to_string();
+    let read = journaled(&env.journal, move |j| {
+        let ids: Vec<i64> = j.attempts(Some(&ball))?.iter().map(|a| a.id).collect();
+        let usages = j.usages()?;
+        Ok::<f64, crate::journal::JournalError>(
+            ids.iter()
+                .filter(|id| **id != this)
+                .filter_map(|id| usages.get(id))
+                .map(|(u, _)| u.cost_known_usd)
+                .sum(),
+        )
+    })
+    .await;
+    read.unwrap_or_else(|e| {
+        env.printer.warn(format!(
+            "could not read the task's LLM spend from the journal: {e}"
+        ));
+        0.0
+    })
+}
+
+/// Why the controller stopped an agent that was still running.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stopped {
+    /// No output for this long.
+    Stalled(Duration),
+    /// The task's reported LLM cost crossed its cap (spent, cap).
+    Budget(f64, f64),
+}
+
+/// What following an attempt's agent found.
+struct Watched {
+    status: ExecStatus,
+    blocked: Option<String>,
+    stopped: Option<Stopped>,
+}
+
+/// What the follow loop is woken by.
+enum Wake {
+    Followed(Result<FollowEnd, TransportError>),
+    Deadline,
+    Abort,
+    Stalled,
+    Budget,
+    Soft,
+}
+
+/// Resolves once the agent has been silent for `stall`: `last` is the time of its latest output,
+/// in milliseconds after `base`.
+async fn silence(last: &AtomicU64, base: tokio::time::Instant, stall: Duration) {
+    loop {
+        let due = base + Duration::from_millis(last.load(Ordering::Relaxed)) + stall;
+        if tokio::time::Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+/// "10 min" for whole minutes, else the exact duration.
+fn span(d: Duration) -> String {
+    if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) && d.subsec_nanos() == 0 {
+        format!("{} min", d.as_secs() / 60)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 /// Follows the agent's log into the local log and the terminal until it ends, enforcing the
-/// timeout and the abort signal. A failed connection never means a dead worker: the provider is
-/// asked first, and the follow resumes from the byte offset already received.
+/// task's limits (the hard timeout, the stall timeout, the soft timeout's warning, the LLM cost
+/// cap) and the abort signal, and journaling the LLM usage the agent reports as it goes. A
+/// failed connection never means a dead worker: the provider is asked first, and the follow
+/// resumes from the byte offset already received.
 async fn watch(
     ctx: &TaskCtx,
-    task: &Task,
+    work: &Work<'_>,
     det: &Detached,
     a: &Attempt,
-) -> Result<(ExecStatus, Option<String>), TaskError> {
+    spent_before: f64,
+) -> Result<Watched, TaskError> {
     let env = &ctx.env;
+    let task = work.task;
+    let limits = &work.limits;
     let t = ctx.transport.as_ref();
     if let Some(parent) = a.log_path.parent() {
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(|e| TaskError::retry(format!("creating {}", parent.display()), e))?;
     }
+    // The usage an earlier controller already followed (a resumed attempt) is in the local log.
+    let mut usage = match tokio::fs::read(&a.log_path).await {
+        Ok(bytes) => Usage::from_log(&String::from_utf8_lossy(&bytes)),
+        Err(_) => Usage::default(),
+    };
     // The local log mirrors the worker's byte for byte, so its length is the resume offset.
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -646,9 +776,18 @@ async fn watch(
         .open(&a.log_path)
         .map_err(|e| TaskError::retry(format!("opening {}", a.log_path.display()), e))?;
     let mut offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let timeout = env.settings.agent.timeout;
     let elapsed = (Utc::now() - a.started_at).to_std().unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + timeout.saturating_sub(elapsed);
+    let now = tokio::time::Instant::now();
+    let deadline = now + limits.timeout.saturating_sub(elapsed);
+    let mut soft_at = limits
+        .soft_timeout
+        .filter(|soft| *soft > elapsed)
+        .map(|soft| now + (soft - elapsed));
+    let base = now;
+    let last_output = AtomicU64::new(0);
+    let over_budget = CancellationToken::new();
+    // The task's spend when the cap was crossed (f64 bits: shared with the line handler).
+    let spent_at_stop = AtomicU64::new(0);
     let mut pending: Vec<u8> = Vec::new();
     let mut blocked: Option<String> = None;
     let printer = env.printer;
@@ -658,6 +797,8 @@ async fn watch(
         .get()
         .map(|(_, m)| m.clone())
         .unwrap_or_default();
+    let journal = env.journal.clone();
+    let cap = limits.max_cost_usd;
     let mut on_line = |line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\n');
@@ -665,14 +806,31 @@ async fn watch(
         if blocked.is_none() {
             blocked = agent::blocked_marker(text);
         }
+        if usage.add_line(text) {
+            // Journaled as it comes (`cwo status` shows a running task's tokens); off the async
+            // threads, and a write that arrives late never moves the count back.
+            let (j, snapshot, ball, attempt) = (journal.clone(), usage, id.clone(), a.id);
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = j.attempt_usage(attempt, &ball, &snapshot) {
+                    tracing::warn!(error = %e, "the agent's usage was not journaled");
+                }
+            });
+            let spent = spent_before + usage.cost_known_usd;
+            if cap.is_some_and(|cap| spent >= cap) && !over_budget.is_cancelled() {
+                spent_at_stop.store(spent.to_bits(), Ordering::Relaxed);
+                over_budget.cancel();
+            }
+        }
     };
     let mut unreachable_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(250);
     let gone = || TaskError::gone(format!("worker {} is gone", ctx.worker));
+    let mut stopped = None;
     let verdict = loop {
         let offset_before = offset;
         let stop = CancellationToken::new();
         let mut sink = |bytes: &[u8]| {
+            last_output.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
             // Masked with same-length stars: the local log keeps the worker log's offsets.
             let bytes = masker.mask(bytes);
             if let Err(e) = log.write_all(&bytes) {
@@ -685,21 +843,44 @@ async fn watch(
             }
         };
         let follow = det.follow(t, &mut offset, &mut sink, stop.clone());
-        let result = tokio::select! {
-            r = follow => Some(r),
-            _ = tokio::time::sleep_until(deadline) => { stop.cancel(); None }
-            _ = ctx.abort.cancelled() => { stop.cancel(); None }
+        let soft_due = soft_at.unwrap_or(deadline);
+        let wake = tokio::select! {
+            r = follow => Wake::Followed(r),
+            _ = tokio::time::sleep_until(deadline) => Wake::Deadline,
+            _ = ctx.abort.cancelled() => Wake::Abort,
+            _ = silence(&last_output, base, limits.stall_timeout) => Wake::Stalled,
+            _ = over_budget.cancelled() => Wake::Budget,
+            _ = tokio::time::sleep_until(soft_due), if soft_at.is_some() => Wake::Soft,
         };
+        if !matches!(wake, Wake::Followed(_)) {
+            stop.cancel();
+        }
         // The worker answered (a follow that ended cleanly or delivered bytes): an outage after
         // this one is a new outage, with its own time limit.
-        if matches!(result, Some(Ok(_))) || offset > offset_before {
+        if matches!(wake, Wake::Followed(Ok(_))) || offset > offset_before {
             unreachable_since = None;
             backoff = Duration::from_millis(250);
         }
-        let failed_call = match result {
-            None if ctx.abort.is_cancelled() => break ExecStatus::Cancelled,
-            None => break ExecStatus::TimedOut,
-            Some(Ok(end)) => match (end, det.state(t).await) {
+        let failed_call = match wake {
+            Wake::Abort => break ExecStatus::Cancelled,
+            Wake::Deadline => break ExecStatus::TimedOut,
+            Wake::Stalled => {
+                stopped = Some(Stopped::Stalled(limits.stall_timeout));
+                break ExecStatus::TimedOut;
+            }
+            Wake::Budget => {
+                stopped = Some(Stopped::Budget(
+                    f64::from_bits(spent_at_stop.load(Ordering::Relaxed)),
+                    cap.unwrap_or_default(),
+                ));
+                break ExecStatus::TimedOut;
+            }
+            Wake::Soft => {
+                soft_at = None;
+                soft_warning(ctx, work, det, a).await;
+                continue;
+            }
+            Wake::Followed(Ok(end)) => match (end, det.state(t).await) {
                 (_, Ok(AgentState::Exited(status))) => break status,
                 (FollowEnd::Stopped, Ok(AgentState::Missing)) => {
                     return Err(TaskError::retry_because(format!(
@@ -713,12 +894,14 @@ async fn watch(
                 }
                 (_, Err(e)) => e,
             },
-            Some(Err(e)) => e,
+            Wake::Followed(Err(e)) => e,
         };
         let error = failed_call.to_string();
         if !still_alive(ctx, &error, &mut unreachable_since, &mut backoff).await? {
             return Err(gone());
         }
+        // Silence while the worker could not be reached is not the agent's.
+        last_output.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
     };
     if !pending.is_empty() {
         on_line(&pending);
@@ -729,7 +912,50 @@ async fn watch(
     if let Err(e) = writeln!(log, "[cwo] agent ended: {verdict}") {
         tracing::debug!(error = %e, "local agent log not written");
     }
-    Ok((verdict, blocked))
+    let (ball, attempt) = (task.id.clone(), a.id);
+    if let Err(e) = journaled(&env.journal, move |j| {
+        j.attempt_usage(attempt, &ball, &usage)
+    })
+    .await
+    {
+        env.printer.warn(format!(
+            "could not journal what {}'s agent reported using: {e}",
+            task.id
+        ));
+    }
+    Ok(Watched {
+        status: verdict,
+        blocked,
+        stopped,
+    })
+}
+
+/// The soft timeout passed: a warning in the agent's log (appended on the worker, so the local
+/// mirror keeps its offsets), on the terminal and in `cwo status`; the attempt goes on to the
+/// hard timeout.
+async fn soft_warning(ctx: &TaskCtx, work: &Work<'_>, det: &Detached, a: &Attempt) {
+    let env = &ctx.env;
+    let limits = &work.limits;
+    let text = format!(
+        "soft timeout: the agent has run {} (agent.soft_timeout); its deadline is extended once, to agent.timeout ({})",
+        span(limits.soft_timeout.unwrap_or_default()),
+        span(limits.timeout)
+    );
+    env.printer.warn(format!("{}: {text}", work.task.id));
+    if let Err(e) = det
+        .note(ctx.transport.as_ref(), &format!("[cwo] {text}"))
+        .await
+    {
+        tracing::debug!(error = %e, "the soft timeout's note was not written to the agent's log");
+    }
+    let (ball, attempt) = (work.task.id.clone(), a.id);
+    if let Err(e) = journaled(&env.journal, move |j| {
+        j.attempt_warning(attempt, &ball, &text)
+    })
+    .await
+    {
+        tracing::warn!(error = %e, "the soft timeout's warning was not journaled");
+    }
 }
 
 /// After a failed call: is the worker still there (keep trying) or gone? A worker that stayed

@@ -1,10 +1,11 @@
 //! What the orchestrator works with, handed in as values by the composition root (so a test can
 //! hand in doubles), and the way its async code calls the blocking ones.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::{Settings, Source};
 use crate::connector::Connector;
 use crate::forge::Forge;
 use crate::journal::Journal;
@@ -36,6 +37,8 @@ pub struct RunContext {
     pub settings: Arc<Settings>,
     /// The agent's prompt template (the built-in one, or `agent.prompt_template`'s text).
     pub template: String,
+    /// Where each setting came from (the repository's workflow fills in only the defaults).
+    pub origins: Arc<BTreeMap<String, Source>>,
 }
 
 /// Runs blocking work (SQLite under a std mutex with a busy timeout, juggle's file locks, files)

@@ -152,6 +152,7 @@ impl Orchestrator {
                 root: ctx.root,
                 state_dir: ctx.state_dir,
                 settings: ctx.settings,
+                origins: ctx.origins,
                 template: ctx.template,
                 recorder,
                 journal: ports.journal,
@@ -958,6 +959,8 @@ impl Orchestrator {
             tags: vec![],
             waiting_on: vec![],
             issue: None,
+            model_override: String::new(),
+            model_size: String::new(),
         })
     }
 

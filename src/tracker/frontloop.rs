@@ -621,6 +621,8 @@ fn read_entry(
         tags: vec![],
         waiting_on: vec![],
         issue: None,
+        model_override: String::new(),
+        model_size: String::new(),
     };
     Ok((
         Entry {

@@ -467,6 +467,8 @@ impl Tracker for GithubTracker {
                     tags: issue.labels.iter().map(|l| l.name.clone()).collect(),
                     waiting_on,
                     issue: Some(issue.number),
+                    model_override: String::new(),
+                    model_size: String::new(),
                 });
             }
             Ok(tasks)

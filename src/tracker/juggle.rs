@@ -655,6 +655,8 @@ impl Juggle {
             tags: str_list(ball, "tags"),
             waiting_on: vec![],
             issue: None,
+            model_override: str_field(ball, "model_override").to_string(),
+            model_size: str_field(ball, "model_size").to_string(),
         }
     }
 

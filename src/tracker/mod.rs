@@ -126,6 +126,12 @@ pub struct Task {
     /// The GitHub issue this task is (its pull request says `Closes #N`); None for other trackers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issue: Option<u64>,
+    /// juggle's `model_override` (`opus`, `sonnet`, `haiku`, or a model id); "" for none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model_override: String,
+    /// juggle's `model_size` (`small`, `medium`, `large`); "" for none.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model_size: String,
 }
 
 impl Task {
