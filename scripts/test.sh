@@ -19,6 +19,10 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v tinyproxy >/dev/null 2>&1 || need+=(tinyproxy)
 command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
 /usr/bin/python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The real opencode (npm) runs against a local fake LLM; its grep and glob tools need rg on PATH,
+# or opencode tries to download ripgrep from github.com.
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+command -v rg >/dev/null 2>&1 || need+=(ripgrep)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -32,6 +36,15 @@ if [ ! -x target/ansible-venv/bin/ansible-playbook ]; then
   echo "installing ansible-core into target/ansible-venv" >&2
   /usr/bin/python3 -m venv target/ansible-venv
   target/ansible-venv/bin/pip install -q 'ansible-core>=2.17,<2.21'
+fi
+# opencode, pinned to bootstrap.opencode's default (src/config/bootstrap.rs), under target/ too.
+# tests/test_opencode.rs finds it there and fails (saying to run this script) when it is missing.
+OPENCODE_VERSION=1.18.33
+# The version is read from package.json: running the binary, even for --version, writes into HOME.
+if ! grep -qs "\"version\": \"$OPENCODE_VERSION\"" target/opencode/node_modules/opencode-ai/package.json; then
+  echo "installing opencode-ai@$OPENCODE_VERSION into target/opencode" >&2
+  mkdir -p target/opencode
+  npm install --prefix target/opencode --no-audit --no-fund --loglevel=error "opencode-ai@$OPENCODE_VERSION"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2

@@ -17,6 +17,7 @@ mod test_github;
 mod test_layers;
 mod test_lifecycle;
 mod test_loop;
+mod test_opencode;
 mod test_reports;
 mod test_signals;
 mod test_simulation;

@@ -5,6 +5,7 @@
 
 pub mod fake_gce;
 pub mod fake_github;
+pub mod fake_llm;
 pub mod sshd;
 pub mod testhost;
 pub mod trackers;
