@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::compute::{self, Costed};
+use crate::model::Usage;
 use super::money_sum;
 
 /// One worker life.
@@ -28,14 +29,29 @@ pub(crate) struct WorkerCost {
     pub(crate) zone: Option<String>,
 }
 
-/// One task's share of the lives it ran on (or "(idle)": the time no attempt ran).
+/// One task's share of the lives it ran on (or "(idle)": the time no attempt ran), beside what
+/// its agent reported spending on the LLM.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub(crate) struct TaskCost {
+    pub(crate) cache_read_tokens: u64,
+    pub(crate) cache_write_tokens: u64,
+    /// The worker share at the expected bill (free tier applied).
     pub(crate) expected_usd: Option<f64>,
+    pub(crate) input_tokens: u64,
+    /// The worker share at list price.
     pub(crate) list_usd: Option<f64>,
+    /// What the agent reported for the LLM; None (unknown) when an attempt reported nothing or a
+    /// step came without a cost, never $0.
+    pub(crate) llm_usd: Option<f64>,
+    pub(crate) output_tokens: u64,
+    /// The task's pull request, when one was opened (its follow-ups are the task's attempts).
+    pub(crate) pull_request: Option<u64>,
+    pub(crate) reasoning_tokens: u64,
     /// Attempt time, to a tenth of a second.
     pub(crate) seconds: f64,
     pub(crate) task: String,
+    /// expected_usd + llm_usd (None when either is unknown).
+    pub(crate) total_usd: Option<f64>,
 }
 
 /// One UTC day.
@@ -53,6 +69,8 @@ pub(crate) struct AttemptSpan {
     pub(crate) worker: String,
     pub(crate) started_at: DateTime<Utc>,
     pub(crate) ended_at: Option<DateTime<Utc>>,
+    /// What its agent reported using (None: nothing).
+    pub(crate) usage: Option<Usage>,
 }
 
 pub(crate) fn by_worker(costed: &[Costed]) -> Vec<WorkerCost> {
@@ -100,13 +118,30 @@ pub(crate) fn by_day(costed: &[Costed], now: DateTime<Utc>) -> Vec<DayCost> {
 }
 
 /// Each life's cost shared among the attempts it ran, by time (never more than the whole life);
-/// what no attempt used is "(idle)".
+/// what no attempt used is "(idle)". Each task's attempts' LLM usage is summed beside it, and
+/// `pull_requests` names the task's pull request.
 pub(crate) fn by_task(
     costed: &[Costed],
     attempts: &[AttemptSpan],
+    pull_requests: &BTreeMap<String, u64>,
     now: DateTime<Utc>,
 ) -> Vec<TaskCost> {
-    let mut tasks: BTreeMap<String, (Option<f64>, Option<f64>, f64)> = BTreeMap::new();
+    struct Acc {
+        list: Option<f64>,
+        expected: Option<f64>,
+        secs: f64,
+        usage: Usage,
+        /// An attempt reported nothing, or a step came without a cost.
+        llm_unknown: bool,
+    }
+    let fresh = || Acc {
+        list: Some(0.0),
+        expected: Some(0.0),
+        secs: 0.0,
+        usage: Usage::default(),
+        llm_unknown: false,
+    };
+    let mut tasks: BTreeMap<String, Acc> = BTreeMap::new();
     for c in costed {
         let end = c.life.ended_at.unwrap_or(now);
         let life_secs = c.seconds.max(1.0);
@@ -119,30 +154,45 @@ pub(crate) fn by_task(
                 / 1000.0;
             let share = (secs / life_secs).min(1.0 - used);
             used += share;
-            let e = tasks
-                .entry(a.task.clone())
-                .or_insert((Some(0.0), Some(0.0), 0.0));
-            e.0 = e.0.zip(c.list_usd).map(|(x, v)| x + v * share);
-            e.1 = e.1.zip(c.expected_usd).map(|(x, v)| x + v * share);
-            e.2 += secs;
+            let e = tasks.entry(a.task.clone()).or_insert_with(fresh);
+            e.list = e.list.zip(c.list_usd).map(|(x, v)| x + v * share);
+            e.expected = e.expected.zip(c.expected_usd).map(|(x, v)| x + v * share);
+            e.secs += secs;
+            match a.usage {
+                Some(u) => {
+                    e.llm_unknown |= u.cost_usd().is_none();
+                    e.usage += u;
+                }
+                None => e.llm_unknown = true,
+            }
         }
-        let idle = tasks
-            .entry("(idle)".into())
-            .or_insert((Some(0.0), Some(0.0), 0.0));
-        idle.0 = idle.0.zip(c.list_usd).map(|(x, v)| x + v * (1.0 - used));
-        idle.1 = idle
-            .1
+        let idle = tasks.entry("(idle)".into()).or_insert_with(fresh);
+        idle.list = idle.list.zip(c.list_usd).map(|(x, v)| x + v * (1.0 - used));
+        idle.expected = idle
+            .expected
             .zip(c.expected_usd)
             .map(|(x, v)| x + v * (1.0 - used));
-        idle.2 += life_secs * (1.0 - used);
+        idle.secs += life_secs * (1.0 - used);
     }
     tasks
         .into_iter()
-        .map(|(task, (list_usd, expected_usd, secs))| TaskCost {
-            expected_usd,
-            list_usd,
-            seconds: (secs * 10.0).round() / 10.0,
-            task,
+        .map(|(task, a)| {
+            // The idle time ran no agent: no LLM cost, known to be none.
+            let llm_usd = (!a.llm_unknown).then(|| crate::cost::money(a.usage.cost_known_usd));
+            TaskCost {
+                cache_read_tokens: a.usage.cache_read_tokens,
+                cache_write_tokens: a.usage.cache_write_tokens,
+                expected_usd: a.expected,
+                input_tokens: a.usage.input_tokens,
+                list_usd: a.list,
+                llm_usd,
+                output_tokens: a.usage.output_tokens,
+                pull_request: pull_requests.get(&task).copied(),
+                reasoning_tokens: a.usage.reasoning_tokens,
+                seconds: (a.secs * 10.0).round() / 10.0,
+                total_usd: a.expected.zip(llm_usd).map(|(w, l)| w + l),
+                task,
+            }
         })
         .collect()
 }
@@ -200,6 +250,9 @@ mod tests {
                 worker: "w".into(),
                 started_at: at("2026-01-01T00:00:00Z"),
                 ended_at: Some(at("2026-01-01T00:15:00Z")),
+                usage: Some(Usage::from_log(
+                    "{\"cwo_usage\":{\"input_tokens\":100,\"output_tokens\":10,\"cost_usd\":0.5}}",
+                )),
             },
             // Past the life's end: counted to the end only.
             AttemptSpan {
@@ -207,9 +260,11 @@ mod tests {
                 worker: "w".into(),
                 started_at: at("2026-01-01T00:30:00Z"),
                 ended_at: Some(at("2026-01-01T02:00:00Z")),
+                usage: None,
             },
         ];
-        let rows = by_task(&c, &attempts, at("2026-01-02T00:00:00Z"));
+        let prs = BTreeMap::from([("a".to_string(), 7)]);
+        let rows = by_task(&c, &attempts, &prs, at("2026-01-02T00:00:00Z"));
         let usd: Vec<(&str, f64)> = rows
             .iter()
             .map(|r| (r.task.as_str(), r.list_usd.unwrap()))
@@ -217,6 +272,27 @@ mod tests {
         assert_eq!(usd, [("(idle)", 0.25), ("a", 0.25), ("b", 0.5)]);
         let sum: f64 = rows.iter().map(|r| r.list_usd.unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-12, "nothing is counted twice");
+        let llm: Vec<(&str, Option<f64>, u64, Option<f64>, Option<u64>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.task.as_str(),
+                    r.llm_usd,
+                    r.input_tokens,
+                    r.total_usd,
+                    r.pull_request,
+                )
+            })
+            .collect();
+        assert_eq!(
+            llm,
+            [
+                ("(idle)", Some(0.0), 0, Some(0.25), None),
+                ("a", Some(0.5), 100, Some(0.75), Some(7)),
+                ("b", None, 0, None, None),
+            ],
+            "a task whose agent reported nothing has an unknown LLM cost, never $0"
+        );
     }
 
     #[test]

@@ -165,6 +165,28 @@ mod tests {
         assert_eq!(u.tokens(), 1007 + 503 + 20 + 302 + 41);
     }
 
+    /// A real run of opencode 1.18.33 (tests/test_opencode.rs's stub; prices $3 / $15 / $0.3 per
+    /// million input / output / cache-read tokens): three steps of input 10000 + 4000 + 2000,
+    /// output 100 + 150 + 200, reasoning 0 + 50 + 100 (billed as output), cache read 0 + 8000 +
+    /// 11000; cost (16000×3 + 600×15 + 19000×0.3) / 1e6 = 0.0627.
+    #[test]
+    fn a_real_opencode_run_adds_up_to_the_hand_computed_figures() {
+        let log = include_str!("../../tests/fixtures/opencode-1.18.33-events.jsonl");
+        let u = Usage::from_log(log);
+        assert_eq!(
+            (
+                u.steps,
+                u.input_tokens,
+                u.output_tokens,
+                u.reasoning_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens
+            ),
+            (3, 16000, 450, 150, 19000, 0)
+        );
+        assert!((u.cost_usd().unwrap() - 0.0627).abs() < 1e-9, "{u:?}");
+    }
+
     #[test]
     fn no_report_or_a_step_without_cost_is_unknown_never_zero() {
         assert_eq!(

@@ -96,17 +96,24 @@ pub(crate) fn collect(project: &Project, query: &CostQuery) -> Result<CostReport
         By::Worker => Rows::Worker(report::by_worker(&costed)),
         By::Day => Rows::Day(report::by_day(&costed, now)),
         By::Task => {
+            let usages = journal.usages()?;
             let attempts: Vec<AttemptSpan> = journal
                 .attempts(None)?
                 .into_iter()
                 .map(|a| AttemptSpan {
+                    usage: usages.get(&a.id).map(|(u, _)| *u).filter(|u| u.steps > 0),
                     task: a.ball_id,
                     worker: a.worker,
                     started_at: a.started_at,
                     ended_at: a.ended_at,
                 })
                 .collect();
-            Rows::Task(report::by_task(&costed, &attempts, now))
+            let pull_requests = journal
+                .pull_requests(false)?
+                .into_iter()
+                .map(|p| (p.ball_id, p.number))
+                .collect();
+            Rows::Task(report::by_task(&costed, &attempts, &pull_requests, now))
         }
     };
     let (list, list_unknown) = report::total(costed.iter().map(|c| c.list_usd));
@@ -183,13 +190,31 @@ impl CostReport {
                 t
             }
             Rows::Task(rows) => {
-                let mut t = Table::new(&["task", "seconds", "list_usd", "expected_usd"]);
+                let mut t = Table::new(&[
+                    "task",
+                    "pr",
+                    "seconds",
+                    "worker_list_usd",
+                    "worker_expected_usd",
+                    "llm_tokens",
+                    "llm_usd",
+                    "total_usd",
+                ]);
                 for r in rows {
+                    let tokens = r.input_tokens
+                        + r.output_tokens
+                        + r.reasoning_tokens
+                        + r.cache_read_tokens
+                        + r.cache_write_tokens;
                     t.row(vec![
                         r.task.clone(),
+                        r.pull_request.map_or_else(|| "-".into(), |n| format!("#{n}")),
                         number(r.seconds),
                         usd_cell(r.list_usd),
                         usd_cell(r.expected_usd),
+                        tokens.to_string(),
+                        usd_cell(r.llm_usd),
+                        usd_cell(r.total_usd),
                     ]);
                 }
                 t
