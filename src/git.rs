@@ -356,3 +356,79 @@ impl WorkerCheckout {
         Ok(local.to_path_buf())
     }
 }
+
+/// The object at `path` in `rev`'s tree: (type, id), or None when nothing is there. Pathspec
+/// magic is off, so a path with `*` or `:` names only itself.
+async fn tree_entry(
+    project: &Path,
+    rev: &str,
+    path: &str,
+) -> Result<Option<(String, String)>, GitError> {
+    let out = git(
+        project,
+        &[
+            "--literal-pathspecs",
+            "ls-tree",
+            "-z",
+            "--full-tree",
+            rev,
+            "--",
+            path,
+        ],
+    )
+    .await?;
+    // Each entry is `<mode> SP <type> SP <id> TAB <path> NUL`; the one whose path is exactly
+    // `path` is the answer (ls-tree names a directory's own entry, never its contents, here).
+    Ok(out.split('\0').find_map(|entry| {
+        let (meta, name) = entry.split_once('\t')?;
+        if name != path {
+            return None;
+        }
+        let mut fields = meta.split(' ');
+        let (_mode, kind, id) = (fields.next()?, fields.next()?, fields.next()?);
+        Some((kind.to_string(), id.to_string()))
+    }))
+}
+
+/// The id of the file (blob) at `path` in `rev`, None when `rev` has no file there (a directory
+/// is not a file). Errors are git's: an unknown `rev`, a broken repository.
+pub(crate) async fn blob_id(
+    project: &Path,
+    rev: &str,
+    path: &str,
+) -> Result<Option<String>, GitError> {
+    Ok(tree_entry(project, rev, path)
+        .await?
+        .filter(|(kind, _)| kind == "blob")
+        .map(|(_, id)| id))
+}
+
+/// The bytes of the file at `path` in `rev` (the committed version, not the working tree's), None
+/// when `rev` has no file there. Bytes as stored, so a caller can tell text from binary.
+pub(crate) async fn show_file(
+    project: &Path,
+    rev: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>, GitError> {
+    let Some(id) = blob_id(project, rev, path).await? else {
+        return Ok(None);
+    };
+    // `git()` returns trimmed text; a file's content is read byte for byte.
+    let args = ["cat-file", "blob", id.as_str()];
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(project)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(GitError::Spawn)?;
+    if !out.status.success() {
+        return Err(GitError::Failed {
+            args: args.join(" "),
+            dir: project.display().to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(Some(out.stdout))
+}

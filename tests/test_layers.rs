@@ -32,6 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "bootstrap",
             "agent",
             "git",
+            "workflow",
             "forge",
         ],
     ),
