@@ -657,6 +657,8 @@ max_cost_usd = 2.0
             tags: vec![],
             issue: None,
             waiting_on: vec![],
+            model_override: String::new(),
+            model_size: String::new(),
         }
     }
 
