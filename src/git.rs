@@ -8,7 +8,7 @@ use tokio::process::Command;
 use crate::transport::{ExecRequest, Transport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum GitError {
+pub enum GitError {
     #[error("`git {args}` in {dir} failed: {stderr}")]
     Failed {
         args: String,

@@ -24,8 +24,6 @@ pub mod secrets;
 pub mod tracker;
 pub mod transport;
 pub mod util;
-// Used by the orchestrator from issue 15's integration.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod workflow;
 
 use std::process::ExitCode;

@@ -81,7 +81,7 @@ pub(crate) struct RepoWorkflow {
 
 /// Why the workflow cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum WorkflowError {
+pub enum WorkflowError {
     /// The file (or a file it names) is wrong; the user fixes and commits it.
     #[error("{location}: {message}")]
     Invalid {
@@ -215,6 +215,7 @@ struct Places {
 
 /// Parses and validates text; `origin` is what error locations name (e.g.
 /// "/src/app/.cwo/workflow.toml").
+#[cfg(test)]
 pub(crate) fn parse(text: &str, origin: &str) -> Result<Workflow, WorkflowError> {
     parse_placed(
         text,
@@ -550,7 +551,8 @@ fn setup_cache_key(commands: &[Vec<String>], blobs: &[(String, String)]) -> Opti
 }
 
 /// The acceptance criteria as the built-in template shows them.
-fn criteria(task: &Task) -> String {
+/// The acceptance criteria as a numbered list (the built-in template's and a repository's).
+pub(crate) fn criteria(task: &Task) -> String {
     if task.acceptance_criteria.is_empty() {
         return "- (none given: use the title and context)".to_string();
     }

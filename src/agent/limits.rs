@@ -12,16 +12,7 @@ use std::time::Duration;
 
 use crate::config::{AgentSettings, Source};
 use crate::tracker::Task;
-
-/// What the repository's workflow may set for its agent.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct RepoAgent {
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) stall_timeout: Option<Duration>,
-    pub(crate) soft_timeout: Option<Duration>,
-    pub(crate) model: Option<String>,
-    pub(crate) max_cost_usd: Option<f64>,
-}
+use crate::workflow::AgentOverrides as RepoAgent;
 
 /// The limits and model of one task's attempts.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,6 +3,7 @@
 
 pub(crate) mod detached;
 pub(crate) mod limits;
+pub(crate) mod phase;
 
 use crate::tracker::Task;
 use crate::transport::ExecStatus;
@@ -29,16 +30,7 @@ You are working on task {{id}} in this git repository, on branch {{branch}}.
 pub(crate) const MAX_ARG_PROMPT: usize = 120 * 1024;
 
 pub(crate) fn render_prompt(template: &str, task: &Task, branch: &str) -> String {
-    let criteria = if task.acceptance_criteria.is_empty() {
-        "- (none given: use the title and context)".to_string()
-    } else {
-        task.acceptance_criteria
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{}. {c}", i + 1))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let criteria = crate::workflow::criteria(task);
     // One pass over the template, so text inside a task that looks like a placeholder stays as is.
     let mut out = String::with_capacity(template.len() + task.context.len() + 256);
     let mut rest = template;

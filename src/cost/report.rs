@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::compute::{self, Costed};
-use crate::model::Usage;
 use super::money_sum;
+use crate::model::Usage;
 
 /// One worker life.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -272,24 +272,21 @@ mod tests {
         assert_eq!(usd, [("(idle)", 0.25), ("a", 0.25), ("b", 0.5)]);
         let sum: f64 = rows.iter().map(|r| r.list_usd.unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-12, "nothing is counted twice");
-        let llm: Vec<(&str, Option<f64>, u64, Option<f64>, Option<u64>)> = rows
+        let llm: Vec<String> = rows
             .iter()
             .map(|r| {
-                (
-                    r.task.as_str(),
-                    r.llm_usd,
-                    r.input_tokens,
-                    r.total_usd,
-                    r.pull_request,
+                format!(
+                    "{} {:?} {} {:?} {:?}",
+                    r.task, r.llm_usd, r.input_tokens, r.total_usd, r.pull_request
                 )
             })
             .collect();
         assert_eq!(
             llm,
             [
-                ("(idle)", Some(0.0), 0, Some(0.25), None),
-                ("a", Some(0.5), 100, Some(0.75), Some(7)),
-                ("b", None, 0, None, None),
+                "(idle) Some(0.0) 0 Some(0.25) None",
+                "a Some(0.5) 100 Some(0.75) Some(7)",
+                "b None 0 None None",
             ],
             "a task whose agent reported nothing has an unknown LLM cost, never $0"
         );

@@ -130,7 +130,12 @@ pub struct Delivery<'a> {
     pub duration: std::time::Duration,
     /// The worker time's cost at its launch price (None: unknown).
     pub cost_usd: Option<f64>,
+    /// What the agent reported using on the LLM over the task's attempts (None: an attempt
+    /// reported nothing).
+    pub(crate) llm: Option<crate::model::Usage>,
     pub feedback_rounds: u32,
+    /// The repository's checks still fail (`verify.push_on_failure`): why, and their output.
+    pub unverified: Option<&'a str>,
 }
 
 /// The pull request's title and description: the task, its acceptance criteria as a checklist,
@@ -153,6 +158,14 @@ pub fn describe(d: &Delivery<'_>) -> (String, String) {
         }
         body.push('\n');
     }
+    if let Some(why) = d.unverified {
+        body.push_str("## ⚠ The repository's checks fail on this branch\n\n");
+        body.push_str(
+            "cwo pushed it as a draft because `verify.push_on_failure = true` in `.cwo/workflow.toml`; the task stays blocked.\n\n```\n",
+        );
+        body.push_str(why.trim());
+        body.push_str("\n```\n\n");
+    }
     body.push_str("## What the agent says\n\n");
     if d.summary.trim().is_empty() {
         body.push_str("(the agent printed no summary)\n\n");
@@ -162,10 +175,16 @@ pub fn describe(d: &Delivery<'_>) -> (String, String) {
         }
         body.push('\n');
     }
-    let cost = match d.cost_usd {
+    let worker = match d.cost_usd {
         Some(c) => format!("${c:.4} of worker time at its launch price"),
-        None => "unknown (no price for the worker)".into(),
+        None => "unknown worker time (no price for the worker)".into(),
     };
+    let llm = match d.llm.map(|u| (u, u.cost_usd())) {
+        Some((u, Some(c))) => format!("${c:.4} of LLM ({} tokens)", u.tokens()),
+        Some((u, None)) => format!("LLM unknown ({} tokens, some without a cost)", u.tokens()),
+        None => "LLM unknown (the agent reported no usage)".into(),
+    };
+    let cost = format!("{worker} + {llm}");
     body.push_str(&format!(
         "---\n🤖 Opened by cwo: {} attempt(s), {} of agent time, cost {cost}{}.\n",
         d.attempts,

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::error::TaskError;
 use super::ports::journaled;
 use super::record::{RecordError, Recorder, Transition};
+use super::steps::{self, Flow, Verified};
 use crate::agent::detached::{AgentState, Detached, FollowEnd};
-use crate::agent::limits::Limits;
+use crate::agent::phase::Place;
 use crate::agent::{self, Outcome};
 use crate::config::{Settings, Source};
 use crate::forge::{self, FailedCheck, Forge, ReviewNote};
@@ -95,6 +96,8 @@ pub(crate) struct AttemptResult {
     pub(crate) outcome: Outcome,
     pub(crate) exit: String,
     pub(crate) commit: Option<String>,
+    /// Commits the checks rejected, and what the next attempt is told about them.
+    carry: Option<(WorkerCheckout, String)>,
 }
 
 /// An error from a step on the worker that may only mean the connection was lost.
@@ -268,8 +271,12 @@ struct Work<'a> {
     /// Feedback on the task's pull request: the attempt starts from the branch's head and
     /// addresses it.
     follow_up: Option<Arc<FollowUp>>,
-    /// The agent's limits and model for this task.
-    limits: Limits,
+    /// The repository's workflow and the agent's limits, read at the task's first base (a
+    /// follow-up attempt after failed checks starts from the agent's commits, whose workflow is
+    /// not the one the task is held to).
+    flow: tokio::sync::OnceCell<Flow>,
+    /// What the checks said about the previous attempt's commits (the next one starts from them).
+    checks_feedback: Option<String>,
 }
 
 /// Runs attempts until one decides the ball. `Err` = a reason to block the ball at once.
@@ -292,7 +299,8 @@ async fn drive_task(
         bundle: tmp.join(format!("{}-input.bundle", task.id)),
         base: None,
         follow_up,
-        limits: agent::limits::resolve(&settings.agent, &env.origins, None, task),
+        flow: tokio::sync::OnceCell::new(),
+        checks_feedback: None,
     };
     let max = settings.agent.max_attempts.get();
     while report.tries < max {
@@ -323,6 +331,7 @@ async fn drive_task(
             None => start_attempt(ctx, &mut work, this_run, report).await?,
         };
         let result = run_attempt(ctx, &work, &attempt, report).await;
+        let carry = result.carry;
         let ended = env
             .recorder
             .apply(Transition::AttemptEnded {
@@ -339,6 +348,9 @@ async fn drive_task(
             // Nothing more can run on a worker that is gone: the loop decides where the ball goes.
             Outcome::Failed(reason) if report.worker_gone => return Ok(Outcome::Failed(reason)),
             Outcome::Failed(reason) if this_run < max => {
+                if let Some((co, feedback)) = carry {
+                    carry_over(ctx, &mut work, &co, feedback).await;
+                }
                 let wait = settings.agent.retry_backoff * 2u32.saturating_pow(this_run - 1);
                 env.printer.status(format!(
                     "↻ {} attempt {this_run}/{max} failed: {reason}; retrying in {}",
@@ -506,46 +518,148 @@ async fn run_attempt(
             e => Outcome::Failed(e.reason()),
         }
     };
-    let (outcome, exit, checkout) = match one_attempt(ctx, work, a, report).await {
-        Ok(x) => x,
-        Err(e) => (failed(e, report), "-".to_string(), None),
+    let ran = match one_attempt(ctx, work, a, report).await {
+        Ok(ran) => ran,
+        Err(e) => Ran::ended(failed(e, report), "-".to_string(), None),
     };
     let mut result = AttemptResult {
-        outcome,
-        exit,
+        outcome: ran.outcome,
+        exit: ran.exit,
         commit: None,
+        carry: None,
     };
-    let (Outcome::Done { commits }, Some(co)) = (&result.outcome, checkout) else {
+    let Some(co) = ran.checkout else {
         return result;
     };
-    let commits = *commits;
+    let commits = ran.commits;
+    let unverified = match ran.checks_failed {
+        None => None,
+        // Attempts are left: the next one starts from these commits, told what failed.
+        Some((reason, output)) if a.this_run < ctx.env.settings.agent.max_attempts.get() => {
+            result.carry = Some((co, steps::checks_feedback(&reason, &output)));
+            return result;
+        }
+        Some((reason, output)) => {
+            let reason = format!(
+                "{reason} on attempt {} (the last); the output ends with:\n{output}",
+                a.this_run
+            );
+            let pushes = work.flow.get().is_some_and(steps::push_on_failure);
+            if !pushes {
+                result.outcome = Outcome::Blocked(format!(
+                    "{reason}\nnothing was pushed (verify.push_on_failure = false)"
+                ));
+                return result;
+            }
+            Some(reason)
+        }
+    };
+    if !matches!(result.outcome, Outcome::Done { .. }) && unverified.is_none() {
+        return result;
+    }
     let started = Instant::now();
-    let delivered = deliver(ctx, work, &co, a, commits, report).await;
+    let delivered = deliver(ctx, work, &co, a, commits, report, unverified.as_deref()).await;
     report.git += started.elapsed();
-    match delivered {
-        Ok((sha, note)) => match complete(ctx, work.task, &co.branch, &sha, &note).await {
+    match (delivered, unverified) {
+        (Ok((sha, note)), None) => match complete(ctx, work.task, &co.branch, &sha, &note).await {
             Ok(()) => result.commit = Some(sha),
             Err(e) => result.outcome = failed(e, report),
         },
+        // Pushed for a look, but not done: the checks still fail.
+        (Ok((sha, note)), Some(reason)) => {
+            result.commit = Some(sha);
+            result.outcome = Outcome::Blocked(format!(
+                "{reason}\n{} (verify.push_on_failure = true: pushed, its pull request a draft)",
+                note.trim_start_matches("cwo: ")
+            ));
+        }
         // A failed delivery blocks the ball (the work is kept locally, the error says where);
         // one whose worker went away is done again elsewhere.
-        Err(e) => result.outcome = failed(e.blocking(), report),
+        (Err(e), _) => result.outcome = failed(e.blocking(), report),
     }
     result
 }
 
-/// Prepares the checkout (unless resuming), starts the agent detached (idempotent), follows it
-/// to its end, and judges the result.
+/// The next attempt starts from the commits the checks rejected (brought back and bundled for the
+/// worker), with what failed in its prompt. Commits that cannot be brought back are dropped: the
+/// next attempt starts from the task's base, still told what failed.
+async fn carry_over(ctx: &TaskCtx, work: &mut Work<'_>, co: &WorkerCheckout, feedback: String) {
+    let env = &ctx.env;
+    let id = work.task.id.clone();
+    let tmp = env.state_dir.join("tmp");
+    let local = tmp.join(format!("{id}-checked.bundle"));
+    let bundle = tmp.join(format!("{id}-checked-input.bundle"));
+    let carried = async {
+        on_worker(ctx, "bringing the checked commits back", || {
+            co.bring_back(ctx.transport.as_ref(), &local)
+        })
+        .await?;
+        let sha = git::fetch_result(&env.root, &local, &co.branch)
+            .await
+            .map_err(|e| TaskError::retry("fetching the checked commits", e))?;
+        let scratch = tmp.join(format!("{id}-checked.git"));
+        git::bundle_commit(&env.root, &sha, &scratch, &bundle)
+            .await
+            .map_err(|e| TaskError::retry("bundling the checked commits for the worker", e))?;
+        Ok::<String, TaskError>(sha)
+    }
+    .await;
+    match carried {
+        Ok(sha) => {
+            work.base = Some(sha);
+            work.bundle = bundle;
+            work.checks_feedback = Some(feedback);
+        }
+        Err(e) => {
+            env.printer.warn(format!(
+                "{id}: the commits the checks rejected could not be kept ({}); the next attempt starts from the task's base",
+                e.reason()
+            ));
+            work.checks_feedback = Some(feedback);
+        }
+    }
+}
+
+/// How one attempt's agent run ended, before delivery.
+struct Ran {
+    outcome: Outcome,
+    exit: String,
+    checkout: Option<WorkerCheckout>,
+    /// The agent's new commits.
+    commits: u64,
+    /// The repository's checks rejected the agent's commits: why, and the end of their output.
+    checks_failed: Option<(String, String)>,
+}
+
+impl Ran {
+    fn ended(outcome: Outcome, exit: String, checkout: Option<WorkerCheckout>) -> Ran {
+        Ran {
+            outcome,
+            exit,
+            checkout,
+            commits: 0,
+            checks_failed: None,
+        }
+    }
+}
+
+/// Prepares the checkout (unless resuming) and runs the repository's setup in it, starts the
+/// agent detached (idempotent), follows it to its end, judges the result, and runs the
+/// repository's checks on work the agent says is done.
 async fn one_attempt(
     ctx: &TaskCtx,
     work: &Work<'_>,
     a: &Attempt,
     report: &mut TaskReport,
-) -> Result<(Outcome, String, Option<WorkerCheckout>), TaskError> {
+) -> Result<Ran, TaskError> {
     let env = &ctx.env;
     let settings = &env.settings;
     let (task, branch) = (work.task, work.branch.as_str());
     let t = ctx.transport.as_ref();
+    let flow = work
+        .flow
+        .get_or_try_init(|| steps::read_flow(ctx, task, &a.base))
+        .await?;
     let author = (
         settings.git.author_name.as_str(),
         settings.git.author_email.as_str(),
@@ -563,17 +677,45 @@ async fn one_attempt(
             co
         }
     };
+    let place = Place {
+        dir: &a.dir,
+        repo: &checkout.repo,
+    };
     let det = Detached::new(a.dir.clone());
     // A resumed attempt whose agent was launched is only followed; one whose controller stopped
-    // between the checkout and the launch gets its prompt now.
+    // between the checkout and the launch gets its setup and prompt now.
     let launched = match &a.resumed {
         Some(_) => on_worker(ctx, "looking at the agent", || det.launched(t)).await?,
         None => false,
     };
-    let mut prompt = agent::render_prompt(&env.template, task, branch);
-    if let Some(f) = &work.follow_up {
-        prompt.push_str(&forge::feedback_prompt(f.pr.number, &f.notes, &f.failed));
+    let (mut agent_env, masker) = env.agent_env.get().cloned().unwrap_or_default();
+    let model = flow.limits.model.clone().unwrap_or_default();
+    if !model.is_empty() {
+        agent_env.push(("CWO_MODEL".into(), model.clone()));
     }
+    // The task's LLM spend before this attempt: a task already at its cap starts no agent.
+    let spent_before = spent_by_other_attempts(env, &task.id, a.id).await;
+    if let Some(cap) = flow.limits.max_cost_usd.filter(|cap| spent_before >= *cap)
+        && !launched
+    {
+        let reason = budget_reached(spent_before, cap, a.seq - 1);
+        return Ok(Ran::ended(Outcome::Blocked(reason), "-".into(), None));
+    }
+    if !launched {
+        let set_up =
+            steps::setup(ctx, task, flow, &place, &a.log_path, &agent_env, &masker).await?;
+        if !set_up {
+            return Ok(Ran::ended(Outcome::Aborted, "-".into(), None));
+        }
+    }
+    let mut feedback = String::new();
+    if let Some(f) = &work.follow_up {
+        feedback.push_str(&forge::feedback_prompt(f.pr.number, &f.notes, &f.failed));
+    }
+    if let Some(checks) = &work.checks_feedback {
+        feedback.push_str(checks);
+    }
+    let prompt = steps::prompt(flow, &env.template, task, branch, &feedback);
     if !launched {
         let local_prompt = env
             .state_dir
@@ -587,7 +729,6 @@ async fn one_attempt(
         })
         .await?;
     }
-    let model = work.limits.model.clone().unwrap_or_default();
     let argv = agent::build_argv(
         &settings.agent.command,
         &agent::ArgvInputs {
@@ -599,34 +740,16 @@ async fn one_attempt(
         },
     )
     .map_err(|e| TaskError::retry("cannot build the agent's command", e))?;
-    let mut agent_env: Vec<(String, String)> = env
-        .agent_env
-        .get()
-        .map(|(env, _)| env.clone())
-        .unwrap_or_default();
-    agent_env.push(("CWO_TASK_ID".into(), task.id.clone()));
-    agent_env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
-    agent_env.push(("CWO_BRANCH".into(), branch.to_string()));
-    agent_env.push(("CWO_ATTEMPT".into(), a.this_run.to_string()));
-    if !model.is_empty() {
-        agent_env.push(("CWO_MODEL".into(), model.clone()));
-    }
-    // The task's LLM spend before this attempt: a task already at its cap starts no agent.
-    let spent_before = spent_by_other_attempts(env, &task.id, a.id).await;
-    if let Some(cap) = work.limits.max_cost_usd.filter(|cap| spent_before >= *cap)
-        && !launched
-    {
-        return Ok((
-            Outcome::Blocked(budget_reached(spent_before, cap, a.seq - 1)),
-            "-".into(),
-            None,
-        ));
-    }
+    let mut launch_env = agent_env.clone();
+    launch_env.push(("CWO_TASK_ID".into(), task.id.clone()));
+    launch_env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
+    launch_env.push(("CWO_BRANCH".into(), branch.to_string()));
+    launch_env.push(("CWO_ATTEMPT".into(), a.this_run.to_string()));
 
     // Starting is idempotent (the launch is claimed once on the worker), so a connection lost
     // while starting is retried without ever starting a second agent.
     on_worker(ctx, "starting the agent", || {
-        det.start(t, &checkout.repo, &argv, agent_env.clone())
+        det.start(t, &checkout.repo, &argv, launch_env.clone())
     })
     .await?;
     if launched {
@@ -638,16 +761,24 @@ async fn one_attempt(
         status,
         blocked,
         stopped,
-    } = watch(ctx, work, &det, a, spent_before).await?;
+    } = watch(ctx, work, flow, &det, a, spent_before).await?;
     report.agent += agent_started.elapsed();
     match stopped {
         Some(Stopped::Stalled(after)) => {
             let reason = format!("stalled after {} of silence", span(after));
-            return Ok((Outcome::Failed(reason), status.to_string(), Some(checkout)));
+            return Ok(Ran::ended(
+                Outcome::Failed(reason),
+                status.to_string(),
+                Some(checkout),
+            ));
         }
         Some(Stopped::Budget(spent, cap)) => {
             let reason = budget_reached(spent, cap, a.seq);
-            return Ok((Outcome::Blocked(reason), status.to_string(), Some(checkout)));
+            return Ok(Ran::ended(
+                Outcome::Blocked(reason),
+                status.to_string(),
+                Some(checkout),
+            ));
         }
         None => {}
     }
@@ -660,8 +791,21 @@ async fn one_attempt(
             .await?
         }
     };
-    let outcome = agent::judge(status, blocked, commits, work.limits.timeout);
-    Ok((outcome, status.to_string(), Some(checkout)))
+    let outcome = agent::judge(status, blocked, commits, flow.limits.timeout);
+    let mut ran = Ran::ended(outcome, status.to_string(), None);
+    ran.commits = commits;
+    if matches!(ran.outcome, Outcome::Done { .. }) {
+        match steps::verify(ctx, task, flow, &place, &a.log_path, &agent_env, &masker).await? {
+            Verified::Passed => {}
+            Verified::Aborted => ran.outcome = Outcome::Aborted,
+            Verified::Failed { reason, output } => {
+                ran.outcome = Outcome::Failed(reason.clone());
+                ran.checks_failed = Some((reason, output));
+            }
+        }
+    }
+    ran.checkout = Some(checkout);
+    Ok(ran)
 }
 
 /// "LLM budget of $X reached after N attempts".
@@ -750,13 +894,14 @@ fn span(d: Duration) -> String {
 async fn watch(
     ctx: &TaskCtx,
     work: &Work<'_>,
+    flow: &Flow,
     det: &Detached,
     a: &Attempt,
     spent_before: f64,
 ) -> Result<Watched, TaskError> {
     let env = &ctx.env;
     let task = work.task;
-    let limits = &work.limits;
+    let limits = &flow.limits;
     let t = ctx.transport.as_ref();
     if let Some(parent) = a.log_path.parent() {
         tokio::fs::create_dir_all(parent)
@@ -877,7 +1022,7 @@ async fn watch(
             }
             Wake::Soft => {
                 soft_at = None;
-                soft_warning(ctx, work, det, a).await;
+                soft_warning(ctx, work, flow, det, a).await;
                 continue;
             }
             Wake::Followed(Ok(end)) => match (end, det.state(t).await) {
@@ -933,9 +1078,9 @@ async fn watch(
 /// The soft timeout passed: a warning in the agent's log (appended on the worker, so the local
 /// mirror keeps its offsets), on the terminal and in `cwo status`; the attempt goes on to the
 /// hard timeout.
-async fn soft_warning(ctx: &TaskCtx, work: &Work<'_>, det: &Detached, a: &Attempt) {
+async fn soft_warning(ctx: &TaskCtx, work: &Work<'_>, flow: &Flow, det: &Detached, a: &Attempt) {
     let env = &ctx.env;
-    let limits = &work.limits;
+    let limits = &flow.limits;
     let text = format!(
         "soft timeout: the agent has run {} (agent.soft_timeout); its deadline is extended once, to agent.timeout ({})",
         span(limits.soft_timeout.unwrap_or_default()),
@@ -1075,6 +1220,7 @@ async fn deliver(
     a: &Attempt,
     commits: u64,
     report: &TaskReport,
+    unverified: Option<&str>,
 ) -> Result<(String, String), TaskError> {
     let env = &ctx.env;
     let settings = &env.settings;
@@ -1124,7 +1270,7 @@ async fn deliver(
         co.branch
     );
     if let (Some(forge), true) = (&env.forge, settings.git.push) {
-        let pr = open_pull_request(ctx, forge.as_ref(), work, a, report).await?;
+        let pr = open_pull_request(ctx, forge.as_ref(), work, a, report, unverified).await?;
         note.push_str(&format!("; pull request #{} {}", pr.number, pr.url));
         if let Some(f) = &work.follow_up {
             answer_feedback(env, forge.as_ref(), f, short).await;
@@ -1140,6 +1286,7 @@ async fn open_pull_request(
     work: &Work<'_>,
     a: &Attempt,
     report: &TaskReport,
+    unverified: Option<&str>,
 ) -> Result<forge::OpenedPullRequest, TaskError> {
     let env = &ctx.env;
     let task = work.task;
@@ -1148,20 +1295,25 @@ async fn open_pull_request(
         .unwrap_or_default();
     let summary = agent::closing_summary(&log);
     let ball = task.id.clone();
-    let cost_usd = journaled(&env.journal, move |j| task_cost(j, &ball)).await;
+    let (cost_usd, llm) = journaled(&env.journal, move |j| {
+        (task_cost(j, &ball), task_llm_usage(j, &ball))
+    })
+    .await;
     let (title, body) = forge::describe(&forge::Delivery {
         task,
         summary: &summary,
         attempts: a.seq,
         duration: report.agent,
         cost_usd,
+        llm,
         feedback_rounds: work.follow_up.as_ref().map_or(0, |f| f.pr.rounds),
+        unverified,
     });
     let draft = forge::PullRequestDraft {
         branch: work.branch.clone(),
         title,
         body,
-        draft: env.settings.github.draft,
+        draft: env.settings.github.draft || unverified.is_some(),
     };
     let pr = forge.open_or_update(&draft).await.map_err(|e| {
         let context = format!(
@@ -1240,6 +1392,19 @@ fn task_cost(j: &Journal, ball: &str) -> Option<f64> {
         total += hourly * secs / 3600.0;
     }
     Some(crate::cost::money(total))
+}
+
+/// What the task's attempts reported using on the LLM, summed (None: an attempt reported
+/// nothing, so the cost is unknown).
+fn task_llm_usage(j: &Journal, ball: &str) -> Option<Usage> {
+    let attempts = j.attempts(Some(ball)).ok()?;
+    let usages = j.usages().ok()?;
+    let mut total = Usage::default();
+    for a in attempts {
+        let (u, _) = usages.get(&a.id).filter(|(u, _)| u.steps > 0)?;
+        total += *u;
+    }
+    Some(total)
 }
 
 /// Completes the delivered ball in both stores. A tracker that refuses blocks the ball (the work

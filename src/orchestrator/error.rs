@@ -23,6 +23,9 @@ pub enum OrchestratorError {
     /// `agent.env` names a secret that cannot be resolved (a settings error).
     #[error(transparent)]
     Secrets(crate::secrets::SecretError),
+    /// The repository's `.cwo/workflow.toml` at HEAD is wrong: nothing is created.
+    #[error(transparent)]
+    Workflow(crate::workflow::WorkflowError),
     #[error("could not bring up worker {name}")]
     BringUp {
         name: String,
@@ -132,6 +135,7 @@ impl OrchestratorError {
     pub(crate) fn is_usage(&self) -> bool {
         match self {
             OrchestratorError::Secrets(_)
+            | OrchestratorError::Workflow(_)
             | OrchestratorError::TtlTooShort { .. }
             | OrchestratorError::SeveralUp(_)
             | OrchestratorError::Unpriced { .. }
@@ -162,6 +166,10 @@ impl OrchestratorError {
             E::Secrets(_) => {
                 vec!["secrets are sm://projects/P/secrets/S/versions/V or env:NAME".into()]
             }
+            E::Workflow(e) => vec![
+                e.hint().to_string(),
+                "every key is described in docs/workflow.md".into(),
+            ],
             E::Unreachable { .. } => vec![
                 "check the address, the key and the network; `cwo doctor` checks the settings"
                     .into(),

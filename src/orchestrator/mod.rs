@@ -10,6 +10,7 @@ mod ports;
 pub mod reaper;
 mod record;
 mod scheduler;
+mod steps;
 mod teardown;
 mod worker;
 

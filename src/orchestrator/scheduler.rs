@@ -185,6 +185,13 @@ impl Orchestrator {
             .get_or_try_init(|| crate::secrets::resolve(&settings.agent.env, &settings.gcp))
             .await
             .map_err(OrchestratorError::Secrets)?;
+        // So is a repository workflow that is wrong at HEAD (each task reads it again at the
+        // commit it starts from; git failing to answer here is left to the task, which says so).
+        if let Err(e @ crate::workflow::WorkflowError::Invalid { .. }) =
+            crate::workflow::load(&self.env.root, "HEAD").await
+        {
+            return Err(OrchestratorError::Workflow(e));
+        }
         // So is a ceiling that cannot be kept.
         let (cap, cap_why) = self.price_cap()?;
         let recovered = self.workers.recover(cap, "orphaned").await?;

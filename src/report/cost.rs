@@ -208,7 +208,8 @@ impl CostReport {
                         + r.cache_write_tokens;
                     t.row(vec![
                         r.task.clone(),
-                        r.pull_request.map_or_else(|| "-".into(), |n| format!("#{n}")),
+                        r.pull_request
+                            .map_or_else(|| "-".into(), |n| format!("#{n}")),
                         number(r.seconds),
                         usd_cell(r.list_usd),
                         usd_cell(r.expected_usd),
