@@ -44,7 +44,9 @@ OPENCODE_VERSION=1.18.33
 if ! grep -qs "\"version\": \"$OPENCODE_VERSION\"" target/opencode/node_modules/opencode-ai/package.json; then
   echo "installing opencode-ai@$OPENCODE_VERSION into target/opencode" >&2
   mkdir -p target/opencode
-  npm install --prefix target/opencode --no-audit --no-fund --loglevel=error "opencode-ai@$OPENCODE_VERSION"
+  # Its postinstall runs the binary, which writes its XDG dirs: into a HOME of its own, not yours.
+  mkdir -p target/opencode/home
+  HOME="$PWD/target/opencode/home" npm install --prefix target/opencode --no-audit --no-fund --loglevel=error "opencode-ai@$OPENCODE_VERSION"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo is not installed; install Rust (https://rustup.rs) and run this again" >&2

@@ -171,6 +171,15 @@ pub enum Period {
     All,
 }
 
+/// A kind of spend `cwo budget check` adds up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Spend {
+    /// The workers' lives (always counted).
+    Workers,
+    /// What the agents reported spending on the LLM, for attempts started in the period.
+    Llm,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OnUnknown {
     Fail,
@@ -295,6 +304,10 @@ pub struct BudgetCheckArgs {
     /// Read an exported ledger instead of this project's journal (the live VMs are still asked for).
     #[arg(long, value_name = "FILE")]
     pub ledger: Option<PathBuf>,
+    /// Spend to count besides the workers: `llm` adds what the agents reported for the LLM (an
+    /// attempt that reported nothing is an unknown cost, as --on-unknown says). Repeatable.
+    #[arg(long, value_enum, value_name = "SPEND")]
+    pub include: Vec<Spend>,
 }
 
 fn parse_usd(s: &str) -> Result<f64, NumberArgError> {

@@ -26,6 +26,7 @@ mod test_terraform;
 mod test_tracker;
 mod test_tracker_contract;
 mod test_ttl;
+mod test_workflow;
 
 #[test]
 fn no_forgotten_test_files() {

@@ -1,7 +1,7 @@
 //! `cwo budget check`: a CI gate. The exit status says within (also past --warn-at), over,
 //! usage error, or cannot determine; see `ExitStatus::budget_check_help`.
 
-use crate::cli::{BudgetCheckArgs, Format, OnUnknown, Period};
+use crate::cli::{BudgetCheckArgs, Format, OnUnknown, Period, Spend};
 use crate::cost::budget::{self, Policy};
 use crate::error::{CommandError, ExitStatus};
 use crate::printer::Printer;
@@ -33,6 +33,7 @@ pub(crate) async fn check(
         },
         ledger: args.ledger.clone(),
         enforce: args.enforce,
+        include_llm: args.include.contains(&Spend::Llm),
     };
     let check = report::budget::collect(project, printer, &query).await?;
     match &check {

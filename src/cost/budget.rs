@@ -82,6 +82,16 @@ impl Verdict {
     }
 }
 
+/// What the agents reported spending on the LLM in the period.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct LlmSpend {
+    /// The known costs, summed.
+    pub(crate) usd: f64,
+    /// Tasks with an attempt whose cost is unknown (it reported nothing, or a step without a
+    /// cost).
+    pub(crate) unknown_tasks: Vec<String>,
+}
+
 /// The verdict and the numbers it rests on.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct BudgetVerdict {
@@ -93,16 +103,28 @@ pub(crate) struct BudgetVerdict {
     pub(crate) percent: f64,
     /// Workers without a price.
     pub(crate) unknown_price_workers: Vec<String>,
+    /// The LLM's part of `expected_usd` and `list_usd` (None: not counted).
+    pub(crate) llm_usd: Option<f64>,
+    /// Tasks whose LLM cost is unknown.
+    pub(crate) unknown_llm_tasks: Vec<String>,
 }
 
-pub(crate) fn evaluate(costed: &[Costed], policy: &Policy) -> BudgetVerdict {
+/// The gate over the workers' lives and, when counted, the LLM spend (at the same price on the
+/// list and on the bill).
+pub(crate) fn evaluate(
+    costed: &[Costed],
+    llm: Option<&LlmSpend>,
+    policy: &Policy,
+) -> BudgetVerdict {
     let unknown: Vec<String> = costed
         .iter()
         .filter(|c| c.expected_usd.is_none())
         .map(|c| c.life.worker.clone())
         .collect();
-    let spent = money_sum(costed.iter().filter_map(|c| c.expected_usd));
-    let list = money_sum(costed.iter().filter_map(|c| c.list_usd));
+    let llm_usd = llm.map(|l| money(l.usd));
+    let unknown_llm_tasks = llm.map(|l| l.unknown_tasks.clone()).unwrap_or_default();
+    let spent = money_sum(costed.iter().filter_map(|c| c.expected_usd).chain(llm_usd));
+    let list = money_sum(costed.iter().filter_map(|c| c.list_usd).chain(llm_usd));
     let pct = if policy.limit_usd > 0.0 {
         money(spent / policy.limit_usd * 100.0)
     } else if spent > 0.0 {
@@ -110,7 +132,8 @@ pub(crate) fn evaluate(costed: &[Costed], policy: &Policy) -> BudgetVerdict {
     } else {
         0.0
     };
-    let status = if !unknown.is_empty() && policy.fail_on_unknown {
+    let any_unknown = !unknown.is_empty() || !unknown_llm_tasks.is_empty();
+    let status = if any_unknown && policy.fail_on_unknown {
         Verdict::Unknown
     } else if spent > policy.limit_usd {
         Verdict::Deny
@@ -125,6 +148,8 @@ pub(crate) fn evaluate(costed: &[Costed], policy: &Policy) -> BudgetVerdict {
         list_usd: list,
         percent: pct,
         unknown_price_workers: unknown,
+        llm_usd,
+        unknown_llm_tasks,
     }
 }
 
@@ -159,12 +184,12 @@ mod tests {
             warn_at_pct: 80.0,
             fail_on_unknown: true,
         };
-        let status = |c: &[Costed], p: &Policy| evaluate(c, p).status;
+        let status = |c: &[Costed], p: &Policy| evaluate(c, None, p).status;
         assert_eq!(status(&[spent("a", Some(0.5))], &policy), Verdict::Within);
         assert_eq!(status(&[spent("a", Some(0.8))], &policy), Verdict::Warn);
         assert_eq!(status(&[spent("a", Some(1.01))], &policy), Verdict::Deny);
         let unknown = [spent("a", Some(0.1)), spent("b", None)];
-        let v = evaluate(&unknown, &policy);
+        let v = evaluate(&unknown, None, &policy);
         assert_eq!(v.status, Verdict::Unknown);
         assert_eq!(v.unknown_price_workers, ["b"]);
         let lenient = Policy {
@@ -177,7 +202,7 @@ mod tests {
             ..policy
         };
         assert!(
-            evaluate(&[spent("a", Some(0.1))], &zero)
+            evaluate(&[spent("a", Some(0.1))], None, &zero)
                 .percent
                 .is_infinite()
         );
@@ -185,6 +210,27 @@ mod tests {
             status(&[], &zero),
             Verdict::Within,
             "nothing spent of nothing"
+        );
+        let llm = LlmSpend {
+            usd: 0.6,
+            unknown_tasks: vec![],
+        };
+        let v = evaluate(&[spent("a", Some(0.5))], Some(&llm), &policy);
+        assert_eq!((v.status, v.llm_usd), (Verdict::Deny, Some(0.6)));
+        assert!((v.expected_usd - 1.1).abs() < 1e-9);
+        let unknown_llm = LlmSpend {
+            usd: 0.0,
+            unknown_tasks: vec!["t-1".into()],
+        };
+        let v = evaluate(&[spent("a", Some(0.5))], Some(&unknown_llm), &policy);
+        assert_eq!(
+            v.status,
+            Verdict::Unknown,
+            "an unknown LLM cost is never $0"
+        );
+        assert_eq!(
+            evaluate(&[spent("a", Some(0.5))], Some(&unknown_llm), &lenient).status,
+            Verdict::Within
         );
     }
 

@@ -3,7 +3,6 @@
 //! step says by its error type what happens next ([`TaskError`]: retry, block, or the worker is
 //! gone); every transition is written by the [`Recorder`].
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,19 +14,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::TaskError;
 use super::ports::journaled;
-use super::record::{RecordError, Recorder, Transition};
+use super::record::{RecordError, Transition};
 use super::steps::{self, Flow, Verified};
 use crate::agent::detached::{AgentState, Detached, FollowEnd};
 use crate::agent::phase::Place;
 use crate::agent::{self, Outcome};
-use crate::config::{Settings, Source};
 use crate::forge::{self, FailedCheck, Forge, ReviewNote};
 use crate::git::{self, WorkerCheckout};
 use crate::journal::{AttemptRow, Journal, PullRequestRow};
 use crate::model::Usage;
-use crate::printer::{Printer, fmt_secs};
-use crate::provider::Provider;
-use crate::secrets::Masker;
+use crate::printer::fmt_secs;
 use crate::tracker::Task;
 use crate::transport::{ExecStatus, Transport, TransportError};
 
@@ -39,23 +35,7 @@ const RECONNECT_LIMIT: Duration = Duration::from_secs(300);
 /// Between the two reads that must both say a worker is gone.
 const GONE_RECHECK: Duration = Duration::from_secs(2);
 
-/// What every task of a run shares.
-pub(crate) struct TaskEnv {
-    /// `agent.env` with secret references resolved, and the masker for their values; set
-    /// once at the start of a run.
-    pub(crate) agent_env: tokio::sync::OnceCell<(Vec<(String, String)>, Masker)>,
-    pub(crate) root: PathBuf,
-    pub(crate) state_dir: PathBuf,
-    pub(crate) settings: Arc<Settings>,
-    /// Where each setting came from: the repository's workflow fills in only the defaults.
-    pub(crate) origins: Arc<BTreeMap<String, Source>>,
-    pub(crate) template: String,
-    pub(crate) recorder: Recorder,
-    pub(crate) journal: Journal,
-    pub(crate) printer: Printer,
-    /// Where done tasks become pull requests (None: no forge for this project).
-    pub(crate) forge: Option<Arc<dyn Forge>>,
-}
+pub(crate) use super::task::{TaskCtx, TaskEnv};
 
 /// A follow-up attempt on a task's pull request: what the reviewers and the checks said.
 pub(crate) struct FollowUp {
@@ -65,16 +45,6 @@ pub(crate) struct FollowUp {
     /// The watermarks once this feedback is acted on: journaled when the follow-up ends, so a
     /// follow-up that is stopped, loses its worker or dies with the controller is read again.
     pub(crate) seen: crate::forge::Seen,
-}
-
-/// One task on one worker.
-pub(crate) struct TaskCtx {
-    pub(crate) env: Arc<TaskEnv>,
-    pub(crate) provider: Arc<dyn Provider>,
-    pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) worker: String,
-    pub(crate) workspace: String,
-    pub(crate) abort: CancellationToken,
 }
 
 pub(crate) struct TaskReport {

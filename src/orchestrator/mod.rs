@@ -11,6 +11,7 @@ pub mod reaper;
 mod record;
 mod scheduler;
 mod steps;
+mod task;
 mod teardown;
 mod worker;
 

@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::attempt::TaskCtx;
 use super::error::TaskError;
+use super::task::TaskCtx;
 use crate::agent::limits::{self, Limits};
 use crate::agent::phase::{self, PhaseEnd, Place};
 use crate::secrets::Masker;

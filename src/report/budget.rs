@@ -24,6 +24,8 @@ pub(crate) struct BudgetQuery {
     pub(crate) ledger: Option<PathBuf>,
     /// Over budget: delete every managed worker of this project.
     pub(crate) enforce: bool,
+    /// Count the LLM spend the agents reported too.
+    pub(crate) include_llm: bool,
 }
 
 /// One worker life in the period.
@@ -62,6 +64,11 @@ pub(crate) struct BudgetReport {
     /// Of the limit; `null` when the limit is 0 and something was spent.
     pub(crate) percent: Option<f64>,
     pub(crate) unknown_price_workers: Vec<String>,
+    /// The LLM spend counted in expected_usd and list_usd (`--include llm`); null when not
+    /// counted.
+    pub(crate) llm_usd: Option<f64>,
+    /// Tasks with an attempt whose LLM cost is unknown (`--include llm`).
+    pub(crate) unknown_llm_tasks: Vec<String>,
     pub(crate) workers: Vec<BudgetWorker>,
     /// Why the free tier does not apply.
     pub(crate) warnings: Vec<String>,
@@ -104,6 +111,11 @@ pub(crate) async fn collect(
 ) -> Result<BudgetCheck, CommandError> {
     let now = Utc::now();
     let since = query.period.start(now);
+    if query.include_llm && query.ledger.is_some() {
+        return Err(CommandError::usage(
+            "--include llm needs the journal's attempts; it cannot be used with --ledger",
+        ));
+    }
     let journal = project.journal()?;
     let catalog = Catalog::load()?;
     let file_ledger = match &query.ledger {
@@ -159,7 +171,11 @@ pub(crate) async fn collect(
     );
     lives.retain(|l| since.is_none_or(|s| l.ended_at.unwrap_or(now) >= s));
     let (costed, warnings) = compute::cost(&lives, now);
-    let verdict = budget::evaluate(&costed, &query.policy);
+    let llm = match query.include_llm {
+        true => Some(llm_spend(&journal, since)?),
+        false => None,
+    };
+    let verdict = budget::evaluate(&costed, llm.as_ref(), &query.policy);
     let enforced = if verdict.status == Verdict::Deny && query.enforce {
         let selector = crate::model::project_selector(&project_slug);
         let targets = provider.list(&selector).await.map_err(|e| {
@@ -172,6 +188,32 @@ pub(crate) async fn collect(
     Ok(BudgetCheck::Determined(BudgetReport::new(
         query, since, verdict, &costed, warnings, enforced,
     )))
+}
+
+/// What the agents of attempts started since `since` reported spending on the LLM.
+fn llm_spend(
+    journal: &crate::journal::Journal,
+    since: Option<DateTime<Utc>>,
+) -> Result<budget::LlmSpend, CommandError> {
+    let usages = journal.usages()?;
+    let mut spend = budget::LlmSpend::default();
+    for a in journal.attempts(None)? {
+        if since.is_some_and(|s| a.started_at < s) {
+            continue;
+        }
+        match usages.get(&a.id).map(|(u, _)| u.cost_usd()) {
+            Some(Some(usd)) => spend.usd += usd,
+            _ => {
+                if let Some((u, _)) = usages.get(&a.id) {
+                    spend.usd += u.cost_known_usd;
+                }
+                if !spend.unknown_tasks.contains(&a.ball_id) {
+                    spend.unknown_tasks.push(a.ball_id);
+                }
+            }
+        }
+    }
+    Ok(spend)
 }
 
 /// The kill switch: deletes every one of `targets`, confirmed. Gone is done: a worker that
@@ -230,6 +272,8 @@ impl BudgetReport {
             list_usd: verdict.list_usd,
             percent: verdict.percent.is_finite().then_some(verdict.percent),
             unknown_price_workers: verdict.unknown_price_workers,
+            llm_usd: verdict.llm_usd,
+            unknown_llm_tasks: verdict.unknown_llm_tasks,
             workers: costed
                 .iter()
                 .map(|c| BudgetWorker {
@@ -267,13 +311,25 @@ impl BudgetReport {
     /// The one-line summary for stderr.
     pub(crate) fn summary(&self) -> String {
         format!(
-            "budget {}: ${:.4} expected bill (list ${:.4}) of ${:.2} for {} ({:.1}%){}{}",
+            "budget {}: ${:.4} expected bill (list ${:.4}){} of ${:.2} for {} ({:.1}%){}{}{}",
             self.status.name(),
             self.expected_usd,
             self.list_usd,
+            match self.llm_usd {
+                Some(l) => format!(", of which ${l:.4} LLM"),
+                None => String::new(),
+            },
             self.limit_usd,
             self.period,
             self.percent_of_limit,
+            if self.unknown_llm_tasks.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; unknown LLM cost for {}",
+                    self.unknown_llm_tasks.join(", ")
+                )
+            },
             if self.unknown_price_workers.is_empty() {
                 String::new()
             } else {

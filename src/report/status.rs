@@ -55,6 +55,24 @@ pub(crate) struct TaskStatus {
     pub(crate) balls: Vec<Task>,
 }
 
+/// An attempt running now, with what its agent has reported using so far.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RunningAttempt {
+    pub(crate) task: String,
+    pub(crate) worker: String,
+    pub(crate) attempt: i64,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+    pub(crate) reasoning_tokens: u64,
+    pub(crate) cache_read_tokens: u64,
+    pub(crate) cache_write_tokens: u64,
+    /// None: the agent has reported no usage (yet), or a step came without a cost.
+    pub(crate) llm_usd: Option<f64>,
+    /// E.g. that the soft timeout passed.
+    pub(crate) warning: Option<String>,
+}
+
 /// A pull request cwo opened that is still open on the forge, as the loop last saw it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PullRequestStatus {
@@ -89,6 +107,8 @@ pub(crate) struct StatusReport {
     /// Why the tracker could not be read (the tasks are then empty).
     pub(crate) tracker_error: Option<String>,
     pub(crate) tasks: TaskStatus,
+    /// The attempts running now.
+    pub(crate) running: Vec<RunningAttempt>,
     pub(crate) pull_requests: Vec<PullRequestStatus>,
 }
 
@@ -133,7 +153,23 @@ pub(crate) async fn collect(
         idle_timeout,
         now,
     );
+    let usages = journal.usages()?;
+    let mut running = Vec::new();
     for attempt in journal.dangling_attempts()? {
+        let (usage, warning) = usages.get(&attempt.id).cloned().unwrap_or_default();
+        running.push(RunningAttempt {
+            task: attempt.ball_id.clone(),
+            worker: attempt.worker.clone(),
+            attempt: attempt.attempt,
+            started_at: attempt.started_at,
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            reasoning_tokens: usage.reasoning_tokens,
+            cache_read_tokens: usage.cache_read_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
+            llm_usd: usage.cost_usd(),
+            warning,
+        });
         if let Some(w) = workers.iter_mut().find(|w| w.name == attempt.worker) {
             w.tasks.push(attempt.ball_id);
         }
@@ -166,6 +202,7 @@ pub(crate) async fn collect(
         provider_list_error: list_error,
         tracker_error,
         tasks: task_status(balls),
+        running,
         pull_requests,
     })
 }
@@ -355,6 +392,37 @@ impl Report for StatusReport {
             c.researched,
             self.tasks.ready.len()
         ));
+        if !self.running.is_empty() {
+            let mut t = Table::new(&[
+                "running",
+                "worker",
+                "attempt",
+                "for",
+                "llm tokens",
+                "llm $",
+                "warning",
+            ]);
+            let now = Utc::now();
+            for r in &self.running {
+                let tokens = r.input_tokens
+                    + r.output_tokens
+                    + r.reasoning_tokens
+                    + r.cache_read_tokens
+                    + r.cache_write_tokens;
+                t.row(vec![
+                    r.task.clone(),
+                    r.worker.clone(),
+                    r.attempt.to_string(),
+                    secs_cell(Some((now - r.started_at).num_seconds().max(0))),
+                    tokens.to_string(),
+                    r.llm_usd
+                        .map(|c| format!("{c:.4}"))
+                        .unwrap_or_else(|| "unknown".into()),
+                    r.warning.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            out.push_str(&t.render());
+        }
         if !self.pull_requests.is_empty() {
             let mut t = Table::new(&[
                 "pull request",
