@@ -134,6 +134,10 @@ if [ "$CWO_ATTEMPT" = 2 ]; then
   echo fixed > fixed.txt; git add fixed.txt; git commit -q -m fix; echo fixed
   exit 0
 fi
+# The agent loosens the checks in its own commit: its work is still checked by the workflow the
+# task started from.
+printf '[verify]\ncommand = ["true"]\n' > .cwo/workflow.toml
+git add .cwo/workflow.toml
 {COMMITTING}"#,
             dir = prompts.display()
         ),
