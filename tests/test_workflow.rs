@@ -410,6 +410,31 @@ fn a_bad_workflow_file_stops_the_run_with_its_line_before_any_worker() {
     assert!(run.stderr.contains("commit the fix"), "{}", run.stderr);
     assert_eq!(env.journal("SELECT count(*) FROM workers"), "0");
     assert_eq!(env.ball(&id)["state"], "pending");
+
+    // `cwo doctor` says the same, and that an uncommitted fix is not seen.
+    let doctor = env.cwo(&["doctor", "--format", "json"]);
+    assert_eq!(doctor.code, 1, "{}", doctor.stderr);
+    let check = crate::common::doctor_check(&doctor.json(), "workflow");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(check["detail"].as_str().unwrap().contains(":4:"), "{check}");
+    std::fs::write(&file, "[setup]\ncommands = [[\"npm\", \"ci\"]]\n").unwrap();
+    let check =
+        crate::common::doctor_check(&env.cwo(&["doctor", "--format", "json"]).json(), "workflow");
+    assert_eq!(
+        check["status"], "fail",
+        "the committed file is still wrong: {check}"
+    );
+    git(&env.project, &["commit", "-qam", "fix the workflow"]);
+    let check =
+        crate::common::doctor_check(&env.cwo(&["doctor", "--format", "json"]).json(), "workflow");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("setup: 1 command(s)"),
+        "{check}"
+    );
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub(crate) async fn collect(project: &Project) -> DoctorReport {
     let provider = project.provider_to_inspect();
     let mut checks = tracker_checks(project);
     checks.extend(repository_checks(project));
+    if let Some(c) = workflow_check(project).await {
+        checks.push(c);
+    }
     checks.extend(github_checks(project).await);
     checks.extend(state_checks(project));
     checks.extend(settings_checks(project));
@@ -187,6 +190,73 @@ fn repository_checks(project: &Project) -> Vec<Check> {
         });
     }
     checks
+}
+
+/// The repository's `.cwo/workflow.toml` as the next task would read it (from HEAD), and a word
+/// when the working tree's `.cwo/` differs (cwo never sees uncommitted edits). None: no commit.
+async fn workflow_check(project: &Project) -> Option<Check> {
+    use crate::workflow::{self, WorkflowError};
+    let root = &project.root;
+    let uncommitted = git(&["status", "--porcelain", "--", ".cwo"], root)
+        .is_some_and(|out| !out.trim().is_empty());
+    let check = match workflow::load(root, "HEAD").await {
+        Err(WorkflowError::Git { .. }) => return None,
+        Err(e) => Check::fail("workflow", e.to_string(), e.hint().to_string()),
+        Ok(None) => Check::ok(
+            "workflow",
+            format!("no {} at HEAD: cwo's own defaults", workflow::WORKFLOW_PATH),
+        ),
+        Ok(Some(w)) => {
+            let f = &w.file;
+            let mut parts = Vec::new();
+            if !f.setup.commands.is_empty() {
+                parts.push(format!(
+                    "setup: {} command(s){}",
+                    f.setup.commands.len(),
+                    if f.setup.cache_key.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", cached by {}", f.setup.cache_key.join(", "))
+                    }
+                ));
+            }
+            if let Some(v) = &f.verify {
+                parts.push(format!(
+                    "verify: `{}`",
+                    crate::transport::describe(&v.command)
+                ));
+            }
+            if let Some(t) = &f.prompt.template {
+                parts.push(format!("template: {t}"));
+            }
+            if !w.context.is_empty() {
+                parts.push(format!("{} context file(s)", w.context.len()));
+            }
+            if parts.is_empty() {
+                parts.push("agent limits only".into());
+            }
+            Check::ok(
+                "workflow",
+                format!(
+                    "{} at {}: {}",
+                    workflow::WORKFLOW_PATH,
+                    &w.commit[..12.min(w.commit.len())],
+                    parts.join("; ")
+                ),
+            )
+        }
+    };
+    Some(match (check.status, uncommitted) {
+        (CheckStatus::Ok, true) => Check::warn(
+            "workflow",
+            format!(
+                "{}; .cwo/ has uncommitted changes, which cwo does not see",
+                check.detail
+            ),
+            "commit them: cwo reads the workflow from the commit a task starts from",
+        ),
+        _ => check,
+    })
 }
 
 /// What GitHub answers for the configured repository, when cwo works with one: the token and
