@@ -76,7 +76,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     base TEXT NOT NULL DEFAULT '',     -- the commit the agent started from
     branch TEXT,
     commit_sha TEXT,
-    reason TEXT
+    reason TEXT,
+    workflow_commit TEXT,           -- where the repository's workflow was read for it
+    agent_launched INTEGER          -- 0: no agent ran (yet); 1: it did; NULL: a journal too old to say
 );
 CREATE TABLE IF NOT EXISTS attempt_usage (
     attempt_id INTEGER PRIMARY KEY, -- attempts.id
@@ -249,6 +251,23 @@ pub(crate) struct AttemptRow {
     pub(crate) branch: Option<String>,
     pub(crate) commit_sha: Option<String>,
     pub(crate) reason: Option<String>,
+    /// Where the repository's workflow was read for it ("": a journal too old to say).
+    pub(crate) workflow_commit: String,
+    /// Whether its agent was launched (None: a journal too old to say).
+    pub(crate) agent_launched: Option<bool>,
+}
+
+impl AttemptRow {
+    /// Whether its LLM cost is known from `usage` (its reported usage, if any): an attempt
+    /// whose agent never ran cost nothing; one that ran and reported nothing, or a step
+    /// without a cost, is unknown.
+    pub(crate) fn llm_cost(&self, usage: Option<&Usage>) -> Option<f64> {
+        match (usage.filter(|u| u.steps > 0), self.agent_launched) {
+            (Some(u), _) => u.cost_usd(),
+            (None, Some(false)) => Some(0.0),
+            (None, _) => None,
+        }
+    }
 }
 
 /// An attempt about to start.
@@ -261,6 +280,8 @@ pub(crate) struct NewAttempt<'a> {
     pub(crate) workdir: &'a str,
     pub(crate) base: &'a str,
     pub(crate) branch: &'a str,
+    /// Where the repository's workflow is read for it.
+    pub(crate) workflow_commit: &'a str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -321,20 +342,27 @@ impl Journal {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        // Journals made before the column existed get it (SQLite has no ADD COLUMN IF NOT EXISTS).
-        let has_heartbeat: bool = conn
-            .query_row(
-                "SELECT COUNT(*) > 0 FROM pragma_table_info('workers') WHERE name = 'heartbeat_at'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(db)?;
-        if !has_heartbeat
-            && let Err(e) = conn.execute_batch("ALTER TABLE workers ADD COLUMN heartbeat_at TEXT")
-            // Another cwo opening the same old journal at the same moment added it first.
-            && !e.to_string().contains("duplicate column name")
-        {
-            return Err(db(e));
+        // Journals made before a column existed get it (SQLite has no ADD COLUMN IF NOT EXISTS).
+        for (table, column, decl) in [
+            ("workers", "heartbeat_at", "TEXT"),
+            ("attempts", "workflow_commit", "TEXT"),
+            ("attempts", "agent_launched", "INTEGER"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                    params![table, column],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            if !has
+                && let Err(e) =
+                    conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                // Another cwo opening the same old journal at the same moment added it first.
+                && !e.to_string().contains("duplicate column name")
+            {
+                return Err(db(e));
+            }
         }
         Ok(Journal {
             conn: Arc::new(Mutex::new(conn)),
@@ -762,8 +790,9 @@ impl Journal {
     pub(crate) fn attempt_start(&self, a: &NewAttempt<'_>) -> Result<i64, JournalError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO attempts (ball_id, attempt, worker, started_at, log_path, workdir, base, branch)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO attempts (ball_id, attempt, worker, started_at, log_path, workdir, base, branch,
+                     workflow_commit, agent_launched)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
                 params![
                     a.ball_id,
                     a.seq,
@@ -772,7 +801,8 @@ impl Journal {
                     a.log_path.display().to_string(),
                     a.workdir,
                     a.base,
-                    a.branch
+                    a.branch,
+                    a.workflow_commit
                 ],
             )?;
             let ball_id = a.ball_id;
@@ -817,7 +847,7 @@ impl Journal {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, ball_id, attempt, worker, started_at, ended_at, outcome, exit_status, log_path, branch, commit_sha, reason,
-                        workdir, base
+                        workdir, base, workflow_commit, agent_launched
                  FROM attempts WHERE (?1 IS NULL OR ball_id = ?1) ORDER BY id",
             )?;
             st.query_map(params![ball_id], |r| {
@@ -836,6 +866,8 @@ impl Journal {
                     reason: r.get(11)?,
                     workdir: r.get(12)?,
                     base: r.get(13)?,
+                    workflow_commit: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+                    agent_launched: r.get::<_, Option<i64>>(15)?.map(|v| v != 0),
                 })
             })?
             .collect()
@@ -872,6 +904,17 @@ impl Journal {
                     u.steps_without_cost,
                     ts(Utc::now())
                 ],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The attempt's agent was launched (its LLM cost is now what it reports, or unknown).
+    pub(crate) fn attempt_launched(&self, attempt_id: i64) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE attempts SET agent_launched = 1 WHERE id = ?1",
+                params![attempt_id],
             )
             .map(|_| ())
         })

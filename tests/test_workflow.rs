@@ -230,7 +230,8 @@ fn checks_that_always_fail_block_the_task_and_push_nothing() {
     assert_eq!(ball["state"], "blocked");
     let reason = ball["blocked_reason"].as_str().unwrap();
     assert!(
-        reason.contains("verify.push_on_failure = true: pushed")
+        reason.contains("pushed to origin")
+            && reason.contains("verify.push_on_failure = true: delivered for a look")
             && reason.contains("2 tests failed"),
         "{reason}"
     );

@@ -64,7 +64,7 @@ pub(crate) fn render_prompt(template: &str, task: &Task, branch: &str) -> String
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ArgvError {
     #[error(
-        "the prompt is {len} bytes, too long for one argument; use {{prompt_file}} in agent.command"
+        "the prompt is {len} bytes, too long for one argument; use {{prompt_file}} in agent.command, or shorten the repository's context files"
     )]
     PromptTooLong { len: usize },
 }

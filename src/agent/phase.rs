@@ -19,7 +19,9 @@ use crate::transport::{ExecRequest, ExecStatus, Stream, Transport, TransportErro
 /// One setup command: `$1` the attempt's directory, `$2` the checkout, then the argv. Its output
 /// (stdout and stderr) goes to the agent's log and to this script's stdout; its status is the
 /// script's.
-const SETUP: &str = r#"d=$1; repo=$2; shift 2
+const SETUP: &str = r#"d=$(cd "$1" && pwd) || exit 97
+repo=$(cd "$2" && pwd) || exit 97
+shift 2
 cd "$repo" || exit 97
 [ -r /etc/cwo/agent.env ] && . /etc/cwo/agent.env
 rm -f "$d/setup.rc"
@@ -44,10 +46,13 @@ tar -xf "$1" -C "$2"
 "#;
 
 /// Saves what setup left untracked in the checkout (`$2`) as the cache tar `$1`, atomically.
-const SAVE: &str = r#"cache=$1; repo=$2
-mkdir -p "$(dirname "$cache")" || exit 1
+/// Both may be relative to the login's home (the ssh provider's default workspace is).
+const SAVE: &str = r#"mkdir -p "$(dirname "$1")" || exit 1
+cache=$(cd "$(dirname "$1")" && pwd)/$(basename "$1") || exit 1
 tmp="$cache.$$.tmp"
-cd "$repo" && git ls-files -o --directory > "$tmp.list" || exit 1
+cd "$2" || exit 1
+# Unquoted names (tar reads one per line): names with a newline are the only ones left out.
+git -c core.quotePath=false ls-files -o --directory > "$tmp.list" || exit 1
 if [ -s "$tmp.list" ]; then tar -cf "$tmp" -T "$tmp.list" || { rm -f "$tmp" "$tmp.list"; exit 1; }
 else tar -cf "$tmp" -T /dev/null || { rm -f "$tmp" "$tmp.list"; exit 1; }; fi
 rm -f "$tmp.list"
@@ -105,7 +110,7 @@ async fn run(
     env: &[(String, String)],
     limit: std::time::Duration,
     cancel: CancellationToken,
-    on_line: &mut (dyn FnMut(&str) + Send),
+    on_line: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<PhaseEnd, TransportError> {
     req.env = env.to_vec();
     req.timeout = Some(limit);
@@ -147,7 +152,7 @@ pub(crate) async fn setup_command(
     env: &[(String, String)],
     limit: std::time::Duration,
     cancel: CancellationToken,
-    on_line: &mut (dyn FnMut(&str) + Send),
+    on_line: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<PhaseEnd, TransportError> {
     let mut args = vec![at.dir, at.repo];
     args.extend(argv.iter().map(String::as_str));
@@ -246,7 +251,7 @@ pub(crate) async fn verify(
     env: &[(String, String)],
     limit: std::time::Duration,
     cancel: CancellationToken,
-    on_line: &mut (dyn FnMut(&str) + Send),
+    on_line: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<PhaseEnd, TransportError> {
     let mut args = vec![at.repo];
     args.extend(argv.iter().map(String::as_str));
@@ -307,7 +312,7 @@ mod tests {
                 dir: &dir,
                 repo: &repo_s,
             };
-            let mut lines = Vec::new();
+            let lines = std::sync::Mutex::new(Vec::new());
             let end = setup_command(
                 &t,
                 &at,
@@ -319,11 +324,12 @@ mod tests {
                 &[("V".into(), "1".into())],
                 Duration::from_secs(30),
                 CancellationToken::new(),
-                &mut |l| lines.push(l.to_string()),
+                &|l| lines.lock().unwrap().push(l.to_string()),
             )
             .await
             .unwrap();
             assert_eq!(end.status, ExecStatus::Exited(0));
+            let lines = lines.into_inner().unwrap();
             assert_eq!(lines[1], "npm ok");
             assert!(
                 lines[0].starts_with("[cwo] setup: sh -c mkdir"),
@@ -336,7 +342,7 @@ mod tests {
                 &[],
                 Duration::from_secs(30),
                 CancellationToken::new(),
-                &mut |_| {},
+                &|_| {},
             )
             .await
             .unwrap();
@@ -368,6 +374,57 @@ mod tests {
         });
     }
 
+    /// The ssh provider's default workspace is relative to the login's home.
+    #[test]
+    fn setup_and_its_cache_work_with_paths_relative_to_the_home() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path();
+        std::fs::create_dir_all(home.join("ws/a/repo")).unwrap();
+        let run = |script: &str, args: &[&str]| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .arg("t")
+                .args(args)
+                .current_dir(home)
+                .output()
+                .unwrap()
+        };
+        assert!(
+            std::process::Command::new("git")
+                .args(["init", "-q"])
+                .current_dir(home.join("ws/a/repo"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        let out = run(
+            SETUP,
+            &[
+                "ws/a",
+                "ws/a/repo",
+                "sh",
+                "-c",
+                "echo hi > dep.txt; echo ok",
+            ],
+        );
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            std::fs::read_to_string(home.join("ws/a/agent.log"))
+                .unwrap()
+                .ends_with("ok\n")
+        );
+        let out = run(SAVE, &["ws/setup-cache/k.tar", "ws/a/repo"]);
+        assert!(out.status.success(), "{out:?}");
+        std::fs::remove_file(home.join("ws/a/repo/dep.txt")).unwrap();
+        let out = run(RESTORE, &["ws/setup-cache/k.tar", "ws/a/repo"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read_to_string(home.join("ws/a/repo/dep.txt")).unwrap(),
+            "hi\n"
+        );
+    }
+
     #[test]
     fn verify_reports_status_and_the_end_of_its_output() {
         rt().block_on(async {
@@ -387,7 +444,7 @@ mod tests {
                 &[],
                 Duration::from_secs(30),
                 CancellationToken::new(),
-                &mut |_| {},
+                &|_| {},
             )
             .await
             .unwrap();

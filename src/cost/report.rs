@@ -71,6 +71,8 @@ pub(crate) struct AttemptSpan {
     pub(crate) ended_at: Option<DateTime<Utc>>,
     /// What its agent reported using (None: nothing).
     pub(crate) usage: Option<Usage>,
+    /// No agent ran in it (a setup or a checkout that failed): its LLM cost is known to be none.
+    pub(crate) no_agent: bool,
 }
 
 pub(crate) fn by_worker(costed: &[Costed]) -> Vec<WorkerCost> {
@@ -163,7 +165,7 @@ pub(crate) fn by_task(
                     e.llm_unknown |= u.cost_usd().is_none();
                     e.usage += u;
                 }
-                None => e.llm_unknown = true,
+                None => e.llm_unknown |= !a.no_agent,
             }
         }
         let idle = tasks.entry("(idle)".into()).or_insert_with(fresh);
@@ -253,6 +255,16 @@ mod tests {
                 usage: Some(Usage::from_log(
                     "{\"cwo_usage\":{\"input_tokens\":100,\"output_tokens\":10,\"cost_usd\":0.5}}",
                 )),
+                no_agent: false,
+            },
+            // A setup that failed: no agent, no LLM cost.
+            AttemptSpan {
+                task: "a".into(),
+                worker: "w".into(),
+                started_at: at("2026-01-01T00:15:00Z"),
+                ended_at: Some(at("2026-01-01T00:15:00Z")),
+                usage: None,
+                no_agent: true,
             },
             // Past the life's end: counted to the end only.
             AttemptSpan {
@@ -261,6 +273,7 @@ mod tests {
                 started_at: at("2026-01-01T00:30:00Z"),
                 ended_at: Some(at("2026-01-01T02:00:00Z")),
                 usage: None,
+                no_agent: false,
             },
         ];
         let prs = BTreeMap::from([("a".to_string(), 7)]);

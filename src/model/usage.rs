@@ -57,6 +57,10 @@ impl Usage {
     }
 
     pub(crate) fn tokens(&self) -> u64 {
+        self.tokens_sum()
+    }
+
+    fn tokens_sum(&self) -> u64 {
         self.input_tokens
             + self.output_tokens
             + self.reasoning_tokens
@@ -112,7 +116,10 @@ fn step_of(line: &str) -> Option<Usage> {
             cache_write_tokens: count(t.pointer("/cache/write")),
             ..Usage::default()
         };
-        (u, cost(part.get("cost")))
+        // opencode prices a step from the model's price table and says 0 for a model without
+        // one: tokens at $0 are an unknown price, not a free step.
+        let c = cost(part.get("cost")).filter(|c| *c > 0.0 || u.tokens_sum() == 0);
+        (u, c)
     } else {
         let u = v.get("cwo_usage")?;
         if !u.is_object() {
@@ -200,6 +207,15 @@ mod tests {
         assert_eq!(u.cost_known_usd, 0.25);
         let zero = Usage::from_log("{\"cwo_usage\":{\"output_tokens\":1,\"cost_usd\":0}}\n");
         assert_eq!(zero.cost_usd(), Some(0.0));
+    }
+
+    #[test]
+    fn an_opencode_step_priced_at_zero_is_an_unknown_price() {
+        let unpriced = "{\"type\":\"step_finish\",\"part\":{\"cost\":0,\"tokens\":{\"input\":900,\"output\":40,\"reasoning\":0,\"cache\":{\"read\":0,\"write\":0}}}}";
+        let u = Usage::from_log(unpriced);
+        assert_eq!((u.input_tokens, u.cost_usd()), (900, None));
+        let said = Usage::from_log("{\"cwo_usage\":{\"input_tokens\":900,\"cost_usd\":0}}");
+        assert_eq!(said.cost_usd(), Some(0.0), "an agent that says $0 means it");
     }
 
     #[test]

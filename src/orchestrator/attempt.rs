@@ -29,13 +29,8 @@ use crate::transport::{ExecStatus, Transport, TransportError};
 
 /// Between SIGTERM and SIGKILL for an agent that overran its timeout or was aborted.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How long the controller keeps trying to reach a worker the provider says is alive (one
-/// outage: the clock restarts whenever the worker answers).
-const RECONNECT_LIMIT: Duration = Duration::from_secs(300);
-/// Between the two reads that must both say a worker is gone.
-const GONE_RECHECK: Duration = Duration::from_secs(2);
-
 pub(crate) use super::task::{TaskCtx, TaskEnv};
+use super::task::{on_worker, still_alive};
 
 /// A follow-up attempt on a task's pull request: what the reviewers and the checks said.
 pub(crate) struct FollowUp {
@@ -66,55 +61,8 @@ pub(crate) struct AttemptResult {
     pub(crate) outcome: Outcome,
     pub(crate) exit: String,
     pub(crate) commit: Option<String>,
-    /// Commits the checks rejected, and what the next attempt is told about them.
-    carry: Option<(WorkerCheckout, String)>,
-}
-
-/// An error from a step on the worker that may only mean the connection was lost.
-trait Lost: std::error::Error + Send + Sync + 'static {
-    fn lost(&self) -> bool;
-}
-
-impl Lost for TransportError {
-    fn lost(&self) -> bool {
-        self.is_connection()
-    }
-}
-
-impl Lost for git::GitError {
-    fn lost(&self) -> bool {
-        self.is_connection()
-    }
-}
-
-/// Runs an idempotent step on the worker. A lost connection never means a dead worker: the step
-/// is retried while the provider says the worker lives, and a worker the provider says is gone
-/// ends the attempt as `WorkerGone` (DESIGN invariant 5). Any other failure is a `Retry`.
-async fn on_worker<T, E, Fut>(
-    ctx: &TaskCtx,
-    what: &str,
-    mut step: impl FnMut() -> Fut,
-) -> Result<T, TaskError>
-where
-    Fut: std::future::Future<Output = Result<T, E>>,
-    E: Lost,
-{
-    let mut since = None;
-    let mut backoff = Duration::from_millis(250);
-    loop {
-        match step().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.lost() => {
-                if !still_alive(ctx, &e.to_string(), &mut since, &mut backoff).await? {
-                    return Err(TaskError::gone(format!(
-                        "worker {} is gone ({what})",
-                        ctx.worker
-                    )));
-                }
-            }
-            Err(e) => return Err(TaskError::retry(format!("{what} on {}", ctx.worker), e)),
-        }
-    }
+    /// Commits the checks rejected, and why (the reason and the end of the checks' output).
+    carry: Option<(WorkerCheckout, (String, String))>,
 }
 
 /// Runs a ball to its end and records the outcome in the tracker and the journal. `resume` is an
@@ -226,6 +174,9 @@ struct Attempt {
     dir: String,
     log_path: PathBuf,
     base: String,
+    /// Where the repository's workflow is read for it: the task's starting commit, never one of
+    /// its agent's commits (an attempt after failed checks starts from those).
+    flow_commit: String,
     started_at: chrono::DateTime<Utc>,
     /// The complete checkout of an attempt a stopped controller left (None: a new attempt).
     resumed: Option<WorkerCheckout>,
@@ -294,6 +245,10 @@ async fn drive_task(
                 this_run,
                 dir: row.workdir,
                 log_path: PathBuf::from(row.log_path),
+                flow_commit: match row.workflow_commit.as_str() {
+                    "" => row.base.clone(),
+                    c => c.to_string(),
+                },
                 base: row.base,
                 started_at: row.started_at,
                 resumed: Some(co),
@@ -318,8 +273,8 @@ async fn drive_task(
             // Nothing more can run on a worker that is gone: the loop decides where the ball goes.
             Outcome::Failed(reason) if report.worker_gone => return Ok(Outcome::Failed(reason)),
             Outcome::Failed(reason) if this_run < max => {
-                if let Some((co, feedback)) = carry {
-                    carry_over(ctx, &mut work, &co, feedback).await;
+                if let Some((co, why)) = carry {
+                    carry_over(ctx, &mut work, &co, why).await;
                 }
                 let wait = settings.agent.retry_backoff * 2u32.saturating_pow(this_run - 1);
                 env.printer.status(format!(
@@ -437,11 +392,21 @@ async fn start_attempt(
     // Numbered per ball across runs, so a restarted controller never reuses a log file or a
     // worker directory; `this_run` counts tries within this run.
     let ball = id.clone();
-    let seq = journaled(&env.journal, move |j| j.attempts(Some(&ball)))
+    let earlier = journaled(&env.journal, move |j| j.attempts(Some(&ball)))
         .await
-        .map_err(|e| TaskError::block("cannot count the ball's attempts in the journal", e))?
-        .len() as u32
-        + 1;
+        .map_err(|e| TaskError::block("cannot count the ball's attempts in the journal", e))?;
+    let seq = earlier.len() as u32 + 1;
+    // The workflow this task is held to: the one already read; for a follow-up on its pull
+    // request, the one its first attempt was (the branch's head holds the agent's commits); else
+    // the commit the task starts from.
+    let flow_commit = match (work.flow.get(), &work.follow_up, earlier.first()) {
+        (Some(flow), _, _) => flow.commit.clone(),
+        (None, Some(_), Some(first)) if !first.workflow_commit.is_empty() => {
+            first.workflow_commit.clone()
+        }
+        (None, Some(_), Some(first)) => first.base.clone(),
+        _ => base.clone(),
+    };
     let dir = format!("{}/tasks/{id}/attempt-{seq}", ctx.workspace);
     let log_path = env
         .state_dir
@@ -458,6 +423,7 @@ async fn start_attempt(
             workdir: dir.clone(),
             base: base.clone(),
             branch: work.branch.clone(),
+            workflow_commit: flow_commit.clone(),
         })
         .await
         .map_err(|e| TaskError::block("cannot record the attempt in the journal", e))?;
@@ -468,6 +434,7 @@ async fn start_attempt(
         dir,
         log_path,
         base,
+        flow_commit,
         started_at: Utc::now(),
         resumed: None,
     })
@@ -506,7 +473,7 @@ async fn run_attempt(
         None => None,
         // Attempts are left: the next one starts from these commits, told what failed.
         Some((reason, output)) if a.this_run < ctx.env.settings.agent.max_attempts.get() => {
-            result.carry = Some((co, steps::checks_feedback(&reason, &output)));
+            result.carry = Some((co, (reason, output)));
             return result;
         }
         Some((reason, output)) => {
@@ -539,7 +506,7 @@ async fn run_attempt(
         (Ok((sha, note)), Some(reason)) => {
             result.commit = Some(sha);
             result.outcome = Outcome::Blocked(format!(
-                "{reason}\n{} (verify.push_on_failure = true: pushed, its pull request a draft)",
+                "{reason}\n{} (verify.push_on_failure = true: delivered for a look; a pull request is a draft that says the checks fail)",
                 note.trim_start_matches("cwo: ")
             ));
         }
@@ -553,7 +520,12 @@ async fn run_attempt(
 /// The next attempt starts from the commits the checks rejected (brought back and bundled for the
 /// worker), with what failed in its prompt. Commits that cannot be brought back are dropped: the
 /// next attempt starts from the task's base, still told what failed.
-async fn carry_over(ctx: &TaskCtx, work: &mut Work<'_>, co: &WorkerCheckout, feedback: String) {
+async fn carry_over(
+    ctx: &TaskCtx,
+    work: &mut Work<'_>,
+    co: &WorkerCheckout,
+    (reason, output): (String, String),
+) {
     let env = &ctx.env;
     let id = work.task.id.clone();
     let tmp = env.state_dir.join("tmp");
@@ -578,14 +550,14 @@ async fn carry_over(ctx: &TaskCtx, work: &mut Work<'_>, co: &WorkerCheckout, fee
         Ok(sha) => {
             work.base = Some(sha);
             work.bundle = bundle;
-            work.checks_feedback = Some(feedback);
+            work.checks_feedback = Some(steps::checks_feedback(&reason, &output, true));
         }
         Err(e) => {
             env.printer.warn(format!(
                 "{id}: the commits the checks rejected could not be kept ({}); the next attempt starts from the task's base",
                 e.reason()
             ));
-            work.checks_feedback = Some(feedback);
+            work.checks_feedback = Some(steps::checks_feedback(&reason, &output, false));
         }
     }
 }
@@ -628,7 +600,7 @@ async fn one_attempt(
     let t = ctx.transport.as_ref();
     let flow = work
         .flow
-        .get_or_try_init(|| steps::read_flow(ctx, task, &a.base))
+        .get_or_try_init(|| steps::read_flow(ctx, task, &a.flow_commit))
         .await?;
     let author = (
         settings.git.author_name.as_str(),
@@ -709,7 +681,8 @@ async fn one_attempt(
             model: &model,
         },
     )
-    .map_err(|e| TaskError::retry("cannot build the agent's command", e))?;
+    // Retrying would build the same prompt again.
+    .map_err(|e| TaskError::block("cannot build the agent's command", e))?;
     let mut launch_env = agent_env.clone();
     launch_env.push(("CWO_TASK_ID".into(), task.id.clone()));
     launch_env.push(("CWO_PROMPT_FILE".into(), prompt_file.clone()));
@@ -722,16 +695,25 @@ async fn one_attempt(
         det.start(t, &checkout.repo, &argv, launch_env.clone())
     })
     .await?;
-    if launched {
+    // The agent's time limits run from its launch (setup took its own time before it); a
+    // resumed attempt's from the attempt's start, which is all the journal knows.
+    let agent_since = if launched {
         env.printer
             .status(format!("↪ {} reattached to attempt {}", task.id, a.seq));
-    }
+        a.started_at
+    } else {
+        let attempt = a.id;
+        if let Err(e) = journaled(&env.journal, move |j| j.attempt_launched(attempt)).await {
+            tracing::warn!(error = %e, "the agent's launch was not journaled");
+        }
+        Utc::now()
+    };
     let agent_started = Instant::now();
     let Watched {
         status,
         blocked,
         stopped,
-    } = watch(ctx, work, flow, &det, a, spent_before).await?;
+    } = watch(ctx, work, flow, &det, a, agent_since, spent_before).await?;
     report.agent += agent_started.elapsed();
     match stopped {
         Some(Stopped::Stalled(after)) => {
@@ -867,6 +849,7 @@ async fn watch(
     flow: &Flow,
     det: &Detached,
     a: &Attempt,
+    agent_since: chrono::DateTime<Utc>,
     spent_before: f64,
 ) -> Result<Watched, TaskError> {
     let env = &ctx.env;
@@ -878,11 +861,15 @@ async fn watch(
             .await
             .map_err(|e| TaskError::retry(format!("creating {}", parent.display()), e))?;
     }
-    // The usage an earlier controller already followed (a resumed attempt) is in the local log.
-    let mut usage = match tokio::fs::read(&a.log_path).await {
-        Ok(bytes) => Usage::from_log(&String::from_utf8_lossy(&bytes)),
-        Err(_) => Usage::default(),
-    };
+    // The usage an earlier controller already followed (a resumed attempt) is in the local log;
+    // a last line it got only part of is completed by the follow, and read then.
+    let earlier = tokio::fs::read(&a.log_path).await.unwrap_or_default();
+    let cut = earlier
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let mut usage = Usage::from_log(&String::from_utf8_lossy(&earlier[..cut]));
+    let mut pending: Vec<u8> = earlier[cut..].to_vec();
     // The local log mirrors the worker's byte for byte, so its length is the resume offset.
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -891,7 +878,7 @@ async fn watch(
         .open(&a.log_path)
         .map_err(|e| TaskError::retry(format!("opening {}", a.log_path.display()), e))?;
     let mut offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let elapsed = (Utc::now() - a.started_at).to_std().unwrap_or_default();
+    let elapsed = (Utc::now() - agent_since).to_std().unwrap_or_default();
     let now = tokio::time::Instant::now();
     let deadline = now + limits.timeout.saturating_sub(elapsed);
     let mut soft_at = limits
@@ -903,7 +890,6 @@ async fn watch(
     let over_budget = CancellationToken::new();
     // The task's spend when the cap was crossed (f64 bits: shared with the line handler).
     let spent_at_stop = AtomicU64::new(0);
-    let mut pending: Vec<u8> = Vec::new();
     let mut blocked: Option<String> = None;
     let printer = env.printer;
     let id = task.id.clone();
@@ -914,6 +900,12 @@ async fn watch(
         .unwrap_or_default();
     let journal = env.journal.clone();
     let cap = limits.max_cost_usd;
+    // A resumed attempt may have crossed the cap already.
+    let spent = spent_before + usage.cost_known_usd;
+    if cap.is_some_and(|cap| spent >= cap) {
+        spent_at_stop.store(spent.to_bits(), Ordering::Relaxed);
+        over_budget.cancel();
+    }
     let mut on_line = |line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\n');
@@ -1073,46 +1065,6 @@ async fn soft_warning(ctx: &TaskCtx, work: &Work<'_>, flow: &Flow, det: &Detache
     }
 }
 
-/// After a failed call: is the worker still there (keep trying) or gone? A worker that stayed
-/// unreachable for `RECONNECT_LIMIT` counts as lost too (`WorkerGone`): the loop replaces it
-/// rather than spending every remaining attempt, and the rest of the queue, on it.
-async fn still_alive(
-    ctx: &TaskCtx,
-    error: &str,
-    since: &mut Option<Instant>,
-    backoff: &mut Duration,
-) -> Result<bool, TaskError> {
-    let first = *since.get_or_insert_with(Instant::now);
-    // Only the provider may declare a worker dead, and only when it says so twice a moment apart
-    // (one empty read is no verdict); a provider error is no verdict either way.
-    match ctx.provider.get(&ctx.worker).await {
-        Ok(None) => {
-            tokio::time::sleep(GONE_RECHECK).await;
-            if let Ok(None) = ctx.provider.get(&ctx.worker).await {
-                return Ok(false);
-            }
-        }
-        // Stopped (outside cwo, or by a watchdog): it can do no work; deleted and replaced.
-        Ok(Some(i)) if i.status.is_stopped() => return Ok(false),
-        _ => {}
-    }
-    if first.elapsed() > RECONNECT_LIMIT {
-        return Err(TaskError::gone(format!(
-            "lost the connection to {} for {}: {error}",
-            ctx.worker,
-            fmt_secs(first.elapsed())
-        )));
-    }
-    ctx.env.printer.status(format!(
-        "connection to {} failed ({error}); the worker is alive, retrying in {}",
-        ctx.worker,
-        fmt_secs(*backoff)
-    ));
-    tokio::time::sleep(*backoff).await;
-    *backoff = (*backoff * 2).min(Duration::from_secs(10));
-    Ok(true)
-}
-
 /// TERM, then KILL after the grace period, to the agent's whole process group. Best effort: an
 /// agent that cannot be signalled is killed with its worker at teardown.
 async fn stop_agent(t: &dyn Transport, det: &Detached) {
@@ -1242,7 +1194,8 @@ async fn deliver(
     if let (Some(forge), true) = (&env.forge, settings.git.push) {
         let pr = open_pull_request(ctx, forge.as_ref(), work, a, report, unverified).await?;
         note.push_str(&format!("; pull request #{} {}", pr.number, pr.url));
-        if let Some(f) = &work.follow_up {
+        // Feedback is answered only by work that passes the repository's checks.
+        if let (Some(f), None) = (&work.follow_up, unverified) {
             answer_feedback(env, forge.as_ref(), f, short).await;
         }
     }
@@ -1371,8 +1324,12 @@ fn task_llm_usage(j: &Journal, ball: &str) -> Option<Usage> {
     let usages = j.usages().ok()?;
     let mut total = Usage::default();
     for a in attempts {
-        let (u, _) = usages.get(&a.id).filter(|(u, _)| u.steps > 0)?;
-        total += *u;
+        let usage = usages.get(&a.id).map(|(u, _)| u);
+        // Unknown as soon as one attempt's is (an attempt with no agent cost nothing).
+        a.llm_cost(usage)?;
+        if let Some(u) = usage {
+            total += *u;
+        }
     }
     Some(total)
 }

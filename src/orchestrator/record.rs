@@ -26,6 +26,7 @@ pub(crate) enum Transition {
         workdir: String,
         base: String,
         branch: String,
+        workflow_commit: String,
     },
     /// An attempt ended (`outcome`: done, blocked, failed, aborted).
     AttemptEnded {
@@ -105,6 +106,7 @@ fn apply(tracker: &dyn Tracker, j: &Journal, t: Transition) -> Result<Option<i64
             workdir,
             base,
             branch,
+            workflow_commit,
         } => {
             let id = j.attempt_start(&NewAttempt {
                 ball_id: &ball_id,
@@ -114,6 +116,7 @@ fn apply(tracker: &dyn Tracker, j: &Journal, t: Transition) -> Result<Option<i64
                 workdir: &workdir,
                 base: &base,
                 branch: &branch,
+                workflow_commit: &workflow_commit,
             })?;
             return Ok(Some(id));
         }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::error::TaskError;
-use super::task::TaskCtx;
+use super::task::{TaskCtx, on_worker};
 use crate::agent::limits::{self, Limits};
 use crate::agent::phase::{self, PhaseEnd, Place};
 use crate::secrets::Masker;
@@ -20,6 +20,8 @@ use crate::workflow::{self, RepoWorkflow, WorkflowError};
 pub(crate) struct Flow {
     pub(crate) repo: Option<RepoWorkflow>,
     pub(crate) limits: Limits,
+    /// The commit it was read at.
+    pub(crate) commit: String,
 }
 
 /// Reads the workflow at `base`. A file that is wrong blocks the task (the user fixes and
@@ -48,7 +50,11 @@ pub(crate) async fn read_flow(ctx: &TaskCtx, task: &Task, base: &str) -> Result<
             task.id, limits.model_from
         ));
     }
-    Ok(Flow { repo, limits })
+    Ok(Flow {
+        repo,
+        limits,
+        commit: base.to_string(),
+    })
 }
 
 /// Appends what the worker's log holds beyond the local mirror to it (masked with same-length
@@ -95,55 +101,52 @@ pub(crate) async fn setup(
     }
     let env = &ctx.env;
     let t = ctx.transport.as_ref();
-    let on_worker_err = |what: &str, e| TaskError::retry(format!("{what} on {}", ctx.worker), e);
-    if phase::setup_ran(t, at)
-        .await
-        .map_err(|e| on_worker_err("looking at the setup", e))?
-    {
+    if on_worker(ctx, "looking at the setup", || phase::setup_ran(t, at)).await? {
         return Ok(true);
     }
     let cache = repo
         .cache_key
         .as_ref()
         .map(|key| (key, format!("{}/setup-cache/{key}.tar", ctx.workspace)));
-    if let Some((key, tar)) = &cache {
-        let restored = phase::restore_cache(t, at, tar)
-            .await
-            .map_err(|e| on_worker_err("restoring the setup cache", e))?;
-        if restored {
-            let line = format!(
-                "skipped: restored what setup left for cache key {} (files {})",
-                &key[..12.min(key.len())],
-                repo.file.setup.cache_key.join(", ")
-            );
+    if let Some((key, tar)) = &cache
+        && on_worker(ctx, "restoring the setup cache", || {
+            phase::restore_cache(t, at, tar)
+        })
+        .await?
+    {
+        let line = format!(
+            "skipped: restored what setup left for cache key {} (files {})",
+            &key[..12.min(key.len())],
+            repo.file.setup.cache_key.join(", ")
+        );
+        on_worker(ctx, "recording the setup", || {
             phase::setup_done(t, at, &line)
-                .await
-                .map_err(|e| on_worker_err("recording the setup", e))?;
-            env.printer.status(format!("{}: setup {line}", task.id));
-            catch_up(ctx, at, log_path, masker).await;
-            return Ok(true);
-        }
+        })
+        .await?;
+        env.printer.status(format!("{}: setup {line}", task.id));
+        catch_up(ctx, at, log_path, masker).await;
+        return Ok(true);
     }
     let id = task.id.clone();
     let printer = env.printer;
+    let on_line = |line: &str| {
+        let masked = masker.mask(line.as_bytes());
+        printer.task_line(&id, &String::from_utf8_lossy(&masked));
+    };
+    // The commands share one time limit, agent.timeout.
+    let until = tokio::time::Instant::now() + flow.limits.timeout;
     for argv in commands {
-        let mut on_line = |line: &str| {
-            let masked = masker.mask(line.as_bytes());
-            printer.task_line(&id, &String::from_utf8_lossy(&masked));
-        };
-        let end = phase::setup_command(
-            t,
-            at,
-            argv,
-            agent_env,
-            flow.limits.timeout,
-            ctx.abort.clone(),
-            &mut on_line,
-        )
+        let left = until
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(std::time::Duration::from_secs(1));
+        // A lost connection runs the command again (setup commands are meant to be rerunnable:
+        // `npm ci`, `cargo fetch`); its output is in the log twice then.
+        let end = on_worker(ctx, "running the setup", || {
+            phase::setup_command(t, at, argv, agent_env, left, ctx.abort.clone(), &on_line)
+        })
         .await;
         catch_up(ctx, at, log_path, masker).await;
-        let end = end.map_err(|e| on_worker_err("running the setup", e))?;
-        let PhaseEnd { status, tail } = end;
+        let PhaseEnd { status, tail } = end?;
         let cmd = describe(argv);
         match status {
             ExecStatus::Exited(0) => {}
@@ -179,9 +182,10 @@ pub(crate) async fn setup(
             ctx.worker
         ));
     }
-    phase::setup_done(t, at, "done")
-        .await
-        .map_err(|e| on_worker_err("recording the setup", e))?;
+    on_worker(ctx, "recording the setup", || {
+        phase::setup_done(t, at, "done")
+    })
+    .await?;
     catch_up(ctx, at, log_path, masker).await;
     Ok(true)
 }
@@ -223,35 +227,32 @@ pub(crate) async fn verify(
     };
     let env = &ctx.env;
     let cmd = describe(argv);
-    let mut log = std::fs::OpenOptions::new()
+    let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
         .map_err(|e| TaskError::retry(format!("opening {}", log_path.display()), e))?;
-    let say = |log: &mut std::fs::File, line: &str| {
+    let say = |line: &str| {
         env.printer.task_line(&task.id, line);
-        if let Err(e) = writeln!(log, "{line}") {
+        if let Err(e) = writeln!(&log, "{line}") {
             tracing::debug!(error = %e, "local agent log not written");
         }
     };
-    say(&mut log, &format!("[cwo] verify: {cmd}"));
-    let end = {
-        let mut on_line = |line: &str| {
-            let line = masked(masker, line);
-            say(&mut log, &line);
-        };
+    say(&format!("[cwo] verify: {cmd}"));
+    let on_line = |line: &str| say(&masked(masker, line));
+    let t = ctx.transport.as_ref();
+    let end = on_worker(ctx, "running the checks", || {
         phase::verify(
-            ctx.transport.as_ref(),
+            t,
             at,
             argv,
             agent_env,
             flow.limits.timeout,
             ctx.abort.clone(),
-            &mut on_line,
+            &on_line,
         )
-        .await
-        .map_err(|e| TaskError::retry(format!("running the checks on {}", ctx.worker), e))?
-    };
+    })
+    .await?;
     let verdict = match end.status {
         ExecStatus::Exited(0) => Verified::Passed,
         ExecStatus::Cancelled => Verified::Aborted,
@@ -272,15 +273,25 @@ pub(crate) async fn verify(
         Verified::Aborted => "stopped".to_string(),
         Verified::Failed { reason, .. } => reason.clone(),
     };
-    say(&mut log, &format!("[cwo] verify: {said}"));
+    say(&format!("[cwo] verify: {said}"));
     Ok(verdict)
 }
 
-/// What the next attempt's prompt says about the checks that failed.
-pub(crate) fn checks_feedback(reason: &str, output: &str) -> String {
+/// What the next attempt's prompt says about the checks that failed; `carried`: it starts from
+/// the commits they rejected (else from the task's base, those commits lost).
+pub(crate) fn checks_feedback(reason: &str, output: &str, carried: bool) -> String {
+    let why = reason.trim_start_matches("the checks failed: ");
+    let start = if carried {
+        format!(
+            "Your previous attempt's commits are on this branch, but the repository's checks rejected them ({why}). Fix the cause with new commits on top of the branch (do not rewrite its history)"
+        )
+    } else {
+        format!(
+            "A previous attempt's work was rejected by the repository's checks ({why}) and could not be kept: this branch starts from the task's base again. Avoid the failure below"
+        )
+    };
     format!(
-        "\n\n## The checks failed\n\nYour previous attempt's commits are on this branch, but the repository's checks rejected them ({}). Fix the cause with new commits on top of the branch (do not rewrite its history), and run the checks yourself before you finish.\n\n```\n{}\n```\n",
-        reason.trim_start_matches("the checks failed: "),
+        "\n\n## The checks failed\n\n{start}, and run the checks yourself before you finish.\n\n```\n{}\n```\n",
         output.trim()
     )
 }

@@ -201,12 +201,11 @@ fn llm_spend(
         if since.is_some_and(|s| a.started_at < s) {
             continue;
         }
-        match usages.get(&a.id).map(|(u, _)| u.cost_usd()) {
-            Some(Some(usd)) => spend.usd += usd,
-            _ => {
-                if let Some((u, _)) = usages.get(&a.id) {
-                    spend.usd += u.cost_known_usd;
-                }
+        let usage = usages.get(&a.id).map(|(u, _)| u);
+        match a.llm_cost(usage) {
+            Some(usd) => spend.usd += usd,
+            None => {
+                spend.usd += usage.map_or(0.0, |u| u.cost_known_usd);
                 if !spend.unknown_tasks.contains(&a.ball_id) {
                     spend.unknown_tasks.push(a.ball_id);
                 }

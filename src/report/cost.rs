@@ -102,6 +102,7 @@ pub(crate) fn collect(project: &Project, query: &CostQuery) -> Result<CostReport
                 .into_iter()
                 .map(|a| AttemptSpan {
                     usage: usages.get(&a.id).map(|(u, _)| *u).filter(|u| u.steps > 0),
+                    no_agent: a.agent_launched == Some(false),
                     task: a.ball_id,
                     worker: a.worker,
                     started_at: a.started_at,
