@@ -1077,6 +1077,54 @@ impl ControllerLock {
 mod tests {
     use super::*;
 
+    /// A journal from before the per-attempt workflow commit and agent launch: opened, it gains
+    /// the columns; its attempts say neither, so their LLM cost is unknown, never $0.
+    #[test]
+    fn an_old_journal_gains_the_new_columns_and_its_attempts_stay_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("journal.sqlite")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE attempts (id INTEGER PRIMARY KEY, ball_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+                 worker TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, outcome TEXT, exit_status TEXT,
+                 log_path TEXT NOT NULL, workdir TEXT NOT NULL DEFAULT '', base TEXT NOT NULL DEFAULT '',
+                 branch TEXT, commit_sha TEXT, reason TEXT);
+             INSERT INTO attempts (ball_id, attempt, worker, started_at, log_path)
+                 VALUES ('b', 1, 'w', '2026-01-01T00:00:00Z', '/l');",
+        )
+        .unwrap();
+        drop(c);
+        let j = Journal::open(dir.path()).unwrap();
+        let old = &j.attempts(Some("b")).unwrap()[0];
+        assert_eq!(
+            (old.workflow_commit.as_str(), old.agent_launched),
+            ("", None)
+        );
+        assert_eq!(old.llm_cost(None), None);
+        let id = j
+            .attempt_start(&NewAttempt {
+                ball_id: "b",
+                seq: 2,
+                worker: "w",
+                log_path: Path::new("/l2"),
+                workdir: "/w",
+                base: "abc",
+                branch: "cwo/b",
+                workflow_commit: "abc",
+            })
+            .unwrap();
+        let new = j.attempt(id).unwrap().unwrap();
+        assert_eq!(new.agent_launched, Some(false));
+        assert_eq!(new.llm_cost(None), Some(0.0), "no agent ran: no LLM cost");
+        j.attempt_launched(id).unwrap();
+        let launched = j.attempt(id).unwrap().unwrap();
+        assert_eq!(
+            launched.llm_cost(None),
+            None,
+            "ran and said nothing: unknown"
+        );
+        assert_eq!(launched.workflow_commit, "abc");
+    }
+
     /// Each state is stored as the word the schema documents, and read back as itself; a word
     /// the code does not know is an error, not a silent default.
     #[test]

@@ -105,6 +105,19 @@ fn a_failing_setup_blocks_with_its_output_and_the_agent_never_runs() {
     assert!(!marker.exists(), "the agent did not start");
     assert_eq!(env.journal("SELECT count(*) FROM attempts"), "1");
     assert!(env.remote_branches().is_empty());
+    // No agent ran: the task's LLM cost is known to be nothing.
+    let report = env
+        .cwo(&["cost", "--by", "task", "--format", "json"])
+        .ok()
+        .json();
+    let row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(row["llm_usd"], 0.0, "{row}");
 }
 
 #[test]
