@@ -4,6 +4,10 @@
 #     fetch back -> push -> journal), with a no-op agent over N tasks, against the same agent run
 #     N times directly;
 #  2. peak RSS of the controller during `cwo run`;
+#  9. the repository's workflow (.cwo/workflow.toml), local provider, one worker
+#     (scripts/bench-workflow.sh, runnable alone): the setup cache (cache_key vs none: wall time,
+#     setup runs, the cache tar's size), the cost of reading usage from 20,000 opencode step_finish
+#     lines vs plain lines (wall time, controller peak RSS), and what a verify command adds per task.
 #  3. 100 small commands over one cwo SSH connection vs 100 runs of the OpenSSH client, against
 #     the same loopback sshd (needs openssh-server; skipped with a message without it);
 #  4. cwo's own time in `cwo up` with provider = "gcp" against the fake Compute API (zero
@@ -19,7 +23,8 @@
 #  5. the native bootstrap against the Ansible playbook on fresh isolated test hosts, then again
 #     on the same hosts with nothing to change (needs root, debootstrap, tinyproxy and the
 #     ansible-core venv that scripts/test.sh makes).
-# Usage: scripts/bench.sh [TASKS]   (default 20)
+# Usage: scripts/bench.sh [TASKS]   (default 20; section 9 takes at most 12: scripts/bench-workflow.sh
+# [TASKS] runs it alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20}"
@@ -86,6 +91,9 @@ echo "cwo run --once, $N tasks:    ${loop_ms} ms  ($(awk "BEGIN {printf \"%.1f\"
 echo "per-task overhead:           ${overhead_ms} ms   (goal <= 1000 ms: $(awk "BEGIN {print ($overhead_ms <= 1000) ? \"met\" : \"NOT met\"}"))"
 echo "controller peak RSS:         $((peak_kb / 1024)).$(( (peak_kb % 1024) * 10 / 1024 )) MB   (goal <= 25 MB: $(awk "BEGIN {print ($peak_kb <= 25600) ? \"met\" : \"NOT met\"}"))"
 echo "cwo's own summary:           $(tail -n 1 "$WORK/run.log")"
+
+# 9. The repository's workflow: setup cache, reading usage from the agent's output, verify.
+scripts/bench-workflow.sh "$N"
 
 # 3. SSH: one cwo connection vs the OpenSSH client, same sshd, same commands.
 if [ ! -x /usr/sbin/sshd ]; then
