@@ -27,6 +27,8 @@ use crate::printer::fmt_secs;
 use crate::tracker::Task;
 use crate::transport::{ExecStatus, Transport, TransportError};
 
+/// How often a running attempt's reported usage is written to the journal (and once at its end).
+const USAGE_EVERY: Duration = Duration::from_millis(500);
 /// Between SIGTERM and SIGKILL for an agent that overran its timeout or was aborted.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 pub(crate) use super::task::{TaskCtx, TaskEnv};
@@ -899,6 +901,7 @@ async fn watch(
         .map(|(_, m)| m.clone())
         .unwrap_or_default();
     let journal = env.journal.clone();
+    let mut last_journaled: Option<Instant> = None;
     let cap = limits.max_cost_usd;
     // A resumed attempt may have crossed the cap already.
     let spent = spent_before + usage.cost_known_usd;
@@ -914,14 +917,19 @@ async fn watch(
             blocked = agent::blocked_marker(text);
         }
         if usage.add_line(text) {
-            // Journaled as it comes (`cwo status` shows a running task's tokens); off the async
-            // threads, and a write that arrives late never moves the count back.
-            let (j, snapshot, ball, attempt) = (journal.clone(), usage, id.clone(), a.id);
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = j.attempt_usage(attempt, &ball, &snapshot) {
-                    tracing::warn!(error = %e, "the agent's usage was not journaled");
-                }
-            });
+            // Journaled as it comes (`cwo status` shows a running task's tokens), at most every
+            // USAGE_EVERY (a write per line costs an fsync: an agent printing thousands of steps
+            // would spend its controller on them), and always at the end; off the async threads,
+            // and a write that arrives late never moves the count back.
+            if last_journaled.is_none_or(|t: Instant| t.elapsed() >= USAGE_EVERY) {
+                last_journaled = Some(Instant::now());
+                let (j, snapshot, ball, attempt) = (journal.clone(), usage, id.clone(), a.id);
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = j.attempt_usage(attempt, &ball, &snapshot) {
+                        tracing::warn!(error = %e, "the agent's usage was not journaled");
+                    }
+                });
+            }
             let spent = spent_before + usage.cost_known_usd;
             if cap.is_some_and(|cap| spent >= cap) && !over_budget.is_cancelled() {
                 spent_at_stop.store(spent.to_bits(), Ordering::Relaxed);
