@@ -13,6 +13,8 @@
 #  4. cwo's own time in `cwo up` with provider = "gcp" against the fake Compute API (zero
 #     latency) and the loopback sshd, and `cwo status` / `cwo reap --dry-run` over 1,000 managed
 #     instances in the fake.
+#  7. fleets: the same queue on 1, 4 and 8 workers, locally and on the fake Compute API (speed-up,
+#     agent-busy / billed time, the controller's RSS, `cwo status` with 8 live);
 #  8. a fleet's VMs on GCP (examples/fleet_create_bench.rs): k = 1, 4, 8 VMs through one
 #     regionInstances.bulkInsert + a setMetadata per VM vs k concurrent single inserts, until
 #     every VM is RUNNING, on the fake Compute API with 300 ms operations: wall time and API
