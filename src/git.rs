@@ -39,8 +39,14 @@ const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; echo userna
 
 /// Runs git; with `token`, a remote asking for credentials gets it through
 /// [`CREDENTIAL_HELPER`] (every other configured helper is switched off for this process, and
-/// git never prompts).
+/// git never prompts). Its output as trimmed text.
 async fn git_with(dir: &Path, args: &[&str], token: Option<&str>) -> Result<String, GitError> {
+    let out = git_bytes(dir, args, token).await?;
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// [`git_with`]'s runner: git's stdout byte for byte.
+async fn git_bytes(dir: &Path, args: &[&str], token: Option<&str>) -> Result<Vec<u8>, GitError> {
     let mut cmd = Command::new("git");
     cmd.arg("-C").arg(dir);
     if let Some(token) = token {
@@ -62,7 +68,7 @@ async fn git_with(dir: &Path, args: &[&str], token: Option<&str>) -> Result<Stri
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Ok(out.stdout)
 }
 
 /// The commit a revision names in the controller's repository.
@@ -413,22 +419,8 @@ pub(crate) async fn show_file(
     let Some(id) = blob_id(project, rev, path).await? else {
         return Ok(None);
     };
-    // `git()` returns trimmed text; a file's content is read byte for byte.
-    let args = ["cat-file", "blob", id.as_str()];
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(project)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
+    // A file's content is read byte for byte (`git()` trims text).
+    git_bytes(project, &["cat-file", "blob", &id], None)
         .await
-        .map_err(GitError::Spawn)?;
-    if !out.status.success() {
-        return Err(GitError::Failed {
-            args: args.join(" "),
-            dir: project.display().to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(Some(out.stdout))
+        .map(Some)
 }

@@ -937,16 +937,19 @@ impl Journal {
         })
     }
 
-    /// Every attempt's reported usage and warning, by attempt id. An attempt with no row
-    /// reported nothing (its cost is unknown).
-    pub(crate) fn usages(&self) -> Result<BTreeMap<i64, (Usage, Option<String>)>, JournalError> {
+    /// The reported usage and warning of every attempt (of one ball, or of all), by attempt id.
+    /// An attempt with no row reported nothing.
+    pub(crate) fn usages(
+        &self,
+        ball_id: Option<&str>,
+    ) -> Result<BTreeMap<i64, (Usage, Option<String>)>, JournalError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT attempt_id, input_tokens, output_tokens, reasoning_tokens, cache_read_tokens,
                         cache_write_tokens, cost_known_usd, steps, steps_without_cost, warning
-                 FROM attempt_usage",
+                 FROM attempt_usage WHERE (?1 IS NULL OR ball_id = ?1)",
             )?;
-            st.query_map([], |r| {
+            st.query_map(params![ball_id], |r| {
                 let u = Usage {
                     input_tokens: r.get::<_, i64>(1)? as u64,
                     output_tokens: r.get::<_, i64>(2)? as u64,

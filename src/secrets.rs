@@ -41,7 +41,6 @@ impl Masker {
         out
     }
 
-    #[cfg(test)]
     pub(crate) fn mask_str(&self, text: &str) -> String {
         if self.secrets.is_empty() {
             return text.to_string();

@@ -71,8 +71,8 @@ pub(crate) struct AttemptSpan {
     pub(crate) ended_at: Option<DateTime<Utc>>,
     /// What its agent reported using (None: nothing).
     pub(crate) usage: Option<Usage>,
-    /// No agent ran in it (a setup or a checkout that failed): its LLM cost is known to be none.
-    pub(crate) no_agent: bool,
+    /// Its LLM cost (`AttemptRow::llm_cost`): None when unknown; $0 when no agent ran in it.
+    pub(crate) llm_usd: Option<f64>,
 }
 
 pub(crate) fn by_worker(costed: &[Costed]) -> Vec<WorkerCost> {
@@ -133,7 +133,8 @@ pub(crate) fn by_task(
         expected: Option<f64>,
         secs: f64,
         usage: Usage,
-        /// An attempt reported nothing, or a step came without a cost.
+        llm: f64,
+        /// An attempt's LLM cost is unknown.
         llm_unknown: bool,
     }
     let fresh = || Acc {
@@ -141,6 +142,7 @@ pub(crate) fn by_task(
         expected: Some(0.0),
         secs: 0.0,
         usage: Usage::default(),
+        llm: 0.0,
         llm_unknown: false,
     };
     let mut tasks: BTreeMap<String, Acc> = BTreeMap::new();
@@ -160,13 +162,11 @@ pub(crate) fn by_task(
             e.list = e.list.zip(c.list_usd).map(|(x, v)| x + v * share);
             e.expected = e.expected.zip(c.expected_usd).map(|(x, v)| x + v * share);
             e.secs += secs;
-            match a.usage {
-                Some(u) => {
-                    e.llm_unknown |= u.cost_usd().is_none();
-                    e.usage += u;
-                }
-                None => e.llm_unknown |= !a.no_agent,
+            if let Some(u) = a.usage {
+                e.usage += u;
             }
+            e.llm += a.llm_usd.unwrap_or(0.0);
+            e.llm_unknown |= a.llm_usd.is_none();
         }
         let idle = tasks.entry("(idle)".into()).or_insert_with(fresh);
         idle.list = idle.list.zip(c.list_usd).map(|(x, v)| x + v * (1.0 - used));
@@ -180,7 +180,7 @@ pub(crate) fn by_task(
         .into_iter()
         .map(|(task, a)| {
             // The idle time ran no agent: no LLM cost, known to be none.
-            let llm_usd = (!a.llm_unknown).then(|| crate::cost::money(a.usage.cost_known_usd));
+            let llm_usd = (!a.llm_unknown).then(|| crate::cost::money(a.llm));
             TaskCost {
                 cache_read_tokens: a.usage.cache_read_tokens,
                 cache_write_tokens: a.usage.cache_write_tokens,
@@ -255,7 +255,7 @@ mod tests {
                 usage: Some(Usage::from_log(
                     "{\"cwo_usage\":{\"input_tokens\":100,\"output_tokens\":10,\"cost_usd\":0.5}}",
                 )),
-                no_agent: false,
+                llm_usd: Some(0.5),
             },
             // A setup that failed: no agent, no LLM cost.
             AttemptSpan {
@@ -264,7 +264,7 @@ mod tests {
                 started_at: at("2026-01-01T00:15:00Z"),
                 ended_at: Some(at("2026-01-01T00:15:00Z")),
                 usage: None,
-                no_agent: true,
+                llm_usd: Some(0.0),
             },
             // Past the life's end: counted to the end only.
             AttemptSpan {
@@ -273,7 +273,7 @@ mod tests {
                 started_at: at("2026-01-01T00:30:00Z"),
                 ended_at: Some(at("2026-01-01T02:00:00Z")),
                 usage: None,
-                no_agent: false,
+                llm_usd: None,
             },
         ];
         let prs = BTreeMap::from([("a".to_string(), 7)]);

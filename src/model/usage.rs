@@ -57,10 +57,6 @@ impl Usage {
     }
 
     pub(crate) fn tokens(&self) -> u64 {
-        self.tokens_sum()
-    }
-
-    fn tokens_sum(&self) -> u64 {
         self.input_tokens
             + self.output_tokens
             + self.reasoning_tokens
@@ -118,7 +114,7 @@ fn step_of(line: &str) -> Option<Usage> {
         };
         // opencode prices a step from the model's price table and says 0 for a model without
         // one: tokens at $0 are an unknown price, not a free step.
-        let c = cost(part.get("cost")).filter(|c| *c > 0.0 || u.tokens_sum() == 0);
+        let c = cost(part.get("cost")).filter(|c| *c > 0.0 || u.tokens() == 0);
         (u, c)
     } else {
         let u = v.get("cwo_usage")?;

@@ -637,8 +637,12 @@ async fn one_attempt(
     if !model.is_empty() {
         agent_env.push(("CWO_MODEL".into(), model.clone()));
     }
-    // The task's LLM spend before this attempt: a task already at its cap starts no agent.
-    let spent_before = spent_by_other_attempts(env, &task.id, a.id).await;
+    // The task's LLM spend before this attempt (read only when there is a cap): a task already
+    // at its cap starts no agent.
+    let spent_before = match flow.limits.max_cost_usd {
+        Some(_) => spent_by_other_attempts(env, &task.id, a.id).await,
+        None => 0.0,
+    };
     if let Some(cap) = flow.limits.max_cost_usd.filter(|cap| spent_before >= *cap)
         && !launched
     {
@@ -774,13 +778,12 @@ fn budget_reached(spent: f64, cap: f64, attempts: u32) -> String {
 async fn spent_by_other_attempts(env: &TaskEnv, ball: &str, this: i64) -> f64 {
     let ball = ball.to_string();
     let read = journaled(&env.journal, move |j| {
-        let ids: Vec<i64> = j.attempts(Some(&ball))?.iter().map(|a| a.id).collect();
-        let usages = j.usages()?;
+        let usages = j.usages(Some(&ball))?;
         Ok::<f64, crate::journal::JournalError>(
-            ids.iter()
-                .filter(|id| **id != this)
-                .filter_map(|id| usages.get(id))
-                .map(|(u, _)| u.cost_known_usd)
+            usages
+                .iter()
+                .filter(|(id, _)| **id != this)
+                .map(|(_, (u, _))| u.cost_known_usd)
                 .sum(),
         )
     })
@@ -903,12 +906,15 @@ async fn watch(
     let journal = env.journal.clone();
     let mut last_journaled: Option<Instant> = None;
     let cap = limits.max_cost_usd;
-    // A resumed attempt may have crossed the cap already.
-    let spent = spent_before + usage.cost_known_usd;
-    if cap.is_some_and(|cap| spent >= cap) {
-        spent_at_stop.store(spent.to_bits(), Ordering::Relaxed);
-        over_budget.cancel();
-    }
+    // Stops the agent once the task's spend crosses the cap (once: the first crossing is kept).
+    let check_cap = |spent: f64| {
+        if cap.is_some_and(|cap| spent >= cap) && !over_budget.is_cancelled() {
+            spent_at_stop.store(spent.to_bits(), Ordering::Relaxed);
+            over_budget.cancel();
+        }
+    };
+    // A resumed attempt may have crossed it already.
+    check_cap(spent_before + usage.cost_known_usd);
     let mut on_line = |line: &[u8]| {
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\n');
@@ -930,11 +936,7 @@ async fn watch(
                     }
                 });
             }
-            let spent = spent_before + usage.cost_known_usd;
-            if cap.is_some_and(|cap| spent >= cap) && !over_budget.is_cancelled() {
-                spent_at_stop.store(spent.to_bits(), Ordering::Relaxed);
-                over_budget.cancel();
-            }
+            check_cap(spent_before + usage.cost_known_usd);
         }
     };
     let mut unreachable_since: Option<Instant> = None;
@@ -1329,7 +1331,7 @@ fn task_cost(j: &Journal, ball: &str) -> Option<f64> {
 /// nothing, so the cost is unknown).
 fn task_llm_usage(j: &Journal, ball: &str) -> Option<Usage> {
     let attempts = j.attempts(Some(ball)).ok()?;
-    let usages = j.usages().ok()?;
+    let usages = j.usages(Some(ball)).ok()?;
     let mut total = Usage::default();
     for a in attempts {
         let usage = usages.get(&a.id).map(|(u, _)| u);

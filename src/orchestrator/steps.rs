@@ -129,10 +129,7 @@ pub(crate) async fn setup(
     }
     let id = task.id.clone();
     let printer = env.printer;
-    let on_line = |line: &str| {
-        let masked = masker.mask(line.as_bytes());
-        printer.task_line(&id, &String::from_utf8_lossy(&masked));
-    };
+    let on_line = |line: &str| printer.task_line(&id, &masker.mask_str(line));
     // The commands share one time limit, agent.timeout.
     let until = tokio::time::Instant::now() + flow.limits.timeout;
     for argv in commands {
@@ -156,7 +153,7 @@ pub(crate) async fn setup(
                     context: format!(
                         "setup `{cmd}` did not finish within {} (agent.timeout); its output ends with:\n{}",
                         humantime::format_duration(flow.limits.timeout),
-                        masked(masker, &tail)
+                        masker.mask_str(&tail)
                     ),
                     source: None,
                 });
@@ -165,7 +162,7 @@ pub(crate) async fn setup(
                 return Err(TaskError::Block {
                     context: format!(
                         "setup `{cmd}` failed ({status}) in .cwo/workflow.toml's [setup]; its output ends with:\n{}",
-                        masked(masker, &tail)
+                        masker.mask_str(&tail)
                     ),
                     source: None,
                 });
@@ -188,10 +185,6 @@ pub(crate) async fn setup(
     .await?;
     catch_up(ctx, at, log_path, masker).await;
     Ok(true)
-}
-
-fn masked(masker: &Masker, text: &str) -> String {
-    String::from_utf8_lossy(&masker.mask(text.as_bytes())).into_owned()
 }
 
 /// How the repository's checks judged an attempt's work.
@@ -239,7 +232,7 @@ pub(crate) async fn verify(
         }
     };
     say(&format!("[cwo] verify: {cmd}"));
-    let on_line = |line: &str| say(&masked(masker, line));
+    let on_line = |line: &str| say(&masker.mask_str(line));
     let t = ctx.transport.as_ref();
     let end = on_worker(ctx, "running the checks", || {
         phase::verify(
@@ -261,11 +254,11 @@ pub(crate) async fn verify(
                 "the checks failed: `{cmd}` did not finish within {}",
                 humantime::format_duration(flow.limits.timeout)
             ),
-            output: masked(masker, &end.tail),
+            output: masker.mask_str(&end.tail),
         },
         status => Verified::Failed {
             reason: format!("the checks failed: `{cmd}` {status}"),
-            output: masked(masker, &end.tail),
+            output: masker.mask_str(&end.tail),
         },
     };
     let said = match &verdict {

@@ -195,7 +195,7 @@ fn llm_spend(
     journal: &crate::journal::Journal,
     since: Option<DateTime<Utc>>,
 ) -> Result<budget::LlmSpend, CommandError> {
-    let usages = journal.usages()?;
+    let usages = journal.usages(None)?;
     let mut spend = budget::LlmSpend::default();
     for a in journal.attempts(None)? {
         if since.is_some_and(|s| a.started_at < s) {

@@ -96,13 +96,13 @@ pub(crate) fn collect(project: &Project, query: &CostQuery) -> Result<CostReport
         By::Worker => Rows::Worker(report::by_worker(&costed)),
         By::Day => Rows::Day(report::by_day(&costed, now)),
         By::Task => {
-            let usages = journal.usages()?;
+            let usages = journal.usages(None)?;
             let attempts: Vec<AttemptSpan> = journal
                 .attempts(None)?
                 .into_iter()
                 .map(|a| AttemptSpan {
                     usage: usages.get(&a.id).map(|(u, _)| *u).filter(|u| u.steps > 0),
-                    no_agent: a.agent_launched == Some(false),
+                    llm_usd: a.llm_cost(usages.get(&a.id).map(|(u, _)| u)),
                     task: a.ball_id,
                     worker: a.worker,
                     started_at: a.started_at,

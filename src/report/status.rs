@@ -153,7 +153,7 @@ pub(crate) async fn collect(
         idle_timeout,
         now,
     );
-    let usages = journal.usages()?;
+    let usages = journal.usages(None)?;
     let mut running = Vec::new();
     for attempt in journal.dangling_attempts()? {
         let (usage, warning) = usages.get(&attempt.id).cloned().unwrap_or_default();
