@@ -219,7 +219,8 @@ for d in "$CWO_WORKSPACE" "$CWO_STATE"; do
   if [ ! -d "$d" ]; then mkdir -p "$d"; changed=1; fi
   if [ "$(stat -c %U "$d")" != "$u" ]; then chown "$u:" "$d" || chown "$u" "$d"; changed=1; fi
 done
-if [ -n "$CWO_LOGIN_USER" ] && [ "$CWO_LOGIN_USER" != "$u" ]; then
+# The login's keys are a worker's own: an image (bake) carries none.
+if [ "$CWO_MODE" != bake ] && [ -n "$CWO_LOGIN_USER" ] && [ "$CWO_LOGIN_USER" != "$u" ]; then
   lhome=$(getent passwd "$CWO_LOGIN_USER" 2>/dev/null | cut -d: -f6)
   src=$lhome/.ssh/authorized_keys
   dst=$home/.ssh/authorized_keys
@@ -312,7 +313,9 @@ else
     changed=1
   fi
 fi
-[ -f "$CWO_STATE/heartbeat" ] || { touch "$CWO_STATE/heartbeat"; chown "$u" "$CWO_STATE/heartbeat"; }
+if [ "$CWO_MODE" != bake ] && [ ! -f "$CWO_STATE/heartbeat" ]; then
+  touch "$CWO_STATE/heartbeat"; chown "$u" "$CWO_STATE/heartbeat"
+fi
 if [ -n "$changed" ]; then report watchdog changed "idle $CWO_IDLE_MINUTES min: $CWO_WATCHDOG_ACTION"
 else report watchdog ok "idle $CWO_IDLE_MINUTES min: $CWO_WATCHDOG_ACTION"; fi
 
@@ -331,3 +334,35 @@ report hostkey ok "$(cut -d' ' -f1,2 "$k")"
 
 mv "$LOG.tmp" "$LOG"
 echo "$CWO_HASH" > "$MARK"
+
+# --- clean (bake only) --------------------------------------------------------------------------
+# `bake` makes this host the source of an image (`cwo image build`): everything above stays, and
+# what belongs to one host goes, so each VM booted from the image gets its own. Host keys are
+# made again at boot (Google's guest agent on its images; the sshd service on Alpine and
+# Ubuntu); an empty machine-id is filled at boot by systemd (Alpine has none).
+if [ "$CWO_MODE" = bake ]; then
+  step_start
+  rm -f /etc/ssh/ssh_host_*
+  [ -f /etc/machine-id ] && : > /etc/machine-id
+  rm -f /var/lib/dbus/machine-id
+  for h in /root /home/*; do
+    [ -d "$h" ] || continue
+    rm -f "$h/.ssh/authorized_keys" "$h/.ssh/authorized_keys2" "$h"/.*_history "$h/.lesshst"
+  done
+  rm -f "$CWO_STATE/heartbeat"
+  find "$CWO_WORKSPACE" -mindepth 1 -maxdepth 1 ! -name setup-cache -exec rm -rf {} + 2>/dev/null
+  # Logs: rotated ones go, live ones are emptied (services keep their files open).
+  find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete 2>/dev/null
+  find /var/log -type f -exec truncate -s 0 {} + 2>/dev/null
+  rm -rf /var/log/journal/* 2>/dev/null
+  # Package caches (the lists stay: a worker that needs more packages refreshes old ones).
+  if [ "$OS" = debian ]; then run apt-get clean; else rm -rf /var/cache/apk/*; fi
+  # First-boot agents must run again on each VM: cloud-init (Ubuntu), tiny-cloud (Alpine).
+  command -v cloud-init >/dev/null 2>&1 && run cloud-init clean --logs --seed
+  command -v tiny-cloud >/dev/null 2>&1 && run tiny-cloud --bootstrap incomplete
+  rm -rf /tmp/* /var/tmp/* 2>/dev/null
+  rm -f "$OUT" "$OUT.opencode"
+  sync
+  report clean changed "host keys, machine-id, authorized_keys, logs and history removed"
+  rm -f "$LOG.tmp"
+fi

@@ -137,7 +137,7 @@ pub(crate) fn render(settings: &Settings, target: &Target<'_>) -> Script {
         crate::model::ids::fnv(&format!("{settings_block}{BODY}"))
     );
     let text = format!(
-        "#!/bin/sh\n# Rendered by cwo {}. Run as root: sh bootstrap.sh [run|reuse]\nCWO_MODE=${{1:-run}}\nCWO_HASH={hash}\n{settings_block}{BODY}",
+        "#!/bin/sh\n# Rendered by cwo {}. Run as root: sh bootstrap.sh [run|reuse|bake]\nCWO_MODE=${{1:-run}}\nCWO_HASH={hash}\n{settings_block}{BODY}",
         env!("CARGO_PKG_VERSION")
     );
     Script { text, hash }

@@ -15,6 +15,18 @@ pub struct GcpSettings {
     /// Boot image: a family or image path (Debian 12 by default; an Alpine image you imported;
     /// Ubuntu minimal).
     pub image: String,
+    /// Boot workers from an image `cwo image build` baked: "auto" (the newest image in
+    /// `image_family` baked from exactly the current settings, else `image` and the full
+    /// bootstrap), "always" (such an image or no worker at all), "never" (always `image`).
+    pub use_image: UseImage,
+    /// The image family `cwo image build` adds its images to.
+    #[serde(deserialize_with = "image_family")]
+    pub image_family: String,
+    /// The Cloud Storage bucket `cwo image import` uploads a disk through ("" = "cwo-images-"
+    /// followed by gcp.project); created when missing, the upload deleted after a day.
+    pub image_bucket: String,
+    /// The Cloud Storage endpoint ("" = Google's). For private endpoints and tests.
+    pub storage_endpoint: String,
     pub disk_size_gb: u32,
     /// pd-standard (free-tier eligible) or pd-balanced.
     pub disk_type: String,
@@ -56,6 +68,10 @@ impl Default for GcpSettings {
             ],
             machine_type: "e2-micro".into(),
             image: "projects/debian-cloud/global/images/family/debian-12".into(),
+            use_image: UseImage::Auto,
+            image_family: "cwo-worker".into(),
+            image_bucket: String::new(),
+            storage_endpoint: String::new(),
             disk_size_gb: 10,
             disk_type: "pd-standard".into(),
             spot: false,
@@ -72,6 +88,43 @@ impl Default for GcpSettings {
             resourcemanager_endpoint: "https://cloudresourcemanager.googleapis.com".into(),
         }
     }
+}
+
+/// `gcp.use_image`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UseImage {
+    Auto,
+    Always,
+    Never,
+}
+
+impl GcpSettings {
+    /// The bucket `cwo image import` uploads through.
+    pub(crate) fn image_bucket(&self) -> String {
+        if self.image_bucket.is_empty() {
+            format!("cwo-images-{}", self.project)
+        } else {
+            self.image_bucket.clone()
+        }
+    }
+}
+
+/// An image family is a resource name: lowercase letters, digits and hyphens, starting with a
+/// letter, at most 63 characters (Compute Engine's naming rule, RFC 1035).
+fn image_family<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let f = String::deserialize(d)?;
+    let ok = f.len() <= 63
+        && f.starts_with(|c: char| c.is_ascii_lowercase())
+        && !f.ends_with('-')
+        && f.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(serde::de::Error::custom(format!(
+            "`{f}` is not an image family name: lowercase letters, digits and hyphens, starting with a letter, at most 63 characters (e.g. \"cwo-worker\")"
+        )));
+    }
+    Ok(f)
 }
 
 mod ttl_str {

@@ -26,7 +26,7 @@ mod workers;
 
 pub use agent::AgentSettings;
 pub use bootstrap::{BootstrapSettings, Method, WatchdogSettings};
-pub use gcp::GcpSettings;
+pub use gcp::{GcpSettings, UseImage};
 pub use git::GitSettings;
 pub use github::GithubSettings;
 pub use ssh::{HostAddr, SshSettings};
