@@ -90,6 +90,9 @@ pub enum Command {
     /// The worker bootstrap (swap, packages, opencode, work user, sshd hardening, watchdog).
     #[command(subcommand)]
     Bootstrap(BootstrapCommand),
+    /// Worker images on Compute Engine: bake the bootstrap once, and workers boot ready.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Check what the configured provider and agent need, each with a fix.
     Doctor(FormatArgs),
     /// Run the whole loop on a throwaway repository with a scripted agent (no cloud, no LLM).
@@ -326,6 +329,35 @@ pub struct ReapArgs {
     #[arg(long)]
     pub yes: bool,
     /// Report only, even with --yes.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output format; json carries a schema_version.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Bake an image of the native bootstrap into gcp.image_family.
+    ///
+    /// A builder VM boots gcp.image (journaled, labelled and TTL'd like any worker), runs the
+    /// bootstrap without the per-worker parts, has its per-host state cleaned (host keys,
+    /// machine-id, authorized_keys, logs, history), is stopped and imaged, and is deleted
+    /// whatever happens. The image is labelled with the hash of what went into it; with
+    /// gcp.use_image = "auto" new workers boot from the newest image with the current hash.
+    Build(FormatArgs),
+    /// The images of gcp.image_family: which matches the current settings, which VMs use each.
+    List(FormatArgs),
+    /// Delete cwo's older images of gcp.image_family, never one a live VM booted from.
+    Prune(ImagePruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePruneArgs {
+    /// How many of the newest images to keep.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+    /// Report what would be deleted, and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Output format; json carries a schema_version.

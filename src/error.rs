@@ -414,6 +414,7 @@ impl From<TeardownError> for CommandError {
 fn provider_cause(e: &OrchestratorError) -> Option<&ProviderError> {
     match e {
         OrchestratorError::BringUp { source, .. }
+        | OrchestratorError::Image { source, .. }
         | OrchestratorError::Lookup { source, .. }
         | OrchestratorError::Delete { source, .. } => Some(source),
         OrchestratorError::Abandoned { problem, .. } => provider_cause(problem),

@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS workers (
     current_task TEXT,
     idle_since TEXT,
     price TEXT,                     -- the price snapshot taken at launch (JSON)
-    heartbeat_at TEXT               -- last time a controller holding the worker said so
+    heartbeat_at TEXT,              -- last time a controller holding the worker said so
+    bootstrap_ms INTEGER,           -- how long its bootstrap took, connection to ready
+    boot_image TEXT                 -- the baked image it booted from (NULL: the base image)
 );
 CREATE TABLE IF NOT EXISTS tasks (
     ball_id TEXT PRIMARY KEY,
@@ -345,6 +347,8 @@ impl Journal {
         // Journals made before a column existed get it (SQLite has no ADD COLUMN IF NOT EXISTS).
         for (table, column, decl) in [
             ("workers", "heartbeat_at", "TEXT"),
+            ("workers", "bootstrap_ms", "INTEGER"),
+            ("workers", "boot_image", "TEXT"),
             ("attempts", "workflow_commit", "TEXT"),
             ("attempts", "agent_launched", "INTEGER"),
         ] {
@@ -467,6 +471,36 @@ impl Journal {
                 params![name, json],
             )
             .map(|_| ())
+        })
+    }
+
+    /// Records how long the worker's bootstrap took, and the baked image it booted from (`None`:
+    /// the base image, fully bootstrapped).
+    pub(crate) fn worker_bootstrapped(
+        &self,
+        name: &str,
+        millis: u64,
+        image: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE workers SET bootstrap_ms = ?2, boot_image = ?3 WHERE name = ?1",
+                params![name, millis as i64, image],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The measured bootstrap times (milliseconds) of the most recent workers (at most 20 of
+    /// each kind): booted from the base image (`baked == false`) or from a baked one.
+    pub(crate) fn bootstrap_times(&self, baked: bool) -> Result<Vec<u64>, JournalError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT bootstrap_ms FROM workers WHERE bootstrap_ms IS NOT NULL \
+                 AND (boot_image IS NOT NULL) = ?1 ORDER BY intent_at DESC LIMIT 20",
+            )?;
+            let rows = st.query_map(params![baked], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|v| v.max(0) as u64)).collect()
         })
     }
 

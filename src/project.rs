@@ -11,6 +11,7 @@ use crate::forge::{Forge, github::GithubForge};
 use crate::github::{Credentials, Github, GithubError, RepoRef};
 use crate::journal::{Journal, JournalError};
 use crate::model::ids::{fnv, slug};
+use crate::orchestrator::image::BuildSpec;
 use crate::orchestrator::{Orchestrator, Ports, RunContext, WorkerLifecycle};
 use crate::printer::Printer;
 use crate::provider::{
@@ -21,6 +22,9 @@ use crate::tracker::Tracker;
 use crate::tracker::github::GithubTracker;
 use crate::tracker::juggle::Juggle;
 use crate::transport::{KnownHosts, KnownHostsError};
+
+/// The longest an image builder lives (its TTL): a bake takes minutes.
+const BUILDER_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The journal's pinned host keys, the journal opened on first use.
 struct JournalOnDemand {
@@ -105,21 +109,32 @@ pub(crate) fn build_provider(project: &Project, connector: Connector) -> Arc<dyn
                 slug(&project.name),
                 state.join("keys"),
             );
-            if let Some(script) = project.startup_script() {
-                gcp = gcp.with_startup_script(script);
+            if let Some(script) = project.bootstrap_script() {
+                let hash = crate::bootstrap::image_hash(&s.gcp.image, &script);
+                gcp = gcp.with_startup_script(script.text).with_image_hash(hash);
             }
             Arc::new(gcp)
         }
-        ProviderKind::Terraform => Arc::new(TerraformProvider::new(
-            &s.gcp,
-            &s.ssh,
-            &s.terraform,
-            state.join("terraform"),
-            state.join("keys"),
-            project
-                .startup_script()
-                .unwrap_or_else(|| crate::provider::gcp::HOSTKEY_SCRIPT.to_string()),
-        )),
+        ProviderKind::Terraform => {
+            let script = project.bootstrap_script();
+            let mut tf = TerraformProvider::new(
+                &s.gcp,
+                &s.ssh,
+                &s.terraform,
+                state.join("terraform"),
+                state.join("keys"),
+                script
+                    .as_ref()
+                    .map(|s| s.text.clone())
+                    .unwrap_or_else(|| crate::provider::gcp::HOSTKEY_SCRIPT.to_string()),
+            );
+            if let Some(script) = &script
+                && s.gcp.use_image != crate::config::UseImage::Never
+            {
+                tf = tf.with_boot_images(project.image_provider_for(script));
+            }
+            Arc::new(tf)
+        }
     }
 }
 
@@ -207,7 +222,7 @@ impl Project {
 
     /// The native bootstrap a cloud VM boots with (startup-script and user-data), when that is
     /// the configured method.
-    pub(crate) fn startup_script(&self) -> Option<String> {
+    pub(crate) fn bootstrap_script(&self) -> Option<crate::bootstrap::Script> {
         let s = self.settings();
         (s.bootstrap_method() == crate::bootstrap::Method::Native).then(|| {
             crate::bootstrap::render(
@@ -217,8 +232,88 @@ impl Project {
                     gce: true,
                 },
             )
-            .text
         })
+    }
+
+    /// A Compute Engine client of the settings' project that knows which image the settings
+    /// bake to (`cwo image`, and the terraform provider's choice of image).
+    fn image_provider_for(&self, script: &crate::bootstrap::Script) -> GcpProvider {
+        let s = self.settings();
+        GcpProvider::new(
+            s.gcp.clone(),
+            s.ssh.clone(),
+            slug(&self.name),
+            self.state_dir.join("keys"),
+        )
+        .with_image_hash(crate::bootstrap::image_hash(&s.gcp.image, script))
+    }
+
+    /// The native bootstrap script `cwo image` bakes, or why there is none to bake.
+    fn bake_script(&self) -> Result<crate::bootstrap::Script, CommandError> {
+        let s = self.settings();
+        if !matches!(s.provider, ProviderKind::Gcp | ProviderKind::Terraform) {
+            return Err(CommandError::usage(format!(
+                "cwo image makes Compute Engine images, and provider = \"{}\"",
+                s.provider
+            ))
+            .hint("set provider = \"gcp\" (or \"terraform\") and [gcp] project"));
+        }
+        self.bootstrap_script().ok_or_else(|| {
+            CommandError::usage(format!(
+                "cwo image bakes the native bootstrap, and bootstrap.method = \"{}\"",
+                s.bootstrap.method
+            ))
+            .hint("set bootstrap.method = \"native\" (or \"auto\")")
+        })
+    }
+
+    /// `cwo image list | prune`: the settings' Compute Engine project and the hash they bake to.
+    pub(crate) fn image_provider(&self) -> Result<GcpProvider, CommandError> {
+        Ok(self.image_provider_for(&self.bake_script()?))
+    }
+
+    /// `cwo image build`: a lifecycle that brings up builders (booting gcp.image with no
+    /// bootstrap at boot, journaled and TTL'd like workers), the builder's provider, and what
+    /// the image is made from.
+    pub(crate) fn image_builder(
+        &self,
+        printer: Printer,
+    ) -> Result<(WorkerLifecycle, Arc<GcpProvider>, BuildSpec), CommandError> {
+        let script = self.bake_script()?;
+        let s = self.settings();
+        let mut g = s.gcp.clone();
+        // The builder boots the base image whatever use_image says, and lives an hour at most:
+        // a bake takes minutes, and it is deleted as soon as it is imaged.
+        g.use_image = crate::config::UseImage::Never;
+        g.ttl = Some(g.ttl.map_or(BUILDER_TTL, |t| t.min(BUILDER_TTL)));
+        let builder = Arc::new(GcpProvider::new(
+            g,
+            s.ssh.clone(),
+            slug(&self.name),
+            self.state_dir.join("keys"),
+        ));
+        let (mut ports, ctx) = self.ports(printer, Arc::new(self.tracker()), None)?;
+        ports.provider = builder.clone();
+        let b = &s.bootstrap;
+        let packages = if b.packages.is_empty() {
+            String::new()
+        } else {
+            format!(", packages {}", b.packages.join(" "))
+        };
+        let spec = BuildSpec {
+            family: s.gcp.image_family.clone(),
+            hash: crate::bootstrap::image_hash(&s.gcp.image, &script),
+            base: s.gcp.image.clone(),
+            project_slug: slug(&self.name),
+            description: format!(
+                "cwo {} worker image: {}, opencode {}{packages}, swap {}",
+                env!("CARGO_PKG_VERSION"),
+                s.gcp.image,
+                b.opencode,
+                b.swap.map_or("off".into(), |m| format!("{m} MiB")),
+            ),
+        };
+        Ok((WorkerLifecycle::new(&ports, &ctx).baking(), builder, spec))
     }
 
     pub(crate) fn journal(&self) -> Result<Journal, JournalError> {

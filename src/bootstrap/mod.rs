@@ -33,8 +33,8 @@ const BASE_ALPINE: &[&str] = &["git", "ca-certificates", "curl", "ripgrep"];
 #[derive(Debug, Clone)]
 pub(crate) struct Script {
     pub(crate) text: String,
-    /// Read by the tests (the same settings give the same hash); the script carries it itself.
-    #[allow(dead_code)]
+    /// Over the settings block and the body: what the host ends up as (the script carries it
+    /// itself, as the marker it writes).
     pub(crate) hash: String,
 }
 
@@ -143,6 +143,17 @@ pub(crate) fn render(settings: &Settings, target: &Target<'_>) -> Script {
     Script { text, hash }
 }
 
+/// The hash an image baked with `script` on `base_image` is labelled with: the base image and
+/// the rendered script (every `[bootstrap]` and `[watchdog]` setting, the opencode version, the
+/// packages, cwo's script itself), so a worker boots from an image only when its own bootstrap
+/// would end in the same state.
+pub(crate) fn image_hash(base_image: &str, script: &Script) -> String {
+    format!(
+        "{:016x}",
+        crate::model::ids::fnv(&format!("{base_image}\n{}", script.hash))
+    )
+}
+
 /// How one step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -235,18 +246,39 @@ elif command -v doas >/dev/null 2>&1; then exec doas -n sh -c "$s" cwo-bootstrap
 else echo "cwo bootstrap: $(id -un) is not root and has neither sudo nor doas" >&2; exit 90; fi
 "#;
 
+/// How the script runs on a host (its first argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A host cwo bootstraps over SSH.
+    Run,
+    /// A host that boots with this script (startup-script / user-data), or from an image baked
+    /// with it: cwo's run waits for the boot run to finish (the script's lock), checks every
+    /// step, and says when the host already had it all (`Report::reused`).
+    Reuse,
+    /// The source of an image (`cwo image build`): no per-worker parts (login keys, heartbeat),
+    /// and the per-host state cleaned at the end.
+    Bake,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Reuse => "reuse",
+            Mode::Bake => "bake",
+        }
+    }
+}
+
 /// Runs the script on the host over one session, handing each step to `on_step` as it ends.
-/// `reuse`: the host boots with this script; cwo's run waits for the boot run to finish (the
-/// script's lock) and says when it had (`Report::reused`).
 pub(crate) async fn run_native(
     t: &dyn Transport,
     script: &Script,
-    reuse: bool,
+    mode: Mode,
     on_step: &mut (dyn FnMut(&Step) + Send),
 ) -> Result<Report, BootstrapError> {
     let started = std::time::Instant::now();
-    let mode = if reuse { "reuse" } else { "run" };
-    let req = ExecRequest::new(["sh", "-c", ELEVATE, "cwo-elevate", &script.text, mode]);
+    let req = ExecRequest::new(["sh", "-c", ELEVATE, "cwo-elevate", &script.text, mode.arg()]);
     let mut report = Report::default();
     let mut stderr = String::new();
     let status = t

@@ -10,6 +10,7 @@ mod demo;
 mod doctor;
 mod down;
 mod github;
+mod image;
 mod logs;
 mod reap;
 mod run;
@@ -55,6 +56,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<ExitStatus, CommandError> {
         Command::Bootstrap(BootstrapCommand::Script { login_user, gce }) => {
             bootstrap::script(&load()?, &printer, &login_user, gce)
         }
+        Command::Image(cmd) => image::image(&load()?, printer, &cmd).await,
         Command::Schedule(cmd) => schedule::schedule(&load()?, printer, &cmd),
         Command::Cost(args) => cost::cost(&load()?, printer, &args).await,
         Command::Budget(crate::cli::BudgetCommand::Check(args)) => {

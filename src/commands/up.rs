@@ -13,7 +13,7 @@ pub(crate) async fn up(
     args: &UpArgs,
 ) -> Result<ExitStatus, CommandError> {
     if args.plan {
-        let report = report::plan::collect(project)?;
+        let report = report::plan::collect(project).await?;
         report::print(&printer, &report, args.format == Format::Json);
         return Ok(ExitStatus::Success);
     }

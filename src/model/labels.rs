@@ -8,6 +8,8 @@ use chrono::Utc;
 
 /// The label that carries a worker's expiry: when its TTL ends, in Unix seconds, or "never".
 pub(crate) const EXPIRES_LABEL: &str = "cwo-expires-at";
+/// On a VM booted from an image `cwo image build` baked: that image's name.
+pub(crate) const IMAGE_LABEL: &str = "cwo-image";
 
 /// The `cwo-expires-at` value for a worker created now with `ttl`.
 pub(crate) fn expires_at(ttl: Option<Duration>) -> String {

@@ -59,6 +59,13 @@ pub enum OrchestratorError {
     },
     #[error("worker {name}: {problem}")]
     HostKeyMismatch { name: String, problem: String },
+    /// A step of `cwo image` (stopping the builder, creating, listing or deleting an image).
+    #[error("{what}")]
+    Image {
+        what: String,
+        #[source]
+        source: ProviderError,
+    },
     #[error("cannot look up worker {name}")]
     Lookup {
         name: String,

@@ -5,6 +5,7 @@
 
 mod attempt;
 mod error;
+pub mod image;
 pub mod logs;
 mod ports;
 pub mod reaper;

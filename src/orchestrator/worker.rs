@@ -123,6 +123,35 @@ pub(crate) enum Unfit {
     Ttl(String),
 }
 
+/// What the hint says a baked image saves, from measured bootstrap times (milliseconds) of
+/// workers booted from the base image (`full`) and from baked ones.
+pub(crate) fn image_saving(full: &[u64], baked: &[u64]) -> String {
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    };
+    let secs = |ms: u64| format!("{:.0} s", ms as f64 / 1000.0);
+    match (median(full), median(baked)) {
+        (Some(f), Some(b)) => format!(
+            "`cwo image build` would save ~{} per worker (bootstrap: {} from the base image over {} worker(s), {} from a baked one)",
+            secs(f.saturating_sub(b)),
+            secs(f),
+            full.len(),
+            secs(b)
+        ),
+        (Some(f), None) => format!(
+            "`cwo image build` would save most of the {} each worker's bootstrap takes (median of {} worker(s)); from a baked image it only checks",
+            secs(f),
+            full.len()
+        ),
+        (None, _) => {
+            "`cwo image build` bakes the bootstrap into an image, so each worker only checks it"
+                .into()
+        }
+    }
+}
+
 /// Brings workers up, adopts them, checks them, and tears them down.
 pub struct WorkerLifecycle {
     provider: Arc<dyn Provider>,
@@ -132,6 +161,11 @@ pub struct WorkerLifecycle {
     settings: Arc<Settings>,
     state_dir: PathBuf,
     project_slug: String,
+    /// Bringing up an image builder (`cwo image build`): bootstrapped in bake mode, never
+    /// journaled ready (no controller adopts it), reached as the login.
+    bake: bool,
+    /// The hint that a baked image would save bootstrap time was given (once per lifecycle).
+    hinted: std::sync::atomic::AtomicBool,
 }
 
 impl WorkerLifecycle {
@@ -144,7 +178,15 @@ impl WorkerLifecycle {
             settings: ctx.settings.clone(),
             state_dir: ctx.state_dir.clone(),
             project_slug: ctx.project_slug.clone(),
+            bake: false,
+            hinted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A lifecycle that brings up image builders (`cwo image build`) instead of workers.
+    pub(crate) fn baking(mut self) -> WorkerLifecycle {
+        self.bake = true;
+        self
     }
 
     pub(crate) fn journal(&self) -> &Journal {
@@ -208,11 +250,13 @@ impl WorkerLifecycle {
     /// name, and a fleet makes many).
     async fn new_names(&self, count: usize) -> Result<Vec<String>, OrchestratorError> {
         let slug = self.project_slug.clone();
+        // A builder says so in its name (`cwo status`, the console, the reaper's report).
+        let kind = if self.bake { "build-" } else { "" };
         self.j(move |j| {
             let mut names: Vec<String> = Vec::with_capacity(count);
             while names.len() < count {
                 let short = &uuid::Uuid::new_v4().simple().to_string()[..6];
-                let name = format!("cwo-{slug}-{short}");
+                let name = format!("cwo-{slug}-{kind}{short}");
                 if !names.contains(&name) && j.worker(&name)?.is_none() {
                     names.push(name);
                 }
@@ -264,6 +308,7 @@ impl WorkerLifecycle {
             tracing::debug!(name = %s.name, request_id = %rid, provider = self.provider.kind(), "create");
         }
         let mut created = self.provider.create_many(&specs).await.into_iter();
+        self.hint_image().await;
         let mut out = Vec::with_capacity(count);
         for (spec, _) in specs {
             // A provider that answers for fewer workers than asked: the rest were not created
@@ -288,6 +333,27 @@ impl WorkerLifecycle {
             out.push((spec.name, result));
         }
         Ok(out)
+    }
+
+    /// Once per lifecycle: when no baked image matches the settings, what `cwo image build`
+    /// would save per worker, from the bootstrap times the journal measured.
+    async fn hint_image(&self) {
+        use std::sync::atomic::Ordering;
+        if self.bake || self.hinted.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(Ok(boot)) = self.provider.boot_image().await else {
+            return;
+        };
+        if !boot.build_would_help || self.hinted.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let times = self
+            .j(|j| Ok((j.bootstrap_times(false)?, j.bootstrap_times(true)?)))
+            .await;
+        let (full, baked) = times.unwrap_or_default();
+        self.printer
+            .warn(format!("{}; {}", boot.why, image_saving(&full, &baked)));
     }
 
     /// Takes a created worker the rest of the way: running, journaled as created (with its
@@ -351,6 +417,16 @@ impl WorkerLifecycle {
             phase.finish(format!("worker {name} stopped"));
             return self.stopped(&name).await;
         }
+        if self.bake {
+            // A builder is never adopted as a worker: it stays `starting` until it is deleted.
+            phase.finish(format!("builder {name} is bootstrapped"));
+            return Ok(Some(ActiveWorker::new(
+                instance,
+                transport,
+                false,
+                self.journal.clone(),
+            )));
+        }
         // Only now may a later controller adopt it (the login's view is what the journal keeps:
         // adoption derives the work user's view again).
         let (n, record) = (
@@ -404,6 +480,11 @@ impl WorkerLifecycle {
         let name = &instance.name;
         let login = self.connect(instance)?;
         let (instance, transport) = self.bootstrap(instance, login).await?;
+        if self.bake {
+            // The work user has no keys on a builder (an image carries none): nothing to check
+            // as it, and no agent runs there.
+            return Ok((instance, transport));
+        }
         // Reachability (for SSH: banner, key, pinned host key) and prerequisites in one call.
         let program = &self.settings.agent.command[0];
         let check = transport
@@ -473,16 +554,37 @@ impl WorkerLifecycle {
                     crate::provider::Target::Ssh { user, .. } => user.as_str(),
                     crate::provider::Target::Local { .. } => "",
                 };
-                // A GCE VM booted with this very script (startup-script / user-data): cwo's
-                // run waits for that one and checks it.
+                // A GCE VM booted with this very script (startup-script / user-data), or from
+                // an image baked with it: cwo's run waits for the boot run and checks it.
                 let gce = self.provider.boots_with_startup_script();
                 let script = bootstrap::render(settings, &bootstrap::Target { login_user, gce });
-                p.status(format!("bootstrapping worker {name} (native)"));
-                let report = bootstrap::run_native(&*login, &script, gce, &mut |step| {
+                let mode = match (self.bake, gce) {
+                    (true, _) => bootstrap::Mode::Bake,
+                    (false, true) => bootstrap::Mode::Reuse,
+                    (false, false) => bootstrap::Mode::Run,
+                };
+                let image = instance.labels.get(crate::model::IMAGE_LABEL).cloned();
+                let from = image
+                    .as_deref()
+                    .map(|i| format!(", from image {i}"))
+                    .unwrap_or_default();
+                let what = if self.bake { "builder" } else { "worker" };
+                p.status(format!("bootstrapping {what} {name} (native{from})"));
+                let report = bootstrap::run_native(&*login, &script, mode, &mut |step| {
                     p.status(bootstrap::step_line(step));
                 })
                 .await
                 .map_err(fail)?;
+                if !self.bake {
+                    let (n, ms) = (name.clone(), report.elapsed.as_millis() as u64);
+                    // A measurement only: a journal that refuses it loses the hint's figure.
+                    if let Err(e) = self
+                        .j(move |j| j.worker_bootstrapped(&n, ms, image.as_deref()))
+                        .await
+                    {
+                        tracing::debug!(error = %e, "bootstrap time not journaled");
+                    }
+                }
                 if let Some(printed) = report.host_key.clone() {
                     let (connector, inst) = (self.connector.clone(), instance.clone());
                     match off_thread(move || connector.check_host_key(&inst, &printed)).await {

@@ -24,6 +24,21 @@ pub struct Room {
     pub why: String,
 }
 
+/// The image a new worker boots from, and why (`cwo up --plan`, the bring-up's hint).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BootImage {
+    /// What the VM's boot disk is made from (`sourceImage`).
+    pub image: String,
+    /// The baked image's name, when the worker boots from one (its bootstrap only checks).
+    pub baked: Option<String>,
+    /// Why this image, in one line.
+    pub why: String,
+    /// The hash the current settings bake to ("" when images do not apply).
+    pub hash: String,
+    /// No baked image matches the settings, and `cwo image build` would make one.
+    pub build_would_help: bool,
+}
+
 /// What a plan needs from outside the provider.
 pub struct PlanContext<'a> {
     /// The price catalog a cloud worker is priced from.
@@ -326,6 +341,11 @@ pub trait Provider: Send + Sync {
     /// startup-script / user-data), so cwo's own run of it waits for the boot run.
     fn boots_with_startup_script(&self) -> bool {
         false
+    }
+    /// The image new workers boot from, for providers that boot images (`None`: the others).
+    /// `Err`: the configuration wants a baked image there is none of.
+    async fn boot_image(&self) -> Option<Result<BootImage, ProviderError>> {
+        None
     }
     /// Whether workers are machines cwo creates and pays for, which can outlive a controller
     /// (a reaper must watch them), rather than this machine or hosts the user owns.

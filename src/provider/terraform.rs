@@ -63,6 +63,9 @@ pub struct TerraformProvider {
     records: RecordStore,
     keys_dir: PathBuf,
     startup_script: String,
+    /// Decides the image workers boot from (`gcp.use_image`: a baked one when it matches)
+    /// through the Compute API, as the gcp provider does, so both paths boot identical workers.
+    images: Option<super::gcp::GcpProvider>,
 }
 
 impl TerraformProvider {
@@ -86,7 +89,19 @@ impl TerraformProvider {
             dir,
             keys_dir,
             startup_script,
+            images: None,
         }
+    }
+
+    /// Workers boot from the image `gcp` chooses (see [`super::gcp::GcpProvider::with_image_hash`]).
+    pub(crate) fn with_boot_images(mut self, gcp: super::gcp::GcpProvider) -> TerraformProvider {
+        self.images = Some(gcp);
+        self
+    }
+
+    /// The image chosen for this provider's workers, once it was (the first create or plan).
+    fn chosen(&self) -> Option<&super::BootImage> {
+        self.images.as_ref().and_then(|g| g.chosen_boot_image())
     }
 
     pub(crate) fn binary(&self) -> &str {
@@ -139,12 +154,16 @@ impl TerraformProvider {
                 "gcp.ssh_source is empty: the terraform provider needs this machine's address as a CIDR (e.g. \"203.0.113.7/32\")".into(),
             ));
         }
+        let mut labels = self.labels_for(spec);
+        if let Some(baked) = self.chosen().and_then(|b| b.baked.as_ref()) {
+            labels.insert(crate::model::IMAGE_LABEL.into(), baked.clone());
+        }
         let mut vars = json!({
             "name": spec.name,
             "project": g.project,
             "zone": zone,
             "machine_type": g.machine_type,
-            "image": g.image,
+            "image": self.chosen().map_or(&g.image, |b| &b.image),
             "disk_size_gb": g.disk_size_gb,
             "disk_type": g.disk_type,
             "spot": g.spot,
@@ -154,7 +173,7 @@ impl TerraformProvider {
             "ssh_user": g.ssh_user,
             "ssh_port": g.ssh_port,
             "ssh_public_key": public_key.trim(),
-            "labels": self.labels_for(spec),
+            "labels": labels,
             "startup_script": self.startup_script,
         });
         for (k, v) in &self.terraform.vars {
@@ -248,6 +267,13 @@ impl Provider for TerraformProvider {
         true
     }
 
+    async fn boot_image(&self) -> Option<Result<super::BootImage, ProviderError>> {
+        match &self.images {
+            Some(g) => Some(g.boot_image_choice().await),
+            None => None,
+        }
+    }
+
     fn creates_machines(&self) -> bool {
         true
     }
@@ -281,7 +307,7 @@ impl Provider for TerraformProvider {
             ),
             zone: g.zones.first().cloned(),
             machine_type: g.machine_type.clone(),
-            image: g.image.clone(),
+            image: self.chosen().map_or(&g.image, |b| &b.image).clone(),
             ttl: super::gcp::ttl_text(g.ttl),
             ssh_source: g.ssh_source.clone(),
             labels: self.labels_for(spec),
@@ -331,6 +357,9 @@ impl Provider for TerraformProvider {
     ) -> Result<Instance, ProviderError> {
         if let Some(existing) = self.records.existing(&spec.name, idempotency_key)? {
             return Ok(existing);
+        }
+        if let Some(images) = &self.images {
+            images.boot_image_choice().await?;
         }
         let wdir = self.worker_dir(&spec.name);
         self.place_module(&wdir)?;

@@ -10,6 +10,7 @@ pub(crate) mod config;
 pub(crate) mod cost;
 pub(crate) mod doctor;
 pub(crate) mod github;
+pub(crate) mod image;
 pub(crate) mod plan;
 pub(crate) mod reap;
 pub(crate) mod sources;

@@ -9,16 +9,30 @@ use crate::config::ProviderKind;
 use crate::cost::{Catalog, CatalogError};
 use crate::model::ids::slug;
 use crate::project::Project;
-use crate::provider::{Plan, PlanContext, WorkerSpec, worker_labels};
+use crate::provider::{BootImage, Plan, PlanContext, WorkerSpec, worker_labels};
 
 #[derive(Serialize)]
 pub(crate) struct PlanReport {
     pub(crate) schema_version: u32,
     pub(crate) plan: Plan,
+    /// The image a worker would boot from and why (providers that boot images only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) boot_image: Option<BootImagePlan>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+pub(crate) enum BootImagePlan {
+    Chosen(BootImage),
+    /// The choice failed (`gcp.use_image = "always"` with no image, or the images cannot be
+    /// listed): `cwo up` would fail the same way.
+    Failed {
+        error: String,
+    },
 }
 
 /// The spec `cwo up` would send, without sending it.
-pub(crate) fn collect(project: &Project) -> Result<PlanReport, CatalogError> {
+pub(crate) async fn collect(project: &Project) -> Result<PlanReport, CatalogError> {
     let s = project.settings();
     let project_slug = slug(&project.name);
     let name = format!("cwo-{project_slug}-<6 hex>");
@@ -38,9 +52,18 @@ pub(crate) fn collect(project: &Project) -> Result<PlanReport, CatalogError> {
         catalog: &catalog,
         bootstrap: s.bootstrap_method().to_string(),
     };
+    let provider = project.provider_to_inspect();
+    // Decided first, so the instance body shows the image it would boot.
+    let boot_image = provider.boot_image().await.map(|r| match r {
+        Ok(b) => BootImagePlan::Chosen(b),
+        Err(e) => BootImagePlan::Failed {
+            error: e.one_line(),
+        },
+    });
     Ok(PlanReport {
         schema_version: SCHEMA_VERSION,
-        plan: project.provider_to_inspect().plan(&spec, &ctx),
+        plan: provider.plan(&spec, &ctx),
+        boot_image,
     })
 }
 
@@ -65,8 +88,25 @@ impl Report for PlanReport {
                 }
             }
         }
+        if let Some(map) = shown.as_object_mut() {
+            map.remove("boot_image");
+        }
         out.push_str(&serde_json::to_string_pretty(&shown).expect("serializes"));
         out.push('\n');
+        match &self.boot_image {
+            Some(BootImagePlan::Chosen(b)) => {
+                out.push_str(&format!("boot image: {} ({})\n", b.image, b.why));
+                if b.build_would_help {
+                    out.push_str(
+                        "  `cwo image build` bakes one, so each worker's bootstrap only checks\n",
+                    );
+                }
+            }
+            Some(BootImagePlan::Failed { error }) => {
+                out.push_str(&format!("boot image: cannot be chosen: {error}\n"));
+            }
+            None => {}
+        }
         match self.plan.list_price() {
             Some(Some(total)) => out.push_str(&format!(
                 "expected list cost: ${total:.5}/hour (${:.2}/month if left running; an e2-micro in us-west1/us-central1/us-east1 is in the free tier)\n",

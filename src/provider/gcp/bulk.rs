@@ -111,6 +111,18 @@ impl GcpProvider {
         &self,
         specs: &[(WorkerSpec, String)],
     ) -> Vec<Result<Instance, ProviderError>> {
+        // The boot image is decided once, before any body is built.
+        if let Err(e) = self.boot_image_choice().await {
+            return specs
+                .iter()
+                .map(|(s, _)| {
+                    Err(for_each_spec(
+                        &e,
+                        &format!("choosing the image of VM {}", s.name),
+                    ))
+                })
+                .collect();
+        }
         let singles =
             || futures::future::join_all(specs.iter().map(|(spec, key)| self.create(spec, key)));
         let zones = &self.settings.zones;

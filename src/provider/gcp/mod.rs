@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use google_cloud_compute_v1::client::{
-    Disks, Firewalls, Instances, RegionInstances, Regions, ZoneOperations,
+    Disks, Firewalls, GlobalOperations, Images, Instances, RegionInstances, Regions, ZoneOperations,
 };
 use google_cloud_compute_v1::model::{
     self as gce, AccessConfig, AttachedDisk, AttachedDiskInitializeParams, Firewall, Metadata,
@@ -25,11 +25,12 @@ use crate::util::gcp_api::configure;
 pub(crate) mod budget;
 mod bulk;
 mod doctor;
+pub(crate) mod images;
 pub(crate) use budget::{AlertSpec, Amount, BudgetApi};
 
 use super::{
-    Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec, Provider,
-    ProviderError, ProviderErrorKind, Target, WorkerSpec,
+    BootImage, Check, DeleteOutcome, Instance, InstanceStatus, Plan, PlanContext, PriceSpec,
+    Provider, ProviderError, ProviderErrorKind, Target, WorkerSpec,
 };
 use crate::config::{GcpSettings, SshSettings};
 
@@ -66,6 +67,9 @@ struct Clients {
     regions: Regions,
     /// The boot disks of a bulk insert's VMs, labelled with their worker afterwards.
     disks: Disks,
+    /// cwo's worker images (`cwo image`), and their global operations.
+    images: Images,
+    global_operations: GlobalOperations,
 }
 
 pub struct GcpProvider {
@@ -83,6 +87,10 @@ pub struct GcpProvider {
     zones: Mutex<HashMap<String, String>>,
     /// The zones of gcp.zones' region, asked once (a bulk insert denies the others).
     region_zones: OnceCell<Vec<String>>,
+    /// The hash the current settings bake an image to (`None`: baked images do not apply).
+    image_hash: Option<String>,
+    /// The image new workers boot from, decided at the first create (`images.rs`).
+    boot: OnceCell<BootImage>,
 }
 
 /// What `cwo up --plan` shows for gcp: the exact instance body, the firewall rule, the price.
@@ -287,7 +295,15 @@ impl GcpProvider {
             firewall: OnceCell::new(),
             zones: Mutex::new(HashMap::new()),
             region_zones: OnceCell::new(),
+            image_hash: None,
+            boot: OnceCell::new(),
         }
+    }
+
+    /// Workers boot from the newest image baked with `hash` when `gcp.use_image` allows it.
+    pub(crate) fn with_image_hash(mut self, hash: String) -> GcpProvider {
+        self.image_hash = Some(hash);
+        self
     }
 
     /// Boots the VMs with `script` as startup-script and user-data (so boot and setup overlap).
@@ -324,6 +340,8 @@ impl GcpProvider {
                     region_instances: build!(RegionInstances),
                     regions: build!(Regions),
                     disks: build!(Disks),
+                    images: build!(Images),
+                    global_operations: build!(GlobalOperations),
                 })
             })
             .await
@@ -553,7 +571,16 @@ impl GcpProvider {
         // reaper's marks are the VM's (setLabels on the instance does not reach the disk).
         const DISK_LABELS: [&str; 3] = ["cwo-managed", "cwo-project", "cwo-worker"];
         let s = &self.settings;
-        let labels = self.labels_for(spec);
+        let mut labels = self.labels_for(spec);
+        // The image chosen at the first create (`boot_image_choice`); until then, gcp.image.
+        let baked = self.boot.get().and_then(|b| b.baked.clone());
+        let source_image = match (self.boot.get(), &baked) {
+            (Some(b), Some(_)) => b.image.clone(),
+            _ => s.image.clone(),
+        };
+        if let Some(name) = &baked {
+            labels.insert(images::IMAGE_LABEL.into(), name.clone());
+        }
         let disk_labels: BTreeMap<String, String> = labels
             .iter()
             .filter(|(k, _)| DISK_LABELS.contains(&k.as_str()))
@@ -584,7 +611,7 @@ impl GcpProvider {
                 .set_auto_delete(true)
                 .set_initialize_params(
                     AttachedDiskInitializeParams::new()
-                        .set_source_image(&s.image)
+                        .set_source_image(&source_image)
                         .set_disk_size_gb(s.disk_size_gb as i64)
                         .set_disk_type(format!("zones/{zone}/diskTypes/{}", s.disk_type))
                         .set_labels(disk_labels),
@@ -859,6 +886,10 @@ impl Provider for GcpProvider {
         self.checks().await
     }
 
+    async fn boot_image(&self) -> Option<Result<BootImage, ProviderError>> {
+        Some(self.boot_image_choice().await)
+    }
+
     async fn create(
         &self,
         spec: &WorkerSpec,
@@ -867,6 +898,7 @@ impl Provider for GcpProvider {
         if self.settings.zones.is_empty() {
             return Err(ProviderError::InvalidSpec("gcp.zones is empty".into()));
         }
+        self.boot_image_choice().await?;
         self.ensure_firewall().await?;
         let key_path = self.key_path(&spec.name);
         let public_key = super::worker_key(&key_path, &spec.name)?;
