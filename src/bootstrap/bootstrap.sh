@@ -324,6 +324,13 @@ step_start
 k=/etc/ssh/ssh_host_ed25519_key.pub
 i=0
 while [ ! -f "$k" ] && [ "$i" -lt 60 ]; do sleep 1; i=$((i + 1)); done
+# Booted from a baked image whose host keys were removed, and nothing made new ones (Google's
+# guest agent and Alpine's sshd service do): make them, and start sshd with them.
+if [ ! -f "$k" ] && command -v ssh-keygen >/dev/null 2>&1; then
+  run ssh-keygen -A
+  if command -v systemctl >/dev/null 2>&1; then run systemctl restart ssh || run systemctl restart sshd
+  elif command -v rc-service >/dev/null 2>&1; then run rc-service sshd restart; fi
+fi
 [ -f "$k" ] || fail hostkey "$k does not exist"
 if [ "$CWO_GCE" = 1 ] && command -v curl >/dev/null 2>&1; then
   curl -sf -m 5 -X PUT -H "Metadata-Flavor: Google" --data "$(cut -d' ' -f2 "$k")" \

@@ -367,7 +367,8 @@ impl WorkerLifecycle {
     ) -> Result<Option<ActiveWorker>, OrchestratorError> {
         let name = created.name.clone();
         let phase = self.printer.phase(format!(
-            "bringing up worker {name} ({})",
+            "bringing up {} {name} ({})",
+            if self.bake { "builder" } else { "worker" },
             self.provider.kind()
         ));
         let instance = match self
