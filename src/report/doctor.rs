@@ -42,6 +42,9 @@ pub(crate) async fn collect(project: &Project) -> DoctorReport {
     }
     checks.extend(provider.doctor().await);
     checks.push(bootstrap_check(s));
+    if let Some(c) = image_check(provider.boot_image().await) {
+        checks.push(c);
+    }
     checks.extend(agent_checks(s, provider.creates_machines()));
     DoctorReport {
         schema_version: SCHEMA_VERSION,
@@ -498,6 +501,32 @@ fn bootstrap_check(s: &Settings) -> Check {
             ),
         ),
         _ => Check::ok("bootstrap", "none: workers are used as they are"),
+    }
+}
+
+/// The image new workers boot from (`gcp.use_image`), where baked images apply.
+fn image_check(
+    choice: Option<Result<crate::provider::BootImage, crate::provider::ProviderError>>,
+) -> Option<Check> {
+    match choice? {
+        Ok(b) if b.hash.is_empty() => None,
+        Ok(b) => Some(match &b.baked {
+            Some(name) => Check::ok(
+                "image",
+                format!("workers boot {name}, {}: the bootstrap only checks it", b.why),
+            ),
+            None if b.build_would_help => Check::warn(
+                "image",
+                format!("workers boot {}", b.why),
+                "`cwo image build` bakes the bootstrap into an image once, so each worker boots ready",
+            ),
+            None => Check::ok("image", format!("workers boot {}", b.why)),
+        }),
+        Err(e) => Some(Check::fail(
+            "image",
+            e.one_line(),
+            "`cwo image build`, or gcp.use_image = \"auto\" to fall back to gcp.image",
+        )),
     }
 }
 
