@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::{kill, wait_for};
 use crate::test_gcp::{Gcp, gcp};
@@ -43,7 +43,11 @@ fn the_builder_is_deleted_when_its_bootstrap_fails() {
     let Some(g) = gcp("", "true", "") else { return };
     let run = image_cmd(&g, &["build"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
-    assert!(run.stderr.contains("refusing to bootstrap"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("refusing to bootstrap"),
+        "{}",
+        run.stderr
+    );
     // It was a builder: booting the base image, no bootstrap at boot, labelled like a worker.
     let bodies = inserts(&g);
     assert_eq!(bodies.len(), 1);
@@ -79,7 +83,8 @@ fn the_builder_is_deleted_when_its_bootstrap_fails() {
     // Deleted, journaled so, and no image.
     assert!(g.fake.vm_names().is_empty(), "{:?}", g.fake.vm_names());
     assert_eq!(
-        g.env.journal("SELECT state, termination_reason FROM workers"),
+        g.env
+            .journal("SELECT state, termination_reason FROM workers"),
         "deleted|error"
     );
     assert!(
@@ -122,4 +127,224 @@ fn a_killed_build_leaves_a_builder_the_reaper_deletes() {
             .journal("SELECT state, termination_reason FROM workers"),
         "deleted|reaped"
     );
+}
+
+fn image_names(g: &Gcp) -> Vec<String> {
+    let mut names: Vec<String> = g
+        .fake
+        .images()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn prune_keeps_n_and_never_an_image_in_use() {
+    let Some(g) = gcp("", "true", "") else { return };
+    let h = json!({"cwo-image-hash": "0123456789abcdef", "cwo-managed": "true"});
+    for (name, day) in [("img-1", 1), ("img-2", 2), ("img-3", 3), ("img-4", 4)] {
+        g.fake.add_image(
+            name,
+            "cwo-worker",
+            h.clone(),
+            &format!("2026-11-0{day}T00:00:00Z"),
+        );
+    }
+    // Another tool's image in the same family, and an image of another family.
+    g.fake
+        .add_image("theirs", "cwo-worker", json!({}), "2026-10-01T00:00:00Z");
+    g.fake
+        .add_image("elsewhere", "other", h.clone(), "2026-10-01T00:00:00Z");
+    // A live VM (of any cwo project) booted from the oldest one.
+    g.fake.add_vm(
+        "us-central1-a",
+        "cwo-other-abc123",
+        json!({"cwo-managed": "true", "cwo-project": "other", "cwo-image": "img-1"}),
+        "2026-11-05T00:00:00Z",
+        "RUNNING",
+    );
+    let before = image_names(&g);
+    let dry = image_cmd(
+        &g,
+        &["prune", "--keep", "2", "--dry-run", "--format", "json"],
+    );
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert_eq!(image_names(&g), before, "--dry-run deletes nothing");
+    let run = image_cmd(&g, &["prune", "--keep", "2", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let actions: Vec<(String, String)> = run.json()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("img-4", "kept"),
+        ("img-3", "kept"),
+        ("img-2", "deleted"),
+        ("img-1", "in-use"),
+    ]
+    .map(|(a, b)| (a.to_string(), b.to_string()));
+    assert_eq!(actions, want, "{}", run.stdout);
+    assert_eq!(
+        image_names(&g),
+        ["elsewhere", "img-1", "img-3", "img-4", "theirs"],
+        "only img-2 went"
+    );
+    let deletes: Vec<String> = g
+        .fake
+        .log()
+        .into_iter()
+        .filter(|r| r.method == "DELETE" && r.path.contains("/global/images/"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    // The table says the same.
+    let table = image_cmd(&g, &["list"]);
+    assert!(
+        table.stdout.contains("cwo-other-abc123"),
+        "{}",
+        table.stdout
+    );
+}
+
+/// The source image and labels of the last instance insert.
+fn last_insert(g: &Gcp) -> (String, Value) {
+    let body = inserts(g).pop().expect("an insert");
+    (
+        body["disks"][0]["initializeParams"]["sourceImage"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        body["labels"].clone(),
+    )
+}
+
+#[test]
+fn workers_boot_from_the_image_whose_hash_matches_and_bootstrap_otherwise() {
+    let Some(g) = gcp("", "true", "") else { return };
+    let hash = current_hash(&g);
+    let debian = "projects/debian-cloud/global/images/family/debian-12";
+    let plan = |g: &Gcp| {
+        let run = g
+            .env
+            .cwo(&["--config", NATIVE, "up", "--plan", "--format", "json"]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        run.json()
+    };
+    let up = |g: &Gcp, extra: &[&str]| {
+        let mut args = vec!["--config", NATIVE];
+        args.extend_from_slice(extra);
+        args.push("up");
+        g.env.cwo(&args)
+    };
+
+    // An image baked from other settings: the base image, the full bootstrap, and a hint.
+    g.fake.add_image(
+        "cwo-worker-stale",
+        "cwo-worker",
+        json!({"cwo-image-hash": "00000000deadbeef"}),
+        "2026-11-01T00:00:00Z",
+    );
+    let p = plan(&g);
+    assert_eq!(p["boot_image"]["baked"], Value::Null, "{p}");
+    assert_eq!(p["boot_image"]["build_would_help"], true);
+    assert!(
+        p["boot_image"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("cwo-worker-stale"),
+        "{p}"
+    );
+    assert_eq!(
+        p["plan"]["instance"]["disks"][0]["initializeParams"]["sourceImage"],
+        debian
+    );
+    let stale = up(&g, &[]);
+    let (image, labels) = last_insert(&g);
+    assert_eq!(image, debian);
+    assert!(labels.get("cwo-image").is_none(), "{labels}");
+    assert!(
+        stale
+            .stderr
+            .contains("cwo-worker-stale, was baked from other settings")
+            && stale
+                .stderr
+                .contains("`cwo image build` bakes the bootstrap"),
+        "{}",
+        stale.stderr
+    );
+    assert!(g.fake.vm_names().is_empty(), "the failed worker is deleted");
+    // With bootstrap times measured (one worker fully bootstrapped in 95 s, one from an image
+    // in 3 s), the hint says what a build saves.
+    up(&g, &[]);
+    g.env.journal(
+        "UPDATE workers SET bootstrap_ms = CASE WHEN rowid = (SELECT min(rowid) FROM workers) \
+         THEN 95000 ELSE 3000 END, boot_image = CASE WHEN rowid = (SELECT min(rowid) FROM workers) \
+         THEN NULL ELSE 'cwo-worker-x' END",
+    );
+    let measured = up(&g, &[]);
+    assert!(
+        measured
+            .stderr
+            .contains("`cwo image build` would save ~92 s per worker (bootstrap: 95 s from the base image over 1 worker(s), 3 s from a baked one)"),
+        "{}",
+        measured.stderr
+    );
+
+    // An image baked from exactly these settings, newer than the stale one: workers boot it.
+    g.fake.add_image(
+        "cwo-worker-fresh",
+        "cwo-worker",
+        json!({"cwo-image-hash": hash}),
+        "2026-11-02T00:00:00Z",
+    );
+    let p = plan(&g);
+    assert_eq!(p["boot_image"]["baked"], "cwo-worker-fresh", "{p}");
+    let fresh = "projects/proj-test/global/images/cwo-worker-fresh";
+    assert_eq!(
+        p["plan"]["instance"]["disks"][0]["initializeParams"]["sourceImage"],
+        fresh
+    );
+    assert_eq!(
+        p["plan"]["instance"]["labels"]["cwo-image"],
+        "cwo-worker-fresh"
+    );
+    let baked = up(&g, &[]);
+    let (image, labels) = last_insert(&g);
+    assert_eq!(image, fresh, "{}", baked.stderr);
+    assert_eq!(labels["cwo-image"], "cwo-worker-fresh");
+    assert!(
+        !baked.stderr.contains("`cwo image build`"),
+        "{}",
+        baked.stderr
+    );
+
+    // "never" boots the base image whatever exists; "always" refuses without a match.
+    up(&g, &["--config", "gcp.use_image=never"]);
+    assert_eq!(last_insert(&g).0, debian);
+    let count = inserts(&g).len();
+    let always = up(
+        &g,
+        &[
+            "--config",
+            "gcp.use_image=always",
+            "--config",
+            "gcp.image_family=empty",
+        ],
+    );
+    assert_ne!(always.code, 0);
+    assert!(
+        always.stderr.contains("cwo image build"),
+        "{}",
+        always.stderr
+    );
+    assert_eq!(inserts(&g).len(), count, "no VM without its image");
 }

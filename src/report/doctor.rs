@@ -513,7 +513,10 @@ fn image_check(
         Ok(b) => Some(match &b.baked {
             Some(name) => Check::ok(
                 "image",
-                format!("workers boot {name}, {}: the bootstrap only checks it", b.why),
+                format!(
+                    "workers boot {name}, {}: the bootstrap only checks it",
+                    b.why
+                ),
             ),
             None if b.build_would_help => Check::warn(
                 "image",
