@@ -1,6 +1,7 @@
 //! A fake of the Compute Engine v1 REST API (and Secret Manager's `access`, the Cloud Billing
-//! Budget API's budgets and Resource Manager's `projects.get`), enough for cwo's gcp provider and
-//! `cwo budget alert`, with fault injection. It speaks the JSON shapes of the real API on 127.0.0.1 and
+//! Budget API's budgets and Resource Manager's `projects.get`), enough for cwo's gcp provider,
+//! `cwo budget alert` and `cwo image` (instances.stop, images, global operations), with fault
+//! injection. It speaks the JSON shapes of the real API on 127.0.0.1 and
 //! records every request so tests can assert on request bodies.
 //!
 //! "Guest agent" behaviour: on insert (and once a `setMetadata` has landed), the keys of the
@@ -41,6 +42,12 @@ struct Vm {
 }
 
 impl Vm {
+    /// Stopped: TERMINATED, and its termination timer cleared, as Compute Engine does.
+    fn stopped(&mut self) {
+        self.body["status"] = json!("TERMINATED");
+        self.terminate_at = None;
+    }
+
     /// The body as the API shows it now.
     fn shown(&self, now: Instant) -> Value {
         let mut body = self.body.clone();
@@ -71,6 +78,26 @@ enum Effect {
         authorized_keys: Option<PathBuf>,
         ssh_keys: String,
     },
+    /// An `instances.stop` has landed: the VM is TERMINATED and its termination timer cleared.
+    Stop(String),
+    /// An `images.insert` has finished: the image is READY, or FAILED when the operation failed.
+    ImageDone {
+        name: String,
+        ok: bool,
+    },
+    /// An `images.delete` has landed: the image is gone.
+    RemoveImage(String),
+}
+
+/// What Compute reads an image's `rawDisk.source` through (see `FakeGce::link_storage`): the
+/// size of the object `(bucket, name)`, or which of the two does not exist.
+pub type ObjectReader = Arc<dyn Fn(&str, &str) -> Result<u64, MissingObject> + Send + Sync>;
+
+/// Why an `ObjectReader` found no object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingObject {
+    Bucket,
+    Object,
 }
 
 #[derive(Default)]
@@ -127,6 +154,12 @@ pub struct Faults {
     /// console labelled the disk between the caller's `disks.get` and its set: the fingerprint
     /// that call carries is stale. Each name is used once.
     pub disk_label_races: Vec<String>,
+    /// The next N `images.insert` operations finish with an error (INTERNAL_ERROR) and leave
+    /// their image FAILED, the status Compute gives an image whose creation failed
+    /// (https://cloud.google.com/compute/docs/reference/rest/v1/images: status FAILED).
+    pub image_insert_errors: u32,
+    /// The next N `images.delete` operations finish with an error; the image stays READY.
+    pub image_delete_errors: u32,
 }
 
 /// A persistent disk made from an insert's `disks[].initializeParams`, as Compute keeps it:
@@ -165,6 +198,14 @@ struct State {
     bulk_calls: Vec<Value>,
     /// Zones of a region, for `regionInstances.bulkInsert` (see `FakeGce::set_region_zones`).
     region_zones: HashMap<String, Vec<String>>,
+    /// Images (`global/images`), by name, as `images.get` shows them.
+    images: BTreeMap<String, Value>,
+    /// The `disks[0].initializeParams.sourceImage` each VM was created with, by VM name.
+    source_images: HashMap<String, String>,
+    /// The VMs `instances.stop` was accepted for, in order.
+    stopped: Vec<String>,
+    /// Where `rawDisk.source` objects are read (`FakeGce::link_storage`); none: no bucket exists.
+    storage: Option<ObjectReader>,
 }
 
 /// A VM coming into existence or leaving it, on the real clock (`at`) when the fake applied it.
@@ -416,9 +457,69 @@ impl FakeGce {
     /// cleared, as Compute Engine does.
     pub fn stop_vm(&self, name: &str) {
         if let Some(vm) = self.state.lock().unwrap().vms.get_mut(name) {
-            vm.body["status"] = json!("TERMINATED");
-            vm.terminate_at = None;
+            vm.stopped();
         }
+    }
+
+    /// The VMs an `instances.stop` was accepted for, in order (a repeated `requestId` counts once).
+    pub fn stopped(&self) -> Vec<String> {
+        self.state.lock().unwrap().stopped.clone()
+    }
+
+    /// Lets `images.insert` read `rawDisk.source` objects (https://storage.googleapis.com/B/O)
+    /// through `reader`, e.g. `FakeGcs::reader()`. Unlinked, every bucket is missing, as for a
+    /// project whose Compute service agent can read no bucket.
+    pub fn link_storage(&self, reader: ObjectReader) {
+        self.state.lock().unwrap().storage = Some(reader);
+    }
+
+    /// Every image, as `images.get` shows it now (READY, PENDING, FAILED or DELETING), by name.
+    pub fn images(&self) -> Vec<Value> {
+        let mut st = self.state.lock().unwrap();
+        st.finish_due();
+        st.images.values().cloned().collect()
+    }
+
+    pub fn image(&self, name: &str) -> Option<Value> {
+        let mut st = self.state.lock().unwrap();
+        st.finish_due();
+        st.images.get(name).cloned()
+    }
+
+    /// Adds a READY image made by someone else (an earlier `cwo image build`, the console):
+    /// `family` "" for none, `labels` a JSON object, `created` its RFC 3339 `creationTimestamp`.
+    pub fn add_image(&self, name: &str, family: &str, labels: Value, created: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.next += 1;
+        let id = st.next;
+        let mut body = json!({
+            "kind": "compute#image", "id": id.to_string(), "creationTimestamp": created,
+            "name": name, "sourceType": "RAW", "status": "READY",
+            "archiveSizeBytes": "2684354560", "diskSizeGb": "10",
+            "labelFingerprint": fingerprint(id), "storageLocations": ["us"],
+            "selfLink": image_url(&self.project, name),
+        });
+        if !family.is_empty() {
+            body["family"] = json!(family);
+        }
+        if labels.as_object().is_some_and(|l| !l.is_empty()) {
+            body["labels"] = labels;
+        }
+        st.images.insert(name.to_string(), body);
+    }
+
+    /// Marks an image deprecated (`deprecated.state`: DEPRECATED, OBSOLETE or DELETED), as
+    /// `images.deprecate` would: `getFromFamily` passes over it.
+    pub fn deprecate_image(&self, name: &str, state: &str) {
+        if let Some(image) = self.state.lock().unwrap().images.get_mut(name) {
+            image["deprecated"] = json!({"state": state});
+        }
+    }
+
+    /// The `disks[0].initializeParams.sourceImage` the VM was created with (by
+    /// `instances.insert` or `regionInstances.bulkInsert`), as sent; kept after the VM is gone.
+    pub fn source_image_of(&self, vm: &str) -> Option<String> {
+        self.state.lock().unwrap().source_images.get(vm).cloned()
     }
 
     /// Moves the fake's clock forward: VMs whose TTL ends by then are deleted.
@@ -623,6 +724,19 @@ fn finish_op(st: &mut State, name: &str) {
             authorized_keys,
             ssh_keys,
         } => install_ssh_keys(authorized_keys.as_deref(), &ssh_keys),
+        Effect::Stop(vm) => {
+            if let Some(vm) = st.vms.get_mut(&vm) {
+                vm.stopped();
+            }
+        }
+        Effect::ImageDone { name, ok } => {
+            if let Some(image) = st.images.get_mut(&name) {
+                image["status"] = json!(if ok { "READY" } else { "FAILED" });
+            }
+        }
+        Effect::RemoveImage(name) => {
+            st.images.remove(&name);
+        }
     }
 }
 
@@ -668,15 +782,23 @@ fn same_fingerprint(a: &Value, b: &Value) -> bool {
 /// installing ssh-keys, the TTL (`scheduling.maxRunDuration` + `instanceTerminationAction:
 /// DELETE`) and the disks made from `initializeParams`. Uses one unit of the zone's (and the
 /// region's) room, if the test set one.
+#[allow(clippy::too_many_arguments)]
 fn create_vm(
     st: &mut State,
     f: &mut Faults,
     config: &Config,
+    project: &str,
     zone: &str,
     name: &str,
     mut vm: Value,
     now: Instant,
 ) {
+    if let Some(src) = vm
+        .pointer("/disks/0/initializeParams/sourceImage")
+        .and_then(Value::as_str)
+    {
+        st.source_images.insert(name.to_string(), src.to_string());
+    }
     let target =
         format!("https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}");
     st.next += 1;
@@ -745,6 +867,16 @@ fn create_vm(
             "sourceImage": init["sourceImage"], "status": "READY", "users": [target],
             "labelFingerprint": fingerprint(st.next),
         });
+        // Like the API, a disk made from an image family names the image the family pointed
+        // to then (`sourceImage` as that image's URL, and its `sourceImageId`): shown for the
+        // fake's own images, which are the ones it can resolve.
+        if let Some(Ok(image)) = init["sourceImage"]
+            .as_str()
+            .and_then(|src| resolve_image(st, project, src))
+        {
+            body["sourceImage"] = image["selfLink"].clone();
+            body["sourceImageId"] = image["id"].clone();
+        }
         // Like the API, no `labels` field on a disk created without any.
         if let Some(labels) = init.get("labels") {
             body["labels"] = labels.clone();
@@ -1538,6 +1670,628 @@ fn billing_route(
     })
 }
 
+/// An image's URL, as its `selfLink` and a disk's resolved `sourceImage` show it.
+fn image_url(project: &str, name: &str) -> String {
+    format!("https://www.googleapis.com/compute/v1/projects/{project}/global/images/{name}")
+}
+
+/// An image's `creationTimestamp` as a time, for "newest" (the fake's and seeded timestamps may
+/// carry different offsets, so strings do not order them).
+fn image_created(image: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(image["creationTimestamp"].as_str()?).ok()
+}
+
+/// `images.getFromFamily` (https://cloud.google.com/compute/docs/reference/rest/v1/images/getFromFamily):
+/// "the latest image that is part of an image family and is not deprecated". Latest by
+/// `creationTimestamp`, then by creation order (`id`) for images made in the same millisecond.
+/// Only a READY image counts: "An image can be used to create other resources, such as
+/// instances, only after the image has been successfully created and the status is set to
+/// READY" (the Image resource's `status`), so one still PENDING, FAILED or DELETING is passed
+/// over.
+fn family_latest<'a>(st: &'a State, family: &str) -> Option<&'a Value> {
+    st.images
+        .values()
+        .filter(|i| i["family"] == family && i["status"] == "READY")
+        .filter(|i| {
+            !matches!(
+                i["deprecated"]["state"].as_str(),
+                Some("DEPRECATED" | "OBSOLETE" | "DELETED")
+            )
+        })
+        .max_by_key(|i| (image_created(i), int64(&i["id"])))
+}
+
+/// Resolves a `sourceImage` the way an instance insert does, when it names an image of
+/// `project` (the fake holds no other project's images: `projects/debian-cloud/…` is taken as
+/// given). Forms: a URL or `projects/{p}/global/images/{name}`, `…/images/family/{family}`,
+/// and `global/images/…` for the request's own project. None: another project's image.
+/// Err: what Compute answers for a missing family or image (404 `notFound`, "The resource
+/// 'projects/…/global/images/family/…' was not found") or for an image not READY (400
+/// `resourceNotReady`: an image is usable "only after … the status is set to READY").
+fn resolve_image(st: &State, project: &str, src: &str) -> Option<Result<Value, (u16, Value)>> {
+    let path = match src.find("projects/") {
+        Some(i) => src[i..].to_string(),
+        None if src.starts_with("global/images/") => format!("projects/{project}/{src}"),
+        None => return None,
+    };
+    let rest = path.strip_prefix(&format!("projects/{project}/global/images/"))?;
+    let not_found = || {
+        let message = format!("The resource '{path}' was not found");
+        (404, error(404, "notFound", &message))
+    };
+    Some(match rest.strip_prefix("family/") {
+        Some(family) => family_latest(st, family).cloned().ok_or_else(not_found),
+        None => match st.images.get(rest) {
+            None => Err(not_found()),
+            Some(image) if image["status"] != "READY" => {
+                let message = format!("The resource '{path}' is not ready");
+                Err((400, error(400, "resourceNotReady", &message)))
+            }
+            Some(image) => Ok(image.clone()),
+        },
+    })
+}
+
+/// Every `disks[].initializeParams.sourceImage` of an insert body must resolve (see
+/// `resolve_image`); the first that does not is the answer.
+fn check_source_images(st: &State, project: &str, disks: &Value) -> Result<(), (u16, Value)> {
+    for disk in disks.as_array().into_iter().flatten() {
+        if let Some(src) = disk["initializeParams"]["sourceImage"].as_str()
+            && let Some(Err(answer)) = resolve_image(st, project, src)
+        {
+            return Err(answer);
+        }
+    }
+    Ok(())
+}
+
+/// Label keys and values as Compute requires them
+/// (https://cloud.google.com/compute/docs/labeling-resources#requirements): at most 64 labels;
+/// keys 1–63 characters starting with a lowercase letter, values 0–63; both only lowercase
+/// letters, digits, `_` and `-` (the international characters the rule also allows are not
+/// modelled: cwo writes none).
+fn check_labels(labels: &Value) -> Result<(), String> {
+    let Some(labels) = labels.as_object() else {
+        return Ok(());
+    };
+    if labels.len() > 64 {
+        return Err(format!("{} labels; at most 64 are allowed.", labels.len()));
+    }
+    let chars_ok = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+    };
+    for (key, value) in labels {
+        let value = value.as_str().unwrap_or("");
+        if key.is_empty()
+            || key.len() > 63
+            || !key.starts_with(|c: char| c.is_ascii_lowercase())
+            || !chars_ok(key)
+        {
+            return Err(format!(
+                "Label key '{key}' violates format constraints. The key must start with a lowercase character, can only contain lowercase letters, numeric characters, underscores and dashes. The key can be at most 63 characters long."
+            ));
+        }
+        if value.len() > 63 || !chars_ok(value) {
+            return Err(format!(
+                "Label value '{value}' violates format constraints. The value can only contain lowercase letters, numeric characters, underscores and dashes. The value can be at most 63 characters long."
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `type`s a `guestOsFeatures[]` entry may have (Compute v1's GuestOsFeature.Type).
+const GUEST_OS_FEATURES: &[&str] = &[
+    "BARE_METAL_LINUX_COMPATIBLE",
+    "BMSAI_CAPABLE",
+    "CCA_CAPABLE",
+    "FEATURE_TYPE_UNSPECIFIED",
+    "GVNIC",
+    "IDPF",
+    "MULTI_IP_SUBNET",
+    "SECURE_BOOT",
+    "SEV_CAPABLE",
+    "SEV_LIVE_MIGRATABLE",
+    "SEV_LIVE_MIGRATABLE_V2",
+    "SEV_SNP_CAPABLE",
+    "SNP_SVSM_CAPABLE",
+    "SUSPEND_SAFE_FPR",
+    "TDX_CAPABLE",
+    "UEFI_COMPATIBLE",
+    "VIRTIO_SCSI_MULTIQUEUE",
+    "WINDOWS",
+];
+
+/// The zone and name of a disk an image's `sourceDisk` names: a URL
+/// (https://www.googleapis.com/compute/v1/projects/p/zones/z/disks/d) or a partial path
+/// (`projects/p/zones/z/disks/d`, `zones/z/disks/d`), as the field's doc allows ("the full or
+/// partial URL"). The project is not checked: the fake keeps one project's disks (and shows
+/// them under `projects/p`).
+fn parse_source_disk(src: &str) -> Option<(String, String)> {
+    let path = src
+        .strip_prefix("https://www.googleapis.com/compute/v1/")
+        .or_else(|| src.strip_prefix("https://compute.googleapis.com/compute/v1/"))
+        .unwrap_or(src);
+    let parts: Vec<&str> = path.split('/').collect();
+    let (zone, disk) = match parts[..] {
+        ["projects", p, "zones", z, "disks", d] if !p.is_empty() => (z, d),
+        ["zones", z, "disks", d] => (z, d),
+        _ => return None,
+    };
+    (!zone.is_empty() && valid_name(disk)).then(|| (zone.to_string(), disk.to_string()))
+}
+
+/// The bucket and object of an image's `rawDisk.source`. The field's documented forms are
+/// "https://storage.googleapis.com/bucket_name/image_archive_name" and
+/// "https://storage.googleapis.com/bucket_name/folder_name/image_archive_name"
+/// (https://cloud.google.com/compute/docs/reference/rest/v1/images, `rawDisk.source`); a
+/// `gs://` URI is not one of them (gcloud's `--source-uri gs://…` turns it into the https form
+/// before it calls the API).
+fn parse_raw_source(src: &str) -> Option<(String, String)> {
+    let (bucket, object) = src
+        .strip_prefix("https://storage.googleapis.com/")?
+        .split_once('/')?;
+    (!bucket.is_empty() && !object.is_empty()).then(|| (bucket.to_string(), path_decode(object)))
+}
+
+/// Percent-decoding of a URL path segment (`+` stays a plus, unlike in a query string).
+fn path_decode(s: &str) -> String {
+    percent_decode(&s.replace('+', "%2B"))
+}
+
+/// The multi-region an image is stored in when `storageLocations` is not given: "the closest
+/// one to the source" (https://cloud.google.com/compute/docs/samples/compute-images-create).
+fn default_storage_location(zone_or_region: &str) -> &'static str {
+    match zone_or_region.split('-').next() {
+        Some("europe") => "eu",
+        Some("asia") | Some("australia") => "asia",
+        _ => "us",
+    }
+}
+
+/// Validates an `images.insert` body against the fake's disks and storage and returns the
+/// image it makes (status PENDING), or the synchronous error Compute answers with
+/// (https://cloud.google.com/compute/docs/reference/rest/v1/images/insert; the error texts are
+/// the API's as users report them):
+/// - `name` (and `family`) must be RFC 1035 names; a `name` that exists answers 409
+///   `alreadyExists`; labels must meet the label rules; `guestOsFeatures[].type` must be known.
+/// - Exactly one source: 400 "Invalid resource usage: 'Must specify exactly one source for an
+///   image.'" otherwise. `sourceImage` and `sourceSnapshot` are not modelled (400).
+/// - `sourceDisk`: a malformed one answers 400 `invalid` "… The URL is malformed."; a disk that
+///   does not exist 400 `invalid` "Invalid value for field 'resource.sourceDisk': '…'.
+///   Referenced resource was not found." (hashicorp/packer#1877, #11511); a disk attached to a
+///   VM that is not TERMINATED 400 `resourceInUseByAnotherResource` "The disk resource '…' is
+///   already being used by '…'" (ansible/ansible#61634) unless `forceCreate=true`: "If
+///   forceCreate is set to true, proceeds even if the disk is attached to a running instance"
+///   (https://cloud.google.com/compute/docs/samples/compute-images-create).
+/// - `rawDisk.source` (see `parse_raw_source`) is read through the linked storage: a missing
+///   bucket answers 400 `gcsBucketNotFound` "The Cloud Storage bucket '…' is not found."
+///   (hashicorp/terraform-provider-google#19729), a missing object 404 `notFound` "The resource
+///   'https://www.googleapis.com/storage/v1/b/…/o/…' of type 'Google Cloud Storage object' was
+///   not found." (zentralopensource/zentral#77). `rawDisk.containerType` may only be TAR.
+///
+/// The image records `sourceType` RAW, `sourceDisk` (URL) and `sourceDiskId` or `rawDisk`,
+/// `diskSizeGb` (the disk's size; for a raw disk 10, as the fake does not unpack the archive's
+/// disk.raw), `archiveSizeBytes` (the object's size; for a disk a quarter of its size, as the
+/// fake has no blocks to compress), `storageLocations`, `labelFingerprint`, `selfLink`, `id`.
+fn new_image(
+    st: &mut State,
+    project: &str,
+    req: &Value,
+    force: bool,
+) -> Result<Value, (u16, Value)> {
+    let invalid = |field: &str, value: &str, why: &str| {
+        let message = format!("Invalid value for field 'resource.{field}': '{value}'. {why}");
+        (400, error(400, "invalid", &message))
+    };
+    let name = req["name"].as_str().unwrap_or("");
+    if !valid_name(name) {
+        return Err(invalid(
+            "name",
+            name,
+            "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'",
+        ));
+    }
+    if st.images.contains_key(name) {
+        let message =
+            format!("The resource 'projects/{project}/global/images/{name}' already exists");
+        return Err((409, error(409, "alreadyExists", &message)));
+    }
+    if let Some(family) = req["family"].as_str()
+        && !valid_name(family)
+    {
+        return Err(invalid(
+            "family",
+            family,
+            "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'",
+        ));
+    }
+    if let Err(why) = check_labels(&req["labels"]) {
+        return Err(invalid("labels", "", &why));
+    }
+    for (i, feature) in req["guestOsFeatures"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let t = feature["type"].as_str().unwrap_or("");
+        if !GUEST_OS_FEATURES.contains(&t) {
+            return Err(invalid(
+                &format!("guestOsFeatures[{i}].type"),
+                t,
+                "Unknown guest OS feature.",
+            ));
+        }
+    }
+    let given = |v: &Value| v.as_str().is_some_and(|s| !s.is_empty());
+    let sources = [
+        &req["sourceDisk"],
+        &req["rawDisk"]["source"],
+        &req["sourceImage"],
+        &req["sourceSnapshot"],
+    ];
+    if sources.iter().filter(|v| given(v)).count() != 1 {
+        let message = "Invalid resource usage: 'Must specify exactly one source for an image.'";
+        return Err((400, error(400, "invalid", message)));
+    }
+    if given(&req["sourceImage"]) || given(&req["sourceSnapshot"]) {
+        let message = "the fake does not model images from sourceImage or sourceSnapshot; send sourceDisk or rawDisk.source";
+        return Err((400, error(400, "invalid", message)));
+    }
+    st.next += 1;
+    let id = st.next;
+    let mut image = json!({
+        "kind": "compute#image", "id": id.to_string(), "creationTimestamp": now_rfc3339(),
+        "name": name, "sourceType": "RAW", "status": "PENDING",
+        "labelFingerprint": fingerprint(id), "selfLink": image_url(project, name),
+    });
+    for key in ["description", "family", "guestOsFeatures", "architecture"] {
+        if let Some(v) = req.get(key) {
+            image[key] = v.clone();
+        }
+    }
+    if req["labels"].as_object().is_some_and(|l| !l.is_empty()) {
+        image["labels"] = req["labels"].clone();
+    }
+    const GIB: i64 = 1 << 30;
+    let location;
+    if let Some(src) = req["sourceDisk"].as_str().filter(|s| !s.is_empty()) {
+        let Some((zone, disk_name)) = parse_source_disk(src) else {
+            return Err(invalid("sourceDisk", src, "The URL is malformed."));
+        };
+        let Some(disk) = st
+            .disks
+            .get(&disk_name)
+            .filter(|d| d.zone == zone && disk_exists(st, d))
+        else {
+            return Err(invalid(
+                "sourceDisk",
+                src,
+                "Referenced resource was not found.",
+            ));
+        };
+        if let Some(vm) = st.vms.get(&disk.user)
+            && vm.body["status"] != "TERMINATED"
+            && !force
+        {
+            let message = format!(
+                "The disk resource 'projects/{project}/zones/{zone}/disks/{disk_name}' is already being used by 'projects/{project}/zones/{}/instances/{}'",
+                vm.zone, disk.user
+            );
+            return Err((400, error(400, "resourceInUseByAnotherResource", &message)));
+        }
+        let size_gb = int64(&disk.body["sizeGb"]).unwrap_or(10);
+        image["sourceDisk"] = json!(format!(
+            "https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/disks/{disk_name}"
+        ));
+        image["sourceDiskId"] = disk.body["id"].clone();
+        image["diskSizeGb"] = json!(size_gb.to_string());
+        image["archiveSizeBytes"] = json!((size_gb * GIB / 4).to_string());
+        location = default_storage_location(&zone);
+    } else {
+        let src = req["rawDisk"]["source"].as_str().unwrap_or("");
+        if let Some(t) = req["rawDisk"]["containerType"].as_str()
+            && t != "TAR"
+        {
+            return Err(invalid("rawDisk.containerType", t, "Must be TAR."));
+        }
+        let Some((bucket, object)) = parse_raw_source(src) else {
+            return Err(invalid(
+                "rawDisk.source",
+                src,
+                "Must be https://storage.googleapis.com/bucket_name/image_archive_name.",
+            ));
+        };
+        let read = match &st.storage {
+            Some(reader) => reader(&bucket, &object),
+            None => Err(MissingObject::Bucket),
+        };
+        let size = match read {
+            Ok(size) => size,
+            Err(MissingObject::Bucket) => {
+                let message = format!("The Cloud Storage bucket '{bucket}' is not found.");
+                return Err((400, error(400, "gcsBucketNotFound", &message)));
+            }
+            Err(MissingObject::Object) => {
+                let message = format!(
+                    "The resource 'https://www.googleapis.com/storage/v1/b/{bucket}/o/{object}' of type 'Google Cloud Storage object' was not found."
+                );
+                return Err((404, error(404, "notFound", &message)));
+            }
+        };
+        image["rawDisk"] = json!({"source": src, "containerType": "TAR"});
+        image["diskSizeGb"] = json!("10");
+        image["archiveSizeBytes"] = json!(size.to_string());
+        location = "us";
+    }
+    image["storageLocations"] = match req["storageLocations"].as_array() {
+        Some(l) if !l.is_empty() => json!(l),
+        _ => json!([location]),
+    };
+    Ok(image)
+}
+
+/// A global operation (`globalOperations`, https://cloud.google.com/compute/docs/reference/rest/v1/globalOperations):
+/// like `new_op`, but with no `zone` or `region`, and its `selfLink` under `global/operations`.
+/// RUNNING until `delay` has passed, then DONE with its effect applied (and `error.errors[]`
+/// when it failed).
+fn new_global_op(
+    st: &mut State,
+    project: &str,
+    kind: &str,
+    target: &str,
+    delay: Duration,
+    effect: Effect,
+    error: Option<(String, String)>,
+) -> Value {
+    st.next += 1;
+    let name = format!("operation-{}", st.next);
+    let body = json!({
+        "kind": "compute#operation", "name": name, "id": st.next.to_string(), "operationType": kind,
+        "status": "RUNNING", "targetLink": target,
+        "selfLink": format!("https://www.googleapis.com/compute/v1/projects/{project}/global/operations/{name}"),
+        "insertTime": now_rfc3339(), "startTime": now_rfc3339(), "progress": 0,
+    });
+    st.ops.insert(
+        name.clone(),
+        Op {
+            zone: "global".into(),
+            done: false,
+            body,
+            done_at: Instant::now() + delay,
+            effect,
+            errors: error.into_iter().collect(),
+        },
+    );
+    finish_op(st, &name);
+    st.ops[&name].body.clone()
+}
+
+/// Whether an operation is a global one (`new_global_op`).
+fn is_global_op(op: &Op) -> bool {
+    op.zone == "global" && op.body.get("zone").is_none() && op.body.get("region").is_none()
+}
+
+/// One node of a list `filter`.
+enum Filter {
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
+    Not(Box<Filter>),
+    Cmp {
+        field: String,
+        op: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Open,
+    Close,
+    Op(String),
+    Word(String),
+    Quoted(String),
+}
+
+fn filter_tokens(filter: &str) -> Result<Vec<Token>, String> {
+    let chars: Vec<char> = filter.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            c if c.is_whitespace() => i += 1,
+            '(' => {
+                tokens.push(Token::Open);
+                i += 1;
+            }
+            ')' => {
+                tokens.push(Token::Close);
+                i += 1;
+            }
+            '"' => {
+                let mut s = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err(format!("unterminated string in filter {filter:?}")),
+                        Some('"') => break,
+                        Some('\\') if i + 1 < chars.len() => {
+                            s.push(chars[i + 1]);
+                            i += 2;
+                        }
+                        Some(c) => {
+                            s.push(*c);
+                            i += 1;
+                        }
+                    }
+                }
+                i += 1;
+                tokens.push(Token::Quoted(s));
+            }
+            '!' | '<' | '>' | '=' | ':' => {
+                let two: String = chars[i..chars.len().min(i + 2)].iter().collect();
+                let op = if matches!(two.as_str(), "!=" | "<=" | ">=") {
+                    two
+                } else if c == '!' {
+                    return Err(format!("stray '!' in filter {filter:?}"));
+                } else {
+                    c.to_string()
+                };
+                i += op.len();
+                tokens.push(Token::Op(op));
+            }
+            _ => {
+                let start = i;
+                while i < chars.len()
+                    && !chars[i].is_whitespace()
+                    && !"()\"!<>=:".contains(chars[i])
+                {
+                    i += 1;
+                }
+                tokens.push(Token::Word(chars[start..i].iter().collect()));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+struct FilterParser {
+    tokens: Vec<Token>,
+    at: usize,
+}
+
+impl FilterParser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.at)
+    }
+
+    fn keyword(&self, word: &str) -> bool {
+        matches!(self.peek(), Some(Token::Word(w)) if w == word)
+    }
+
+    fn or(&mut self) -> Result<Filter, String> {
+        let mut terms = vec![self.and()?];
+        while self.keyword("OR") {
+            self.at += 1;
+            terms.push(self.and()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.pop().unwrap()
+        } else {
+            Filter::Or(terms)
+        })
+    }
+
+    fn and(&mut self) -> Result<Filter, String> {
+        let mut terms = vec![self.unary()?];
+        loop {
+            if self.keyword("AND") {
+                self.at += 1;
+            } else if self.peek().is_none()
+                || self.peek() == Some(&Token::Close)
+                || self.keyword("OR")
+            {
+                break;
+            }
+            terms.push(self.unary()?);
+        }
+        Ok(if terms.len() == 1 {
+            terms.pop().unwrap()
+        } else {
+            Filter::And(terms)
+        })
+    }
+
+    fn unary(&mut self) -> Result<Filter, String> {
+        if self.keyword("NOT") {
+            self.at += 1;
+            return Ok(Filter::Not(Box::new(self.unary()?)));
+        }
+        if self.peek() == Some(&Token::Open) {
+            self.at += 1;
+            let inner = self.or()?;
+            if self.peek() != Some(&Token::Close) {
+                return Err("a '(' without its ')'".into());
+            }
+            self.at += 1;
+            return Ok(inner);
+        }
+        let (
+            Some(Token::Word(field)),
+            Some(Token::Op(op)),
+            Some(Token::Word(value) | Token::Quoted(value)),
+        ) = (
+            self.tokens.get(self.at).cloned(),
+            self.tokens.get(self.at + 1).cloned(),
+            self.tokens.get(self.at + 2).cloned(),
+        )
+        else {
+            return Err(format!("expected `field op value` at token {}", self.at));
+        };
+        self.at += 3;
+        Ok(Filter::Cmp { field, op, value })
+    }
+}
+
+/// Compute's list `filter` (https://cloud.google.com/compute/docs/reference/rest/v1/images/list):
+/// "The expression must specify the field name, an operator, and the value that you want to
+/// use for filtering… The operator must be either `=`, `!=`, `>`, `<`, `<=`, `>=` or `:`";
+/// "`labels.owner:*`" tests that a key is defined; "By default, each expression is an AND
+/// expression. However, you can include AND and OR expressions explicitly", with each
+/// expression in parentheses. Nested fields are dotted (`labels.cwo-hash`). `=` and `!=`
+/// compare exactly (the regular expressions of the older `eq`/`ne` syntax are not modelled);
+/// `<`… compare numbers as numbers, anything else as strings (RFC 3339 timestamps order so).
+fn parse_filter(filter: &str) -> Result<Option<Filter>, String> {
+    let tokens = filter_tokens(filter)?;
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let mut parser = FilterParser { tokens, at: 0 };
+    let tree = parser.or()?;
+    if parser.at != parser.tokens.len() {
+        return Err(format!("unexpected {:?}", parser.tokens[parser.at]));
+    }
+    Ok(Some(tree))
+}
+
+fn filter_eval(body: &Value, filter: &Filter) -> bool {
+    match filter {
+        Filter::And(terms) => terms.iter().all(|t| filter_eval(body, t)),
+        Filter::Or(terms) => terms.iter().any(|t| filter_eval(body, t)),
+        Filter::Not(inner) => !filter_eval(body, inner),
+        Filter::Cmp { field, op, value } => {
+            let mut at = body;
+            for key in field.split('.') {
+                at = &at[key];
+            }
+            let actual = match at {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            };
+            let ordered = |actual: &str| match (actual.parse::<f64>(), value.parse::<f64>()) {
+                (Ok(a), Ok(b)) => a.partial_cmp(&b),
+                _ => Some(actual.cmp(value.as_str())),
+            };
+            match (op.as_str(), actual) {
+                (":", a) if value == "*" => a.is_some() || at.is_object() || at.is_array(),
+                ("=" | ":", a) => a.as_deref() == Some(value.as_str()),
+                ("!=", a) => a.as_deref() != Some(value.as_str()),
+                (_, None) => false,
+                ("<", Some(a)) => ordered(&a) == Some(std::cmp::Ordering::Less),
+                (">", Some(a)) => ordered(&a) == Some(std::cmp::Ordering::Greater),
+                ("<=", Some(a)) => ordered(&a).is_some_and(|o| o.is_le()),
+                (">=", Some(a)) => ordered(&a).is_some_and(|o| o.is_ge()),
+                _ => false,
+            }
+        }
+    }
+}
+
 fn route(
     method: &str,
     parts: &[&str],
@@ -1572,7 +2326,18 @@ fn route(
                 ),
             }
         }
-        ("POST", ["compute", "v1", "projects", _, "zones", zone, "instances"]) => {
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "instances",
+            ],
+        ) => {
             if let Some(reason) = &f.insert_403 {
                 return (403, error(403, reason, &format!("injected 403 ({reason})")));
             }
@@ -1583,6 +2348,9 @@ fn route(
                 return (200, st.ops[&op].body.clone());
             }
             let vm: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            if let Err(answer) = check_source_images(&st, project, &vm["disks"]) {
+                return answer;
+            }
             let name = vm["name"].as_str().unwrap_or("").to_string();
             let target = format!(
                 "https://www.googleapis.com/compute/v1/projects/p/zones/{zone}/instances/{name}"
@@ -1616,7 +2384,7 @@ fn route(
                     ),
                 );
             }
-            create_vm(&mut st, &mut f, config, zone, &name, vm, now);
+            create_vm(&mut st, &mut f, config, project, zone, &name, vm, now);
             let op = new_op(
                 &mut st,
                 zone,
@@ -1663,6 +2431,11 @@ fn route(
             {
                 finish_op(&mut st, &op);
                 return (200, st.ops[&op].body.clone());
+            }
+            if let Err(answer) =
+                check_source_images(&st, project, &req["instanceProperties"]["disks"])
+            {
+                return answer;
             }
             let zones = zones_of(&st, region);
             let plan = match bulk_plan(&st, &f, &zones, &req) {
@@ -1714,7 +2487,7 @@ fn route(
                                     json!(format!("zones/{zone}/diskTypes/{t}"));
                             }
                         }
-                        create_vm(&mut st, &mut f, config, zone, &name, vm, now);
+                        create_vm(&mut st, &mut f, config, project, zone, &name, vm, now);
                     }
                     per_zone.insert(
                         format!("zones/{zone}"),
@@ -2299,6 +3072,282 @@ fn route(
                     None,
                 ),
             )
+        }
+        // instances.stop (https://cloud.google.com/compute/docs/reference/rest/v1/instances/stop):
+        // answers a zone operation; the VM is STOPPING until it completes (after `op_delay`),
+        // then TERMINATED (https://cloud.google.com/compute/docs/instances/instance-life-cycle),
+        // and loses its termination timer ("terminationTimestamp is automatically cleared
+        // whenever a VM is stopped", see `Vm::terminate_at`). "Stopping a VM which is already
+        // stopped will return without errors" (gcloud compute instances stop). A repeated
+        // `requestId` answers the first operation.
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "zones",
+                zone,
+                "instances",
+                name,
+                "stop",
+            ],
+        ) => {
+            if let Some(rid) = q.get("requestId")
+                && let Some(op) = st.request_ids.get(rid).cloned()
+            {
+                finish_op(&mut st, &op);
+                return (200, st.ops[&op].body.clone());
+            }
+            let Some(vm) = st.vms.get_mut(*name).filter(|vm| vm.zone == *zone) else {
+                let message = format!(
+                    "The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found"
+                );
+                return (404, error(404, "notFound", &message));
+            };
+            let effect = if vm.body["status"] == "TERMINATED" {
+                Effect::None
+            } else {
+                vm.body["status"] = json!("STOPPING");
+                Effect::Stop(name.to_string())
+            };
+            st.stopped.push(name.to_string());
+            let target = format!(
+                "https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/instances/{name}"
+            );
+            let op = new_op(&mut st, zone, "stop", &target, f.op_delay, effect, None);
+            if let Some(rid) = q.get("requestId") {
+                st.request_ids
+                    .insert(rid.clone(), op["name"].as_str().unwrap().to_string());
+            }
+            (200, op)
+        }
+        // images.insert (https://cloud.google.com/compute/docs/reference/rest/v1/images/insert):
+        // validated by `new_image`; the image exists, PENDING, when the call answers, and a
+        // global operation makes it READY after `op_delay` (FAILED when `image_insert_errors`
+        // fails it). `forceCreate=true` lets a disk of a running VM be the source. A repeated
+        // `requestId` answers the first operation and creates nothing.
+        ("POST", ["compute", "v1", "projects", project, "global", "images"]) => {
+            if let Some(rid) = q.get("requestId")
+                && let Some(op) = st.request_ids.get(rid).cloned()
+            {
+                finish_op(&mut st, &op);
+                return (200, st.ops[&op].body.clone());
+            }
+            let req: Value = serde_json::from_str(body).unwrap_or(json!({}));
+            let force = q.get("forceCreate").is_some_and(|v| v == "true");
+            let image = match new_image(&mut st, project, &req, force) {
+                Ok(image) => image,
+                Err(answer) => return answer,
+            };
+            let name = image["name"].as_str().unwrap().to_string();
+            let target = image_url(project, &name);
+            st.images.insert(name.clone(), image);
+            let fail = f.image_insert_errors > 0;
+            if fail {
+                f.image_insert_errors -= 1;
+            }
+            let error = fail.then(|| {
+                (
+                    "INTERNAL_ERROR".to_string(),
+                    "injected image failure".to_string(),
+                )
+            });
+            let effect = Effect::ImageDone { name, ok: !fail };
+            let op = new_global_op(
+                &mut st, project, "insert", &target, f.op_delay, effect, error,
+            );
+            if let Some(rid) = q.get("requestId") {
+                st.request_ids
+                    .insert(rid.clone(), op["name"].as_str().unwrap().to_string());
+            }
+            (200, op)
+        }
+        // images.list (https://cloud.google.com/compute/docs/reference/rest/v1/images/list):
+        // `filter` (see `parse_filter`), `maxResults` (default and most 500), `pageToken`,
+        // `orderBy` ("Currently, only sorting by name or creationTimestamp desc is supported";
+        // by name otherwise). An ImageList; `items` absent when nothing matches, as the API
+        // leaves empty lists out.
+        ("GET", ["compute", "v1", "projects", project, "global", "images"]) => {
+            let filter = match parse_filter(q.get("filter").map_or("", String::as_str)) {
+                Ok(filter) => filter,
+                Err(why) => {
+                    let message = format!("Invalid list filter expression: {why}");
+                    return (400, error(400, "invalid", &message));
+                }
+            };
+            let mut matching: Vec<&Value> = st
+                .images
+                .values()
+                .filter(|i| filter.as_ref().is_none_or(|f| filter_eval(i, f)))
+                .collect();
+            match q.get("orderBy").map(String::as_str) {
+                None | Some("") | Some("name") => {}
+                Some("creationTimestamp desc") => {
+                    matching.sort_by_key(|i| std::cmp::Reverse((image_created(i), int64(&i["id"]))))
+                }
+                Some(other) => {
+                    let message = format!(
+                        "Invalid value for field 'orderBy': '{other}'. Only 'name' and 'creationTimestamp desc' are supported."
+                    );
+                    return (400, error(400, "invalid", &message));
+                }
+            }
+            let max: usize = q
+                .get("maxResults")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(500)
+                .clamp(1, 500);
+            let start: usize = q.get("pageToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+            let page: Vec<Value> = matching
+                .iter()
+                .skip(start)
+                .take(max)
+                .map(|i| (*i).clone())
+                .collect();
+            let mut reply = json!({
+                "kind": "compute#imageList", "id": format!("projects/{project}/global/images"),
+                "selfLink": format!("https://www.googleapis.com/compute/v1/projects/{project}/global/images"),
+            });
+            if !page.is_empty() {
+                reply["items"] = json!(page);
+            }
+            if start + max < matching.len() {
+                reply["nextPageToken"] = json!((start + max).to_string());
+            }
+            (200, reply)
+        }
+        // images.getFromFamily (see `family_latest`); 404 `notFound` when the family has no
+        // such image, as for a family that does not exist.
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "global",
+                "images",
+                "family",
+                family,
+            ],
+        ) => match family_latest(&st, family) {
+            Some(image) => (200, image.clone()),
+            None => {
+                let message = format!(
+                    "The resource 'projects/{project}/global/images/family/{family}' was not found"
+                );
+                (404, error(404, "notFound", &message))
+            }
+        },
+        // images.get (https://cloud.google.com/compute/docs/reference/rest/v1/images/get).
+        (
+            "GET",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "global",
+                "images",
+                name,
+            ],
+        ) => match st.images.get(*name) {
+            Some(image) => (200, image.clone()),
+            None => {
+                let message =
+                    format!("The resource 'projects/{project}/global/images/{name}' was not found");
+                (404, error(404, "notFound", &message))
+            }
+        },
+        // images.delete (https://cloud.google.com/compute/docs/reference/rest/v1/images/delete):
+        // 404 when missing; otherwise a global operation, the image DELETING until it lands
+        // (after `op_delay`), then gone. `image_delete_errors` fails it, the image left READY.
+        (
+            "DELETE",
+            [
+                "compute",
+                "v1",
+                "projects",
+                project,
+                "global",
+                "images",
+                name,
+            ],
+        ) => {
+            let Some(image) = st.images.get_mut(*name) else {
+                let message =
+                    format!("The resource 'projects/{project}/global/images/{name}' was not found");
+                return (404, error(404, "notFound", &message));
+            };
+            let fail = f.image_delete_errors > 0;
+            let (effect, error) = if fail {
+                f.image_delete_errors -= 1;
+                let e = (
+                    "INTERNAL_ERROR".to_string(),
+                    "injected image delete failure".to_string(),
+                );
+                (Effect::None, Some(e))
+            } else {
+                image["status"] = json!("DELETING");
+                (Effect::RemoveImage(name.to_string()), None)
+            };
+            let target = image_url(project, name);
+            (
+                200,
+                new_global_op(
+                    &mut st, project, "delete", &target, f.op_delay, effect, error,
+                ),
+            )
+        }
+        // globalOperations.get (https://cloud.google.com/compute/docs/reference/rest/v1/globalOperations/get).
+        ("GET", ["compute", "v1", "projects", _, "global", "operations", op]) => {
+            finish_op(&mut st, op);
+            match st.ops.get(*op) {
+                Some(o) if is_global_op(o) => (200, o.body.clone()),
+                _ => (
+                    404,
+                    error(
+                        404,
+                        "notFound",
+                        &format!("The resource '{op}' was not found"),
+                    ),
+                ),
+            }
+        }
+        // globalOperations.wait
+        // (https://cloud.google.com/compute/docs/reference/rest/v1/globalOperations/wait):
+        // returns when the operation is DONE or after at most 2 minutes, whichever comes first.
+        (
+            "POST",
+            [
+                "compute",
+                "v1",
+                "projects",
+                _,
+                "global",
+                "operations",
+                op,
+                "wait",
+            ],
+        ) => {
+            let done_at = match st.ops.get(*op) {
+                Some(o) if is_global_op(o) => o.done_at,
+                _ => {
+                    let message = format!("The resource '{op}' was not found");
+                    return (404, error(404, "notFound", &message));
+                }
+            };
+            let wait = done_at
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(120));
+            drop(st);
+            drop(f);
+            std::thread::sleep(wait);
+            let mut st = state.lock().unwrap();
+            finish_op(&mut st, op);
+            (200, st.ops[*op].body.clone())
         }
         _ => (
             404,

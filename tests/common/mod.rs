@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_gce;
+pub mod fake_gcs;
 pub mod fake_github;
 pub mod fake_llm;
 pub mod sshd;
