@@ -14,6 +14,7 @@ mod test_fleet;
 mod test_gcp;
 mod test_gcp_bulk;
 mod test_github;
+mod test_image_import;
 mod test_layers;
 mod test_lifecycle;
 mod test_loop;
