@@ -82,14 +82,14 @@ pub(crate) async fn import(
 
 /// An import's error, with what to do about it.
 fn import_error(e: ImportError) -> CommandError {
+    let e = match e {
+        ImportError::Provider(p) => return p.into(),
+        other => other,
+    };
     let cloud = alpine::ALPINE_CLOUD_URL;
     let (kind, hints): (ErrorKind, Vec<String>) = match &e {
-        ImportError::Provider(_) => {
-            let ImportError::Provider(p) = e else {
-                unreachable!()
-            };
-            return p.into();
-        }
+        // Converted above, with the provider's own hints.
+        ImportError::Provider(_) => (ErrorKind::User, vec![]),
         ImportError::BadArchive { .. } => (
             ErrorKind::Usage,
             vec![format!(
