@@ -350,6 +350,43 @@ pub enum ImageCommand {
     List(FormatArgs),
     /// Delete cwo's older images of gcp.image_family, never one a live VM booted from.
     Prune(ImagePruneArgs),
+    /// Import a distribution's published GCE image into gcp.project (Alpine).
+    ///
+    /// Takes Alpine's GCE disk (the tiny-cloud `.tar.gz` from https://alpinelinux.org/cloud/),
+    /// uploads it to gcp.image_bucket (created when missing; a lifecycle rule deletes uploads
+    /// after a day), creates the image (family alpine-<major>-<minor>) and deletes the upload.
+    /// It prints the gcp.image and gcp.ssh_user lines to set; `cwo image build` then bakes the
+    /// bootstrap on top of it.
+    Import(ImageImportArgs),
+}
+
+/// A distribution `cwo image import` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportDistro {
+    Alpine,
+}
+
+/// The firmware a disk boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirmwareArg {
+    Uefi,
+    Bios,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    /// The distribution whose image this is.
+    #[arg(value_enum)]
+    pub distro: ImportDistro,
+    /// The `.tar.gz` (a gzip'd tar of `disk.raw`): a file, or an http(s) URL to download.
+    #[arg(long, value_name = "FILE|URL")]
+    pub from: String,
+    /// The firmware the disk boots with, when its file name says neither `uefi` nor `bios`.
+    #[arg(long, value_enum)]
+    pub firmware: Option<FirmwareArg>,
+    /// Output format; json carries a schema_version.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ mod test_gcp;
 mod test_gcp_bulk;
 mod test_github;
 mod test_image;
+mod test_image_import;
 mod test_layers;
 mod test_lifecycle;
 mod test_loop;

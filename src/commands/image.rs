@@ -1,10 +1,11 @@
-//! `cwo image build | list | prune`: worker images on Compute Engine.
+//! `cwo image build | list | prune | import`: worker images on Compute Engine.
 
-use crate::cli::{Format, ImageCommand};
+use crate::cli::{FirmwareArg, Format, ImageCommand, ImportDistro};
 use crate::error::{CommandError, ExitStatus};
 use crate::journal::ControllerLock;
 use crate::printer::Printer;
 use crate::project::Project;
+use crate::provider::gcp::import::Firmware;
 use crate::report;
 
 pub(crate) async fn image(
@@ -31,6 +32,16 @@ pub(crate) async fn image(
         ImageCommand::List(args) => {
             let list = report::image::list(project).await?;
             report::print(&printer, &list, args.format == Format::Json);
+            Ok(ExitStatus::Success)
+        }
+        ImageCommand::Import(args) => {
+            let ImportDistro::Alpine = args.distro;
+            let firmware = args.firmware.map(|f| match f {
+                FirmwareArg::Uefi => Firmware::Uefi,
+                FirmwareArg::Bios => Firmware::Bios,
+            });
+            let imported = report::image::import(project, printer, &args.from, firmware).await?;
+            report::print(&printer, &imported, args.format == Format::Json);
             Ok(ExitStatus::Success)
         }
         ImageCommand::Prune(args) => {

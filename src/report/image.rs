@@ -1,14 +1,19 @@
-//! `cwo image build | list | prune`: the reports, gathered through the orchestrator's image
-//! module from the settings' Compute Engine project.
+//! `cwo image build | list | prune | import`: the reports, gathered through the orchestrator's
+//! image module (the provider's import module for `import`) from the settings' Compute Engine
+//! project.
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use super::Report;
 use super::table::Table;
-use crate::error::CommandError;
+use crate::error::{CommandError, ErrorKind};
 use crate::orchestrator::image::{self, Built, ImageList, PruneReport};
 use crate::printer::Printer;
 use crate::project::Project;
+use crate::provider::gcp::import::{self as alpine, Firmware, ImportError, Imported};
 
 pub(crate) async fn build(
     project: &Project,
@@ -35,6 +40,83 @@ pub(crate) async fn prune(
 ) -> Result<PruneReport, CommandError> {
     let gcp = project.image_provider()?;
     Ok(image::prune(&gcp, &project.settings().gcp.image_family, keep, dry_run).await?)
+}
+
+/// `cwo image import alpine --from FILE|URL`: the file checked before any call (a URL's after
+/// its download, which goes to the state dir and is removed afterwards), then imported.
+pub(crate) async fn import(
+    project: &Project,
+    printer: Printer,
+    from: &str,
+    firmware: Option<Firmware>,
+) -> Result<Imported, CommandError> {
+    let gcp = project.image_provider()?;
+    let rel =
+        alpine::alpine_release(&alpine::file_name_of(from), firmware).map_err(import_error)?;
+    let is_url = from.starts_with("https://") || from.starts_with("http://");
+    if !is_url {
+        let path = PathBuf::from(from);
+        if !path.is_file() {
+            return Err(CommandError::usage(format!("--from {from}: no such file"))
+                .hint(format!("download Alpine's GCE image (the tiny-cloud `.tar.gz`) from {}, or pass its http(s) URL", alpine::ALPINE_CLOUD_URL)));
+        }
+        alpine::check_archive(&path).map_err(import_error)?;
+        return gcp
+            .import_alpine(from, &path, &rel, printer)
+            .await
+            .map_err(import_error);
+    }
+    let dir = project
+        .state_dir
+        .join(format!("import-{}", uuid::Uuid::new_v4().simple()));
+    let result = async {
+        let path = alpine::download(from, &dir, printer).await?;
+        alpine::check_archive(&path)?;
+        gcp.import_alpine(from, &path, &rel, printer).await
+    }
+    .await;
+    // The download is only a step: it goes whatever happened.
+    let _ = tokio::fs::remove_dir_all(&dir).await;
+    result.map_err(import_error)
+}
+
+/// An import's error, with what to do about it.
+fn import_error(e: ImportError) -> CommandError {
+    let e = match e {
+        ImportError::Provider(p) => return p.into(),
+        other => other,
+    };
+    let cloud = alpine::ALPINE_CLOUD_URL;
+    let (kind, hints): (ErrorKind, Vec<String>) = match &e {
+        // Converted above, with the provider's own hints.
+        ImportError::Provider(_) => (ErrorKind::User, vec![]),
+        ImportError::BadArchive { .. } => (
+            ErrorKind::Usage,
+            vec![format!(
+                "download Alpine's GCE image from {cloud}: the tiny-cloud `.tar.gz` of the GCP column (a gzip'd tar of disk.raw)"
+            )],
+        ),
+        ImportError::Unclear(_) => (ErrorKind::Usage, vec![]),
+        ImportError::Read { .. } => (ErrorKind::User, vec![]),
+        ImportError::Download { .. } => (
+            ErrorKind::User,
+            vec!["check the URL (it is printed above), or download the file yourself and pass --from FILE".into()],
+        ),
+        ImportError::Storage { status, .. } => (
+            ErrorKind::User,
+            match status {
+                Some(401) => vec!["run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS".into()],
+                Some(403) => vec!["the account cwo runs as needs roles/storage.admin on gcp.project (buckets get/create, objects create/delete); if another project owns the bucket's name, set gcp.image_bucket to a name of your own".into()],
+                Some(409) => vec!["another project owns that bucket name: set gcp.image_bucket to a name of your own".into()],
+                _ => vec!["run the import again: it starts over, and an upload left behind is deleted by the bucket's lifecycle rule within a day".into()],
+            },
+        ),
+    };
+    let mut out = CommandError::new(kind, Arc::new(e));
+    for h in hints {
+        out = out.hint(h);
+    }
+    out
 }
 
 fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -109,5 +191,40 @@ impl Report for PruneReport {
         } else {
             t.render()
         }
+    }
+}
+
+impl Report for Imported {
+    fn text(&self) -> String {
+        let mut out = if self.already_existed {
+            format!(
+                "image {} (family {}, {}) exists already: nothing was uploaded\n",
+                self.image.name, self.family, self.image.status
+            )
+        } else {
+            format!(
+                "image {} (family {}, {}, {} GB) imported from {} through {} ({:.1} MiB, {}); guest OS features {}\n",
+                self.image.name,
+                self.family,
+                self.image.status,
+                self.image
+                    .disk_size_gb
+                    .map_or("?".into(), |g| g.to_string()),
+                self.source,
+                self.upload,
+                self.uploaded_bytes as f64 / (1u64 << 20) as f64,
+                if self.upload_deleted {
+                    "upload deleted"
+                } else {
+                    "upload NOT deleted: see the warning above"
+                },
+                self.guest_os_features.join(", ")
+            )
+        };
+        out.push_str(&format!(
+            "boot workers from it with these settings (under [gcp] in cwo.toml):\n  gcp.image = \"{}\"\n  gcp.ssh_user = \"{}\"\nthen `cwo image build` bakes the bootstrap on top of it\n",
+            self.image_setting, self.ssh_user
+        ));
+        out
     }
 }

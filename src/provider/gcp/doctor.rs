@@ -44,6 +44,7 @@ impl GcpProvider {
         }
         out.extend(os_login_check(s).await);
         out.push(self.firewall_check(c).await);
+        out.extend(alpine_image_check(c, s).await);
         // Whether the cloud itself alerts on the project's spend (a warning, never a failure).
         out.push(super::budget::doctor_check(s).await);
         out.extend(quota_check(s).await);
@@ -115,6 +116,75 @@ impl GcpProvider {
             ),
         }
     }
+}
+
+/// When gcp.image names an Alpine image of the project itself (which only `cwo image import`
+/// makes): whether it exists, and if not, how to make it.
+async fn alpine_image_check(c: &Clients, s: &GcpSettings) -> Option<Check> {
+    let (family, name) = super::import::own_alpine_image(&s.image, &s.project)?;
+    let found = if family {
+        c.images
+            .get_from_family()
+            .set_project(&s.project)
+            .set_family(&name)
+            .send()
+            .await
+    } else {
+        c.images
+            .get()
+            .set_project(&s.project)
+            .set_image(&name)
+            .send()
+            .await
+    };
+    let what = if family {
+        format!("image family {name}")
+    } else {
+        format!("image {name}")
+    };
+    Some(match found {
+        Ok(img) => check(
+            "alpine image",
+            Some(true),
+            format!(
+                "gcp.image: {what} is {}{}",
+                img.name.as_deref().unwrap_or("?"),
+                if s.ssh_user == super::import::ALPINE_LOGIN {
+                    String::new()
+                } else {
+                    format!(
+                        "; gcp.ssh_user is \"{}\", and Alpine's login is \"{}\"",
+                        s.ssh_user,
+                        super::import::ALPINE_LOGIN
+                    )
+                }
+            ),
+            if s.ssh_user == super::import::ALPINE_LOGIN {
+                ""
+            } else {
+                "set gcp.ssh_user = \"alpine\""
+            },
+        ),
+        Err(e) if e.http_status_code() == Some(404) => check(
+            "alpine image",
+            Some(false),
+            format!(
+                "gcp.image names {what} in {}, which does not exist yet: Alpine is not a public Compute Engine image, it is imported",
+                s.project
+            ),
+            &format!(
+                "download Alpine's GCE image (the tiny-cloud `.tar.gz`) from {}, run `cwo image import alpine --from <file or URL>`, and set gcp.ssh_user = \"{}\"",
+                super::import::ALPINE_CLOUD_URL,
+                super::import::ALPINE_LOGIN
+            ),
+        ),
+        Err(e) => check(
+            "alpine image",
+            None,
+            classify(e, &format!("reading {what}"), false).one_line(),
+            "grant compute.images.get to check this",
+        ),
+    })
 }
 
 /// Whether the project answers and its instances can be listed.

@@ -26,6 +26,7 @@ pub(crate) mod budget;
 mod bulk;
 mod doctor;
 pub(crate) mod images;
+pub(crate) mod import;
 pub(crate) use budget::{AlertSpec, Amount, BudgetApi};
 
 use super::{
