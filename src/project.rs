@@ -235,9 +235,9 @@ impl Project {
         })
     }
 
-    /// A Compute Engine client of the settings' project that knows which image the settings
-    /// bake to (`cwo image`, and the terraform provider's choice of image).
-    fn image_provider_for(&self, script: &crate::bootstrap::Script) -> GcpProvider {
+    /// A Compute Engine client of the settings' project, whatever the provider and bootstrap
+    /// (`cwo image import`: an image is imported before anything boots it).
+    pub(crate) fn gce_api(&self) -> GcpProvider {
         let s = self.settings();
         GcpProvider::new(
             s.gcp.clone(),
@@ -245,7 +245,14 @@ impl Project {
             slug(&self.name),
             self.state_dir.join("keys"),
         )
-        .with_image_hash(crate::bootstrap::image_hash(&s.gcp.image, script))
+    }
+
+    /// A Compute Engine client of the settings' project that knows which image the settings
+    /// bake to (`cwo image`, and the terraform provider's choice of image).
+    fn image_provider_for(&self, script: &crate::bootstrap::Script) -> GcpProvider {
+        let s = self.settings();
+        self.gce_api()
+            .with_image_hash(crate::bootstrap::image_hash(&s.gcp.image, script))
     }
 
     /// The native bootstrap script `cwo image` bakes, or why there is none to bake.

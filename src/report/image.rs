@@ -50,7 +50,7 @@ pub(crate) async fn import(
     from: &str,
     firmware: Option<Firmware>,
 ) -> Result<Imported, CommandError> {
-    let gcp = project.image_provider()?;
+    let gcp = project.gce_api();
     let rel =
         alpine::alpine_release(&alpine::file_name_of(from), firmware).map_err(import_error)?;
     let is_url = from.starts_with("https://") || from.starts_with("http://");
