@@ -25,6 +25,9 @@
 #  5. the native bootstrap against the Ansible playbook on fresh isolated test hosts, then again
 #     on the same hosts with nothing to change (needs root, debootstrap, tinyproxy and the
 #     ansible-core venv that scripts/test.sh makes).
+# 10. a worker from a baked image against a fresh one (scripts/bench-image.sh, runnable alone): host
+#     up -> agent can start, the full native bootstrap on a fresh test host vs the reuse check on
+#     a copy of a baked one, with and without two extra packages (needs root, debootstrap, tinyproxy).
 # Usage: scripts/bench.sh [TASKS]   (default 20; section 9 takes at most 12: scripts/bench-workflow.sh
 # [TASKS] runs it alone)
 set -euo pipefail
@@ -318,3 +321,6 @@ echo "fleet: cwo status with $live8 live workers: ${status8_ms} ms (table), ${st
 
 # 5. Native bootstrap vs the Ansible playbook on fresh isolated test hosts.
 "$(dirname "$0")/bench-bootstrap.sh"
+
+# 10. A worker from a baked image vs the full bootstrap on a fresh isolated test host.
+"$(dirname "$0")/bench-image.sh"

@@ -634,3 +634,193 @@ fn concurrent_runs_take_turns() {
         .count();
     assert_eq!(reused, 2, "{outputs:#?}");
 }
+
+/// `(name, status)` of each `cwo-step` line the script printed.
+fn script_steps(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() >= 3 && f[0] == "cwo-step").then(|| (f[1].to_string(), f[2].to_string()))
+        })
+        .collect()
+}
+
+/// What the bake keeps and what it cleans, read in the stopped host's files rather than through
+/// a login (a running sshd keeps serving its host key after the file is gone).
+const IMAGE_PROBE: &str = r#"
+echo "host keys: $(ls /etc/ssh | grep '^ssh_host_' | tr '\n' ' ')"
+echo "machine-id: $(if [ -e /etc/machine-id ]; then echo "$(wc -c < /etc/machine-id) bytes"; else echo absent; fi)"
+echo "authorized_keys: $(find /root /home -name 'authorized_keys*' | tr '\n' ' ')"
+echo "history: $(find /root /home -maxdepth 2 \( -name '.*_history' -o -name .lesshst \) | tr '\n' ' ')"
+echo "heartbeat: $(if [ -e /var/lib/cwo/heartbeat ]; then echo present; else echo absent; fi)"
+echo "marker: $(cat /var/lib/cwo/bootstrap.done)"
+echo "logs with content: $(find /var/log -type f -size +0 | tr '\n' ' ')"
+echo "rotated logs: $(find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' \) | tr '\n' ' ')"
+echo "package cache: $(find /var/cache/apt -name '*.deb' -o -name '*.bin' | wc -l)"
+echo "package lists: $(find /var/lib/apt/lists -name '*_Packages*' | wc -l)"
+echo "var/tmp: $(ls -A /var/tmp | tr '\n' ' ')"
+echo "workspace: $(ls -A /workspace | tr '\n' ' ')"
+for p in git ripgrep cron; do echo "pkg $p: $(dpkg-query -W -f='${Status}' $p 2>&1)"; done
+echo "opencode: $(readlink /usr/local/bin/opencode)"
+echo "user: $(getent passwd cwo | cut -d: -f1,6)"
+echo "sshd drop-in: $(grep -c . /etc/ssh/sshd_config.d/60-cwo.conf) lines"
+echo "cron.d: $(cat /etc/cron.d/cwo-watchdog)"
+echo "fstab: $(grep swapfile /etc/fstab)"
+"#;
+
+/// Issue 16: a host baked for an image (`cwo image build`) keeps what the bootstrap made and
+/// loses what belongs to one host; a worker booted from a copy of it only checks (`reuse`), gets
+/// its own keys, and runs a task.
+#[test]
+fn a_baked_host_is_cleaned_and_a_worker_from_its_image_only_checks() {
+    let test = "a_baked_host_is_cleaned_and_a_worker_from_its_image_only_checks";
+    let Some(builder) = TestHost::start(test) else {
+        return;
+    };
+    let env = TestEnv::new();
+    host_settings(&env, &builder, "native", WHO_AGENT);
+    let script = env
+        .cwo(&["bootstrap", "script", "--login-user", "admin"])
+        .ok()
+        .stdout;
+    let hash = script
+        .lines()
+        .find_map(|l| l.strip_prefix("CWO_HASH="))
+        .expect("the script names its hash")
+        .to_string();
+    let quoted = format!("'{}'", script.replace('\'', "'\\''"));
+    let run = |host: &TestHost, mode: &str| {
+        host.sh(
+            "admin",
+            &format!("sudo sh -c {quoted} cwo-bootstrap {mode}"),
+        )
+    };
+    // What a builder VM may hold besides the bootstrap's work: a machine-id (the rootfs has none,
+    // a VM has one), a login's history, keys for root, rotated logs, temporary files, a worker's
+    // leftovers beside a setup cache.
+    builder.sh(
+        "admin",
+        "echo 'ls -la' > ~/.bash_history && sudo sh -c 'mkdir -p /root/.ssh \
+         && cp /home/admin/.ssh/authorized_keys /root/.ssh/ && echo id > /root/.bash_history \
+         && echo 0f1e2d3c4b5a69788796a5b4c3d2e1f0 > /etc/machine-id \
+         && echo old > /var/log/old.log.1 && echo old | gzip > /var/log/old.log.2.gz \
+         && echo t > /var/tmp/left-behind \
+         && mkdir -p /workspace/cwo-w-old /workspace/setup-cache/k'",
+    );
+
+    let baked = run(&builder, "bake");
+    let statuses: Vec<(String, String)> = script_steps(&baked);
+    let want: Vec<(String, String)> = [
+        ("swap", "changed"),
+        ("packages", "changed"),
+        ("opencode", "changed"),
+        ("user", "changed"),
+        ("sshd", "changed"),
+        ("agent-env", "changed"),
+        ("watchdog", "changed"),
+        ("hostkey", "ok"),
+        ("clean", "changed"),
+    ]
+    .iter()
+    .map(|(n, s)| (n.to_string(), s.to_string()))
+    .collect();
+    assert_eq!(statuses, want, "{baked}");
+    let builder_key = builder.host_key.clone();
+
+    let image = builder.stop();
+    let files = image.inspect(IMAGE_PROBE);
+    for want in [
+        "host keys: \n".to_string(),
+        "authorized_keys: \n".into(),
+        "history: \n".into(),
+        "heartbeat: absent\n".into(),
+        format!("marker: {hash}\n"),
+        "logs with content: \n".into(),
+        "rotated logs: \n".into(),
+        "package cache: 0\n".into(),
+        "var/tmp: \n".into(),
+        "workspace: setup-cache \n".into(),
+        "pkg git: install ok installed\n".into(),
+        "pkg ripgrep: install ok installed\n".into(),
+        "pkg cron: install ok installed\n".into(),
+        "opencode: /usr/local/lib/cwo/opencode-linux-x64".into(),
+        "user: cwo:/home/cwo\n".into(),
+        "sshd drop-in: 5 lines\n".into(),
+        "cron.d: * * * * * root /usr/local/sbin/cwo-watchdog\n".into(),
+        "fstab: /swapfile none swap sw 0 0\n".into(),
+    ] {
+        assert!(
+            files.contains(&want),
+            "missing `{want}` in the image:\n{files}"
+        );
+    }
+    assert!(files.contains("machine-id: 0 bytes\n"), "{files}");
+    assert!(
+        !files.contains("package lists: 0\n"),
+        "the package lists stay:\n{files}"
+    );
+
+    // A worker booted from the image: the same script only checks. Its proxy is the builder's,
+    // which this host cannot reach: nothing may need the package manager or the network.
+    let worker = image.start();
+    assert_ne!(worker.host_key, builder_key);
+    let reused = run(&worker, "reuse");
+    assert_eq!(
+        reused.lines().next(),
+        Some(format!("cwo-reused\t{hash}").as_str()),
+        "{reused}"
+    );
+    for (name, status) in script_steps(&reused) {
+        // swap: a copy's /swapfile is a new empty file on test hosts (see testhost.sh), so the
+        // check allocates it again; user: the login's keys, written at boot, go to the work user.
+        let want = match name.as_str() {
+            "swap" | "user" => "changed",
+            _ => "ok",
+        };
+        assert_eq!(status, want, "reuse, step {name}:\n{reused}");
+    }
+    assert_eq!(
+        script_steps(&reused).len(),
+        8,
+        "no clean step outside bake:\n{reused}"
+    );
+    assert!(
+        reused.contains("hostkey\tok\t") && reused.contains(&worker.host_key),
+        "the worker's own host key is printed:\n{reused}"
+    );
+    assert_eq!(
+        worker.sh("cwo", "command -v opencode").trim(),
+        "/usr/local/bin/opencode"
+    );
+    assert_eq!(
+        worker
+            .sh("admin", "stat -c %U /var/lib/cwo/heartbeat")
+            .trim(),
+        "cwo"
+    );
+
+    // And the agent starts there: cwo's own bootstrap finds nothing to do, then runs the task.
+    let worker_env = TestEnv::new();
+    host_settings(&worker_env, &worker, "native", WHO_AGENT);
+    worker_env
+        .cwo(&["task", "add", "on a worker from an image"])
+        .ok();
+    let run = worker_env.cwo(&["run", "--once"]).ok();
+    assert!(
+        run.stderr.contains("bootstrap: 0 step(s) changed"),
+        "{}",
+        run.stderr
+    );
+    let branch = git(
+        &worker_env.origin,
+        &["branch", "--list", "cwo/*", "--format=%(refname:short)"],
+    );
+    let who = git(
+        &worker_env.origin,
+        &["show", &format!("{}:who.txt", branch.trim())],
+    );
+    let lines: Vec<&str> = who.lines().collect();
+    assert_eq!(lines[0], "cwo", "{who}");
+    assert_eq!(lines[3], "/usr/local/bin/opencode", "{who}");
+}

@@ -2,10 +2,12 @@
 //! `tests/host/build-rootfs.sh` builds a Debian rootfs once (cached under target/testhost);
 //! `tests/host/testhost.sh` starts a fresh overlay of it with sshd in its own network namespace,
 //! reaching the registries only through tinyproxy on the host side of its veth pair.
+//! A stopped host is an `Image`: hosts started from it are copies of it (its changes as a lower
+//! layer), the stand-in for VMs booted from an image `cwo image build` made.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 const ROOTFS: &str = "bookworm-3";
 
@@ -17,7 +19,14 @@ pub struct TestHost {
     pub key: PathBuf,
     /// `ssh-ed25519 AAAA…`
     pub host_key: String,
+    /// The image this host is a copy of: its files are a layer of this host's, so it is kept
+    /// until this host is down (fields drop after `Drop::drop`).
+    base: Option<Image>,
 }
+
+/// A stopped host: its upper dir (what it changed) over its own layers, read-only from now on.
+#[derive(Clone)]
+pub struct Image(Arc<TestHost>);
 
 fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -80,15 +89,22 @@ impl TestHost {
             eprintln!("skipped {test}: needs root + debootstrap + tinyproxy (missing: {what})");
             return None;
         }
+        Some(TestHost::up(None))
+    }
+
+    /// `testhost.sh up`, on the rootfs alone or on `base`'s layers.
+    fn up(base: Option<Image>) -> TestHost {
         let rootfs = rootfs();
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("sh")
-            .arg(manifest().join("tests/host/testhost.sh"))
+        let mut up = Command::new("sh");
+        up.arg(manifest().join("tests/host/testhost.sh"))
             .arg("up")
             .arg(dir.path())
-            .arg(&rootfs)
-            .output()
-            .unwrap();
+            .arg(&rootfs);
+        if let Some(image) = &base {
+            up.arg(image.0.dir.path());
+        }
+        let out = up.output().unwrap();
         assert!(
             out.status.success(),
             "test host did not start: {}{}",
@@ -103,13 +119,20 @@ impl TestHost {
                 .trim_matches('\'')
                 .to_string()
         };
-        Some(TestHost {
+        TestHost {
             ip: get("IP"),
             proxy: get("PROXY"),
             key: PathBuf::from(get("KEY")),
             host_key: get("HOSTKEY"),
             dir,
-        })
+            base,
+        }
+    }
+
+    /// Stops the host (its processes, network and swap go) and keeps its files as an image.
+    pub fn stop(self) -> Image {
+        down(self.dir.path());
+        Image(Arc::new(self))
     }
 
     /// Runs `command` on the host as `user` with OpenSSH (host key pinned, no ~/.ssh).
@@ -195,8 +218,49 @@ fn shell_words(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+impl Image {
+    /// A new host booted from this image: its own host key and the admin's key, as any fresh
+    /// host (on GCE the guest agent writes both at boot).
+    pub fn start(&self) -> TestHost {
+        TestHost::up(Some(self.clone()))
+    }
+
+    /// Runs `script` (sh, as root) in the image's files, read-only; its stdout, or a panic.
+    #[track_caller]
+    pub fn inspect(&self, script: &str) -> String {
+        let out = Command::new("sh")
+            .arg(manifest().join("tests/host/testhost.sh"))
+            .arg("inspect")
+            .arg(self.0.dir.path())
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "inspecting the image failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn down(dir: &Path) {
+    let st = Command::new("sh")
+        .arg(manifest().join("tests/host/testhost.sh"))
+        .arg("down")
+        .arg(dir)
+        .status();
+    assert!(
+        st.is_ok_and(|s| s.success()),
+        "testhost.sh down {} failed",
+        dir.display()
+    );
+}
+
 impl Drop for TestHost {
     fn drop(&mut self) {
+        // Already down when stopped (it keeps no env then): a second `down` does nothing.
         let _ = Command::new("sh")
             .arg(manifest().join("tests/host/testhost.sh"))
             .arg("down")
