@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::fake_gce::FakeGce;
+use crate::common::testhost::TestHost;
 use crate::common::{kill, wait_for};
 use crate::test_gcp::{Gcp, gcp};
 
@@ -347,4 +349,140 @@ fn workers_boot_from_the_image_whose_hash_matches_and_bootstrap_otherwise() {
         always.stderr
     );
     assert_eq!(inserts(&g).len(), count, "no VM without its image");
+}
+
+/// Settings whose VMs are the fake's, leading to `host` (logging in as its admin, natively
+/// bootstrapped through its proxy).
+fn on_host(env: &crate::common::TestEnv, fake: &FakeGce, host: &TestHost) {
+    env.settings(&format!(
+        "provider = \"gcp\"\n[gcp]\nproject = \"proj-test\"\nendpoint = {:?}\ncredentials = \"anonymous\"\nssh_source = \"10.213.0.0/16\"\nssh_user = \"admin\"\nssh_port = 22\nzones = [\"us-central1-a\"]\n[ssh]\nconnect_timeout = \"20s\"\n[bootstrap]\nmethod = \"native\"\nswap = \"1G\"\nproxy = {:?}\n[agent]\ncommand = [\"sh\", \"-c\", {COMMIT:?}, \"agent\", \"{{prompt_file}}\"]\ntimeout = \"60s\"\nretry_backoff = \"100ms\"\n",
+        fake.url, host.proxy
+    ));
+}
+
+/// The admin's authorized_keys of a test host, where the fake's "guest agent" puts the keys of
+/// a VM's `ssh-keys` metadata: reached through the root of the host's sshd (its chroot, in its
+/// mount namespace), so the write goes through the overlay like any write on the host. (Writing
+/// the overlay's upper layer underneath it is undefined: the host may go on reading the old size.)
+fn admin_keys(host: &TestHost) -> std::path::PathBuf {
+    let env = std::fs::read_to_string(host.dir.path().join("env")).unwrap();
+    let unshare = env
+        .lines()
+        .find_map(|l| l.strip_prefix("UNSHARE_PID="))
+        .unwrap()
+        .trim()
+        .to_string();
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+    let sshd = children.split_whitespace().next().unwrap().to_string();
+    std::path::PathBuf::from(format!("/proc/{sshd}/root/home/admin/.ssh/authorized_keys"))
+}
+
+const COMMIT: &str =
+    r#"echo "working on $CWO_TASK_ID"; git commit -q --allow-empty -m "$CWO_TASK_ID""#;
+
+#[test]
+fn a_build_on_a_test_host_leaves_one_labelled_image_and_no_builder() {
+    let Some(host) = TestHost::start("a_build_on_a_test_host") else {
+        return;
+    };
+    let fake = FakeGce::start("proj-test", &host.ip, Some(admin_keys(&host)));
+    fake.set_host_key(Some(host.host_key.clone()));
+    let env = crate::common::TestEnv::new();
+    on_host(&env, &fake, &host);
+    let hash = {
+        let list = env.cwo(&["image", "list", "--format", "json"]);
+        assert_eq!(list.code, 0, "{}", list.stderr);
+        list.json()["hash"].as_str().unwrap().to_string()
+    };
+
+    let run = env.cwo(&["image", "build", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let built = run.json();
+    let name = built["image"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("cwo-worker-"), "{name}");
+    assert_eq!(built["hash"], hash.as_str());
+    // The builder ran the bake: every step, then the clean.
+    for step in ["packages", "opencode", "watchdog", "clean"] {
+        assert!(
+            run.stderr.lines().any(|l| l.trim_start().starts_with(step)),
+            "{step}: {}",
+            run.stderr
+        );
+    }
+    // One image, in the family, with the hash, from the stopped builder's disk.
+    let images = fake.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let image = &images[0];
+    assert_eq!(image["family"], "cwo-worker");
+    assert_eq!(image["labels"]["cwo-image-hash"], hash.as_str());
+    assert_eq!(image["status"], "READY");
+    let builder = built["builder"].as_str().unwrap();
+    assert!(
+        image["sourceDisk"].as_str().unwrap().contains(builder),
+        "{image}"
+    );
+    let calls: Vec<String> = fake
+        .log()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let at = |what: &str| {
+        calls
+            .iter()
+            .position(|c| c.contains(what))
+            .unwrap_or_else(|| panic!("no {what} in {calls:#?}"))
+    };
+    assert!(at("/stop") < at("POST /compute/v1/projects/proj-test/global/images"));
+    // The builder is gone, and journaled so.
+    assert!(fake.vm_names().is_empty(), "{:?}", fake.vm_names());
+    assert_eq!(
+        env.journal("SELECT state, termination_reason FROM workers"),
+        "deleted|image built"
+    );
+
+    // A worker booted from that image (the builder's files, on a new host with its own host
+    // key and the admin's key): the bootstrap finds the bake's marker and only checks.
+    let image_files = host.stop();
+    let worker_host = image_files.start();
+    let fake2 = FakeGce::start("proj-test", &worker_host.ip, Some(admin_keys(&worker_host)));
+    fake2.set_host_key(Some(worker_host.host_key.clone()));
+    fake2.add_image(
+        &name,
+        "cwo-worker",
+        image["labels"].clone(),
+        image["creationTimestamp"].as_str().unwrap(),
+    );
+    let env2 = crate::common::TestEnv::new();
+    on_host(&env2, &fake2, &worker_host);
+    let id = env2.add(&["on a baked worker"]);
+    let run = env2.cwo(&["run", "--once"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(env2.ball(&id)["state"], "complete", "{}", run.stderr);
+    let body = fake2
+        .log()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.contains("/instances?"))
+        .map(|r| serde_json::from_str::<Value>(&r.body).unwrap())
+        .unwrap();
+    assert_eq!(
+        body["disks"][0]["initializeParams"]["sourceImage"],
+        format!("projects/proj-test/global/images/{name}")
+    );
+    assert!(run.stderr.contains("(done at boot)"), "{}", run.stderr);
+    for step in ["packages", "opencode", "sshd", "agent-env", "watchdog"] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.split_whitespace().take(2).eq([step, "ok"])),
+            "{step} only checked: {}",
+            run.stderr
+        );
+    }
+    assert_eq!(
+        env2.journal("SELECT boot_image FROM workers"),
+        name,
+        "the journal knows the worker booted the image"
+    );
+    assert_ne!(env2.journal("SELECT bootstrap_ms FROM workers"), "NULL");
 }

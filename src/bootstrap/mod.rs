@@ -129,12 +129,19 @@ pub(crate) fn render(settings: &Settings, target: &Target<'_>) -> Script {
         ("CWO_GCE", if target.gce { "1" } else { "0" }.into()),
     ];
     let mut settings_block = String::new();
+    // The hash marks the end state: the proxy only decides the way downloads take, so a host
+    // (or an image) bootstrapped through another proxy is the same host.
+    let mut hashed = String::new();
     for (k, v) in &vars {
-        settings_block.push_str(&format!("{k}={}\n", shell_quote(v)));
+        let line = format!("{k}={}\n", shell_quote(v));
+        if *k != "CWO_PROXY" {
+            hashed.push_str(&line);
+        }
+        settings_block.push_str(&line);
     }
     let hash = format!(
         "{:016x}",
-        crate::model::ids::fnv(&format!("{settings_block}{BODY}"))
+        crate::model::ids::fnv(&format!("{hashed}{BODY}"))
     );
     let text = format!(
         "#!/bin/sh\n# Rendered by cwo {}. Run as root: sh bootstrap.sh [run|reuse|bake]\nCWO_MODE=${{1:-run}}\nCWO_HASH={hash}\n{settings_block}{BODY}",
@@ -398,6 +405,12 @@ mod tests {
             )
         );
         assert_eq!(a.hash, render(&s, &t).hash, "same settings, same hash");
+        s.bootstrap.proxy = "http://10.0.0.2:3128".into();
+        assert_eq!(
+            a.hash,
+            render(&s, &t).hash,
+            "the proxy is not the host's state"
+        );
         s.bootstrap.swap = Some(4096);
         assert_ne!(a.hash, render(&s, &t).hash);
         assert_eq!(s.bootstrap_method(), Method::Native);
