@@ -177,7 +177,9 @@ impl GcpProvider {
         }
         let images = match self.list_images(family).await {
             Ok(images) => images,
-            Err(e) if s.use_image == UseImage::Auto && e.kind() != ProviderErrorKind::Transient => {
+            // "auto" never stops a worker for want of a list: it boots gcp.image, as it did
+            // before images existed (the reason is in the plan, the hint and `cwo doctor`).
+            Err(e) if s.use_image == UseImage::Auto => {
                 return Ok(base(
                     format!(
                         "gcp.image: the images of family {family} cannot be listed ({})",
