@@ -792,7 +792,7 @@ fn regions_gets(fake: &FakeGce) -> usize {
 /// own end. A lost worker is no failure of the run: it exits 0, and no VM is left.
 #[test]
 fn a_worker_lost_mid_task_costs_only_its_task() {
-    let Some((g, starts)) = gcp_fleet("max = 2", "", "0") else {
+    let Some((mut g, starts)) = gcp_fleet("max = 2", "", "0") else {
         return;
     };
     let pids = g.env.tmp.path().join("pids");
@@ -818,8 +818,19 @@ fn a_worker_lost_mid_task_costs_only_its_task() {
     };
     let (victim, other) = (worker_of(&ids[0]), worker_of(&ids[1]));
     assert_ne!(victim, other);
+    // A deleted VM answers nothing: its connections die and no new one is accepted. Every fake
+    // VM shares this sshd, so the other worker is unreachable for that moment too (its task
+    // waits, the provider says it is alive), and the listener is back once the replacement
+    // exists.
+    let created = fake_peak(&g.fake).1;
     g.fake.delete_externally(&victim);
-    g.sshd.cut_connections();
+    g.sshd.stop();
+    assert!(
+        wait_for(Duration::from_secs(60), || fake_peak(&g.fake).1 > created),
+        "no replacement was created: {}",
+        run.stderr()
+    );
+    g.sshd.restart();
     // The lost task runs again elsewhere and completes while the other one still waits.
     assert!(
         wait_for(Duration::from_secs(60), || g.env.ball(&ids[0])["state"]

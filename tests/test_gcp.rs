@@ -1231,7 +1231,7 @@ fn the_default_workspace_works_on_a_vm_without_bootstrap() {
 /// ball is retried there.
 #[test]
 fn a_worker_that_dies_mid_task_is_replaced_and_the_ball_retried() {
-    let Some(g) = gcp(
+    let Some(mut g) = gcp(
         "",
         r#"if [ ! -e "$MARK" ]; then
   touch "$MARK"
@@ -1263,8 +1263,12 @@ git commit -q --allow-empty -m "$CWO_TASK_ID""#,
     assert!(wait_for(Duration::from_secs(60), || mark.exists()));
     let first = g.fake.vm_names();
     assert_eq!(first.len(), 1);
+    // A deleted VM answers nothing: its connections die and no new one is accepted (every fake
+    // VM shares this sshd, so it listens again once the replacement has been created).
     g.fake.delete_externally(&first[0]);
-    g.sshd.cut_connections();
+    g.sshd.stop();
+    assert!(wait_for(Duration::from_secs(60), || inserts(&g.fake).len() == 2));
+    g.sshd.restart();
     let out = child.wait_with_output().unwrap();
     std::fs::write(format!("{}.release", mark.display()), "").unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -167,6 +167,12 @@ impl Sshd {
         self.spawn(&bin);
     }
 
+    /// Starts the listener again after `stop`, with the same host key and settings.
+    pub fn restart(&mut self) {
+        let bin = sshd_binary().unwrap();
+        self.spawn(&bin);
+    }
+
     pub fn stop(&mut self) {
         if self.child.is_some() {
             // Per-connection processes outlive a killed listener: they go first.
