@@ -293,6 +293,9 @@ impl Project {
         // a bake takes minutes, and it is deleted as soon as it is imaged.
         g.use_image = crate::config::UseImage::Never;
         g.ttl = Some(g.ttl.map_or(BUILDER_TTL, |t| t.min(BUILDER_TTL)));
+        // A preempted builder is a failed build: it is on standard provisioning, whatever
+        // workers are (minutes of an e2-micro; spot would save a fraction of a cent).
+        g.spot = false;
         let builder = Arc::new(GcpProvider::new(
             g,
             s.ssh.clone(),

@@ -154,6 +154,24 @@ fn prune_keeps_n_and_never_an_image_in_use() {
             &format!("2026-11-0{day}T00:00:00Z"),
         );
     }
+    // The newest: one being made (a build running now) and one that failed; neither counts
+    // toward --keep, and the failed one goes.
+    for (name, day, status) in [("img-6", 6, "PENDING"), ("img-5", 5, "FAILED")] {
+        g.fake.add_image(
+            name,
+            "cwo-worker",
+            h.clone(),
+            &format!("2026-11-0{day}T00:00:00Z"),
+        );
+        g.fake.set_image_status(name, status);
+    }
+    // The oldest, baked from the current settings: what new workers boot from.
+    g.fake.add_image(
+        "img-current",
+        "cwo-worker",
+        json!({"cwo-image-hash": current_hash(&g), "cwo-managed": "true"}),
+        "2026-10-15T00:00:00Z",
+    );
     // Another tool's image in the same family, and an image of another family.
     g.fake
         .add_image("theirs", "cwo-worker", json!({}), "2026-10-01T00:00:00Z");
@@ -188,17 +206,28 @@ fn prune_keeps_n_and_never_an_image_in_use() {
         })
         .collect();
     let want = [
+        ("img-6", "kept"),
+        ("img-5", "deleted"),
         ("img-4", "kept"),
         ("img-3", "kept"),
         ("img-2", "deleted"),
         ("img-1", "in-use"),
+        ("img-current", "kept"),
     ]
     .map(|(a, b)| (a.to_string(), b.to_string()));
     assert_eq!(actions, want, "{}", run.stdout);
     assert_eq!(
         image_names(&g),
-        ["elsewhere", "img-1", "img-3", "img-4", "theirs"],
-        "only img-2 went"
+        [
+            "elsewhere",
+            "img-1",
+            "img-3",
+            "img-4",
+            "img-6",
+            "img-current",
+            "theirs"
+        ],
+        "only img-2 and the failed img-5 went"
     );
     let deletes: Vec<String> = g
         .fake
@@ -207,7 +236,7 @@ fn prune_keeps_n_and_never_an_image_in_use() {
         .filter(|r| r.method == "DELETE" && r.path.contains("/global/images/"))
         .map(|r| r.path)
         .collect();
-    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
     // The table says the same.
     let table = image_cmd(&g, &["list"]);
     assert!(
@@ -329,6 +358,29 @@ fn workers_boot_from_the_image_whose_hash_matches_and_bootstrap_otherwise() {
         baked.stderr
     );
 
+    // gcp.disk_size_gb lowered below the disk the image was baked on: Compute would refuse
+    // the disk, so the base image, and the plan says why.
+    let small = g.env.cwo(&[
+        "--config",
+        NATIVE,
+        "--config",
+        "gcp.disk_size_gb=8",
+        "up",
+        "--plan",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(small.code, 0, "{}", small.stderr);
+    let p = small.json();
+    assert_eq!(p["boot_image"]["baked"], Value::Null, "{p}");
+    assert!(
+        p["boot_image"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("cwo-worker-fresh, baked from these settings, needs a 10 GB disk and gcp.disk_size_gb is 8"),
+        "{p}"
+    );
+
     // "never" boots the base image whatever exists; "always" refuses without a match.
     up(&g, &["--config", "gcp.use_image=never"]);
     assert_eq!(last_insert(&g).0, debian);
@@ -434,6 +486,13 @@ fn a_build_on_a_test_host_leaves_one_labelled_image_and_no_builder() {
             .unwrap_or_else(|| panic!("no {what} in {calls:#?}"))
     };
     assert!(at("/stop") < at("POST /compute/v1/projects/proj-test/global/images"));
+    // Marked as being imaged before it was stopped: no other command deletes it meanwhile.
+    let marked = fake
+        .log()
+        .into_iter()
+        .position(|r| r.path.contains("/setLabels") && r.body.contains("cwo-imaging"))
+        .unwrap_or_else(|| panic!("the builder was never marked: {calls:#?}"));
+    assert!(marked < at("/stop"), "{calls:#?}");
     // The builder is gone, and journaled so.
     assert!(fake.vm_names().is_empty(), "{:?}", fake.vm_names());
     assert_eq!(
@@ -485,4 +544,39 @@ fn a_build_on_a_test_host_leaves_one_labelled_image_and_no_builder() {
         "the journal knows the worker booted the image"
     );
     assert_ne!(env2.journal("SELECT bootstrap_ms FROM workers"), "NULL");
+}
+
+/// A builder is stopped so its disk can become an image; every other command deletes a stopped
+/// worker at once. Marked (`cwo-imaging`), it is spared for an hour by `status`, `budget` and
+/// `run`, and deleted by `cwo reap` when no build (no controller) holds it.
+#[test]
+fn a_builder_stopped_for_imaging_is_spared_until_its_build_is_gone() {
+    let Some(g) = gcp("", "true", "") else { return };
+    let now = chrono::Utc::now();
+    let labels = |marked: i64| json!({"cwo-managed": "true", "cwo-project": "proj", "cwo-imaging": marked.to_string()});
+    let created = (now - chrono::Duration::hours(3)).to_rfc3339();
+    g.fake.add_vm(
+        "us-central1-a",
+        "cwo-proj-build-fresh1",
+        labels(now.timestamp() - 60),
+        &created,
+        "TERMINATED",
+    );
+    g.fake.add_vm(
+        "us-central1-a",
+        "cwo-proj-build-stale1",
+        labels(now.timestamp() - 2 * 3600),
+        &created,
+        "TERMINATED",
+    );
+    let status = g.env.cwo(&["status"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert_eq!(
+        g.fake.vm_names(),
+        ["cwo-proj-build-fresh1"],
+        "the stale mark is no reason to keep a stopped VM: {}",
+        status.stderr
+    );
+    let reap = g.env.cwo(&["reap", "--yes"]).ok();
+    assert!(g.fake.vm_names().is_empty(), "{}", reap.stdout);
 }

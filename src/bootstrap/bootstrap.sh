@@ -254,7 +254,13 @@ else
     sshd_changed=1
   fi
 fi
-if [ -n "$sshd_changed" ]; then
+if [ -n "$sshd_changed" ] && [ "$CWO_MODE" = bake ]; then
+  # An image's sshd reads the file when it boots. Reloading here would race with the clean
+  # step below, which removes the host keys a reloading sshd needs.
+  sshd=$(command -v sshd || echo /usr/sbin/sshd)
+  run "$sshd" -t || fail sshd "sshd -t rejects the configuration"
+  report sshd changed "no passwords, no root login (read at boot)"
+elif [ -n "$sshd_changed" ]; then
   sshd=$(command -v sshd || echo /usr/sbin/sshd)
   run "$sshd" -t || fail sshd "sshd -t rejects the configuration"
   pid=$(cat /run/sshd.pid 2>/dev/null || cat /var/run/sshd.pid 2>/dev/null || true)
@@ -365,10 +371,17 @@ if [ "$CWO_MODE" = bake ]; then
   # Package caches (the lists stay: a worker that needs more packages refreshes old ones).
   if [ "$OS" = debian ]; then run apt-get clean; else rm -rf /var/cache/apk/*; fi
   # First-boot agents must run again on each VM: cloud-init (Ubuntu), tiny-cloud (Alpine).
-  command -v cloud-init >/dev/null 2>&1 && run cloud-init clean --logs --seed
-  command -v tiny-cloud >/dev/null 2>&1 && run tiny-cloud --bootstrap incomplete
+  if command -v cloud-init >/dev/null 2>&1; then
+    run cloud-init clean --logs --seed || fail clean "cloud-init clean failed: VMs from the image would skip their first boot"
+  fi
+  if command -v tiny-cloud >/dev/null 2>&1; then
+    run tiny-cloud --bootstrap incomplete || fail clean "tiny-cloud --bootstrap incomplete failed: VMs from the image would skip their first boot"
+  fi
+  # systemd's random seed would be the same on every VM from the image.
+  rm -f /var/lib/systemd/random-seed
   rm -rf /tmp/* /var/tmp/* 2>/dev/null
-  rm -f "$OUT" "$OUT.opencode"
+  # This host's step timings: the image keeps only the mark saying which script it ran.
+  rm -f "$OUT" "$OUT.opencode" "$LOG"
   sync
   report clean changed "host keys, machine-id, authorized_keys, logs and history removed"
   rm -f "$LOG.tmp"

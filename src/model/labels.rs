@@ -11,6 +11,14 @@ pub(crate) const EXPIRES_LABEL: &str = "cwo-expires-at";
 /// On a VM booted from an image `cwo image build` baked: that image's name.
 pub(crate) const IMAGE_LABEL: &str = "cwo-image";
 
+/// On an image builder `cwo image build` stopped to image its disk: when it was stopped (Unix
+/// seconds). A stopped VM is otherwise deleted at once by every command that sees it; this one
+/// is spared for [`IMAGING_GRACE`] after the mark, while its disk becomes an image.
+pub(crate) const IMAGING_LABEL: &str = "cwo-imaging";
+/// How long a marked builder may stay stopped; the build deletes it long before (an image of a
+/// 10 GB disk takes minutes), a build killed meanwhile leaves it to the next sweep after this.
+pub(crate) const IMAGING_GRACE: Duration = Duration::from_secs(60 * 60);
+
 /// The `cwo-expires-at` value for a worker created now with `ttl`.
 pub(crate) fn expires_at(ttl: Option<Duration>) -> String {
     match ttl {

@@ -6,7 +6,9 @@ pub(crate) mod labels;
 pub(crate) mod usage;
 pub(crate) mod worker;
 
-pub(crate) use labels::{EXPIRES_LABEL, IMAGE_LABEL, expires_at, project_selector, worker_labels};
+pub(crate) use labels::{
+    EXPIRES_LABEL, IMAGE_LABEL, IMAGING_LABEL, expires_at, project_selector, worker_labels,
+};
 pub(crate) use usage::Usage;
 pub(crate) use worker::workspace_of;
 pub use worker::{DeleteOutcome, Instance, InstanceStatus, Target, WorkerSpec};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::labels::EXPIRES_LABEL;
+use super::labels::{EXPIRES_LABEL, IMAGING_GRACE, IMAGING_LABEL};
 
 /// What to bring up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +72,17 @@ impl Instance {
     /// When the worker's TTL ends (label `cwo-expires-at`, Unix seconds); None without a TTL.
     pub(crate) fn expires_at(&self) -> Option<i64> {
         self.labels.get(EXPIRES_LABEL)?.parse().ok()
+    }
+
+    /// An image builder stopped for imaging less than `IMAGING_GRACE` ago (label `cwo-imaging`):
+    /// not to be deleted for being stopped while its build goes on.
+    pub(crate) fn being_imaged(&self) -> bool {
+        self.labels
+            .get(IMAGING_LABEL)
+            .and_then(|m| m.parse::<i64>().ok())
+            .is_some_and(|at| {
+                (0..IMAGING_GRACE.as_secs() as i64).contains(&(Utc::now().timestamp() - at))
+            })
     }
 
     /// The machine type the worker was created as (label `cwo-machine`), or "unknown".

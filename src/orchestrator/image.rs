@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::OrchestratorError;
 use super::worker::WorkerLifecycle;
+use crate::model::IMAGING_LABEL;
 use crate::provider::gcp::GcpProvider;
 use crate::provider::gcp::images::{self, HASH_LABEL, ImageInfo};
 use crate::provider::{DeleteOutcome, Provider, ProviderError};
@@ -105,6 +106,23 @@ async fn image_of(
     spec: &BuildSpec,
 ) -> Result<ImageInfo, OrchestratorError> {
     let fail = |what: String| move |source| OrchestratorError::Image { what, source };
+    // Marked first: every command that sees a stopped worker deletes it, a builder being imaged
+    // excepted (`Instance::being_imaged`).
+    let mut labels = gcp
+        .get(builder)
+        .await
+        .and_then(|i| i.ok_or_else(|| ProviderError::NotFound(builder.to_string())))
+        .map_err(fail(format!("could not read builder {builder}")))?
+        .labels;
+    labels.insert(
+        IMAGING_LABEL.to_string(),
+        Utc::now().timestamp().to_string(),
+    );
+    gcp.set_labels(builder, &labels)
+        .await
+        .map_err(fail(format!(
+            "could not mark builder {builder} as being imaged"
+        )))?;
     // An image of a running VM's disk may miss what is still in its page cache; Compute
     // refuses it without forceCreate. Stopped, the disk is consistent.
     gcp.stop_vm(builder)
@@ -120,8 +138,8 @@ async fn image_of(
         ("cwo-project".to_string(), spec.project_slug.clone()),
     ]);
     let body = images::image_from_disk(&name, &spec.family, &disk, labels, &spec.description);
-    // The same request id on a retry: one image, however often the insert is sent.
-    let request_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string();
+    // One request id per build, the same on a retry: one image, however often the insert is sent.
+    let request_id = uuid::Uuid::new_v4().to_string();
     gcp.insert_image(body, &request_id)
         .await
         .map_err(fail(format!(
@@ -232,8 +250,9 @@ impl PruneReport {
     }
 }
 
-/// Deletes the images cwo baked in `family` beyond the newest `keep`, never one a live VM
-/// booted from (checked again right before each delete).
+/// Deletes the images cwo baked in `family` beyond the newest `keep` bootable ones, never one
+/// a live VM booted from (checked again right before each delete), the one new workers boot
+/// from, or one still being created (a build running now).
 pub(crate) async fn prune(
     gcp: &GcpProvider,
     family: &str,
@@ -246,8 +265,17 @@ pub(crate) async fn prune(
         .into_iter()
         .filter(|i| !i.image.hash.is_empty())
         .collect();
+    // What new workers boot from now (the newest image baked from the current settings).
+    let booted = gcp
+        .boot_image()
+        .await
+        .and_then(Result::ok)
+        .and_then(|b| b.baked);
     let mut out = Vec::with_capacity(images.len());
-    for (i, listed) in images.into_iter().enumerate() {
+    let mut bootable_kept = 0;
+    for listed in images {
+        let bootable = listed.image.bootable();
+        let pending = listed.image.status == "PENDING";
         let ImageInfo {
             name, created_at, ..
         } = listed.image;
@@ -257,9 +285,16 @@ pub(crate) async fn prune(
             action: String::new(),
             detail: String::new(),
         };
-        if i < keep {
+        if pending {
             p.action = "kept".into();
-            p.detail = format!("one of the newest {keep}");
+            p.detail = "being created".into();
+        } else if bootable && bootable_kept < keep {
+            bootable_kept += 1;
+            p.action = "kept".into();
+            p.detail = format!("one of the newest {keep} bootable");
+        } else if booted.as_deref() == Some(p.name.as_str()) {
+            p.action = "kept".into();
+            p.detail = "new workers boot from it (baked from the current settings)".into();
         } else if !listed.used_by.is_empty() {
             p.action = "in-use".into();
             p.detail = format!("booted {}", listed.used_by.join(", "));

@@ -115,6 +115,10 @@ impl Reaper<'_> {
 
     /// Why a worker should not exist, if it should not.
     fn reason(&self, inst: &Instance, journal_rows: &HashMap<String, WorkerRow>) -> Option<String> {
+        // A builder stopped for imaging while its `cwo image build` runs: that build deletes it.
+        if self.controller_running && inst.being_imaged() {
+            return None;
+        }
         // Stopped first: deleted at once, whatever else is true of it.
         if inst.status.is_stopped() {
             return Some("stopped".into());

@@ -74,6 +74,9 @@ impl Teardown<'_> {
             i.status.is_stopped()
                 && i.labels.get("cwo-project").map(String::as_str) == Some(self.project_slug)
                 && i.labels.get(KEEP_LABEL).map(String::as_str) != Some("true")
+                // An image builder, stopped so its disk can become an image (`cwo image build`
+                // deletes it when the image is made; a killed build leaves it to `cwo reap`).
+                && !i.being_imaged()
         }) {
             match self.delete(inst, "stopped").await {
                 Ok(_) => done.push(inst.name.clone()),

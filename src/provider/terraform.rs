@@ -100,8 +100,21 @@ impl TerraformProvider {
     }
 
     /// The image chosen for this provider's workers, once it was (the first create or plan).
-    fn chosen(&self) -> Option<&super::BootImage> {
+    fn chosen(&self) -> Option<super::BootImage> {
         self.images.as_ref().and_then(|g| g.chosen_boot_image())
+    }
+
+    /// The worker's labels, with `cwo-image` when it boots a baked image.
+    fn labels_with_image(
+        &self,
+        spec: &WorkerSpec,
+        chosen: Option<&super::BootImage>,
+    ) -> BTreeMap<String, String> {
+        let mut labels = self.labels_for(spec);
+        if let Some(baked) = chosen.and_then(|b| b.baked.as_ref()) {
+            labels.insert(crate::model::IMAGE_LABEL.into(), baked.clone());
+        }
+        labels
     }
 
     pub(crate) fn binary(&self) -> &str {
@@ -154,16 +167,14 @@ impl TerraformProvider {
                 "gcp.ssh_source is empty: the terraform provider needs this machine's address as a CIDR (e.g. \"203.0.113.7/32\")".into(),
             ));
         }
-        let mut labels = self.labels_for(spec);
-        if let Some(baked) = self.chosen().and_then(|b| b.baked.as_ref()) {
-            labels.insert(crate::model::IMAGE_LABEL.into(), baked.clone());
-        }
+        let chosen = self.chosen();
+        let labels = self.labels_with_image(spec, chosen.as_ref());
         let mut vars = json!({
             "name": spec.name,
             "project": g.project,
             "zone": zone,
             "machine_type": g.machine_type,
-            "image": self.chosen().map_or(&g.image, |b| &b.image),
+            "image": chosen.as_ref().map_or(&g.image, |b| &b.image),
             "disk_size_gb": g.disk_size_gb,
             "disk_type": g.disk_type,
             "spot": g.spot,
@@ -293,6 +304,7 @@ impl Provider for TerraformProvider {
     fn plan(&self, spec: &WorkerSpec, ctx: &PlanContext<'_>) -> Plan {
         let g = &self.gcp;
         let module = &self.terraform.module;
+        let chosen = self.chosen();
         Plan::Terraform(TerraformPlan {
             provider: self.kind(),
             worker: spec.name.clone(),
@@ -307,10 +319,10 @@ impl Provider for TerraformProvider {
             ),
             zone: g.zones.first().cloned(),
             machine_type: g.machine_type.clone(),
-            image: self.chosen().map_or(&g.image, |b| &b.image).clone(),
+            image: chosen.as_ref().map_or(&g.image, |b| &b.image).clone(),
             ttl: super::gcp::ttl_text(g.ttl),
             ssh_source: g.ssh_source.clone(),
-            labels: self.labels_for(spec),
+            labels: self.labels_with_image(spec, chosen.as_ref()),
             bootstrap: ctx.bootstrap.clone(),
         })
     }

@@ -508,6 +508,13 @@ impl FakeGce {
         st.images.insert(name.to_string(), body);
     }
 
+    /// Sets an image's status (PENDING while Compute makes it, FAILED when that failed).
+    pub fn set_image_status(&self, name: &str, status: &str) {
+        if let Some(image) = self.state.lock().unwrap().images.get_mut(name) {
+            image["status"] = json!(status);
+        }
+    }
+
     /// Marks an image deprecated (`deprecated.state`: DEPRECATED, OBSOLETE or DELETED), as
     /// `images.deprecate` would: `getFromFamily` passes over it.
     pub fn deprecate_image(&self, name: &str, state: &str) {

@@ -8,6 +8,7 @@
 //! [`IMAGE_LABEL`], which is how `cwo image prune` knows an image is in use.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use google_cloud_compute_v1::model::{self as gce, Operation};
@@ -20,6 +21,16 @@ use crate::provider::{BootImage, DeleteOutcome, ProviderError, ProviderErrorKind
 /// On an image: the hash of what it was baked from.
 pub(crate) const HASH_LABEL: &str = "cwo-image-hash";
 pub(crate) use crate::model::IMAGE_LABEL;
+
+/// How long a fallback to gcp.image, made because the images could not be listed, holds.
+const RELIST_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// The boot image a provider chose, and until when (`None`: for good).
+#[derive(Debug)]
+pub(crate) struct Chosen {
+    image: BootImage,
+    until: Option<Instant>,
+}
 
 /// One of cwo's images, as `cwo image list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -72,16 +83,27 @@ impl ImageInfo {
         format!("projects/{project}/global/images/{}", self.name)
     }
 
-    fn bootable(&self) -> bool {
+    /// READY and not deprecated: a VM can boot from it.
+    pub(crate) fn bootable(&self) -> bool {
         self.status == "READY" && !self.deprecated
+    }
+
+    fn fits(&self, disk_gb: u32) -> bool {
+        self.disk_size_gb.is_none_or(|gb| gb <= i64::from(disk_gb))
     }
 }
 
-/// The newest bootable image of `images` baked with `hash`.
-pub(crate) fn newest_matching<'a>(images: &'a [ImageInfo], hash: &str) -> Option<&'a ImageInfo> {
+/// The newest bootable image of `images` baked with `hash` that fits a boot disk of `disk_gb`
+/// (Compute refuses a disk smaller than its image: an image baked before gcp.disk_size_gb was
+/// lowered does not fit).
+pub(crate) fn newest_matching<'a>(
+    images: &'a [ImageInfo],
+    hash: &str,
+    disk_gb: u32,
+) -> Option<&'a ImageInfo> {
     images
         .iter()
-        .filter(|i| i.bootable() && i.hash == hash)
+        .filter(|i| i.bootable() && i.hash == hash && i.fits(disk_gb))
         .max_by_key(|i| i.created_at)
 }
 
@@ -137,20 +159,36 @@ impl GcpProvider {
 
     /// The image a new worker boots from, decided once per provider (the first create, or
     /// `cwo up --plan`): see the module comment. `Err` only with `use_image = "always"`
-    /// when there is no such image (or the images cannot be listed).
+    /// when there is no such image (or the images cannot be listed). A fallback to gcp.image
+    /// because the images could not be listed holds for `RELIST_AFTER` only: a long `cwo run`
+    /// does not boot the base image for good over one failed list.
     pub(crate) async fn boot_image_choice(&self) -> Result<BootImage, ProviderError> {
-        self.boot
-            .get_or_try_init(|| async { self.choose_boot_image().await })
-            .await
-            .cloned()
+        if let Some(c) = self.boot.lock().expect("boot choice lock").as_ref()
+            && c.until.is_none_or(|until| Instant::now() < until)
+        {
+            return Ok(c.image.clone());
+        }
+        let (image, settled) = self.choose_boot_image().await?;
+        let until = (!settled).then(|| Instant::now() + RELIST_AFTER);
+        *self.boot.lock().expect("boot choice lock") = Some(Chosen {
+            image: image.clone(),
+            until,
+        });
+        Ok(image)
     }
 
     /// The image chosen by [`Self::boot_image_choice`], once it was.
-    pub(crate) fn chosen_boot_image(&self) -> Option<&BootImage> {
-        self.boot.get()
+    pub(crate) fn chosen_boot_image(&self) -> Option<BootImage> {
+        self.boot
+            .lock()
+            .expect("boot choice lock")
+            .as_ref()
+            .map(|c| c.image.clone())
     }
 
-    async fn choose_boot_image(&self) -> Result<BootImage, ProviderError> {
+    /// The choice, and whether it is settled (false: gcp.image because the images could not be
+    /// listed, chosen again after `RELIST_AFTER`).
+    async fn choose_boot_image(&self) -> Result<(BootImage, bool), ProviderError> {
         let s = &self.settings;
         let base = |why: String, hash: Option<&String>, stale: bool| BootImage {
             image: s.image.clone(),
@@ -165,47 +203,60 @@ impl GcpProvider {
                 UseImage::Always => Err(ProviderError::InvalidSpec(
                     "gcp.use_image = \"always\" needs bootstrap.method = \"native\": only the native bootstrap can check a baked image".into(),
                 )),
-                _ => Ok(base(
-                    "gcp.image: baked images are used with the native bootstrap only".into(),
-                    None,
-                    false,
+                _ => Ok((
+                    base(
+                        "gcp.image: baked images are used with the native bootstrap only".into(),
+                        None,
+                        false,
+                    ),
+                    true,
                 )),
             };
         };
         if s.use_image == UseImage::Never {
-            return Ok(base("gcp.use_image = \"never\"".into(), Some(hash), false));
+            return Ok((
+                base("gcp.use_image = \"never\"".into(), Some(hash), false),
+                true,
+            ));
         }
         let images = match self.list_images(family).await {
             Ok(images) => images,
             // "auto" never stops a worker for want of a list: it boots gcp.image, as it did
             // before images existed (the reason is in the plan, the hint and `cwo doctor`).
             Err(e) if s.use_image == UseImage::Auto => {
-                return Ok(base(
-                    format!(
-                        "gcp.image: the images of family {family} cannot be listed ({})",
-                        e.one_line()
-                    ),
-                    Some(hash),
-                    false,
-                ));
+                let why = format!(
+                    "gcp.image: the images of family {family} cannot be listed ({})",
+                    e.one_line()
+                );
+                return Ok((base(why, Some(hash), false), false));
             }
             Err(e) => return Err(e),
         };
-        if let Some(img) = newest_matching(&images, hash) {
-            return Ok(BootImage {
+        if let Some(img) = newest_matching(&images, hash, s.disk_size_gb) {
+            let image = BootImage {
                 image: img.source_path(&s.project),
                 baked: Some(img.name.clone()),
                 why: format!("baked from these settings (hash {hash}) by `cwo image build`"),
                 hash: hash.clone(),
                 build_would_help: false,
-            });
+            };
+            return Ok((image, true));
         }
-        let why = match images.iter().find(|i| i.bootable()) {
-            Some(newest) => format!(
+        let too_big = images
+            .iter()
+            .find(|i| i.bootable() && i.hash == *hash && !i.fits(s.disk_size_gb));
+        let why = match (too_big, images.iter().find(|i| i.bootable())) {
+            (Some(big), _) => format!(
+                "gcp.image: {}, baked from these settings, needs a {} GB disk and gcp.disk_size_gb is {}",
+                big.name,
+                big.disk_size_gb.unwrap_or_default(),
+                s.disk_size_gb
+            ),
+            (None, Some(newest)) => format!(
                 "gcp.image: the newest image of family {family}, {}, was baked from other settings (hash {}, these settings are {hash})",
                 newest.name, newest.hash
             ),
-            None => format!("gcp.image: family {family} has no image (hash {hash} wanted)"),
+            (None, None) => format!("gcp.image: family {family} has no image (hash {hash} wanted)"),
         };
         if s.use_image == UseImage::Always {
             return Err(ProviderError::InvalidSpec(format!(
@@ -213,7 +264,7 @@ impl GcpProvider {
                 why.trim_start_matches("gcp.image: ")
             )));
         }
-        Ok(base(why, Some(hash), true))
+        Ok((base(why, Some(hash), true), true))
     }
 
     /// Stops a VM (`instances.stop`) and waits until it is stopped. Compute Engine clears a
@@ -405,12 +456,16 @@ mod tests {
             img("c", "h1", "2026-11-04T00:00:00Z", "PENDING"),
             img("d", "h2", "2026-11-05T00:00:00Z", "READY"),
         ];
-        assert_eq!(newest_matching(&images, "h1").unwrap().name, "b");
-        assert_eq!(newest_matching(&images, "h2").unwrap().name, "d");
-        assert!(newest_matching(&images, "h3").is_none());
+        assert_eq!(newest_matching(&images, "h1", 10).unwrap().name, "b");
+        assert_eq!(newest_matching(&images, "h2", 10).unwrap().name, "d");
+        assert!(newest_matching(&images, "h3", 10).is_none());
         let mut old = images.clone();
         old[1].deprecated = true;
-        assert_eq!(newest_matching(&old, "h1").unwrap().name, "a");
+        assert_eq!(newest_matching(&old, "h1", 10).unwrap().name, "a");
+        // Baked on a bigger disk than workers now get: it does not fit.
+        old[0].disk_size_gb = Some(20);
+        assert!(newest_matching(&old, "h1", 10).is_none());
+        assert_eq!(newest_matching(&old, "h1", 20).unwrap().name, "a");
     }
 
     #[test]

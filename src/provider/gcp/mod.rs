@@ -91,7 +91,7 @@ pub struct GcpProvider {
     /// The hash the current settings bake an image to (`None`: baked images do not apply).
     image_hash: Option<String>,
     /// The image new workers boot from, decided at the first create (`images.rs`).
-    boot: OnceCell<BootImage>,
+    boot: std::sync::Mutex<Option<images::Chosen>>,
 }
 
 /// What `cwo up --plan` shows for gcp: the exact instance body, the firewall rule, the price.
@@ -297,7 +297,7 @@ impl GcpProvider {
             zones: Mutex::new(HashMap::new()),
             region_zones: OnceCell::new(),
             image_hash: None,
-            boot: OnceCell::new(),
+            boot: std::sync::Mutex::default(),
         }
     }
 
@@ -574,8 +574,9 @@ impl GcpProvider {
         let s = &self.settings;
         let mut labels = self.labels_for(spec);
         // The image chosen at the first create (`boot_image_choice`); until then, gcp.image.
-        let baked = self.boot.get().and_then(|b| b.baked.clone());
-        let source_image = match (self.boot.get(), &baked) {
+        let chosen = self.chosen_boot_image();
+        let baked = chosen.as_ref().and_then(|b| b.baked.clone());
+        let source_image = match (&chosen, &baked) {
             (Some(b), Some(_)) => b.image.clone(),
             _ => s.image.clone(),
         };
