@@ -52,6 +52,15 @@ pub enum Command {
     /// SIGINT/SIGTERM: stop claiming, let running attempts finish (or abort them with --now, or
     /// by a second signal), tear the worker down, exit. Aborted balls go back to pending.
     Run(RunArgs),
+    /// `cwo run`'s loop plus an HTTP server: GitHub webhooks that wake the loop at once, a
+    /// health check, a JSON state API, live agent logs and a dashboard.
+    ///
+    /// Routes: GET / (dashboard), GET /healthz, GET /api/v1/state, /api/v1/workers,
+    /// /api/v1/tasks/{id}, /api/v1/tasks/{id}/log?offset=N, /api/v1/tasks/{id}/log/stream (SSE),
+    /// POST /webhooks/github. Loopback by default; any other address needs serve.token, then
+    /// required as a bearer token on every route but /healthz and the webhook (HMAC-checked
+    /// with github.webhook_secret). SIGINT/SIGTERM as for `cwo run`.
+    Serve(ServeArgs),
     /// Bring up a worker now (the next `cwo run` adopts it); `--plan` shows what would be
     /// created, and its hourly cost, without creating anything.
     Up(UpArgs),
@@ -109,6 +118,17 @@ pub struct RunArgs {
     /// Drain the queue, tear the worker down and exit (for cron and CI).
     #[arg(long)]
     pub once: bool,
+    /// On SIGINT/SIGTERM abort running attempts at once instead of letting them finish.
+    #[arg(long)]
+    pub now: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address and port to listen on (default: serve.listen, 127.0.0.1:8484; port 0 picks
+    /// a free one, printed on stderr).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
     /// On SIGINT/SIGTERM abort running attempts at once instead of letting them finish.
     #[arg(long)]
     pub now: bool,
@@ -195,6 +215,10 @@ pub enum GithubCommand {
     /// queue label (github.label), cwo:in-progress, cwo:blocked, cwo:done and
     /// priority:urgent|high|medium|low. Labels that exist are left as they are.
     Init(GithubInitArgs),
+    /// What to paste into the repository's webhook settings for `cwo serve`: the payload URL
+    /// (serve.public_url, else the listen address), the content type, the secret's reference
+    /// (github.webhook_secret) and the events to send.
+    WebhookUrl(FormatArgs),
 }
 
 #[derive(Debug, Args)]

@@ -128,6 +128,11 @@ CREATE TABLE IF NOT EXISTS pull_requests (
     check_state TEXT NOT NULL DEFAULT '',   -- last seen: success | failure | pending | ''
     updated_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,            -- X-GitHub-Delivery
+    event TEXT NOT NULL,
+    received_at TEXT NOT NULL       -- kept a day: a delivery seen again within it is a replay
+);
 ";
 
 /// A pull request cwo opened for a task, and how far its feedback was acted on.
@@ -374,6 +379,11 @@ impl Journal {
         })
     }
 
+    /// The journal's file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -383,6 +393,48 @@ impl Journal {
             path: self.path.display().to_string(),
             source,
         })
+    }
+
+    // ---- webhook deliveries ----
+
+    /// Records a webhook delivery id; false when it was already recorded within `keep` (a
+    /// replay, or GitHub's redelivery of one already acted on). Older records are dropped here.
+    pub(crate) fn webhook_delivery_new(
+        &self,
+        id: &str,
+        event: &str,
+        keep: chrono::Duration,
+    ) -> Result<bool, JournalError> {
+        let now = Utc::now();
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM webhook_deliveries WHERE received_at < ?1",
+                params![ts(now - keep)],
+            )?;
+            let added = c.execute(
+                "INSERT OR IGNORE INTO webhook_deliveries (id, event, received_at) VALUES (?1, ?2, ?3)",
+                params![id, event, ts(now)],
+            )?;
+            Ok(added == 1)
+        })
+    }
+
+    /// Whether the journal file can be read now (`cwo serve`'s health check): a read-only
+    /// connection of its own and one query, so a file damaged or replaced under an open
+    /// connection is noticed.
+    pub(crate) fn probe(&self) -> Result<(), JournalError> {
+        let db = |source| JournalError::Db {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        conn.query_row("SELECT count(*) FROM workers", [], |r| r.get::<_, i64>(0))
+            .map(|_| ())
+            .map_err(db)
     }
 
     // ---- workers ----

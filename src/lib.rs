@@ -21,6 +21,7 @@ pub mod provider;
 pub mod report;
 pub(crate) mod schedule;
 pub mod secrets;
+pub(crate) mod serve;
 pub mod tracker;
 pub mod transport;
 pub mod util;

@@ -55,6 +55,7 @@ impl KnownHosts for JournalOnDemand {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Project {
     pub(crate) root: PathBuf,
     /// The project's name (the root directory's name), used in worker names and ball ids.

@@ -1,4 +1,5 @@
-//! `cwo github init`: the GitHub tracker's labels on the configured repository.
+//! `cwo github init`: the GitHub tracker's labels on the configured repository;
+//! `cwo github webhook-url`: what the repository's webhook form wants for `cwo serve`.
 
 use crate::cli::{Format, GithubCommand};
 use crate::error::{CommandError, ExitStatus};
@@ -14,6 +15,10 @@ pub(crate) async fn github(
     match cmd {
         GithubCommand::Init(args) => {
             let report = github::init(project, printer, args.dry_run).await?;
+            report::print(&printer, &report, args.format == Format::Json);
+        }
+        GithubCommand::WebhookUrl(args) => {
+            let report = github::webhook_url(project);
             report::print(&printer, &report, args.format == Format::Json);
         }
     }

@@ -15,6 +15,7 @@ mod logs;
 mod reap;
 mod run;
 mod schedule;
+mod serve;
 mod ssh;
 mod status;
 mod task;
@@ -44,6 +45,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<ExitStatus, CommandError> {
     };
     match cli.command {
         Command::Run(args) => run::run(&load()?, printer, &args).await,
+        Command::Serve(args) => serve::serve(&load()?, printer, &args).await,
         Command::Up(args) => up::up(&load()?, printer, &args).await,
         Command::Down => down::down(&load()?, printer).await,
         Command::Status(args) => status::status(&load()?, printer, args.format).await,

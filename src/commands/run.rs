@@ -25,7 +25,11 @@ pub(crate) async fn run(
 }
 
 /// First SIGINT/SIGTERM: stop claiming (and abort with --now); the second aborts running attempts.
-fn watch_signals(shutdown: Shutdown, now: bool, printer: Printer) -> Result<(), CommandError> {
+pub(super) fn watch_signals(
+    shutdown: Shutdown,
+    now: bool,
+    printer: Printer,
+) -> Result<(), CommandError> {
     let mut int = signal(SignalKind::interrupt())
         .map_err(|e| CommandError::user(format!("cannot install the SIGINT handler: {e}")))?;
     let mut term = signal(SignalKind::terminate())

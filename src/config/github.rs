@@ -26,6 +26,9 @@ pub struct GithubSettings {
     pub app_id: u64,
     /// The App's private key (PEM) as a secret reference (`env:NAME` or `sm://…`).
     pub app_key: String,
+    /// The webhook's secret as a secret reference (`env:NAME` or `sm://…`): `cwo serve` checks
+    /// every delivery's `X-Hub-Signature-256` with it ("" = webhooks refused).
+    pub webhook_secret: String,
 }
 
 impl Default for GithubSettings {
@@ -40,6 +43,7 @@ impl Default for GithubSettings {
             max_feedback_rounds: 3,
             app_id: 0,
             app_key: String::new(),
+            webhook_secret: String::new(),
         }
     }
 }

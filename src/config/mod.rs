@@ -18,6 +18,7 @@ pub mod bootstrap;
 mod gcp;
 mod git;
 mod github;
+mod serve;
 mod ssh;
 mod terraform;
 mod tracker;
@@ -29,6 +30,7 @@ pub use bootstrap::{BootstrapSettings, Method, WatchdogSettings};
 pub use gcp::{GcpSettings, UseImage};
 pub use git::GitSettings;
 pub use github::GithubSettings;
+pub use serve::ServeSettings;
 pub use ssh::{HostAddr, SshSettings};
 pub use terraform::TerraformSettings;
 pub use tracker::{TrackerKind, TrackerSettings};
@@ -73,6 +75,7 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     pub watchdog: WatchdogSettings,
     pub terraform: TerraformSettings,
+    pub serve: ServeSettings,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -130,6 +133,7 @@ impl Default for Settings {
             bootstrap: BootstrapSettings::default(),
             watchdog: WatchdogSettings::default(),
             terraform: TerraformSettings::default(),
+            serve: ServeSettings::default(),
         }
     }
 }
@@ -224,6 +228,7 @@ pub(crate) fn resolve(inputs: &Inputs<'_>) -> Result<Resolved, ConfigError> {
     apply_aliases(&mut settings, &mut origins)?;
     check_fresh_per_task(&settings, &origins)?;
     check_soft_timeout(&settings, &origins)?;
+    check_serve_listen(&settings, &origins)?;
     Ok(Resolved { settings, origins })
 }
 
@@ -306,6 +311,23 @@ fn check_soft_timeout(
             hint: "set agent.soft_timeout below agent.timeout, or to \"\" for none".into(),
         }),
         _ => Ok(()),
+    }
+}
+
+/// `serve.listen` is an address and port to bind (`127.0.0.1:8484`, `[::1]:8484`).
+fn check_serve_listen(
+    settings: &Settings,
+    origins: &BTreeMap<String, Source>,
+) -> Result<(), ConfigError> {
+    let listen = &settings.serve.listen;
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ConfigError {
+            location: origin_of(origins, "serve.listen"),
+            message: format!("serve.listen = {listen:?} is not an address and port to bind ({e})"),
+            hint: "write it like \"127.0.0.1:8484\" or \"[::1]:8484\" (a host name is not accepted)"
+                .into(),
+        }),
     }
 }
 

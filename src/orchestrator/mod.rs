@@ -29,11 +29,15 @@ pub(crate) use worker::reach;
 
 use crate::printer::{Printer, fmt_secs};
 
-/// Signals from the outside: stop taking work; abort what runs.
+/// Signals from the outside: stop taking work; abort what runs; look at the tracker and the
+/// pull requests now rather than at the next poll (`cwo serve`'s webhooks: a hint, never state).
 #[derive(Clone, Default)]
 pub struct Shutdown {
     pub stop_claiming: CancellationToken,
     pub abort: CancellationToken,
+    /// `notify_one`: a wake that arrives while the loop is busy is kept (one permit) for its
+    /// next wait.
+    pub wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]

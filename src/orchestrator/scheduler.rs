@@ -1041,6 +1041,10 @@ impl Orchestrator {
                 self.down_ended(st, down);
             }
             _ = tokio::time::sleep(wait) => {}
+            // A webhook: the tracker is read at once, and the pull requests are watched too.
+            _ = st.shutdown.wake.notified(), if !stopping => {
+                st.watched = None;
+            }
             _ = st.shutdown.stop_claiming.cancelled(), if !stopping => {
                 if !st.placed.is_empty() {
                     self.env.printer.status(format!(

@@ -85,3 +85,86 @@ impl Report for GithubInitReport {
         format!("{}:\n{}", self.repo, t.render())
     }
 }
+
+/// `cwo github webhook-url`: what the repository's webhook settings want for `cwo serve`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct WebhookUrlReport {
+    pub(crate) schema_version: u32,
+    /// Where GitHub's form is (None: no repository configured).
+    pub(crate) settings_url: Option<String>,
+    pub(crate) payload_url: String,
+    pub(crate) content_type: &'static str,
+    /// The reference the secret is read from (`github.webhook_secret`), never the secret.
+    pub(crate) secret: String,
+    pub(crate) events: Vec<&'static str>,
+    /// What stands between GitHub and this URL, if anything.
+    pub(crate) warnings: Vec<String>,
+}
+
+pub(crate) fn webhook_url(project: &Project) -> WebhookUrlReport {
+    let s = project.settings();
+    let mut warnings = Vec::new();
+    let base = if s.serve.public_url.is_empty() {
+        let loopback = s
+            .serve
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if loopback {
+            warnings.push(format!(
+                "serve.listen ({}) is loopback: GitHub cannot reach it; put a tunnel or reverse proxy in front and set serve.public_url to its address",
+                s.serve.listen
+            ));
+        }
+        format!("http://{}", s.serve.listen)
+    } else {
+        s.serve.public_url.trim_end_matches('/').to_string()
+    };
+    if base.starts_with("http://") {
+        warnings.push(
+            "the payload URL is plain http: the body travels unencrypted (the signature still proves it is GitHub's); prefer https".into(),
+        );
+    }
+    if s.github.webhook_secret.is_empty() {
+        warnings.push(
+            "github.webhook_secret is not set: `cwo serve` refuses every delivery; set it to a secret reference (env:NAME or sm://…) holding the same secret as GitHub's form".into(),
+        );
+    }
+    let repo = project.github_repo().ok();
+    WebhookUrlReport {
+        schema_version: SCHEMA_VERSION,
+        settings_url: repo.map(|r| format!("https://github.com/{r}/settings/hooks/new")),
+        payload_url: format!("{base}/webhooks/github"),
+        content_type: "application/json",
+        secret: s.github.webhook_secret.clone(),
+        events: crate::serve::webhook::events(),
+        warnings,
+    }
+}
+
+impl Report for WebhookUrlReport {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        if let Some(u) = &self.settings_url {
+            out.push_str(&format!("Add a webhook at {u}:\n"));
+        }
+        out.push_str(&format!("  Payload URL:   {}\n", self.payload_url));
+        out.push_str(&format!("  Content type:  {}\n", self.content_type));
+        out.push_str(&format!(
+            "  Secret:        the value of {}\n",
+            if self.secret.is_empty() {
+                "github.webhook_secret (not set)".to_string()
+            } else {
+                format!("github.webhook_secret ({})", self.secret)
+            }
+        ));
+        out.push_str(&format!(
+            "  Events:        Let me select individual events: {}\n",
+            self.events.join(", ")
+        ));
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out
+    }
+}

@@ -13,6 +13,7 @@ pub(crate) mod github;
 pub(crate) mod image;
 pub(crate) mod plan;
 pub(crate) mod reap;
+pub(crate) mod serve;
 pub(crate) mod sources;
 pub(crate) mod status;
 pub(crate) mod table;
