@@ -21,6 +21,7 @@ mod test_lifecycle;
 mod test_loop;
 mod test_opencode;
 mod test_reports;
+mod test_serve;
 mod test_signals;
 mod test_simulation;
 mod test_ssh;

@@ -325,8 +325,9 @@ fn check_serve_listen(
         Err(e) => Err(ConfigError {
             location: origin_of(origins, "serve.listen"),
             message: format!("serve.listen = {listen:?} is not an address and port to bind ({e})"),
-            hint: "write it like \"127.0.0.1:8484\" or \"[::1]:8484\" (a host name is not accepted)"
-                .into(),
+            hint:
+                "write it like \"127.0.0.1:8484\" or \"[::1]:8484\" (a host name is not accepted)"
+                    .into(),
         }),
     }
 }

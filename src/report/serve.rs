@@ -36,7 +36,10 @@ pub(crate) struct ServeState {
     pub(crate) budget: Option<BudgetCheck>,
 }
 
-pub(crate) async fn collect(project: &Project, printer: Printer) -> Result<ServeState, CommandError> {
+pub(crate) async fn collect(
+    project: &Project,
+    printer: Printer,
+) -> Result<ServeState, CommandError> {
     let now = Utc::now();
     let status = super::status::collect(project, printer).await?;
     let by_day = super::cost::collect(

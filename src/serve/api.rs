@@ -379,8 +379,9 @@ pub(super) async fn webhook(State(app): State<App>, headers: HeaderMap, body: By
     }
     match webhook::meaning(&event, &body) {
         Meaning::Ping => {
-            app.printer
-                .status(format!("webhook ping (delivery {delivery}): the hook works"));
+            app.printer.status(format!(
+                "webhook ping (delivery {delivery}): the hook works"
+            ));
             answer("pong", "cwo is listening")
         }
         Meaning::Wake => {

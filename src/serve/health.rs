@@ -122,7 +122,11 @@ pub(crate) struct Observed {
 }
 
 impl Observed {
-    pub(crate) async fn of(project: &Project, journal: &Journal, printer: crate::printer::Printer) -> Observed {
+    pub(crate) async fn of(
+        project: &Project,
+        journal: &Journal,
+        printer: crate::printer::Printer,
+    ) -> Observed {
         let forge = project.github(printer).await.ok().flatten();
         let (tracker, tracker_error) = match project.task_source(forge.as_ref()) {
             Ok(t) => (Some(t), None),
@@ -166,7 +170,11 @@ async fn observe_once(health: &Health, what: &Observed) {
     let provider = match what.provider.list(&selector).await {
         Ok(listed) => ServiceHealth::now(
             "ok",
-            format!("{}: {} worker(s) listed", what.provider.kind(), listed.len()),
+            format!(
+                "{}: {} worker(s) listed",
+                what.provider.kind(),
+                listed.len()
+            ),
         ),
         Err(e) => ServiceHealth::now("error", e.one_line()),
     };

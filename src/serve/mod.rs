@@ -203,7 +203,9 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
     if presented(req.headers()).is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
         return next.run(req).await;
     }
-    unauthorized("this server wants serve.token: `Authorization: Bearer <token>`, or open /?token=<token> once in a browser")
+    unauthorized(
+        "this server wants serve.token: `Authorization: Bearer <token>`, or open /?token=<token> once in a browser",
+    )
 }
 
 /// The token a request carries: the bearer header, else the cookie.

@@ -46,7 +46,11 @@ pub(crate) enum Refused {
 }
 
 /// Checks `header` (`sha256=<hex>`) against the HMAC-SHA256 of `body` under `secret`.
-pub(crate) fn verify(secret: Option<&str>, header: Option<&str>, body: &[u8]) -> Result<(), Refused> {
+pub(crate) fn verify(
+    secret: Option<&str>,
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<(), Refused> {
     let secret = secret.ok_or(Refused::NoSecret)?;
     let header = header.ok_or(Refused::MissingSignature)?;
     let hex = header
@@ -164,10 +168,7 @@ mod tests {
     #[test]
     fn only_the_listed_events_and_actions_wake_the_loop() {
         assert_eq!(meaning("ping", b"{}"), Meaning::Ping);
-        assert_eq!(
-            meaning("issues", br#"{"action":"labeled"}"#),
-            Meaning::Wake
-        );
+        assert_eq!(meaning("issues", br#"{"action":"labeled"}"#), Meaning::Wake);
         assert!(matches!(
             meaning("issues", br#"{"action":"edited"}"#),
             Meaning::Ignored(_)

@@ -1,0 +1,544 @@
+//! `cwo serve` (issue 17): the loop plus the HTTP server, driven over real HTTP with curl.
+
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::common::{TestEnv, kill, wait_for};
+
+const SECRET: &str = "it's a secret to everybody";
+const TOKEN: &str = "s3rve-t0ken-for-tests";
+
+/// An agent that commits, so a claimed task completes.
+const COMMITTING: &str = r#"echo "working on $CWO_TASK_ID"
+printf 'done\n' > "out-$CWO_TASK_ID.txt"
+git add "out-$CWO_TASK_ID.txt"
+git commit -q -m "$CWO_TASK_ID""#;
+
+/// A project on the local provider whose loop polls once an hour: only a webhook makes it look
+/// again. `extra` is appended at the end (tables).
+fn project(agent: &str, extra: &str) -> TestEnv {
+    let env = TestEnv::new();
+    // RELEASE: a file a test creates to let a waiting agent finish.
+    let release = env.tmp.path().join("release");
+    env.agent(
+        agent,
+        &format!("env = {{ RELEASE = {:?} }}", release.display().to_string()),
+    );
+    let path = env.project.join("cwo.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("poll_interval = \"200ms\"", "poll_interval = \"1h\"");
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[github]\nwebhook_secret = \"env:TEST_HOOK_SECRET\"\n[serve]\ntoken = \"\"\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    env
+}
+
+/// A running `cwo serve`, its stderr collected.
+struct Served {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    base: String,
+}
+
+impl Served {
+    fn start(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Served {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut cmd = env.cmd(&all);
+        cmd.env("TEST_HOOK_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut base = String::new();
+        let up = wait_for(Duration::from_secs(30), || {
+            let text = stderr.lock().unwrap();
+            match text.split_once("serving http://") {
+                Some((_, rest)) => {
+                    let addr = rest.split('/').next().unwrap();
+                    base = format!("http://{addr}");
+                    true
+                }
+                None => false,
+            }
+        });
+        assert!(up, "cwo serve did not start: {}", stderr.lock().unwrap());
+        Served {
+            child,
+            stderr,
+            base,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, as a service manager stops it; its exit code and stderr.
+    fn stop(mut self) -> (Option<i32>, String) {
+        kill(&self.child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code(), self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cwo serve did not stop after SIGTERM: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    out
+}
+
+/// An HTTP answer.
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// One request through curl (`extra`: its options, e.g. `-H`, `--data-binary`).
+fn http(url: &str, extra: &[&str]) -> Answer {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-S", "-i", "-H", "Expect:", "--max-time", "60"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    Answer {
+        status,
+        headers: headers.to_string(),
+        body: body.to_string(),
+    }
+}
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+/// Sends a webhook delivery: `signature` None = signed with SECRET, Some("") = unsigned.
+fn deliver(s: &Served, event: &str, id: &str, body: &str, signature_: Option<&str>) -> Answer {
+    let sig = match signature_ {
+        None => signature(SECRET, body.as_bytes()),
+        Some(s) => s.to_string(),
+    };
+    let mut args = vec![
+        "-X".to_string(),
+        "POST".into(),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "-H".into(),
+        format!("X-GitHub-Event: {event}"),
+        "-H".into(),
+        format!("X-GitHub-Delivery: {id}"),
+        "--data-binary".into(),
+        body.to_string(),
+    ];
+    if !sig.is_empty() {
+        args.push("-H".into());
+        args.push(format!("X-Hub-Signature-256: {sig}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    http(&s.url("/webhooks/github"), &args)
+}
+
+fn claimed(env: &TestEnv, id: &str) -> bool {
+    env.ball(id)["state"] != "pending"
+}
+
+/// With the poll an hour away, only a verified delivery makes the loop look: a forged or
+/// unsigned one is refused (401, a line on stderr) and changes nothing, a signed one wakes the
+/// loop, which claims the new task; the same delivery again is a replay (200, nothing done); a
+/// body over the limit is refused with 413.
+#[test]
+fn a_signed_webhook_wakes_the_loop_and_forged_replayed_or_oversized_ones_do_nothing() {
+    let env = project(COMMITTING, "");
+    let s = Served::start(&env, &[], &[]);
+    // The loop's first look finds nothing, then waits for its hourly poll.
+    std::thread::sleep(Duration::from_millis(500));
+    let a = env.add(&["first"]);
+    let body = r#"{"action":"labeled","issue":{"number":1}}"#;
+
+    let forged = deliver(
+        &s,
+        "issues",
+        "d-forged",
+        body,
+        Some(&signature("guess", body.as_bytes())),
+    );
+    assert_eq!(forged.status, 401, "{}", forged.body);
+    let unsigned = deliver(&s, "issues", "d-unsigned", body, Some(""));
+    assert_eq!(unsigned.status, 401, "{}", unsigned.body);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!claimed(&env, &a), "a refused delivery woke the loop");
+    let err = s.stderr();
+    assert!(err.contains("webhook refused (delivery d-forged"), "{err}");
+    assert!(err.contains("no X-Hub-Signature-256 header"), "{err}");
+
+    let ping = deliver(&s, "ping", "d-ping", r#"{"zen":"hi"}"#, None);
+    assert_eq!(ping.status, 200);
+    assert_eq!(ping.json()["result"], "pong");
+
+    let sent = Instant::now();
+    let woke = deliver(&s, "issues", "d-1", body, None);
+    assert_eq!(woke.status, 200, "{}", woke.body);
+    assert_eq!(woke.json()["result"], "woke");
+    assert!(
+        wait_for(Duration::from_secs(30), || claimed(&env, &a)),
+        "the signed delivery did not make the loop claim {a}: {}",
+        s.stderr()
+    );
+    eprintln!("webhook to claim: {:?}", sent.elapsed());
+    assert!(wait_for(Duration::from_secs(60), || env.ball(&a)["state"]
+        == "complete"));
+
+    // The same delivery again: a replay, answered 200, and the next task stays unclaimed.
+    let b = env.add(&["second"]);
+    let replay = deliver(&s, "issues", "d-1", body, None);
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(replay.json()["result"], "duplicate");
+    // An event cwo does not act on, and an action of a waking event it does not act on.
+    let star = deliver(&s, "star", "d-star", "{}", None);
+    assert_eq!(star.json()["result"], "ignored");
+    let edited = deliver(&s, "issues", "d-edit", r#"{"action":"edited"}"#, None);
+    assert_eq!(edited.json()["result"], "ignored");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !claimed(&env, &b),
+        "a replay or an ignored event woke the loop"
+    );
+
+    // Over the size limit: 413, before any signature is looked at.
+    let big = env.tmp.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 6 * 1024 * 1024]).unwrap();
+    let at = format!("@{}", big.display());
+    let too_big = http(
+        &s.url("/webhooks/github"),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "X-GitHub-Event: issues",
+            "-H",
+            "X-GitHub-Delivery: d-big",
+            "-H",
+            "X-Hub-Signature-256: sha256=00",
+            "--data-binary",
+            &at,
+        ],
+    );
+    assert_eq!(too_big.status, 413, "{}", too_big.body);
+    assert!(!claimed(&env, &b));
+
+    // A new delivery (GitHub sends check_suite when CI finishes) wakes it again.
+    let check = deliver(&s, "check_suite", "d-2", r#"{"action":"completed"}"#, None);
+    assert_eq!(check.json()["result"], "woke");
+    assert!(
+        wait_for(Duration::from_secs(30), || claimed(&env, &b)),
+        "{}",
+        s.stderr()
+    );
+    assert!(wait_for(Duration::from_secs(60), || env.ball(&b)["state"]
+        == "complete"));
+    let (code, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(env.live_workers(), 0, "{err}");
+    // Stored: d-ping, d-1, d-star, d-edit, d-2; never the refused ones (a forged delivery
+    // cannot use up an id GitHub will send).
+    assert_eq!(
+        env.journal("SELECT id FROM webhook_deliveries ORDER BY received_at"),
+        "d-ping\nd-1\nd-star\nd-edit\nd-2"
+    );
+}
+
+/// `/healthz`: every service with its status and the age of its observation; a journal that
+/// cannot be read turns the answer into a 503, and it recovers with the journal.
+#[test]
+fn healthz_reports_each_service_and_is_503_while_the_journal_is_unreadable() {
+    let env = project(COMMITTING, "");
+    let s = Served::start(&env, &[], &[]);
+    let observed = |a: &Answer| {
+        let j = a.json();
+        ["tracker", "provider", "forge"]
+            .iter()
+            .all(|k| j["services"][k]["status"] != "pending")
+    };
+    let mut h = http(&s.url("/healthz"), &[]);
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            h = http(&s.url("/healthz"), &[]);
+            observed(&h)
+        }),
+        "{}",
+        h.body
+    );
+    assert_eq!(h.status, 200, "{}", h.body);
+    let j = h.json();
+    assert_eq!(j["schema_version"], 1);
+    assert_eq!(j["status"], "ok");
+    assert_eq!(j["services"]["journal"]["status"], "ok");
+    assert_eq!(j["services"]["tracker"]["status"], "ok", "{j}");
+    assert_eq!(j["services"]["provider"]["status"], "ok", "{j}");
+    assert!(
+        j["services"]["provider"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("local:"),
+        "{j}"
+    );
+    // No GitHub repository here: the forge is off, which is no error.
+    assert_eq!(j["services"]["forge"]["status"], "off", "{j}");
+    assert!(j["services"]["tracker"]["age_secs"].as_i64().unwrap() >= 0);
+
+    let journal = env.state.join("journal.sqlite");
+    let aside = env.state.join("journal.sqlite.aside");
+    std::fs::rename(&journal, &aside).unwrap();
+    std::fs::create_dir(&journal).unwrap();
+    let down = http(&s.url("/healthz"), &[]);
+    assert_eq!(down.status, 503, "{}", down.body);
+    let j = down.json();
+    assert_eq!(j["status"], "error");
+    assert_eq!(j["services"]["journal"]["status"], "error");
+    assert_eq!(
+        j["services"]["tracker"]["status"], "ok",
+        "only the journal failed"
+    );
+    std::fs::remove_dir(&journal).unwrap();
+    std::fs::rename(&aside, &journal).unwrap();
+    let back = http(&s.url("/healthz"), &[]);
+    assert_eq!(back.status, 200, "{}", back.body);
+    let (code, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Parsed server-sent events: (event, id, data) in order.
+fn events(text: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    // Only whole events (a blank line ends each).
+    let whole = match text.rfind("\n\n") {
+        Some(end) => &text[..end + 2],
+        None => return out,
+    };
+    for block in whole.split("\n\n") {
+        let (mut event, mut id, mut data) = (String::new(), String::new(), Vec::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_string();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push(v.to_string());
+            } else if line == "data:" {
+                data.push(String::new());
+            }
+        }
+        if !event.is_empty() {
+            out.push((event, id, data.join("\n")));
+        }
+    }
+    out
+}
+
+/// curl following an SSE stream, its output collected.
+fn stream(url: &str, headers: &[&str]) -> (Child, Arc<Mutex<String>>) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-N", "--max-time", "120"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let mut child = cmd
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    (child, out)
+}
+
+fn text_of(evs: &[(String, String, String)]) -> String {
+    evs.iter()
+        .filter(|(e, _, _)| e == "log")
+        .map(|(_, _, d)| serde_json::from_str::<String>(d).unwrap())
+        .collect()
+}
+
+/// The agent's log over SSE while the agent writes it: cut after a few events and resumed from
+/// the last event id (as EventSource does) or from `?offset=`, the text received is the log
+/// byte for byte, with no gap and no repeat; `/log?offset=N` returns the bytes from N.
+#[test]
+fn the_live_log_over_sse_has_no_gap_or_repeat_across_a_reconnect() {
+    let env = project(
+        r#"i=0
+while [ "$i" -lt 40 ]; do i=$((i + 1)); echo "line $i: héllo wörld"; sleep 0.05; done
+while [ ! -e "$RELEASE" ]; do sleep 0.05; done
+echo "last line"
+git commit -q --allow-empty -m "$CWO_TASK_ID""#,
+        "",
+    );
+    let id = env.add(&["a chatty task"]);
+    let s = Served::start(&env, &[], &[]);
+    // The first poll claims it (the task was there before the loop started).
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            env.journal("SELECT count(*) FROM attempts") == "1"
+        }),
+        "{}",
+        s.stderr()
+    );
+    let url = s.url(&format!("/api/v1/tasks/{id}/log/stream"));
+    let (mut first, got) = stream(&url, &[]);
+    assert!(
+        wait_for(Duration::from_secs(30), || events(&got.lock().unwrap())
+            .len()
+            >= 3),
+        "no events: {}",
+        got.lock().unwrap()
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+    let before = events(&got.lock().unwrap());
+    let last_id = before.last().unwrap().1.clone();
+    // Resumed from the last event id, and (a second client) from the same offset by query.
+    let (mut resumed, rest) = stream(&url, &[&format!("Last-Event-ID: {last_id}")]);
+    let (mut by_query, rest_q) = stream(&format!("{url}?offset={last_id}"), &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(env.tmp.path().join("release"), "").unwrap();
+    let ended = |out: &Arc<Mutex<String>>| {
+        events(&out.lock().unwrap())
+            .iter()
+            .any(|(e, _, _)| e == "end")
+    };
+    assert!(
+        wait_for(Duration::from_secs(60), || ended(&rest) && ended(&rest_q)),
+        "no end event: {}\n{}",
+        rest.lock().unwrap(),
+        s.stderr()
+    );
+    let _ = resumed.wait();
+    let _ = by_query.wait();
+    let log_path = env.journal(&format!(
+        "SELECT log_path FROM attempts WHERE ball_id = '{id}'"
+    ));
+    let file = std::fs::read_to_string(&log_path).unwrap();
+    let after = events(&rest.lock().unwrap());
+    let whole = format!("{}{}", text_of(&before), text_of(&after));
+    assert_eq!(whole, file, "the stream and the log differ");
+    assert_eq!(
+        format!(
+            "{}{}",
+            text_of(&before),
+            text_of(&events(&rest_q.lock().unwrap()))
+        ),
+        file
+    );
+    assert!(file.contains("line 40: héllo wörld\n") && file.contains("last line"));
+    // Each event's id is the offset after its bytes.
+    let mut offset = 0usize;
+    for (e, id_, data) in before.iter().chain(after.iter()) {
+        if e == "log" {
+            offset += serde_json::from_str::<String>(data).unwrap().len();
+        }
+        assert_eq!(id_, &offset.to_string());
+    }
+    // The same bytes from an offset, over plain HTTP.
+    let from: usize = last_id.parse().unwrap();
+    let part = http(
+        &s.url(&format!("/api/v1/tasks/{id}/log?offset={from}")),
+        &[],
+    );
+    assert_eq!(part.status, 200);
+    assert_eq!(part.body, file[from..]);
+    assert_eq!(part.header("x-log-offset").unwrap(), file.len().to_string());
+    assert!(wait_for(Duration::from_secs(30), || env.ball(&id)["state"]
+        == "complete"));
+    let done = http(
+        &s.url(&format!("/api/v1/tasks/{id}/log?offset={}", file.len())),
+        &[],
+    );
+    assert_eq!(done.body, "");
+    assert_eq!(done.header("x-log-complete").unwrap(), "true");
+    let missing = http(&s.url("/api/v1/tasks/proj-nope/log"), &[]);
+    assert_eq!(missing.status, 404);
+    let (code, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
