@@ -542,3 +542,204 @@ git commit -q --allow-empty -m "$CWO_TASK_ID""#,
     let (code, err) = s.stop();
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// Anything but loopback needs serve.token, and refuses to start without it; with a token set
+/// (on any address) every route but /healthz and the webhook wants it, as a bearer token or the
+/// cookie `/?token=` sets.
+#[test]
+fn a_token_guards_everything_but_health_and_the_webhook_and_is_required_off_loopback() {
+    let env = project(COMMITTING, "");
+    let open = env.cwo(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(open.code, 2, "{}", open.stderr);
+    assert!(
+        open.stderr
+            .contains("refusing to listen on 0.0.0.0:0 without serve.token"),
+        "{}",
+        open.stderr
+    );
+    assert!(
+        open.stderr.contains("hint: set serve.token"),
+        "{}",
+        open.stderr
+    );
+    assert!(
+        !env.state.join("journal.sqlite").exists(),
+        "nothing ran before the refusal"
+    );
+
+    let path = env.project.join("cwo.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("token = \"\"", "token = \"env:TEST_SERVE_TOKEN\""),
+    )
+    .unwrap();
+    let s = Served::start(&env, &[], &[("TEST_SERVE_TOKEN", TOKEN)]);
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    for route in [
+        "/",
+        "/api/v1/state",
+        "/api/v1/workers",
+        "/api/v1/tasks/x/log",
+    ] {
+        let no = http(&s.url(route), &[]);
+        assert_eq!(no.status, 401, "{route}: {}", no.body);
+        assert_eq!(no.header("www-authenticate").as_deref(), Some("Bearer"));
+        let wrong = http(&s.url(route), &["-H", "Authorization: Bearer nope"]);
+        assert_eq!(wrong.status, 401, "{route}");
+    }
+    assert_eq!(http(&s.url("/api/v1/state"), &["-H", &bearer]).status, 200);
+    assert_eq!(http(&s.url("/healthz"), &[]).status, 200);
+    let ping = deliver(&s, "ping", "d-ping", "{}", None);
+    assert_eq!(
+        ping.status, 200,
+        "the webhook has its own HMAC: {}",
+        ping.body
+    );
+    // A browser: the token once in the address, then a cookie (EventSource sends no headers).
+    let wrong = http(&s.url("/?token=nope"), &[]);
+    assert_eq!(wrong.status, 401);
+    let login = http(&s.url(&format!("/?token={TOKEN}")), &[]);
+    assert_eq!(login.status, 303);
+    assert_eq!(login.header("location").as_deref(), Some("/"));
+    let cookie = login.header("set-cookie").unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let page = http(&s.url("/"), &["-H", &format!("Cookie: {pair}")]);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<h2>Workers</h2>"), "{}", page.body);
+    let (code, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains(TOKEN), "the token is never logged: {err}");
+}
+
+/// `/api/v1/state` is `cwo status`'s report (the same tasks, workers and pull requests), this
+/// month's `cwo cost --by day`, and the budget line; `/api/v1/tasks/{id}` one task with its
+/// attempts; unknown tasks and routes are 404s with a JSON error.
+#[test]
+fn the_state_api_serves_the_typed_reports() {
+    let env = project(COMMITTING, "budget_usd = 5");
+    let done = env.add(&["done already", "--priority", "high"]);
+    env.cwo(&["run", "--once"]).ok();
+    // A blocked task, and one that waits on it: neither is ready, so the loop claims nothing
+    // while the report is read.
+    let blocker = env.add(&["blocked by a person"]);
+    let balls = std::fs::read_to_string(env.balls_path()).unwrap();
+    let balls: Vec<String> = balls
+        .lines()
+        .map(|l| {
+            if l.contains(&blocker) {
+                l.replace("\"state\":\"pending\"", "\"state\":\"blocked\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    env.write_balls(&balls);
+    let waiting = env.add(&["waits for the blocked one", "--depends-on", &blocker]);
+    let s = Served::start(&env, &[], &[]);
+    let state = http(&s.url("/api/v1/state"), &[]);
+    assert_eq!(state.status, 200, "{}", state.body);
+    assert_eq!(
+        state.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let state = state.json();
+    let status = env.cwo(&["status", "--format", "json"]).ok().json();
+    assert_eq!(state["status"]["tasks"], status["tasks"]);
+    assert_eq!(state["status"]["workers"], status["workers"]);
+    assert_eq!(state["status"]["pull_requests"], status["pull_requests"]);
+    let cost = env
+        .cwo(&[
+            "cost",
+            "--by",
+            "day",
+            "--since",
+            &chrono::Utc::now().format("%Y-%m-01").to_string(),
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(state["cost"]["by_day"]["rows"], cost["rows"]);
+    assert_eq!(state["budget"]["limit_usd"], 5.0);
+    assert_eq!(state["budget"]["status"], "ok", "{}", state["budget"]);
+    let mut settings = crate::common::filters(&env);
+    settings.add_filter(r#""(today_usd|month_usd|expected_usd|list_usd|known_expected_usd|known_list_usd|percent|billed_seconds|fleet_hourly_usd|hourly_usd)": [0-9.e-]+"#, r#""$1": [USD]"#);
+    settings.add_filter(r#""controller_pid": "\d+""#, r#""controller_pid": "[PID]""#);
+    settings.add_filter(r#""day": "\d{4}-\d{2}-\d{2}""#, r#""day": "[DAY]""#);
+    settings.bind(|| insta::assert_json_snapshot!("serve_state", state));
+
+    let task = http(&s.url(&format!("/api/v1/tasks/{done}")), &[]).json();
+    assert_eq!(task["schema_version"], 1);
+    assert_eq!(task["task"]["state"], "complete");
+    assert_eq!(task["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(task["attempts"][0]["outcome"], "done");
+    let pending = http(&s.url(&format!("/api/v1/tasks/{waiting}")), &[]).json();
+    assert_eq!(pending["task"]["state"], "pending");
+    assert_eq!(pending["attempts"], serde_json::json!([]));
+    let workers = http(&s.url("/api/v1/workers"), &[]).json();
+    assert_eq!(workers["workers"], serde_json::json!([]));
+    let nope = http(&s.url("/api/v1/tasks/proj-00000000"), &[]);
+    assert_eq!(nope.status, 404);
+    assert_eq!(nope.json()["error"], "no task proj-00000000");
+    let route = http(&s.url("/api/v2/nothing"), &[]);
+    assert_eq!(route.status, 404);
+    assert!(
+        route.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/state")
+    );
+    let (code, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// `cwo github webhook-url`: what GitHub's form wants, with the secret's reference (never its
+/// value) and what stands between GitHub and the URL.
+#[test]
+fn webhook_url_says_what_to_paste_and_what_is_missing() {
+    let env = project(COMMITTING, "public_url = \"https://cwo.example.com/\"");
+    let out = env
+        .cwo(&["github", "webhook-url", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        out["payload_url"],
+        "https://cwo.example.com/webhooks/github"
+    );
+    assert_eq!(out["content_type"], "application/json");
+    assert_eq!(out["secret"], "env:TEST_HOOK_SECRET");
+    let events: Vec<&str> = out["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        events.contains(&"issues") && events.contains(&"check_suite"),
+        "{events:?}"
+    );
+    assert_eq!(out["warnings"], serde_json::json!([]));
+    let bare = TestEnv::new();
+    let text = bare.cwo(&["github", "webhook-url"]).ok();
+    assert!(
+        text.stdout
+            .contains("Payload URL:   http://127.0.0.1:8484/webhooks/github"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("GitHub cannot reach it"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("github.webhook_secret is not set"),
+        "{}",
+        text.stdout
+    );
+}
