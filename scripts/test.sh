@@ -23,11 +23,17 @@ command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
 # or opencode tries to download ripgrep from github.com.
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 command -v rg >/dev/null 2>&1 || need+=(ripgrep)
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "installing: ${need[*]}" >&2
+# Headless Chromium for the browser tests (tests/common/browser.rs). They skip without it, so it is
+# installed on its own and a failure only warns.
+want=()
+command -v chromium >/dev/null 2>&1 || want+=(chromium)
+if [ "${#need[@]}" -gt 0 ] || [ "${#want[@]}" -gt 0 ]; then
+  echo "installing: ${need[*]} ${want[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  [ "${#need[@]}" -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  [ "${#want[@]}" -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${want[@]}" >/dev/null \
+    || echo "warning: installing ${want[*]} failed; the browser tests will skip" >&2
 fi
 # sshd, started by the tests on loopback as root, insists on its privilege separation directory.
 if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -p /run/sshd && chmod 0755 /run/sshd; fi

@@ -2,6 +2,7 @@
 
 mod common;
 mod test_bootstrap;
+mod test_browser;
 mod test_budget_alert;
 mod test_chaos;
 mod test_command_snapshots;

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake_gce;
 pub mod fake_gcs;
 pub mod fake_github;
