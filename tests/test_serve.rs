@@ -743,3 +743,140 @@ fn webhook_url_says_what_to_paste_and_what_is_missing() {
         text.stdout
     );
 }
+
+/// The dashboard in a real browser (headless Chromium over its DevTools pipe) while a fleet of
+/// two runs: the workers and the task board, a task's log growing live over SSE, no page-wide
+/// horizontal scroll on a phone's width, and with JavaScript off the same tables rendered by
+/// the server.
+#[test]
+fn the_dashboard_in_a_real_browser_shows_the_fleet_and_a_live_log() {
+    let mut b = match crate::common::browser::Browser::launch() {
+        Ok(b) => b,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    // Each agent ticks until released, and says what the test leaves in RELEASE.say.
+    let env = project(
+        r#"i=0
+while [ ! -e "$RELEASE" ]; do
+  i=$((i + 1)); echo "tick $i of $CWO_TASK_ID"
+  if [ -e "$RELEASE.say" ]; then cat "$RELEASE.say"; fi
+  sleep 0.1
+done
+git commit -q --allow-empty -m "$CWO_TASK_ID""#,
+        "[workers]\nmax = 2",
+    );
+    let ids: Vec<String> = ["first <task>", "second task", "third task"]
+        .iter()
+        .map(|t| env.add(&[t]))
+        .collect();
+    let s = Served::start(&env, &[], &[]);
+    assert!(
+        wait_for(Duration::from_secs(60), || env
+            .journal("SELECT count(*) FROM attempts WHERE ended_at IS NULL")
+            == "2"),
+        "two agents never ran: {}",
+        s.stderr()
+    );
+    b.goto(&s.url("/")).unwrap();
+    b.wait_until(
+        "document.querySelectorAll('#workers tbody tr').length === 2",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let column = |b: &mut crate::common::browser::Browser, state: &str| -> String {
+        b.eval(&format!(
+            "document.querySelector('.column[data-state=\"{state}\"]').textContent"
+        ))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+    };
+    let running = column(&mut b, "in_progress");
+    assert!(
+        running.contains("first <task>") && running.contains("second task"),
+        "{running}"
+    );
+    assert!(column(&mut b, "pending").contains("third task"));
+    let money = b
+        .eval("document.getElementById('money').textContent")
+        .unwrap();
+    assert!(
+        money.as_str().unwrap().contains("/h now (2 worker(s))"),
+        "{money}"
+    );
+    let shot = env.tmp.path().join("dashboard.png");
+    b.screenshot(&shot).unwrap();
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{}",
+        png.len()
+    );
+
+    // A task's log: what the agent says after the page loaded arrives over the stream.
+    b.goto(&s.url(&format!("/?task={}", ids[0]))).unwrap();
+    b.wait_until(
+        &format!(
+            "document.getElementById('logtext').textContent.includes('of {}')",
+            ids[0]
+        ),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    std::fs::write(
+        env.tmp.path().join("release.say"),
+        "said after the page loaded\n",
+    )
+    .unwrap();
+    b.wait_until(
+        "document.getElementById('logtext').textContent.includes('said after the page loaded')",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    // The board refreshes itself: the third task, claimed once a worker is free, shows up
+    // without a reload.
+    std::fs::write(env.tmp.path().join("release"), "").unwrap();
+    b.wait_until(
+        "document.querySelector('.column[data-state=\"complete\"]').textContent.includes('first')",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+
+    // A phone: the page itself does not scroll sideways (wide tables scroll in their box).
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+    )
+    .unwrap();
+    b.goto(&s.url("/")).unwrap();
+    let wide = b
+        .eval("document.documentElement.scrollWidth")
+        .unwrap()
+        .as_i64()
+        .unwrap();
+    assert!(wide <= 390, "the page is {wide}px wide on a 390px screen");
+    b.screenshot(&env.tmp.path().join("phone.png")).unwrap();
+
+    // JavaScript off: the same tables, rendered by the server.
+    let mut plain = crate::common::browser::Browser::launch().unwrap();
+    plain.disable_javascript().unwrap();
+    plain.goto(&s.url("/")).unwrap();
+    let dom = plain.dom().unwrap();
+    assert!(dom.contains("<h2>Workers</h2>"), "{dom}");
+    for id in &ids {
+        assert!(dom.contains(id.as_str()), "{id} not on the page: {dom}");
+    }
+    assert!(
+        dom.contains("first &lt;task&gt;"),
+        "titles are escaped: {dom}"
+    );
+    assert!(wait_for(Duration::from_secs(60), || ids
+        .iter()
+        .all(|id| env.ball(id)["state"] == "complete")));
+    let (code, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+}

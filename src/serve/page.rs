@@ -278,6 +278,7 @@ th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eee;white-space:n
 .column ul{list-style:none;padding:0;margin:0}.column li{padding:3px 0;border-top:1px solid #f0f0f0;font-size:13px}
 .n{color:#888;font-weight:normal}small{color:#777}.warn{color:#a40}
 .budget.deny,.budget.unknown{color:#b00}.budget.warn{color:#a60}
+pre:empty{display:none}
 pre{background:#111;color:#ddd;padding:8px;max-height:60vh;overflow:auto;font-size:12px;white-space:pre-wrap;word-break:break-all}
 </style></head><body>
 "#;
