@@ -315,26 +315,6 @@ impl From<ConfigError> for CommandError {
     }
 }
 
-impl From<crate::serve::ServeError> for CommandError {
-    fn from(e: crate::serve::ServeError) -> CommandError {
-        use crate::serve::ServeError;
-        let e = match e {
-            ServeError::Journal(j) => return j.into(),
-            other => other,
-        };
-        let hint = e.hint();
-        let kind = match &e {
-            ServeError::Bind { .. } => ErrorKind::User,
-            _ => ErrorKind::Usage,
-        };
-        let err = CommandError::new(kind, Arc::new(e));
-        match hint {
-            Some(h) => err.hint(h),
-            None => err,
-        }
-    }
-}
-
 impl From<JournalError> for CommandError {
     fn from(e: JournalError) -> CommandError {
         match &e {

@@ -41,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "composition and reports",
         &["error", "project", "report", "demo"],
     ),
+    ("the HTTP server", &["serve"]),
     ("command line", &["cli", "commands", "crate"]),
 ];
 

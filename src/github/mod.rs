@@ -15,6 +15,8 @@
 //! - 5xx and lost connections are retried with backoff (requests that cannot duplicate anything);
 //! - lists are paginated (`per_page=100`, following `Link: rel="next"`).
 
+pub(crate) mod webhook;
+
 mod api;
 mod error;
 

@@ -137,7 +137,7 @@ pub(crate) fn webhook_url(project: &Project) -> WebhookUrlReport {
         payload_url: format!("{base}/webhooks/github"),
         content_type: "application/json",
         secret: s.github.webhook_secret.clone(),
-        events: crate::serve::webhook::events(),
+        events: crate::github::webhook::events(),
         warnings,
     }
 }

@@ -14,8 +14,8 @@ use axum::response::{Html, IntoResponse, Response};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
-use super::webhook::{self, Meaning};
 use super::{App, page};
+use crate::github::webhook::{self, Meaning};
 use crate::journal::AttemptRow;
 use crate::report::SCHEMA_VERSION;
 use crate::report::serve::ServeState;

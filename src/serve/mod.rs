@@ -1,12 +1,11 @@
 //! `cwo serve`'s HTTP server (issue 17), beside the loop `cwo run` runs: GitHub webhooks that
-//! wake the loop (`webhook.rs`), `/healthz` (`health.rs`), the JSON state API and an agent log
+//! wake the loop (checked by `github/webhook.rs`), `/healthz` (`health.rs`), the JSON state API and an agent log
 //! over server-sent events (`api.rs`), and the dashboard (`page.rs`). axum on hyper; loopback
 //! by default, a bearer token (`serve.token`) required anywhere else.
 
 mod api;
 mod health;
 mod page;
-pub(crate) mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +54,26 @@ impl ServeError {
                 "another process may hold the port: pick another with --listen, or stop it".into(),
             ),
             _ => None,
+        }
+    }
+}
+
+impl From<ServeError> for crate::error::CommandError {
+    fn from(e: ServeError) -> crate::error::CommandError {
+        use crate::error::{CommandError, ErrorKind};
+        let e = match e {
+            ServeError::Journal(j) => return j.into(),
+            other => other,
+        };
+        let hint = e.hint();
+        let kind = match &e {
+            ServeError::Bind { .. } => ErrorKind::User,
+            _ => ErrorKind::Usage,
+        };
+        let err = CommandError::new(kind, Arc::new(e));
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
         }
     }
 }
@@ -165,7 +184,7 @@ fn router(app: App) -> Router {
         .route("/api/v1/tasks/{id}/log/stream", get(api::log_stream))
         .route(
             "/webhooks/github",
-            post(api::webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY)),
+            post(api::webhook).layer(DefaultBodyLimit::max(crate::github::webhook::MAX_BODY)),
         )
         .fallback(api::not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authorize))

@@ -1,4 +1,5 @@
-//! `POST /webhooks/github`: a delivery is checked before anything in it is read — its
+//! GitHub webhook deliveries, for `cwo serve`'s `POST /webhooks/github`: a delivery is checked
+//! before anything in it is read — its
 //! `X-Hub-Signature-256` (HMAC-SHA256 of the raw body with `github.webhook_secret`, compared in
 //! constant time by `hmac`'s `verify_slice`), then its `X-GitHub-Delivery` id (a replay within a
 //! day changes nothing) — and only then does it wake the loop. The payload is a hint: the loop
