@@ -93,7 +93,8 @@ pub enum Command {
     /// Budget gates for CI, and the cloud's own budget alert.
     #[command(subcommand)]
     Budget(BudgetCommand),
-    /// GitHub: the labels the GitHub tracker uses (`cwo github init`).
+    /// GitHub: the labels the GitHub tracker uses (`cwo github init`), and the webhook for
+    /// `cwo serve` (`cwo github webhook-url`).
     #[command(subcommand)]
     Github(GithubCommand),
     /// The worker bootstrap (swap, packages, opencode, work user, sshd hardening, watchdog).

@@ -271,7 +271,11 @@ fn a_signed_webhook_wakes_the_loop_and_forged_replayed_or_oversized_ones_do_noth
     assert!(wait_for(Duration::from_secs(60), || env.ball(&a)["state"]
         == "complete"));
 
-    // The same delivery again: a replay, answered 200, and the next task stays unclaimed.
+    // The same delivery again: a replay, answered 200, and the next task stays unclaimed. The
+    // loop reads the tracker after every event of its own too (a task's end): it is given a
+    // moment to settle after the first task first (with an idle worker it then has nothing to
+    // do for idle_timeout, 5 min); the log says which deliveries woke it either way.
+    std::thread::sleep(Duration::from_secs(2));
     let b = env.add(&["second"]);
     let replay = deliver(&s, "issues", "d-1", body, None);
     assert_eq!(replay.status, 200, "{}", replay.body);
@@ -286,6 +290,8 @@ fn a_signed_webhook_wakes_the_loop_and_forged_replayed_or_oversized_ones_do_noth
         !claimed(&env, &b),
         "a replay or an ignored event woke the loop"
     );
+    let woke = s.stderr().matches(": looking at the tracker now").count();
+    assert_eq!(woke, 1, "{}", s.stderr());
 
     // Over the size limit: 413, before any signature is looked at.
     let big = env.tmp.path().join("big.json");

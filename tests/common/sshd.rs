@@ -174,8 +174,13 @@ impl Sshd {
     }
 
     pub fn stop(&mut self) {
-        if self.child.is_some() {
-            // Per-connection processes outlive a killed listener: they go first.
+        if let Some(c) = &self.child {
+            // Per-connection processes outlive a killed listener: they go first, with the
+            // listener paused so that it accepts none in between (a connection accepted after
+            // the cut would outlive the listener, served by its orphaned child).
+            let _ = Command::new("kill")
+                .args(["-STOP", &c.id().to_string()])
+                .status();
             self.cut_connections();
         }
         if let Some(mut c) = self.child.take() {
