@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -55,19 +56,39 @@ pub(super) async fn not_found() -> Response {
     )
 }
 
+/// How long a collected state is served again.
+pub(super) const STATE_TTL: Duration = Duration::from_secs(2);
+
+/// The state, collected at most once per `STATE_TTL` whatever the number of requests (they
+/// wait for the one collection under way).
 async fn collect(app: &App) -> Result<ServeState, Response> {
-    crate::report::serve::collect(&app.project, app.printer)
+    let mut cached = app.state.lock().await;
+    if let Some((at, state)) = cached.as_ref()
+        && at.elapsed() < STATE_TTL
+    {
+        return Ok(state.clone());
+    }
+    let state = crate::report::serve::collect(&app.project, app.printer)
         .await
-        .map_err(|e| failed(e.to_string()))
+        .map_err(|e| failed(e.to_string()))?;
+    *cached = Some((std::time::Instant::now(), state.clone()));
+    Ok(state)
 }
 
-pub(super) async fn healthz(State(app): State<App>) -> Response {
+pub(super) async fn healthz(State(app): State<App>, headers: HeaderMap) -> Response {
     let journal = app.journal.clone();
     let health = app.health.clone();
-    let report = match tokio::task::spawn_blocking(move || health.report(&journal)).await {
+    let mut report = match tokio::task::spawn_blocking(move || health.report(&journal)).await {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
+    // Without the token, only the statuses: paths, repository names and error texts are for
+    // whoever may see the rest.
+    if !super::authorized(&app, &headers) {
+        for h in report.services.values_mut() {
+            h.detail.clear();
+        }
+    }
     let status = if report.status == "ok" {
         StatusCode::OK
     } else {
@@ -92,15 +113,15 @@ struct Workers {
 }
 
 pub(super) async fn workers(State(app): State<App>) -> Response {
-    match crate::report::status::collect(&app.project, app.printer).await {
+    match collect(&app).await {
         Ok(s) => Json(Workers {
             schema_version: SCHEMA_VERSION,
-            workers: s.workers,
-            fleet_hourly_usd: s.fleet_hourly_usd,
-            provider_list_error: s.provider_list_error,
+            workers: s.status.workers,
+            fleet_hourly_usd: s.status.fleet_hourly_usd,
+            provider_list_error: s.status.provider_list_error,
         })
         .into_response(),
-        Err(e) => failed(e.to_string()),
+        Err(r) => r,
     }
 }
 
@@ -114,9 +135,9 @@ struct TaskDetail {
 }
 
 pub(super) async fn task(State(app): State<App>, Path(id): Path<String>) -> Response {
-    let status = match crate::report::status::collect(&app.project, app.printer).await {
-        Ok(s) => s,
-        Err(e) => return failed(e.to_string()),
+    let status = match collect(&app).await {
+        Ok(s) => s.status,
+        Err(r) => return r,
     };
     let attempts = match attempts_of(&app, &id).await {
         Ok(a) => a,
@@ -285,13 +306,14 @@ fn follow(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
         loop {
             // Whether it ended is read before the bytes: what was written before the end is
             // then surely in the read.
+            // A journal that cannot be read now (busy) is no end: the next look decides.
             let ended = {
                 let (journal, ball, id) = (c.app.journal.clone(), c.ball.clone(), c.attempt_id);
                 tokio::task::spawn_blocking(move || journal.attempts(Some(&ball)))
                     .await
                     .ok()
                     .and_then(Result::ok)
-                    .is_none_or(|all| {
+                    .is_some_and(|all| {
                         all.iter()
                             .find(|a| a.id == id)
                             .is_none_or(|a| a.ended_at.is_some())
@@ -333,10 +355,27 @@ fn follow(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
 
 /// `POST /webhooks/github`: see `webhook.rs`. Signature first, then the delivery id, then the
 /// event; every refusal and every action is a line on stderr.
-pub(super) async fn webhook(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn webhook(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let delivery = h("x-github-delivery").unwrap_or("").to_string();
     let event = h("x-github-event").unwrap_or("").to_string();
+    let body = match body {
+        Ok(b) => b,
+        Err(rejected) => {
+            app.printer.warn(format!(
+                "webhook refused (delivery {}, event {}): {} (the limit is {} bytes)",
+                or_none(&delivery),
+                or_none(&event),
+                rejected.body_text(),
+                webhook::MAX_BODY
+            ));
+            return rejected.into_response();
+        }
+    };
     if let Err(refused) = webhook::verify(
         app.webhook_secret.as_deref(),
         h("x-hub-signature-256"),
@@ -431,21 +470,26 @@ pub(super) async fn page(State(app): State<App>, Query(q): Query<PageQuery>) -> 
     if let Some(task) = &q.task
         && let Ok(a) = log_attempt(&app, task, None).await
     {
-        let len = std::fs::metadata(&a.log_path).map(|m| m.len()).unwrap_or(0);
-        let from = len.saturating_sub(PAGE_LOG_TAIL);
-        let bytes = read_from(&a.log_path, from, PAGE_LOG_TAIL as usize).unwrap_or_default();
+        let path = a.log_path.clone();
+        let (from, bytes) = tokio::task::spawn_blocking(move || {
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let from = len.saturating_sub(PAGE_LOG_TAIL);
+            (
+                from,
+                read_from(&path, from, PAGE_LOG_TAIL as usize).unwrap_or_default(),
+            )
+        })
+        .await
+        .unwrap_or_default();
         let take = whole_chars(&bytes);
-        log = Some((
-            task.clone(),
-            String::from_utf8_lossy(&bytes[..take]).into_owned(),
-            from + take as u64,
-        ));
+        log = Some(page::Log {
+            task: task.clone(),
+            attempt: a.attempt,
+            text: String::from_utf8_lossy(&bytes[..take]).into_owned(),
+            offset: from + take as u64,
+        });
     }
-    let html = page::render(
-        &state,
-        log.as_ref()
-            .map(|(t, text, off)| (t.as_str(), text.as_str(), *off)),
-    );
+    let html = page::render(&state, log.as_ref());
     let mut r = Html(html).into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -37,6 +37,12 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "serve.public_url is set ({url}) but serve.token is not: a tunnel or proxy reaches this server from loopback, so everyone it serves would see the fleet and its logs"
+    )]
+    PublicNeedsToken { url: String },
+    #[error("{key} resolves to an empty value: {why}")]
+    EmptySecret { key: &'static str, why: &'static str },
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
@@ -50,6 +56,12 @@ impl ServeError {
                 "set serve.token to a secret reference (serve.token = \"env:CWO_SERVE_TOKEN\"), or listen on 127.0.0.1"
                     .into(),
             ),
+            ServeError::PublicNeedsToken { .. } => Some(
+                "set serve.token to a secret reference (serve.token = \"env:CWO_SERVE_TOKEN\"), or leave serve.public_url empty".into(),
+            ),
+            ServeError::EmptySecret { key, .. } => Some(format!(
+                "put the value in what {key} refers to, or set {key} = \"\" to go without"
+            )),
             ServeError::Bind { .. } => Some(
                 "another process may hold the port: pick another with --listen, or stop it".into(),
             ),
@@ -88,9 +100,15 @@ pub(crate) struct Inner {
     wake: Arc<Notify>,
     health: health::Health,
     stop: CancellationToken,
+    /// The last state collected, and when: requests within `api::STATE_TTL` share it, so any
+    /// number of open dashboards cost one provider list and one tracker read per interval.
+    state: tokio::sync::Mutex<Option<(std::time::Instant, crate::report::serve::ServeState)>>,
 }
 
 type App = Arc<Inner>;
+
+/// How long a stopping server waits for the requests still open.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A running server.
 pub(crate) struct Running {
@@ -102,10 +120,16 @@ impl Running {
     /// Stops accepting, ends the log streams and waits for the open requests.
     pub(crate) async fn stop(self) {
         self.stop.cancel();
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server ended with an error"),
-            Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+        let mut task = self.task;
+        // A client that stopped reading (a phone put away mid-stream) must not keep cwo up.
+        match tokio::time::timeout(STOP_GRACE, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+            Err(_) => {
+                tracing::warn!("open HTTP requests did not end within {STOP_GRACE:?}; closed");
+                task.abort();
+            }
         }
     }
 }
@@ -119,17 +143,28 @@ pub(crate) async fn start(
     wake: Arc<Notify>,
 ) -> Result<Running, ServeError> {
     let s = project.settings();
-    let token = match s.serve.token.as_str() {
-        "" => None,
-        r => Some(crate::secrets::resolve_one("serve.token", r, &s.gcp).await?),
-    };
+    let token = secret(
+        "serve.token",
+        &s.serve.token,
+        &s.gcp,
+        "an empty token would let every request in",
+    )
+    .await?;
     if token.is_none() && !listen.ip().is_loopback() {
         return Err(ServeError::NeedsToken { addr: listen });
     }
-    let webhook_secret = match s.github.webhook_secret.as_str() {
-        "" => None,
-        r => Some(crate::secrets::resolve_one("github.webhook_secret", r, &s.gcp).await?),
-    };
+    if token.is_none() && !s.serve.public_url.is_empty() {
+        return Err(ServeError::PublicNeedsToken {
+            url: s.serve.public_url.clone(),
+        });
+    }
+    let webhook_secret = secret(
+        "github.webhook_secret",
+        &s.github.webhook_secret,
+        &s.gcp,
+        "an HMAC with an empty key is one anyone can make",
+    )
+    .await?;
     let journal = project.journal()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -159,6 +194,7 @@ pub(crate) async fn start(
         wake,
         health,
         stop: stop.clone(),
+        state: tokio::sync::Mutex::new(None),
     });
     let router = router(app);
     let shutdown = stop.clone();
@@ -171,6 +207,25 @@ pub(crate) async fn start(
         "serving http://{addr}/ (dashboard), /healthz, /api/v1/state, /webhooks/github"
     ));
     Ok(Running { stop, task })
+}
+
+/// A secret reference resolved and trimmed (a Secret Manager value often ends with a newline);
+/// "" = not set; a reference to nothing is refused rather than taken as a secret.
+async fn secret(
+    key: &'static str,
+    reference: &str,
+    gcp: &crate::config::GcpSettings,
+    why: &'static str,
+) -> Result<Option<String>, ServeError> {
+    if reference.is_empty() {
+        return Ok(None);
+    }
+    let value = crate::secrets::resolve_one(key, reference, gcp).await?;
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ServeError::EmptySecret { key, why });
+    }
+    Ok(Some(value.to_string()))
 }
 
 fn router(app: App) -> Router {
@@ -195,7 +250,19 @@ fn router(app: App) -> Router {
 /// `Authorization: Bearer <token>` or the `cwo_token` cookie that `/?token=<token>` sets (a
 /// browser's EventSource sends no header, only cookies).
 async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/webhooks/github" {
+        // Its own HMAC decides; a rebound name gains nothing there.
+        return next.run(req).await;
+    }
     let Some(token) = &app.token else {
+        // No token means loopback only, and only under a loopback name: a web page the
+        // operator visits cannot rebind its own domain to 127.0.0.1 and read the API.
+        if !loopback_host(req.headers()) {
+            return api::error(
+                StatusCode::FORBIDDEN,
+                "this server answers only to 127.0.0.1, [::1] or localhost without serve.token",
+            );
+        }
         return next.run(req).await;
     };
     let path = req.uri().path();
@@ -212,12 +279,23 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
             return unauthorized("the token in the address is not serve.token");
         }
         // The token goes into a cookie and out of the address bar (and the browser's history).
-        let cookie = format!("cwo_token={token}; Path=/; HttpOnly; SameSite=Strict");
-        let mut r = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
-        if let Ok(v) = HeaderValue::from_str(&cookie) {
-            r.headers_mut().insert(header::SET_COOKIE, v);
-        }
-        return r;
+        let secure = if app.project.settings().serve.public_url.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        let cookie = format!("cwo_token={token}; Path=/; HttpOnly; SameSite=Strict{secure}");
+        return match HeaderValue::from_str(&cookie) {
+            Ok(v) => (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, HeaderValue::from_static("/")), (header::SET_COOKIE, v)],
+            )
+                .into_response(),
+            Err(_) => api::error(
+                StatusCode::BAD_REQUEST,
+                "serve.token has characters a cookie cannot carry: send it as `Authorization: Bearer <token>`",
+            ),
+        };
     }
     if presented(req.headers()).is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
         return next.run(req).await;
@@ -229,10 +307,12 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
 
 /// The token a request carries: the bearer header, else the cookie.
 fn presented(headers: &HeaderMap) -> Option<String> {
-    if let Some(bearer) = headers
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    if let Some((scheme, bearer)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        && scheme.eq_ignore_ascii_case("bearer")
     {
         return Some(bearer.trim().to_string());
     }
@@ -242,6 +322,30 @@ fn presented(headers: &HeaderMap) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|c| c.trim().strip_prefix("cwo_token=").map(String::from))
+}
+
+/// Whether the request names this server by a loopback name (`Host`, port aside).
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        // HTTP/1.0 without Host: no browser sends that.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The request carries serve.token (or there is none to carry).
+pub(crate) fn authorized(app: &Inner, headers: &HeaderMap) -> bool {
+    match &app.token {
+        None => true,
+        Some(token) => presented(headers).is_some_and(|g| same(g.as_bytes(), token.as_bytes())),
+    }
 }
 
 /// Equal, in time that does not depend on where they differ (only on the length).

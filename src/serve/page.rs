@@ -8,9 +8,17 @@ use crate::printer::fmt_secs;
 use crate::report::budget::BudgetCheck;
 use crate::report::serve::ServeState;
 
-/// The page for `state`, with `log` (the selected task, its masked log so far and the offset it
-/// ends at) in the log panel.
-pub(crate) fn render(state: &ServeState, log: Option<(&str, &str, u64)>) -> String {
+/// The log panel's content: a task's latest attempt, its masked log so far (the tail) and the
+/// offset that ends at, where the live stream goes on.
+pub(crate) struct Log {
+    pub(crate) task: String,
+    pub(crate) attempt: i64,
+    pub(crate) text: String,
+    pub(crate) offset: u64,
+}
+
+/// The page for `state`, with `log` in the log panel.
+pub(crate) fn render(state: &ServeState, log: Option<&Log>) -> String {
     let s = &state.status;
     let mut h = String::with_capacity(16 * 1024);
     h.push_str(HEAD);
@@ -28,13 +36,16 @@ pub(crate) fn render(state: &ServeState, log: Option<(&str, &str, u64)>) -> Stri
     h.push_str("</main>");
     h.push_str("<section id=\"log\"><h2>Log</h2>");
     match log {
-        Some((task, text, offset)) => {
+        Some(l) => {
             let _ = write!(
                 h,
-                "<p>task <b>{}</b></p><pre id=\"logtext\" data-task=\"{}\" data-offset=\"{offset}\">{}</pre>",
-                esc(task),
-                esc(task),
-                esc(text)
+                "<p>task <b>{}</b>, attempt {}</p><pre id=\"logtext\" data-task=\"{}\" data-attempt=\"{}\" data-offset=\"{}\">{}</pre>",
+                esc(&l.task),
+                l.attempt,
+                esc(&l.task),
+                l.attempt,
+                l.offset,
+                esc(&l.text)
             );
         }
         None => h.push_str(
@@ -187,10 +198,9 @@ fn board(h: &mut String, state: &ServeState) {
         for p in &s.pull_requests {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td><a href=\"{}\">#{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td></tr>",
                 task_link(&p.task),
-                esc(&p.url),
-                p.number,
+                pr_link(&p.url, p.number),
                 esc(&p.state),
                 esc(or_dash(&p.review)),
                 esc(or_dash(&p.checks)),
@@ -225,9 +235,30 @@ fn budget_item(budget: Option<&BudgetCheck>) -> String {
 fn task_link(id: &str) -> String {
     format!(
         "<a class=\"tasklink\" href=\"/?task={}\">{}</a>",
-        esc(id),
+        esc(&query_value(id)),
         esc(id)
     )
+}
+
+/// A pull request's number, linked only to an http(s) address (never `javascript:`).
+fn pr_link(url: &str, number: u64) -> String {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        format!("<a href=\"{}\">#{number}</a>", esc(url))
+    } else {
+        format!("#{number}")
+    }
+}
+
+/// `text` percent-encoded for a query value (RFC 3986 unreserved characters kept).
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn secs(s: Option<i64>) -> String {
@@ -283,14 +314,14 @@ pre{background:#111;color:#ddd;padding:8px;max-height:60vh;overflow:auto;font-si
 </style></head><body>
 "#;
 
-/// Refreshes the board every 5 s (the same page, its tables swapped in) and follows the
-/// selected task's log from the offset the page was rendered with; EventSource resumes from
-/// the last event id on its own after a drop.
+/// Refreshes the board every 5 s (the page without a log, its tables swapped in) and follows
+/// the selected attempt's log from the offset the page was rendered with; EventSource resumes
+/// from the last event id on its own after a drop, on the same attempt.
 const SCRIPT: &str = r#"<script>
 (function(){
   var board=document.getElementById('board');
   function refresh(){
-    fetch(location.pathname+location.search,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null}).then(function(t){
+    fetch('/',{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null}).then(function(t){
       if(!t)return;var d=new DOMParser().parseFromString(t,'text/html');var b=d.getElementById('board');
       if(b)board.innerHTML=b.innerHTML;
     }).catch(function(){});
@@ -300,7 +331,8 @@ const SCRIPT: &str = r#"<script>
   var task=pre&&pre.getAttribute('data-task');
   if(task&&window.EventSource){
     var off=pre.getAttribute('data-offset')||'0';
-    var es=new EventSource('/api/v1/tasks/'+encodeURIComponent(task)+'/log/stream?offset='+off);
+    var attempt=pre.getAttribute('data-attempt')||'';
+    var es=new EventSource('/api/v1/tasks/'+encodeURIComponent(task)+'/log/stream?offset='+off+'&attempt='+attempt);
     es.addEventListener('log',function(e){
       var near=pre.scrollTop+pre.clientHeight>=pre.scrollHeight-20;
       pre.appendChild(document.createTextNode(JSON.parse(e.data)));
