@@ -28,6 +28,10 @@
 # 10. a worker from a baked image against a fresh one (scripts/bench-image.sh, runnable alone): host
 #     up -> agent can start, the full native bootstrap on a fresh test host vs the reuse check on
 #     a copy of a baked one, with and without two extra packages (needs root, debootstrap, tinyproxy).
+# 11. `cwo serve` on the local provider (scripts/bench-serve.sh, runnable alone): a signed webhook
+#     delivery to the task's claim with poll_interval = "1h" (against what polling waits), the
+#     server's added peak RSS over `cwo run` on an idle project, and GET /api/v1/state with 8 live
+#     workers and 1,000 tasks (goal <= 50 ms) against `cwo status --format json`.
 # Usage: scripts/bench.sh [TASKS]   (default 20; section 9 takes at most 12: scripts/bench-workflow.sh
 # [TASKS] runs it alone)
 set -euo pipefail
@@ -324,3 +328,6 @@ echo "fleet: cwo status with $live8 live workers: ${status8_ms} ms (table), ${st
 
 # 10. A worker from a baked image vs the full bootstrap on a fresh isolated test host.
 "$(dirname "$0")/bench-image.sh"
+
+# 11. `cwo serve`: webhook -> claim, the server's memory, the state API with 8 workers and 1,000 tasks.
+"$(dirname "$0")/bench-serve.sh"
