@@ -572,6 +572,17 @@ fn a_token_guards_everything_but_health_and_the_webhook_and_is_required_off_loop
         !env.state.join("journal.sqlite").exists(),
         "nothing ran before the refusal"
     );
+    // Without a token, only loopback names are answered (a rebound DNS name is refused), but
+    // the webhook, which has its own HMAC, is.
+    let local = Served::start(&env, &[], &[]);
+    let rebound = http(
+        &local.url("/api/v1/state"),
+        &["-H", "Host: evil.example:8484"],
+    );
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
+    let by_name = http(&local.url("/healthz"), &["-H", "Host: localhost:8484"]);
+    assert_eq!(by_name.status, 200, "{}", by_name.body);
+    assert_eq!(local.stop().0, Some(0));
 
     let path = env.project.join("cwo.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -580,14 +591,29 @@ fn a_token_guards_everything_but_health_and_the_webhook_and_is_required_off_loop
         text.replace("token = \"\"", "token = \"env:TEST_SERVE_TOKEN\""),
     )
     .unwrap();
+    // A reference to an empty value is no token: refused, not taken as "" (which anyone has).
+    let mut empty = env.cmd(&["serve", "--listen", "127.0.0.1:0"]);
+    let empty = empty.env("TEST_SERVE_TOKEN", " \n").output().unwrap();
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("serve.token resolves to an empty value"),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
     let s = Served::start(&env, &[], &[("TEST_SERVE_TOKEN", TOKEN)]);
     let bearer = format!("Authorization: Bearer {TOKEN}");
+    let task = env.add(&["a task"]);
     for route in [
-        "/",
-        "/api/v1/state",
-        "/api/v1/workers",
-        "/api/v1/tasks/x/log",
+        "/".to_string(),
+        "/api/v1/state".into(),
+        "/api/v1/workers".into(),
+        format!("/api/v1/tasks/{task}"),
+        format!("/api/v1/tasks/{task}/log"),
+        format!("/api/v1/tasks/{task}/log/stream"),
+        "//api/v1/state".into(),
+        "/api/v1/state/".into(),
     ] {
+        let route = route.as_str();
         let no = http(&s.url(route), &[]);
         assert_eq!(no.status, 401, "{route}: {}", no.body);
         assert_eq!(no.header("www-authenticate").as_deref(), Some("Bearer"));
@@ -595,7 +621,20 @@ fn a_token_guards_everything_but_health_and_the_webhook_and_is_required_off_loop
         assert_eq!(wrong.status, 401, "{route}");
     }
     assert_eq!(http(&s.url("/api/v1/state"), &["-H", &bearer]).status, 200);
-    assert_eq!(http(&s.url("/healthz"), &[]).status, 200);
+    let lower = format!("Authorization: bearer {TOKEN}");
+    assert_eq!(http(&s.url("/api/v1/state"), &["-H", &lower]).status, 200);
+    // /healthz answers everyone, with its details only for the token's holder.
+    let anyone = http(&s.url("/healthz"), &[]);
+    assert_eq!(anyone.status, 200);
+    assert_eq!(anyone.json()["services"]["journal"]["detail"], "");
+    let holder = http(&s.url("/healthz"), &["-H", &bearer]).json();
+    assert!(
+        holder["services"]["journal"]["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("journal.sqlite"),
+        "{holder}"
+    );
     let ping = deliver(&s, "ping", "d-ping", "{}", None);
     assert_eq!(
         ping.status, 200,
@@ -729,7 +768,12 @@ fn webhook_url_says_what_to_paste_and_what_is_missing() {
         events.contains(&"issues") && events.contains(&"check_suite"),
         "{events:?}"
     );
-    assert_eq!(out["warnings"], serde_json::json!([]));
+    let warnings = out["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].as_str().unwrap().contains("set serve.token"),
+        "{warnings:?}"
+    );
     let bare = TestEnv::new();
     let text = bare.cwo(&["github", "webhook-url"]).ok();
     assert!(
@@ -883,6 +927,43 @@ git commit -q --allow-empty -m "$CWO_TASK_ID""#,
     assert!(wait_for(Duration::from_secs(60), || ids
         .iter()
         .all(|id| env.ball(id)["state"] == "complete")));
+    let (code, err) = s.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// Pull requests go to a GitHub repository cwo has no credentials for: the loop runs (it says
+/// why there will be no pull requests), and /healthz says the forge is in error, not off.
+#[test]
+fn healthz_reports_a_forge_without_credentials_as_an_error() {
+    let env = project(COMMITTING, "");
+    let path = env.project.join("cwo.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "[github]\n",
+            "[github]\nrepo = \"owner/name\"\napi_url = \"http://127.0.0.1:9\"\n",
+        ),
+    )
+    .unwrap();
+    let s = Served::start(&env, &[], &[]);
+    let mut h = http(&s.url("/healthz"), &[]);
+    assert!(wait_for(Duration::from_secs(20), || {
+        h = http(&s.url("/healthz"), &[]);
+        h.json()["services"]["forge"]["status"] != "pending"
+    }));
+    assert_eq!(h.status, 503, "{}", h.body);
+    let j = h.json();
+    assert_eq!(j["services"]["forge"]["status"], "error", "{j}");
+    assert!(
+        j["services"]["forge"]["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("token"),
+        "{j}"
+    );
+    assert_eq!(j["services"]["tracker"]["status"], "ok", "{j}");
     let (code, err) = s.stop();
     assert_eq!(code, Some(0), "{err}");
 }

@@ -125,6 +125,11 @@ pub(crate) fn webhook_url(project: &Project) -> WebhookUrlReport {
             "the payload URL is plain http: the body travels unencrypted (the signature still proves it is GitHub's); prefer https".into(),
         );
     }
+    if !s.serve.public_url.is_empty() && s.serve.token.is_empty() {
+        warnings.push(
+            "serve.public_url is set but serve.token is not: `cwo serve` refuses to start so (a tunnel or proxy arrives from loopback and would expose the dashboard and logs); set serve.token".into(),
+        );
+    }
     if s.github.webhook_secret.is_empty() {
         warnings.push(
             "github.webhook_secret is not set: `cwo serve` refuses every delivery; set it to a secret reference (env:NAME or sm://…) holding the same secret as GitHub's form".into(),

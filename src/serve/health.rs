@@ -117,18 +117,17 @@ pub(crate) struct Observed {
     /// Why there is no tracker to look at (it could not be made).
     pub(crate) tracker_error: Option<String>,
     pub(crate) provider: Arc<dyn Provider>,
-    pub(crate) forge: Option<Github>,
+    /// None: cwo talks to no forge here; Err: it would, and cannot (credentials, repository).
+    pub(crate) forge: Result<Option<Github>, String>,
     pub(crate) project_slug: String,
 }
 
 impl Observed {
-    pub(crate) async fn of(
-        project: &Project,
-        journal: &Journal,
-        printer: crate::printer::Printer,
-    ) -> Observed {
-        let forge = project.github(printer).await.ok().flatten();
-        let (tracker, tracker_error) = match project.task_source(forge.as_ref()) {
+    pub(crate) async fn of(project: &Project, journal: &Journal) -> Observed {
+        let forge = forge_of(project).await;
+        // The loop's own client says the same thing on stderr; this one stays quiet.
+        let github = forge.as_ref().ok().cloned().flatten();
+        let (tracker, tracker_error) = match project.task_source(github.as_ref()) {
             Ok(t) => (Some(t), None),
             Err(e) => (None, Some(e.to_string())),
         };
@@ -139,6 +138,22 @@ impl Observed {
             forge,
             project_slug: slug(&project.name),
         }
+    }
+}
+
+/// The GitHub client when cwo uses GitHub here (the tracker, or pull requests on a GitHub
+/// remote), or why it cannot be made: broken credentials are an error, not "off".
+async fn forge_of(project: &Project) -> Result<Option<Github>, String> {
+    let s = project.settings();
+    let used = s.tracker.kind == crate::config::TrackerKind::Github
+        || (s.github.pull_requests && s.git.push);
+    if !used {
+        return Ok(None);
+    }
+    match project.github_client().await {
+        Ok(gh) => Ok(Some(gh)),
+        Err(crate::github::GithubError::NoRepo(_)) => Ok(None),
+        Err(e) => Err(crate::util::error::one_line(&e)),
     }
 }
 
@@ -180,8 +195,9 @@ async fn observe_once(health: &Health, what: &Observed) {
     };
     health.set("provider", provider);
     let forge = match &what.forge {
-        None => ServiceHealth::now("off", "no GitHub repository or token configured".into()),
-        Some(gh) => {
+        Ok(None) => ServiceHealth::now("off", "cwo uses no GitHub repository here".into()),
+        Err(e) => ServiceHealth::now("error", e.clone()),
+        Ok(Some(gh)) => {
             let path = format!("/repos/{}", gh.repo());
             // A conditional GET: unchanged, it is answered 304 and costs no rate limit.
             match gh.get::<serde_json::Value>(&path).await {

@@ -42,7 +42,10 @@ pub enum ServeError {
     )]
     PublicNeedsToken { url: String },
     #[error("{key} resolves to an empty value: {why}")]
-    EmptySecret { key: &'static str, why: &'static str },
+    EmptySecret {
+        key: &'static str,
+        why: &'static str,
+    },
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
@@ -178,7 +181,7 @@ pub(crate) async fn start(
     })?;
     let stop = CancellationToken::new();
     let health = health::Health::default();
-    let observed = health::Observed::of(project, &journal, printer).await;
+    let observed = health::Observed::of(project, &journal).await;
     tokio::spawn(health::observe(health.clone(), observed, stop.clone()));
     if webhook_secret.is_none() {
         printer.warn(
@@ -279,7 +282,13 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
             return unauthorized("the token in the address is not serve.token");
         }
         // The token goes into a cookie and out of the address bar (and the browser's history).
-        let secure = if app.project.settings().serve.public_url.starts_with("https://") {
+        let secure = if app
+            .project
+            .settings()
+            .serve
+            .public_url
+            .starts_with("https://")
+        {
             "; Secure"
         } else {
             ""
@@ -288,7 +297,10 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
         return match HeaderValue::from_str(&cookie) {
             Ok(v) => (
                 StatusCode::SEE_OTHER,
-                [(header::LOCATION, HeaderValue::from_static("/")), (header::SET_COOKIE, v)],
+                [
+                    (header::LOCATION, HeaderValue::from_static("/")),
+                    (header::SET_COOKIE, v),
+                ],
             )
                 .into_response(),
             Err(_) => api::error(
