@@ -49,6 +49,79 @@ impl Masker {
     }
 }
 
+/// A [`Masker`] over a stream that arrives in chunks cut anywhere: a secret split across two
+/// chunks is masked too. The bytes at a chunk's end that could begin a secret wait for the next
+/// chunk (or [`StreamMask::finish`]); everything else comes out at once, same length, so a
+/// masked copy of the stream keeps its offsets.
+#[derive(Debug)]
+pub(crate) struct StreamMask<'a> {
+    masker: &'a Masker,
+    /// Held back: raw bytes, and which of them an earlier chunk's secret already covered.
+    held: Vec<u8>,
+    starred: Vec<bool>,
+}
+
+impl<'a> StreamMask<'a> {
+    pub(crate) fn new(masker: &'a Masker) -> StreamMask<'a> {
+        StreamMask {
+            masker,
+            held: Vec::new(),
+            starred: Vec::new(),
+        }
+    }
+
+    /// The masked bytes that can be written now.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        if self.masker.secrets.is_empty() {
+            return bytes.to_vec();
+        }
+        self.held.extend_from_slice(bytes);
+        let mut masked = self.masker.mask(&self.held);
+        for (i, s) in self.starred.iter().enumerate() {
+            if *s {
+                masked[i] = b'*';
+            }
+        }
+        let keep = self.masker.open_prefix(&self.held);
+        let cut = self.held.len() - keep;
+        self.starred = (cut..self.held.len())
+            .map(|i| masked[i] == b'*' && self.held[i] != b'*')
+            .collect();
+        self.held.drain(..cut);
+        masked.truncate(cut);
+        masked
+    }
+
+    /// What is still held back, masked (the stream ended).
+    pub(crate) fn finish(&mut self) -> Vec<u8> {
+        let mut masked = self.masker.mask(&self.held);
+        for (i, s) in self.starred.iter().enumerate() {
+            if *s {
+                masked[i] = b'*';
+            }
+        }
+        self.held.clear();
+        self.starred.clear();
+        masked
+    }
+}
+
+impl Masker {
+    /// The length of the longest end of `data` that a secret starts with and goes beyond.
+    fn open_prefix(&self, data: &[u8]) -> usize {
+        let longest = self.secrets.first().map_or(0, Vec::len);
+        (1..longest.min(data.len() + 1))
+            .rev()
+            .find(|&k| {
+                let tail = &data[data.len() - k..];
+                self.secrets
+                    .iter()
+                    .any(|s| s.len() > k && s.starts_with(tail))
+            })
+            .unwrap_or(0)
+    }
+}
+
 /// Why a secret reference could not be resolved: which setting, which reference, and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -174,6 +247,40 @@ mod tests {
             String::from_utf8(masked).unwrap(),
             "token=************ and again ************; abc stays (too short to mask)"
         );
+    }
+
+    #[test]
+    fn a_secret_cut_across_chunks_is_masked_and_the_stream_keeps_its_length() {
+        let m = Masker::new(["s3cret-value".to_string(), "value-two".to_string()]);
+        let text = b"a s3cret-value, then value-two and s3cret-val at the end";
+        let whole = m.mask(text);
+        // Every way of cutting the stream in two, and in single bytes.
+        for cut in 0..=text.len() {
+            let mut s = StreamMask::new(&m);
+            let mut out = s.push(&text[..cut]);
+            out.extend(s.push(&text[cut..]));
+            out.extend(s.finish());
+            assert_eq!(out, whole, "cut at {cut}");
+        }
+        let mut s = StreamMask::new(&m);
+        let mut out: Vec<u8> = text.iter().flat_map(|b| s.push(&[*b])).collect();
+        out.extend(s.finish());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(whole).unwrap()
+        );
+        // Only what could start a secret waits: a plain line comes out at once.
+        let mut s = StreamMask::new(&m);
+        assert_eq!(s.push(b"plain line\n"), b"plain line\n");
+        assert_eq!(s.push(b"ends with s3c"), b"ends with ");
+        assert_eq!(s.push(b"ond\n"), b"s3cond\n");
+        // Overlapping secrets: a byte covered once stays covered.
+        let o = Masker::new(["abcd".to_string(), "cdXY".to_string()]);
+        let mut s = StreamMask::new(&o);
+        let mut out = s.push(b"..abcd");
+        out.extend(s.push(b"ZZ"));
+        out.extend(s.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "..****ZZ");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::git::{self, WorkerCheckout};
 use crate::journal::{AttemptRow, Journal, PullRequestRow};
 use crate::model::Usage;
 use crate::printer::fmt_secs;
+use crate::secrets::StreamMask;
 use crate::tracker::Task;
 use crate::transport::{ExecStatus, Transport, TransportError};
 
@@ -939,6 +940,8 @@ async fn watch(
             check_cap(spent_before + usage.cost_known_usd);
         }
     };
+    // A secret the worker's output splits across two reads is masked all the same.
+    let mut masking = StreamMask::new(&masker);
     let mut unreachable_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(250);
     let gone = || TaskError::gone(format!("worker {} is gone", ctx.worker));
@@ -948,8 +951,10 @@ async fn watch(
         let stop = CancellationToken::new();
         let mut sink = |bytes: &[u8]| {
             last_output.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
-            // Masked with same-length stars: the local log keeps the worker log's offsets.
-            let bytes = masker.mask(bytes);
+            // Masked with same-length stars: the local log keeps the worker log's offsets (a
+            // few bytes that may start a secret wait for the next read; a controller that stops
+            // meanwhile reads them again from the worker, at the local log's length).
+            let bytes = masking.push(bytes);
             if let Err(e) = log.write_all(&bytes) {
                 tracing::debug!(error = %e, "local agent log not written");
             }
@@ -1020,6 +1025,11 @@ async fn watch(
         // Silence while the worker could not be reached is not the agent's.
         last_output.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
     };
+    let rest = masking.finish();
+    if let Err(e) = log.write_all(&rest) {
+        tracing::debug!(error = %e, "local agent log not written");
+    }
+    pending.extend_from_slice(&rest);
     if !pending.is_empty() {
         on_line(&pending);
     }
