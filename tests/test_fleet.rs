@@ -499,21 +499,7 @@ struct Watched {
 impl Watched {
     fn spawn(env: &TestEnv, args: &[&str]) -> Watched {
         let mut child = env.spawn(args);
-        let mut pipe = child.stderr.take().unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (stderr, reader) = crate::common::collect_output(child.stderr.take().unwrap());
         Watched {
             child,
             stderr,
