@@ -112,15 +112,45 @@ pub(crate) fn meaning(event: &str, body: &[u8]) -> Meaning {
         return Meaning::Wake;
     }
     // Only the action is read, and only from a verified body.
-    let action = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(String::from))
-        .unwrap_or_default();
+    let action = action_of(body).unwrap_or_default();
     if actions.contains(&action.as_str()) {
         Meaning::Wake
     } else {
         Meaning::Ignored(format!("{event} action {action:?} is not one cwo acts on"))
     }
+}
+
+/// The payload's `action`: the body is the JSON (content type `application/json`) or, for a
+/// hook set to `application/x-www-form-urlencoded`, a form whose `payload` field holds it.
+fn action_of(body: &[u8]) -> Option<String> {
+    let json = match body.strip_prefix(b"payload=") {
+        Some(form) => form_decode(form.split(|b| *b == b'&').next().unwrap_or_default())?,
+        None => body.to_vec(),
+    };
+    serde_json::from_slice::<serde_json::Value>(&json)
+        .ok()?
+        .get("action")?
+        .as_str()
+        .map(String::from)
+}
+
+/// A form field's value: `+` is a space, `%XX` a byte.
+fn form_decode(value: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(value.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
 }
 
 /// The events `cwo github webhook-url` tells people to subscribe to.
@@ -175,6 +205,18 @@ mod tests {
             Meaning::Ignored(_)
         ));
         assert_eq!(meaning("check_suite", b"not json"), Meaning::Wake);
+        // A hook set to the form content type: the JSON is the `payload` field.
+        assert_eq!(
+            meaning(
+                "issues",
+                b"payload=%7B%22action%22%3A+%22opened%22%2C%22issue%22%3A%7B%7D%7D"
+            ),
+            Meaning::Wake
+        );
+        assert!(matches!(
+            meaning("issues", b"payload=%7B%22action%22%3A%22edited%22%7D"),
+            Meaning::Ignored(_)
+        ));
         assert!(matches!(meaning("star", b"{}"), Meaning::Ignored(_)));
     }
 }
