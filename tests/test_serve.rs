@@ -953,3 +953,55 @@ fn healthz_reports_a_forge_without_credentials_as_an_error() {
     let (code, err) = s.stop();
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// `cwo doctor` says whether `cwo serve` would start with these settings and whether its
+/// secrets resolve, before anyone relies on the webhook.
+#[test]
+fn doctor_checks_what_serve_needs() {
+    let env = project(COMMITTING, "");
+    let serve_check = |vars: &[(&str, &str)]| {
+        let mut cmd = env.cmd(&["doctor", "--format", "json"]);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        crate::common::doctor_check(&doc, "serve")
+    };
+    let missing = serve_check(&[]);
+    assert_eq!(missing["status"], "fail", "{missing}");
+    assert!(
+        missing["detail"]
+            .as_str()
+            .unwrap()
+            .contains("TEST_HOOK_SECRET is not set"),
+        "{missing}"
+    );
+    let fine = serve_check(&[("TEST_HOOK_SECRET", SECRET)]);
+    assert_eq!(fine["status"], "ok", "{fine}");
+    assert!(
+        fine["detail"]
+            .as_str()
+            .unwrap()
+            .contains("webhooks verified with github.webhook_secret"),
+        "{fine}"
+    );
+    let open = env
+        .cmd(&[
+            "--config",
+            "serve.listen=0.0.0.0:8484",
+            "doctor",
+            "--format",
+            "json",
+        ])
+        .env("TEST_HOOK_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&open.stdout).unwrap();
+    let check = crate::common::doctor_check(&doc, "serve");
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["fix"].as_str().unwrap().contains("serve.token"),
+        "{check}"
+    );
+}

@@ -46,6 +46,9 @@ pub(crate) async fn collect(project: &Project) -> DoctorReport {
         checks.push(c);
     }
     checks.extend(agent_checks(s, provider.creates_machines()));
+    if let Some(c) = serve_check(s).await {
+        checks.push(c);
+    }
     DoctorReport {
         schema_version: SCHEMA_VERSION,
         ok: !checks.iter().any(|c| c.status == CheckStatus::Fail),
@@ -454,6 +457,83 @@ fn settings_checks(project: &Project) -> Vec<Check> {
             )
         })
         .collect()
+}
+
+/// What `cwo serve` would do with these settings, once any of its settings is set: whether it
+/// starts at all (a token off loopback and behind a public URL), and whether its secrets resolve.
+async fn serve_check(s: &Settings) -> Option<Check> {
+    let v = &s.serve;
+    let defaults = crate::config::ServeSettings::default();
+    if v.listen == defaults.listen
+        && v.token.is_empty()
+        && v.public_url.is_empty()
+        && s.github.webhook_secret.is_empty()
+    {
+        return None;
+    }
+    let loopback = v
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if v.token.is_empty() && !loopback {
+        return Some(Check::fail(
+            "serve",
+            format!(
+                "serve.listen = {:?} is not loopback and serve.token is not set: `cwo serve` refuses to start",
+                v.listen
+            ),
+            "set serve.token = \"env:CWO_SERVE_TOKEN\" (any secret reference), or listen on 127.0.0.1",
+        ));
+    }
+    if v.token.is_empty() && !v.public_url.is_empty() {
+        return Some(Check::fail(
+            "serve",
+            "serve.public_url is set and serve.token is not: `cwo serve` refuses to start (a tunnel or proxy arrives from loopback)",
+            "set serve.token to a secret reference",
+        ));
+    }
+    for (key, reference) in [
+        ("serve.token", &v.token),
+        ("github.webhook_secret", &s.github.webhook_secret),
+    ] {
+        if reference.is_empty() {
+            continue;
+        }
+        match crate::secrets::resolve_one(key, reference, &s.gcp).await {
+            Ok(value) if value.trim().is_empty() => {
+                return Some(Check::fail(
+                    "serve",
+                    format!("{key} resolves to an empty value: `cwo serve` refuses it"),
+                    format!("put the secret in what {key} refers to"),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Some(Check::fail(
+                    "serve",
+                    crate::util::error::one_line(&e),
+                    format!("make {key} resolvable where `cwo serve` runs"),
+                ));
+            }
+        }
+    }
+    let hooks = if s.github.webhook_secret.is_empty() {
+        "webhooks refused (github.webhook_secret not set: the loop polls)"
+    } else {
+        "webhooks verified with github.webhook_secret"
+    };
+    let guard = if v.token.is_empty() {
+        "no token (loopback names only)"
+    } else {
+        "token required"
+    };
+    Some(Check::ok(
+        "serve",
+        format!(
+            "cwo serve on {}: {guard}, {hooks}; `cwo github webhook-url` prints the hook",
+            v.listen
+        ),
+    ))
 }
 
 /// A cloud worker whose controller died is deleted by its TTL while it runs; a stopped one, or
