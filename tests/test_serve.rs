@@ -769,15 +769,16 @@ fn webhook_url_says_what_to_paste_and_what_is_missing() {
         text.stdout
     );
     assert!(
-        text.stdout.contains("GitHub cannot reach it"),
+        text.stderr.contains("GitHub cannot reach it"),
         "{}",
-        text.stdout
+        text.stderr
     );
     assert!(
-        text.stdout.contains("github.webhook_secret is not set"),
+        text.stderr.contains("github.webhook_secret is not set"),
         "{}",
-        text.stdout
+        text.stderr
     );
+    assert!(!text.stdout.contains("warning"), "{}", text.stdout);
 }
 
 /// The dashboard in a real browser (headless Chromium over its DevTools pipe) while a fleet of

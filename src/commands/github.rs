@@ -19,6 +19,10 @@ pub(crate) async fn github(
         }
         GithubCommand::WebhookUrl(args) => {
             let report = github::webhook_url(project);
+            // What stands between GitHub and the URL: on stderr (and in the JSON).
+            for w in &report.warnings {
+                printer.warn(w);
+            }
             report::print(&printer, &report, args.format == Format::Json);
         }
     }

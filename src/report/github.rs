@@ -167,9 +167,6 @@ impl Report for WebhookUrlReport {
             "  Events:        Let me select individual events: {}\n",
             self.events.join(", ")
         ));
-        for w in &self.warnings {
-            out.push_str(&format!("warning: {w}\n"));
-        }
         out
     }
 }
