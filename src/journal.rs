@@ -930,13 +930,22 @@ impl Journal {
     }
 
     pub(crate) fn attempts(&self, ball_id: Option<&str>) -> Result<Vec<AttemptRow>, JournalError> {
+        self.attempts_where(ball_id, None)
+    }
+
+    /// The attempts of `ball_id` (every ball's: None), or the one with `id`.
+    fn attempts_where(
+        &self,
+        ball_id: Option<&str>,
+        id: Option<i64>,
+    ) -> Result<Vec<AttemptRow>, JournalError> {
         self.with(|c| {
             let mut st = c.prepare(
                 "SELECT id, ball_id, attempt, worker, started_at, ended_at, outcome, exit_status, log_path, branch, commit_sha, reason,
                         workdir, base, workflow_commit, agent_launched
-                 FROM attempts WHERE (?1 IS NULL OR ball_id = ?1) ORDER BY id",
+                 FROM attempts WHERE (?1 IS NULL OR ball_id = ?1) AND (?2 IS NULL OR id = ?2) ORDER BY id",
             )?;
-            st.query_map(params![ball_id], |r| {
+            st.query_map(params![ball_id, id], |r| {
                 Ok(AttemptRow {
                     id: r.get(0)?,
                     ball_id: r.get(1)?,
@@ -1053,7 +1062,7 @@ impl Journal {
     }
 
     pub(crate) fn attempt(&self, id: i64) -> Result<Option<AttemptRow>, JournalError> {
-        Ok(self.attempts(None)?.into_iter().find(|a| a.id == id))
+        Ok(self.attempts_where(None, Some(id))?.pop())
     }
 
     pub fn ledger(&self) -> Result<Vec<LedgerRow>, JournalError> {

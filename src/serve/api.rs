@@ -191,17 +191,17 @@ async fn log_attempt(app: &App, id: &str, attempt: Option<i64>) -> Result<Attemp
     })
 }
 
-/// Up to `max` bytes of `path` from `offset` (none past its end).
-fn read_from(path: &str, offset: u64, max: usize) -> std::io::Result<Vec<u8>> {
+/// Up to `max` bytes of `path` from `offset` (none past its end), and the file's length.
+fn read_from(path: &str, offset: u64, max: usize) -> std::io::Result<(Vec<u8>, u64)> {
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     if offset >= len {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), len));
     }
     f.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::with_capacity(max.min((len - offset) as usize));
     f.take(max as u64).read_to_end(&mut buf)?;
-    Ok(buf)
+    Ok((buf, len))
 }
 
 /// How much of `bytes` ends on a whole UTF-8 character (a character cut by the read waits for
@@ -229,15 +229,14 @@ pub(super) async fn log(
     };
     let path = a.log_path.clone();
     let offset = q.offset;
-    let bytes = match tokio::task::spawn_blocking(move || read_from(&path, offset, LOG_CHUNK)).await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Ok(Err(e)) => return failed(format!("reading {}: {e}", a.log_path)),
-        Err(e) => return failed(e),
-    };
+    let (bytes, len) =
+        match tokio::task::spawn_blocking(move || read_from(&path, offset, LOG_CHUNK)).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
+            Ok(Err(e)) => return failed(format!("reading {}: {e}", a.log_path)),
+            Err(e) => return failed(e),
+        };
     let next = offset + bytes.len() as u64;
-    let len = std::fs::metadata(&a.log_path).map(|m| m.len()).unwrap_or(0);
     let complete = a.ended_at.is_some() && next >= len;
     let mut r = (
         StatusCode::OK,
@@ -258,7 +257,6 @@ pub(super) async fn log(
 /// Where a followed log is.
 struct Cursor {
     app: App,
-    ball: String,
     attempt_id: i64,
     path: String,
     offset: u64,
@@ -287,7 +285,6 @@ pub(super) async fn log_stream(
         .unwrap_or(q.offset);
     let cursor = Cursor {
         app,
-        ball: id,
         attempt_id: a.id,
         path: a.log_path,
         offset,
@@ -308,23 +305,20 @@ fn follow(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
             // then surely in the read.
             // A journal that cannot be read now (busy) is no end: the next look decides.
             let ended = {
-                let (journal, ball, id) = (c.app.journal.clone(), c.ball.clone(), c.attempt_id);
-                tokio::task::spawn_blocking(move || journal.attempts(Some(&ball)))
+                let (journal, id) = (c.app.journal.clone(), c.attempt_id);
+                tokio::task::spawn_blocking(move || journal.attempt(id))
                     .await
                     .ok()
                     .and_then(Result::ok)
-                    .is_some_and(|all| {
-                        all.iter()
-                            .find(|a| a.id == id)
-                            .is_none_or(|a| a.ended_at.is_some())
-                    })
+                    .is_some_and(|a| a.is_none_or(|a| a.ended_at.is_some()))
             };
             let (path, offset) = (c.path.clone(), c.offset);
-            let bytes = tokio::task::spawn_blocking(move || read_from(&path, offset, LOG_CHUNK))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let (bytes, _) =
+                tokio::task::spawn_blocking(move || read_from(&path, offset, LOG_CHUNK))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
             let take = whole_chars(&bytes);
             if take > 0 {
                 c.offset += take as u64;
@@ -474,10 +468,8 @@ pub(super) async fn page(State(app): State<App>, Query(q): Query<PageQuery>) -> 
         let (from, bytes) = tokio::task::spawn_blocking(move || {
             let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             let from = len.saturating_sub(PAGE_LOG_TAIL);
-            (
-                from,
-                read_from(&path, from, PAGE_LOG_TAIL as usize).unwrap_or_default(),
-            )
+            let (bytes, _) = read_from(&path, from, PAGE_LOG_TAIL as usize).unwrap_or_default();
+            (from, bytes)
         })
         .await
         .unwrap_or_default();
