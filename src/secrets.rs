@@ -131,6 +131,8 @@ pub enum SecretError {
     BadReference { key: String, value: String },
     #[error("{key} must be a secret reference (env:NAME or sm://…), not the secret itself")]
     NotAReference { key: String },
+    #[error("{key} resolves to an empty value: an empty secret is one anyone has")]
+    Empty { key: String },
     #[error("Secret Manager client")]
     Client(#[source] google_cloud_gax::client_builder::Error),
     #[error("reading secret {value} for {key}")]
@@ -157,6 +159,26 @@ pub(crate) async fn resolve_one(
         .ok_or_else(|| SecretError::NotAReference {
             key: key.to_string(),
         })
+}
+
+/// A setting that guards something (a token, an HMAC key): "" = not set; otherwise resolved and
+/// trimmed (a Secret Manager value often ends with a newline), and a reference to nothing is
+/// refused rather than taken as a secret.
+pub(crate) async fn resolve_nonempty(
+    key: &str,
+    reference: &str,
+    gcp: &GcpSettings,
+) -> Result<Option<String>, SecretError> {
+    if reference.is_empty() {
+        return Ok(None);
+    }
+    let value = resolve_one(key, reference, gcp).await?;
+    match value.trim() {
+        "" => Err(SecretError::Empty {
+            key: key.to_string(),
+        }),
+        v => Ok(Some(v.to_string())),
+    }
 }
 
 /// `Some(secret)` for a reference, `None` for a plain value. `sm` is the Secret Manager client,

@@ -31,3 +31,12 @@ impl Default for ServeSettings {
         }
     }
 }
+
+impl ServeSettings {
+    /// `listen` is a loopback address (the only kind served without a token).
+    pub(crate) fn listens_on_loopback(&self) -> bool {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
+    }
+}

@@ -471,11 +471,7 @@ async fn serve_check(s: &Settings) -> Option<Check> {
     {
         return None;
     }
-    let loopback = v
-        .listen
-        .parse::<std::net::SocketAddr>()
-        .is_ok_and(|a| a.ip().is_loopback());
-    if v.token.is_empty() && !loopback {
+    if v.token.is_empty() && !v.listens_on_loopback() {
         return Some(Check::fail(
             "serve",
             format!(
@@ -496,25 +492,13 @@ async fn serve_check(s: &Settings) -> Option<Check> {
         ("serve.token", &v.token),
         ("github.webhook_secret", &s.github.webhook_secret),
     ] {
-        if reference.is_empty() {
-            continue;
-        }
-        match crate::secrets::resolve_one(key, reference, &s.gcp).await {
-            Ok(value) if value.trim().is_empty() => {
-                return Some(Check::fail(
-                    "serve",
-                    format!("{key} resolves to an empty value: `cwo serve` refuses it"),
-                    format!("put the secret in what {key} refers to"),
-                ));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return Some(Check::fail(
-                    "serve",
-                    crate::util::error::one_line(&e),
-                    format!("make {key} resolvable where `cwo serve` runs"),
-                ));
-            }
+        // What `cwo serve` resolves at its start, as it resolves it.
+        if let Err(e) = crate::secrets::resolve_nonempty(key, reference, &s.gcp).await {
+            return Some(Check::fail(
+                "serve",
+                crate::util::error::one_line(&e),
+                format!("make {key} resolve to the secret where `cwo serve` runs"),
+            ));
         }
     }
     let hooks = if s.github.webhook_secret.is_empty() {

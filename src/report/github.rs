@@ -105,12 +105,7 @@ pub(crate) fn webhook_url(project: &Project) -> WebhookUrlReport {
     let s = project.settings();
     let mut warnings = Vec::new();
     let base = if s.serve.public_url.is_empty() {
-        let loopback = s
-            .serve
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.ip().is_loopback());
-        if loopback {
+        if s.serve.listens_on_loopback() {
             warnings.push(format!(
                 "serve.listen ({}) is loopback: GitHub cannot reach it; put a tunnel or reverse proxy in front and set serve.public_url to its address",
                 s.serve.listen

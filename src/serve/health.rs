@@ -46,7 +46,7 @@ impl ServiceHealth {
             status,
             detail,
             checked_at: Some(Utc::now()),
-            age_secs: None,
+            age_secs: Some(0),
         }
     }
 }
@@ -92,11 +92,6 @@ impl Health {
                 .unwrap_or_else(ServiceHealth::pending);
             h.age_secs = h.checked_at.map(|t| (Utc::now() - t).num_seconds());
             services.insert(service, h);
-        }
-        for h in services.values_mut() {
-            if h.status != "pending" && h.age_secs.is_none() {
-                h.age_secs = Some(0);
-            }
         }
         let status = if services.values().any(|h| h.status == "error") {
             "error"

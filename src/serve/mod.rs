@@ -41,11 +41,6 @@ pub enum ServeError {
         "serve.public_url is set ({url}) but serve.token is not: a tunnel or proxy reaches this server from loopback, so everyone it serves would see the fleet and its logs"
     )]
     PublicNeedsToken { url: String },
-    #[error("{key} resolves to an empty value: {why}")]
-    EmptySecret {
-        key: &'static str,
-        why: &'static str,
-    },
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
@@ -62,7 +57,7 @@ impl ServeError {
             ServeError::PublicNeedsToken { .. } => Some(
                 "set serve.token to a secret reference (serve.token = \"env:CWO_SERVE_TOKEN\"), or leave serve.public_url empty".into(),
             ),
-            ServeError::EmptySecret { key, .. } => Some(format!(
+            ServeError::Secret(SecretError::Empty { key }) => Some(format!(
                 "put the value in what {key} refers to, or set {key} = \"\" to go without"
             )),
             ServeError::Bind { .. } => Some(
@@ -146,13 +141,7 @@ pub(crate) async fn start(
     wake: Arc<Notify>,
 ) -> Result<Running, ServeError> {
     let s = project.settings();
-    let token = secret(
-        "serve.token",
-        &s.serve.token,
-        &s.gcp,
-        "an empty token would let every request in",
-    )
-    .await?;
+    let token = crate::secrets::resolve_nonempty("serve.token", &s.serve.token, &s.gcp).await?;
     if token.is_none() && !listen.ip().is_loopback() {
         return Err(ServeError::NeedsToken { addr: listen });
     }
@@ -161,13 +150,9 @@ pub(crate) async fn start(
             url: s.serve.public_url.clone(),
         });
     }
-    let webhook_secret = secret(
-        "github.webhook_secret",
-        &s.github.webhook_secret,
-        &s.gcp,
-        "an HMAC with an empty key is one anyone can make",
-    )
-    .await?;
+    let webhook_secret =
+        crate::secrets::resolve_nonempty("github.webhook_secret", &s.github.webhook_secret, &s.gcp)
+            .await?;
     let journal = project.journal()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -210,25 +195,6 @@ pub(crate) async fn start(
         "serving http://{addr}/ (dashboard), /healthz, /api/v1/state, /webhooks/github"
     ));
     Ok(Running { stop, task })
-}
-
-/// A secret reference resolved and trimmed (a Secret Manager value often ends with a newline);
-/// "" = not set; a reference to nothing is refused rather than taken as a secret.
-async fn secret(
-    key: &'static str,
-    reference: &str,
-    gcp: &crate::config::GcpSettings,
-    why: &'static str,
-) -> Result<Option<String>, ServeError> {
-    if reference.is_empty() {
-        return Ok(None);
-    }
-    let value = crate::secrets::resolve_one(key, reference, gcp).await?;
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(ServeError::EmptySecret { key, why });
-    }
-    Ok(Some(value.to_string()))
 }
 
 fn router(app: App) -> Router {
