@@ -275,7 +275,7 @@ async fn authorize(State(app): State<App>, req: Request, next: Next) -> Response
             ),
         };
     }
-    if presented(req.headers()).is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
+    if authorized(&app, req.headers()) {
         return next.run(req).await;
     }
     unauthorized(
